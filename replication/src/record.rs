@@ -1,0 +1,150 @@
+//! What the store holds and what a write is, independent of redb.
+//!
+//! An [`Op`] is a client's intent (put or delete a path, maybe guarded by an
+//! expected version). The writer resolves it against the current state into a
+//! [`Change`]: the op plus the version and revision it was given. Changes are
+//! what get stored, and later what the leader ships to followers, so a follower
+//! applies exactly the leader's decisions instead of re-deciding them.
+
+use serde::{Deserialize, Serialize};
+
+use crate::format::{ContentError, Format};
+use crate::merkle::Digest;
+use crate::path::ConfigPath;
+
+/// Describes a config's content.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Meta {
+    #[serde(default)]
+    pub format: Format,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// A write requested by a client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Op {
+    pub path: ConfigPath,
+    pub kind: OpKind,
+    /// The version the client believes is current (0 = the path must not
+    /// exist or be deleted). `None` writes unconditionally.
+    pub expected_version: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OpKind {
+    Put { meta: Meta, data: Vec<u8> },
+    Delete,
+}
+
+impl Op {
+    /// A put whose content has been checked against its declared format.
+    pub fn put(
+        path: ConfigPath,
+        meta: Meta,
+        data: Vec<u8>,
+        expected_version: Option<u64>,
+    ) -> Result<Self, ContentError> {
+        meta.format.validate(&data)?;
+        Ok(Self {
+            path,
+            kind: OpKind::Put { meta, data },
+            expected_version,
+        })
+    }
+
+    pub fn delete(path: ConfigPath, expected_version: Option<u64>) -> Self {
+        Self {
+            path,
+            kind: OpKind::Delete,
+            expected_version,
+        }
+    }
+}
+
+/// Why an op was refused. The store is unchanged by a refused op.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OpError {
+    #[error("version mismatch on {path}: expected {expected}, current is {current}")]
+    VersionMismatch {
+        path: String,
+        expected: u64,
+        current: u64,
+    },
+    #[error("{0} does not exist")]
+    NotFound(String),
+}
+
+/// An op resolved to its place in history. Stored as the version record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    pub revision: u64,
+    pub epoch: u64,
+    pub path: String,
+    pub version: u64,
+    pub created_at_ms: u64,
+    pub kind: ChangeKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChangeKind {
+    Put { meta: Meta, data: Vec<u8> },
+    Delete,
+}
+
+impl Change {
+    pub fn is_delete(&self) -> bool {
+        matches!(self.kind, ChangeKind::Delete)
+    }
+
+    pub fn content_digest(&self) -> Digest {
+        match &self.kind {
+            ChangeKind::Put { data, .. } => *blake3::hash(data).as_bytes(),
+            ChangeKind::Delete => crate::merkle::EMPTY,
+        }
+    }
+}
+
+/// The latest state of one path: what reads, listings and the Merkle leaf
+/// need without loading the content.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub version: u64,
+    pub revision: u64,
+    pub epoch: u64,
+    pub created_at_ms: u64,
+    pub deleted: bool,
+    pub size: u64,
+    pub format: Format,
+    pub content: Digest,
+}
+
+impl Entry {
+    pub fn of(change: &Change) -> Self {
+        let (size, format) = match &change.kind {
+            ChangeKind::Put { meta, data } => (data.len() as u64, meta.format),
+            ChangeKind::Delete => (0, Format::default()),
+        };
+        Self {
+            version: change.version,
+            revision: change.revision,
+            epoch: change.epoch,
+            created_at_ms: change.created_at_ms,
+            deleted: change.is_delete(),
+            size,
+            format,
+            content: change.content_digest(),
+        }
+    }
+
+    pub fn leaf(&self, path: &str) -> Digest {
+        crate::merkle::leaf(path, self.version, self.deleted, &self.content)
+    }
+}
+
+/// What a successful write returns to the client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    pub version: u64,
+    pub revision: u64,
+}

@@ -1,0 +1,429 @@
+//! The redb store: one database file holding every path's latest entry, its
+//! bounded version history, node metadata and the Merkle bucket digests.
+//!
+//! All of a batch's changes, the revision counter and the bucket digests
+//! change in one durable write transaction, so after a crash the store is at
+//! some batch boundary with digests that match its contents.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::merkle::{self, MerkleBuckets};
+use crate::record::{Applied, Change, ChangeKind, Entry, Meta, Op, OpError, OpKind};
+
+/// path → [`Entry`] (latest state, tombstones included).
+const ENTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entries");
+/// (path, version) → [`Change`].
+const VERSIONS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("versions");
+/// Node metadata: node id, last revision.
+const NODE: TableDefinition<&str, &[u8]> = TableDefinition::new("node");
+/// bucket index → XOR of the bucket's leaves. Absent = all zero.
+const MERKLE: TableDefinition<u16, [u8; 32]> = TableDefinition::new("merkle");
+
+const KEY_NODE_ID: &str = "node_id";
+const KEY_REVISION: &str = "revision";
+
+/// The database file's name inside `storage.bw.path`.
+pub const DB_FILE: &str = "pika.redb";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the store at {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("storage error: {0}")]
+    Storage(#[from] Box<redb::Error>),
+    #[error("cannot encode or decode the record under {key}: {source}")]
+    Corrupt {
+        key: String,
+        #[source]
+        source: postcard::Error,
+    },
+}
+
+macro_rules! storage_errors {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Storage(Box::new(e.into()))
+            }
+        }
+    )*};
+}
+storage_errors!(
+    redb::Error,
+    redb::StorageError,
+    redb::TableError,
+    redb::TransactionError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+/// One version in a path's history, without its content.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct VersionInfo {
+    pub version: u64,
+    pub revision: u64,
+    pub epoch: u64,
+    pub created_at_ms: u64,
+    pub deleted: bool,
+    pub meta: Option<Meta>,
+    pub size: u64,
+}
+
+/// One child of a folder.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FolderChild {
+    pub name: String,
+    pub path: String,
+    /// Present for files; folders have none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<Entry>,
+}
+
+pub struct Store {
+    db: Database,
+    node_id: String,
+    /// The last committed revision, readable without a transaction.
+    revision: AtomicU64,
+    /// Write transactions committed since open.
+    commits: AtomicU64,
+    history: u64,
+}
+
+impl Store {
+    /// Opens (or creates) the store in directory `dir`, keeping at most
+    /// `history` versions per path (at least 1).
+    pub fn open(dir: &Path, history: u64) -> Result<Self, StoreError> {
+        let open_err = |source: Box<dyn std::error::Error + Send + Sync>| StoreError::Open {
+            path: dir.to_path_buf(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| open_err(e.into()))?;
+        let db = Database::create(dir.join(DB_FILE)).map_err(|e| open_err(e.into()))?;
+
+        // Create every table up front so read transactions never meet a
+        // missing one, and mint the node id on first start.
+        let txn = db.begin_write()?;
+        let (node_id, revision) = {
+            txn.open_table(ENTRIES)?;
+            txn.open_table(VERSIONS)?;
+            txn.open_table(MERKLE)?;
+            let mut node = txn.open_table(NODE)?;
+            let existing = node.get(KEY_NODE_ID)?.map(|v| v.value().to_vec());
+            let node_id = match existing {
+                Some(id) => String::from_utf8_lossy(&id).into_owned(),
+                None => {
+                    let id = new_node_id().map_err(|e| open_err(e.to_string().into()))?;
+                    node.insert(KEY_NODE_ID, id.as_bytes())?;
+                    id
+                }
+            };
+            let revision = node.get(KEY_REVISION)?.map_or(0, |v| read_u64(v.value()));
+            (node_id, revision)
+        };
+        txn.commit()?;
+        Ok(Self {
+            db,
+            node_id,
+            revision: AtomicU64::new(revision),
+            commits: AtomicU64::new(0),
+            history: history.max(1),
+        })
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// The last committed revision.
+    pub fn revision(&self) -> u64 {
+        self.revision.load(Ordering::Acquire)
+    }
+
+    /// Write transactions committed since this store was opened.
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+
+    /// Resolves and applies a batch of ops in one durable transaction. Each op
+    /// sees the effects of the ops before it; a refused op changes nothing.
+    /// An `Err` means the transaction did not commit: no op in it took effect.
+    pub fn execute(
+        &self,
+        ops: &[Op],
+        epoch: u64,
+        now_ms: u64,
+    ) -> Result<Vec<Result<Applied, OpError>>, StoreError> {
+        let txn = self.db.begin_write()?;
+        let mut revision = self.revision();
+        let mut results = Vec::with_capacity(ops.len());
+        for op in ops {
+            let current: Option<Entry> = {
+                let entries = txn.open_table(ENTRIES)?;
+                let raw = entries.get(op.path.as_str())?;
+                raw.map(|v| decode(op.path.as_str(), v.value()))
+                    .transpose()?
+            };
+            match resolve(op, current.as_ref(), revision + 1, epoch, now_ms) {
+                Ok(change) => {
+                    write_change(&txn, &change, current.as_ref(), self.history)?;
+                    revision = change.revision;
+                    results.push(Ok(Applied {
+                        version: change.version,
+                        revision: change.revision,
+                    }));
+                }
+                Err(e) => results.push(Err(e)),
+            }
+        }
+        txn.open_table(NODE)?
+            .insert(KEY_REVISION, revision.to_le_bytes().as_slice())?;
+        txn.commit()?;
+        self.revision.store(revision, Ordering::Release);
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        Ok(results)
+    }
+
+    /// The latest entry of a path, tombstones included.
+    pub fn entry(&self, path: &str) -> Result<Option<Entry>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let entries = txn.open_table(ENTRIES)?;
+        let raw = entries.get(path)?;
+        raw.map(|v| decode(path, v.value())).transpose()
+    }
+
+    /// A version of a path (the latest when `version` is `None`), tombstones
+    /// included; `None` when the path or that version is unknown or pruned.
+    pub fn get(&self, path: &str, version: Option<u64>) -> Result<Option<Change>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let version = match version {
+            Some(v) => v,
+            None => {
+                let entries = txn.open_table(ENTRIES)?;
+                let raw = entries.get(path)?;
+                match raw {
+                    Some(v) => decode::<Entry>(path, v.value())?.version,
+                    None => return Ok(None),
+                }
+            }
+        };
+        let versions = txn.open_table(VERSIONS)?;
+        let raw = versions.get((path, version))?;
+        raw.map(|v| decode(path, v.value())).transpose()
+    }
+
+    /// The retained history of a path, oldest first; `None` if it never existed.
+    pub fn versions(&self, path: &str) -> Result<Option<Vec<VersionInfo>>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let versions = txn.open_table(VERSIONS)?;
+        let mut out = Vec::new();
+        for item in versions.range((path, 0u64)..=(path, u64::MAX))? {
+            let (_, value) = item?;
+            let change: Change = decode(path, value.value())?;
+            let (meta, size) = match change.kind {
+                ChangeKind::Put { meta, data } => (Some(meta), data.len() as u64),
+                ChangeKind::Delete => (None, 0),
+            };
+            out.push(VersionInfo {
+                version: change.version,
+                revision: change.revision,
+                epoch: change.epoch,
+                created_at_ms: change.created_at_ms,
+                deleted: meta.is_none(),
+                meta,
+                size,
+            });
+        }
+        Ok((!out.is_empty()).then_some(out))
+    }
+
+    /// The live children of a folder ("" is the root), sorted by name. A
+    /// folder is listed if it holds at least one live file.
+    pub fn list_folder(&self, folder: &str) -> Result<Vec<FolderChild>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let entries = txn.open_table(ENTRIES)?;
+        // Keys under "a/b/" sort contiguously, between "a/b/" and "a/b0".
+        let (start, end) = if folder.is_empty() {
+            (String::new(), None)
+        } else {
+            (format!("{folder}/"), Some(format!("{folder}0")))
+        };
+        let range = match &end {
+            Some(end) => entries.range(start.as_str()..end.as_str())?,
+            None => entries.range(start.as_str()..)?,
+        };
+        // Keyed by (name, is_file): a file and a folder may share a name.
+        let mut children = std::collections::BTreeMap::new();
+        for item in range {
+            let (key, value) = item?;
+            let path = key.value();
+            let entry: Entry = decode(path, value.value())?;
+            if entry.deleted {
+                continue;
+            }
+            let rest = &path[start.len()..];
+            let child = match rest.split_once('/') {
+                Some((name, _)) => FolderChild {
+                    name: name.to_string(),
+                    path: format!("{start}{name}"),
+                    file: None,
+                },
+                None => FolderChild {
+                    name: rest.to_string(),
+                    path: path.to_string(),
+                    file: Some(entry),
+                },
+            };
+            children
+                .entry((child.name.clone(), child.file.is_some()))
+                .or_insert(child);
+        }
+        Ok(children.into_values().collect())
+    }
+
+    /// The stored (incrementally maintained) bucket digests.
+    pub fn merkle(&self) -> Result<MerkleBuckets, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(MERKLE)?;
+        let mut buckets = MerkleBuckets::default();
+        for item in table.iter()? {
+            let (index, digest) = item?;
+            buckets.set(index.value(), digest.value());
+        }
+        Ok(buckets)
+    }
+
+    /// Bucket digests recomputed from every entry: what [`Store::merkle`]
+    /// must equal. O(store); for checks and tests, not the write path.
+    pub fn recompute_merkle(&self) -> Result<MerkleBuckets, StoreError> {
+        let txn = self.db.begin_read()?;
+        let entries = txn.open_table(ENTRIES)?;
+        let mut buckets = MerkleBuckets::default();
+        for item in entries.iter()? {
+            let (key, value) = item?;
+            let path = key.value();
+            let entry: Entry = decode(path, value.value())?;
+            buckets.toggle(merkle::bucket_of(path), &entry.leaf(path));
+        }
+        Ok(buckets)
+    }
+
+    /// Closes the database file, reporting any error instead of dropping it.
+    pub fn close(self) -> Result<(), StoreError> {
+        self.db
+            .close()
+            .map_err(|e| StoreError::Storage(Box::new(e.into())))
+    }
+}
+
+/// Decides what an op does to a path whose latest entry is `current`. Pure:
+/// the same inputs always give the same change or the same refusal.
+pub fn resolve(
+    op: &Op,
+    current: Option<&Entry>,
+    revision: u64,
+    epoch: u64,
+    now_ms: u64,
+) -> Result<Change, OpError> {
+    let path = op.path.as_str();
+    // A deleted or absent path is at "version 0" for compare-and-set.
+    let live_version = current.filter(|e| !e.deleted).map_or(0, |e| e.version);
+    if let Some(expected) = op.expected_version
+        && expected != live_version
+    {
+        return Err(OpError::VersionMismatch {
+            path: path.to_string(),
+            expected,
+            current: live_version,
+        });
+    }
+    let kind = match &op.kind {
+        OpKind::Put { meta, data } => ChangeKind::Put {
+            meta: meta.clone(),
+            data: data.clone(),
+        },
+        OpKind::Delete if live_version == 0 => return Err(OpError::NotFound(path.to_string())),
+        OpKind::Delete => ChangeKind::Delete,
+    };
+    Ok(Change {
+        revision,
+        epoch,
+        path: path.to_string(),
+        // Versions keep counting across deletions, so (path, version) is
+        // never reused and a tombstone has a place in the history.
+        version: current.map_or(0, |e| e.version) + 1,
+        created_at_ms: now_ms,
+        kind,
+    })
+}
+
+/// Writes a resolved change: version record, latest entry, Merkle bucket,
+/// history pruning. The caller commits.
+fn write_change(
+    txn: &WriteTransaction,
+    change: &Change,
+    previous: Option<&Entry>,
+    history: u64,
+) -> Result<(), StoreError> {
+    let path = change.path.as_str();
+    let entry = Entry::of(change);
+
+    let mut versions = txn.open_table(VERSIONS)?;
+    versions.insert((path, change.version), encode(path, change)?.as_slice())?;
+    if change.version > history {
+        let oldest_kept = change.version - history + 1;
+        versions.retain_in((path, 0u64)..(path, oldest_kept), |_, _| false)?;
+    }
+
+    txn.open_table(ENTRIES)?
+        .insert(path, encode(path, &entry)?.as_slice())?;
+
+    let bucket = merkle::bucket_of(path);
+    let mut table = txn.open_table(MERKLE)?;
+    let mut digest = table.get(bucket)?.map_or(merkle::EMPTY, |v| v.value());
+    if let Some(previous) = previous {
+        merkle::xor_into(&mut digest, &previous.leaf(path));
+    }
+    merkle::xor_into(&mut digest, &entry.leaf(path));
+    if digest == merkle::EMPTY {
+        table.remove(bucket)?;
+    } else {
+        table.insert(bucket, digest)?;
+    }
+    Ok(())
+}
+
+fn encode<T: Serialize>(key: &str, value: &T) -> Result<Vec<u8>, StoreError> {
+    postcard::to_allocvec(value).map_err(|source| StoreError::Corrupt {
+        key: key.to_string(),
+        source,
+    })
+}
+
+fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    postcard::from_bytes(bytes).map_err(|source| StoreError::Corrupt {
+        key: key.to_string(),
+        source,
+    })
+}
+
+fn read_u64(bytes: &[u8]) -> u64 {
+    let mut buf = [0u8; 8];
+    let n = bytes.len().min(8);
+    buf[..n].copy_from_slice(&bytes[..n]);
+    u64::from_le_bytes(buf)
+}
+
+fn new_node_id() -> Result<String, getrandom::Error> {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}

@@ -1,0 +1,273 @@
+//! The store's contract: versions, compare-and-set, deletes, bounded history,
+//! folder listings, durability across reopen, and Merkle digests that always
+//! equal a from-scratch recomputation.
+
+use pika_replication::{ConfigPath, Format, Meta, Op, OpError, Store};
+use proptest::prelude::*;
+
+fn path(p: &str) -> ConfigPath {
+    ConfigPath::new(p).expect("valid test path")
+}
+
+fn put(p: &str, data: &str, expected: Option<u64>) -> Op {
+    let meta = Meta {
+        format: Format::Text,
+        description: String::new(),
+    };
+    Op::put(path(p), meta, data.as_bytes().to_vec(), expected).expect("valid text")
+}
+
+fn open(dir: &tempfile::TempDir, history: u64) -> Store {
+    Store::open(dir.path(), history).expect("open store")
+}
+
+fn data_of(store: &Store, p: &str, version: Option<u64>) -> Option<Vec<u8>> {
+    match store.get(p, version).expect("read")?.kind {
+        pika_replication::ChangeKind::Put { data, .. } => Some(data),
+        pika_replication::ChangeKind::Delete => None,
+    }
+}
+
+#[test]
+fn versions_and_revisions_count_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, 20);
+    let r = store
+        .execute(
+            &[
+                put("a/x", "1", None),
+                put("a/y", "1", None),
+                put("a/x", "2", None),
+            ],
+            0,
+            7,
+        )
+        .unwrap();
+    let applied: Vec<_> = r.into_iter().map(|r| r.unwrap()).collect();
+    assert_eq!(
+        applied
+            .iter()
+            .map(|a| (a.version, a.revision))
+            .collect::<Vec<_>>(),
+        [(1, 1), (1, 2), (2, 3)]
+    );
+    assert_eq!(store.revision(), 3);
+    assert_eq!(data_of(&store, "a/x", None).unwrap(), b"2");
+    assert_eq!(data_of(&store, "a/x", Some(1)).unwrap(), b"1");
+    let change = store.get("a/x", None).unwrap().unwrap();
+    assert_eq!(
+        (change.version, change.revision, change.created_at_ms),
+        (2, 3, 7)
+    );
+}
+
+#[test]
+fn compare_and_set_refuses_stale_versions_without_changing_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, 20);
+    store.execute(&[put("k", "v1", Some(0))], 0, 0).unwrap()[0]
+        .clone()
+        .unwrap();
+    let root_before = store.merkle().unwrap().root();
+    let r = store
+        .execute(
+            &[put("k", "stale", Some(0)), put("k", "stale", Some(2))],
+            0,
+            0,
+        )
+        .unwrap();
+    assert_eq!(
+        r[0],
+        Err(OpError::VersionMismatch {
+            path: "k".into(),
+            expected: 0,
+            current: 1
+        })
+    );
+    assert!(matches!(
+        r[1],
+        Err(OpError::VersionMismatch {
+            expected: 2,
+            current: 1,
+            ..
+        })
+    ));
+    assert_eq!(data_of(&store, "k", None).unwrap(), b"v1");
+    assert_eq!(store.merkle().unwrap().root(), root_before);
+    assert_eq!(store.revision(), 1);
+    // The right version wins, and an op sees the effect of the one before it in a batch.
+    let r = store
+        .execute(&[put("k", "v2", Some(1)), put("k", "v3", Some(2))], 0, 0)
+        .unwrap();
+    assert!(r.iter().all(Result::is_ok), "{r:?}");
+    assert_eq!(data_of(&store, "k", None).unwrap(), b"v3");
+}
+
+#[test]
+fn deletes_leave_a_tombstone_in_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, 20);
+    store.execute(&[put("k", "v1", None)], 0, 0).unwrap();
+    let r = store
+        .execute(&[Op::delete(path("k"), Some(1))], 0, 0)
+        .unwrap();
+    assert_eq!(r[0].as_ref().unwrap().version, 2);
+    let entry = store.entry("k").unwrap().unwrap();
+    assert!(entry.deleted);
+    assert!(store.get("k", None).unwrap().unwrap().is_delete());
+    // Deleting again, or a path never written, is NotFound.
+    let r = store
+        .execute(
+            &[Op::delete(path("k"), None), Op::delete(path("nope"), None)],
+            0,
+            0,
+        )
+        .unwrap();
+    assert_eq!(r[0], Err(OpError::NotFound("k".into())));
+    assert_eq!(r[1], Err(OpError::NotFound("nope".into())));
+    // A deleted path is "absent" for CAS, and versions keep counting.
+    let r = store.execute(&[put("k", "again", Some(0))], 0, 0).unwrap();
+    assert_eq!(r[0].as_ref().unwrap().version, 3);
+    let history = store.versions("k").unwrap().unwrap();
+    assert_eq!(
+        history
+            .iter()
+            .map(|v| (v.version, v.deleted))
+            .collect::<Vec<_>>(),
+        [(1, false), (2, true), (3, false)]
+    );
+    assert_eq!(store.versions("nope").unwrap(), None);
+}
+
+#[test]
+fn history_is_pruned_to_the_configured_depth() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, 3);
+    for i in 1..=10 {
+        store
+            .execute(&[put("k", &i.to_string(), None)], 0, 0)
+            .unwrap();
+    }
+    let kept: Vec<u64> = store
+        .versions("k")
+        .unwrap()
+        .unwrap()
+        .iter()
+        .map(|v| v.version)
+        .collect();
+    assert_eq!(kept, [8, 9, 10]);
+    assert!(store.get("k", Some(7)).unwrap().is_none());
+    assert_eq!(data_of(&store, "k", Some(8)).unwrap(), b"8");
+}
+
+#[test]
+fn folders_list_live_children_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, 20);
+    let ops = [
+        put("team/app/prod.yaml", "a", None),
+        put("team/app/dev.yaml", "a", None),
+        put("team/app-b", "a", None),
+        put("team/readme", "a", None),
+        put("team/gone/x", "a", None),
+        put("other", "a", None),
+    ];
+    store.execute(&ops, 0, 0).unwrap();
+    store
+        .execute(&[Op::delete(path("team/gone/x"), None)], 0, 0)
+        .unwrap();
+    let names = |folder: &str| -> Vec<(String, bool)> {
+        store
+            .list_folder(folder)
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.name, c.file.is_some()))
+            .collect()
+    };
+    assert_eq!(
+        names("team"),
+        [
+            ("app".into(), false),
+            ("app-b".into(), true),
+            ("readme".into(), true)
+        ]
+    );
+    assert_eq!(names(""), [("other".into(), true), ("team".into(), false)]);
+    assert_eq!(
+        names("team/app"),
+        [("dev.yaml".into(), true), ("prod.yaml".into(), true)]
+    );
+    assert!(names("nothing").is_empty());
+}
+
+#[test]
+fn everything_survives_reopen_including_the_node_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let (id, root) = {
+        let store = open(&dir, 20);
+        store
+            .execute(&[put("a", "1", None), put("b", "2", None)], 0, 0)
+            .unwrap();
+        let out = (store.node_id().to_string(), store.merkle().unwrap().root());
+        store.close().unwrap();
+        out
+    };
+    let store = open(&dir, 20);
+    assert_eq!(store.node_id(), id);
+    assert_eq!(store.revision(), 2);
+    assert_eq!(store.merkle().unwrap().root(), root);
+    assert_eq!(data_of(&store, "b", None).unwrap(), b"2");
+}
+
+#[derive(Debug, Clone)]
+enum Action {
+    Put(u8, u8),
+    Delete(u8),
+}
+
+fn action() -> impl Strategy<Value = Action> {
+    prop_oneof![
+        3 => (0u8..40, any::<u8>()).prop_map(|(p, v)| Action::Put(p, v)),
+        1 => (0u8..40).prop_map(Action::Delete),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// The digests maintained write by write equal the digests recomputed
+    /// from the stored entries, whatever the mix and batching of ops.
+    #[test]
+    fn incremental_merkle_equals_recomputed(batches in prop::collection::vec(prop::collection::vec(action(), 1..12), 1..12)) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir, 4);
+        for batch in batches {
+            let ops: Vec<Op> = batch.iter().map(|a| match a {
+                Action::Put(p, v) => put(&format!("p/{p}"), &v.to_string(), None),
+                Action::Delete(p) => Op::delete(path(&format!("p/{p}")), None),
+            }).collect();
+            store.execute(&ops, 0, 0).unwrap();
+            prop_assert_eq!(store.merkle().unwrap(), store.recompute_merkle().unwrap());
+        }
+    }
+}
+
+/// Same content reached by different histories gives different roots only
+/// where the versions differ: two stores fed the same ops agree exactly.
+#[test]
+fn identical_histories_give_identical_roots() {
+    let a_dir = tempfile::tempdir().unwrap();
+    let b_dir = tempfile::tempdir().unwrap();
+    let (a, b) = (open(&a_dir, 20), open(&b_dir, 20));
+    let ops: Vec<Op> = (0..100)
+        .map(|i| put(&format!("x/{}", i % 37), &i.to_string(), None))
+        .collect();
+    a.execute(&ops, 0, 0).unwrap();
+    for op in &ops {
+        b.execute(std::slice::from_ref(op), 0, 1).unwrap();
+    }
+    assert_eq!(a.merkle().unwrap().root(), b.merkle().unwrap().root());
+    b.execute(&[put("x/1", "diverge", None)], 0, 0).unwrap();
+    let differing = a.merkle().unwrap().differing(&b.merkle().unwrap());
+    assert_eq!(differing, [pika_replication::merkle::bucket_of("x/1")]);
+}
