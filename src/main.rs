@@ -1,1 +1,88 @@
-fn main() {}
+//! The `pika` binary: `pika [--config PATH]` runs a node.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use pika::config::{self, Sources};
+
+#[derive(Parser)]
+#[command(name = "pika", version, about = "A clustered configuration store")]
+struct Cli {
+    /// Config file (YAML). Default: $CONFIG_FILE, ./pika.yaml, ./pika.yml, /etc/pika.yaml.
+    #[arg(long, short, value_name = "PATH")]
+    config: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let loaded = match config::load(&Sources::from_process(cli.config)) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("pika: invalid configuration:\n{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let config = loaded.config;
+    pika::telemetry::init_logging(&config.log_level);
+    for warning in &loaded.warnings {
+        tracing::warn!("{warning}");
+    }
+    let source = loaded.file.as_ref().map_or_else(
+        || "embedded defaults".to_string(),
+        |p| p.display().to_string(),
+    );
+    tracing::info!(source, config = %config.masked(), "configuration loaded");
+    if config.cluster.enabled {
+        tracing::warn!(
+            "cluster.enabled is true, but clustering (membership, election, replication) is not built yet: \
+             this node runs standalone and ignores the other cluster.* keys"
+        );
+    }
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(pika::node::serve(config, None, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT received"),
+        () = term => tracing::info!("SIGTERM received"),
+    }
+}

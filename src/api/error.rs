@@ -1,0 +1,61 @@
+//! API errors. A handler returns an [`ApiError`]; the envelope turns it (and
+//! any other 4xx/5xx, such as axum's own rejections) into the JSON body
+//! `{message, request_id}`.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use pika_replication::{OpError, StoreError, WriteError};
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+/// The message of an error response, picked up by the envelope.
+#[derive(Clone, Debug)]
+pub struct ErrorMessage(pub String);
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = self.status.into_response();
+        response.extensions_mut().insert(ErrorMessage(self.message));
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "store read failed");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    }
+}
+
+impl From<WriteError> for ApiError {
+    fn from(e: WriteError) -> Self {
+        let status = match &e {
+            WriteError::Rejected(OpError::VersionMismatch { .. }) => StatusCode::CONFLICT,
+            WriteError::Rejected(OpError::NotFound(_)) => StatusCode::NOT_FOUND,
+            WriteError::Closed => StatusCode::SERVICE_UNAVAILABLE,
+            WriteError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self::new(status, e.to_string())
+    }
+}

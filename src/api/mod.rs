@@ -1,0 +1,91 @@
+//! The HTTP API: routes, shared state, and the envelope every response goes
+//! through (request id, JSON errors, revision header, metrics).
+
+mod envelope;
+mod error;
+mod files;
+mod status;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
+use pika_replication::{Store, WriteQueue};
+
+use crate::config::Config;
+pub use error::ApiError;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<Store>,
+    pub writes: WriteQueue,
+    pub config: Arc<Config>,
+    /// False once shutdown has begun: /readyz turns 503.
+    pub ready: Arc<AtomicBool>,
+    pub started: Instant,
+    pub request_ids: RequestIds,
+}
+
+/// Request ids unique within a boot: a random boot prefix and a counter.
+#[derive(Clone)]
+pub struct RequestIds {
+    boot: u32,
+    next: Arc<AtomicU64>,
+}
+
+impl RequestIds {
+    pub fn new() -> Self {
+        let mut bytes = [0u8; 4];
+        // A constant prefix only weakens uniqueness across restarts.
+        let _ = getrandom::fill(&mut bytes);
+        Self {
+            boot: u32::from_le_bytes(bytes),
+            next: Arc::new(AtomicU64::new(1)),
+        }
+    }
+
+    pub fn next(&self) -> String {
+        format!(
+            "{:08x}-{:x}",
+            self.boot,
+            self.next.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+}
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.config.max_body_bytes();
+    Router::new()
+        .route(
+            "/api/v1/file/{*path}",
+            get(files::get_file)
+                .post(files::save_file)
+                .delete(files::delete_file),
+        )
+        .route("/api/v1/data/{*path}", get(files::get_data))
+        .route("/api/v1/versions/{*path}", get(files::get_versions))
+        .route("/api/v1/folder", get(files::list_root))
+        .route("/api/v1/folder/", get(files::list_root))
+        .route("/api/v1/folder/{*path}", get(files::list_folder))
+        .route("/api/v1/cluster/status", get(status::cluster_status))
+        .route("/healthz", get(status::healthz))
+        .route("/readyz", get(status::readyz))
+        .route("/metrics", get(status::metrics))
+        .route_layer(axum::middleware::from_fn(envelope::tag_route))
+        .fallback(status::not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            envelope::envelope,
+        ))
+        .with_state(state)
+}

@@ -1,0 +1,65 @@
+//! Node status, health, readiness and metrics.
+
+use std::sync::atomic::Ordering;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use pika_replication::merkle;
+use serde_json::json;
+
+use super::{ApiError, AppState};
+
+/// GET /api/v1/cluster/status. Standalone today: the node is the whole
+/// cluster, whatever `cluster.enabled` says (clustering is not built yet).
+pub async fn cluster_status(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let store = &state.store;
+    let config = &state.config;
+    let root = merkle::hex(&store.merkle()?.root());
+    let http_address = format!("{}:{}", config.server.host, config.server.port);
+    Ok(Json(json!({
+        "enabled": config.cluster.enabled,
+        "active": false,
+        "role": "standalone",
+        "version": env!("CARGO_PKG_VERSION"),
+        "node_id": store.node_id(),
+        "revision": store.revision(),
+        "merkle_root": root,
+        "uptime_ms": state.started.elapsed().as_millis() as u64,
+        "nodes": [{
+            "id": store.node_id(),
+            "http_address": http_address,
+            "state": "alive",
+            "self": true,
+            "applied_revision": store.revision(),
+        }],
+        "config": config.masked(),
+    }))
+    .into_response())
+}
+
+pub async fn healthz() -> Response {
+    Json(json!({ "status": "ok" })).into_response()
+}
+
+/// Ready while the node accepts writes; 503 once shutdown has begun.
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    if state.ready.load(Ordering::SeqCst) {
+        Json(json!({ "status": "ready", "revision": state.store.revision() })).into_response()
+    } else {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
+    }
+}
+
+pub async fn metrics() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::telemetry::prometheus().render(),
+    )
+        .into_response()
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("no such route")
+}

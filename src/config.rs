@@ -1,0 +1,295 @@
+//! Configuration: the seed-compatible YAML surface, its defaults and its
+//! validation. Loading (files, env overrides, error reports) is in `load`.
+//!
+//! Every key an existing pika user has in their YAML keeps its meaning. Keys
+//! of features that are not built yet (the `cluster` table beyond
+//! `enabled`) are accepted and validated now, so a config that starts today
+//! keeps starting when they arrive.
+
+pub mod duration;
+pub mod load;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+pub use duration::HumanDuration;
+pub use load::{ConfigError, Loaded, Sources, load};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    pub cluster: ClusterConfig,
+    /// tracing filter directives: `info`, `debug`, `pika=debug,info`.
+    pub log_level: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ServerConfig {
+    /// Address the HTTP API listens on.
+    pub host: String,
+    /// HTTP port; 0 picks a free port (the log says which).
+    #[serde(deserialize_with = "port")]
+    pub port: u16,
+    pub limits: LimitsConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LimitsConfig {
+    /// Largest accepted request body, in MiB. Larger requests get 413.
+    pub request_body_mb: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StorageConfig {
+    pub bw: BwConfig,
+    /// Versions kept per path (the latest included).
+    pub history: u64,
+}
+
+/// `storage.bw`: named after the original pika's storage section.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BwConfig {
+    /// Directory holding the database file.
+    pub path: PathBuf,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClusterConfig {
+    pub enabled: bool,
+    /// DNS name (or comma list of host[:port]) that resolves to every node.
+    pub dns_addr: String,
+    /// Address of the peer (QUIC) endpoint.
+    pub bind_addr: String,
+    #[serde(deserialize_with = "port")]
+    pub port: u16,
+    /// Cluster size R; quorum is R/2 + 1.
+    pub replicas: u32,
+    pub security_key: SecurityKey,
+    pub refresh_interval: HumanDuration,
+    pub heartbeat_interval: HumanDuration,
+    pub heartbeat_timeout: HumanDuration,
+    pub lock_key: String,
+    pub sync_interval: HumanDuration,
+    pub prefix: String,
+    pub forward_timeout: HumanDuration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig::default(),
+            storage: StorageConfig::default(),
+            cluster: ClusterConfig::default(),
+            log_level: "info".into(),
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            bw: BwConfig::default(),
+            history: 20,
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            host: "0.0.0.0".into(),
+            port: 8080,
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            request_body_mb: 32,
+        }
+    }
+}
+
+impl Default for BwConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("data/pika"),
+        }
+    }
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        let secs = |s| HumanDuration(Duration::from_secs(s));
+        Self {
+            enabled: false,
+            dns_addr: String::new(),
+            bind_addr: "0.0.0.0".into(),
+            port: 5000,
+            replicas: 3,
+            security_key: SecurityKey::default(),
+            refresh_interval: secs(30),
+            heartbeat_interval: secs(5),
+            heartbeat_timeout: secs(30),
+            lock_key: "pika-leader".into(),
+            sync_interval: secs(300),
+            prefix: "pika".into(),
+            forward_timeout: secs(30),
+        }
+    }
+}
+
+impl Config {
+    /// Checks what types alone cannot. Each problem is `(key, message)`.
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        let c = &self.cluster;
+        if c.enabled && c.replicas == 0 {
+            out.push((
+                "cluster.replicas",
+                "must be at least 1 when cluster.enabled is true".into(),
+            ));
+        }
+        if c.enabled && c.heartbeat_interval.0.is_zero() {
+            out.push((
+                "cluster.heartbeat_interval",
+                "must be greater than 0".into(),
+            ));
+        }
+        if c.enabled && c.heartbeat_timeout.0 <= c.heartbeat_interval.0 {
+            out.push((
+                "cluster.heartbeat_timeout",
+                format!(
+                    "must be longer than cluster.heartbeat_interval ({} <= {})",
+                    c.heartbeat_timeout, c.heartbeat_interval
+                ),
+            ));
+        }
+        if self.storage.bw.path.as_os_str().is_empty() {
+            out.push(("storage.bw.path", "must not be empty".into()));
+        }
+        if self.storage.history == 0 {
+            out.push(("storage.history", "must be at least 1".into()));
+        }
+        if self.server.limits.request_body_mb == 0 {
+            out.push(("server.limits.request_body_mb", "must be at least 1".into()));
+        }
+        if self.server.host.trim().is_empty() {
+            out.push(("server.host", "must not be empty".into()));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
+            out.push((
+                "log_level",
+                format!("`{}` is not a log filter: {e}", self.log_level),
+            ));
+        }
+        out
+    }
+
+    /// The config as JSON with the security key masked: for logs and status.
+    pub fn masked(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(self).unwrap_or_default();
+        if let Some(key) = value.pointer_mut("/cluster/security_key") {
+            *key = self.cluster.security_key.masked().into();
+        }
+        value
+    }
+
+    pub fn max_body_bytes(&self) -> usize {
+        usize::try_from(self.server.limits.request_body_mb.saturating_mul(1 << 20))
+            .unwrap_or(usize::MAX)
+    }
+}
+
+/// The cluster's pre-shared key. YAML users write it bare (`security_key:
+/// 123456`), so a number is accepted and used as its decimal text.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SecurityKey {
+    pub value: String,
+    /// Written as a YAML number: leading zeros or `1e3`-style forms are lost.
+    pub was_number: bool,
+}
+
+impl SecurityKey {
+    pub fn is_empty(&self) -> bool {
+        self.value.is_empty()
+    }
+
+    pub fn masked(&self) -> &'static str {
+        if self.is_empty() { "" } else { "********" }
+    }
+}
+
+impl fmt::Debug for SecurityKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.masked())
+    }
+}
+
+impl Serialize for SecurityKey {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.value)
+    }
+}
+
+impl<'de> Deserialize<'de> for SecurityKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = SecurityKey;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string (or a number) key")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<SecurityKey, E> {
+                Ok(SecurityKey {
+                    value: v.to_string(),
+                    was_number: false,
+                })
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<SecurityKey, E> {
+                Ok(SecurityKey {
+                    value: v.to_string(),
+                    was_number: true,
+                })
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<SecurityKey, E> {
+                Ok(SecurityKey {
+                    value: v.to_string(),
+                    was_number: true,
+                })
+            }
+            fn visit_u128<E: serde::de::Error>(self, v: u128) -> Result<SecurityKey, E> {
+                Ok(SecurityKey {
+                    value: v.to_string(),
+                    was_number: true,
+                })
+            }
+            fn visit_i128<E: serde::de::Error>(self, v: i128) -> Result<SecurityKey, E> {
+                Ok(SecurityKey {
+                    value: v.to_string(),
+                    was_number: true,
+                })
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// A TCP/UDP port, with a range error that says what the range is.
+fn port<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
+    let n = i64::deserialize(d)?;
+    u16::try_from(n)
+        .map_err(|_| serde::de::Error::custom(format!("port {n} is out of range (0-65535)")))
+}

@@ -1,0 +1,9 @@
+//! pika: a clustered configuration store. This crate is the server binary's
+//! library half: configuration, the HTTP API and the wiring of a node.
+//! The replicated state lives in `pika-replication`, peers in
+//! `pika-membership`.
+
+pub mod api;
+pub mod config;
+pub mod node;
+pub mod telemetry;

@@ -1,0 +1,150 @@
+//! A running node: the store, its write queue and the HTTP server, started
+//! together and stopped in the order that loses nothing.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use anyhow::Context;
+use pika_replication::{BatchLimits, Store, WriteQueue};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::api::{self, AppState};
+use crate::config::Config;
+
+/// A node serving on a socket. Dropping it does not stop it; call
+/// [`Node::shutdown`].
+pub struct Node {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Node {
+    /// Opens the store and starts serving. Returns once the socket is bound.
+    pub async fn start(config: Config) -> anyhow::Result<Node> {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (bound, addr) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            serve(config, Some(bound), async {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        match addr.await {
+            Ok(addr) => Ok(Node {
+                addr,
+                stop: Some(stop),
+                task,
+            }),
+            // The task ended before binding: report why.
+            Err(_) => Err(task
+                .await
+                .context("node task panicked")?
+                .err()
+                .unwrap_or_else(|| anyhow::anyhow!("node stopped before it was ready"))),
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Graceful stop: no new requests, in-flight writes answered, store closed.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.await.context("node task panicked")?
+    }
+}
+
+/// Runs a node until `shutdown` completes, then stops it gracefully:
+/// the listener closes, in-flight requests finish (writes get their commit
+/// or a clean error), the committer drains its queue, and the database file
+/// is closed.
+pub async fn serve(
+    config: Config,
+    bound: Option<oneshot::Sender<SocketAddr>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let data_dir = config.storage.bw.path.clone();
+    let store = Store::open(&data_dir, config.storage.history)
+        .with_context(|| format!("storage.bw.path = {}", data_dir.display()))?;
+    let store = Arc::new(store);
+    tracing::info!(
+        node_id = store.node_id(),
+        revision = store.revision(),
+        path = %data_dir.display(),
+        "store opened"
+    );
+    let (writes, committer) = WriteQueue::start(store.clone(), BatchLimits::default())
+        .context("starting the committer thread")?;
+
+    let listen = format!("{}:{}", config.server.host, config.server.port);
+    let listener = TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} (server.host, server.port)"))?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+
+    let ready = Arc::new(AtomicBool::new(true));
+    let state = AppState {
+        store: store.clone(),
+        writes,
+        config: Arc::new(config),
+        ready: ready.clone(),
+        started: Instant::now(),
+        request_ids: api::RequestIds::new(),
+    };
+    let app = api::router(state);
+    if addr.ip().is_unspecified() {
+        tracing::info!(
+            "pika listening on http://{addr} (open http://127.0.0.1:{})",
+            addr.port()
+        );
+    } else {
+        tracing::info!("pika listening on http://{addr}");
+    }
+    if let Some(bound) = bound {
+        let _ = bound.send(addr);
+    }
+
+    let upkeep = tokio::spawn(async {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            crate::telemetry::prometheus().run_upkeep();
+        }
+    });
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            ready.store(false, std::sync::atomic::Ordering::SeqCst);
+            tracing::info!("shutting down: finishing in-flight requests");
+        })
+        .await
+        .context("HTTP server failed");
+    upkeep.abort();
+
+    // The router (and with it every WriteQueue handle) is gone once serve
+    // returns, so the committer sees its queue close, answers what is left
+    // and exits. Only then is the database closed.
+    tokio::task::spawn_blocking(move || committer.join())
+        .await
+        .context("joining the committer")?
+        .map_err(|_| anyhow::anyhow!("the committer thread panicked"))?;
+    match Arc::try_unwrap(store) {
+        Ok(store) => store.close().context("closing the store")?,
+        Err(_) => tracing::warn!("store still referenced at shutdown; it closes when dropped"),
+    }
+    tracing::info!("stopped");
+    result
+}
