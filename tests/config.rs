@@ -1,0 +1,238 @@
+//! The config loader: seed compatibility, precedence, and errors that name
+//! the source, the key and the problem.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use pika::config::{Sources, load};
+
+fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).expect("write test config");
+    path
+}
+
+fn sources(file: Option<PathBuf>, env: &[(&str, &str)]) -> Sources {
+    Sources {
+        flag: file,
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        search: Vec::new(),
+    }
+}
+
+const SEED: &str = "storage:
+  bw:
+    path: /tmp/pika1111
+cluster:
+  enabled: true
+  dns_addr: pika.local
+  bind_addr: 127.0.1.1
+  replicas: 3
+  security_key: 123456
+server:
+  port: 8091
+";
+
+#[test]
+fn the_seed_yaml_loads_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let loaded = load(&sources(Some(write(&dir, "pika.yaml", SEED)), &[])).unwrap();
+    let c = loaded.config;
+    assert_eq!(c.storage.bw.path, PathBuf::from("/tmp/pika1111"));
+    assert!(c.cluster.enabled);
+    assert_eq!(c.cluster.dns_addr, "pika.local");
+    assert_eq!(c.cluster.bind_addr, "127.0.1.1");
+    assert_eq!(c.cluster.replicas, 3);
+    assert_eq!(c.cluster.security_key.value, "123456");
+    assert_eq!(c.server.port, 8091);
+    // Untouched keys keep their documented defaults.
+    assert_eq!(c.server.host, "0.0.0.0");
+    assert_eq!(c.cluster.port, 5000);
+    assert_eq!(c.cluster.heartbeat_interval.0, Duration::from_secs(5));
+    assert_eq!(c.cluster.heartbeat_timeout.0, Duration::from_secs(30));
+    assert_eq!(c.cluster.sync_interval.0, Duration::from_secs(300));
+    assert_eq!(c.cluster.lock_key, "pika-leader");
+    assert_eq!(c.storage.history, 20);
+    // The bare-number key is accepted, with a hint about quoting.
+    assert!(
+        loaded.warnings.iter().any(|w| w.contains("security_key")),
+        "{:?}",
+        loaded.warnings
+    );
+    // And the key never appears in what gets logged.
+    assert!(!c.masked().to_string().contains("123456"));
+}
+
+#[test]
+fn no_file_means_embedded_defaults() {
+    let loaded = load(&sources(None, &[])).unwrap();
+    assert!(loaded.file.is_none());
+    assert_eq!(loaded.config.server.port, 8080);
+    assert_eq!(loaded.config.storage.bw.path, PathBuf::from("data/pika"));
+    assert!(!loaded.config.cluster.enabled);
+}
+
+#[test]
+fn env_overrides_the_file_and_keeps_strings_as_strings() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(&dir, "pika.yaml", SEED);
+    let env = [
+        ("PIKA_SERVER_PORT", "9999"),
+        ("PIKA_CLUSTER_DNS_ADDR", "127.0.1.1,127.0.1.2,127.0.1.3"),
+        ("PIKA_CLUSTER_SECURITY_KEY", "0123"),
+        ("PIKA_CLUSTER_HEARTBEAT_INTERVAL", "250ms"),
+        ("PIKA_STORAGE_BW_PATH", "/tmp/elsewhere"),
+        ("PIKA_SERVER_LIMITS_REQUEST_BODY_MB", "2"),
+        ("PIKA_LOG_LEVEL", "debug"),
+        ("PIKA_CLUSTER_ENABLED", "false"),
+    ];
+    let c = load(&sources(Some(file), &env)).unwrap().config;
+    assert_eq!(c.server.port, 9999);
+    assert_eq!(c.cluster.dns_addr, "127.0.1.1,127.0.1.2,127.0.1.3");
+    assert_eq!(c.cluster.security_key.value, "0123");
+    assert_eq!(c.cluster.heartbeat_interval.0, Duration::from_millis(250));
+    assert_eq!(c.storage.bw.path, PathBuf::from("/tmp/elsewhere"));
+    assert_eq!(c.server.limits.request_body_mb, 2);
+    assert_eq!(c.log_level, "debug");
+    assert!(!c.cluster.enabled);
+}
+
+#[test]
+fn config_file_env_is_used_and_flag_wins_over_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = write(&dir, "a.yaml", "server:\n  port: 1111\n");
+    let b = write(&dir, "b.yaml", "server:\n  port: 2222\n");
+    let by_env = load(&sources(None, &[("CONFIG_FILE", a.to_str().unwrap())])).unwrap();
+    assert_eq!(by_env.config.server.port, 1111);
+    let by_flag = load(&sources(
+        Some(b.clone()),
+        &[("CONFIG_FILE", a.to_str().unwrap())],
+    ))
+    .unwrap();
+    assert_eq!(by_flag.config.server.port, 2222);
+    assert_eq!(by_flag.file, Some(b));
+}
+
+#[test]
+fn the_search_list_finds_the_first_existing_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let yml = write(&dir, "pika.yml", "server:\n  port: 3333\n");
+    let s = Sources {
+        flag: None,
+        env: Vec::new(),
+        search: vec![dir.path().join("pika.yaml"), yml.clone()],
+    };
+    let loaded = load(&s).unwrap();
+    assert_eq!(loaded.file, Some(yml));
+    assert_eq!(loaded.config.server.port, 3333);
+}
+
+fn error_of(yaml: &str, env: &[(&str, &str)]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(&dir, "bad.yaml", yaml);
+    let e = load(&sources(Some(file), env)).expect_err("config should be refused");
+    let text = e.to_string();
+    assert!(!text.is_empty());
+    text
+}
+
+#[test]
+fn syntax_errors_name_the_file_and_the_line() {
+    let e = error_of("server:\n  port: 8080\n   host: x\n", &[]);
+    assert!(e.contains("bad.yaml"), "{e}");
+    assert!(e.contains("line 3"), "{e}");
+}
+
+#[test]
+fn type_errors_name_the_key() {
+    let e = error_of("server:\n  port: eighty\n", &[]);
+    assert!(e.contains("bad.yaml") && e.contains("server.port"), "{e}");
+}
+
+#[test]
+fn out_of_range_ports_are_refused() {
+    let e = error_of("server:\n  port: 70000\n", &[]);
+    assert!(
+        e.contains("server.port") && e.contains("out of range"),
+        "{e}"
+    );
+    let e = error_of("cluster:\n  port: -1\n", &[]);
+    assert!(
+        e.contains("cluster.port") && e.contains("out of range"),
+        "{e}"
+    );
+}
+
+#[test]
+fn unknown_durations_are_refused() {
+    let e = error_of("cluster:\n  heartbeat_interval: 5x\n", &[]);
+    assert!(
+        e.contains("cluster.heartbeat_interval") && e.contains("not a duration"),
+        "{e}"
+    );
+    let e = error_of("cluster:\n  sync_interval: 300\n", &[]);
+    assert!(
+        e.contains("cluster.sync_interval") && e.contains("no unit"),
+        "{e}"
+    );
+}
+
+#[test]
+fn zero_replicas_with_the_cluster_enabled_is_refused() {
+    let e = error_of("cluster:\n  enabled: true\n  replicas: 0\n", &[]);
+    assert!(
+        e.contains("bad.yaml") && e.contains("cluster.replicas"),
+        "{e}"
+    );
+    // With the cluster disabled the key is inert, so it is accepted.
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(&dir, "ok.yaml", "cluster:\n  replicas: 0\n");
+    assert!(load(&sources(Some(file), &[])).is_ok());
+}
+
+#[test]
+fn bad_env_values_name_the_variable() {
+    let e = error_of("{}\n", &[("PIKA_SERVER_PORT", "http")]);
+    assert!(
+        e.contains("PIKA_SERVER_PORT") && e.contains("server.port"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_missing_named_file_is_an_error() {
+    let e = load(&sources(Some("/nonexistent/pika.yaml".into()), &[])).unwrap_err();
+    assert!(e.to_string().contains("/nonexistent/pika.yaml"), "{e}");
+}
+
+#[test]
+fn unknown_keys_warn_without_failing() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        &dir,
+        "pika.yaml",
+        "server:\n  port: 8081\n  colour: blue\nextra:\n  a: 1\n",
+    );
+    let loaded = load(&sources(Some(file), &[("PIKA_NOPE", "1")])).unwrap();
+    let w = loaded.warnings.join("\n");
+    assert!(
+        w.contains("server.colour") && w.contains("`extra`") && w.contains("PIKA_NOPE"),
+        "{w}"
+    );
+    assert_eq!(loaded.config.server.port, 8081);
+}
+
+#[test]
+fn empty_and_comment_only_files_are_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    for text in ["", "# nothing here\n"] {
+        let file = write(&dir, "empty.yaml", text);
+        assert_eq!(
+            load(&sources(Some(file), &[])).unwrap().config.server.port,
+            8080
+        );
+    }
+}
