@@ -64,6 +64,11 @@ fn the_seed_yaml_loads_unchanged() {
     );
     // And the key never appears in what gets logged.
     assert!(!c.masked().to_string().contains("123456"));
+    assert!(
+        !loaded.warnings.join(" ").contains("123456"),
+        "{:?}",
+        loaded.warnings
+    );
 }
 
 #[test]

@@ -119,9 +119,10 @@ pub fn load(sources: &Sources) -> Result<Loaded, ConfigError> {
     }
     if config.cluster.security_key.was_number {
         let origin = origin(&figment, "cluster.security_key", file.as_deref());
+        // Never echo the key itself: warnings go to the log.
         warnings.push(format!(
-            "cluster.security_key in {origin} is a number; it is used as \"{}\" (quote it if leading zeros matter)",
-            config.cluster.security_key.value
+            "cluster.security_key in {origin} is a YAML number; its decimal digits are the key \
+             (quote it if leading zeros or the exact spelling matter)"
         ));
     }
 
