@@ -76,6 +76,8 @@ pub async fn serve(
     bound: Option<oneshot::Sender<SocketAddr>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // Install the recorder before anything records, or early samples are lost.
+    crate::telemetry::prometheus();
     let data_dir = config.storage.bw.path.clone();
     let store = Store::open(&data_dir, config.storage.history)
         .with_context(|| format!("storage.bw.path = {}", data_dir.display()))?;
@@ -103,7 +105,10 @@ pub async fn serve(
         ready: ready.clone(),
         started: Instant::now(),
         request_ids: api::RequestIds::new(),
+        http_addr: addr,
     };
+    // Present from the start, not only after the first write.
+    metrics::gauge!("pika_revision").set(store.revision() as f64);
     let app = api::router(state);
     if addr.ip().is_unspecified() {
         tracing::info!(

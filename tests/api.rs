@@ -387,6 +387,7 @@ async fn status_health_and_metrics() {
     assert_eq!(b["revision"], 1);
     assert_eq!(b["nodes"].as_array().unwrap().len(), 1);
     assert_eq!(b["nodes"][0]["self"], true);
+    assert_eq!(b["nodes"][0]["http_address"], t.node.addr().to_string());
     assert_eq!(t.get_json("/healthz").await.0, StatusCode::OK);
     assert_eq!(t.get_json("/readyz").await.0, StatusCode::OK);
 

@@ -27,6 +27,8 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     pub started: Instant,
     pub request_ids: RequestIds,
+    /// The address the HTTP server is bound to (the real port, even for port 0).
+    pub http_addr: std::net::SocketAddr,
 }
 
 /// Request ids unique within a boot: a random boot prefix and a counter.

@@ -17,7 +17,6 @@ pub async fn cluster_status(State(state): State<AppState>) -> Result<Response, A
     let store = &state.store;
     let config = &state.config;
     let root = merkle::hex(&store.merkle()?.root());
-    let http_address = format!("{}:{}", config.server.host, config.server.port);
     Ok(Json(json!({
         "enabled": config.cluster.enabled,
         "active": false,
@@ -29,7 +28,7 @@ pub async fn cluster_status(State(state): State<AppState>) -> Result<Response, A
         "uptime_ms": state.started.elapsed().as_millis() as u64,
         "nodes": [{
             "id": store.node_id(),
-            "http_address": http_address,
+            "http_address": state.http_addr.to_string(),
             "state": "alive",
             "self": true,
             "applied_revision": store.revision(),

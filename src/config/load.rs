@@ -250,7 +250,7 @@ impl figment::providers::Format for Yaml {
     type Error = serde_norway::Error;
     const NAME: &'static str = "YAML";
 
-    fn from_str<'de, T: DeserializeOwned>(text: &'de str) -> Result<T, Self::Error> {
+    fn from_str<T: DeserializeOwned>(text: &str) -> Result<T, Self::Error> {
         // Parse to a value first: syntax errors then carry line and column,
         // and an empty (or all-comment) file is an empty table, not an error.
         let value: serde_norway::Value = serde_norway::from_str(text)?;
