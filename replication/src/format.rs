@@ -53,6 +53,14 @@ impl Format {
     }
 
     /// Checks that `data` parses as this format. Every format must be UTF-8.
+    ///
+    /// ```
+    /// use pika_replication::Format;
+    ///
+    /// assert!(Format::Yaml.validate(b"port: 8080\n").is_ok());
+    /// let e = Format::Json.validate(b"{\n  \"port\": }").unwrap_err();
+    /// assert_eq!((e.line, e.column), (2, 11));
+    /// ```
     pub fn validate(self, data: &[u8]) -> Result<(), ContentError> {
         let text = std::str::from_utf8(data).map_err(|e| {
             let (line, column) = line_column(data, e.valid_up_to());

@@ -11,6 +11,14 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// A validated config path.
+///
+/// ```
+/// use pika_replication::{ConfigPath, PathError};
+///
+/// assert_eq!(ConfigPath::new("team/app/prod.yaml").unwrap().as_str(), "team/app/prod.yaml");
+/// assert_eq!(ConfigPath::new("team//prod.yaml"), Err(PathError::EmptySegment));
+/// assert_eq!(ConfigPath::new("team/../etc"), Err(PathError::DotSegment));
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct ConfigPath(String);
