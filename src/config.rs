@@ -227,6 +227,13 @@ impl SecurityKey {
         self.value.is_empty()
     }
 
+    fn from_number(n: impl fmt::Display) -> Self {
+        Self {
+            value: n.to_string(),
+            was_number: true,
+        }
+    }
+
     pub fn masked(&self) -> &'static str {
         if self.is_empty() { "" } else { "********" }
     }
@@ -259,28 +266,16 @@ impl<'de> Deserialize<'de> for SecurityKey {
                 })
             }
             fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<SecurityKey, E> {
-                Ok(SecurityKey {
-                    value: v.to_string(),
-                    was_number: true,
-                })
+                Ok(SecurityKey::from_number(v))
             }
             fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<SecurityKey, E> {
-                Ok(SecurityKey {
-                    value: v.to_string(),
-                    was_number: true,
-                })
+                Ok(SecurityKey::from_number(v))
             }
             fn visit_u128<E: serde::de::Error>(self, v: u128) -> Result<SecurityKey, E> {
-                Ok(SecurityKey {
-                    value: v.to_string(),
-                    was_number: true,
-                })
+                Ok(SecurityKey::from_number(v))
             }
             fn visit_i128<E: serde::de::Error>(self, v: i128) -> Result<SecurityKey, E> {
-                Ok(SecurityKey {
-                    value: v.to_string(),
-                    was_number: true,
-                })
+                Ok(SecurityKey::from_number(v))
             }
         }
         d.deserialize_any(Visitor)

@@ -171,14 +171,7 @@ fn describe(error: figment::Error, file: Option<&Path>) -> ConfigError {
     let messages = error
         .into_iter()
         .map(|e| {
-            let origin = match &e.metadata {
-                Some(m) if m.name.starts_with("environment variable") => m.name.to_string(),
-                Some(m) => match &m.source {
-                    Some(figment::Source::File(path)) => path.display().to_string(),
-                    _ => m.name.to_string(),
-                },
-                None => file.map_or_else(|| "config".to_string(), |p| p.display().to_string()),
-            };
+            let origin = origin_of(e.metadata.as_ref(), file);
             let kind = e.kind.to_string();
             if e.path.is_empty() {
                 format!("{origin}: {kind}")
@@ -192,7 +185,13 @@ fn describe(error: figment::Error, file: Option<&Path>) -> ConfigError {
 
 /// Who set `key`: the file, an env var, or the defaults.
 fn origin(figment: &Figment, key: &str, file: Option<&Path>) -> String {
-    match figment.find_metadata(key) {
+    origin_of(figment.find_metadata(key), file)
+}
+
+/// Names a provider as an operator knows it: the file's path, the variable,
+/// or "defaults".
+fn origin_of(metadata: Option<&Metadata>, file: Option<&Path>) -> String {
+    match metadata {
         Some(m) if m.name.starts_with("environment variable") => m.name.to_string(),
         Some(m) => match &m.source {
             Some(figment::Source::File(path)) => path.display().to_string(),
