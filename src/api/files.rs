@@ -7,7 +7,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use pika_replication::{Change, ChangeKind, ConfigPath, Format, Meta, Op, path::folder_prefix};
+use pika_replication::{ChangeKind, ConfigPath, Format, Meta, Op, path::folder_prefix};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -80,23 +80,43 @@ pub struct VersionQuery {
     version: Option<u64>,
 }
 
-/// The requested version of a path, or a 404 that says why there is none.
+/// A live version's content and where it sits in history.
+struct Content {
+    meta: Meta,
+    data: Vec<u8>,
+    version: u64,
+    revision: u64,
+    epoch: u64,
+    created_at_ms: u64,
+}
+
+/// The requested version of a path (the latest by default), or a 404 that
+/// says why there is none: never written, pruned, or deleted.
 fn read_version(
     state: &AppState,
     path: &ConfigPath,
     version: Option<u64>,
-) -> Result<Change, ApiError> {
+) -> Result<Content, ApiError> {
     let change = state.store.get(path.as_str(), version)?;
-    match change {
-        Some(c) if c.is_delete() => Err(ApiError::not_found(format!(
-            "{path} was deleted (version {}, revision {})",
-            c.version, c.revision
-        ))),
-        Some(c) => Ok(c),
-        None => Err(ApiError::not_found(match version {
+    let Some(change) = change else {
+        return Err(ApiError::not_found(match version {
             Some(v) => format!("{path} has no version {v} (never written, or pruned from history)"),
             None => format!("{path} does not exist"),
-        })),
+        }));
+    };
+    match change.kind {
+        ChangeKind::Put { meta, data } => Ok(Content {
+            meta,
+            data,
+            version: change.version,
+            revision: change.revision,
+            epoch: change.epoch,
+            created_at_ms: change.created_at_ms,
+        }),
+        ChangeKind::Delete => Err(ApiError::not_found(format!(
+            "{path} was deleted (version {}, revision {})",
+            change.version, change.revision
+        ))),
     }
 }
 
@@ -118,18 +138,15 @@ pub async fn get_file(
     Query(q): Query<VersionQuery>,
 ) -> Result<Response, ApiError> {
     let path = config_path(raw)?;
-    let change = read_version(&state, &path, q.version)?;
-    let ChangeKind::Put { meta, data } = &change.kind else {
-        return Err(ApiError::not_found(format!("{path} was deleted")));
-    };
+    let content = read_version(&state, &path, q.version)?;
     Ok(Json(FileResponse {
         path: path.as_str(),
-        meta,
-        data: BASE64.encode(data),
-        version: change.version,
-        revision: change.revision,
-        epoch: change.epoch,
-        created_at_ms: change.created_at_ms,
+        meta: &content.meta,
+        data: BASE64.encode(&content.data),
+        version: content.version,
+        revision: content.revision,
+        epoch: content.epoch,
+        created_at_ms: content.created_at_ms,
     })
     .into_response())
 }
@@ -142,11 +159,13 @@ pub async fn get_data(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let path = config_path(raw)?;
-    let change = read_version(&state, &path, q.version)?;
-    let ChangeKind::Put { meta, data } = change.kind else {
-        return Err(ApiError::not_found(format!("{path} was deleted")));
-    };
-    let etag = format!("\"v{}\"", change.version);
+    let Content {
+        meta,
+        data,
+        version,
+        ..
+    } = read_version(&state, &path, q.version)?;
+    let etag = format!("\"v{version}\"");
     let etag_value =
         HeaderValue::from_str(&etag).map_err(|e| ApiError::bad_request(e.to_string()))?;
     if if_none_match(&headers, &etag) {
