@@ -165,27 +165,27 @@ impl Store {
         let txn = self.db.begin_write()?;
         let mut revision = self.revision();
         let mut results = Vec::with_capacity(ops.len());
-        for op in ops {
-            let current: Option<Entry> = {
-                let entries = txn.open_table(ENTRIES)?;
-                let raw = entries.get(op.path.as_str())?;
-                raw.map(|v| decode(op.path.as_str(), v.value()))
-                    .transpose()?
-            };
-            match resolve(op, current.as_ref(), revision + 1, epoch, now_ms) {
-                Ok(change) => {
-                    write_change(&txn, &change, current.as_ref(), self.history)?;
-                    revision = change.revision;
-                    results.push(Ok(Applied {
-                        version: change.version,
-                        revision: change.revision,
-                    }));
+        {
+            // Opened once per batch, not per op: the tables live until commit.
+            let mut tables = BatchTables::open(&txn)?;
+            for op in ops {
+                let current = tables.entry(op.path.as_str())?;
+                match resolve(op, current.as_ref(), revision + 1, epoch, now_ms) {
+                    Ok(change) => {
+                        tables.write_change(&change, current.as_ref(), self.history)?;
+                        revision = change.revision;
+                        results.push(Ok(Applied {
+                            version: change.version,
+                            revision: change.revision,
+                        }));
+                    }
+                    Err(e) => results.push(Err(e)),
                 }
-                Err(e) => results.push(Err(e)),
             }
+            tables
+                .node
+                .insert(KEY_REVISION, revision.to_le_bytes().as_slice())?;
         }
-        txn.open_table(NODE)?
-            .insert(KEY_REVISION, revision.to_le_bytes().as_slice())?;
         txn.commit()?;
         self.revision.store(revision, Ordering::Release);
         self.commits.fetch_add(1, Ordering::Relaxed);
@@ -365,40 +365,68 @@ pub fn resolve(
     })
 }
 
-/// Writes a resolved change: version record, latest entry, Merkle bucket,
-/// history pruning. The caller commits.
-fn write_change(
-    txn: &WriteTransaction,
-    change: &Change,
-    previous: Option<&Entry>,
-    history: u64,
-) -> Result<(), StoreError> {
-    let path = change.path.as_str();
-    let entry = Entry::of(change);
+/// The tables a batch writes, opened once for the whole batch.
+struct BatchTables<'txn> {
+    entries: redb::Table<'txn, &'static str, &'static [u8]>,
+    versions: redb::Table<'txn, (&'static str, u64), &'static [u8]>,
+    merkle: redb::Table<'txn, u16, [u8; 32]>,
+    node: redb::Table<'txn, &'static str, &'static [u8]>,
+}
 
-    let mut versions = txn.open_table(VERSIONS)?;
-    versions.insert((path, change.version), encode(path, change)?.as_slice())?;
-    if change.version > history {
-        let oldest_kept = change.version - history + 1;
-        versions.retain_in((path, 0u64)..(path, oldest_kept), |_, _| false)?;
+impl<'txn> BatchTables<'txn> {
+    fn open(txn: &'txn WriteTransaction) -> Result<Self, StoreError> {
+        Ok(Self {
+            entries: txn.open_table(ENTRIES)?,
+            versions: txn.open_table(VERSIONS)?,
+            merkle: txn.open_table(MERKLE)?,
+            node: txn.open_table(NODE)?,
+        })
     }
 
-    txn.open_table(ENTRIES)?
-        .insert(path, encode(path, &entry)?.as_slice())?;
+    /// The latest entry of `path` as this transaction sees it.
+    fn entry(&self, path: &str) -> Result<Option<Entry>, StoreError> {
+        let raw = self.entries.get(path)?;
+        raw.map(|v| decode(path, v.value())).transpose()
+    }
 
-    let bucket = merkle::bucket_of(path);
-    let mut table = txn.open_table(MERKLE)?;
-    let mut digest = table.get(bucket)?.map_or(merkle::EMPTY, |v| v.value());
-    if let Some(previous) = previous {
-        merkle::xor_into(&mut digest, &previous.leaf(path));
+    /// Writes a resolved change: version record, latest entry, Merkle
+    /// bucket, history pruning. The caller commits.
+    fn write_change(
+        &mut self,
+        change: &Change,
+        previous: Option<&Entry>,
+        history: u64,
+    ) -> Result<(), StoreError> {
+        let path = change.path.as_str();
+        let entry = Entry::of(change);
+
+        self.versions
+            .insert((path, change.version), encode(path, change)?.as_slice())?;
+        if change.version > history {
+            let oldest_kept = change.version - history + 1;
+            self.versions
+                .retain_in((path, 0u64)..(path, oldest_kept), |_, _| false)?;
+        }
+
+        self.entries
+            .insert(path, encode(path, &entry)?.as_slice())?;
+
+        let bucket = merkle::bucket_of(path);
+        let mut digest = self
+            .merkle
+            .get(bucket)?
+            .map_or(merkle::EMPTY, |v| v.value());
+        if let Some(previous) = previous {
+            merkle::xor_into(&mut digest, &previous.leaf(path));
+        }
+        merkle::xor_into(&mut digest, &entry.leaf(path));
+        if digest == merkle::EMPTY {
+            self.merkle.remove(bucket)?;
+        } else {
+            self.merkle.insert(bucket, digest)?;
+        }
+        Ok(())
     }
-    merkle::xor_into(&mut digest, &entry.leaf(path));
-    if digest == merkle::EMPTY {
-        table.remove(bucket)?;
-    } else {
-        table.insert(bucket, digest)?;
-    }
-    Ok(())
 }
 
 fn encode<T: Serialize>(key: &str, value: &T) -> Result<Vec<u8>, StoreError> {
