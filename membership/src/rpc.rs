@@ -1,0 +1,114 @@
+//! The typed RPC surface replication builds on: an ordered bidirectional
+//! QUIC stream carrying [`frame`](crate::frame)s.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::frame::{self, FrameDecoder, FrameError};
+use crate::stats::Stats;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RpcError {
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("peer {0} is unreachable: {1}")]
+    Unreachable(SocketAddr, String),
+    #[error("connection to {0} lost: {1}")]
+    Connection(SocketAddr, quinn::ConnectionError),
+    #[error("writing to {0}: {1}")]
+    Write(SocketAddr, quinn::WriteError),
+    #[error("reading from {0}: {1}")]
+    Read(SocketAddr, quinn::ReadError),
+    #[error("stream from {peer} ended inside a frame ({buffered} bytes buffered)")]
+    Truncated { peer: SocketAddr, buffered: usize },
+    #[error("membership is shut down")]
+    Closed,
+}
+
+/// One ordered, reliable, bidirectional stream to a member. Messages are
+/// length-prefixed postcard frames with a protocol version; a frame above
+/// the configured maximum is refused on both the sending and receiving side.
+pub struct FramedStream {
+    peer: SocketAddr,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    decoder: FrameDecoder,
+    max_frame: usize,
+    stats: Arc<Stats>,
+    chunk: Vec<u8>,
+}
+
+/// A stream a member opened to this node.
+pub struct IncomingStream {
+    pub peer: SocketAddr,
+    pub stream: FramedStream,
+}
+
+impl FramedStream {
+    pub(crate) fn new(
+        peer: SocketAddr,
+        (send, recv): (quinn::SendStream, quinn::RecvStream),
+        max_frame: usize,
+        stats: Arc<Stats>,
+    ) -> FramedStream {
+        FramedStream {
+            peer,
+            send,
+            recv,
+            decoder: FrameDecoder::new(max_frame),
+            max_frame,
+            stats,
+            chunk: vec![0; 64 * 1024],
+        }
+    }
+
+    /// The peer address of the member at the other end.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    pub async fn send<T: Serialize>(&mut self, message: &T) -> Result<(), RpcError> {
+        let bytes = frame::encode(message, self.max_frame)?;
+        self.send
+            .write_all(&bytes)
+            .await
+            .map_err(|e| RpcError::Write(self.peer, e))?;
+        Stats::bump(&self.stats.frames_out);
+        Ok(())
+    }
+
+    /// The next message, or `None` when the peer finished the stream cleanly
+    /// between two frames.
+    pub async fn recv<T: DeserializeOwned>(&mut self) -> Result<Option<T>, RpcError> {
+        loop {
+            if let Some(message) = self.decoder.decode()? {
+                Stats::bump(&self.stats.frames_in);
+                return Ok(Some(message));
+            }
+            match self
+                .recv
+                .read(&mut self.chunk)
+                .await
+                .map_err(|e| RpcError::Read(self.peer, e))?
+            {
+                Some(n) => self.decoder.push(&self.chunk[..n]),
+                None if self.decoder.buffered() == 0 => return Ok(None),
+                None => {
+                    return Err(RpcError::Truncated {
+                        peer: self.peer,
+                        buffered: self.decoder.buffered(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// No more messages from this side; the peer's `recv` returns `None`.
+    pub fn finish(&mut self) {
+        // Finishing twice, or after the peer reset the stream, is harmless.
+        let _ = self.send.finish();
+    }
+}

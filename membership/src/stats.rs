@@ -1,0 +1,46 @@
+//! Counters a node exports as metrics. Kept per membership instance (not in
+//! a process-global registry) so several nodes in one test process each
+//! count their own traffic.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub datagrams_in: AtomicU64,
+    pub datagrams_out: AtomicU64,
+    pub frames_in: AtomicU64,
+    pub frames_out: AtomicU64,
+    /// Handshakes that failed admission: wrong or missing key, wrong prefix.
+    pub handshakes_rejected: AtomicU64,
+    /// Datagrams dropped because they did not decode or foca refused them.
+    pub malformed_dropped: AtomicU64,
+}
+
+/// A copy of [`Stats`] at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub datagrams_in: u64,
+    pub datagrams_out: u64,
+    pub frames_in: u64,
+    pub frames_out: u64,
+    pub handshakes_rejected: u64,
+    pub malformed_dropped: u64,
+}
+
+impl Stats {
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StatsSnapshot {
+            datagrams_in: get(&self.datagrams_in),
+            datagrams_out: get(&self.datagrams_out),
+            frames_in: get(&self.frames_in),
+            frames_out: get(&self.frames_out),
+            handshakes_rejected: get(&self.handshakes_rejected),
+            malformed_dropped: get(&self.malformed_dropped),
+        }
+    }
+}

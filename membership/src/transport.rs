@@ -1,0 +1,385 @@
+//! The IO half: one quinn endpoint per node, a connection per peer, and the
+//! tokio task that feeds datagrams and timers into [`Swim`] and carries out
+//! its actions.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use quinn::{Connection, ConnectionError, Endpoint};
+use tokio::sync::{broadcast, mpsc, watch};
+
+use crate::admission::PEER_SERVER_NAME;
+use crate::identity::MemberMeta;
+use crate::rpc::{FramedStream, IncomingStream, RpcError};
+use crate::stats::Stats;
+use crate::swim::{Action, MemberView, MembershipEvent, Swim};
+
+/// Datagrams held for a peer while its connection is being dialled.
+const MAX_PENDING_PER_PEER: usize = 16;
+
+pub(crate) enum Input {
+    Datagram(SocketAddr, Bytes),
+    Timer(foca::Timer<crate::PeerId>),
+    Discovered(Vec<SocketAddr>),
+    Meta(MemberMeta),
+    Connected(SocketAddr),
+    DialFailed(SocketAddr),
+}
+
+/// The member table as last published by the driver.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub members: Vec<MemberView>,
+    pub taken: Instant,
+}
+
+enum Dial {
+    InProgress(watch::Receiver<Option<Result<Connection, String>>>),
+    FailedAt(Instant),
+}
+
+/// Live connections by peer address, inbound and outbound alike: whichever
+/// side dialled, one authenticated connection is enough to talk both ways.
+pub(crate) struct Pool {
+    endpoint: Endpoint,
+    conns: Mutex<HashMap<SocketAddr, Connection>>,
+    dials: Mutex<HashMap<SocketAddr, Dial>>,
+    connect_timeout: Duration,
+    /// After a failed dial, wait this long before the next attempt.
+    backoff: Duration,
+    max_frame: usize,
+    stats: Arc<Stats>,
+    inputs: mpsc::UnboundedSender<Input>,
+    streams: mpsc::Sender<IncomingStream>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The maps stay consistent across a panic (every update is one insert or
+    // remove), so a poisoned lock is still usable.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Pool {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        endpoint: Endpoint,
+        connect_timeout: Duration,
+        backoff: Duration,
+        max_frame: usize,
+        stats: Arc<Stats>,
+        inputs: mpsc::UnboundedSender<Input>,
+        streams: mpsc::Sender<IncomingStream>,
+    ) -> Arc<Pool> {
+        Arc::new(Pool {
+            endpoint,
+            conns: Mutex::new(HashMap::new()),
+            dials: Mutex::new(HashMap::new()),
+            connect_timeout,
+            backoff,
+            max_frame,
+            stats,
+            inputs,
+            streams,
+        })
+    }
+
+    pub(crate) fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    fn ready(&self, addr: SocketAddr) -> Option<Connection> {
+        lock(&self.conns)
+            .get(&addr)
+            .filter(|c| c.close_reason().is_none())
+            .cloned()
+    }
+
+    /// A connection to `addr`, dialling if there is none. Concurrent callers
+    /// share one dial; within `backoff` of a failed dial, fails at once.
+    pub(crate) async fn connect(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+    ) -> Result<Connection, RpcError> {
+        if let Some(conn) = self.ready(addr) {
+            return Ok(conn);
+        }
+        let mut outcome = self
+            .start_dial(addr)
+            .ok_or_else(|| RpcError::Unreachable(addr, "recent dial failed".into()))?;
+        let result = outcome
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| RpcError::Closed)?
+            .clone();
+        match result {
+            Some(Ok(conn)) => Ok(conn),
+            Some(Err(e)) => Err(RpcError::Unreachable(addr, e)),
+            None => Err(RpcError::Closed),
+        }
+    }
+
+    /// Starts dialling `addr` unless a dial is already running (then joins
+    /// it) or the last one failed less than `backoff` ago (then `None`).
+    fn start_dial(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+    ) -> Option<watch::Receiver<Option<Result<Connection, String>>>> {
+        let mut dials = lock(&self.dials);
+        match dials.get(&addr) {
+            Some(Dial::InProgress(rx)) => return Some(rx.clone()),
+            Some(Dial::FailedAt(at)) if at.elapsed() < self.backoff => return None,
+            _ => {}
+        }
+        let (tx, rx) = watch::channel(None);
+        dials.insert(addr, Dial::InProgress(rx.clone()));
+        let pool = self.clone();
+        tokio::spawn(async move {
+            let result = pool.dial(addr).await;
+            {
+                let mut dials = lock(&pool.dials);
+                match &result {
+                    Ok(_) => dials.remove(&addr),
+                    Err(_) => dials.insert(addr, Dial::FailedAt(Instant::now())),
+                };
+            }
+            let input = match &result {
+                Ok(_) => Input::Connected(addr),
+                Err(_) => Input::DialFailed(addr),
+            };
+            let _ = pool.inputs.send(input);
+            let _ = tx.send(Some(result));
+        });
+        Some(rx)
+    }
+
+    async fn dial(self: &Arc<Self>, addr: SocketAddr) -> Result<Connection, String> {
+        let connecting = self
+            .endpoint
+            .connect(addr, PEER_SERVER_NAME)
+            .map_err(|e| e.to_string())?;
+        match tokio::time::timeout(self.connect_timeout, connecting).await {
+            Ok(Ok(conn)) => {
+                self.register(conn.clone());
+                Ok(conn)
+            }
+            Ok(Err(e)) => {
+                self.handshake_failed(addr, &e, "dialling");
+                Err(e.to_string())
+            }
+            Err(_) => Err(format!("no handshake within {:?}", self.connect_timeout)),
+        }
+    }
+
+    /// Accepts connections until the endpoint closes. A peer that fails
+    /// admission is counted, logged and forgotten.
+    pub(crate) async fn accept_loop(self: Arc<Self>) {
+        while let Some(incoming) = self.endpoint.accept().await {
+            let pool = self.clone();
+            tokio::spawn(async move {
+                let remote = incoming.remote_address();
+                match incoming.await {
+                    Ok(conn) => pool.register(conn),
+                    Err(e) => pool.handshake_failed(remote, &e, "accepting"),
+                }
+            });
+        }
+    }
+
+    fn handshake_failed(&self, remote: SocketAddr, error: &ConnectionError, side: &str) {
+        match error {
+            // A protocol failure during the handshake is a failed admission:
+            // bad certificate, unknown CA, no common ALPN.
+            ConnectionError::TransportError(_) | ConnectionError::ConnectionClosed(_) => {
+                Stats::bump(&self.stats.handshakes_rejected);
+                tracing::warn!(%remote, %error, "{side}: peer handshake rejected (wrong security_key or prefix?)");
+            }
+            _ => tracing::debug!(%remote, %error, "{side}: handshake did not complete"),
+        }
+    }
+
+    /// Makes `conn` the connection for its peer and reads from it until it
+    /// closes: datagrams go to the driver, streams to whoever takes them.
+    fn register(self: &Arc<Self>, conn: Connection) {
+        let peer = conn.remote_address();
+        tracing::debug!(%peer, "peer connection up");
+        lock(&self.conns).insert(peer, conn.clone());
+        let pool = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    datagram = conn.read_datagram() => match datagram {
+                        Ok(bytes) => {
+                            Stats::bump(&pool.stats.datagrams_in);
+                            if pool.inputs.send(Input::Datagram(peer, bytes)).is_err() {
+                                break;
+                            }
+                        }
+                        Err(_) => break,
+                    },
+                    stream = conn.accept_bi() => match stream {
+                        Ok(pair) => {
+                            let stream = FramedStream::new(peer, pair, pool.max_frame, pool.stats.clone());
+                            if pool.streams.try_send(IncomingStream { peer, stream }).is_err() {
+                                tracing::debug!(%peer, "incoming stream dropped: nobody is accepting");
+                            }
+                        }
+                        Err(_) => break,
+                    },
+                }
+            }
+            let mut conns = lock(&pool.conns);
+            if conns
+                .get(&peer)
+                .is_some_and(|c| c.stable_id() == conn.stable_id())
+            {
+                conns.remove(&peer);
+            }
+            tracing::debug!(%peer, reason = ?conn.close_reason(), "peer connection closed");
+        });
+    }
+
+    pub(crate) async fn open_stream(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+    ) -> Result<FramedStream, RpcError> {
+        let conn = self.connect(addr).await?;
+        let pair = conn
+            .open_bi()
+            .await
+            .map_err(|e| RpcError::Connection(addr, e))?;
+        Ok(FramedStream::new(
+            addr,
+            pair,
+            self.max_frame,
+            self.stats.clone(),
+        ))
+    }
+}
+
+/// Owns the state machine; runs until `stop` flips.
+pub(crate) struct Driver {
+    pub swim: Swim,
+    pub pool: Arc<Pool>,
+    pub inputs: mpsc::UnboundedReceiver<Input>,
+    pub tick: Duration,
+    pub view: watch::Sender<Snapshot>,
+    pub events: broadcast::Sender<MembershipEvent>,
+    pub stop: watch::Receiver<bool>,
+    pending: HashMap<SocketAddr, Vec<Bytes>>,
+}
+
+impl Driver {
+    pub(crate) fn new(
+        swim: Swim,
+        pool: Arc<Pool>,
+        inputs: mpsc::UnboundedReceiver<Input>,
+        tick: Duration,
+        view: watch::Sender<Snapshot>,
+        events: broadcast::Sender<MembershipEvent>,
+        stop: watch::Receiver<bool>,
+    ) -> Driver {
+        Driver {
+            swim,
+            pool,
+            inputs,
+            tick,
+            view,
+            events,
+            stop,
+            pending: HashMap::new(),
+        }
+    }
+
+    pub(crate) async fn run(mut self) {
+        let mut ticker = tokio::time::interval(self.tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.stop.changed() => break,
+                _ = ticker.tick() => self.swim.tick(Instant::now()),
+                input = self.inputs.recv() => match input {
+                    Some(input) => self.handle(input),
+                    None => break,
+                },
+            }
+            self.perform();
+            let now = Instant::now();
+            self.view.send_replace(Snapshot {
+                members: self.swim.members(now),
+                taken: now,
+            });
+        }
+    }
+
+    fn handle(&mut self, input: Input) {
+        let now = Instant::now();
+        match input {
+            Input::Datagram(from, bytes) => {
+                if let Err(e) = self.swim.datagram(from, &bytes, now) {
+                    Stats::bump(&self.pool.stats.malformed_dropped);
+                    tracing::debug!(%from, error = %e, "datagram dropped");
+                }
+            }
+            Input::Timer(timer) => self.swim.timer(timer, now),
+            Input::Discovered(addrs) => self.swim.discovered(addrs, now),
+            Input::Meta(meta) => self.swim.set_meta(meta),
+            Input::Connected(addr) => {
+                if let (Some(queued), Some(conn)) =
+                    (self.pending.remove(&addr), self.pool.ready(addr))
+                {
+                    for datagram in queued {
+                        self.send_now(&conn, addr, datagram);
+                    }
+                }
+            }
+            Input::DialFailed(addr) => {
+                self.pending.remove(&addr);
+            }
+        }
+    }
+
+    fn perform(&mut self) {
+        for action in self.swim.drain_actions() {
+            match action {
+                Action::Send { to, datagram } => self.send(to, Bytes::from(datagram)),
+                Action::Schedule { after, timer } => {
+                    let inputs = self.pool.inputs.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(after).await;
+                        let _ = inputs.send(Input::Timer(timer));
+                    });
+                }
+                Action::Event(event) => {
+                    // No subscriber is fine: the table itself is published.
+                    let _ = self.events.send(event);
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, to: SocketAddr, datagram: Bytes) {
+        if let Some(conn) = self.pool.ready(to) {
+            self.send_now(&conn, to, datagram);
+            return;
+        }
+        // Hold a few datagrams (the first announce, above all) until the
+        // dial finishes; SWIM copes with the rest being lost.
+        let queue = self.pending.entry(to).or_default();
+        if queue.len() < MAX_PENDING_PER_PEER {
+            queue.push(datagram);
+        }
+        if self.pool.start_dial(to).is_none() {
+            self.pending.remove(&to);
+        }
+    }
+
+    fn send_now(&self, conn: &Connection, to: SocketAddr, datagram: Bytes) {
+        match conn.send_datagram(datagram) {
+            Ok(()) => Stats::bump(&self.pool.stats.datagrams_out),
+            Err(e) => tracing::debug!(%to, error = %e, "datagram not sent"),
+        }
+    }
+}
