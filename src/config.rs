@@ -2,9 +2,9 @@
 //! validation. Loading (files, env overrides, error reports) is in `load`.
 //!
 //! Every key an existing pika user has in their YAML keeps its meaning. Keys
-//! of features that are not built yet (the `cluster` table beyond
-//! `enabled`) are accepted and validated now, so a config that starts today
-//! keeps starting when they arrive.
+//! of features that are not built yet (`lock_key`, `sync_interval`,
+//! `forward_timeout`) are accepted and validated now, so a config that starts
+//! today keeps starting when they arrive.
 
 pub mod duration;
 pub mod load;
@@ -82,6 +82,11 @@ pub struct ClusterConfig {
     pub sync_interval: HumanDuration,
     pub prefix: String,
     pub forward_timeout: HumanDuration,
+    /// `ip:port` of one name server to ask for `dns_addr` instead of the
+    /// system resolvers; empty means the system's.
+    pub dns_server: String,
+    /// Largest message on a peer stream, in MiB.
+    pub max_frame_mb: u32,
 }
 
 impl Default for Config {
@@ -147,6 +152,8 @@ impl Default for ClusterConfig {
             sync_interval: secs(300),
             prefix: "pika".into(),
             forward_timeout: secs(30),
+            dns_server: String::new(),
+            max_frame_mb: 64,
         }
     }
 }
@@ -177,6 +184,9 @@ impl Config {
                 ),
             ));
         }
+        if c.enabled {
+            out.extend(self.cluster_address_problems());
+        }
         if self.storage.bw.path.as_os_str().is_empty() {
             out.push(("storage.bw.path", "must not be empty".into()));
         }
@@ -194,6 +204,39 @@ impl Config {
                 "log_level",
                 format!("`{}` is not a log filter: {e}", self.log_level),
             ));
+        }
+        out
+    }
+
+    /// What the peer transport needs to make sense of its addresses.
+    fn cluster_address_problems(&self) -> Vec<(&'static str, String)> {
+        let c = &self.cluster;
+        let mut out = Vec::new();
+        if c.dns_addr.trim().is_empty() {
+            out.push((
+                "cluster.dns_addr",
+                "must name the cluster (a DNS name, or a comma list of host[:port]) when cluster.enabled is true".into(),
+            ));
+        } else if let Err(e) = pika_membership::discovery::parse_targets(&c.dns_addr, c.port) {
+            out.push(("cluster.dns_addr", e.to_string()));
+        }
+        if c.bind_addr.parse::<std::net::IpAddr>().is_err() {
+            out.push((
+                "cluster.bind_addr",
+                format!("`{}` is not an IP address", c.bind_addr),
+            ));
+        }
+        if !c.dns_server.is_empty() && c.dns_server.parse::<std::net::SocketAddr>().is_err() {
+            out.push((
+                "cluster.dns_server",
+                format!("`{}` is not an ip:port address", c.dns_server),
+            ));
+        }
+        if !(1..=4096).contains(&c.max_frame_mb) {
+            out.push(("cluster.max_frame_mb", "must be from 1 to 4096".into()));
+        }
+        if c.prefix.is_empty() {
+            out.push(("cluster.prefix", "must not be empty".into()));
         }
         out
     }

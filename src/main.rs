@@ -35,8 +35,8 @@ fn main() -> ExitCode {
     tracing::info!(source, config = %config.masked(), "configuration loaded");
     if config.cluster.enabled {
         tracing::warn!(
-            "cluster.enabled is true, but clustering (membership, election, replication) is not built yet: \
-             this node runs standalone and ignores the other cluster.* keys"
+            "cluster.enabled is true: membership (discovery, SWIM, admission) runs, but leader election \
+             and replication are not built yet, so writes stay on the node that takes them"
         );
     }
 

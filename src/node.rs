@@ -97,6 +97,22 @@ pub async fn serve(
         .with_context(|| format!("cannot listen on {listen} (server.host, server.port)"))?;
     let addr = listener.local_addr().context("reading the bound address")?;
 
+    let membership = if config.cluster.enabled {
+        Some(Arc::new(
+            crate::cluster::start(&config, &store, addr).await?,
+        ))
+    } else {
+        None
+    };
+
+    let meta_updates = membership.as_ref().map(|m| {
+        crate::cluster::keep_meta_current(
+            m.clone(),
+            store.clone(),
+            config.cluster.heartbeat_interval.0,
+        )
+    });
+
     let ready = Arc::new(AtomicBool::new(true));
     let state = AppState {
         store: store.clone(),
@@ -106,6 +122,7 @@ pub async fn serve(
         started: Instant::now(),
         request_ids: api::RequestIds::new(),
         http_addr: addr,
+        membership: membership.clone(),
     };
     // Present from the start, not only after the first write.
     metrics::gauge!("pika_revision").set(store.revision() as f64);
@@ -138,6 +155,12 @@ pub async fn serve(
         .await
         .context("HTTP server failed");
     upkeep.abort();
+    if let Some(task) = meta_updates {
+        task.abort();
+    }
+    if let Some(membership) = membership {
+        membership.shutdown().await;
+    }
 
     // The router (and with it every WriteQueue handle) is gone once serve
     // returns, so the committer sees its queue close, answers what is left

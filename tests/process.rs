@@ -1,9 +1,7 @@
 //! The `pika` binary as an operator runs it: config errors exit 2, the seed
 //! YAML starts, kill -9 loses no acknowledged write, SIGTERM drains.
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -12,73 +10,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Value, json};
 
-const PIKA: &str = env!("CARGO_BIN_EXE_pika");
+mod support;
 
-/// A pika process on a free loopback port, killed when dropped.
-struct Proc {
-    child: Child,
-    url: String,
-    log: Arc<std::sync::Mutex<Vec<String>>>,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn(data: &Path, config_file: Option<&Path>) -> Proc {
-    let mut cmd = Command::new(PIKA);
-    cmd.env("PIKA_SERVER_HOST", "127.0.0.1")
-        .env("PIKA_SERVER_PORT", "0")
-        .env("PIKA_STORAGE_BW_PATH", data)
-        .env("PIKA_LOG_LEVEL", "info")
-        .env_remove("CONFIG_FILE")
-        .current_dir(data.parent().unwrap_or(data))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    if let Some(file) = config_file {
-        cmd.arg("--config").arg(file);
-    }
-    let mut child = cmd.spawn().expect("spawn pika");
-    let stderr = child.stderr.take().expect("stderr piped");
-    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let sink = log.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("listening on http://").nth(1) {
-                let addr = rest
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .to_string();
-                let _ = tx.send(addr);
-            }
-            sink.lock().unwrap().push(line);
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(20))
-        .unwrap_or_else(|_| {
-            let _ = child.kill();
-            panic!("pika did not start: {:?}", log.lock().unwrap());
-        });
-    Proc {
-        child,
-        url: format!("http://{addr}"),
-        log,
-    }
-}
-
-fn client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
+use support::{PIKA, client, spawn};
 
 #[test]
 fn broken_yaml_exits_2_naming_the_file_and_line() {
@@ -119,7 +53,7 @@ fn broken_yaml_exits_2_naming_the_file_and_line() {
 }
 
 #[test]
-fn the_seed_yaml_starts_and_says_clustering_is_inactive() {
+fn the_seed_yaml_starts_a_cluster_node_and_warns_about_its_short_key() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("seed.yaml");
     std::fs::write(
@@ -128,24 +62,35 @@ fn the_seed_yaml_starts_and_says_clustering_is_inactive() {
          bind_addr: 127.0.1.1\n  replicas: 3\n  security_key: 123456\nserver:\n  port: 8091\n",
     )
     .unwrap();
-    // The env keeps the test off the seed's fixed port and /tmp path; the
-    // file itself is loaded unchanged.
-    let node = spawn(&dir.path().join("data"), Some(&file));
+    // The env keeps the test off the seed's fixed ports and /tmp path, and
+    // off the network: dns_addr names only this node, so no DNS query leaves.
+    let port = support::free_udp_port(&[1]).to_string();
+    let node = support::spawn_with(
+        &dir.path().join("data"),
+        Some(&file),
+        &[
+            ("PIKA_CLUSTER_DNS_ADDR", "127.0.1.1"),
+            ("PIKA_CLUSTER_PORT", &port),
+        ],
+    );
     let status: Value = client()
         .get(format!("{}/api/v1/cluster/status", node.url))
         .send()
         .unwrap()
         .json()
         .unwrap();
-    assert_eq!(status["role"], "standalone");
     assert_eq!(status["enabled"], true);
-    assert_eq!(status["config"]["cluster"]["dns_addr"], "pika.local");
+    assert_eq!(status["role"], "follower");
+    assert_eq!(status["local_addr"], format!("127.0.1.1:{port}"));
+    assert_eq!(status["online_nodes"], 1);
+    assert_eq!(status["expected_replicas"], 3);
+    assert_eq!(status["quorum_nodes_required"], 2);
+    assert_eq!(status["has_quorum"], false);
+    assert_eq!(status["security_enabled"], true);
+    assert_eq!(status["config"]["cluster"]["bind_addr"], "127.0.1.1");
     assert_eq!(status["config"]["cluster"]["security_key"], "********");
     let log = node.log.lock().unwrap().join("\n");
-    assert!(
-        log.contains("clustering") && log.contains("not built yet"),
-        "{log}"
-    );
+    assert!(log.contains("shorter than 16 bytes"), "{log}");
     assert!(
         !log.contains("123456"),
         "the key leaked into the log:\n{log}"

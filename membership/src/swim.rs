@@ -321,6 +321,16 @@ impl Swim {
     }
 
     fn send_heartbeats(&mut self, now: Instant) {
+        let targets: Vec<SocketAddr> = self
+            .members
+            .iter()
+            .filter(|(_, r)| self.state_of(r, now) != MemberState::Down)
+            .map(|(addr, _)| *addr)
+            .collect();
+        self.send_heartbeat_to(targets);
+    }
+
+    fn send_heartbeat_to(&mut self, targets: impl IntoIterator<Item = SocketAddr>) {
         let heartbeat = Heartbeat {
             from: self.me().clone(),
             meta: self.meta.clone(),
@@ -332,12 +342,6 @@ impl Swim {
                 return;
             }
         };
-        let targets: Vec<SocketAddr> = self
-            .members
-            .iter()
-            .filter(|(_, r)| self.state_of(r, now) != MemberState::Down)
-            .map(|(addr, _)| *addr)
-            .collect();
         for to in targets {
             self.actions.push(Action::Send {
                 to,
@@ -372,6 +376,9 @@ impl Swim {
                     reported: None,
                 },
             );
+            // Introduce ourselves at once rather than at the next round, so
+            // a new member learns our metadata within a round trip.
+            self.send_heartbeat_to([id.addr]);
             if let Some(old) = old {
                 tracing::info!(old = ?old.id, new = ?id, "member replaced");
                 self.actions.push(Action::Event(MembershipEvent::Replaced {

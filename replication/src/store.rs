@@ -25,6 +25,9 @@ const NODE: TableDefinition<&str, &[u8]> = TableDefinition::new("node");
 const MERKLE: TableDefinition<u16, [u8; 32]> = TableDefinition::new("merkle");
 
 const KEY_NODE_ID: &str = "node_id";
+/// Boot counter: one more at every open, so a restarted node is told apart
+/// from its previous incarnation (membership identity).
+const KEY_GENERATION: &str = "boot_generation";
 const KEY_REVISION: &str = "revision";
 
 /// The database file's name inside `storage.bw.path`.
@@ -91,6 +94,7 @@ pub struct FolderChild {
 pub struct Store {
     db: Database,
     node_id: String,
+    generation: u64,
     /// The last committed revision, readable without a transaction.
     revision: AtomicU64,
     /// Write transactions committed since open.
@@ -112,7 +116,7 @@ impl Store {
         // Create every table up front so read transactions never meet a
         // missing one, and mint the node id on first start.
         let txn = db.begin_write()?;
-        let (node_id, revision) = {
+        let (node_id, revision, generation) = {
             txn.open_table(ENTRIES)?;
             txn.open_table(VERSIONS)?;
             txn.open_table(MERKLE)?;
@@ -127,12 +131,18 @@ impl Store {
                 }
             };
             let revision = node.get(KEY_REVISION)?.map_or(0, |v| read_u64(v.value()));
-            (node_id, revision)
+            let generation = node
+                .get(KEY_GENERATION)?
+                .map_or(0, |v| read_u64(v.value()))
+                .saturating_add(1);
+            node.insert(KEY_GENERATION, generation.to_le_bytes().as_slice())?;
+            (node_id, revision, generation)
         };
         txn.commit()?;
         Ok(Self {
             db,
             node_id,
+            generation,
             revision: AtomicU64::new(revision),
             commits: AtomicU64::new(0),
             history: history.max(1),
@@ -141,6 +151,11 @@ impl Store {
 
     pub fn node_id(&self) -> &str {
         &self.node_id
+    }
+
+    /// How many times this store has been opened, this time included.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// The last committed revision.

@@ -205,6 +205,7 @@ fn everything_survives_reopen_including_the_node_id() {
     let dir = tempfile::tempdir().unwrap();
     let (id, root) = {
         let store = open(&dir, 20);
+        assert_eq!(store.generation(), 1, "first boot");
         store
             .execute(&[put("a", "1", None), put("b", "2", None)], 0, 0)
             .unwrap();
@@ -214,6 +215,7 @@ fn everything_survives_reopen_including_the_node_id() {
     };
     let store = open(&dir, 20);
     assert_eq!(store.node_id(), id);
+    assert_eq!(store.generation(), 2, "each open is a new boot generation");
     assert_eq!(store.revision(), 2);
     assert_eq!(store.merkle().unwrap().root(), root);
     assert_eq!(data_of(&store, "b", None).unwrap(), b"2");

@@ -29,6 +29,8 @@ pub struct AppState {
     pub request_ids: RequestIds,
     /// The address the HTTP server is bound to (the real port, even for port 0).
     pub http_addr: std::net::SocketAddr,
+    /// Present when `cluster.enabled` is true.
+    pub membership: Option<Arc<pika_membership::Membership>>,
 }
 
 /// Request ids unique within a boot: a random boot prefix and a counter.

@@ -11,12 +11,27 @@ use serde_json::json;
 
 use super::{ApiError, AppState};
 
-/// GET /api/v1/cluster/status. Standalone today: the node is the whole
-/// cluster, whatever `cluster.enabled` says (clustering is not built yet).
+/// GET /api/v1/cluster/status: this node, its store, and with
+/// `cluster.enabled` the membership as this node sees it.
 pub async fn cluster_status(State(state): State<AppState>) -> Result<Response, ApiError> {
     let store = &state.store;
     let config = &state.config;
     let root = merkle::hex(&store.merkle()?.root());
+    if let Some(membership) = &state.membership {
+        let mut body = crate::cluster::status(config, membership);
+        body.insert("enabled".into(), true.into());
+        body.insert("active".into(), true.into());
+        body.insert("version".into(), env!("CARGO_PKG_VERSION").into());
+        body.insert("node_id".into(), store.node_id().into());
+        body.insert("revision".into(), store.revision().into());
+        body.insert("merkle_root".into(), root.into());
+        body.insert(
+            "uptime_ms".into(),
+            (state.started.elapsed().as_millis() as u64).into(),
+        );
+        body.insert("config".into(), config.masked());
+        return Ok(Json(body).into_response());
+    }
     Ok(Json(json!({
         "enabled": config.cluster.enabled,
         "active": false,
@@ -51,7 +66,10 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-pub async fn metrics() -> Response {
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    if let Some(membership) = &state.membership {
+        crate::cluster::record_metrics(membership);
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         crate::telemetry::prometheus().render(),

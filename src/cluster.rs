@@ -1,0 +1,172 @@
+//! The node's side of clustering: `cluster.*` mapped onto membership, and
+//! membership shown back as status fields and metrics.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use pika_membership::{
+    DiscoveryConfig, MemberMeta, MemberState, MemberView, Membership, MembershipConfig, SwimConfig,
+};
+use pika_replication::Store;
+use serde_json::{Value, json};
+
+use crate::config::Config;
+
+/// Role reported until leader election exists: every node is a follower of
+/// a leader that is never elected.
+pub const ROLE_WITHOUT_ELECTION: &str = "follower";
+
+/// Starts membership for a node whose store is open and whose HTTP server is
+/// bound at `http_addr`.
+pub async fn start(
+    config: &Config,
+    store: &Store,
+    http_addr: SocketAddr,
+) -> anyhow::Result<Membership> {
+    let c = &config.cluster;
+    let bind_ip: IpAddr = c
+        .bind_addr
+        .parse()
+        .with_context(|| format!("cluster.bind_addr `{}` is not an IP address", c.bind_addr))?;
+    let dns_server = match c.dns_server.as_str() {
+        "" => None,
+        s => Some(
+            s.parse()
+                .with_context(|| format!("cluster.dns_server `{s}`"))?,
+        ),
+    };
+    let discovery =
+        DiscoveryConfig::parse(&c.dns_addr, c.port, dns_server).context("cluster.dns_addr")?;
+    let membership_config = MembershipConfig {
+        node_id: store.node_id().to_string(),
+        generation: store.generation(),
+        bind: SocketAddr::new(bind_ip, c.port),
+        advertise: None,
+        discovery,
+        refresh_interval: c.refresh_interval.0.max(Duration::from_millis(100)),
+        swim: SwimConfig {
+            heartbeat_interval: c.heartbeat_interval.0,
+            heartbeat_timeout: c.heartbeat_timeout.0,
+            expected_members: c.replicas,
+        },
+        security_key: c.security_key.value.as_bytes().to_vec(),
+        prefix: c.prefix.clone(),
+        max_frame: (c.max_frame_mb as usize) << 20,
+        meta: meta(http_addr, http_addr.ip(), store),
+    };
+    let membership = Membership::start(membership_config)
+        .await
+        .context("starting cluster membership (cluster.bind_addr, cluster.port)")?;
+    // With the HTTP server on every interface, tell peers the address they
+    // reach this node's peer endpoint at.
+    if http_addr.ip().is_unspecified() {
+        membership.set_meta(meta(http_addr, membership.me().addr.ip(), store));
+    }
+    Ok(membership)
+}
+
+fn meta(http_addr: SocketAddr, ip: IpAddr, store: &Store) -> MemberMeta {
+    MemberMeta {
+        http_addr: SocketAddr::new(ip, http_addr.port()).to_string(),
+        role: ROLE_WITHOUT_ELECTION.into(),
+        applied_revision: store.revision(),
+        epoch: 0,
+    }
+}
+
+/// The membership part of `/api/v1/cluster/status`.
+pub fn status(config: &Config, membership: &Membership) -> serde_json::Map<String, Value> {
+    let members = membership.members();
+    let replicas = config.cluster.replicas;
+    let quorum = replicas / 2 + 1;
+    let online = members
+        .iter()
+        .filter(|m| m.state == MemberState::Alive)
+        .count() as u32;
+    let mut out = serde_json::Map::new();
+    let mut put = |k: &str, v: Value| {
+        out.insert(k.to_string(), v);
+    };
+    put("role", ROLE_WITHOUT_ELECTION.into());
+    put("leader", Value::Null);
+    put("epoch", 0.into());
+    put("local_addr", membership.me().addr.to_string().into());
+    put("generation", membership.me().generation.into());
+    put("peer_count", (members.len() - 1).into());
+    put("online_nodes", online.into());
+    put("expected_replicas", replicas.into());
+    put("quorum_nodes_required", quorum.into());
+    put("has_quorum", (online >= quorum).into());
+    put("replicas_mismatch", (online > replicas).into());
+    put("security_enabled", membership.security_enabled().into());
+    put("nodes", members.iter().map(node).collect::<Vec<_>>().into());
+    out
+}
+
+fn node(m: &MemberView) -> Value {
+    let meta = m.meta.clone().unwrap_or_default();
+    json!({
+        "id": m.id.node_id,
+        "address": m.id.addr.to_string(),
+        "http_address": meta.http_addr,
+        "state": m.state,
+        "last_seen_ms": m.last_seen.as_millis() as u64,
+        "self": m.is_self,
+        "generation": m.id.generation,
+        "role": meta.role,
+        "applied_revision": meta.applied_revision,
+        "epoch": meta.epoch,
+    })
+}
+
+/// Copies membership's counters into the Prometheus registry; called when
+/// `/metrics` is scraped, so the numbers are current at every scrape.
+pub fn record_metrics(membership: &Membership) {
+    let members = membership.members();
+    for (state, label) in [
+        (MemberState::Alive, "alive"),
+        (MemberState::Suspect, "suspect"),
+        (MemberState::Down, "down"),
+    ] {
+        let n = members.iter().filter(|m| m.state == state).count();
+        metrics::gauge!("pika_membership_members", "state" => label).set(n as f64);
+    }
+    let s = membership.stats();
+    metrics::counter!("pika_membership_datagrams_total", "direction" => "in")
+        .absolute(s.datagrams_in);
+    metrics::counter!("pika_membership_datagrams_total", "direction" => "out")
+        .absolute(s.datagrams_out);
+    metrics::counter!("pika_membership_frames_total", "direction" => "in").absolute(s.frames_in);
+    metrics::counter!("pika_membership_frames_total", "direction" => "out").absolute(s.frames_out);
+    metrics::counter!("pika_membership_handshakes_rejected_total").absolute(s.handshakes_rejected);
+    metrics::counter!("pika_membership_malformed_dropped_total").absolute(s.malformed_dropped);
+}
+
+/// Keeps the applied revision this node gossips in step with its store.
+pub fn keep_meta_current(
+    membership: Arc<Membership>,
+    store: Arc<Store>,
+    every: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            let Some(mut meta) = membership
+                .members()
+                .into_iter()
+                .find(|m| m.is_self)
+                .and_then(|m| m.meta)
+            else {
+                continue;
+            };
+            let revision = store.revision();
+            if meta.applied_revision != revision {
+                meta.applied_revision = revision;
+                membership.set_meta(meta);
+            }
+        }
+    })
+}

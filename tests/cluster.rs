@@ -1,0 +1,219 @@
+//! `pika` processes forming a cluster on 127.0.1.x from the example YAMLs:
+//! full membership, a kill -9 noticed and a restart welcomed back, and
+//! outsiders without the key kept out.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::{Proc, client, free_udp_port, spawn_with};
+
+const INTERVAL: Duration = Duration::from_millis(200);
+const TIMEOUT: Duration = Duration::from_secs(1);
+
+fn example(n: u8) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("example/cluster/{n}.yaml"))
+}
+
+/// Node `n` from `example/cluster/{n}.yaml`, loaded unchanged; the env moves
+/// it to a free cluster port, a temp data dir and test-speed heartbeats.
+fn start(dir: &Path, n: u8, port: u16, extra: &[(&str, &str)]) -> Proc {
+    let port = port.to_string();
+    let host = format!("127.0.1.{n}");
+    let mut env = vec![
+        ("PIKA_SERVER_HOST", host.as_str()),
+        ("PIKA_CLUSTER_PORT", port.as_str()),
+        ("PIKA_CLUSTER_HEARTBEAT_INTERVAL", "200ms"),
+        ("PIKA_CLUSTER_HEARTBEAT_TIMEOUT", "1s"),
+    ];
+    env.extend_from_slice(extra);
+    spawn_with(&dir.join(format!("node{n}")), Some(&example(n)), &env)
+}
+
+fn status(node: &Proc) -> Value {
+    client()
+        .get(format!("{}/api/v1/cluster/status", node.url))
+        .send()
+        .and_then(|r| r.json())
+        .unwrap_or(Value::Null)
+}
+
+/// The state `node` reports for the member at `addr`, with its generation.
+fn member(node: &Proc, addr: &str) -> Option<(String, u64)> {
+    let s = status(node);
+    s["nodes"].as_array()?.iter().find_map(|m| {
+        (m["address"] == addr).then(|| {
+            (
+                m["state"].as_str().unwrap_or_default().to_string(),
+                m["generation"].as_u64().unwrap_or_default(),
+            )
+        })
+    })
+}
+
+fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if done() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+#[test]
+fn three_processes_from_the_example_yamls_form_a_cluster_and_survive_a_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_udp_port(&[1, 2, 3]);
+    let mut nodes: Vec<Proc> = (1..=3).map(|n| start(dir.path(), n, port, &[])).collect();
+
+    let formed = wait_until(Duration::from_secs(15), || {
+        nodes.iter().all(|n| status(n)["online_nodes"] == 3)
+    })
+    .expect("every node reports online_nodes: 3");
+    eprintln!("3 processes: online_nodes 3 everywhere {formed:?} after the last one listened");
+    // Metadata rides the heartbeats; it follows membership within a round.
+    wait_until(Duration::from_secs(5), || {
+        nodes.iter().all(|n| {
+            status(n)["nodes"]
+                .as_array()
+                .is_some_and(|ms| ms.iter().all(|m| m["http_address"] != ""))
+        })
+    })
+    .expect("every node knows every node's HTTP address");
+    let s = status(&nodes[0]);
+    assert_eq!(s["peer_count"], 2);
+    assert_eq!(s["has_quorum"], true);
+    assert_eq!(s["replicas_mismatch"], false);
+    assert_eq!(s["quorum_nodes_required"], 2);
+    let https: Vec<&str> = s["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["http_address"].as_str().unwrap_or_default())
+        .collect();
+    for n in 1..=3 {
+        assert!(
+            https
+                .iter()
+                .any(|h| h.starts_with(&format!("127.0.1.{n}:"))),
+            "{https:?}"
+        );
+    }
+
+    // kill -9 node 3: down on both others within timeout + 2 intervals.
+    let victim = format!("127.0.1.3:{port}");
+    let mut killed = nodes.pop().unwrap();
+    killed.child.kill().unwrap();
+    let _ = killed.child.wait();
+    let down = wait_until(Duration::from_secs(10), || {
+        nodes
+            .iter()
+            .all(|n| member(n, &victim).is_some_and(|(state, _)| state == "down"))
+    })
+    .expect("the killed node is reported down");
+    eprintln!("killed node down on every survivor {down:?} after kill -9");
+    assert!(
+        down <= TIMEOUT + INTERVAL * 2,
+        "down after {down:?}: more than heartbeat_timeout + 2 heartbeat intervals"
+    );
+    assert_eq!(status(&nodes[0])["online_nodes"], 2);
+    drop(killed);
+
+    // Restarted on the same data dir: alive again, one generation later.
+    nodes.push(start(dir.path(), 3, port, &[]));
+    let back = wait_until(Duration::from_secs(10), || {
+        nodes[..2]
+            .iter()
+            .all(|n| member(n, &victim) == Some(("alive".into(), 2)))
+    })
+    .expect("the restarted node is alive with generation 2");
+    eprintln!("restarted node alive again {back:?} after it listened");
+}
+
+#[test]
+fn nodes_with_a_wrong_or_no_key_never_appear_and_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_udp_port(&[6, 7, 8, 9]);
+    let port_s = port.to_string();
+    // Two members with the demo key (the example files' key, on other
+    // addresses), an outsider with another key and one with none. Everyone
+    // lists everyone, so the outsiders both dial and are dialled.
+    let all = "127.0.1.6,127.0.1.7,127.0.1.8,127.0.1.9";
+    let node = |n: u8, key: Option<&str>| {
+        let host = format!("127.0.1.{n}");
+        let mut env = vec![
+            ("PIKA_SERVER_HOST", host.as_str()),
+            ("PIKA_CLUSTER_BIND_ADDR", host.as_str()),
+            ("PIKA_CLUSTER_DNS_ADDR", all),
+            ("PIKA_CLUSTER_PORT", port_s.as_str()),
+            ("PIKA_CLUSTER_HEARTBEAT_INTERVAL", "200ms"),
+            ("PIKA_CLUSTER_HEARTBEAT_TIMEOUT", "1s"),
+        ];
+        if let Some(key) = key {
+            env.push(("PIKA_CLUSTER_SECURITY_KEY", key));
+        }
+        spawn_with(
+            &dir.path().join(format!("node{n}")),
+            Some(&example(1)),
+            &env,
+        )
+    };
+    let members = [node(6, None), node(7, None)];
+    let wrong = node(8, Some("a different key, 32 bytes long.."));
+    let keyless = node(9, Some(""));
+
+    wait_until(Duration::from_secs(15), || {
+        members.iter().all(|n| status(n)["online_nodes"] == 2)
+    })
+    .expect("the two members find each other");
+    let rejected = |n: &Proc| -> f64 {
+        let text = client()
+            .get(format!("{}/metrics", n.url))
+            .send()
+            .and_then(|r| r.text())
+            .unwrap_or_default();
+        text.lines()
+            .find(|l| l.starts_with("pika_membership_handshakes_rejected_total"))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    wait_until(Duration::from_secs(10), || {
+        members.iter().all(|m| rejected(m) >= 2.0)
+    })
+    .expect("each member counts rejected handshakes from both outsiders");
+    // Several more heartbeat rounds for the outsiders to try their luck.
+    std::thread::sleep(INTERVAL * 5);
+
+    for m in &members {
+        let s = status(m);
+        let listed: Vec<&str> = s["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["address"].as_str().unwrap_or_default())
+            .collect();
+        assert_eq!(listed.len(), 2, "{listed:?}");
+        assert!(
+            listed
+                .iter()
+                .all(|a| a.starts_with("127.0.1.6:") || a.starts_with("127.0.1.7:")),
+            "an outsider is listed: {listed:?}"
+        );
+        let log = m.log.lock().unwrap().join("\n");
+        assert!(
+            log.contains("handshake rejected"),
+            "rejection not logged:\n{log}"
+        );
+    }
+    for outsider in [&wrong, &keyless] {
+        assert_eq!(status(outsider)["online_nodes"], 1);
+    }
+    assert_eq!(status(&keyless)["security_enabled"], false);
+    let log = keyless.log.lock().unwrap().join("\n");
+    assert!(log.contains("security_key is empty"), "{log}");
+}

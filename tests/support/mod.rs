@@ -1,0 +1,106 @@
+//! Running the `pika` binary in tests: spawn on a free port, read its log.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const PIKA: &str = env!("CARGO_BIN_EXE_pika");
+
+/// A pika process on a free loopback port, killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub url: String,
+    pub log: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn spawn(data: &Path, config_file: Option<&Path>) -> Proc {
+    spawn_with(data, config_file, &[])
+}
+
+/// Like [`spawn`], with extra environment variables applied last.
+pub fn spawn_with(data: &Path, config_file: Option<&Path>, env: &[(&str, &str)]) -> Proc {
+    let mut cmd = Command::new(PIKA);
+    cmd.env("PIKA_SERVER_HOST", "127.0.0.1")
+        .env("PIKA_SERVER_PORT", "0")
+        .env("PIKA_STORAGE_BW_PATH", data)
+        .env("PIKA_LOG_LEVEL", "info")
+        .env_remove("CONFIG_FILE")
+        .current_dir(data.parent().unwrap_or(data))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    if let Some(file) = config_file {
+        cmd.arg("--config").arg(file);
+    }
+    let mut child = cmd.spawn().expect("spawn pika");
+    let stderr = child.stderr.take().expect("stderr piped");
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                let addr = rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                let _ = tx.send(addr);
+            }
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(20))
+        .unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!("pika did not start: {:?}", log.lock().unwrap());
+        });
+    Proc {
+        child,
+        url: format!("http://{addr}"),
+        log,
+    }
+}
+
+pub fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// A UDP port free on every 127.0.1.`host` address given: cluster nodes on
+/// different loopback addresses share one cluster port, as they would share
+/// it on different machines.
+pub fn free_udp_port(hosts: &[u8]) -> u16 {
+    let ip = |h: u8| std::net::Ipv4Addr::new(127, 0, 1, h);
+    for _ in 0..50 {
+        let Ok(probe) = std::net::UdpSocket::bind((ip(hosts[0]), 0)) else {
+            continue;
+        };
+        let Ok(port) = probe.local_addr().map(|a| a.port()) else {
+            continue;
+        };
+        if hosts[1..]
+            .iter()
+            .all(|h| std::net::UdpSocket::bind((ip(*h), port)).is_ok())
+        {
+            return port;
+        }
+    }
+    panic!("no UDP port free on all of {hosts:?}");
+}
