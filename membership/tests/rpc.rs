@@ -1,0 +1,154 @@
+//! The RPC surface replication builds on: ordered framed streams between
+//! real nodes, frame limits enforced on both sides, membership events.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use pika_membership::frame::FrameError;
+use pika_membership::{Membership, MembershipEvent, RpcError};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Echo {
+    n: u32,
+    body: Vec<u8>,
+}
+
+/// Echoes every message on every incoming stream; reports how each stream
+/// ended.
+fn serve_echo(node: &Membership) -> mpsc::UnboundedReceiver<Result<u32, RpcError>> {
+    let mut incoming = node.incoming_streams().expect("first taker");
+    assert!(node.incoming_streams().is_none(), "only one taker");
+    let (done, ended) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(mut s) = incoming.recv().await {
+            let done = done.clone();
+            tokio::spawn(async move {
+                let mut echoed = 0;
+                let outcome = loop {
+                    match s.stream.recv::<Echo>().await {
+                        Ok(Some(m)) => {
+                            if let Err(e) = s.stream.send(&m).await {
+                                break Err(e);
+                            }
+                            echoed += 1;
+                        }
+                        Ok(None) => break Ok(echoed),
+                        Err(e) => break Err(e),
+                    }
+                };
+                s.stream.finish();
+                let _ = done.send(outcome);
+            });
+        }
+    });
+    ended
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_carry_ordered_frames_and_refuse_oversized_ones() {
+    let hosts = [61, 62, 63];
+    let port = free_port(&hosts);
+    let dns = list(&hosts);
+    let a = Membership::start(config(61, port, &dns, KEY, 1))
+        .await
+        .expect("a");
+    let mut events = a.events();
+    let b = Membership::start(config(62, port, &dns, KEY, 1))
+        .await
+        .expect("b");
+    let mut big = config(63, port, &dns, KEY, 1);
+    big.max_frame = 4 << 20;
+    let c = Membership::start(big).await.expect("c");
+    let mut ended = serve_echo(&b);
+    let b_addr = SocketAddr::new(ip(62), port);
+
+    // Order and content survive, over one stream.
+    let mut stream = a.open_stream(b_addr).await.expect("stream to b");
+    for n in 0..100u32 {
+        let m = Echo {
+            n,
+            body: vec![n as u8; (n as usize) * 100],
+        };
+        stream.send(&m).await.expect("send");
+    }
+    for n in 0..100u32 {
+        let back: Echo = stream.recv().await.expect("recv").expect("echo");
+        assert_eq!(back.n, n);
+        assert_eq!(back.body.len(), n as usize * 100);
+    }
+
+    // Too big for our own limit (1 MiB): refused before anything is sent,
+    // and the stream stays usable.
+    let huge = Echo {
+        n: 1000,
+        body: vec![0; 2 << 20],
+    };
+    match stream.send(&huge).await {
+        Err(RpcError::Frame(FrameError::TooLarge { max, .. })) => assert_eq!(max, 1 << 20),
+        other => panic!("oversized send: {other:?}"),
+    }
+    let small = Echo {
+        n: 7,
+        body: b"still fine".to_vec(),
+    };
+    stream.send(&small).await.expect("send after refusal");
+    assert_eq!(stream.recv::<Echo>().await.expect("recv"), Some(small));
+    stream.finish();
+    assert_eq!(stream.recv::<Echo>().await.expect("clean end"), None);
+    assert_eq!(ended.recv().await.map(|r| r.ok()), Some(Some(101)));
+
+    // Fine for the sender's 4 MiB limit, too big for b's 1 MiB: b refuses it
+    // from the length prefix alone.
+    let mut from_c = c.open_stream(b_addr).await.expect("stream from c");
+    // b stops the stream as soon as it reads the length, so c's write may
+    // see that stop before it finishes.
+    match from_c.send(&huge).await {
+        Ok(()) | Err(RpcError::Write(_, quinn::WriteError::Stopped(_))) => {}
+        Err(other) => panic!("c may send 2 MiB: {other}"),
+    }
+    match ended.recv().await {
+        Some(Err(RpcError::Frame(FrameError::TooLarge { max, .. }))) => assert_eq!(max, 1 << 20),
+        other => panic!("receiver accepted an oversized frame: {other:?}"),
+    }
+
+    let sa = a.stats();
+    assert!(sa.frames_out >= 101 && sa.frames_in >= 101, "{sa:?}");
+    assert!(sa.datagrams_in > 0 && sa.datagrams_out > 0, "{sa:?}");
+
+    // a saw b come up, through the event stream.
+    let saw_b = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match events.recv().await {
+                Ok(MembershipEvent::Up(id)) if id.addr == b_addr => return true,
+                Ok(_) => continue,
+                Err(_) => return false,
+            }
+        }
+    })
+    .await;
+    assert_eq!(saw_b, Ok(true));
+
+    for n in [&a, &b, &c] {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opening_a_stream_to_nobody_fails_cleanly() {
+    let port = free_port(&[64, 65]);
+    let a = Membership::start(config(64, port, &list(&[64]), KEY, 1))
+        .await
+        .expect("a");
+    let nobody = SocketAddr::new(ip(65), port);
+    match a.open_stream(nobody).await {
+        Err(RpcError::Unreachable(addr, _)) => assert_eq!(addr, nobody),
+        Err(other) => panic!("unexpected error: {other}"),
+        Ok(_) => panic!("a stream to an address nobody listens on"),
+    }
+    a.shutdown().await;
+}
