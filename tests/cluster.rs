@@ -53,6 +53,19 @@ fn member(node: &Proc, addr: &str) -> Option<(String, u64)> {
     })
 }
 
+/// One string field of every entry of a status's `nodes`.
+fn field_of_nodes<'a>(status: &'a Value, field: &str) -> Vec<&'a str> {
+    status["nodes"]
+        .as_array()
+        .map(|nodes| {
+            nodes
+                .iter()
+                .map(|m| m[field].as_str().unwrap_or_default())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> Option<Duration> {
     let start = Instant::now();
     while start.elapsed() < limit {
@@ -89,12 +102,7 @@ fn three_processes_from_the_example_yamls_form_a_cluster_and_survive_a_kill() {
     assert_eq!(s["has_quorum"], true);
     assert_eq!(s["replicas_mismatch"], false);
     assert_eq!(s["quorum_nodes_required"], 2);
-    let https: Vec<&str> = s["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["http_address"].as_str().unwrap_or_default())
-        .collect();
+    let https: Vec<&str> = field_of_nodes(&s, "http_address");
     for n in 1..=3 {
         assert!(
             https
@@ -191,12 +199,7 @@ fn nodes_with_a_wrong_or_no_key_never_appear_and_are_counted() {
 
     for m in &members {
         let s = status(m);
-        let listed: Vec<&str> = s["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|n| n["address"].as_str().unwrap_or_default())
-            .collect();
+        let listed: Vec<&str> = field_of_nodes(&s, "address");
         assert_eq!(listed.len(), 2, "{listed:?}");
         assert!(
             listed

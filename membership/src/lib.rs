@@ -37,7 +37,7 @@ pub use swim::{MemberState, MemberView, MembershipEvent, SwimConfig};
 pub use transport::Snapshot;
 
 use crate::stats::Stats;
-use crate::transport::{Driver, Input, Pool};
+use crate::transport::{Driver, Input, Pool, PoolSettings};
 
 /// Everything a node's membership needs; the node maps its `cluster.*`
 /// configuration onto this.
@@ -141,15 +141,12 @@ impl Membership {
         let (inputs, input_rx) = mpsc::unbounded_channel();
         let (stream_tx, stream_rx) = mpsc::channel(256);
         let interval = config.swim.heartbeat_interval;
-        let pool = Pool::new(
-            endpoint,
-            (interval * 2).max(Duration::from_millis(200)),
-            interval,
-            config.max_frame,
-            stats.clone(),
-            inputs.clone(),
-            stream_tx,
-        );
+        let settings = PoolSettings {
+            connect_timeout: (interval * 2).max(Duration::from_millis(200)),
+            backoff: interval,
+            max_frame: config.max_frame,
+        };
+        let pool = Pool::new(endpoint, settings, stats.clone(), inputs.clone(), stream_tx);
 
         let now = Instant::now();
         let seed = seed_from_os();

@@ -47,13 +47,20 @@ pub(crate) struct Pool {
     endpoint: Endpoint,
     conns: Mutex<HashMap<SocketAddr, Connection>>,
     dials: Mutex<HashMap<SocketAddr, Dial>>,
-    connect_timeout: Duration,
-    /// After a failed dial, wait this long before the next attempt.
-    backoff: Duration,
-    max_frame: usize,
+    settings: PoolSettings,
     stats: Arc<Stats>,
     inputs: mpsc::UnboundedSender<Input>,
     streams: mpsc::Sender<IncomingStream>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PoolSettings {
+    /// A handshake not done by then is a failed dial.
+    pub connect_timeout: Duration,
+    /// After a failed dial, wait this long before the next attempt.
+    pub backoff: Duration,
+    /// Largest frame on a stream of this pool's connections.
+    pub max_frame: usize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -63,12 +70,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Pool {
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         endpoint: Endpoint,
-        connect_timeout: Duration,
-        backoff: Duration,
-        max_frame: usize,
+        settings: PoolSettings,
         stats: Arc<Stats>,
         inputs: mpsc::UnboundedSender<Input>,
         streams: mpsc::Sender<IncomingStream>,
@@ -77,9 +81,7 @@ impl Pool {
             endpoint,
             conns: Mutex::new(HashMap::new()),
             dials: Mutex::new(HashMap::new()),
-            connect_timeout,
-            backoff,
-            max_frame,
+            settings,
             stats,
             inputs,
             streams,
@@ -130,7 +132,7 @@ impl Pool {
         let mut dials = lock(&self.dials);
         match dials.get(&addr) {
             Some(Dial::InProgress(rx)) => return Some(rx.clone()),
-            Some(Dial::FailedAt(at)) if at.elapsed() < self.backoff => return None,
+            Some(Dial::FailedAt(at)) if at.elapsed() < self.settings.backoff => return None,
             _ => {}
         }
         let (tx, rx) = watch::channel(None);
@@ -160,7 +162,7 @@ impl Pool {
             .endpoint
             .connect(addr, PEER_SERVER_NAME)
             .map_err(|e| e.to_string())?;
-        match tokio::time::timeout(self.connect_timeout, connecting).await {
+        match tokio::time::timeout(self.settings.connect_timeout, connecting).await {
             Ok(Ok(conn)) => {
                 self.register(conn.clone());
                 Ok(conn)
@@ -169,7 +171,10 @@ impl Pool {
                 self.handshake_failed(addr, &e, "dialling");
                 Err(e.to_string())
             }
-            Err(_) => Err(format!("no handshake within {:?}", self.connect_timeout)),
+            Err(_) => Err(format!(
+                "no handshake within {:?}",
+                self.settings.connect_timeout
+            )),
         }
     }
 
@@ -221,7 +226,7 @@ impl Pool {
                     },
                     stream = conn.accept_bi() => match stream {
                         Ok(pair) => {
-                            let stream = FramedStream::new(peer, pair, pool.max_frame, pool.stats.clone());
+                            let stream = FramedStream::new(peer, pair, pool.settings.max_frame, pool.stats.clone());
                             if pool.streams.try_send(IncomingStream { peer, stream }).is_err() {
                                 tracing::debug!(%peer, "incoming stream dropped: nobody is accepting");
                             }
@@ -253,7 +258,7 @@ impl Pool {
         Ok(FramedStream::new(
             addr,
             pair,
-            self.max_frame,
+            self.settings.max_frame,
             self.stats.clone(),
         ))
     }

@@ -25,10 +25,7 @@ async fn start_all(hosts: &[u8], port: u16, key: &[u8]) -> Vec<Membership> {
 async fn converge(hosts: &[u8]) {
     let port = free_port(hosts);
     let nodes = start_all(hosts, port, KEY).await;
-    let addrs: Vec<SocketAddr> = hosts
-        .iter()
-        .map(|h| SocketAddr::new(ip(*h), port))
-        .collect();
+    let addrs: Vec<SocketAddr> = addrs(hosts, port);
     let took = wait_until(Duration::from_secs(10), || all_alive(&nodes, &addrs)).await;
     for n in &nodes {
         n.shutdown().await;
@@ -60,10 +57,7 @@ async fn a_stopped_node_goes_down_and_returns_with_a_higher_generation() {
     let hosts = [31, 32, 33];
     let port = free_port(&hosts);
     let mut nodes = start_all(&hosts, port, KEY).await;
-    let addrs: Vec<SocketAddr> = hosts
-        .iter()
-        .map(|h| SocketAddr::new(ip(*h), port))
-        .collect();
+    let addrs: Vec<SocketAddr> = addrs(&hosts, port);
     wait_until(Duration::from_secs(10), || all_alive(&nodes, &addrs))
         .await
         .expect("membership forms");
@@ -144,10 +138,7 @@ async fn peers_without_the_key_never_appear_and_are_counted() {
     assert!(!keyless.security_enabled());
     assert!(members[0].security_enabled());
 
-    let good: Vec<SocketAddr> = hosts[..3]
-        .iter()
-        .map(|h| SocketAddr::new(ip(*h), port))
-        .collect();
+    let good: Vec<SocketAddr> = addrs(&hosts[..3], port);
     wait_until(Duration::from_secs(10), || all_alive(&members, &good))
         .await
         .expect("the members find each other");

@@ -68,6 +68,14 @@ pub fn config(
     }
 }
 
+/// The peer addresses of `hosts` on `port`.
+pub fn addrs(hosts: &[u8], port: u16) -> Vec<SocketAddr> {
+    hosts
+        .iter()
+        .map(|h| SocketAddr::new(ip(*h), port))
+        .collect()
+}
+
 pub fn list(hosts: &[u8]) -> String {
     hosts
         .iter()
