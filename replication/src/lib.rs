@@ -1,12 +1,17 @@
 //! pika's replicated state.
 //!
-//! Today this crate holds the single-node store: [`store::Store`] on redb with
-//! [`merkle::MerkleBuckets`] kept in the same transaction as every write, and
-//! [`commit::WriteQueue`], the group committer in front of it. Lease election,
-//! write fan-out, forwarding and anti-entropy will live here too, as sans-IO
-//! state machines driven by thin tokio tasks; they are not built yet.
+//! Built:
+//! - [`store::Store`] on redb, with [`merkle::MerkleBuckets`] kept in the same
+//!   transaction as every write.
+//! - [`commit::WriteQueue`], the group committer in front of the store.
+//! - [`election::Election`], the sans-IO lease election, checked by a seeded
+//!   fault simulation.
+//!
+//! Not built yet: the tokio driver that runs the election over membership,
+//! write fan-out, forwarding and anti-entropy.
 
 pub mod commit;
+pub mod election;
 pub mod format;
 pub mod merkle;
 pub mod path;

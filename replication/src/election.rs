@@ -1,0 +1,608 @@
+//! Leader election by lease, sans IO (DESIGN.md, "Leader election").
+//!
+//! [`Election`] is a plain state machine: the driver feeds it messages,
+//! clock readings and membership counts, and carries out the [`Action`]s it
+//! returns, in order. Time is the node's own monotonic clock as a
+//! `Duration` since an arbitrary origin; clocks of different nodes may run at
+//! different rates within the drift bound.
+//!
+//! The rules, and why they are safe:
+//! - A voter grants epoch e only if e > its promised epoch, it has heard from
+//!   no other leader within the lease L, and the candidate's (epoch,
+//!   revision) is at least its own. It persists the promise before replying
+//!   ([`Action::Persist`] comes before the reply).
+//! - A candidate starts its lease clock before asking, and with a quorum of
+//!   grants leads until start + L·(1 − drift).
+//! - The leader renews with heartbeat rounds; a round acked by a quorum
+//!   extends the lease to that round's send time + L·(1 − drift). A voter
+//!   that acked refuses other candidates for L after the ack, on its own
+//!   clock, so with bounded drift the old lease ends before any new leader
+//!   can be elected.
+//! - A grant binds like an ack: for L after granting, a voter grants no
+//!   other candidate and does not campaign, since the candidate it granted
+//!   may be leading on that grant before its first heartbeat arrives.
+//! - A node whose promise is above zero has acked or granted before; after a
+//!   restart it cannot know whom it promised, so it grants nothing (not even
+//!   to itself) for L after boot.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Where a node's log ends: the epoch and revision of its last applied
+/// change. Ordered by epoch first (vote restriction).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Position {
+    pub epoch: u64,
+    pub revision: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ElectionMessage {
+    LeaseRequest {
+        epoch: u64,
+        candidate: String,
+        last: Position,
+    },
+    LeaseReply {
+        epoch: u64,
+        granted: bool,
+        /// The voter's promise after handling the request: a candidate that
+        /// lost learns which epoch to outbid.
+        promised: u64,
+    },
+    /// Lease renewal and proof of leadership; followers' read leases run
+    /// from the last one they heard.
+    Heartbeat {
+        epoch: u64,
+        leader: String,
+        round: u64,
+    },
+    HeartbeatAck {
+        epoch: u64,
+        round: u64,
+        /// False when the follower has promised a newer epoch (fencing).
+        ok: bool,
+        promised: u64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Make `promised_epoch` durable before performing the next action.
+    Persist {
+        promised_epoch: u64,
+    },
+    Send {
+        to: String,
+        message: ElectionMessage,
+    },
+    BecameLeader {
+        epoch: u64,
+    },
+    SteppedDown {
+        epoch: u64,
+        reason: &'static str,
+    },
+    /// This node now follows `leader` in `epoch`.
+    Following {
+        leader: String,
+        epoch: u64,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct ElectionConfig {
+    /// R: the cluster size the operator configured.
+    pub replicas: usize,
+    /// Heartbeat period, and the upper end of the random campaign back-off.
+    pub heartbeat_interval: Duration,
+    /// L: the lease (`heartbeat_timeout`).
+    pub lease: Duration,
+    /// Assumed bound on relative clock drift; leases are shortened by it.
+    pub drift: f64,
+}
+
+impl ElectionConfig {
+    pub fn quorum(&self) -> usize {
+        self.replicas / 2 + 1
+    }
+
+    fn safe_lease(&self) -> Duration {
+        self.lease.mul_f64((1.0 - self.drift).clamp(0.0, 1.0))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Follower,
+    Candidate,
+    Leader,
+}
+
+#[derive(Debug)]
+enum State {
+    Follower,
+    Candidate {
+        epoch: u64,
+        started: Duration,
+        grants: BTreeSet<String>,
+    },
+    Leader {
+        epoch: u64,
+        lease_until: Duration,
+        next_round: u64,
+        last_round_at: Duration,
+        /// Rounds not yet acked by a quorum: send time and ackers.
+        rounds: BTreeMap<u64, (Duration, BTreeSet<String>)>,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct KnownLeader {
+    id: String,
+    epoch: u64,
+    heard_at: Duration,
+}
+
+pub struct Election {
+    me: String,
+    config: ElectionConfig,
+    peers: BTreeSet<String>,
+    live: usize,
+    mismatch: bool,
+    promised: u64,
+    /// The highest epoch seen anywhere, to outbid on the next campaign.
+    highest_seen: u64,
+    last: Position,
+    state: State,
+    leader: Option<KnownLeader>,
+    /// The last grant: until `at + L` the candidate may hold a lease that
+    /// rests on it, so no other candidate (this node included) gets one.
+    voted: Option<(String, Duration)>,
+    /// No grants (self included) before this: see the module docs.
+    quiet_until: Duration,
+    campaign_at: Option<Duration>,
+    rng: u64,
+    actions: Vec<Action>,
+}
+
+impl Election {
+    /// `promised` and `last` come from the store; `seed` drives the
+    /// campaign back-off.
+    pub fn new(
+        me: impl Into<String>,
+        config: ElectionConfig,
+        promised: u64,
+        last: Position,
+        seed: u64,
+        now: Duration,
+    ) -> Election {
+        let quiet_until = if promised > 0 {
+            now + config.lease
+        } else {
+            now
+        };
+        Election {
+            me: me.into(),
+            config,
+            peers: BTreeSet::new(),
+            live: 1,
+            mismatch: false,
+            promised,
+            highest_seen: promised.max(last.epoch),
+            last,
+            state: State::Follower,
+            leader: None,
+            voted: None,
+            quiet_until,
+            campaign_at: None,
+            rng: seed | 1,
+            actions: Vec::new(),
+        }
+    }
+
+    /// The other members, by node id, and how many members (self included)
+    /// membership currently sees alive.
+    pub fn set_members(&mut self, peers: impl IntoIterator<Item = String>, live: usize) {
+        self.peers = peers.into_iter().filter(|p| *p != self.me).collect();
+        self.live = live;
+        self.mismatch = live > self.config.replicas;
+    }
+
+    /// The end of this node's log moved (a diff or sync was applied).
+    pub fn set_last(&mut self, last: Position) {
+        self.last = last;
+        self.highest_seen = self.highest_seen.max(last.epoch);
+    }
+
+    pub fn drain_actions(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.actions)
+    }
+
+    pub fn role(&self) -> Role {
+        match self.state {
+            State::Follower => Role::Follower,
+            State::Candidate { .. } => Role::Candidate,
+            State::Leader { .. } => Role::Leader,
+        }
+    }
+
+    pub fn promised(&self) -> u64 {
+        self.promised
+    }
+
+    /// More live members than `replicas`: no campaigns, no grants.
+    pub fn replicas_mismatch(&self) -> bool {
+        self.mismatch
+    }
+
+    /// The epoch this node leads and until when its lease holds, if it leads.
+    pub fn lease(&self, now: Duration) -> Option<(u64, Duration)> {
+        match &self.state {
+            State::Leader {
+                epoch, lease_until, ..
+            } if now < *lease_until => Some((*epoch, *lease_until)),
+            _ => None,
+        }
+    }
+
+    /// The leader this node knows of with a live lease (itself included):
+    /// a follower serves reads only while this is `Some`.
+    pub fn leader(&self, now: Duration) -> Option<(&str, u64)> {
+        if let Some((epoch, _)) = self.lease(now) {
+            return Some((&self.me, epoch));
+        }
+        self.leader
+            .as_ref()
+            .filter(|l| now < l.heard_at + self.config.lease)
+            .map(|l| (l.id.as_str(), l.epoch))
+    }
+
+    pub fn tick(&mut self, now: Duration) {
+        match &mut self.state {
+            State::Leader {
+                epoch,
+                lease_until,
+                next_round,
+                last_round_at,
+                rounds,
+            } => {
+                if now >= *lease_until {
+                    let epoch = *epoch;
+                    self.step_down(epoch, "lease not renewed by a quorum in time");
+                } else if now >= *last_round_at + self.config.heartbeat_interval {
+                    let (epoch, round) = (*epoch, *next_round);
+                    *next_round += 1;
+                    *last_round_at = now;
+                    rounds.insert(round, (now, BTreeSet::from([self.me.clone()])));
+                    self.extend_lease(round);
+                    self.broadcast(ElectionMessage::Heartbeat {
+                        epoch,
+                        leader: self.me.clone(),
+                        round,
+                    });
+                }
+            }
+            State::Candidate { started, .. } => {
+                if now >= *started + self.config.heartbeat_interval * 2 {
+                    self.state = State::Follower;
+                    self.campaign_at = None;
+                    // A campaign that failed leads nothing, so its self-vote
+                    // binds nothing: release it, or two candidates that
+                    // voted for themselves refuse each other forever.
+                    if self.voted.as_ref().is_some_and(|(c, _)| *c == self.me) {
+                        self.voted = None;
+                    }
+                }
+            }
+            State::Follower => {
+                if self.may_campaign(now) {
+                    let at = *self.campaign_at.get_or_insert_with(|| {
+                        let backoff = self
+                            .config
+                            .heartbeat_interval
+                            .mul_f64(next_unit(&mut self.rng));
+                        now + backoff
+                    });
+                    if now >= at {
+                        self.campaign(now);
+                    }
+                } else {
+                    self.campaign_at = None;
+                }
+            }
+        }
+    }
+
+    pub fn handle(&mut self, from: &str, message: ElectionMessage, now: Duration) {
+        match message {
+            ElectionMessage::LeaseRequest {
+                epoch,
+                candidate,
+                last,
+            } => self.on_request(epoch, &candidate, last, now),
+            ElectionMessage::LeaseReply {
+                epoch,
+                granted,
+                promised,
+            } => self.on_reply(from, epoch, granted, promised, now),
+            ElectionMessage::Heartbeat {
+                epoch,
+                leader,
+                round,
+            } => self.on_heartbeat(&leader, epoch, round, now),
+            ElectionMessage::HeartbeatAck {
+                epoch,
+                round,
+                ok,
+                promised,
+            } => self.on_ack(from, epoch, round, ok, promised),
+        }
+    }
+
+    fn may_campaign(&self, now: Duration) -> bool {
+        self.leader(now).is_none()
+            && !self.mismatch
+            && self.live >= self.config.quorum()
+            && now >= self.quiet_until
+    }
+
+    /// Whether this node may promise `epoch` to `candidate` now.
+    fn may_grant(&self, epoch: u64, candidate: &str, last: Position, now: Duration) -> bool {
+        let lease = self.config.lease;
+        let other_leader_live = self
+            .leader
+            .as_ref()
+            .is_some_and(|l| l.id != candidate && now < l.heard_at + lease);
+        let voted_for_another = self
+            .voted
+            .as_ref()
+            .is_some_and(|(c, at)| c != candidate && now < *at + lease);
+        epoch > self.promised
+            && !self.mismatch
+            && now >= self.quiet_until
+            && !other_leader_live
+            && !voted_for_another
+            && self.lease(now).is_none()
+            && last >= self.last
+    }
+
+    fn campaign(&mut self, now: Duration) {
+        let epoch = self.highest_seen.max(self.promised) + 1;
+        self.campaign_at = None;
+        if !self.may_grant(epoch, &self.me.clone(), self.last, now) {
+            return;
+        }
+        self.promise(epoch);
+        self.voted = Some((self.me.clone(), now));
+        self.state = State::Candidate {
+            epoch,
+            started: now,
+            grants: BTreeSet::from([self.me.clone()]),
+        };
+        tracing::debug!(epoch, "campaigning");
+        self.broadcast(ElectionMessage::LeaseRequest {
+            epoch,
+            candidate: self.me.clone(),
+            last: self.last,
+        });
+        self.maybe_win(now);
+    }
+
+    fn on_request(&mut self, epoch: u64, candidate: &str, last: Position, now: Duration) {
+        self.highest_seen = self.highest_seen.max(epoch);
+        let granted = self.may_grant(epoch, candidate, last, now);
+        if granted {
+            self.promise(epoch);
+            self.voted = Some((candidate.to_string(), now));
+            // Promising a newer epoch ends any campaign or leadership of ours.
+            match self.state {
+                State::Leader { epoch: mine, .. } => self.step_down(mine, "granted a newer epoch"),
+                State::Candidate { .. } => self.state = State::Follower,
+                State::Follower => {}
+            }
+        }
+        self.send(
+            candidate,
+            ElectionMessage::LeaseReply {
+                epoch,
+                granted,
+                promised: self.promised,
+            },
+        );
+    }
+
+    fn on_reply(&mut self, from: &str, epoch: u64, granted: bool, promised: u64, now: Duration) {
+        self.highest_seen = self.highest_seen.max(promised);
+        if let State::Candidate {
+            epoch: mine,
+            grants,
+            ..
+        } = &mut self.state
+            && *mine == epoch
+            && granted
+        {
+            grants.insert(from.to_string());
+            self.maybe_win(now);
+        }
+    }
+
+    fn maybe_win(&mut self, now: Duration) {
+        let State::Candidate {
+            epoch,
+            started,
+            grants,
+        } = &self.state
+        else {
+            return;
+        };
+        if grants.len() < self.config.quorum() {
+            return;
+        }
+        let (epoch, lease_until) = (*epoch, *started + self.config.safe_lease());
+        if now >= lease_until {
+            self.state = State::Follower;
+            return;
+        }
+        tracing::info!(epoch, "elected leader");
+        self.state = State::Leader {
+            epoch,
+            lease_until,
+            next_round: 1,
+            last_round_at: now,
+            rounds: BTreeMap::from([(0, (now, BTreeSet::from([self.me.clone()])))]),
+        };
+        self.leader = Some(KnownLeader {
+            id: self.me.clone(),
+            epoch,
+            heard_at: now,
+        });
+        self.actions.push(Action::BecameLeader { epoch });
+        // Round 0 tells every member at once who leads.
+        self.broadcast(ElectionMessage::Heartbeat {
+            epoch,
+            leader: self.me.clone(),
+            round: 0,
+        });
+    }
+
+    fn on_heartbeat(&mut self, leader: &str, epoch: u64, round: u64, now: Duration) {
+        self.highest_seen = self.highest_seen.max(epoch);
+        if epoch < self.promised {
+            // Fencing: a deposed leader learns it is deposed.
+            self.send(
+                leader,
+                ElectionMessage::HeartbeatAck {
+                    epoch,
+                    round,
+                    ok: false,
+                    promised: self.promised,
+                },
+            );
+            return;
+        }
+        if epoch > self.promised {
+            self.promise(epoch);
+        }
+        match self.state {
+            State::Leader { epoch: mine, .. } if mine < epoch => {
+                self.step_down(mine, "a newer epoch has a leader")
+            }
+            State::Candidate { epoch: mine, .. } if mine <= epoch => self.state = State::Follower,
+            _ => {}
+        }
+        let changed = self
+            .leader
+            .as_ref()
+            .is_none_or(|l| l.id != leader || l.epoch != epoch);
+        self.leader = Some(KnownLeader {
+            id: leader.to_string(),
+            epoch,
+            heard_at: now,
+        });
+        if changed {
+            self.actions.push(Action::Following {
+                leader: leader.to_string(),
+                epoch,
+            });
+        }
+        self.send(
+            leader,
+            ElectionMessage::HeartbeatAck {
+                epoch,
+                round,
+                ok: true,
+                promised: self.promised,
+            },
+        );
+    }
+
+    fn on_ack(&mut self, from: &str, epoch: u64, round: u64, ok: bool, promised: u64) {
+        self.highest_seen = self.highest_seen.max(promised);
+        let State::Leader {
+            epoch: mine,
+            rounds,
+            ..
+        } = &mut self.state
+        else {
+            return;
+        };
+        if epoch != *mine {
+            return;
+        }
+        if !ok {
+            let mine = *mine;
+            self.step_down(mine, "a quorum member promised a newer epoch");
+            return;
+        }
+        if let Some((_, acks)) = rounds.get_mut(&round) {
+            acks.insert(from.to_string());
+            self.extend_lease(round);
+        }
+    }
+
+    /// A round acked by a quorum extends the lease from its send time;
+    /// it and every older round are then settled.
+    fn extend_lease(&mut self, round: u64) {
+        let quorum = self.config.quorum();
+        let safe = self.config.safe_lease();
+        let State::Leader {
+            lease_until,
+            rounds,
+            ..
+        } = &mut self.state
+        else {
+            return;
+        };
+        let Some((sent, acks)) = rounds.get(&round) else {
+            return;
+        };
+        if acks.len() >= quorum {
+            *lease_until = (*lease_until).max(*sent + safe);
+            rounds.retain(|r, _| *r > round);
+        }
+    }
+
+    fn step_down(&mut self, epoch: u64, reason: &'static str) {
+        tracing::warn!(epoch, reason, "stepping down");
+        self.state = State::Follower;
+        if self.leader.as_ref().is_some_and(|l| l.id == self.me) {
+            self.leader = None;
+        }
+        self.actions.push(Action::SteppedDown { epoch, reason });
+    }
+
+    fn promise(&mut self, epoch: u64) {
+        self.promised = epoch;
+        self.highest_seen = self.highest_seen.max(epoch);
+        self.actions.push(Action::Persist {
+            promised_epoch: epoch,
+        });
+    }
+
+    fn send(&mut self, to: &str, message: ElectionMessage) {
+        self.actions.push(Action::Send {
+            to: to.to_string(),
+            message,
+        });
+    }
+
+    fn broadcast(&mut self, message: ElectionMessage) {
+        let peers: Vec<String> = self.peers.iter().cloned().collect();
+        for to in peers {
+            self.send(&to, message.clone());
+        }
+    }
+}
+
+/// xorshift64: the back-off only has to differ between nodes, and the seed
+/// comes from outside so simulations replay.
+fn next_unit(state: &mut u64) -> f64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    (*state >> 11) as f64 / (1u64 << 53) as f64
+}
