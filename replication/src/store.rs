@@ -12,6 +12,10 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTran
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+mod replicated;
+
+pub use replicated::ApplyError;
+
 use crate::merkle::{self, MerkleBuckets};
 use crate::record::{Applied, Change, ChangeKind, Entry, Meta, Op, OpError, OpKind};
 
@@ -29,6 +33,15 @@ const KEY_NODE_ID: &str = "node_id";
 /// from its previous incarnation (membership identity).
 const KEY_GENERATION: &str = "boot_generation";
 const KEY_REVISION: &str = "revision";
+/// The highest epoch this node promised (election), durable before any
+/// grant or ack that relies on it leaves the node.
+const KEY_PROMISED: &str = "promised_epoch";
+/// The epoch of the last change in this store: with the revision, the
+/// node's log position for vote restriction.
+const KEY_LAST_EPOCH: &str = "last_epoch";
+
+/// Per-op results of a batch, and the changes it committed.
+pub type BatchOutcome = (Vec<Result<Applied, OpError>>, Vec<Change>);
 
 /// The database file's name inside `storage.bw.path`.
 pub const DB_FILE: &str = "pika.redb";
@@ -97,6 +110,8 @@ pub struct Store {
     generation: u64,
     /// The last committed revision, readable without a transaction.
     revision: AtomicU64,
+    last_epoch: AtomicU64,
+    promised: AtomicU64,
     /// Write transactions committed since open.
     commits: AtomicU64,
     history: u64,
@@ -116,7 +131,7 @@ impl Store {
         // Create every table up front so read transactions never meet a
         // missing one, and mint the node id on first start.
         let txn = db.begin_write()?;
-        let (node_id, revision, generation) = {
+        let (node_id, revision, generation, last_epoch, promised) = {
             txn.open_table(ENTRIES)?;
             txn.open_table(VERSIONS)?;
             txn.open_table(MERKLE)?;
@@ -136,7 +151,9 @@ impl Store {
                 .map_or(0, |v| read_u64(v.value()))
                 .saturating_add(1);
             node.insert(KEY_GENERATION, generation.to_le_bytes().as_slice())?;
-            (node_id, revision, generation)
+            let last_epoch = node.get(KEY_LAST_EPOCH)?.map_or(0, |v| read_u64(v.value()));
+            let promised = node.get(KEY_PROMISED)?.map_or(0, |v| read_u64(v.value()));
+            (node_id, revision, generation, last_epoch, promised)
         };
         txn.commit()?;
         Ok(Self {
@@ -144,6 +161,8 @@ impl Store {
             node_id,
             generation,
             revision: AtomicU64::new(revision),
+            last_epoch: AtomicU64::new(last_epoch),
+            promised: AtomicU64::new(promised),
             commits: AtomicU64::new(0),
             history: history.max(1),
         })
@@ -177,9 +196,25 @@ impl Store {
         epoch: u64,
         now_ms: u64,
     ) -> Result<Vec<Result<Applied, OpError>>, StoreError> {
+        self.execute_then(ops, epoch, now_ms, |_| {})
+            .map(|(results, _)| results)
+    }
+
+    /// Like [`Store::execute`], and also returns the changes. `before_commit`
+    /// gets them once they are decided but before the transaction commits:
+    /// a leader hands them to the fan-out there, so its followers' writes
+    /// run while its own fsync does.
+    pub fn execute_then(
+        &self,
+        ops: &[Op],
+        epoch: u64,
+        now_ms: u64,
+        before_commit: impl FnOnce(&[Change]),
+    ) -> Result<BatchOutcome, StoreError> {
         let txn = self.db.begin_write()?;
         let mut revision = self.revision();
         let mut results = Vec::with_capacity(ops.len());
+        let mut changes = Vec::new();
         {
             // Opened once per batch, not per op: the tables live until commit.
             let mut tables = BatchTables::open(&txn)?;
@@ -193,18 +228,26 @@ impl Store {
                             version: change.version,
                             revision: change.revision,
                         }));
+                        changes.push(change);
                     }
                     Err(e) => results.push(Err(e)),
                 }
             }
-            tables
-                .node
-                .insert(KEY_REVISION, revision.to_le_bytes().as_slice())?;
+            tables.set_position(revision, (!changes.is_empty()).then_some(epoch))?;
         }
+        before_commit(&changes);
         txn.commit()?;
+        self.committed(revision, (!changes.is_empty()).then_some(epoch));
+        Ok((results, changes))
+    }
+
+    /// Publishes a committed transaction's position to readers.
+    fn committed(&self, revision: u64, epoch: Option<u64>) {
+        if let Some(epoch) = epoch {
+            self.last_epoch.store(epoch, Ordering::Release);
+        }
         self.revision.store(revision, Ordering::Release);
         self.commits.fetch_add(1, Ordering::Relaxed);
-        Ok(results)
     }
 
     /// The latest entry of a path, tombstones included.
@@ -396,6 +439,17 @@ impl<'txn> BatchTables<'txn> {
             merkle: txn.open_table(MERKLE)?,
             node: txn.open_table(NODE)?,
         })
+    }
+
+    /// Records the log position this transaction leaves behind.
+    fn set_position(&mut self, revision: u64, epoch: Option<u64>) -> Result<(), StoreError> {
+        self.node
+            .insert(KEY_REVISION, revision.to_le_bytes().as_slice())?;
+        if let Some(epoch) = epoch {
+            self.node
+                .insert(KEY_LAST_EPOCH, epoch.to_le_bytes().as_slice())?;
+        }
+        Ok(())
     }
 
     /// The latest entry of `path` as this transaction sees it.

@@ -273,3 +273,79 @@ fn identical_histories_give_identical_roots() {
     let differing = a.merkle().unwrap().differing(&b.merkle().unwrap());
     assert_eq!(differing, [pika_replication::merkle::bucket_of("x/1")]);
 }
+
+#[test]
+fn a_follower_applying_the_leaders_changes_ends_identical() {
+    let (ld, fd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (leader, follower) = (open(&ld, 3), open(&fd, 3));
+    let mut shipped = Vec::new();
+    for round in 0..5u32 {
+        let ops = [
+            put("a", &round.to_string(), None),
+            put(&format!("b/{round}"), "x", None),
+            Op::delete(path("nope"), None), // refused: not shipped
+        ];
+        let (results, changes) = leader
+            .execute_then(&ops, 7, 1, |before| shipped.push(before.to_vec()))
+            .unwrap();
+        assert!(results[2].is_err());
+        assert_eq!(shipped.last(), Some(&changes), "the hook sees what commits");
+        follower.apply(&changes).unwrap();
+    }
+    assert_eq!(follower.revision(), leader.revision());
+    assert_eq!(follower.position(), leader.position());
+    assert_eq!(follower.position().epoch, 7);
+    assert_eq!(
+        follower.merkle().unwrap().root(),
+        leader.merkle().unwrap().root()
+    );
+    assert_eq!(
+        follower.versions("a").unwrap(),
+        leader.versions("a").unwrap()
+    );
+    assert_eq!(
+        follower.recompute_merkle().unwrap().root(),
+        follower.merkle().unwrap().root()
+    );
+
+    // Anything that does not continue the log is refused whole.
+    let (_, next) = leader
+        .execute_then(&[put("c", "1", None), put("d", "1", None)], 8, 1, |_| {})
+        .unwrap();
+    let before = follower.revision();
+    assert!(matches!(
+        follower.apply(&next[1..]),
+        Err(pika_replication::store::ApplyError::Gap { .. })
+    ));
+    assert!(matches!(
+        follower.apply(&shipped[0]),
+        Err(pika_replication::store::ApplyError::Gap { .. })
+    ));
+    assert_eq!(follower.revision(), before);
+    follower.apply(&next).unwrap();
+    assert_eq!(
+        follower.merkle().unwrap().root(),
+        leader.merkle().unwrap().root()
+    );
+}
+
+#[test]
+fn the_promised_epoch_and_position_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(&dir, 20);
+        assert_eq!(store.promised_epoch(), 0);
+        store.set_promised_epoch(5).unwrap();
+        store.execute(&[put("a", "1", None)], 4, 0).unwrap();
+        store.close().unwrap();
+    }
+    let store = open(&dir, 20);
+    assert_eq!(store.promised_epoch(), 5);
+    assert_eq!(
+        store.position(),
+        pika_replication::election::Position {
+            epoch: 4,
+            revision: 1
+        }
+    );
+}

@@ -1,0 +1,73 @@
+//! What replication needs of the store beyond local writes: the promised
+//! epoch, the log position, and applying a leader's changes verbatim.
+
+use std::sync::atomic::Ordering;
+
+use super::{BatchTables, KEY_PROMISED, Store, StoreError};
+use crate::election::Position;
+use crate::record::Change;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The changes do not continue this store's log: a sync is needed.
+    #[error("gap in the log: expected revision {expected}, got {got}")]
+    Gap { expected: u64, got: u64 },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Store {
+    /// The highest epoch this node has promised.
+    pub fn promised_epoch(&self) -> u64 {
+        self.promised.load(Ordering::Acquire)
+    }
+
+    /// Durably records a promise. Returns once it is on disk: only then may
+    /// the grant or ack that depends on it be sent.
+    pub fn set_promised_epoch(&self, epoch: u64) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut node = txn.open_table(super::NODE)?;
+            node.insert(KEY_PROMISED, epoch.to_le_bytes().as_slice())?;
+        }
+        txn.commit()?;
+        self.promised.fetch_max(epoch, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Where this store's log ends: the epoch and revision of its last change.
+    pub fn position(&self) -> Position {
+        Position {
+            epoch: self.last_epoch.load(Ordering::Acquire),
+            revision: self.revision(),
+        }
+    }
+
+    /// Applies changes decided by the leader, in one durable transaction.
+    /// They must continue the log exactly (first revision = current + 1,
+    /// then consecutive); otherwise nothing is applied and the caller syncs.
+    pub fn apply(&self, changes: &[Change]) -> Result<(), ApplyError> {
+        let first = self.revision() + 1;
+        if let Some((expected, change)) = (first..).zip(changes).find(|(e, c)| c.revision != *e) {
+            return Err(ApplyError::Gap {
+                expected,
+                got: change.revision,
+            });
+        }
+        let Some(last) = changes.last() else {
+            return Ok(());
+        };
+        let txn = self.db.begin_write().map_err(StoreError::from)?;
+        {
+            let mut tables = BatchTables::open(&txn)?;
+            for change in changes {
+                let previous = tables.entry(&change.path)?;
+                tables.write_change(change, previous.as_ref(), self.history)?;
+            }
+            tables.set_position(last.revision, Some(last.epoch))?;
+        }
+        txn.commit().map_err(StoreError::from)?;
+        self.committed(last.revision, Some(last.epoch));
+        Ok(())
+    }
+}
