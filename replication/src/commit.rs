@@ -6,13 +6,14 @@
 //! load the batch grows and the cost per op falls; with one writer the batch
 //! is one op and nothing waits for a timer.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::record::{Applied, Op, OpError, OpKind};
+use crate::record::{Applied, Change, Op, OpError, OpKind};
 use crate::store::Store;
 
 /// Limits on one batch, so one commit never holds a huge transaction.
@@ -43,11 +44,91 @@ pub enum WriteError {
     /// The node is shutting down and accepts no more writes.
     #[error("the node is shutting down")]
     Closed,
+    /// No leader, no quorum, or leadership lost before the write was
+    /// acknowledged (it may or may not take effect): retry later.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
 }
+
+/// A writer's answer channel.
+pub type Reply = oneshot::Sender<Result<Applied, WriteError>>;
 
 struct PendingWrite {
     op: Op,
-    reply: oneshot::Sender<Result<Applied, WriteError>>,
+    request_id: Option<String>,
+    reply: Reply,
+}
+
+/// What the committer asks of the node around each batch. Standalone nodes
+/// write in epoch 0 and answer at once; a leader ships each batch to its
+/// followers and answers once they have it.
+pub trait CommitPolicy: Send + Sync + 'static {
+    /// The epoch this batch is written in, or why no write is taken now.
+    fn epoch(&self) -> Result<u64, WriteError>;
+    /// The batch's changes are decided; the local transaction commits next.
+    fn before_commit(&self, epoch: u64, changes: &[Change]);
+    /// The batch is durable here. `waits_for` is the revision the answers
+    /// depend on (none when no op changed anything).
+    fn committed(
+        &self,
+        epoch: u64,
+        waits_for: Option<u64>,
+        answers: Vec<(Reply, Result<Applied, WriteError>)>,
+    );
+}
+
+/// Standalone: epoch 0, answers as soon as the batch is durable.
+pub struct Standalone;
+
+impl CommitPolicy for Standalone {
+    fn epoch(&self) -> Result<u64, WriteError> {
+        Ok(0)
+    }
+    fn before_commit(&self, _: u64, _: &[Change]) {}
+    fn committed(
+        &self,
+        _: u64,
+        _: Option<u64>,
+        answers: Vec<(Reply, Result<Applied, WriteError>)>,
+    ) {
+        for (reply, result) in answers {
+            // A writer that gave up waiting is not an error of the commit.
+            let _ = reply.send(result);
+        }
+    }
+}
+
+/// Results of recently applied request ids, so a retried op (a forward
+/// that timed out and was sent again) is applied once.
+struct RecentRequests {
+    results: HashMap<String, Result<Applied, OpError>>,
+    order: VecDeque<String>,
+    capacity: usize,
+}
+
+impl RecentRequests {
+    fn new(capacity: usize) -> Self {
+        Self {
+            results: HashMap::new(),
+            order: VecDeque::new(),
+            capacity,
+        }
+    }
+
+    fn get(&self, id: &str) -> Option<&Result<Applied, OpError>> {
+        self.results.get(id)
+    }
+
+    fn remember(&mut self, id: String, result: Result<Applied, OpError>) {
+        if self.results.insert(id.clone(), result).is_none() {
+            self.order.push_back(id);
+        }
+        while self.order.len() > self.capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.results.remove(&old);
+            }
+        }
+    }
 }
 
 /// The handle writers submit to. Clone it freely; when the last clone is
@@ -64,25 +145,54 @@ impl WriteQueue {
         store: Arc<Store>,
         limits: BatchLimits,
     ) -> std::io::Result<(Self, JoinHandle<()>)> {
+        Self::start_with(store, limits, Arc::new(Standalone))
+    }
+
+    /// Like [`WriteQueue::start`], with the given commit policy.
+    pub fn start_with(
+        store: Arc<Store>,
+        limits: BatchLimits,
+        policy: Arc<dyn CommitPolicy>,
+    ) -> std::io::Result<(Self, JoinHandle<()>)> {
         let (tx, rx) = mpsc::channel(limits.max_ops.max(1) * 4);
         let handle = std::thread::Builder::new()
             .name("pika-committer".into())
-            .spawn(move || run(&store, rx, limits))?;
+            .spawn(move || run(&store, rx, limits, policy.as_ref()))?;
         Ok((Self { tx }, handle))
     }
 
     /// Queues an op and waits until it is durably committed or refused.
     pub async fn submit(&self, op: Op) -> Result<Applied, WriteError> {
+        self.submit_once(op, None).await
+    }
+
+    /// Like [`WriteQueue::submit`]; an op whose `request_id` was applied
+    /// recently gets that result again instead of being applied twice.
+    pub async fn submit_once(
+        &self,
+        op: Op,
+        request_id: Option<String>,
+    ) -> Result<Applied, WriteError> {
         let (reply, answer) = oneshot::channel();
         self.tx
-            .send(PendingWrite { op, reply })
+            .send(PendingWrite {
+                op,
+                request_id,
+                reply,
+            })
             .await
             .map_err(|_| WriteError::Closed)?;
         answer.await.unwrap_or(Err(WriteError::Closed))
     }
 }
 
-fn run(store: &Store, mut rx: mpsc::Receiver<PendingWrite>, limits: BatchLimits) {
+fn run(
+    store: &Store,
+    mut rx: mpsc::Receiver<PendingWrite>,
+    limits: BatchLimits,
+    policy: &dyn CommitPolicy,
+) {
+    let mut recent = RecentRequests::new(16 * 1024);
     let mut batch: Vec<PendingWrite> = Vec::with_capacity(limits.max_ops);
     while let Some(first) = rx.blocking_recv() {
         let mut bytes = op_size(&first.op);
@@ -96,35 +206,72 @@ fn run(store: &Store, mut rx: mpsc::Receiver<PendingWrite>, limits: BatchLimits)
                 Err(_) => break,
             }
         }
-        commit(store, &mut batch);
+        commit(store, &mut batch, policy, &mut recent);
     }
     tracing::debug!("write queue closed; committer exits");
 }
 
-fn commit(store: &Store, batch: &mut Vec<PendingWrite>) {
-    let (ops, replies): (Vec<Op>, Vec<_>) = batch.drain(..).map(|p| (p.op, p.reply)).unzip();
+fn commit(
+    store: &Store,
+    batch: &mut Vec<PendingWrite>,
+    policy: &dyn CommitPolicy,
+    recent: &mut RecentRequests,
+) {
+    let epoch = match policy.epoch() {
+        Ok(epoch) => epoch,
+        Err(e) => {
+            for pending in batch.drain(..) {
+                let _ = pending.reply.send(Err(e.clone()));
+            }
+            return;
+        }
+    };
+    // Retries of applied requests are answered with the first result, once
+    // whatever that result depends on is acknowledged.
+    let mut answers = Vec::new();
+    let mut waits_for: Option<u64> = None;
+    let mut fresh = Vec::with_capacity(batch.len());
+    for pending in batch.drain(..) {
+        match pending.request_id.as_deref().and_then(|id| recent.get(id)) {
+            Some(result) => {
+                if let Ok(applied) = result {
+                    waits_for = waits_for.max(Some(applied.revision));
+                }
+                answers.push((pending.reply, result.clone().map_err(WriteError::from)));
+            }
+            None => fresh.push(pending),
+        }
+    }
+    let ops: Vec<Op> = fresh.iter().map(|p| p.op.clone()).collect();
     let started = Instant::now();
-    // Standalone writes belong to epoch 0; leader terms start at 1.
-    let outcome = store.execute(&ops, 0, now_ms());
+    let outcome = store.execute_then(&ops, epoch, now_ms(), |changes| {
+        if !changes.is_empty() {
+            policy.before_commit(epoch, changes);
+        }
+    });
     metrics::histogram!("pika_commit_seconds").record(started.elapsed().as_secs_f64());
     metrics::histogram!("pika_commit_batch_ops").record(ops.len() as f64);
     match outcome {
-        Ok(results) => {
+        Ok((results, changes)) => {
             metrics::gauge!("pika_revision").set(store.revision() as f64);
-            for (reply, result) in replies.into_iter().zip(results) {
-                // A writer that gave up waiting is not an error of the commit.
-                let _ = reply.send(result.map_err(WriteError::from));
+            waits_for = waits_for.max(changes.last().map(|c| c.revision));
+            for (pending, result) in fresh.into_iter().zip(results) {
+                if let Some(id) = pending.request_id {
+                    recent.remember(id, result.clone());
+                }
+                answers.push((pending.reply, result.map_err(WriteError::from)));
             }
         }
         Err(e) => {
             tracing::error!(error = %e, ops = ops.len(), "batch commit failed; no op in it was applied");
             metrics::counter!("pika_commit_failures_total").increment(1);
             let message = e.to_string();
-            for reply in replies {
-                let _ = reply.send(Err(WriteError::Storage(message.clone())));
+            for pending in fresh {
+                answers.push((pending.reply, Err(WriteError::Storage(message.clone()))));
             }
         }
     }
+    policy.committed(epoch, waits_for, answers);
 }
 
 fn op_size(op: &Op) -> usize {
@@ -169,7 +316,12 @@ mod tests {
         let mut answers = Vec::new();
         for i in 0..100 {
             let (reply, answer) = oneshot::channel();
-            tx.try_send(PendingWrite { op: op(i), reply }).unwrap();
+            tx.try_send(PendingWrite {
+                op: op(i),
+                request_id: None,
+                reply,
+            })
+            .unwrap();
             answers.push(answer);
         }
         drop(tx);
@@ -180,6 +332,7 @@ mod tests {
                 max_ops: 64,
                 max_bytes: 1 << 20,
             },
+            &Standalone,
         );
         let revisions: Vec<u64> = answers
             .into_iter()
@@ -189,6 +342,23 @@ mod tests {
         // 100 ops under a 64-op limit: two transactions, one revision per op.
         assert_eq!(store.revision(), 100);
         assert_eq!(store.commits(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_retried_request_id_is_applied_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), 20).unwrap());
+        let (queue, _handle) = WriteQueue::start(store.clone(), BatchLimits::default()).unwrap();
+        let id = Some("req-1".to_string());
+        let first = queue.submit_once(op(1), id.clone()).await.unwrap();
+        let again = queue.submit_once(op(1), id).await.unwrap();
+        assert_eq!(first, again);
+        assert_eq!(store.revision(), 1, "the retry changed nothing");
+        let other = queue
+            .submit_once(op(1), Some("req-2".into()))
+            .await
+            .unwrap();
+        assert_eq!(other.version, 2);
     }
 
     #[tokio::test]

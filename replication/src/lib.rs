@@ -18,7 +18,7 @@ pub mod path;
 pub mod record;
 pub mod store;
 
-pub use commit::{BatchLimits, WriteError, WriteQueue};
+pub use commit::{BatchLimits, CommitPolicy, Reply, Standalone, WriteError, WriteQueue};
 pub use format::{ContentError, Format};
 pub use path::{ConfigPath, PathError};
 pub use record::{Applied, Change, ChangeKind, Entry, Meta, Op, OpError, OpKind};

@@ -53,7 +53,7 @@ impl From<WriteError> for ApiError {
         let status = match &e {
             WriteError::Rejected(OpError::VersionMismatch { .. }) => StatusCode::CONFLICT,
             WriteError::Rejected(OpError::NotFound(_)) => StatusCode::NOT_FOUND,
-            WriteError::Closed => StatusCode::SERVICE_UNAVAILABLE,
+            WriteError::Closed | WriteError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             WriteError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Self::new(status, e.to_string())
