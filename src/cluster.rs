@@ -9,14 +9,60 @@ use anyhow::Context;
 use pika_membership::{
     DiscoveryConfig, MemberMeta, MemberState, MemberView, Membership, MembershipConfig, SwimConfig,
 };
+use pika_replication::ConfigPath;
 use pika_replication::Store;
+use pika_replication::replica::{Replica, ReplicaConfig, ReplicaTasks};
 use serde_json::{Value, json};
 
 use crate::config::Config;
 
-/// Role reported until leader election exists: every node is a follower of
-/// a leader that is never elected.
-pub const ROLE_WITHOUT_ELECTION: &str = "follower";
+/// The role a node gossips before its election driver reports one.
+const INITIAL_ROLE: &str = "follower";
+
+/// Starts replication (election, fan-out, forwarding) over a running
+/// membership.
+pub fn start_replica(
+    config: &Config,
+    store: Arc<Store>,
+    membership: Arc<Membership>,
+    http_addr: SocketAddr,
+) -> anyhow::Result<(Replica, ReplicaTasks)> {
+    let c = &config.cluster;
+    let lock_path = ConfigPath::new(format!("{}/{}", c.prefix, c.lock_key)).with_context(|| {
+        format!(
+            "cluster.prefix/cluster.lock_key `{}/{}` is not a valid path",
+            c.prefix, c.lock_key
+        )
+    })?;
+    let http = if http_addr.ip().is_unspecified() {
+        SocketAddr::new(membership.me().addr.ip(), http_addr.port())
+    } else {
+        http_addr
+    };
+    let replica_config = ReplicaConfig {
+        replicas: c.replicas as usize,
+        heartbeat_interval: c.heartbeat_interval.0,
+        lease: c.heartbeat_timeout.0,
+        forward_timeout: c.forward_timeout.0,
+        lock_path,
+        http_addr: http.to_string(),
+    };
+    Replica::start(store, membership, replica_config)
+        .context("starting the replica's committer thread")
+}
+
+/// The HTTP address of the leader this node knows of, for `X-Pika-Leader`.
+pub fn leader_http_addr(state: &crate::api::AppState) -> Option<String> {
+    let replica = state.writes.replica()?;
+    let membership = state.membership.as_ref()?;
+    let leader = replica.status().leader_id?;
+    membership
+        .members()
+        .into_iter()
+        .find(|m| m.id.node_id == leader)
+        .and_then(|m| m.meta)
+        .map(|meta| meta.http_addr)
+}
 
 /// Starts membership for a node whose store is open and whose HTTP server is
 /// bound at `http_addr`.
@@ -70,14 +116,19 @@ pub async fn start(
 fn meta(http_addr: SocketAddr, ip: IpAddr, store: &Store) -> MemberMeta {
     MemberMeta {
         http_addr: SocketAddr::new(ip, http_addr.port()).to_string(),
-        role: ROLE_WITHOUT_ELECTION.into(),
+        role: INITIAL_ROLE.into(),
         applied_revision: store.revision(),
         epoch: 0,
     }
 }
 
-/// The membership part of `/api/v1/cluster/status`.
-pub fn status(config: &Config, membership: &Membership) -> serde_json::Map<String, Value> {
+/// The cluster part of `/api/v1/cluster/status`.
+pub fn status(
+    config: &Config,
+    membership: &Membership,
+    replica: Option<&Replica>,
+    store: &Store,
+) -> serde_json::Map<String, Value> {
     let members = membership.members();
     let replicas = config.cluster.replicas;
     let quorum = replicas / 2 + 1;
@@ -89,9 +140,54 @@ pub fn status(config: &Config, membership: &Membership) -> serde_json::Map<Strin
     let mut put = |k: &str, v: Value| {
         out.insert(k.to_string(), v);
     };
-    put("role", ROLE_WITHOUT_ELECTION.into());
-    put("leader", Value::Null);
-    put("epoch", 0.into());
+    let r = replica.map(Replica::status).unwrap_or_default();
+    let leader_member = r
+        .leader_id
+        .as_ref()
+        .and_then(|id| members.iter().find(|m| &m.id.node_id == id));
+    let leader_revision = leader_member
+        .and_then(|m| m.meta.as_ref())
+        .map(|meta| meta.applied_revision)
+        .unwrap_or_default();
+    put("role", r.role.clone().into());
+    put("is_leader", r.is_leader.into());
+    put("leader", r.leader_id.clone().into());
+    put(
+        "leader_addr",
+        leader_member.map(|m| m.id.addr.to_string()).into(),
+    );
+    put(
+        "leader_http_address",
+        leader_member
+            .and_then(|m| m.meta.as_ref())
+            .map(|meta| meta.http_addr.clone())
+            .into(),
+    );
+    put("leader_healthy", r.leader_healthy.into());
+    put("epoch", r.epoch.into());
+    put("promised_epoch", r.promised_epoch.into());
+    put("behind", r.behind.into());
+    put(
+        "replication_set",
+        r.replication_set
+            .iter()
+            .map(|(id, acked)| json!({"id": id, "acked_revision": acked}))
+            .collect::<Vec<_>>()
+            .into(),
+    );
+    let lock_path = format!("{}/{}", config.cluster.prefix, config.cluster.lock_key);
+    let lock = store
+        .get(&lock_path, None)
+        .ok()
+        .flatten()
+        .and_then(|c| match c.kind {
+            pika_replication::ChangeKind::Put { data, .. } => {
+                serde_json::from_slice::<Value>(&data).ok()
+            }
+            pika_replication::ChangeKind::Delete => None,
+        });
+    put("lock", lock.unwrap_or(Value::Null));
+    put("last_sync", Value::Null);
     put("local_addr", membership.me().addr.to_string().into());
     put("generation", membership.me().generation.into());
     put("peer_count", (members.len() - 1).into());
@@ -101,13 +197,22 @@ pub fn status(config: &Config, membership: &Membership) -> serde_json::Map<Strin
     put("has_quorum", (online >= quorum).into());
     put("replicas_mismatch", (online > replicas).into());
     put("security_enabled", membership.security_enabled().into());
-    put("nodes", members.iter().map(node).collect::<Vec<_>>().into());
+    put(
+        "nodes",
+        members
+            .iter()
+            .map(|m| node(m, leader_revision, &r.replication_set))
+            .collect::<Vec<_>>()
+            .into(),
+    );
     out
 }
 
-fn node(m: &MemberView) -> Value {
+fn node(m: &MemberView, leader_revision: u64, set: &[(String, u64)]) -> Value {
     let meta = m.meta.clone().unwrap_or_default();
     json!({
+        "lag": leader_revision.saturating_sub(meta.applied_revision),
+        "in_replication_set": set.iter().any(|(id, _)| *id == m.id.node_id),
         "id": m.id.node_id,
         "address": m.id.addr.to_string(),
         "http_address": meta.http_addr,
@@ -144,17 +249,18 @@ pub fn record_metrics(membership: &Membership) {
     metrics::counter!("pika_membership_malformed_dropped_total").absolute(s.malformed_dropped);
 }
 
-/// Keeps the applied revision this node gossips in step with its store.
+/// Keeps what this node gossips (applied revision, role, epoch) in step.
 pub fn keep_meta_current(
     membership: Arc<Membership>,
     store: Arc<Store>,
+    replica: Option<Replica>,
     every: Duration,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
-            let Some(mut meta) = membership
+            let Some(meta) = membership
                 .members()
                 .into_iter()
                 .find(|m| m.is_self)
@@ -162,10 +268,14 @@ pub fn keep_meta_current(
             else {
                 continue;
             };
-            let revision = store.revision();
-            if meta.applied_revision != revision {
-                meta.applied_revision = revision;
-                membership.set_meta(meta);
+            let mut next = meta.clone();
+            next.applied_revision = store.revision();
+            if let Some(r) = replica.as_ref().map(Replica::status) {
+                next.role = r.role;
+                next.epoch = r.epoch;
+            }
+            if next != meta {
+                membership.set_meta(next);
             }
         }
     })

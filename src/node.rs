@@ -9,6 +9,8 @@ use std::time::Instant;
 
 use anyhow::Context;
 use pika_replication::{BatchLimits, Store, WriteQueue};
+
+use crate::api::Writes;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -88,9 +90,6 @@ pub async fn serve(
         path = %data_dir.display(),
         "store opened"
     );
-    let (writes, committer) = WriteQueue::start(store.clone(), BatchLimits::default())
-        .context("starting the committer thread")?;
-
     let listen = format!("{}:{}", config.server.host, config.server.port);
     let listener = TcpListener::bind(&listen)
         .await
@@ -105,10 +104,26 @@ pub async fn serve(
         None
     };
 
+    // Standalone: the local committer. Clustered: the replica, whose
+    // committer only takes writes while this node leads.
+    let (writes, committer, replica_tasks) = match &membership {
+        None => {
+            let (queue, committer) = WriteQueue::start(store.clone(), BatchLimits::default())
+                .context("starting the committer thread")?;
+            (Writes::Local(queue), Some(committer), None)
+        }
+        Some(m) => {
+            let (replica, tasks) =
+                crate::cluster::start_replica(&config, store.clone(), m.clone(), addr)?;
+            (Writes::Replicated(replica), None, Some(tasks))
+        }
+    };
+
     let meta_updates = membership.as_ref().map(|m| {
         crate::cluster::keep_meta_current(
             m.clone(),
             store.clone(),
+            writes.replica().cloned(),
             config.cluster.heartbeat_interval.0,
         )
     });
@@ -157,18 +172,23 @@ pub async fn serve(
     upkeep.abort();
     if let Some(task) = meta_updates {
         task.abort();
+        let _ = task.await;
+    }
+
+    // The router (and with it every write handle) is gone once serve
+    // returns, so the committer sees its queue close, answers what is left
+    // and exits. Only then is the database closed.
+    match (replica_tasks, committer) {
+        (Some(tasks), _) => tasks.stop().await,
+        (None, Some(committer)) => tokio::task::spawn_blocking(move || committer.join())
+            .await
+            .context("joining the committer")?
+            .map_err(|_| anyhow::anyhow!("the committer thread panicked"))?,
+        (None, None) => {}
     }
     if let Some(membership) = membership {
         membership.shutdown().await;
     }
-
-    // The router (and with it every WriteQueue handle) is gone once serve
-    // returns, so the committer sees its queue close, answers what is left
-    // and exits. Only then is the database closed.
-    tokio::task::spawn_blocking(move || committer.join())
-        .await
-        .context("joining the committer")?
-        .map_err(|_| anyhow::anyhow!("the committer thread panicked"))?;
     match Arc::try_unwrap(store) {
         Ok(store) => store.close().context("closing the store")?,
         Err(_) => tracing::warn!("store still referenced at shutdown; it closes when dropped"),

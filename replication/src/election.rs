@@ -261,6 +261,18 @@ impl Election {
             .map(|l| (l.id.as_str(), l.epoch))
     }
 
+    /// Until when this node may serve local reads: its own lease if it
+    /// leads, else L after it last heard from the leader.
+    pub fn read_lease_until(&self, now: Duration) -> Option<Duration> {
+        if let Some((_, until)) = self.lease(now) {
+            return Some(until);
+        }
+        self.leader
+            .as_ref()
+            .map(|l| l.heard_at + self.config.lease)
+            .filter(|until| now < *until)
+    }
+
     pub fn tick(&mut self, now: Duration) {
         match &mut self.state {
             State::Leader {

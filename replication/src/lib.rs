@@ -12,11 +12,15 @@
 
 pub mod commit;
 pub mod election;
+pub mod fanout;
 pub mod format;
 pub mod merkle;
 pub mod path;
+pub mod peers;
 pub mod record;
+pub mod replica;
 pub mod store;
+pub mod wire;
 
 pub use commit::{BatchLimits, CommitPolicy, Reply, Standalone, WriteError, WriteQueue};
 pub use format::{ContentError, Format};

@@ -22,7 +22,7 @@ pub struct Meta {
 }
 
 /// A write requested by a client.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Op {
     pub path: ConfigPath,
     pub kind: OpKind,
@@ -31,7 +31,7 @@ pub struct Op {
     pub expected_version: Option<u64>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OpKind {
     Put { meta: Meta, data: Vec<u8> },
     Delete,
@@ -63,7 +63,7 @@ impl Op {
 }
 
 /// Why an op was refused. The store is unchanged by a refused op.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum OpError {
     #[error("version mismatch on {path}: expected {expected}, current is {current}")]
     VersionMismatch {

@@ -8,8 +8,8 @@ use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::AppState;
 use super::error::ErrorMessage;
+use super::{AppState, RequestId};
 
 /// The route template that served a request (`/api/v1/file/{*path}`), for
 /// metric labels that do not explode with every path.
@@ -40,8 +40,21 @@ pub async fn envelope(State(state): State<AppState>, request: Request, next: Nex
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map_or_else(|| state.request_ids.next(), str::to_string);
+    let mut request = request;
+    request
+        .extensions_mut()
+        .insert(RequestId(request_id.clone()));
 
-    let mut response = next.run(request).await;
+    let (refused, stale) = read_lease_check(&state, &request);
+    let mut response = match refused {
+        Some(refusal) => refusal,
+        None => next.run(request).await,
+    };
+    if stale {
+        response
+            .headers_mut()
+            .insert("x-pika-stale", HeaderValue::from_static("true"));
+    }
 
     let route = response
         .extensions()
@@ -56,6 +69,14 @@ pub async fn envelope(State(state): State<AppState>, request: Request, next: Nex
         headers.insert("x-request-id", v);
     }
     headers.insert("x-pika-revision", HeaderValue::from(state.store.revision()));
+    if let Some(leader) =
+        crate::cluster::leader_http_addr(&state).and_then(|l| HeaderValue::from_str(&l).ok())
+    {
+        headers.insert("x-pika-leader", leader);
+    }
+    if status == axum::http::StatusCode::SERVICE_UNAVAILABLE {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
 
     let labels = [
         ("route", route),
@@ -66,6 +87,42 @@ pub async fn envelope(State(state): State<AppState>, request: Request, next: Nex
     metrics::histogram!("pika_http_request_duration_seconds", &labels)
         .record(started.elapsed().as_secs_f64());
     response
+}
+
+/// Local reads in a cluster need a read lease (DESIGN.md, "Reads"): without
+/// one a read is refused with 503, unless the client asked for `stale=true`,
+/// in which case it is served and marked. Returns (refusal, served stale).
+fn read_lease_check(state: &AppState, request: &Request) -> (Option<Response>, bool) {
+    let Some(replica) = state.writes.replica() else {
+        return (None, false);
+    };
+    let path = request.uri().path();
+    let is_read = request.method() == axum::http::Method::GET
+        && [
+            "/api/v1/file/",
+            "/api/v1/data/",
+            "/api/v1/versions/",
+            "/api/v1/folder",
+        ]
+        .iter()
+        .any(|p| path.starts_with(p));
+    if !is_read || replica.may_read() {
+        return (None, false);
+    }
+    let stale = request
+        .uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|kv| kv == "stale=true"));
+    if stale {
+        return (None, true);
+    }
+    let refusal = super::ApiError::new(
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        "no read lease: this node has not heard from a leader within heartbeat_timeout \
+         (or is catching up); retry, or add ?stale=true to read possibly stale data",
+    )
+    .into_response();
+    (Some(refusal), false)
 }
 
 /// Rewrites an error response as `{message, request_id}`. The message is the

@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
@@ -11,7 +11,7 @@ use pika_replication::{ChangeKind, ConfigPath, Format, Meta, Op, path::folder_pr
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, RequestId};
 
 fn config_path(raw: String) -> Result<ConfigPath, ApiError> {
     ConfigPath::new(raw.clone())
@@ -52,6 +52,7 @@ fn format_of(path: &ConfigPath) -> Format {
 /// POST /api/v1/file/{path}: `{meta, data (base64), expected_version?}`.
 pub async fn save_file(
     State(state): State<AppState>,
+    Extension(request_id): Extension<RequestId>,
     Path(raw): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -71,7 +72,7 @@ pub async fn save_file(
     };
     let op = Op::put(path, meta, data, request.expected_version)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let applied = state.writes.submit(op).await?;
+    let applied = state.writes.submit(op, &request_id).await?;
     Ok((StatusCode::CREATED, Json(applied)).into_response())
 }
 
@@ -203,13 +204,14 @@ pub struct DeleteQuery {
 /// DELETE /api/v1/file/{path}?expected_version=
 pub async fn delete_file(
     State(state): State<AppState>,
+    Extension(request_id): Extension<RequestId>,
     Path(raw): Path<String>,
     Query(q): Query<DeleteQuery>,
 ) -> Result<Response, ApiError> {
     let path = config_path(raw)?;
     let applied = state
         .writes
-        .submit(Op::delete(path, q.expected_version))
+        .submit(Op::delete(path, q.expected_version), &request_id)
         .await?;
     let mut response = StatusCode::NO_CONTENT.into_response();
     response

@@ -13,7 +13,8 @@ use std::time::Instant;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
-use pika_replication::{Store, WriteQueue};
+use pika_replication::replica::Replica;
+use pika_replication::{Applied, Op, Store, WriteError, WriteQueue};
 
 use crate::config::Config;
 pub use error::ApiError;
@@ -21,7 +22,7 @@ pub use error::ApiError;
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<Store>,
-    pub writes: WriteQueue,
+    pub writes: Writes,
     pub config: Arc<Config>,
     /// False once shutdown has begun: /readyz turns 503.
     pub ready: Arc<AtomicBool>,
@@ -32,6 +33,36 @@ pub struct AppState {
     /// Present when `cluster.enabled` is true.
     pub membership: Option<Arc<pika_membership::Membership>>,
 }
+
+/// Where writes go: the local committer, or the cluster's leader.
+#[derive(Clone)]
+pub enum Writes {
+    Local(WriteQueue),
+    Replicated(Replica),
+}
+
+impl Writes {
+    /// Applies `op` once per `request_id`, durably (and, in a cluster, on
+    /// every member of the leader's replication set) before answering.
+    pub async fn submit(&self, op: Op, request_id: &RequestId) -> Result<Applied, WriteError> {
+        match self {
+            Writes::Local(queue) => queue.submit_once(op, Some(request_id.0.clone())).await,
+            Writes::Replicated(replica) => replica.submit(op, request_id.0.clone()).await,
+        }
+    }
+
+    pub fn replica(&self) -> Option<&Replica> {
+        match self {
+            Writes::Replicated(r) => Some(r),
+            Writes::Local(_) => None,
+        }
+    }
+}
+
+/// The id of the request being served (the client's `X-Request-Id`, or a
+/// fresh one); also the idempotency key of a write.
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
 
 /// Request ids unique within a boot: a random boot prefix and a counter.
 #[derive(Clone)]

@@ -18,7 +18,7 @@ pub async fn cluster_status(State(state): State<AppState>) -> Result<Response, A
     let config = &state.config;
     let root = merkle::hex(&store.merkle()?.root());
     if let Some(membership) = &state.membership {
-        let mut body = crate::cluster::status(config, membership);
+        let mut body = crate::cluster::status(config, membership, state.writes.replica(), store);
         body.insert("enabled".into(), true.into());
         body.insert("active".into(), true.into());
         body.insert("version".into(), env!("CARGO_PKG_VERSION").into());

@@ -1,0 +1,200 @@
+//! The leader's replication set, sans IO: who must have a batch before its
+//! writers are answered (DESIGN.md, "Writes" step 4, and "Reads").
+//!
+//! A batch is acknowledged when the leader and every follower in the set
+//! have it durably, and the set (leader included) holds a quorum. A follower
+//! leaves the set only once its read lease has surely run out: it has not
+//! acknowledged anything for L·(1 + drift), so it stopped serving reads
+//! before any write it lacks could be acknowledged without it.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+/// One follower as the leader sees it.
+#[derive(Debug, Clone)]
+struct Follower {
+    /// Highest revision the follower has durably applied (from its acks).
+    acked: u64,
+    last_heard: Duration,
+}
+
+/// Answers waiting for acknowledgements, by the revision they depend on.
+pub struct ReplicationSet<A> {
+    quorum: usize,
+    /// How long after its last word a follower's read lease has surely run
+    /// out: L·(1 + drift).
+    eviction: Duration,
+    followers: BTreeMap<String, Follower>,
+    waiting: VecDeque<(u64, A)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FollowerView {
+    pub id: String,
+    pub acked: u64,
+}
+
+impl<A> ReplicationSet<A> {
+    /// A new leader's set: every follower membership reports alive, none
+    /// known to hold anything yet. One that cannot keep up (a gap) stops
+    /// acknowledging and leaves through eviction.
+    pub fn new(
+        quorum: usize,
+        eviction: Duration,
+        followers: impl IntoIterator<Item = String>,
+        now: Duration,
+    ) -> Self {
+        Self {
+            quorum,
+            eviction,
+            followers: followers
+                .into_iter()
+                .map(|id| {
+                    (
+                        id,
+                        Follower {
+                            acked: 0,
+                            last_heard: now,
+                        },
+                    )
+                })
+                .collect(),
+            waiting: VecDeque::new(),
+        }
+    }
+
+    pub fn followers(&self) -> Vec<FollowerView> {
+        self.followers
+            .iter()
+            .map(|(id, f)| FollowerView {
+                id: id.clone(),
+                acked: f.acked,
+            })
+            .collect()
+    }
+
+    pub fn contains(&self, id: &str) -> bool {
+        self.followers.contains_key(id)
+    }
+
+    /// The leader plus its followers reach a quorum.
+    pub fn has_quorum(&self) -> bool {
+        self.followers.len() + 1 >= self.quorum
+    }
+
+    /// Answers to give once every member has `revision`.
+    pub fn wait(&mut self, revision: u64, answers: A) {
+        self.waiting.push_back((revision, answers));
+    }
+
+    /// A follower applied through `revision`; anything else it says (a
+    /// heartbeat ack) only proves it is alive.
+    pub fn heard(&mut self, id: &str, revision: Option<u64>, now: Duration) {
+        if let Some(f) = self.followers.get_mut(id) {
+            f.last_heard = now;
+            if let Some(r) = revision {
+                f.acked = f.acked.max(r);
+            }
+        }
+    }
+
+    /// A caught-up follower (re)joins the set.
+    pub fn admit(&mut self, id: &str, revision: u64, now: Duration) {
+        self.followers.insert(
+            id.to_string(),
+            Follower {
+                acked: revision,
+                last_heard: now,
+            },
+        );
+    }
+
+    /// Drops followers silent for longer than the eviction time; returns who
+    /// left.
+    pub fn evict_silent(&mut self, now: Duration) -> Vec<String> {
+        let gone: Vec<String> = self
+            .followers
+            .iter()
+            .filter(|(_, f)| now.saturating_sub(f.last_heard) > self.eviction)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &gone {
+            self.followers.remove(id);
+        }
+        gone
+    }
+
+    /// Answers whose revision every member of a quorate set now has.
+    pub fn released(&mut self) -> Vec<A> {
+        if !self.has_quorum() {
+            return Vec::new();
+        }
+        let floor = self
+            .followers
+            .values()
+            .map(|f| f.acked)
+            .min()
+            .unwrap_or(u64::MAX);
+        let mut out = Vec::new();
+        while self.waiting.front().is_some_and(|(r, _)| *r <= floor) {
+            if let Some((_, a)) = self.waiting.pop_front() {
+                out.push(a);
+            }
+        }
+        out
+    }
+
+    /// Everything still waiting, for failing when leadership ends.
+    pub fn drain(&mut self) -> Vec<A> {
+        self.waiting.drain(..).map(|(_, a)| a).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const L: Duration = Duration::from_millis(1100);
+
+    fn set() -> ReplicationSet<&'static str> {
+        ReplicationSet::new(2, L, ["b".to_string(), "c".to_string()], Duration::ZERO)
+    }
+
+    #[test]
+    fn answers_wait_for_every_follower_in_the_set() {
+        let mut s = set();
+        s.wait(5, "w5");
+        s.wait(7, "w7");
+        s.heard("b", Some(7), Duration::ZERO);
+        assert!(s.released().is_empty(), "c has nothing yet");
+        s.heard("c", Some(5), Duration::ZERO);
+        assert_eq!(s.released(), vec!["w5"]);
+        s.heard("c", Some(9), Duration::ZERO);
+        assert_eq!(s.released(), vec!["w7"]);
+    }
+
+    #[test]
+    fn a_silent_follower_leaves_only_after_its_lease_surely_ran_out() {
+        let mut s = set();
+        s.wait(3, "w3");
+        s.heard("b", Some(3), L);
+        assert!(s.evict_silent(L).is_empty());
+        assert_eq!(
+            s.evict_silent(L + Duration::from_millis(1)),
+            vec!["c".to_string()]
+        );
+        assert_eq!(s.released(), vec!["w3"], "b and the leader are a quorum");
+    }
+
+    #[test]
+    fn below_quorum_nothing_is_released() {
+        let mut s = set();
+        s.wait(1, "w1");
+        let later = L * 3;
+        s.heard("b", Some(1), Duration::ZERO);
+        assert_eq!(s.evict_silent(later).len(), 2);
+        assert!(!s.has_quorum());
+        assert!(s.released().is_empty());
+        assert_eq!(s.drain(), vec!["w1"]);
+    }
+}

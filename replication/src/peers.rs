@@ -1,0 +1,181 @@
+//! Ordered message channels between replicas, over membership's QUIC
+//! streams: one outgoing stream per peer, opened on first use and reopened
+//! after a failure; every incoming stream is read into one inbox.
+//!
+//! Messages to a peer whose stream is down are dropped, like datagrams: the
+//! protocol above copes (elections retry, a diff lost in a gap is repaired by
+//! sync, a lost forward times out).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use pika_membership::{MemberState, Membership};
+use tokio::sync::mpsc;
+
+use crate::wire::PeerMessage;
+
+/// Messages queued per peer before new ones are dropped.
+const QUEUE: usize = 4096;
+
+/// A test-only fault switch: drop traffic to or from chosen peers.
+#[derive(Default)]
+pub struct Faults {
+    blocked_out: Mutex<Vec<String>>,
+    blocked_in: Mutex<Vec<String>>,
+}
+
+impl Faults {
+    /// Drops everything this node sends to `to` (one way) from now on.
+    pub fn block_outgoing(&self, to: &[String]) {
+        *lock(&self.blocked_out) = to.to_vec();
+    }
+    /// Drops everything this node receives from `from` from now on.
+    pub fn block_incoming(&self, from: &[String]) {
+        *lock(&self.blocked_in) = from.to_vec();
+    }
+    fn drops_out(&self, to: &str) -> bool {
+        lock(&self.blocked_out).iter().any(|p| p == to)
+    }
+    fn drops_in(&self, from: &str) -> bool {
+        lock(&self.blocked_in).iter().any(|p| p == from)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+pub struct Peers {
+    me: String,
+    membership: Arc<Membership>,
+    outgoing: Mutex<HashMap<String, mpsc::Sender<PeerMessage>>>,
+    pub faults: Arc<Faults>,
+    retry: Duration,
+}
+
+impl Peers {
+    /// Starts reading incoming streams; returns the inbox of
+    /// `(sender node id, message)`.
+    pub fn start(
+        me: String,
+        membership: Arc<Membership>,
+        retry: Duration,
+    ) -> (Arc<Peers>, mpsc::UnboundedReceiver<(String, PeerMessage)>) {
+        let (inbox, inbox_rx) = mpsc::unbounded_channel();
+        let peers = Arc::new(Peers {
+            me,
+            membership: membership.clone(),
+            outgoing: Mutex::new(HashMap::new()),
+            faults: Arc::new(Faults::default()),
+            retry,
+        });
+        if let Some(mut incoming) = membership.incoming_streams() {
+            let faults = peers.faults.clone();
+            tokio::spawn(async move {
+                while let Some(s) = incoming.recv().await {
+                    let inbox = inbox.clone();
+                    let faults = faults.clone();
+                    tokio::spawn(read_stream(s.stream, inbox, faults));
+                }
+            });
+        }
+        (peers, inbox_rx)
+    }
+
+    /// Queues `message` for `to`; never waits.
+    pub fn send(self: &Arc<Self>, to: &str, message: PeerMessage) {
+        if self.faults.drops_out(to) {
+            return;
+        }
+        let mut outgoing = lock(&self.outgoing);
+        let sender = outgoing.entry(to.to_string()).or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(QUEUE);
+            tokio::spawn(self.clone().write_stream(to.to_string(), rx));
+            tx
+        });
+        if sender.try_send(message).is_err() {
+            tracing::debug!(to, "peer queue full or closed; message dropped");
+        }
+    }
+
+    /// Keeps one stream to `to` open and writes its queue into it.
+    async fn write_stream(self: Arc<Self>, to: String, mut queue: mpsc::Receiver<PeerMessage>) {
+        loop {
+            let Some(addr) = self.address_of(&to) else {
+                // Unknown or down: drop what is queued, look again later.
+                while queue.try_recv().is_ok() {}
+                tokio::time::sleep(self.retry).await;
+                continue;
+            };
+            let mut stream = match self.membership.open_stream(addr).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(%to, error = %e, "cannot open a replica stream");
+                    while queue.try_recv().is_ok() {}
+                    tokio::time::sleep(self.retry).await;
+                    continue;
+                }
+            };
+            if stream
+                .send(&PeerMessage::Hello {
+                    node_id: self.me.clone(),
+                })
+                .await
+                .is_err()
+            {
+                continue;
+            }
+            while let Some(message) = queue.recv().await {
+                if let Err(e) = stream.send(&message).await {
+                    tracing::debug!(%to, error = %e, "replica stream broke");
+                    break;
+                }
+            }
+            if queue.is_closed() {
+                return;
+            }
+        }
+    }
+
+    /// The peer address of the newest incarnation of `node_id` that is not down.
+    fn address_of(&self, node_id: &str) -> Option<std::net::SocketAddr> {
+        self.membership
+            .members()
+            .into_iter()
+            .filter(|m| !m.is_self && m.id.node_id == node_id && m.state != MemberState::Down)
+            .max_by_key(|m| (m.id.generation, m.id.renewal))
+            .map(|m| m.id.addr)
+    }
+}
+
+async fn read_stream(
+    mut stream: pika_membership::FramedStream,
+    inbox: mpsc::UnboundedSender<(String, PeerMessage)>,
+    faults: Arc<Faults>,
+) {
+    let from = match stream.recv::<PeerMessage>().await {
+        Ok(Some(PeerMessage::Hello { node_id })) => node_id,
+        other => {
+            tracing::debug!(peer = %stream.peer(), ?other, "replica stream without a hello");
+            return;
+        }
+    };
+    loop {
+        match stream.recv::<PeerMessage>().await {
+            Ok(Some(message)) => {
+                if faults.drops_in(&from) {
+                    continue;
+                }
+                if inbox.send((from.clone(), message)).is_err() {
+                    return;
+                }
+            }
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!(%from, error = %e, "replica stream ended");
+                return;
+            }
+        }
+    }
+}
