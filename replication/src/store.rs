@@ -13,8 +13,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 mod replicated;
+mod sync;
 
 pub use replicated::ApplyError;
+pub use sync::{PathState, Snapshot};
 
 use crate::merkle::{self, MerkleBuckets};
 use crate::record::{Applied, Change, ChangeKind, Entry, Meta, Op, OpError, OpKind};
@@ -27,6 +29,9 @@ const VERSIONS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("vers
 const NODE: TableDefinition<&str, &[u8]> = TableDefinition::new("node");
 /// bucket index → XOR of the bucket's leaves. Absent = all zero.
 const MERKLE: TableDefinition<u16, [u8; 32]> = TableDefinition::new("merkle");
+/// (bucket, path) → (): which paths a Merkle bucket holds, so a sync moves
+/// the differing buckets without scanning the store.
+const BUCKET_PATHS: TableDefinition<(u16, &str), ()> = TableDefinition::new("bucket_paths");
 
 const KEY_NODE_ID: &str = "node_id";
 /// Boot counter: one more at every open, so a restarted node is told apart
@@ -135,6 +140,7 @@ impl Store {
             txn.open_table(ENTRIES)?;
             txn.open_table(VERSIONS)?;
             txn.open_table(MERKLE)?;
+            txn.open_table(BUCKET_PATHS)?;
             let mut node = txn.open_table(NODE)?;
             let existing = node.get(KEY_NODE_ID)?.map(|v| v.value().to_vec());
             let node_id = match existing {
@@ -239,6 +245,13 @@ impl Store {
         txn.commit()?;
         self.committed(revision, (!changes.is_empty()).then_some(epoch));
         Ok((results, changes))
+    }
+
+    /// After a sync: the position is the snapshot's, whatever it was before.
+    fn reset_position(&self, revision: u64, epoch: u64) {
+        self.last_epoch.store(epoch, Ordering::Release);
+        self.revision.store(revision, Ordering::Release);
+        self.commits.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Publishes a committed transaction's position to readers.
@@ -429,6 +442,7 @@ struct BatchTables<'txn> {
     versions: redb::Table<'txn, (&'static str, u64), &'static [u8]>,
     merkle: redb::Table<'txn, u16, [u8; 32]>,
     node: redb::Table<'txn, &'static str, &'static [u8]>,
+    bucket_paths: redb::Table<'txn, (u16, &'static str), ()>,
 }
 
 impl<'txn> BatchTables<'txn> {
@@ -438,6 +452,7 @@ impl<'txn> BatchTables<'txn> {
             versions: txn.open_table(VERSIONS)?,
             merkle: txn.open_table(MERKLE)?,
             node: txn.open_table(NODE)?,
+            bucket_paths: txn.open_table(BUCKET_PATHS)?,
         })
     }
 
@@ -481,6 +496,9 @@ impl<'txn> BatchTables<'txn> {
             .insert(path, encode(path, &entry)?.as_slice())?;
 
         let bucket = merkle::bucket_of(path);
+        if previous.is_none() {
+            self.bucket_paths.insert((bucket, path), ())?;
+        }
         let mut digest = self
             .merkle
             .get(bucket)?

@@ -349,3 +349,72 @@ fn the_promised_epoch_and_position_survive_reopen() {
         }
     );
 }
+
+#[test]
+fn installing_the_differing_buckets_makes_a_diverged_follower_identical() {
+    let (ld, fd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (leader, follower) = (open(&ld, 5), open(&fd, 5));
+    // A common past of 200 paths.
+    let common: Vec<Op> = (0..200)
+        .map(|i| put(&format!("p/{i}"), "v1", None))
+        .collect();
+    let (_, changes) = leader.execute_then(&common, 1, 0, |_| {}).unwrap();
+    follower.apply(&changes).unwrap();
+    // The follower misses three writes (one a delete) and keeps one write
+    // that was never acknowledged.
+    leader
+        .execute(
+            &[
+                put("p/1", "v2", None),
+                put("new/x", "x", None),
+                Op::delete(path("p/2"), None),
+            ],
+            2,
+            0,
+        )
+        .unwrap();
+    follower
+        .execute(&[put("ghost", "unacked", None)], 1, 0)
+        .unwrap();
+
+    let snapshot = leader.snapshot().unwrap();
+    let differing = snapshot.merkle().differing(&follower.merkle().unwrap());
+    assert!(
+        (1..=4).contains(&differing.len()),
+        "buckets to move: {differing:?}"
+    );
+    let contents = snapshot.bucket_contents(&differing).unwrap();
+    assert!(contents.len() <= 8, "moved {} paths of 201", contents.len());
+    follower
+        .install(&differing, &contents, snapshot.revision, snapshot.epoch)
+        .unwrap();
+
+    assert_eq!(
+        follower.merkle().unwrap().root(),
+        leader.merkle().unwrap().root()
+    );
+    assert_eq!(
+        follower.recompute_merkle().unwrap(),
+        follower.merkle().unwrap()
+    );
+    assert_eq!(follower.position(), leader.position());
+    assert_eq!(data_of(&follower, "p/1", None).unwrap(), b"v2");
+    assert!(follower.entry("p/2").unwrap().unwrap().deleted);
+    assert_eq!(
+        follower.versions("p/2").unwrap(),
+        leader.versions("p/2").unwrap()
+    );
+    assert!(
+        follower.entry("ghost").unwrap().is_none(),
+        "the unacked write is gone"
+    );
+    // And the follower continues the leader's log from there.
+    let (_, next) = leader
+        .execute_then(&[put("after", "1", None)], 2, 0, |_| {})
+        .unwrap();
+    follower.apply(&next).unwrap();
+    assert_eq!(
+        follower.merkle().unwrap().root(),
+        leader.merkle().unwrap().root()
+    );
+}

@@ -1,0 +1,151 @@
+//! The store's side of Merkle anti-entropy: a consistent snapshot to serve
+//! digests and bucket contents from, and installing a leader's buckets.
+
+use redb::{ReadTransaction, ReadableDatabase, ReadableTable};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    BUCKET_PATHS, BatchTables, ENTRIES, KEY_LAST_EPOCH, KEY_REVISION, MERKLE, NODE, Store,
+    StoreError, VERSIONS, decode, encode, read_u64,
+};
+use crate::merkle::{self, MerkleBuckets};
+use crate::record::{Change, Entry};
+
+/// One path as a bucket transfer carries it: its latest entry and the
+/// version history the store keeps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathState {
+    pub path: String,
+    pub entry: Entry,
+    pub versions: Vec<Change>,
+}
+
+/// A read-only view of the store at one revision, held for the length of a
+/// sync session so every answer comes from the same state.
+pub struct Snapshot {
+    txn: ReadTransaction,
+    pub revision: u64,
+    pub epoch: u64,
+    buckets: MerkleBuckets,
+}
+
+impl Store {
+    pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        let txn = self.db.begin_read()?;
+        let (revision, epoch, buckets) = {
+            let node = txn.open_table(NODE)?;
+            let revision = node.get(KEY_REVISION)?.map_or(0, |v| read_u64(v.value()));
+            let epoch = node.get(KEY_LAST_EPOCH)?.map_or(0, |v| read_u64(v.value()));
+            let table = txn.open_table(MERKLE)?;
+            let mut buckets = MerkleBuckets::default();
+            for item in table.iter()? {
+                let (index, digest) = item?;
+                buckets.set(index.value(), digest.value());
+            }
+            (revision, epoch, buckets)
+        };
+        Ok(Snapshot {
+            txn,
+            revision,
+            epoch,
+            buckets,
+        })
+    }
+
+    /// Replaces the contents of `buckets` with `paths` (everything the
+    /// leader's snapshot holds in those buckets, tombstones included) and
+    /// moves the log position to the snapshot's, in one durable transaction.
+    /// Paths this store has in those buckets and the leader does not are
+    /// removed: they came from writes that were never acknowledged.
+    pub fn install(
+        &self,
+        buckets: &[u16],
+        paths: &[PathState],
+        revision: u64,
+        epoch: u64,
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut tables = BatchTables::open(&txn)?;
+            for &bucket in buckets {
+                let local: Vec<String> = tables
+                    .bucket_paths
+                    .range((bucket, "")..(bucket + 1, ""))?
+                    .map(|item| item.map(|(k, _)| k.value().1.to_string()))
+                    .collect::<Result<_, _>>()?;
+                for path in &local {
+                    tables.entries.remove(path.as_str())?;
+                    tables
+                        .versions
+                        .retain_in((path.as_str(), 0u64)..=(path.as_str(), u64::MAX), |_, _| {
+                            false
+                        })?;
+                    tables.bucket_paths.remove((bucket, path.as_str()))?;
+                }
+                tables.merkle.remove(bucket)?;
+            }
+            let mut digests = std::collections::BTreeMap::new();
+            for state in paths {
+                let path = state.path.as_str();
+                let bucket = merkle::bucket_of(path);
+                tables
+                    .entries
+                    .insert(path, encode(path, &state.entry)?.as_slice())?;
+                for change in &state.versions {
+                    tables
+                        .versions
+                        .insert((path, change.version), encode(path, change)?.as_slice())?;
+                }
+                tables.bucket_paths.insert((bucket, path), ())?;
+                merkle::xor_into(
+                    digests.entry(bucket).or_insert(merkle::EMPTY),
+                    &state.entry.leaf(path),
+                );
+            }
+            for (bucket, digest) in digests {
+                if digest != merkle::EMPTY {
+                    tables.merkle.insert(bucket, digest)?;
+                }
+            }
+            tables.set_position(revision, Some(epoch))?;
+        }
+        txn.commit()?;
+        self.reset_position(revision, epoch);
+        Ok(())
+    }
+}
+
+impl Snapshot {
+    pub fn merkle(&self) -> &MerkleBuckets {
+        &self.buckets
+    }
+
+    /// Everything the snapshot holds in `buckets`.
+    pub fn bucket_contents(&self, buckets: &[u16]) -> Result<Vec<PathState>, StoreError> {
+        let index = self.txn.open_table(BUCKET_PATHS)?;
+        let entries = self.txn.open_table(ENTRIES)?;
+        let versions = self.txn.open_table(VERSIONS)?;
+        let mut out = Vec::new();
+        for &bucket in buckets {
+            for item in index.range((bucket, "")..(bucket + 1, ""))? {
+                let (key, _) = item?;
+                let path = key.value().1;
+                let Some(raw) = entries.get(path)? else {
+                    continue;
+                };
+                let entry: Entry = decode(path, raw.value())?;
+                let mut history = Vec::new();
+                for v in versions.range((path, 0u64)..=(path, u64::MAX))? {
+                    let (_, value) = v?;
+                    history.push(decode(path, value.value())?);
+                }
+                out.push(PathState {
+                    path: path.to_string(),
+                    entry,
+                    versions: history,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
