@@ -20,6 +20,7 @@ pub mod peers;
 pub mod record;
 pub mod replica;
 pub mod store;
+pub mod sync;
 pub mod wire;
 
 pub use commit::{BatchLimits, CommitPolicy, Reply, Standalone, WriteError, WriteQueue};
