@@ -44,6 +44,7 @@ pub fn start_replica(
         heartbeat_interval: c.heartbeat_interval.0,
         lease: c.heartbeat_timeout.0,
         forward_timeout: c.forward_timeout.0,
+        sync_interval: c.sync_interval.0,
         lock_path,
         http_addr: http.to_string(),
     };
@@ -187,7 +188,10 @@ pub fn status(
             pika_replication::ChangeKind::Delete => None,
         });
     put("lock", lock.unwrap_or(Value::Null));
-    put("last_sync", Value::Null);
+    put(
+        "last_sync",
+        serde_json::to_value(&r.last_sync).unwrap_or(Value::Null),
+    );
     put("local_addr", membership.me().addr.to_string().into());
     put("generation", membership.me().generation.into());
     put("peer_count", (members.len() - 1).into());

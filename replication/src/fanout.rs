@@ -10,6 +10,9 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
+use crate::election::Position;
+use crate::record::Change;
+
 /// One follower as the leader sees it.
 #[derive(Debug, Clone)]
 struct Follower {
@@ -196,5 +199,125 @@ mod tests {
         assert!(!s.has_quorum());
         assert!(s.released().is_empty());
         assert_eq!(s.drain(), vec!["w1"]);
+    }
+}
+
+/// The leader's most recent changes, so a follower that missed a few diffs
+/// catches up from memory instead of a full Merkle sync.
+pub struct RecentChanges {
+    /// The log position just before `changes[0]`.
+    anchor: Position,
+    changes: VecDeque<Change>,
+    capacity: usize,
+}
+
+impl RecentChanges {
+    /// Starts empty at `position` (the leader's log end when it took over).
+    pub fn new(position: Position, capacity: usize) -> Self {
+        Self {
+            anchor: position,
+            changes: VecDeque::new(),
+            capacity,
+        }
+    }
+
+    /// The log position after the last change pushed.
+    pub fn end(&self) -> Position {
+        self.changes.back().map_or(self.anchor, |c| Position {
+            epoch: c.epoch,
+            revision: c.revision,
+        })
+    }
+
+    pub fn push(&mut self, changes: &[Change]) {
+        for change in changes {
+            self.changes.push_back(change.clone());
+            while self.changes.len() > self.capacity {
+                if let Some(old) = self.changes.pop_front() {
+                    self.anchor = Position {
+                        epoch: old.epoch,
+                        revision: old.revision,
+                    };
+                }
+            }
+        }
+    }
+
+    /// Everything after `from`, if `from` is a point of this log that the
+    /// buffer still reaches; `None` means the follower must sync.
+    pub fn after(&self, from: Position) -> Option<Vec<Change>> {
+        if from == self.anchor {
+            return Some(self.changes.iter().cloned().collect());
+        }
+        let at = self
+            .changes
+            .iter()
+            .position(|c| c.revision == from.revision && c.epoch == from.epoch)?;
+        Some(self.changes.iter().skip(at + 1).cloned().collect())
+    }
+}
+
+#[cfg(test)]
+mod recent_tests {
+    use super::*;
+    use crate::record::ChangeKind;
+
+    fn change(epoch: u64, revision: u64) -> Change {
+        Change {
+            revision,
+            epoch,
+            path: format!("p{revision}"),
+            version: 1,
+            created_at_ms: 0,
+            kind: ChangeKind::Delete,
+        }
+    }
+
+    #[test]
+    fn catch_up_comes_from_memory_only_for_points_of_this_log() {
+        let start = Position {
+            epoch: 1,
+            revision: 10,
+        };
+        let mut recent = RecentChanges::new(start, 3);
+        recent.push(&[change(2, 11), change(2, 12)]);
+        assert_eq!(recent.after(start).map(|c| c.len()), Some(2));
+        assert_eq!(
+            recent
+                .after(Position {
+                    epoch: 2,
+                    revision: 11
+                })
+                .map(|c| c.len()),
+            Some(1)
+        );
+        assert_eq!(
+            recent
+                .after(Position {
+                    epoch: 2,
+                    revision: 12
+                })
+                .map(|c| c.len()),
+            Some(0)
+        );
+        // Same revision, other epoch: a deposed leader's write. Sync instead.
+        assert_eq!(
+            recent.after(Position {
+                epoch: 1,
+                revision: 11
+            }),
+            None
+        );
+        recent.push(&[change(2, 13), change(2, 14)]);
+        assert_eq!(recent.after(start), None, "fell out of the buffer");
+        assert_eq!(
+            recent
+                .after(Position {
+                    epoch: 2,
+                    revision: 11
+                })
+                .map(|c| c.len()),
+            Some(3)
+        );
     }
 }

@@ -3,8 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::election::ElectionMessage;
+use crate::election::{ElectionMessage, Position};
 use crate::record::{Applied, Change, Op, OpError};
+use crate::sync::{SyncAnswer, SyncAsk};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum PeerMessage {
@@ -13,10 +14,11 @@ pub enum PeerMessage {
         node_id: String,
     },
     Election(ElectionMessage),
-    /// Leader → follower: changes `first..=last` of `epoch`, to apply in
-    /// order in one transaction.
+    /// Leader → follower: changes that continue the log after `prev`, to
+    /// apply in order in one durable transaction.
     Diff {
         epoch: u64,
+        prev: Position,
         changes: Vec<Change>,
     },
     /// Follower → leader: durably applied through `revision`.
@@ -24,12 +26,45 @@ pub enum PeerMessage {
         epoch: u64,
         revision: u64,
     },
-    /// Follower → leader: the diff did not continue the follower's log
-    /// (`applied` is where it stands), or came from a deposed epoch.
-    DiffRefused {
+    /// Follower → leader: a diff came from an epoch below its promise.
+    Fenced {
         epoch: u64,
-        applied: u64,
         promised: u64,
+    },
+    /// Follower → leader: a diff did not continue its log; send what
+    /// follows `from`, or say to sync.
+    CatchUp {
+        epoch: u64,
+        from: Position,
+    },
+    /// Leader → follower: `from` is not in the recent-change buffer.
+    SyncNeeded {
+        epoch: u64,
+    },
+    /// Follower → leader: one step of a Merkle sync session.
+    SyncRequest {
+        session: u64,
+        ask: SyncAsk,
+    },
+    /// Leader → follower: the answer, from the session's snapshot.
+    SyncReply {
+        session: u64,
+        revision: u64,
+        epoch: u64,
+        answer: SyncAnswer,
+    },
+    /// Follower → leader, every tick: proof of life, numbered so the leader
+    /// can echo it.
+    Alive {
+        seq: u64,
+    },
+    /// Leader → follower, every tick: whether the follower is in the
+    /// replication set, and the last `Alive` heard from it. A follower's
+    /// read permission runs L from when it sent that `Alive`.
+    SetStatus {
+        epoch: u64,
+        in_set: bool,
+        echo: u64,
     },
     /// Follower → leader: a client's write.
     Forward {
