@@ -218,7 +218,11 @@ impl Replica {
             origin: Instant::now(),
             leading: AtomicU64::new(0),
             set: Mutex::new(None),
-            status: Mutex::new(ReplicaStatus::default()),
+            // Every replica starts as a follower of nobody.
+            status: Mutex::new(ReplicaStatus {
+                role: "follower".into(),
+                ..ReplicaStatus::default()
+            }),
             read_lease_until: Mutex::new(None),
             recent: Mutex::new(RecentChanges::new(store.position(), RECENT_CHANGES)),
             forwards: Mutex::new(HashMap::new()),
