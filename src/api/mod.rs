@@ -97,9 +97,21 @@ impl Default for RequestIds {
     }
 }
 
+/// Set to `1` to expose `POST /debug/faults`, which drops replica traffic
+/// to or from chosen nodes: for fault tests only, never for operators.
+pub const TEST_FAULTS_ENV: &str = "PIKA_TEST_FAULTS";
+
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.max_body_bytes();
-    Router::new()
+    let debug =
+        std::env::var(TEST_FAULTS_ENV).is_ok_and(|v| v == "1") && state.writes.replica().is_some();
+    let router = if debug {
+        tracing::warn!("{TEST_FAULTS_ENV}=1: the fault-injection endpoint /debug/faults is open");
+        Router::new().route("/debug/faults", axum::routing::post(status::set_faults))
+    } else {
+        Router::new()
+    };
+    router
         .route(
             "/api/v1/file/{*path}",
             get(files::get_file)

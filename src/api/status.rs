@@ -77,6 +77,32 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
+#[derive(serde::Deserialize)]
+pub struct FaultRequest {
+    #[serde(default)]
+    block_in: Vec<String>,
+    #[serde(default)]
+    block_out: Vec<String>,
+}
+
+/// POST /debug/faults `{block_in: [node ids], block_out: [node ids]}`:
+/// from now on, drop replica traffic from / to those nodes (empty lists
+/// heal). Only routed with `PIKA_TEST_FAULTS=1`.
+pub async fn set_faults(
+    State(state): State<AppState>,
+    Json(request): Json<FaultRequest>,
+) -> Result<Response, ApiError> {
+    let replica = state
+        .writes
+        .replica()
+        .ok_or_else(|| ApiError::not_found("fault injection needs cluster.enabled"))?;
+    let faults = replica.faults();
+    faults.block_incoming(&request.block_in);
+    faults.block_outgoing(&request.block_out);
+    tracing::warn!(block_in = ?request.block_in, block_out = ?request.block_out, "test faults set");
+    Ok(Json(json!({"block_in": request.block_in, "block_out": request.block_out})).into_response())
+}
+
 pub async fn not_found() -> ApiError {
     ApiError::not_found("no such route")
 }

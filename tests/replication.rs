@@ -1,0 +1,416 @@
+//! Replicated writes across real `pika` processes on 127.0.1.x: writes via
+//! followers, a killed leader, a down follower catching up by Merkle sync,
+//! a lost quorum, and a partitioned leader (through the test-only fault
+//! endpoint). Heartbeat 200 ms, timeout (lease) 1 s.
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde_json::{Value, json};
+use support::{Proc, client, free_udp_port, spawn_with};
+
+const INTERVAL: Duration = Duration::from_millis(200);
+const TIMEOUT: Duration = Duration::from_secs(1);
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    hosts: Vec<u8>,
+    port: u16,
+    nodes: Vec<Option<Proc>>,
+}
+
+impl Cluster {
+    fn start(hosts: &[u8]) -> Cluster {
+        let port = free_udp_port(hosts);
+        let mut c = Cluster {
+            dir: tempfile::tempdir().unwrap(),
+            hosts: hosts.to_vec(),
+            port,
+            nodes: Vec::new(),
+        };
+        for i in 0..hosts.len() {
+            let node = c.spawn(i);
+            c.nodes.push(Some(node));
+        }
+        c
+    }
+
+    fn spawn(&self, i: usize) -> Proc {
+        let host = format!("127.0.1.{}", self.hosts[i]);
+        let dns = self
+            .hosts
+            .iter()
+            .map(|h| format!("127.0.1.{h}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let port = self.port.to_string();
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("example/cluster/1.yaml");
+        spawn_with(
+            &self.dir.path().join(format!("node{i}")),
+            Some(&example),
+            &[
+                ("PIKA_SERVER_HOST", &host),
+                ("PIKA_CLUSTER_BIND_ADDR", &host),
+                ("PIKA_CLUSTER_DNS_ADDR", &dns),
+                ("PIKA_CLUSTER_PORT", &port),
+                ("PIKA_CLUSTER_HEARTBEAT_INTERVAL", "200ms"),
+                ("PIKA_CLUSTER_HEARTBEAT_TIMEOUT", "1s"),
+                ("PIKA_CLUSTER_FORWARD_TIMEOUT", "2s"),
+                ("PIKA_TEST_FAULTS", "1"),
+            ],
+        )
+    }
+
+    fn url(&self, i: usize) -> String {
+        self.nodes[i]
+            .as_ref()
+            .map(|n| n.url.clone())
+            .unwrap_or_default()
+    }
+
+    fn live(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].is_some())
+            .collect()
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut node) = self.nodes[i].take() {
+            let _ = node.child.kill();
+            let _ = node.child.wait();
+        }
+    }
+
+    fn restart(&mut self, i: usize) {
+        let node = self.spawn(i);
+        self.nodes[i] = Some(node);
+    }
+
+    fn status(&self, i: usize) -> Value {
+        client()
+            .get(format!("{}/api/v1/cluster/status", self.url(i)))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .and_then(|r| r.json())
+            .unwrap_or(Value::Null)
+    }
+
+    /// The single live node that says it leads, once every live node
+    /// agrees on it and on the epoch.
+    fn leader(&self, limit: Duration) -> (usize, u64) {
+        let found = wait_until(limit, || {
+            let live = self.live();
+            let statuses: Vec<Value> = live.iter().map(|i| self.status(*i)).collect();
+            let leaders: Vec<usize> = live
+                .iter()
+                .zip(&statuses)
+                .filter(|(_, s)| s["is_leader"] == true)
+                .map(|(i, _)| *i)
+                .collect();
+            let epochs: Vec<&Value> = statuses.iter().map(|s| &s["epoch"]).collect();
+            (leaders.len() == 1 && epochs.iter().all(|e| *e == epochs[0]))
+                .then(|| (leaders[0], epochs[0].as_u64().unwrap_or(0)))
+        });
+        found.expect("one leader that every live node agrees on")
+    }
+
+    fn faults(&self, i: usize, block: &[String]) {
+        let body = json!({"block_in": block, "block_out": block});
+        let r = client()
+            .post(format!("{}/debug/faults", self.url(i)))
+            .json(&body)
+            .send()
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+
+    fn node_id(&self, i: usize) -> String {
+        self.status(i)["node_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+    }
+}
+
+fn wait_until<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// POSTs `value` to `path`; returns the status code and the body.
+fn put(url: &str, path: &str, value: &str, request_id: Option<&str>) -> (u16, Value) {
+    let mut request = client()
+        .post(format!("{url}/api/v1/file/{path}"))
+        .timeout(Duration::from_secs(5))
+        .json(&json!({"data": BASE64.encode(value)}));
+    if let Some(id) = request_id {
+        request = request.header("x-request-id", id);
+    }
+    match request.send() {
+        Ok(r) => (r.status().as_u16(), r.json().unwrap_or(Value::Null)),
+        Err(_) => (0, Value::Null),
+    }
+}
+
+/// Reads `path` from one node: `Some` on 200, `None` on 404. A 503 (no read
+/// lease yet, e.g. just after a leader change or a sync) is retried for a
+/// few seconds: it is the node refusing to guess, not an answer.
+fn read(url: &str, path: &str) -> Option<String> {
+    let start = Instant::now();
+    loop {
+        let r = client()
+            .get(format!("{url}/api/v1/data/{path}"))
+            .timeout(Duration::from_secs(2))
+            .send();
+        match r {
+            Ok(r) if r.status() == 200 => return Some(r.text().unwrap_or_default()),
+            Ok(r) if r.status() == 404 => return None,
+            other if start.elapsed() > Duration::from_secs(5) => {
+                panic!("no answer for {path} from {url}: {other:?}")
+            }
+            _ => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+#[test]
+fn writes_through_a_follower_are_readable_everywhere_and_retries_apply_once() {
+    let c = Cluster::start(&[11, 12, 13]);
+    let (leader, epoch) = c.leader(Duration::from_secs(15));
+    assert!(epoch >= 1);
+    let follower = (leader + 1) % 3;
+
+    // Every node holds the same lock record, naming the leader.
+    let leader_id = c.node_id(leader);
+    let lock = wait_until(Duration::from_secs(5), || {
+        let locks: Vec<Value> = (0..3).map(|i| c.status(i)["lock"].clone()).collect();
+        (locks.iter().all(|l| *l == locks[0]) && locks[0]["epoch"] == epoch)
+            .then(|| locks[0].clone())
+    })
+    .expect("the same lock record everywhere");
+    assert_eq!(lock["holder"], leader_id.as_str());
+
+    for n in 0..20 {
+        let (code, body) = put(
+            &c.url(follower),
+            &format!("app/{n}"),
+            &format!("v{n}"),
+            None,
+        );
+        assert_eq!(code, 201, "{body}");
+        // Acknowledged means on every node: read it back everywhere at once.
+        for i in 0..3 {
+            assert_eq!(
+                read(&c.url(i), &format!("app/{n}")).as_deref(),
+                Some(format!("v{n}").as_str()),
+                "node {i}"
+            );
+        }
+    }
+
+    let (code, first) = put(&c.url(follower), "once", "x", Some("retry-me"));
+    assert_eq!(code, 201);
+    let (code, again) = put(&c.url(follower), "once", "x", Some("retry-me"));
+    assert_eq!(code, 201);
+    assert_eq!(first, again, "the retry got the first answer");
+    let versions: Value = client()
+        .get(format!("{}/api/v1/versions/once", c.url(leader)))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(
+        versions["versions"].as_array().map(Vec::len),
+        Some(1),
+        "{versions}"
+    );
+}
+
+#[test]
+fn a_killed_leader_is_replaced_in_time_and_no_acked_write_is_lost() {
+    let mut c = Cluster::start(&[21, 22, 23]);
+    let (leader, epoch) = c.leader(Duration::from_secs(15));
+    let mut acked = Vec::new();
+    for n in 0..30 {
+        let via = n % 3;
+        let (code, _) = put(&c.url(via), &format!("k/{n}"), &format!("v{n}"), None);
+        assert_eq!(code, 201);
+        acked.push(n);
+    }
+    c.kill(leader);
+    let killed = Instant::now();
+    let (new_leader, new_epoch) = c.leader(Duration::from_secs(10));
+    let took = killed.elapsed();
+    eprintln!("kill -9 of the leader → new leader (epoch {new_epoch}) in {took:?}");
+    assert!(new_epoch > epoch);
+    assert!(took <= TIMEOUT + INTERVAL * 2, "new leader after {took:?}");
+    let (code, body) = put(&c.url(new_leader), "after", "1", None);
+    assert_eq!(code, 201, "{body}");
+    for i in c.live() {
+        for n in &acked {
+            assert_eq!(
+                read(&c.url(i), &format!("k/{n}")).as_deref(),
+                Some(format!("v{n}").as_str()),
+                "node {i} lost k/{n}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_down_follower_stalls_writes_about_a_lease_then_catches_up_by_sync() {
+    let mut c = Cluster::start(&[31, 32, 33]);
+    let (leader, _) = c.leader(Duration::from_secs(15));
+    let follower = (leader + 1) % 3;
+    for n in 0..300 {
+        assert_eq!(put(&c.url(leader), &format!("base/{n}"), "v1", None).0, 201);
+    }
+    c.kill(follower);
+    let started = Instant::now();
+    let (code, body) = put(&c.url(leader), "during/0", "x", None);
+    let stall = started.elapsed();
+    eprintln!("first write after a follower died: {code} after {stall:?}");
+    assert_eq!(code, 201, "{body}");
+    assert!(
+        stall <= TIMEOUT.mul_f64(1.1) + INTERVAL * 3,
+        "stalled {stall:?}"
+    );
+    for n in 1..10 {
+        assert_eq!(
+            put(&c.url(leader), &format!("during/{n}"), "x", None).0,
+            201
+        );
+    }
+    c.restart(follower);
+    let caught_up = wait_until(Duration::from_secs(15), || {
+        let (l, f) = (c.status(leader), c.status(follower));
+        (l["merkle_root"] == f["merkle_root"]
+            && f["last_sync"]["buckets"].as_u64().unwrap_or(0) > 0)
+            .then(|| f["last_sync"].clone())
+    })
+    .expect("the restarted follower catches up by sync");
+    let buckets = caught_up["buckets"].as_u64().unwrap_or(u64::MAX);
+    eprintln!("restarted follower synced {buckets} buckets for 10 missed writes over 300+ paths");
+    assert!(
+        buckets <= 12,
+        "{buckets} buckets moved for 10 changed paths"
+    );
+    assert_eq!(read(&c.url(follower), "during/9").as_deref(), Some("x"));
+}
+
+#[test]
+fn without_a_quorum_writes_get_503_in_time_and_nothing_is_acked() {
+    let mut c = Cluster::start(&[41, 42, 43]);
+    let (leader, _) = c.leader(Duration::from_secs(15));
+    let survivor = (leader + 1) % 3;
+    c.kill(leader);
+    c.kill((leader + 2) % 3);
+    for n in 0..3 {
+        let started = Instant::now();
+        let (code, body) = put(&c.url(survivor), &format!("lost/{n}"), "x", None);
+        let took = started.elapsed();
+        assert_eq!(code, 503, "{body}");
+        assert!(
+            took <= FORWARD_TIMEOUT + Duration::from_millis(500),
+            "answered after {took:?}"
+        );
+        assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    assert_eq!(
+        read(&format!("{}", c.url(survivor)), "lost/0?stale=true"),
+        None
+    );
+}
+
+#[test]
+fn a_partitioned_leader_stops_acking_before_the_others_elect_and_heals_to_equal_roots() {
+    let c = Cluster::start(&[51, 52, 53]);
+    let (leader, epoch) = c.leader(Duration::from_secs(15));
+    let ids: Vec<String> = (0..3).map(|i| c.node_id(i)).collect();
+    let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    assert_eq!(put(&c.url(leader), "before", "1", None).0, 201);
+
+    // Cut the leader off from both followers, both ways.
+    let cut = Instant::now();
+    c.faults(leader, &[ids[others[0]].clone(), ids[others[1]].clone()]);
+    for o in &others {
+        c.faults(*o, &[ids[leader].clone()]);
+    }
+    // Keep writing to the old leader; note when its last success finished.
+    let writer = {
+        let url = c.url(leader);
+        std::thread::spawn(move || {
+            let mut last_ok = None;
+            let mut failed = Vec::new();
+            for n in 0..8 {
+                let (code, _) = put(&url, &format!("cut/{n}"), "x", None);
+                if code == 201 {
+                    last_ok = Some(cut.elapsed());
+                } else {
+                    failed.push(n);
+                }
+            }
+            (last_ok, failed)
+        })
+    };
+    let elected = wait_until(Duration::from_secs(10), || {
+        others.iter().find_map(|o| {
+            let s = c.status(*o);
+            (s["is_leader"] == true && s["epoch"].as_u64().unwrap_or(0) > epoch).then_some(*o)
+        })
+    })
+    .expect("the majority side elects");
+    let elected_at = cut.elapsed();
+    let (last_ok, failed) = writer.join().unwrap();
+    eprintln!("partitioned leader: last ack at {last_ok:?}; majority elected at {elected_at:?}");
+    if let Some(last_ok) = last_ok {
+        assert!(
+            last_ok < elected_at,
+            "the old leader acked at {last_ok:?}, after the election at {elected_at:?}"
+        );
+    }
+    assert!(!failed.is_empty(), "the cut-off leader kept acking");
+    assert_eq!(put(&c.url(elected), "majority", "1", None).0, 201);
+
+    // Heal: every node converges on the new leader's state.
+    for i in 0..3 {
+        c.faults(i, &[]);
+    }
+    wait_until(Duration::from_secs(15), || {
+        let s: Vec<Value> = (0..3).map(|i| c.status(i)).collect();
+        (s.iter()
+            .all(|x| x["merkle_root"] == s[0]["merkle_root"] && x["revision"] == s[0]["revision"])
+            && s[leader]["is_leader"] == false)
+            .then_some(())
+    })
+    .expect("identical Merkle roots after healing");
+    for i in 0..3 {
+        assert_eq!(read(&c.url(i), "majority").as_deref(), Some("1"));
+        for n in &failed {
+            assert_eq!(
+                read(&c.url(i), &format!("cut/{n}")),
+                None,
+                "unacked cut/{n} survived on node {i}"
+            );
+        }
+    }
+}
