@@ -335,10 +335,7 @@ fn without_a_quorum_writes_get_503_in_time_and_nothing_is_acked() {
         );
         assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
     }
-    assert_eq!(
-        read(&format!("{}", c.url(survivor)), "lost/0?stale=true"),
-        None
-    );
+    assert_eq!(read(&c.url(survivor), "lost/0?stale=true"), None);
 }
 
 #[test]

@@ -216,6 +216,15 @@ impl Driver {
             }
             PeerMessage::DiffAck { epoch: e, revision } if e == epoch && epoch != 0 => {
                 let current = self.replica.store.revision();
+                let batch_sent = lock(&self.shared().sent)
+                    .iter()
+                    .rev()
+                    .find(|(r, _)| *r == revision)
+                    .map(|(_, at)| at.elapsed());
+                if let Some(latency) = batch_sent {
+                    metrics::histogram!("pika_fanout_seconds", "follower" => from.clone())
+                        .record(latency.as_secs_f64());
+                }
                 if let Some(set) = lock(&self.shared().set).as_mut() {
                     if !set.contains(&from) && revision >= current {
                         tracing::info!(follower = %from, revision, "follower caught up: back in the replication set");

@@ -86,6 +86,9 @@ pub(crate) struct Shared {
     pub(crate) read_lease_until: Mutex<Option<Duration>>,
     /// The leader's recent changes, for cheap catch-up.
     pub(crate) recent: Mutex<RecentChanges>,
+    /// When each recent batch (by its last revision) went out, for the
+    /// per-follower fan-out latency metric.
+    pub(crate) sent: Mutex<std::collections::VecDeque<(u64, Instant)>>,
     pub(crate) forwards: Mutex<HashMap<u64, oneshot::Sender<ForwardResult>>>,
     pub(crate) next_forward: AtomicU64,
 }
@@ -132,6 +135,13 @@ impl CommitPolicy for LeaderPolicy {
             recent.push(changes);
             prev
         };
+        if let Some(last) = changes.last() {
+            let mut sent = lock(&self.shared.sent);
+            sent.push_back((last.revision, Instant::now()));
+            while sent.len() > 4096 {
+                sent.pop_front();
+            }
+        }
         let message = PeerMessage::Diff {
             epoch,
             prev,
@@ -225,6 +235,7 @@ impl Replica {
             }),
             read_lease_until: Mutex::new(None),
             recent: Mutex::new(RecentChanges::new(store.position(), RECENT_CHANGES)),
+            sent: Mutex::new(std::collections::VecDeque::new()),
             forwards: Mutex::new(HashMap::new()),
             next_forward: AtomicU64::new(1),
         });

@@ -1,0 +1,170 @@
+//! Replicated write latency and throughput: a 3-node loopback cluster of
+//! `pika` processes (real QUIC, real redb files with durable commits), with a
+//! standalone node measured in the same run for the ratio.
+//!
+//! `cargo bench --bench cluster` (about 1 minute). Writes go to the
+//! standalone node, to the leader, and to a follower (which forwards them),
+//! at 1 and 64 closed-loop clients. Every acknowledged cluster write is
+//! durable on all three nodes. Client and nodes share this machine's cores.
+
+mod load;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use load::{RUN, VALUE_BYTES, WARMUP, Workload, run};
+
+const PIKA: &str = env!("CARGO_BIN_EXE_pika");
+
+struct Proc {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(dir: &std::path::Path, env: &[(&str, String)]) -> anyhow::Result<Proc> {
+    let mut cmd = Command::new(PIKA);
+    cmd.env("PIKA_SERVER_PORT", "0")
+        .env("PIKA_STORAGE_BW_PATH", dir)
+        .env("PIKA_LOG_LEVEL", "warn,pika::node=info")
+        .env_remove("CONFIG_FILE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn()?;
+    let stderr = child
+        .stderr
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stderr"))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                let _ = tx.send(
+                    rest.split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string(),
+                );
+            }
+        }
+    });
+    let addr = rx.recv_timeout(Duration::from_secs(30))?;
+    Ok(Proc {
+        child,
+        url: format!("http://{addr}"),
+    })
+}
+
+fn free_udp_port(hosts: &[u8]) -> anyhow::Result<u16> {
+    let ip = |h: u8| std::net::Ipv4Addr::new(127, 0, 1, h);
+    for _ in 0..50 {
+        let port = std::net::UdpSocket::bind((ip(hosts[0]), 0))?
+            .local_addr()?
+            .port();
+        if hosts
+            .iter()
+            .all(|h| std::net::UdpSocket::bind((ip(*h), port)).is_ok())
+        {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no free UDP port on {hosts:?}")
+}
+
+async fn status(http: &reqwest::Client, url: &str) -> serde_json::Value {
+    match http
+        .get(format!("{url}/api/v1/cluster/status"))
+        .send()
+        .await
+    {
+        Ok(r) => r.json().await.unwrap_or_default(),
+        Err(_) => serde_json::Value::Null,
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let dir = tempfile::tempdir()?;
+        let hosts = [61u8, 62, 63];
+        let port = free_udp_port(&hosts)?.to_string();
+        let dns = hosts.iter().map(|h| format!("127.0.1.{h}")).collect::<Vec<_>>().join(",");
+        let mut nodes = Vec::new();
+        for h in hosts {
+            let host = format!("127.0.1.{h}");
+            nodes.push(spawn(
+                &dir.path().join(format!("n{h}")),
+                &[
+                    ("PIKA_SERVER_HOST", host.clone()),
+                    ("PIKA_CLUSTER_ENABLED", "true".into()),
+                    ("PIKA_CLUSTER_BIND_ADDR", host),
+                    ("PIKA_CLUSTER_DNS_ADDR", dns.clone()),
+                    ("PIKA_CLUSTER_PORT", port.clone()),
+                    ("PIKA_CLUSTER_SECURITY_KEY", "benchmark key, 32 bytes long...".into()),
+                    ("PIKA_CLUSTER_HEARTBEAT_INTERVAL", "500ms".into()),
+                    ("PIKA_CLUSTER_HEARTBEAT_TIMEOUT", "3s".into()),
+                ],
+            )?);
+        }
+        let standalone = spawn(&dir.path().join("standalone"), &[("PIKA_SERVER_HOST", "127.0.0.1".into())])?;
+        let http = reqwest::Client::new();
+
+        let started = Instant::now();
+        let (leader, follower) = loop {
+            let mut roles = Vec::new();
+            for n in &nodes {
+                roles.push(status(&http, &n.url).await["is_leader"] == true);
+            }
+            if let Some(l) = roles.iter().position(|r| *r) {
+                break (l, (l + 1) % nodes.len());
+            }
+            anyhow::ensure!(started.elapsed() < Duration::from_secs(30), "no leader elected");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+
+        println!(
+            "pika writes: standalone vs 3-node cluster (loopback, durable on every node), {VALUE_BYTES} B values, {}s per row after {}ms warm-up",
+            RUN.as_secs(),
+            WARMUP.as_millis()
+        );
+        println!("{:<22} {:>5} {:>10} {:>9} {:>9} {:>9}", "target", "conc", "ops/s", "p50 ms", "p99 ms", "p50 ×");
+        for concurrency in [1usize, 64] {
+            let mut base_p50 = None;
+            for (name, url) in [
+                ("standalone", &standalone.url),
+                ("cluster via leader", &nodes[leader].url),
+                ("cluster via follower", &nodes[follower].url),
+            ] {
+                let out = run(url, Workload::Write, concurrency).await;
+                let h = &out.latency_us;
+                let p50 = h.value_at_quantile(0.5) as f64 / 1e3;
+                let ratio = base_p50.map_or("1.00".to_string(), |b: f64| format!("{:.2}", p50 / b));
+                base_p50.get_or_insert(p50);
+                println!(
+                    "{:<22} {:>5} {:>10.0} {:>9.3} {:>9.3} {:>9}",
+                    name,
+                    concurrency,
+                    out.ops as f64 / out.elapsed.as_secs_f64(),
+                    p50,
+                    h.value_at_quantile(0.99) as f64 / 1e3,
+                    ratio,
+                );
+            }
+        }
+        println!("(p50 × = median latency relative to the standalone node at the same concurrency)");
+        Ok(())
+    })
+}
