@@ -129,6 +129,16 @@ impl Cluster {
         assert!(r.status().is_success());
     }
 
+    fn delay(&self, i: usize, to: &str, ms: u64) {
+        let body = json!({"delay_out_ms": {to: ms}});
+        let r = client()
+            .post(format!("{}/debug/faults", self.url(i)))
+            .json(&body)
+            .send()
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+
     fn node_id(&self, i: usize) -> String {
         self.status(i)["node_id"]
             .as_str()
@@ -410,4 +420,29 @@ fn a_partitioned_leader_stops_acking_before_the_others_elect_and_heals_to_equal_
             );
         }
     }
+}
+
+#[test]
+fn a_slow_follower_delays_acknowledgements_and_has_every_acked_write() {
+    let c = Cluster::start(&[56, 57, 58]);
+    let (leader, _) = c.leader(Duration::from_secs(15));
+    let slow = (leader + 1) % 3;
+    // Hold everything the leader sends the slow follower for 300 ms: under
+    // the lease, so it stays in the replication set and every ack waits.
+    c.delay(leader, &c.node_id(slow), 300);
+    for n in 0..3 {
+        let started = Instant::now();
+        let (code, body) = put(&c.url(leader), &format!("slow/{n}"), "x", None);
+        let took = started.elapsed();
+        assert_eq!(code, 201, "{body}");
+        assert!(
+            took >= Duration::from_millis(300),
+            "acked after {took:?}, before the slow follower had it"
+        );
+        assert_eq!(
+            read(&c.url(slow), &format!("slow/{n}")).as_deref(),
+            Some("x")
+        );
+    }
+    c.delay(leader, &c.node_id(slow), 0);
 }

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pika_membership::{MemberState, Membership};
 use tokio::sync::mpsc;
@@ -18,14 +18,24 @@ use crate::wire::PeerMessage;
 /// Messages queued per peer before new ones are dropped.
 const QUEUE: usize = 4096;
 
-/// A test-only fault switch: drop traffic to or from chosen peers.
+/// A test-only fault switch: drop traffic to or from chosen peers, or
+/// delay what goes to them (order kept).
 #[derive(Default)]
 pub struct Faults {
     blocked_out: Mutex<Vec<String>>,
     blocked_in: Mutex<Vec<String>>,
+    delays: Mutex<HashMap<String, Duration>>,
 }
 
 impl Faults {
+    /// Holds everything sent to each named peer for its duration (zero or
+    /// absent: no delay).
+    pub fn delay_outgoing(&self, delays: HashMap<String, Duration>) {
+        *lock(&self.delays) = delays;
+    }
+    fn delay_to(&self, to: &str) -> Duration {
+        lock(&self.delays).get(to).copied().unwrap_or_default()
+    }
     /// Drops everything this node sends to `to` (one way) from now on.
     pub fn block_outgoing(&self, to: &[String]) {
         *lock(&self.blocked_out) = to.to_vec();
@@ -49,7 +59,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct Peers {
     me: String,
     membership: Arc<Membership>,
-    outgoing: Mutex<HashMap<String, mpsc::Sender<PeerMessage>>>,
+    outgoing: Mutex<HashMap<String, mpsc::Sender<(Instant, PeerMessage)>>>,
     pub faults: Arc<Faults>,
     retry: Duration,
 }
@@ -94,13 +104,17 @@ impl Peers {
             tokio::spawn(self.clone().write_stream(to.to_string(), rx));
             tx
         });
-        if sender.try_send(message).is_err() {
+        if sender.try_send((Instant::now(), message)).is_err() {
             tracing::debug!(to, "peer queue full or closed; message dropped");
         }
     }
 
     /// Keeps one stream to `to` open and writes its queue into it.
-    async fn write_stream(self: Arc<Self>, to: String, mut queue: mpsc::Receiver<PeerMessage>) {
+    async fn write_stream(
+        self: Arc<Self>,
+        to: String,
+        mut queue: mpsc::Receiver<(Instant, PeerMessage)>,
+    ) {
         loop {
             let Some(addr) = self.address_of(&to) else {
                 // Unknown or down: drop what is queued, look again later.
@@ -126,7 +140,11 @@ impl Peers {
             {
                 continue;
             }
-            while let Some(message) = queue.recv().await {
+            while let Some((queued, message)) = queue.recv().await {
+                let due = queued + self.faults.delay_to(&to);
+                if due > Instant::now() {
+                    tokio::time::sleep_until(due.into()).await;
+                }
                 if let Err(e) = stream.send(&message).await {
                     tracing::debug!(%to, error = %e, "replica stream broke");
                     break;

@@ -83,11 +83,15 @@ pub struct FaultRequest {
     block_in: Vec<String>,
     #[serde(default)]
     block_out: Vec<String>,
+    /// Node id → milliseconds by which to hold messages sent to it.
+    #[serde(default)]
+    delay_out_ms: std::collections::HashMap<String, u64>,
 }
 
-/// POST /debug/faults `{block_in: [node ids], block_out: [node ids]}`:
-/// from now on, drop replica traffic from / to those nodes (empty lists
-/// heal). Only routed with `PIKA_TEST_FAULTS=1`.
+/// POST /debug/faults `{block_in: [node ids], block_out: [node ids],
+/// delay_out_ms: {node id: ms}}`: from now on, drop replica traffic from / to
+/// those nodes, and hold what goes to the delayed ones (empty heals). Only
+/// routed with `PIKA_TEST_FAULTS=1`.
 pub async fn set_faults(
     State(state): State<AppState>,
     Json(request): Json<FaultRequest>,
@@ -99,8 +103,20 @@ pub async fn set_faults(
     let faults = replica.faults();
     faults.block_incoming(&request.block_in);
     faults.block_outgoing(&request.block_out);
+    faults.delay_outgoing(
+        request
+            .delay_out_ms
+            .iter()
+            .map(|(id, ms)| (id.clone(), std::time::Duration::from_millis(*ms)))
+            .collect(),
+    );
     tracing::warn!(block_in = ?request.block_in, block_out = ?request.block_out, "test faults set");
-    Ok(Json(json!({"block_in": request.block_in, "block_out": request.block_out})).into_response())
+    Ok(Json(json!({
+        "block_in": request.block_in,
+        "block_out": request.block_out,
+        "delay_out_ms": request.delay_out_ms,
+    }))
+    .into_response())
 }
 
 pub async fn not_found() -> ApiError {
