@@ -1,13 +1,14 @@
-//! A replica: the tokio side that runs [`Election`] and the
-//! [`ReplicationSet`] over [`Peers`], applies diffs as a follower, ships them
-//! as a leader, repairs drift with Merkle sync, and forwards writes to
-//! whoever leads.
+//! A replica: the tokio shell around [`ReplicaCore`], the sans-IO protocol
+//! (election, fan-out, catch-up, read permission, Merkle sync).
 //!
-//! - `mod.rs`: the handle the HTTP layer uses, and the leader's commit policy.
-//! - `driver`: the task that owns the election and reacts to peer messages.
-//! - `apply`: the follower's ordered application of diffs and sync installs.
+//! - `core`: the protocol itself; no clock, no tasks, no sockets.
+//! - `mod.rs`: the handle the HTTP layer writes through, and the leader's
+//!   commit policy (diffs out before the local fsync, answers after the
+//!   replication set's acks).
+//! - `driver`: the task that feeds the core ticks, membership and peer
+//!   messages, and carries out what it asks.
 
-mod apply;
+pub mod core;
 mod driver;
 
 use std::collections::HashMap;
@@ -15,13 +16,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use pika_membership::{MemberState, Membership};
-use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use pika_membership::Membership;
+use tokio::sync::oneshot;
 
+use self::core::Output;
+pub use self::core::{CoreConfig, ReplicaCore, ReplicaStatus, SyncRecord};
 use crate::commit::{BatchLimits, CommitPolicy, Reply, WriteError, WriteQueue};
-use crate::election::{Election, ElectionConfig};
-use crate::fanout::{RecentChanges, ReplicationSet};
 use crate::path::ConfigPath;
 use crate::peers::{Faults, Peers};
 use crate::record::{Applied, Change, Op};
@@ -43,52 +43,17 @@ pub struct ReplicaConfig {
     pub http_addr: String,
 }
 
-const DRIFT: f64 = 0.1;
-/// Changes a leader keeps in memory for followers that fall a little behind.
-const RECENT_CHANGES: usize = 16 * 1024;
-
 pub(crate) type Answers = Vec<(Reply, Result<Applied, WriteError>)>;
-
-/// What the status API shows of replication; refreshed by the driver.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct ReplicaStatus {
-    pub role: String,
-    pub is_leader: bool,
-    pub leader_id: Option<String>,
-    pub epoch: u64,
-    pub promised_epoch: u64,
-    /// The leader is known and its lease (or this follower's read lease) holds.
-    pub leader_healthy: bool,
-    /// Followers in the leader's replication set with what they acknowledged.
-    pub replication_set: Vec<(String, u64)>,
-    /// This follower found a gap and serves no reads until it is repaired.
-    pub behind: bool,
-    pub replicas_mismatch: bool,
-    /// The last Merkle sync this node completed as a follower.
-    pub last_sync: Option<SyncRecord>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct SyncRecord {
-    pub at_ms: u64,
-    pub revision: u64,
-    pub buckets: usize,
-    pub paths: usize,
-}
 
 pub(crate) struct Shared {
     pub(crate) origin: Instant,
-    /// The epoch this node leads, 0 when it does not.
-    pub(crate) leading: AtomicU64,
-    pub(crate) set: Mutex<Option<ReplicationSet<Answers>>>,
+    pub(crate) core: Mutex<ReplicaCore<Arc<Store>>>,
+    /// Writers' answers waiting on the core, by token.
+    pub(crate) answers: Mutex<HashMap<u64, Answers>>,
+    pub(crate) next_token: AtomicU64,
+    /// What the driver last published, so HTTP handlers never wait on the core.
     pub(crate) status: Mutex<ReplicaStatus>,
-    /// Until when local reads are allowed (read lease), as time since origin.
-    pub(crate) read_lease_until: Mutex<Option<Duration>>,
-    /// The leader's recent changes, for cheap catch-up.
-    pub(crate) recent: Mutex<RecentChanges>,
-    /// When each recent batch (by its last revision) went out, for the
-    /// per-follower fan-out latency metric.
-    pub(crate) sent: Mutex<std::collections::VecDeque<(u64, Instant)>>,
+    pub(crate) read_until: Mutex<Option<Duration>>,
     pub(crate) forwards: Mutex<HashMap<u64, oneshot::Sender<ForwardResult>>>,
     pub(crate) next_forward: AtomicU64,
 }
@@ -101,57 +66,61 @@ impl Shared {
     pub(crate) fn now(&self) -> Duration {
         self.origin.elapsed()
     }
+
+    /// Carries out the outputs any caller of the core may produce: sends
+    /// and writers' answers. Returns the rest for the driver.
+    pub(crate) fn perform(&self, peers: &Arc<Peers>, outputs: Vec<Output>) -> Vec<Output> {
+        let mut rest = Vec::new();
+        for output in outputs {
+            match output {
+                Output::Send { to, message } => peers.send(&to, message),
+                Output::Release(tokens) => {
+                    for token in tokens {
+                        if let Some(answers) = lock(&self.answers).remove(&token) {
+                            answer(answers);
+                        }
+                    }
+                }
+                Output::Fail(tokens, why) => {
+                    for token in tokens {
+                        if let Some(answers) = lock(&self.answers).remove(&token) {
+                            fail(answers, why);
+                        }
+                    }
+                }
+                Output::ForwardAnswered { id, result } => {
+                    if let Some(waiter) = lock(&self.forwards).remove(&id) {
+                        let _ = waiter.send(result);
+                    }
+                }
+                other => rest.push(other),
+            }
+        }
+        rest
+    }
 }
 
-/// The leader's commit policy: diffs go out before the local commit, and
-/// writers are answered once the replication set has the batch.
+/// The leader's commit policy, through the core.
 struct LeaderPolicy {
     shared: Arc<Shared>,
     peers: Arc<Peers>,
-    membership: Arc<Membership>,
 }
 
 impl CommitPolicy for LeaderPolicy {
     fn epoch(&self) -> Result<u64, WriteError> {
-        let epoch = self.shared.leading.load(Ordering::Acquire);
-        let quorate = lock(&self.shared.set)
-            .as_ref()
-            .is_some_and(|s| s.has_quorum());
-        match (epoch, quorate) {
-            (0, _) => Err(WriteError::Unavailable(
-                "this node is not the leader".into(),
-            )),
-            (_, false) => Err(WriteError::Unavailable(
-                "fewer than a quorum of replicas in the replication set".into(),
-            )),
-            (epoch, true) => Ok(epoch),
-        }
+        lock(&self.shared.core)
+            .write_epoch()
+            .map_err(|why| WriteError::Unavailable(why.into()))
     }
 
     fn before_commit(&self, epoch: u64, changes: &[Change]) {
-        let prev = {
-            let mut recent = lock(&self.shared.recent);
-            let prev = recent.end();
-            recent.push(changes);
-            prev
+        let now = self.shared.now();
+        let outputs = {
+            let mut core = lock(&self.shared.core);
+            core.ship(epoch, changes, now);
+            core.drain()
         };
-        if let Some(last) = changes.last() {
-            let mut sent = lock(&self.shared.sent);
-            sent.push_back((last.revision, Instant::now()));
-            while sent.len() > 4096 {
-                sent.pop_front();
-            }
-        }
-        let message = PeerMessage::Diff {
-            epoch,
-            prev,
-            changes: changes.to_vec(),
-        };
-        for member in self.membership.members() {
-            if !member.is_self && member.state != MemberState::Down {
-                self.peers.send(&member.id.node_id, message.clone());
-            }
-        }
+        self.shared.perform(&self.peers, outputs);
     }
 
     fn committed(&self, epoch: u64, waits_for: Option<u64>, answers: Answers) {
@@ -159,19 +128,14 @@ impl CommitPolicy for LeaderPolicy {
             answer(answers);
             return;
         };
-        let mut set = lock(&self.shared.set);
-        match set.as_mut() {
-            Some(s) if self.shared.leading.load(Ordering::Acquire) == epoch => {
-                s.wait(revision, answers);
-                for ready in s.released() {
-                    answer(ready);
-                }
-            }
-            _ => fail(
-                answers,
-                "leadership lost before the write was acknowledged; it may or may not take effect",
-            ),
-        }
+        let token = self.shared.next_token.fetch_add(1, Ordering::Relaxed);
+        lock(&self.shared.answers).insert(token, answers);
+        let outputs = {
+            let mut core = lock(&self.shared.core);
+            core.wait(epoch, revision, token);
+            core.drain()
+        };
+        self.shared.perform(&self.peers, outputs);
     }
 }
 
@@ -194,8 +158,8 @@ pub struct ReplicaTasks {
 }
 
 impl ReplicaTasks {
-    /// Stops the driver and applier, then waits for the committer to answer
-    /// what is queued. Call after dropping every other [`Replica`] handle.
+    /// Stops the driver, then waits for the committer to answer what is
+    /// queued. Call after dropping every other [`Replica`] handle.
     pub async fn stop(self) {
         for task in self.tasks {
             task.abort();
@@ -217,67 +181,59 @@ pub struct Replica {
 }
 
 impl Replica {
-    /// Starts the committer, the applier and the driver.
+    /// Starts the committer and the driver.
     pub fn start(
         store: Arc<Store>,
         membership: Arc<Membership>,
         config: ReplicaConfig,
     ) -> std::io::Result<(Replica, ReplicaTasks)> {
         let me = store.node_id().to_string();
-        let shared = Arc::new(Shared {
-            origin: Instant::now(),
-            leading: AtomicU64::new(0),
-            set: Mutex::new(None),
-            // Every replica starts as a follower of nobody.
-            status: Mutex::new(ReplicaStatus {
-                role: "follower".into(),
-                ..ReplicaStatus::default()
-            }),
-            read_lease_until: Mutex::new(None),
-            recent: Mutex::new(RecentChanges::new(store.position(), RECENT_CHANGES)),
-            sent: Mutex::new(std::collections::VecDeque::new()),
-            forwards: Mutex::new(HashMap::new()),
-            next_forward: AtomicU64::new(1),
-        });
-        let (peers, inbox) =
-            Peers::start(me.clone(), membership.clone(), config.heartbeat_interval);
-        let policy = Arc::new(LeaderPolicy {
-            shared: shared.clone(),
-            peers: peers.clone(),
-            membership: membership.clone(),
-        });
-        let (writes, committer) =
-            WriteQueue::start_with(store.clone(), BatchLimits::default(), policy)?;
-        let election = Election::new(
-            me,
-            ElectionConfig {
+        let origin = Instant::now();
+        let core = ReplicaCore::new(
+            me.clone(),
+            CoreConfig {
                 replicas: config.replicas,
                 heartbeat_interval: config.heartbeat_interval,
                 lease: config.lease,
-                drift: DRIFT,
+                sync_interval: config.sync_interval,
+                sync_timeout: config.forward_timeout.max(config.lease * 2),
             },
-            store.promised_epoch(),
-            store.position(),
+            store.clone(),
             seed(),
-            shared.now(),
+            Duration::ZERO,
         );
-        let replica = Replica {
-            store: store.clone(),
-            writes,
+        let status = core.status(Duration::ZERO);
+        let shared = Arc::new(Shared {
+            origin,
+            core: Mutex::new(core),
+            answers: Mutex::new(HashMap::new()),
+            next_token: AtomicU64::new(1),
+            status: Mutex::new(status),
+            read_until: Mutex::new(None),
+            forwards: Mutex::new(HashMap::new()),
+            next_forward: AtomicU64::new(1),
+        });
+        let (peers, inbox) = Peers::start(me, membership.clone(), config.heartbeat_interval);
+        let policy = Arc::new(LeaderPolicy {
             shared: shared.clone(),
             peers: peers.clone(),
+        });
+        let (writes, committer) =
+            WriteQueue::start_with(store.clone(), BatchLimits::default(), policy)?;
+        let replica = Replica {
+            store,
+            writes,
+            shared,
+            peers,
             config,
         };
-        let (jobs, job_rx) = mpsc::unbounded_channel();
-        let catch_up_every = replica.config.heartbeat_interval;
-        let applier = tokio::spawn(apply::run(store, peers, shared, catch_up_every, job_rx));
-        let driver = driver::Driver::new(replica.clone(), membership, election, jobs);
+        let driver = driver::Driver::new(replica.clone(), membership);
         let driver = tokio::spawn(driver.run(inbox));
         Ok((
             replica,
             ReplicaTasks {
                 committer,
-                tasks: vec![driver, applier],
+                tasks: vec![driver],
             },
         ))
     }
@@ -291,11 +247,12 @@ impl Replica {
         self.peers.faults.clone()
     }
 
-    /// Whether local reads may be served now: this node leads, or it has
-    /// heard from the leader within L and has no known gap.
+    /// Whether local reads may be served now: this node leads with a valid
+    /// lease, or it follows with a read lease and permission from the leader
+    /// and no known gap.
     pub fn may_read(&self) -> bool {
-        let until = *lock(&self.shared.read_lease_until);
-        until.is_some_and(|u| self.shared.now() < u) && !lock(&self.shared.status).behind
+        let until = *lock(&self.shared.read_until);
+        until.is_some_and(|u| self.shared.now() < u)
     }
 
     /// A client write: applied by the leader (here, or forwarded to it) and
