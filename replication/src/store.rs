@@ -132,7 +132,29 @@ impl Store {
         };
         std::fs::create_dir_all(dir).map_err(|e| open_err(e.into()))?;
         let db = Database::create(dir.join(DB_FILE)).map_err(|e| open_err(e.into()))?;
+        Self::init(db, history).map_err(|e| match e {
+            StoreError::Open { source, .. } => open_err(source),
+            other => other,
+        })
+    }
 
+    /// A store in memory: same tables and transactions, nothing on disk.
+    /// For simulations, where a "crash" keeps the store and drops the rest.
+    pub fn open_in_memory(history: u64) -> Result<Self, StoreError> {
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(|e| StoreError::Open {
+                path: PathBuf::from(":memory:"),
+                source: e.into(),
+            })?;
+        Self::init(db, history)
+    }
+
+    fn init(db: Database, history: u64) -> Result<Self, StoreError> {
+        let open_err = |source: Box<dyn std::error::Error + Send + Sync>| StoreError::Open {
+            path: PathBuf::new(),
+            source,
+        };
         // Create every table up front so read transactions never meet a
         // missing one, and mint the node id on first start.
         let txn = db.begin_write()?;
