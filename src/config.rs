@@ -1,10 +1,9 @@
 //! Configuration: the seed-compatible YAML surface, its defaults and its
 //! validation. Loading (files, env overrides, error reports) is in `load`.
 //!
-//! Every key an existing pika user has in their YAML keeps its meaning. Keys
-//! of features that are not built yet (`lock_key`, `sync_interval`,
-//! `forward_timeout`) are accepted and validated now, so a config that starts
-//! today keeps starting when they arrive.
+//! Every key an existing pika user has in their YAML keeps its meaning;
+//! keys pika adds (`cluster.dns_server`, `cluster.max_frame_mb`) have
+//! defaults, so old files load unchanged.
 
 pub mod duration;
 pub mod load;

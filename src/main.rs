@@ -33,12 +33,6 @@ fn main() -> ExitCode {
         |p| p.display().to_string(),
     );
     tracing::info!(source, config = %config.masked(), "configuration loaded");
-    if config.cluster.enabled {
-        tracing::warn!(
-            "cluster.enabled is true: membership (discovery, SWIM, admission) runs, but leader election \
-             and replication are not built yet, so writes stay on the node that takes them"
-        );
-    }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

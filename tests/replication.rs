@@ -119,8 +119,7 @@ impl Cluster {
         found.expect("one leader that every live node agrees on")
     }
 
-    fn faults(&self, i: usize, block: &[String]) {
-        let body = json!({"block_in": block, "block_out": block});
+    fn fault(&self, i: usize, body: Value) {
         let r = client()
             .post(format!("{}/debug/faults", self.url(i)))
             .json(&body)
@@ -129,14 +128,18 @@ impl Cluster {
         assert!(r.status().is_success());
     }
 
-    fn delay(&self, i: usize, to: &str, ms: u64) {
-        let body = json!({"delay_out_ms": {to: ms}});
-        let r = client()
-            .post(format!("{}/debug/faults", self.url(i)))
-            .json(&body)
+    /// A counter's value from node `i`'s /metrics (0 when absent).
+    fn counter(&self, i: usize, name: &str) -> f64 {
+        let text = client()
+            .get(format!("{}/metrics", self.url(i)))
             .send()
-            .unwrap();
-        assert!(r.status().is_success());
+            .and_then(|r| r.text())
+            .unwrap_or_default();
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
     }
 
     fn node_id(&self, i: usize) -> String {
@@ -288,6 +291,8 @@ fn a_killed_leader_is_replaced_in_time_and_no_acked_write_is_lost() {
 
 #[test]
 fn a_down_follower_stalls_writes_about_a_lease_then_catches_up_by_sync() {
+    // Writes stall about one lease when a follower dies, then go on without
+    // it. It comes back under a new leader and catches up by Merkle sync.
     let mut c = Cluster::start(&[31, 32, 33]);
     let (leader, _) = c.leader(Duration::from_secs(15));
     let follower = (leader + 1) % 3;
@@ -310,27 +315,30 @@ fn a_down_follower_stalls_writes_about_a_lease_then_catches_up_by_sync() {
             201
         );
     }
+    // The leader goes too, so the follower rejoins under a new leader
+    // (the third node, which has the 10 writes) whose recent-change buffer
+    // starts after them: only a Merkle sync can bring it up to date.
+    c.kill(leader);
     c.restart(follower);
-    // Counted across every sync since the restart (a later, empty sync after
-    // a leader change would overwrite `last_sync`).
-    let moved = |i: usize| -> u64 {
-        let text = client()
-            .get(format!("{}/metrics", c.url(i)))
-            .send()
-            .and_then(|r| r.text())
-            .unwrap_or_default();
-        text.lines()
-            .find(|l| l.starts_with("pika_sync_buckets_transferred_total"))
-            .and_then(|l| l.split_whitespace().last())
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0) as u64
-    };
+    let third = 3 - leader - follower;
+    let moved = |i: usize| c.counter(i, "pika_sync_buckets_transferred_total") as u64;
     let buckets = wait_until(Duration::from_secs(15), || {
-        let (l, f) = (c.status(leader), c.status(follower));
+        let (l, f) = (c.status(third), c.status(follower));
         let moved = moved(follower);
-        (l["merkle_root"] == f["merkle_root"] && moved > 0).then_some(moved)
+        (l["is_leader"] == true && l["merkle_root"] == f["merkle_root"] && moved > 0).then_some(moved)
     })
-    .expect("the restarted follower catches up by sync");
+    .unwrap_or_else(|| {
+        let log = c.nodes[follower]
+            .as_ref()
+            .map(|n| n.log.lock().unwrap().join("\n"))
+            .unwrap_or_default();
+        panic!(
+            "the restarted follower did not catch up by sync: leader {} follower {} moved {}\n{log}",
+            c.status(third),
+            c.status(follower),
+            moved(follower)
+        )
+    });
     eprintln!("restarted follower synced {buckets} buckets for 10 missed writes over 300+ paths");
     assert!(
         buckets <= 12,
@@ -368,11 +376,19 @@ fn a_partitioned_leader_stops_acking_before_the_others_elect_and_heals_to_equal_
     let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
     assert_eq!(put(&c.url(leader), "before", "1", None).0, 201);
 
-    // Cut the leader off from both followers, both ways.
+    // Cut the leader off from both followers: nothing of theirs reaches it,
+    // and what it sends them is held for 2.5 s, so its diffs from the
+    // partition arrive late, after the others have a new epoch.
     let cut = Instant::now();
-    c.faults(leader, &[ids[others[0]].clone(), ids[others[1]].clone()]);
+    let followers: Vec<String> = others.iter().map(|o| ids[*o].clone()).collect();
+    c.fault(
+        leader,
+        json!({"block_in": followers, "delay_out_ms": {
+            ids[others[0]].clone(): 2500, ids[others[1]].clone(): 2500,
+        }}),
+    );
     for o in &others {
-        c.faults(*o, &[ids[leader].clone()]);
+        c.fault(*o, json!({"block_out": [ids[leader].clone()]}));
     }
     // Keep writing to the old leader; note when its last success finished.
     let writer = {
@@ -410,9 +426,21 @@ fn a_partitioned_leader_stops_acking_before_the_others_elect_and_heals_to_equal_
     assert!(!failed.is_empty(), "the cut-off leader kept acking");
     assert_eq!(put(&c.url(elected), "majority", "1", None).0, 201);
 
+    // The old leader's late diffs reach the followers and are refused by
+    // epoch.
+    let fenced = wait_until(Duration::from_secs(10), || {
+        let total: f64 = others
+            .iter()
+            .map(|o| c.counter(*o, "pika_diffs_fenced_total"))
+            .sum();
+        (total > 0.0).then_some(total)
+    })
+    .expect("the deposed leader's late diffs are refused by epoch");
+    eprintln!("followers refused {fenced} late diffs from the deposed epoch");
+
     // Heal: every node converges on the new leader's state.
     for i in 0..3 {
-        c.faults(i, &[]);
+        c.fault(i, json!({}));
     }
     wait_until(Duration::from_secs(15), || {
         let s: Vec<Value> = (0..3).map(|i| c.status(i)).collect();
@@ -441,7 +469,7 @@ fn a_slow_follower_delays_acknowledgements_and_has_every_acked_write() {
     let slow = (leader + 1) % 3;
     // Hold everything the leader sends the slow follower for 300 ms: under
     // the lease, so it stays in the replication set and every ack waits.
-    c.delay(leader, &c.node_id(slow), 300);
+    c.fault(leader, json!({"delay_out_ms": {c.node_id(slow): 300}}));
     for n in 0..3 {
         let started = Instant::now();
         let (code, body) = put(&c.url(leader), &format!("slow/{n}"), "x", None);
@@ -456,5 +484,5 @@ fn a_slow_follower_delays_acknowledgements_and_has_every_acked_write() {
             Some("x")
         );
     }
-    c.delay(leader, &c.node_id(slow), 0);
+    c.fault(leader, json!({}));
 }

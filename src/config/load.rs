@@ -100,6 +100,8 @@ pub fn load(sources: &Sources) -> Result<Loaded, ConfigError> {
             Some((path, default)) => {
                 figment = figment.merge(EnvVar::new(var, path, value, default))
             }
+            // Read elsewhere, not configuration: the fault-test switch.
+            None if var == crate::api::TEST_FAULTS_ENV => {}
             None => warnings.push(format!("unknown environment variable {var} (ignored)")),
         }
     }

@@ -546,6 +546,8 @@ impl<S: Storage> ReplicaCore<S> {
     ) {
         let promised = self.storage.promised_epoch();
         if epoch < promised {
+            metrics::counter!("pika_diffs_fenced_total").increment(1);
+            tracing::info!(%from, epoch, promised, "diff from a deposed epoch refused");
             return self.send(from, PeerMessage::Fenced { epoch, promised });
         }
         let pos = self.storage.position();
