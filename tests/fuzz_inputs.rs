@@ -40,12 +40,7 @@ proptest! {
         let mut decoder = FrameDecoder::new(1 << 20);
         for chunk in bytes.chunks(cut) {
             decoder.push(chunk);
-            loop {
-                match decoder.decode::<PeerMessage>() {
-                    Ok(Some(_)) => continue,
-                    Ok(None) | Err(_) => break,
-                }
-            }
+            while let Ok(Some(_)) = decoder.decode::<PeerMessage>() {}
         }
     }
 
