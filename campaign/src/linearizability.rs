@@ -1,0 +1,382 @@
+//! A linearizability checker for one pika path, in the style of Wing & Gong
+//! with Lowe's memoisation (as in Porcupine and Knossos).
+//!
+//! The model is pika's versioned register. A put makes version n+1 live. A
+//! delete makes version n+1 a tombstone. `expected_version` guards both
+//! against the live version, where 0 means absent or deleted. A read sees
+//! the live value and version, or "not found".
+//!
+//! An operation whose outcome the client never learned (a timeout, a 503
+//! after the leader lost its lease, a dropped connection) may have taken
+//! effect at any point after its invocation, or never. The checker tries
+//! both.
+
+use std::collections::HashSet;
+
+/// What a client asked.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Call {
+    Put {
+        value: String,
+        expected: Option<u64>,
+    },
+    Delete {
+        expected: Option<u64>,
+    },
+    Read,
+}
+
+/// What the client learned.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// A put or delete applied as this version.
+    Written { version: u64 },
+    /// `expected_version` did not match.
+    Conflict,
+    /// Delete of an absent path, or read of one.
+    NotFound,
+    /// A read's answer.
+    Value { value: String, version: u64 },
+    /// No answer: it may or may not have happened.
+    Unknown,
+}
+
+/// One operation of a history, with times on one clock (the harness's).
+#[derive(Debug, Clone)]
+pub struct Operation {
+    pub client: usize,
+    pub call: Call,
+    pub invoked: u64,
+    /// `None` for an operation that never returned.
+    pub returned: Option<u64>,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+struct Register {
+    version: u64,
+    value: Option<String>,
+}
+
+impl Register {
+    fn live_version(&self) -> u64 {
+        if self.value.is_some() {
+            self.version
+        } else {
+            0
+        }
+    }
+
+    /// Applies `call`; returns the new state and what a client would see.
+    fn step(&self, call: &Call) -> (Register, Outcome) {
+        let guard_fails =
+            |expected: &Option<u64>| expected.is_some_and(|e| e != self.live_version());
+        match call {
+            Call::Read => match &self.value {
+                Some(v) => (
+                    self.clone(),
+                    Outcome::Value {
+                        value: v.clone(),
+                        version: self.version,
+                    },
+                ),
+                None => (self.clone(), Outcome::NotFound),
+            },
+            Call::Put { expected, .. } if guard_fails(expected) => {
+                (self.clone(), Outcome::Conflict)
+            }
+            Call::Put { value, .. } => {
+                let next = Register {
+                    version: self.version + 1,
+                    value: Some(value.clone()),
+                };
+                let outcome = Outcome::Written {
+                    version: next.version,
+                };
+                (next, outcome)
+            }
+            Call::Delete { expected } if guard_fails(expected) => (self.clone(), Outcome::Conflict),
+            Call::Delete { .. } if self.value.is_none() => (self.clone(), Outcome::NotFound),
+            Call::Delete { .. } => {
+                let next = Register {
+                    version: self.version + 1,
+                    value: None,
+                };
+                let outcome = Outcome::Written {
+                    version: next.version,
+                };
+                (next, outcome)
+            }
+        }
+    }
+}
+
+/// Why a history is not linearizable: the operations that could not be
+/// placed, for the report.
+#[derive(Debug, Clone)]
+pub struct Violation {
+    pub operations: Vec<Operation>,
+}
+
+/// Histories longer than this per path are refused: the search is
+/// exponential in the worst case, and the harness spreads its clients over
+/// enough paths to stay below it.
+pub const MAX_OPERATIONS: usize = 128;
+
+/// Checks one path's history from an empty register.
+pub fn check(history: &[Operation]) -> Result<(), Violation> {
+    if history.len() > MAX_OPERATIONS {
+        return Err(Violation {
+            operations: history.to_vec(),
+        });
+    }
+    // Reads whose outcome is unknown constrain nothing.
+    let ops: Vec<&Operation> = history
+        .iter()
+        .filter(|o| !(o.call == Call::Read && o.outcome == Outcome::Unknown))
+        .collect();
+    let mut done = vec![false; ops.len()];
+    let mut seen = HashSet::new();
+    if search(&ops, &mut done, &Register::default(), &mut seen) {
+        Ok(())
+    } else {
+        Err(Violation {
+            operations: ops.into_iter().cloned().collect(),
+        })
+    }
+}
+
+fn returned(op: &Operation) -> u64 {
+    match op.outcome {
+        Outcome::Unknown => u64::MAX,
+        _ => op.returned.unwrap_or(u64::MAX),
+    }
+}
+
+fn search(
+    ops: &[&Operation],
+    done: &mut Vec<bool>,
+    state: &Register,
+    seen: &mut HashSet<(Vec<bool>, Register)>,
+) -> bool {
+    // Every operation with a known outcome must be placed; unknown ones
+    // may be left out (they never happened).
+    if ops
+        .iter()
+        .zip(done.iter())
+        .all(|(o, d)| *d || o.outcome == Outcome::Unknown)
+    {
+        return true;
+    }
+    if !seen.insert((done.clone(), state.clone())) {
+        return false;
+    }
+    // Only an operation invoked before every pending known operation
+    // returned can come next.
+    let horizon = ops
+        .iter()
+        .zip(done.iter())
+        .filter(|(_, d)| !**d)
+        .map(|(o, _)| returned(o))
+        .min()
+        .unwrap_or(u64::MAX);
+    for i in 0..ops.len() {
+        if done[i] || ops[i].invoked > horizon {
+            continue;
+        }
+        let (next, outcome) = state.step(&ops[i].call);
+        let fits = ops[i].outcome == Outcome::Unknown || ops[i].outcome == outcome;
+        if !fits {
+            continue;
+        }
+        done[i] = true;
+        if search(ops, done, &next, seen) {
+            return true;
+        }
+        done[i] = false;
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(client: usize, call: Call, invoked: u64, returned: u64, outcome: Outcome) -> Operation {
+        Operation {
+            client,
+            call,
+            invoked,
+            returned: Some(returned),
+            outcome,
+        }
+    }
+
+    fn put(v: &str) -> Call {
+        Call::Put {
+            value: v.into(),
+            expected: None,
+        }
+    }
+
+    fn value(v: &str, version: u64) -> Outcome {
+        Outcome::Value {
+            value: v.into(),
+            version,
+        }
+    }
+
+    #[test]
+    fn sequential_history_is_linearizable() {
+        let h = [
+            op(0, put("a"), 0, 1, Outcome::Written { version: 1 }),
+            op(1, Call::Read, 2, 3, value("a", 1)),
+            op(
+                0,
+                Call::Delete { expected: Some(1) },
+                4,
+                5,
+                Outcome::Written { version: 2 },
+            ),
+            op(1, Call::Read, 6, 7, Outcome::NotFound),
+            op(
+                0,
+                Call::Put {
+                    value: "b".into(),
+                    expected: Some(0),
+                },
+                8,
+                9,
+                Outcome::Written { version: 3 },
+            ),
+        ];
+        assert!(check(&h).is_ok());
+    }
+
+    #[test]
+    fn a_read_that_misses_an_acknowledged_write_is_caught() {
+        // The write returned at 1; a read invoked at 2 still saw nothing.
+        let h = [
+            op(0, put("a"), 0, 1, Outcome::Written { version: 1 }),
+            op(1, Call::Read, 2, 3, Outcome::NotFound),
+        ];
+        assert!(check(&h).is_err());
+    }
+
+    #[test]
+    fn concurrent_operations_may_take_either_order() {
+        let h = [
+            op(0, put("a"), 0, 10, Outcome::Written { version: 2 }),
+            op(1, put("b"), 1, 9, Outcome::Written { version: 1 }),
+            op(2, Call::Read, 2, 8, value("b", 1)),
+        ];
+        assert!(check(&h).is_ok());
+    }
+
+    #[test]
+    fn an_unknown_write_may_have_happened_or_not() {
+        let happened = [
+            Operation {
+                client: 0,
+                call: put("a"),
+                invoked: 0,
+                returned: None,
+                outcome: Outcome::Unknown,
+            },
+            op(1, Call::Read, 5, 6, value("a", 1)),
+        ];
+        assert!(check(&happened).is_ok());
+        let did_not = [
+            happened[0].clone(),
+            op(1, Call::Read, 5, 6, Outcome::NotFound),
+        ];
+        assert!(check(&did_not).is_ok());
+        // But it cannot take effect before it was invoked.
+        let too_early = [
+            op(1, Call::Read, 0, 1, value("a", 1)),
+            Operation {
+                invoked: 2,
+                ..happened[0].clone()
+            },
+        ];
+        assert!(check(&too_early).is_err());
+    }
+
+    #[test]
+    fn two_acknowledged_writes_cannot_share_a_version() {
+        let h = [
+            op(0, put("a"), 0, 1, Outcome::Written { version: 1 }),
+            op(1, put("b"), 2, 3, Outcome::Written { version: 1 }),
+        ];
+        assert!(check(&h).is_err());
+    }
+
+    #[test]
+    fn compare_and_set_conflicts_must_be_justified() {
+        let justified = [
+            op(0, put("a"), 0, 1, Outcome::Written { version: 1 }),
+            op(
+                1,
+                Call::Put {
+                    value: "b".into(),
+                    expected: Some(0),
+                },
+                2,
+                3,
+                Outcome::Conflict,
+            ),
+        ];
+        assert!(check(&justified).is_ok());
+        let unjustified = [op(
+            1,
+            Call::Put {
+                value: "b".into(),
+                expected: Some(0),
+            },
+            0,
+            1,
+            Outcome::Conflict,
+        )];
+        assert!(check(&unjustified).is_err());
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn call() -> impl Strategy<Value = Call> {
+        prop_oneof![
+            3 => (0u8..4, proptest::option::of(0u64..4)).prop_map(|(v, e)| Call::Put { value: format!("v{v}"), expected: e }),
+            1 => proptest::option::of(0u64..4).prop_map(|e| Call::Delete { expected: e }),
+            3 => Just(Call::Read),
+        ]
+    }
+
+    proptest! {
+        /// Any execution of the model, whose operations each take effect at
+        /// some instant inside their own interval, is linearizable — however
+        /// much the intervals overlap, and whatever unknown outcomes hide.
+        #[test]
+        fn real_executions_pass(
+            calls in proptest::collection::vec((call(), 0u64..5, 0u64..5, any::<bool>()), 1..14),
+        ) {
+            let mut state = Register::default();
+            let mut history = Vec::new();
+            for (i, (call, before, after, hide)) in calls.into_iter().enumerate() {
+                let at = 10 * i as u64 + 5; // the linearization point
+                let (next, outcome) = state.step(&call);
+                state = next;
+                history.push(Operation {
+                    client: i,
+                    call,
+                    invoked: at - before,
+                    returned: Some(at + after),
+                    outcome: if hide { Outcome::Unknown } else { outcome },
+                });
+            }
+            prop_assert!(check(&history).is_ok());
+        }
+    }
+}
