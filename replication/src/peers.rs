@@ -25,6 +25,9 @@ pub struct Faults {
     blocked_out: Mutex<Vec<String>>,
     blocked_in: Mutex<Vec<String>>,
     delays: Mutex<HashMap<String, Duration>>,
+    /// Peer → probability of dropping each message sent to it.
+    losses: Mutex<HashMap<String, f64>>,
+    dice: Mutex<u64>,
 }
 
 impl Faults {
@@ -44,8 +47,22 @@ impl Faults {
     pub fn block_incoming(&self, from: &[String]) {
         *lock(&self.blocked_in) = from.to_vec();
     }
+    /// Drops each message sent to a named peer with its probability.
+    pub fn lose_outgoing(&self, losses: HashMap<String, f64>) {
+        *lock(&self.losses) = losses;
+    }
     fn drops_out(&self, to: &str) -> bool {
-        lock(&self.blocked_out).iter().any(|p| p == to)
+        if lock(&self.blocked_out).iter().any(|p| p == to) {
+            return true;
+        }
+        let Some(p) = lock(&self.losses).get(to).copied() else {
+            return false;
+        };
+        let mut dice = lock(&self.dice);
+        *dice ^= (*dice << 13) | 1;
+        *dice ^= *dice >> 7;
+        *dice ^= *dice << 17;
+        ((*dice >> 11) as f64 / (1u64 << 53) as f64) < p
     }
     fn drops_in(&self, from: &str) -> bool {
         lock(&self.blocked_in).iter().any(|p| p == from)

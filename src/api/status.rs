@@ -86,6 +86,9 @@ pub struct FaultRequest {
     /// Node id → milliseconds by which to hold messages sent to it.
     #[serde(default)]
     delay_out_ms: std::collections::HashMap<String, u64>,
+    /// Node id → probability (0–1) of dropping each message sent to it.
+    #[serde(default)]
+    loss_out: std::collections::HashMap<String, f64>,
 }
 
 /// POST /debug/faults `{block_in: [node ids], block_out: [node ids],
@@ -103,6 +106,7 @@ pub async fn set_faults(
     let faults = replica.faults();
     faults.block_incoming(&request.block_in);
     faults.block_outgoing(&request.block_out);
+    faults.lose_outgoing(request.loss_out.clone());
     faults.delay_outgoing(
         request
             .delay_out_ms
@@ -115,6 +119,7 @@ pub async fn set_faults(
         "block_in": request.block_in,
         "block_out": request.block_out,
         "delay_out_ms": request.delay_out_ms,
+        "loss_out": request.loss_out,
     }))
     .into_response())
 }

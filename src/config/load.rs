@@ -101,7 +101,8 @@ pub fn load(sources: &Sources) -> Result<Loaded, ConfigError> {
                 figment = figment.merge(EnvVar::new(var, path, value, default))
             }
             // Read elsewhere, not configuration: the fault-test switch.
-            None if var == crate::api::TEST_FAULTS_ENV => {}
+            None if var == crate::api::TEST_FAULTS_ENV
+                || var == pika_replication::replica::TEST_CLOCK_RATE_ENV => {}
             None => warnings.push(format!("unknown environment variable {var} (ignored)")),
         }
     }

@@ -47,6 +47,8 @@ pub(crate) type Answers = Vec<(Reply, Result<Applied, WriteError>)>;
 
 pub(crate) struct Shared {
     pub(crate) origin: Instant,
+    /// How fast this node's protocol clock runs: 1.0, or a test's drift.
+    pub(crate) clock_rate: f64,
     pub(crate) core: Mutex<ReplicaCore<Arc<Store>>>,
     /// Writers' answers waiting on the core, by token.
     pub(crate) answers: Mutex<HashMap<u64, Answers>>,
@@ -64,7 +66,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Shared {
     pub(crate) fn now(&self) -> Duration {
-        self.origin.elapsed()
+        self.origin.elapsed().mul_f64(self.clock_rate)
     }
 
     /// Carries out the outputs any caller of the core may produce: sends
@@ -205,6 +207,7 @@ impl Replica {
         let status = core.status(Duration::ZERO);
         let shared = Arc::new(Shared {
             origin,
+            clock_rate: test_clock_rate(),
             core: Mutex::new(core),
             answers: Mutex::new(HashMap::new()),
             next_token: AtomicU64::new(1),
@@ -324,6 +327,28 @@ impl Replica {
                 self.config.forward_timeout
             ))),
         }
+    }
+}
+
+/// Fault tests only: `PIKA_TEST_CLOCK_RATE=1.03` makes this node's protocol
+/// clock (leases, heartbeats, evictions) run 3 % fast, to test drift within
+/// the bound the protocol assumes. Anything unparsable, or outside 0.5–2,
+/// means 1.
+pub const TEST_CLOCK_RATE_ENV: &str = "PIKA_TEST_CLOCK_RATE";
+
+fn test_clock_rate() -> f64 {
+    match std::env::var(TEST_CLOCK_RATE_ENV)
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+    {
+        Some(rate) if (0.5..=2.0).contains(&rate) => {
+            tracing::warn!(
+                rate,
+                "{TEST_CLOCK_RATE_ENV}: this node's protocol clock is skewed for a fault test"
+            );
+            rate
+        }
+        _ => 1.0,
     }
 }
 

@@ -1,0 +1,254 @@
+//! Real `pika` processes on 127.0.1.x for a campaign round: start, kill -9,
+//! pause, restart, and the test-only fault endpoint.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+
+pub struct Node {
+    pub host: String,
+    child: Option<Child>,
+    pub url: String,
+    pub node_id: String,
+    clock_rate: f64,
+}
+
+pub struct Cluster {
+    pika: PathBuf,
+    dir: tempfile::TempDir,
+    port: u16,
+    pub nodes: Vec<Node>,
+    http: reqwest::blocking::Client,
+}
+
+pub fn free_udp_port(hosts: &[String]) -> anyhow::Result<u16> {
+    for _ in 0..50 {
+        let port = std::net::UdpSocket::bind((hosts[0].as_str(), 0))?
+            .local_addr()?
+            .port();
+        if hosts
+            .iter()
+            .all(|h| std::net::UdpSocket::bind((h.as_str(), port)).is_ok())
+        {
+            return Ok(port);
+        }
+    }
+    bail!("no UDP port free on all of {hosts:?}")
+}
+
+impl Cluster {
+    /// Starts `rates.len()` nodes on 127.0.1.`base`.., node i with its
+    /// protocol clock running at `rates[i]`.
+    pub fn start(pika: &Path, base: u8, rates: &[f64]) -> anyhow::Result<Cluster> {
+        let hosts: Vec<String> = (0..rates.len())
+            .map(|i| format!("127.0.1.{}", base as usize + i))
+            .collect();
+        let port = free_udp_port(&hosts)?;
+        let mut cluster = Cluster {
+            pika: pika.to_path_buf(),
+            dir: tempfile::tempdir()?,
+            port,
+            nodes: hosts
+                .into_iter()
+                .zip(rates)
+                .map(|(host, rate)| Node {
+                    host,
+                    child: None,
+                    url: String::new(),
+                    node_id: String::new(),
+                    clock_rate: *rate,
+                })
+                .collect(),
+            http: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(3))
+                .build()?,
+        };
+        for i in 0..cluster.nodes.len() {
+            cluster.spawn(i)?;
+        }
+        for i in 0..cluster.nodes.len() {
+            let id = cluster.status(i)["node_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            cluster.nodes[i].node_id = id;
+        }
+        Ok(cluster)
+    }
+
+    fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
+        let dns = self
+            .nodes
+            .iter()
+            .map(|n| n.host.clone())
+            .collect::<Vec<_>>()
+            .join(",");
+        let node = &self.nodes[i];
+        let mut child = Command::new(&self.pika)
+            .env_remove("CONFIG_FILE")
+            .env("PIKA_SERVER_HOST", &node.host)
+            .env("PIKA_SERVER_PORT", "0")
+            .env(
+                "PIKA_STORAGE_BW_PATH",
+                self.dir.path().join(format!("node{i}")),
+            )
+            .env("PIKA_LOG_LEVEL", "warn,pika::node=info")
+            .env("PIKA_CLUSTER_ENABLED", "true")
+            .env("PIKA_CLUSTER_BIND_ADDR", &node.host)
+            .env("PIKA_CLUSTER_DNS_ADDR", dns)
+            .env("PIKA_CLUSTER_PORT", self.port.to_string())
+            .env("PIKA_CLUSTER_REPLICAS", self.nodes.len().to_string())
+            .env(
+                "PIKA_CLUSTER_SECURITY_KEY",
+                "campaign key, 32 bytes long.....",
+            )
+            .env("PIKA_CLUSTER_HEARTBEAT_INTERVAL", "200ms")
+            .env("PIKA_CLUSTER_HEARTBEAT_TIMEOUT", "1s")
+            .env("PIKA_CLUSTER_FORWARD_TIMEOUT", "2s")
+            .env("PIKA_CLUSTER_SYNC_INTERVAL", "2s")
+            .env("PIKA_TEST_FAULTS", "1")
+            .env("PIKA_TEST_CLOCK_RATE", node.clock_rate.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", self.pika.display()))?;
+        let stderr = child.stderr.take().context("stderr")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let _ = tx.send(
+                        rest.split_whitespace()
+                            .next()
+                            .unwrap_or_default()
+                            .to_string(),
+                    );
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .context("pika did not start")?;
+        self.nodes[i].url = format!("http://{addr}");
+        self.nodes[i].child = Some(child);
+        Ok(())
+    }
+
+    pub fn is_up(&self, i: usize) -> bool {
+        self.nodes[i].child.is_some()
+    }
+
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        if !self.is_up(i) {
+            self.spawn(i)?;
+        }
+        Ok(())
+    }
+
+    /// SIGSTOP (`pause = true`) or SIGCONT.
+    pub fn pause(&self, i: usize, pause: bool) -> anyhow::Result<()> {
+        let Some(child) = &self.nodes[i].child else {
+            return Ok(());
+        };
+        let signal = if pause { "-STOP" } else { "-CONT" };
+        let status = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill {signal} failed");
+        Ok(())
+    }
+
+    pub fn status(&self, i: usize) -> Value {
+        if !self.is_up(i) {
+            return Value::Null;
+        }
+        self.http
+            .get(format!("{}/api/v1/cluster/status", self.nodes[i].url))
+            .send()
+            .and_then(|r| r.json())
+            .unwrap_or(Value::Null)
+    }
+
+    /// Sets node `i`'s replica faults (see `/debug/faults`); `{}` heals.
+    pub fn fault(&self, i: usize, body: Value) {
+        if self.is_up(i) {
+            let _ = self
+                .http
+                .post(format!("{}/debug/faults", self.nodes[i].url))
+                .json(&body)
+                .send();
+        }
+    }
+
+    pub fn heal(&self) {
+        for i in 0..self.nodes.len() {
+            self.fault(i, json!({}));
+        }
+    }
+
+    /// The node every live node agrees leads, within `limit`.
+    pub fn leader(&self, limit: Duration) -> Option<usize> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            let live: Vec<usize> = (0..self.nodes.len()).filter(|i| self.is_up(*i)).collect();
+            let statuses: Vec<Value> = live.iter().map(|i| self.status(*i)).collect();
+            let leaders: Vec<usize> = live
+                .iter()
+                .zip(&statuses)
+                .filter(|(_, s)| s["is_leader"] == true)
+                .map(|(i, _)| *i)
+                .collect();
+            if leaders.len() == 1 && statuses.iter().all(|s| s["epoch"] == statuses[0]["epoch"]) {
+                return Some(leaders[0]);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// Waits until every node reports the same Merkle root and revision.
+    pub fn converged(&self, limit: Duration) -> Result<(), String> {
+        let start = Instant::now();
+        let mut last = Vec::new();
+        while start.elapsed() < limit {
+            last = (0..self.nodes.len())
+                .map(|i| {
+                    let s = self.status(i);
+                    (
+                        s["merkle_root"].as_str().unwrap_or("?").to_string(),
+                        s["revision"].as_u64().unwrap_or(0),
+                    )
+                })
+                .collect();
+            if last.iter().all(|x| *x == last[0] && x.0 != "?") {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(format!(
+            "nodes did not converge: (root, revision) per node {last:?}"
+        ))
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            let _ = self.pause(i, false);
+            self.kill(i);
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! `pika-campaign [--nodes 3] [--rounds 20] [--seed S] [--pika PATH]`: runs a
+//! fault campaign against real pika processes on 127.0.1.x and exits 1 on
+//! any violation. Build pika first (`cargo build --release`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let mut nodes = 3usize;
+    let mut rounds = 20usize;
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_secs());
+    let mut pika = PathBuf::from("target/release/pika");
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let value = args.next();
+        let parsed = match (arg.as_str(), value) {
+            ("--nodes", Some(v)) => v.parse().map(|v| nodes = v).is_ok(),
+            ("--rounds", Some(v)) => v.parse().map(|v| rounds = v).is_ok(),
+            ("--seed", Some(v)) => v.parse().map(|v| seed = v).is_ok(),
+            ("--pika", Some(v)) => {
+                pika = PathBuf::from(v);
+                true
+            }
+            _ => false,
+        };
+        if !parsed {
+            eprintln!("usage: pika-campaign [--nodes 3|5] [--rounds N] [--seed S] [--pika PATH]");
+            return ExitCode::from(2);
+        }
+    }
+    eprintln!(
+        "campaign: {nodes} nodes, {rounds} rounds, seed {seed}, {}",
+        pika.display()
+    );
+    match pika_campaign::campaign(&pika, nodes, rounds, seed, 100) {
+        Ok(report) => {
+            eprintln!(
+                "{} rounds, {} operations checked ({} acked writes, {} unknown outcomes), faults {:?}, {} violations",
+                report.rounds,
+                report.operations,
+                report.acked_writes,
+                report.unknown,
+                report.faults,
+                report.violations.len()
+            );
+            if report.violations.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("campaign failed to run: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,382 @@
+//! One campaign round: a fresh cluster, concurrent clients recording every
+//! operation, one fault injected and healed, then the checks.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde_json::{Value, json};
+
+use crate::cluster::Cluster;
+use crate::linearizability::{self, Call, Operation, Outcome};
+
+/// Every fault a round can inject; round `r` injects `ALL[r % len]`, so each
+/// kind comes up at least once every `len` rounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Fault {
+    KillLeader,
+    KillFollower,
+    PauseLeader,
+    IsolateLeader,
+    MinorityPartition,
+    OneWayFromLeader,
+    DelayAndLoss,
+    ClockDrift,
+    RestartAll,
+}
+
+impl Fault {
+    pub const ALL: [Fault; 9] = [
+        Fault::KillLeader,
+        Fault::KillFollower,
+        Fault::PauseLeader,
+        Fault::IsolateLeader,
+        Fault::MinorityPartition,
+        Fault::OneWayFromLeader,
+        Fault::DelayAndLoss,
+        Fault::ClockDrift,
+        Fault::RestartAll,
+    ];
+}
+
+pub struct RoundConfig<'a> {
+    pub pika: &'a Path,
+    pub nodes: usize,
+    pub seed: u64,
+    pub fault: Fault,
+    /// First host number: nodes use 127.0.1.`base`...
+    pub base: u8,
+    pub clients: usize,
+    pub paths: usize,
+    pub duration: Duration,
+}
+
+#[derive(Debug, Default)]
+pub struct RoundReport {
+    pub operations: usize,
+    pub acked_writes: usize,
+    pub unknown: usize,
+    pub violations: Vec<String>,
+}
+
+struct Dice(u64);
+
+impl Dice {
+    fn unit(&mut self) -> f64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+    fn below(&mut self, n: usize) -> usize {
+        ((self.unit() * n as f64) as usize).min(n.saturating_sub(1))
+    }
+}
+
+type History = Arc<Mutex<BTreeMap<String, Vec<Operation>>>>;
+
+/// One client request, timed on the round's clock and turned into the
+/// checker's terms.
+fn perform(http: &reqwest::blocking::Client, url: &str, path: &str, call: &Call) -> Outcome {
+    let target = format!("{url}/api/v1/file/{path}");
+    let response = match call {
+        Call::Read => http.get(&target).send(),
+        Call::Put { value, expected } => {
+            let mut body = json!({"data": BASE64.encode(value)});
+            if let Some(e) = expected {
+                body["expected_version"] = json!(e);
+            }
+            http.post(&target).json(&body).send()
+        }
+        Call::Delete { expected } => {
+            let q = expected
+                .map(|e| format!("?expected_version={e}"))
+                .unwrap_or_default();
+            http.delete(format!("{target}{q}")).send()
+        }
+    };
+    let Ok(response) = response else {
+        return Outcome::Unknown;
+    };
+    let status = response.status().as_u16();
+    let version_header = response
+        .headers()
+        .get("x-pika-version")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let body: Value = response.json().unwrap_or(Value::Null);
+    match (call, status) {
+        (_, 409) => Outcome::Conflict,
+        (_, 404) => Outcome::NotFound,
+        (Call::Read, 200) => {
+            let value = body["data"]
+                .as_str()
+                .and_then(|d| BASE64.decode(d).ok())
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default();
+            Outcome::Value {
+                value,
+                version: body["version"].as_u64().unwrap_or(0),
+            }
+        }
+        (Call::Put { .. }, 201) => Outcome::Written {
+            version: body["version"].as_u64().unwrap_or(0),
+        },
+        (Call::Delete { .. }, 204) => Outcome::Written {
+            version: version_header.unwrap_or(0),
+        },
+        // 503 and anything else: not acknowledged, may or may not apply.
+        _ => Outcome::Unknown,
+    }
+}
+
+fn client(
+    id: usize,
+    urls: Vec<String>,
+    paths: usize,
+    seed: u64,
+    origin: Instant,
+    until: Instant,
+    history: History,
+) {
+    let http = match reqwest::blocking::Client::builder()
+        .timeout(Duration::from_millis(2500))
+        .build()
+    {
+        Ok(h) => h,
+        Err(_) => return,
+    };
+    let mut dice = Dice(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut n = 0;
+    while Instant::now() < until {
+        n += 1;
+        let path = format!("c/p{}", dice.below(paths));
+        let url = &urls[dice.below(urls.len())];
+        let roll = dice.unit();
+        let guard = |dice: &mut Dice| (dice.unit() < 0.3).then(|| dice.below(4) as u64);
+        let call = if roll < 0.5 {
+            Call::Read
+        } else if roll < 0.85 {
+            Call::Put {
+                value: format!("{id}.{n}"),
+                expected: guard(&mut dice),
+            }
+        } else {
+            Call::Delete {
+                expected: guard(&mut dice),
+            }
+        };
+        let invoked = origin.elapsed().as_micros() as u64;
+        let outcome = perform(&http, url, &path, &call);
+        let returned = origin.elapsed().as_micros() as u64;
+        let op = Operation {
+            client: id,
+            call,
+            invoked,
+            returned: (outcome != Outcome::Unknown).then_some(returned),
+            outcome,
+        };
+        if let Ok(mut h) = history.lock() {
+            h.entry(path).or_default().push(op);
+        }
+        // Paced, so each path's history stays small enough to check
+        // exhaustively (the checker is exponential in the worst case).
+        std::thread::sleep(Duration::from_millis(20 + dice.below(20) as u64));
+    }
+}
+
+fn inject(
+    cluster: &mut Cluster,
+    fault: Fault,
+    leader: usize,
+    dice: &mut Dice,
+    hold: Duration,
+) -> anyhow::Result<()> {
+    let n = cluster.nodes.len();
+    let follower = (leader + 1 + dice.below(n - 1)) % n;
+    let ids: Vec<String> = cluster.nodes.iter().map(|x| x.node_id.clone()).collect();
+    let others: Vec<String> = (0..n)
+        .filter(|i| *i != leader)
+        .map(|i| ids[i].clone())
+        .collect();
+    match fault {
+        Fault::KillLeader | Fault::KillFollower => {
+            let victim = if fault == Fault::KillLeader {
+                leader
+            } else {
+                follower
+            };
+            cluster.kill(victim);
+            std::thread::sleep(hold);
+            cluster.restart(victim)?;
+        }
+        Fault::PauseLeader => {
+            cluster.pause(leader, true)?;
+            std::thread::sleep(hold);
+            cluster.pause(leader, false)?;
+        }
+        Fault::IsolateLeader => {
+            cluster.fault(leader, json!({"block_in": others, "block_out": others}));
+            for i in (0..n).filter(|i| *i != leader) {
+                cluster.fault(
+                    i,
+                    json!({"block_in": [ids[leader]], "block_out": [ids[leader]]}),
+                );
+            }
+            std::thread::sleep(hold);
+            cluster.heal();
+        }
+        Fault::MinorityPartition => {
+            // The leader's side is the minority: it and at most n/2 - 1 others.
+            let minority: Vec<usize> = std::iter::once(leader)
+                .chain((0..n).filter(|i| *i != leader).take(n / 2 - 1))
+                .collect();
+            for i in 0..n {
+                let other_side: Vec<String> = (0..n)
+                    .filter(|j| minority.contains(j) != minority.contains(&i))
+                    .map(|j| ids[j].clone())
+                    .collect();
+                cluster.fault(i, json!({"block_in": other_side, "block_out": other_side}));
+            }
+            std::thread::sleep(hold);
+            cluster.heal();
+        }
+        Fault::OneWayFromLeader => {
+            cluster.fault(leader, json!({"block_out": others}));
+            std::thread::sleep(hold);
+            cluster.heal();
+        }
+        Fault::DelayAndLoss => {
+            let delays: serde_json::Map<String, Value> =
+                others.iter().map(|o| (o.clone(), json!(80))).collect();
+            let losses: serde_json::Map<String, Value> =
+                others.iter().map(|o| (o.clone(), json!(0.2))).collect();
+            for i in 0..n {
+                cluster.fault(i, json!({"delay_out_ms": delays, "loss_out": losses}));
+            }
+            std::thread::sleep(hold);
+            cluster.heal();
+        }
+        Fault::ClockDrift => {
+            // The clocks were skewed at start; add a leader kill so the
+            // skewed leases are actually relied on.
+            cluster.kill(leader);
+            std::thread::sleep(hold);
+            cluster.restart(leader)?;
+        }
+        Fault::RestartAll => {
+            for i in 0..n {
+                cluster.kill(i);
+            }
+            std::thread::sleep(hold / 2);
+            for i in 0..n {
+                cluster.restart(i)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn run(config: &RoundConfig) -> anyhow::Result<RoundReport> {
+    let mut dice = Dice(config.seed | 1);
+    let rates: Vec<f64> = (0..config.nodes)
+        .map(|_| {
+            if config.fault == Fault::ClockDrift {
+                0.97 + 0.06 * dice.unit()
+            } else {
+                1.0
+            }
+        })
+        .collect();
+    let mut cluster = Cluster::start(config.pika, config.base, &rates)?;
+    let leader = cluster
+        .leader(Duration::from_secs(15))
+        .ok_or_else(|| anyhow::anyhow!("no leader at the start of the round"))?;
+    let urls: Vec<String> = cluster.nodes.iter().map(|n| n.url.clone()).collect();
+    let origin = Instant::now();
+    let until = origin + config.duration;
+    let history: History = Arc::new(Mutex::new(BTreeMap::new()));
+    let clients: Vec<_> = (0..config.clients)
+        .map(|c| {
+            let (urls, history) = (urls.clone(), history.clone());
+            let (paths, seed) = (config.paths, config.seed ^ ((c as u64 + 1) << 32));
+            std::thread::spawn(move || client(c, urls, paths, seed, origin, until, history))
+        })
+        .collect();
+    std::thread::sleep(config.duration / 5);
+    inject(
+        &mut cluster,
+        config.fault,
+        leader,
+        &mut dice,
+        Duration::from_millis(1500),
+    )?;
+    for c in clients {
+        let _ = c.join();
+    }
+    cluster.heal();
+
+    let mut report = RoundReport::default();
+    if cluster.leader(Duration::from_secs(20)).is_none() {
+        report.violations.push("no leader after healing".into());
+    }
+    if let Err(e) = cluster.converged(Duration::from_secs(20)) {
+        report.violations.push(e);
+    }
+    // Final reads on every node, after everything: the acked writes must be
+    // there, through each node's own read path.
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()?;
+    let paths: Vec<String> = history
+        .lock()
+        .map(|h| h.keys().cloned().collect())
+        .unwrap_or_default();
+    for path in &paths {
+        for url in &urls_now(&cluster) {
+            let invoked = origin.elapsed().as_micros() as u64;
+            let mut outcome = Outcome::Unknown;
+            for _ in 0..50 {
+                outcome = perform(&http, url, path, &Call::Read);
+                if outcome != Outcome::Unknown {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let returned = origin.elapsed().as_micros() as u64;
+            if let Ok(mut h) = history.lock() {
+                h.entry(path.clone()).or_default().push(Operation {
+                    client: usize::MAX,
+                    call: Call::Read,
+                    invoked,
+                    returned: Some(returned),
+                    outcome,
+                });
+            }
+        }
+    }
+    let history = history.lock().map(|h| h.clone()).unwrap_or_default();
+    for (path, ops) in &history {
+        report.operations += ops.len();
+        report.acked_writes += ops
+            .iter()
+            .filter(|o| matches!(o.outcome, Outcome::Written { .. }))
+            .count();
+        report.unknown += ops.iter().filter(|o| o.outcome == Outcome::Unknown).count();
+        if let Err(v) = linearizability::check(ops) {
+            let slice: Vec<String> = v.operations.iter().map(|o| format!("{o:?}")).collect();
+            report.violations.push(format!(
+                "{path}: not linearizable; history:\n  {}",
+                slice.join("\n  ")
+            ));
+        }
+    }
+    Ok(report)
+}
+
+fn urls_now(cluster: &Cluster) -> Vec<String> {
+    cluster.nodes.iter().map(|n| n.url.clone()).collect()
+}
