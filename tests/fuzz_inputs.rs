@@ -27,6 +27,7 @@ fn change(revision: u64, path: String, data: Vec<u8>) -> Change {
             },
             data,
         },
+        request_id: None,
     }
 }
 

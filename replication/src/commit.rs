@@ -230,19 +230,36 @@ fn commit(
     // whatever that result depends on is acknowledged.
     let mut answers = Vec::new();
     let mut waits_for: Option<u64> = None;
-    let mut fresh = Vec::with_capacity(batch.len());
+    let mut fresh: Vec<PendingWrite> = Vec::with_capacity(batch.len());
+    // Retries of the same id inside this batch, answered after it.
+    let mut repeats = Vec::new();
     for pending in batch.drain(..) {
-        match pending.request_id.as_deref().and_then(|id| recent.get(id)) {
+        let id = pending.request_id.as_deref();
+        // This leader's memory first (it also holds refusals), then the
+        // replicated record, which a previous leader may have written.
+        let known = id.and_then(|id| {
+            recent
+                .get(id)
+                .cloned()
+                .or_else(|| store.applied_request(id).ok().flatten().map(Ok))
+        });
+        match known {
             Some(result) => {
-                if let Ok(applied) = result {
+                if let Ok(applied) = &result {
                     waits_for = waits_for.max(Some(applied.revision));
                 }
-                answers.push((pending.reply, result.clone().map_err(WriteError::from)));
+                answers.push((pending.reply, result.map_err(WriteError::from)));
+            }
+            None if id.is_some() && fresh.iter().any(|f| f.request_id.as_deref() == id) => {
+                repeats.push(pending)
             }
             None => fresh.push(pending),
         }
     }
-    let ops: Vec<Op> = fresh.iter().map(|p| p.op.clone()).collect();
+    let ops: Vec<Op> = fresh
+        .iter()
+        .map(|p| p.op.clone().with_request_id(p.request_id.clone()))
+        .collect();
     let started = Instant::now();
     let outcome = store.execute_then(&ops, epoch, now_ms(), |changes| {
         if !changes.is_empty() {
@@ -261,12 +278,20 @@ fn commit(
                 }
                 answers.push((pending.reply, result.map_err(WriteError::from)));
             }
+            for pending in repeats {
+                let result = pending
+                    .request_id
+                    .as_deref()
+                    .and_then(|id| recent.get(id).cloned())
+                    .unwrap_or_else(|| Err(OpError::NotFound(pending.op.path.to_string())));
+                answers.push((pending.reply, result.map_err(WriteError::from)));
+            }
         }
         Err(e) => {
             tracing::error!(error = %e, ops = ops.len(), "batch commit failed; no op in it was applied");
             metrics::counter!("pika_commit_failures_total").increment(1);
             let message = e.to_string();
-            for pending in fresh {
+            for pending in fresh.into_iter().chain(repeats) {
                 answers.push((pending.reply, Err(WriteError::Storage(message.clone()))));
             }
         }

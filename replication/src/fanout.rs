@@ -270,6 +270,7 @@ mod recent_tests {
             version: 1,
             created_at_ms: 0,
             kind: ChangeKind::Delete,
+            request_id: None,
         }
     }
 

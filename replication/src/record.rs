@@ -29,6 +29,9 @@ pub struct Op {
     /// The version the client believes is current (0 = the path must not
     /// exist or be deleted). `None` writes unconditionally.
     pub expected_version: Option<u64>,
+    /// The client's idempotency key: an op whose id was applied before is
+    /// answered with that result instead of being applied again.
+    pub request_id: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +53,7 @@ impl Op {
             path,
             kind: OpKind::Put { meta, data },
             expected_version,
+            request_id: None,
         })
     }
 
@@ -58,7 +62,14 @@ impl Op {
             path,
             kind: OpKind::Delete,
             expected_version,
+            request_id: None,
         }
+    }
+
+    /// The same op, carrying the client's idempotency key.
+    pub fn with_request_id(mut self, request_id: Option<String>) -> Self {
+        self.request_id = request_id;
+        self
     }
 }
 
@@ -84,6 +95,9 @@ pub struct Change {
     pub version: u64,
     pub created_at_ms: u64,
     pub kind: ChangeKind,
+    /// The request id of the op that made this change, replicated with it
+    /// so any later leader still recognises a retry.
+    pub request_id: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

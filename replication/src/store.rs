@@ -32,6 +32,13 @@ const MERKLE: TableDefinition<u16, [u8; 32]> = TableDefinition::new("merkle");
 /// (bucket, path) → (): which paths a Merkle bucket holds, so a sync moves
 /// the differing buckets without scanning the store.
 const BUCKET_PATHS: TableDefinition<(u16, &str), ()> = TableDefinition::new("bucket_paths");
+/// request id → (version, revision) of the change it made: so a retried op
+/// is applied once, on whichever node leads when the retry arrives.
+const REQUESTS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("requests");
+/// revision → request id, to forget ids older than [`REQUEST_WINDOW`].
+const REQUEST_ORDER: TableDefinition<u64, &str> = TableDefinition::new("request_order");
+/// Request ids are remembered for this many revisions.
+pub const REQUEST_WINDOW: u64 = 1 << 16;
 
 const KEY_NODE_ID: &str = "node_id";
 /// Boot counter: one more at every open, so a restarted node is told apart
@@ -163,6 +170,8 @@ impl Store {
             txn.open_table(VERSIONS)?;
             txn.open_table(MERKLE)?;
             txn.open_table(BUCKET_PATHS)?;
+            txn.open_table(REQUESTS)?;
+            txn.open_table(REQUEST_ORDER)?;
             let mut node = txn.open_table(NODE)?;
             let existing = node.get(KEY_NODE_ID)?.map(|v| v.value().to_vec());
             let node_id = match existing {
@@ -283,6 +292,17 @@ impl Store {
         }
         self.revision.store(revision, Ordering::Release);
         self.commits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// What the op with this request id did, if it was applied within the
+    /// last [`REQUEST_WINDOW`] revisions (here or, replicated, elsewhere).
+    pub fn applied_request(&self, request_id: &str) -> Result<Option<Applied>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(REQUESTS)?;
+        Ok(table.get(request_id)?.map(|v| {
+            let (version, revision) = v.value();
+            Applied { version, revision }
+        }))
     }
 
     /// The latest entry of a path, tombstones included.
@@ -455,6 +475,7 @@ pub fn resolve(
         version: current.map_or(0, |e| e.version) + 1,
         created_at_ms: now_ms,
         kind,
+        request_id: op.request_id.clone(),
     })
 }
 
@@ -465,6 +486,8 @@ struct BatchTables<'txn> {
     merkle: redb::Table<'txn, u16, [u8; 32]>,
     node: redb::Table<'txn, &'static str, &'static [u8]>,
     bucket_paths: redb::Table<'txn, (u16, &'static str), ()>,
+    requests: redb::Table<'txn, &'static str, (u64, u64)>,
+    request_order: redb::Table<'txn, u64, &'static str>,
 }
 
 impl<'txn> BatchTables<'txn> {
@@ -475,11 +498,25 @@ impl<'txn> BatchTables<'txn> {
             merkle: txn.open_table(MERKLE)?,
             node: txn.open_table(NODE)?,
             bucket_paths: txn.open_table(BUCKET_PATHS)?,
+            requests: txn.open_table(REQUESTS)?,
+            request_order: txn.open_table(REQUEST_ORDER)?,
         })
     }
 
-    /// Records the log position this transaction leaves behind.
+    /// Records the log position this transaction leaves behind, and forgets
+    /// request ids older than the window.
     fn set_position(&mut self, revision: u64, epoch: Option<u64>) -> Result<(), StoreError> {
+        if revision > REQUEST_WINDOW {
+            let expired: Vec<(u64, String)> = self
+                .request_order
+                .range(..revision - REQUEST_WINDOW)?
+                .map(|item| item.map(|(r, id)| (r.value(), id.value().to_string())))
+                .collect::<Result<_, _>>()?;
+            for (r, id) in expired {
+                self.request_order.remove(r)?;
+                self.requests.remove(id.as_str())?;
+            }
+        }
         self.node
             .insert(KEY_REVISION, revision.to_le_bytes().as_slice())?;
         if let Some(epoch) = epoch {
@@ -517,6 +554,11 @@ impl<'txn> BatchTables<'txn> {
         self.entries
             .insert(path, encode(path, &entry)?.as_slice())?;
 
+        if let Some(id) = &change.request_id {
+            self.requests
+                .insert(id.as_str(), (change.version, change.revision))?;
+            self.request_order.insert(change.revision, id.as_str())?;
+        }
         let bucket = merkle::bucket_of(path);
         if previous.is_none() {
             self.bucket_paths.insert((bucket, path), ())?;

@@ -418,3 +418,33 @@ fn installing_the_differing_buckets_makes_a_diverged_follower_identical() {
         leader.merkle().unwrap().root()
     );
 }
+
+#[test]
+fn request_ids_travel_with_changes_so_a_new_leader_answers_a_retry_once() {
+    let (ld, fd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (leader, follower) = (open(&ld, 5), open(&fd, 5));
+    let op = put("x", "1", None).with_request_id(Some("req-7".into()));
+    let (results, changes) = leader.execute_then(&[op.clone()], 1, 0, |_| {}).unwrap();
+    let applied = results[0].clone().unwrap();
+    follower.apply(&changes).unwrap();
+    assert_eq!(follower.applied_request("req-7").unwrap(), Some(applied));
+    assert_eq!(follower.applied_request("other").unwrap(), None);
+
+    // The follower now leads; the client's retry reaches its committer.
+    let follower = std::sync::Arc::new(follower);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let (queue, committer) = pika_replication::WriteQueue::start(
+        follower.clone(),
+        pika_replication::BatchLimits::default(),
+    )
+    .unwrap();
+    let retried = runtime
+        .block_on(queue.submit_once(put("x", "1", None), Some("req-7".into())))
+        .unwrap();
+    assert_eq!(retried, applied, "answered with the first result");
+    assert_eq!(follower.revision(), 1, "not applied twice");
+    drop(queue);
+    committer.join().unwrap();
+}
