@@ -126,11 +126,14 @@ async fn a_node_added_to_dns_joins_and_a_dead_one_removed_from_dns_is_forgotten(
     .await
     .expect("the node added to DNS joins without restarts");
     eprintln!("joined {joined:?} after its A record appeared (refresh every 300ms)");
-    assert!(
-        newcomer.members().len() == 4,
-        "the newcomer learns the cluster back: {:?}",
-        newcomer.members()
-    );
+    wait_until(Duration::from_secs(5), || newcomer.members().len() == 4)
+        .await
+        .unwrap_or_else(|| {
+            panic!(
+                "the newcomer never learned the cluster back: {:?}",
+                newcomer.members()
+            )
+        });
 
     // Gone from DNS and dead: forgotten.
     records

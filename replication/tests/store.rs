@@ -424,7 +424,9 @@ fn request_ids_travel_with_changes_so_a_new_leader_answers_a_retry_once() {
     let (ld, fd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (leader, follower) = (open(&ld, 5), open(&fd, 5));
     let op = put("x", "1", None).with_request_id(Some("req-7".into()));
-    let (results, changes) = leader.execute_then(&[op.clone()], 1, 0, |_| {}).unwrap();
+    let (results, changes) = leader
+        .execute_then(std::slice::from_ref(&op), 1, 0, |_| {})
+        .unwrap();
     let applied = results[0].clone().unwrap();
     follower.apply(&changes).unwrap();
     assert_eq!(follower.applied_request("req-7").unwrap(), Some(applied));
