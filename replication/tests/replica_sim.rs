@@ -4,8 +4,9 @@
 //! loss, reordering, duplication, partitions, crashes with restart and
 //! clock drift within the assumed bound.
 //!
-//! Checked at every step: at most one leader per epoch, and never two nodes
-//! holding a valid lease at the same real instant. Checked after healing
+//! Checked at every step: at most one leader per epoch, never two nodes
+//! holding a valid lease at the same real instant, and acknowledgements only
+//! inside the acknowledging node's lease. Checked after healing
 //! and letting sync run: every acknowledged write is on every node, and all
 //! Merkle roots are equal. A failing seed is printed; replay it alone with
 //! `PIKA_SIM_SEED=<seed> PIKA_SIM_NODES=<n>`.
@@ -150,9 +151,11 @@ impl Sim {
     }
 
     fn outputs(&mut self, i: usize) -> Result<(), String> {
+        let now = self.local(i);
         let Some(core) = self.nodes[i].core.as_mut() else {
             return Ok(());
         };
+        let holds_lease = core.lease(now).is_some();
         for output in core.drain() {
             match output {
                 Output::Send { to, message } => {
@@ -172,6 +175,12 @@ impl Sim {
                     }
                 }
                 Output::Release(tokens) => {
+                    // Acknowledgements only inside the node's own lease, so
+                    // (with one lease at a time, checked every step) no two
+                    // nodes ever acknowledge in overlapping lease periods.
+                    if !holds_lease {
+                        return Err(format!("n{i} acknowledged writes outside its lease"));
+                    }
                     for t in tokens {
                         if let Some(write) = self.pending.remove(&(i, t)) {
                             self.acked.push(write);
@@ -234,7 +243,7 @@ impl Sim {
         let token = self.next_token;
         self.next_token += 1;
         self.pending.insert((i, token), (path, value));
-        core.wait(epoch, revision, token);
+        core.wait(epoch, revision, token, now);
     }
 
     fn step(&mut self, faults: bool) -> Result<(), String> {

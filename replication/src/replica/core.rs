@@ -365,16 +365,28 @@ impl<S: Storage> ReplicaCore<S> {
 
     /// Leader: the batch is durable here; answer `token` once the set has
     /// `revision`.
-    pub fn wait(&mut self, epoch: u64, revision: u64, token: u64) {
+    pub fn wait(&mut self, epoch: u64, revision: u64, token: u64, now: Duration) {
         match self.leading.as_mut().filter(|l| l.epoch == epoch) {
             Some(leading) => {
                 leading.set.wait(revision, token);
-                let ready = leading.set.released();
-                if !ready.is_empty() {
-                    self.outputs.push(Output::Release(ready));
-                }
+                self.release_ready(now);
             }
             None => self.outputs.push(Output::Fail(vec![token], LOST)),
+        }
+    }
+
+    /// Acknowledges what the set has, but only inside this node's lease: a
+    /// leader never acknowledges while another may hold a lease. What waits
+    /// when the lease runs out is failed at step-down.
+    fn release_ready(&mut self, now: Duration) {
+        if self.election.lease(now).is_none() {
+            return;
+        }
+        if let Some(leading) = self.leading.as_mut() {
+            let ready = leading.set.released();
+            if !ready.is_empty() {
+                self.outputs.push(Output::Release(ready));
+            }
         }
     }
 
@@ -490,7 +502,6 @@ impl<S: Storage> ReplicaCore<S> {
         for gone in leading.set.evict_silent(now) {
             tracing::warn!(follower = %gone, "follower left the replication set: silent past its read lease");
         }
-        let ready = leading.set.released();
         let statuses: Vec<(String, PeerMessage)> = self
             .peers
             .iter()
@@ -503,9 +514,7 @@ impl<S: Storage> ReplicaCore<S> {
                 (peer.clone(), message)
             })
             .collect();
-        if !ready.is_empty() {
-            self.outputs.push(Output::Release(ready));
-        }
+        self.release_ready(now);
         for (to, message) in statuses {
             self.send(&to, message);
         }
@@ -600,10 +609,7 @@ impl<S: Storage> ReplicaCore<S> {
             leading.set.admit(from, revision, now);
         }
         leading.set.heard(from, Some(revision), now);
-        let ready = leading.set.released();
-        if !ready.is_empty() {
-            self.outputs.push(Output::Release(ready));
-        }
+        self.release_ready(now);
     }
 
     fn start_sync(&mut self, leader: &str, now: Duration) {

@@ -132,9 +132,10 @@ impl CommitPolicy for LeaderPolicy {
         };
         let token = self.shared.next_token.fetch_add(1, Ordering::Relaxed);
         lock(&self.shared.answers).insert(token, answers);
+        let now = self.shared.now();
         let outputs = {
             let mut core = lock(&self.shared.core);
-            core.wait(epoch, revision, token);
+            core.wait(epoch, revision, token, now);
             core.drain()
         };
         self.shared.perform(&self.peers, outputs);
