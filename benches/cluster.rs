@@ -9,11 +9,11 @@
 
 mod load;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use load::{RUN, VALUE_BYTES, WARMUP, Workload, run};
+use pika_campaign::cluster::{free_udp_port, wait_for_listen};
 
 const PIKA: &str = env!("CARGO_BIN_EXE_pika");
 
@@ -42,44 +42,8 @@ fn spawn(dir: &std::path::Path, env: &[(&str, String)]) -> anyhow::Result<Proc> 
         cmd.env(k, v);
     }
     let mut child = cmd.spawn()?;
-    let stderr = child
-        .stderr
-        .take()
-        .ok_or_else(|| anyhow::anyhow!("no stderr"))?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("listening on http://").nth(1) {
-                let _ = tx.send(
-                    rest.split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_string(),
-                );
-            }
-        }
-    });
-    let addr = rx.recv_timeout(Duration::from_secs(30))?;
-    Ok(Proc {
-        child,
-        url: format!("http://{addr}"),
-    })
-}
-
-fn free_udp_port(hosts: &[u8]) -> anyhow::Result<u16> {
-    let ip = |h: u8| std::net::Ipv4Addr::new(127, 0, 1, h);
-    for _ in 0..50 {
-        let port = std::net::UdpSocket::bind((ip(hosts[0]), 0))?
-            .local_addr()?
-            .port();
-        if hosts
-            .iter()
-            .all(|h| std::net::UdpSocket::bind((ip(*h), port)).is_ok())
-        {
-            return Ok(port);
-        }
-    }
-    anyhow::bail!("no free UDP port on {hosts:?}")
+    let url = wait_for_listen(&mut child)?;
+    Ok(Proc { child, url })
 }
 
 async fn status(http: &reqwest::Client, url: &str) -> serde_json::Value {
@@ -100,7 +64,8 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         let dir = tempfile::tempdir()?;
         let hosts = [61u8, 62, 63];
-        let port = free_udp_port(&hosts)?.to_string();
+        let names: Vec<String> = hosts.iter().map(|h| format!("127.0.1.{h}")).collect();
+        let port = free_udp_port(&names)?.to_string();
         let dns = hosts.iter().map(|h| format!("127.0.1.{h}")).collect::<Vec<_>>().join(",");
         let mut nodes = Vec::new();
         for h in hosts {

@@ -26,6 +26,28 @@ pub struct Cluster {
     http: reqwest::blocking::Client,
 }
 
+/// Waits for a spawned `pika` (stderr piped) to log its HTTP address.
+pub fn wait_for_listen(child: &mut Child) -> anyhow::Result<String> {
+    let stderr = child.stderr.take().context("stderr is not piped")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                let _ = tx.send(
+                    rest.split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string(),
+                );
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .context("pika did not start")?;
+    Ok(format!("http://{addr}"))
+}
+
 pub fn free_udp_port(hosts: &[String]) -> anyhow::Result<u16> {
     for _ in 0..50 {
         let port = std::net::UdpSocket::bind((hosts[0].as_str(), 0))?
@@ -118,24 +140,7 @@ impl Cluster {
             .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("starting {}", self.pika.display()))?;
-        let stderr = child.stderr.take().context("stderr")?;
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let _ = tx.send(
-                        rest.split_whitespace()
-                            .next()
-                            .unwrap_or_default()
-                            .to_string(),
-                    );
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(30))
-            .context("pika did not start")?;
-        self.nodes[i].url = format!("http://{addr}");
+        self.nodes[i].url = wait_for_listen(&mut child)?;
         self.nodes[i].child = Some(child);
         Ok(())
     }

@@ -10,6 +10,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Value, json};
 
+use pika_replication::dice::Dice;
+
 use crate::cluster::Cluster;
 use crate::linearizability::{self, Call, Operation, Outcome};
 
@@ -60,20 +62,6 @@ pub struct RoundReport {
     pub acked_writes: usize,
     pub unknown: usize,
     pub violations: Vec<String>,
-}
-
-struct Dice(u64);
-
-impl Dice {
-    fn unit(&mut self) -> f64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn below(&mut self, n: usize) -> usize {
-        ((self.unit() * n as f64) as usize).min(n.saturating_sub(1))
-    }
 }
 
 type History = Arc<Mutex<BTreeMap<String, Vec<Operation>>>>;
@@ -149,7 +137,7 @@ fn client(
         Ok(h) => h,
         Err(_) => return,
     };
-    let mut dice = Dice(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut dice = Dice::new(seed);
     let mut n = 0;
     while Instant::now() < until {
         n += 1;
@@ -281,7 +269,7 @@ fn inject(
 }
 
 pub fn run(config: &RoundConfig) -> anyhow::Result<RoundReport> {
-    let mut dice = Dice(config.seed | 1);
+    let mut dice = Dice::new(config.seed);
     let rates: Vec<f64> = (0..config.nodes)
         .map(|_| {
             if config.fault == Fault::ClockDrift {

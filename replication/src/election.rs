@@ -30,6 +30,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::dice::Dice;
+
 /// Where a node's log ends: the epoch and revision of its last applied
 /// change. Ordered by epoch first (vote restriction).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -165,7 +167,7 @@ pub struct Election {
     /// No grants (self included) before this: see the module docs.
     quiet_until: Duration,
     campaign_at: Option<Duration>,
-    rng: u64,
+    dice: Dice,
     actions: Vec<Action>,
 }
 
@@ -199,7 +201,7 @@ impl Election {
             voted: None,
             quiet_until,
             campaign_at: None,
-            rng: seed | 1,
+            dice: Dice::new(seed),
             actions: Vec::new(),
         }
     }
@@ -313,10 +315,7 @@ impl Election {
             State::Follower => {
                 if self.may_campaign(now) {
                     let at = *self.campaign_at.get_or_insert_with(|| {
-                        let backoff = self
-                            .config
-                            .heartbeat_interval
-                            .mul_f64(next_unit(&mut self.rng));
+                        let backoff = self.config.heartbeat_interval.mul_f64(self.dice.unit());
                         now + backoff
                     });
                     if now >= at {
@@ -608,13 +607,4 @@ impl Election {
             self.send(&to, message.clone());
         }
     }
-}
-
-/// xorshift64: the back-off only has to differ between nodes, and the seed
-/// comes from outside so simulations replay.
-fn next_unit(state: &mut u64) -> f64 {
-    *state ^= *state << 13;
-    *state ^= *state >> 7;
-    *state ^= *state << 17;
-    (*state >> 11) as f64 / (1u64 << 53) as f64
 }

@@ -11,6 +11,7 @@
 //! write fan-out, forwarding and anti-entropy.
 
 pub mod commit;
+pub mod dice;
 pub mod election;
 pub mod fanout;
 pub mod format;

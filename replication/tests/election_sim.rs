@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use pika_replication::dice::Dice;
 use pika_replication::election::{Action, Election, ElectionConfig, ElectionMessage, Position};
 
 const STEP: Duration = Duration::from_millis(5);
@@ -15,26 +16,6 @@ const INTERVAL: Duration = Duration::from_millis(100);
 const LEASE: Duration = Duration::from_millis(500);
 /// Real clock rates lie in 1 ± this; the protocol assumes drift ≤ 0.1.
 const RATE_SPREAD: f64 = 0.03;
-
-struct Dice(u64);
-
-impl Dice {
-    fn unit(&mut self) -> f64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn chance(&mut self, p: f64) -> bool {
-        self.unit() < p
-    }
-    fn below(&mut self, n: usize) -> usize {
-        ((self.unit() * n as f64) as usize).min(n - 1)
-    }
-    fn between(&mut self, lo: Duration, hi: Duration) -> Duration {
-        lo + (hi - lo).mul_f64(self.unit())
-    }
-}
 
 struct Node {
     id: String,
@@ -79,7 +60,7 @@ fn config(n: usize) -> ElectionConfig {
 
 impl Sim {
     fn new(n: usize, seed: u64, faults: Faults) -> Sim {
-        let mut dice = Dice(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let mut dice = Dice::new(seed);
         let nodes = (0..n)
             .map(|i| Node {
                 id: format!("n{i}"),
@@ -151,9 +132,13 @@ impl Sim {
                         if self.dice.chance(self.faults.loss) {
                             continue;
                         }
-                        let delay = self
-                            .dice
-                            .between(Duration::from_micros(500), self.faults.max_delay);
+                        let lo = Duration::from_micros(500);
+                        let delay = lo
+                            + self
+                                .faults
+                                .max_delay
+                                .saturating_sub(lo)
+                                .mul_f64(self.dice.unit());
                         self.seq += 1;
                         self.net
                             .insert((self.real + delay, self.seq), (i, j, message.clone()));
@@ -305,7 +290,7 @@ fn faults(dice: &mut Dice) -> Faults {
 }
 
 fn run_seed(n: usize, seed: u64) -> Result<usize, String> {
-    let mut dice = Dice(seed | 1);
+    let mut dice = Dice::new(seed);
     let mut sim = Sim::new(n, seed, faults(&mut dice));
     sim.schedule()?;
     Ok(sim.elections)

@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use pika_replication::dice::Dice;
 use pika_replication::replica::core::{CoreConfig, Output, ReplicaCore};
 use pika_replication::wire::PeerMessage;
 use pika_replication::{ConfigPath, Format, Meta, Op, Store};
@@ -23,23 +24,6 @@ const STEP: Duration = Duration::from_millis(5);
 const INTERVAL: Duration = Duration::from_millis(100);
 const LEASE: Duration = Duration::from_millis(500);
 const RATE_SPREAD: f64 = 0.03;
-
-struct Dice(u64);
-
-impl Dice {
-    fn unit(&mut self) -> f64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn chance(&mut self, p: f64) -> bool {
-        self.unit() < p
-    }
-    fn below(&mut self, n: usize) -> usize {
-        ((self.unit() * n as f64) as usize).min(n - 1)
-    }
-}
 
 struct Node {
     id: String,
@@ -81,7 +65,7 @@ fn config(n: usize) -> CoreConfig {
 
 impl Sim {
     fn new(n: usize, seed: u64) -> Sim {
-        let mut dice = Dice(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let mut dice = Dice::new(seed);
         let loss = 0.15 * dice.unit();
         let max_delay = Duration::from_millis(1 + dice.below(30) as u64);
         let nodes = (0..n)

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::dice::Dice;
 use crate::election::{Action, Election, ElectionConfig, Position, Role};
 use crate::fanout::{RecentChanges, ReplicationSet};
 use crate::merkle::MerkleBuckets;
@@ -46,7 +47,8 @@ pub trait Storage {
     fn snapshot(&self) -> Result<Snapshot, StoreError>;
 }
 
-impl Storage for Store {
+/// The node's redb store. Simulations use the same type, opened in memory.
+impl Storage for std::sync::Arc<Store> {
     fn position(&self) -> Position {
         Store::position(self)
     }
@@ -73,36 +75,6 @@ impl Storage for Store {
     }
     fn snapshot(&self) -> Result<Snapshot, StoreError> {
         Store::snapshot(self)
-    }
-}
-
-impl<T: Storage> Storage for std::sync::Arc<T> {
-    fn position(&self) -> Position {
-        (**self).position()
-    }
-    fn promised_epoch(&self) -> u64 {
-        (**self).promised_epoch()
-    }
-    fn persist_promise(&self, epoch: u64) -> Result<(), StoreError> {
-        (**self).persist_promise(epoch)
-    }
-    fn apply(&self, changes: &[Change]) -> Result<(), ApplyError> {
-        (**self).apply(changes)
-    }
-    fn install(
-        &self,
-        buckets: &[u16],
-        paths: &[PathState],
-        revision: u64,
-        epoch: u64,
-    ) -> Result<(), StoreError> {
-        (**self).install(buckets, paths, revision, epoch)
-    }
-    fn merkle(&self) -> Result<MerkleBuckets, StoreError> {
-        (**self).merkle()
-    }
-    fn snapshot(&self) -> Result<Snapshot, StoreError> {
-        (**self).snapshot()
     }
 }
 
@@ -213,7 +185,7 @@ pub struct ReplicaCore<S: Storage> {
     behind: bool,
     last_catch_up: Option<Duration>,
     last_sync: Option<SyncRecord>,
-    rng: u64,
+    dice: Dice,
     outputs: Vec<Output>,
 }
 
@@ -257,7 +229,7 @@ impl<S: Storage> ReplicaCore<S> {
             behind: false,
             last_catch_up: None,
             last_sync: None,
-            rng: seed.rotate_left(17) | 1,
+            dice: Dice::new(seed.rotate_left(17)),
             outputs: Vec::new(),
         }
     }
@@ -618,10 +590,7 @@ impl<S: Storage> ReplicaCore<S> {
             Ok(m) => m,
             Err(e) => return tracing::error!(error = %e, "reading Merkle digests for a sync"),
         };
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        let id = self.rng;
+        let id = self.dice.next_u64();
         self.syncing = Some(Syncing {
             id,
             leader: leader.to_string(),
