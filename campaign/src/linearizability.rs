@@ -58,6 +58,8 @@ pub struct Operation {
     /// `None` for an operation that never returned.
     pub returned: Option<u64>,
     pub outcome: Outcome,
+    /// For an acknowledged write: the leader term that acknowledged it.
+    pub epoch: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
@@ -130,6 +132,31 @@ pub struct Violation {
 /// exponential in the worst case, and the harness spreads its clients over
 /// enough paths to stay below it.
 pub const MAX_OPERATIONS: usize = 128;
+
+/// Across the whole history: a write acknowledged in a newer term never
+/// finished before one acknowledged in an older term began. Otherwise two
+/// leaders acknowledged writes in overlapping lease periods (or out of
+/// order), which the lease protocol forbids.
+pub fn check_terms(history: &[Operation]) -> Result<(), Violation> {
+    let acked: Vec<&Operation> = history
+        .iter()
+        .filter(|o| {
+            matches!(o.outcome, Outcome::Written { .. })
+                && o.epoch.is_some()
+                && o.returned.is_some()
+        })
+        .collect();
+    for older in &acked {
+        for newer in &acked {
+            if newer.epoch > older.epoch && newer.returned.is_some_and(|r| r < older.invoked) {
+                return Err(Violation {
+                    operations: vec![(*newer).clone(), (*older).clone()],
+                });
+            }
+        }
+    }
+    Ok(())
+}
 
 /// Checks one path's history against pika's promises: linearizable writes,
 /// and reads that never miss an acknowledged write nor invent data.
@@ -295,6 +322,7 @@ mod tests {
             invoked,
             returned: Some(returned),
             outcome,
+            epoch: None,
         }
     }
 
@@ -368,6 +396,7 @@ mod tests {
                 invoked: 0,
                 returned: None,
                 outcome: Outcome::Unknown,
+                epoch: None,
             },
             op(1, Call::Read, 5, 6, value("a", 1)),
         ];
@@ -460,6 +489,7 @@ mod properties {
                     invoked: at - before,
                     returned: Some(at + after),
                     outcome: if hide { Outcome::Unknown } else { outcome },
+                    epoch: None,
                 });
             }
             prop_assert!(check(&history).is_ok());
@@ -479,6 +509,7 @@ mod read_mode {
             invoked,
             returned: Some(returned),
             outcome,
+            epoch: None,
         }
     }
 
@@ -497,6 +528,7 @@ mod read_mode {
             invoked: 0,
             returned: None,
             outcome: Outcome::Unknown,
+            epoch: None,
         };
         let h = [
             put,
@@ -537,5 +569,31 @@ mod read_mode {
             },
         );
         assert!(check(&[acked, invented]).is_err());
+    }
+}
+
+#[cfg(test)]
+mod terms {
+    use super::*;
+
+    fn acked(invoked: u64, returned: u64, epoch: u64) -> Operation {
+        Operation {
+            client: 0,
+            call: Call::Delete { expected: None },
+            invoked,
+            returned: Some(returned),
+            outcome: Outcome::Written { version: 1 },
+            epoch: Some(epoch),
+        }
+    }
+
+    #[test]
+    fn a_newer_term_may_not_finish_acknowledging_before_an_older_term_starts() {
+        assert!(check_terms(&[acked(0, 1, 1), acked(2, 3, 2)]).is_ok());
+        assert!(
+            check_terms(&[acked(0, 5, 2), acked(1, 3, 1)]).is_ok(),
+            "overlapping requests say nothing"
+        );
+        assert!(check_terms(&[acked(0, 1, 2), acked(2, 3, 1)]).is_err());
     }
 }

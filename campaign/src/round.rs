@@ -68,7 +68,12 @@ type History = Arc<Mutex<BTreeMap<String, Vec<Operation>>>>;
 
 /// One client request, timed on the round's clock and turned into the
 /// checker's terms.
-fn perform(http: &reqwest::blocking::Client, url: &str, path: &str, call: &Call) -> Outcome {
+fn perform(
+    http: &reqwest::blocking::Client,
+    url: &str,
+    path: &str,
+    call: &Call,
+) -> (Outcome, Option<u64>) {
     let target = format!("{url}/api/v1/file/{path}");
     let response = match call {
         Call::Read => http.get(&target).send(),
@@ -87,16 +92,24 @@ fn perform(http: &reqwest::blocking::Client, url: &str, path: &str, call: &Call)
         }
     };
     let Ok(response) = response else {
-        return Outcome::Unknown;
+        return (Outcome::Unknown, None);
     };
     let status = response.status().as_u16();
-    let version_header = response
-        .headers()
-        .get("x-pika-version")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok());
+    let header = |name: &str| -> Option<u64> {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+    };
+    let (version_header, epoch_header) = (header("x-pika-version"), header("x-pika-epoch"));
     let body: Value = response.json().unwrap_or(Value::Null);
-    match (call, status) {
+    let epoch = match (call, status) {
+        (Call::Put { .. }, 201) => body["epoch"].as_u64(),
+        (Call::Delete { .. }, 204) => epoch_header,
+        _ => None,
+    };
+    let outcome = match (call, status) {
         (_, 409) => Outcome::Conflict,
         (_, 404) => Outcome::NotFound,
         (Call::Read, 200) => {
@@ -118,7 +131,8 @@ fn perform(http: &reqwest::blocking::Client, url: &str, path: &str, call: &Call)
         },
         // 503 and anything else: not acknowledged, may or may not apply.
         _ => Outcome::Unknown,
-    }
+    };
+    (outcome, epoch)
 }
 
 fn client(
@@ -158,7 +172,7 @@ fn client(
             }
         };
         let invoked = origin.elapsed().as_micros() as u64;
-        let outcome = perform(&http, url, &path, &call);
+        let (outcome, epoch) = perform(&http, url, &path, &call);
         let returned = origin.elapsed().as_micros() as u64;
         let op = Operation {
             client: id,
@@ -166,6 +180,7 @@ fn client(
             invoked,
             returned: (outcome != Outcome::Unknown).then_some(returned),
             outcome,
+            epoch,
         };
         if let Ok(mut h) = history.lock() {
             h.entry(path).or_default().push(op);
@@ -328,7 +343,7 @@ pub fn run(config: &RoundConfig) -> anyhow::Result<RoundReport> {
             let invoked = origin.elapsed().as_micros() as u64;
             let mut outcome = Outcome::Unknown;
             for _ in 0..50 {
-                outcome = perform(&http, url, path, &Call::Read);
+                outcome = perform(&http, url, path, &Call::Read).0;
                 if outcome != Outcome::Unknown {
                     break;
                 }
@@ -342,11 +357,20 @@ pub fn run(config: &RoundConfig) -> anyhow::Result<RoundReport> {
                     invoked,
                     returned: Some(returned),
                     outcome,
+                    epoch: None,
                 });
             }
         }
     }
     let history = history.lock().map(|h| h.clone()).unwrap_or_default();
+    let everything: Vec<Operation> = history.values().flatten().cloned().collect();
+    if let Err(v) = linearizability::check_terms(&everything) {
+        let slice: Vec<String> = v.operations.iter().map(|o| format!("{o:?}")).collect();
+        report.violations.push(format!(
+            "a newer term acknowledged before an older one:\n  {}",
+            slice.join("\n  ")
+        ));
+    }
     for (path, ops) in &history {
         report.operations += ops.len();
         report.acked_writes += ops

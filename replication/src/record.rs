@@ -161,4 +161,7 @@ impl Entry {
 pub struct Applied {
     pub version: u64,
     pub revision: u64,
+    /// The leader term that committed it (0 on a standalone node). Fault
+    /// campaigns use it to check that terms never acknowledge out of order.
+    pub epoch: u64,
 }

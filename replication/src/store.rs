@@ -34,7 +34,7 @@ const MERKLE: TableDefinition<u16, [u8; 32]> = TableDefinition::new("merkle");
 const BUCKET_PATHS: TableDefinition<(u16, &str), ()> = TableDefinition::new("bucket_paths");
 /// request id → (version, revision) of the change it made: so a retried op
 /// is applied once, on whichever node leads when the retry arrives.
-const REQUESTS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("requests");
+const REQUESTS: TableDefinition<&str, (u64, u64, u64)> = TableDefinition::new("requests");
 /// revision → request id, to forget ids older than [`REQUEST_WINDOW`].
 const REQUEST_ORDER: TableDefinition<u64, &str> = TableDefinition::new("request_order");
 /// Request ids are remembered for this many revisions.
@@ -264,6 +264,7 @@ impl Store {
                         results.push(Ok(Applied {
                             version: change.version,
                             revision: change.revision,
+                            epoch: change.epoch,
                         }));
                         changes.push(change);
                     }
@@ -300,8 +301,12 @@ impl Store {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(REQUESTS)?;
         Ok(table.get(request_id)?.map(|v| {
-            let (version, revision) = v.value();
-            Applied { version, revision }
+            let (version, revision, epoch) = v.value();
+            Applied {
+                version,
+                revision,
+                epoch,
+            }
         }))
     }
 
@@ -486,7 +491,7 @@ struct BatchTables<'txn> {
     merkle: redb::Table<'txn, u16, [u8; 32]>,
     node: redb::Table<'txn, &'static str, &'static [u8]>,
     bucket_paths: redb::Table<'txn, (u16, &'static str), ()>,
-    requests: redb::Table<'txn, &'static str, (u64, u64)>,
+    requests: redb::Table<'txn, &'static str, (u64, u64, u64)>,
     request_order: redb::Table<'txn, u64, &'static str>,
 }
 
@@ -556,7 +561,7 @@ impl<'txn> BatchTables<'txn> {
 
         if let Some(id) = &change.request_id {
             self.requests
-                .insert(id.as_str(), (change.version, change.revision))?;
+                .insert(id.as_str(), (change.version, change.revision, change.epoch))?;
             self.request_order.insert(change.revision, id.as_str())?;
         }
         let bucket = merkle::bucket_of(path);

@@ -217,6 +217,9 @@ pub async fn delete_file(
     response
         .headers_mut()
         .insert("x-pika-version", HeaderValue::from(applied.version));
+    response
+        .headers_mut()
+        .insert("x-pika-epoch", HeaderValue::from(applied.epoch));
     Ok(response)
 }
 
