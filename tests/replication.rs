@@ -104,17 +104,12 @@ impl Cluster {
     /// agrees on it and on the epoch.
     fn leader(&self, limit: Duration) -> (usize, u64) {
         let found = wait_until(limit, || {
-            let live = self.live();
-            let statuses: Vec<Value> = live.iter().map(|i| self.status(*i)).collect();
-            let leaders: Vec<usize> = live
-                .iter()
-                .zip(&statuses)
-                .filter(|(_, s)| s["is_leader"] == true)
-                .map(|(i, _)| *i)
+            let statuses: Vec<(usize, Value)> = self
+                .live()
+                .into_iter()
+                .map(|i| (i, self.status(i)))
                 .collect();
-            let epochs: Vec<&Value> = statuses.iter().map(|s| &s["epoch"]).collect();
-            (leaders.len() == 1 && epochs.iter().all(|e| *e == epochs[0]))
-                .then(|| (leaders[0], epochs[0].as_u64().unwrap_or(0)))
+            pika_campaign::cluster::agreed_leader(&statuses)
         });
         found.expect("one leader that every live node agrees on")
     }

@@ -26,6 +26,19 @@ pub struct Cluster {
     http: reqwest::blocking::Client,
 }
 
+/// The one node of `statuses` (node index, `/api/v1/cluster/status` body)
+/// that says it leads, with the epoch, when every node reports that epoch.
+pub fn agreed_leader(statuses: &[(usize, Value)]) -> Option<(usize, u64)> {
+    let leaders: Vec<usize> = statuses
+        .iter()
+        .filter(|(_, s)| s["is_leader"] == true)
+        .map(|(i, _)| *i)
+        .collect();
+    let epoch = &statuses.first()?.1["epoch"];
+    (leaders.len() == 1 && statuses.iter().all(|(_, s)| s["epoch"] == *epoch))
+        .then(|| (leaders[0], epoch.as_u64().unwrap_or(0)))
+}
+
 /// Waits for a spawned `pika` (stderr piped) to log its HTTP address.
 pub fn wait_for_listen(child: &mut Child) -> anyhow::Result<String> {
     let stderr = child.stderr.take().context("stderr is not piped")?;
@@ -208,16 +221,12 @@ impl Cluster {
     pub fn leader(&self, limit: Duration) -> Option<usize> {
         let start = Instant::now();
         while start.elapsed() < limit {
-            let live: Vec<usize> = (0..self.nodes.len()).filter(|i| self.is_up(*i)).collect();
-            let statuses: Vec<Value> = live.iter().map(|i| self.status(*i)).collect();
-            let leaders: Vec<usize> = live
-                .iter()
-                .zip(&statuses)
-                .filter(|(_, s)| s["is_leader"] == true)
-                .map(|(i, _)| *i)
+            let statuses: Vec<(usize, Value)> = (0..self.nodes.len())
+                .filter(|i| self.is_up(*i))
+                .map(|i| (i, self.status(i)))
                 .collect();
-            if leaders.len() == 1 && statuses.iter().all(|s| s["epoch"] == statuses[0]["epoch"]) {
-                return Some(leaders[0]);
+            if let Some((leader, _)) = agreed_leader(&statuses) {
+                return Some(leader);
             }
             std::thread::sleep(Duration::from_millis(50));
         }
