@@ -6,7 +6,7 @@
 //! load the batch grows and the cost per op falls; with one writer the batch
 //! is one op and nothing waits for a timer.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -233,15 +233,33 @@ fn commit(
     let mut fresh: Vec<PendingWrite> = Vec::with_capacity(batch.len());
     // Retries of the same id inside this batch, answered after it.
     let mut repeats = Vec::new();
+    let mut in_batch = HashSet::new();
+    // This leader's memory first (it also holds refusals), then the
+    // replicated record, which a previous leader may have written: one read
+    // transaction for the whole batch.
+    let unknown: Vec<&str> = batch
+        .iter()
+        .filter_map(|p| p.request_id.as_deref())
+        .filter(|id| recent.get(id).is_none())
+        .collect();
+    let stored: HashMap<String, Applied> = match store.applied_requests(&unknown) {
+        Ok(found) => unknown
+            .iter()
+            .zip(found)
+            .filter_map(|(id, applied)| applied.map(|a| (id.to_string(), a)))
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "reading applied request ids; treating them as new");
+            HashMap::new()
+        }
+    };
     for pending in batch.drain(..) {
         let id = pending.request_id.as_deref();
-        // This leader's memory first (it also holds refusals), then the
-        // replicated record, which a previous leader may have written.
         let known = id.and_then(|id| {
             recent
                 .get(id)
                 .cloned()
-                .or_else(|| store.applied_request(id).ok().flatten().map(Ok))
+                .or_else(|| stored.get(id).copied().map(Ok))
         });
         match known {
             Some(result) => {
@@ -250,9 +268,7 @@ fn commit(
                 }
                 answers.push((pending.reply, result.map_err(WriteError::from)));
             }
-            None if id.is_some() && fresh.iter().any(|f| f.request_id.as_deref() == id) => {
-                repeats.push(pending)
-            }
+            None if id.is_some_and(|id| !in_batch.insert(id.to_string())) => repeats.push(pending),
             None => fresh.push(pending),
         }
     }

@@ -298,16 +298,29 @@ impl Store {
     /// What the op with this request id did, if it was applied within the
     /// last [`REQUEST_WINDOW`] revisions (here or, replicated, elsewhere).
     pub fn applied_request(&self, request_id: &str) -> Result<Option<Applied>, StoreError> {
+        Ok(self.applied_requests(&[request_id])?.pop().flatten())
+    }
+
+    /// [`Store::applied_request`] for a whole batch, in one read transaction.
+    pub fn applied_requests(
+        &self,
+        request_ids: &[&str],
+    ) -> Result<Vec<Option<Applied>>, StoreError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(REQUESTS)?;
-        Ok(table.get(request_id)?.map(|v| {
-            let (version, revision, epoch) = v.value();
-            Applied {
-                version,
-                revision,
-                epoch,
-            }
-        }))
+        request_ids
+            .iter()
+            .map(|id| {
+                Ok(table.get(*id)?.map(|v| {
+                    let (version, revision, epoch) = v.value();
+                    Applied {
+                        version,
+                        revision,
+                        epoch,
+                    }
+                }))
+            })
+            .collect()
     }
 
     /// The latest entry of a path, tombstones included.
