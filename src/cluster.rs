@@ -52,19 +52,6 @@ pub fn start_replica(
         .context("starting the replica's committer thread")
 }
 
-/// The HTTP address of the leader this node knows of, for `X-Pika-Leader`.
-pub fn leader_http_addr(state: &crate::api::AppState) -> Option<String> {
-    let replica = state.writes.replica()?;
-    let membership = state.membership.as_ref()?;
-    let leader = replica.status().leader_id?;
-    membership
-        .members()
-        .into_iter()
-        .find(|m| m.id.node_id == leader)
-        .and_then(|m| m.meta)
-        .map(|meta| meta.http_addr)
-}
-
 /// Starts membership for a node whose store is open and whose HTTP server is
 /// bound at `http_addr`.
 pub async fn start(

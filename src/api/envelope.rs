@@ -69,8 +69,11 @@ pub async fn envelope(State(state): State<AppState>, request: Request, next: Nex
         headers.insert("x-request-id", v);
     }
     headers.insert("x-pika-revision", HeaderValue::from(state.store.revision()));
-    if let Some(leader) =
-        crate::cluster::leader_http_addr(&state).and_then(|l| HeaderValue::from_str(&l).ok())
+    if let Some(leader) = state
+        .writes
+        .replica()
+        .and_then(|r| r.leader_http_addr())
+        .and_then(|l| HeaderValue::from_str(&l).ok())
     {
         headers.insert("x-pika-leader", leader);
     }

@@ -57,14 +57,17 @@ impl Driver {
     /// what readers need, and carries out the outputs.
     fn step(&self, call: impl FnOnce(&mut super::ReplicaCore<Arc<crate::Store>>, Duration)) {
         let shared = &self.replica.shared;
-        let outputs = tokio::task::block_in_place(|| {
+        let (outputs, leader) = tokio::task::block_in_place(|| {
             let now = shared.now();
             let mut core = lock(&shared.core);
             call(&mut core, now);
-            *lock(&shared.status) = core.status(now);
+            let status = core.status(now);
+            let leader = status.leader_id.clone();
+            *lock(&shared.status) = status;
             *lock(&shared.read_until) = core.read_until(now);
-            core.drain()
+            (core.drain(), leader)
         });
+        self.remember_leader_http(leader);
         for output in shared.perform(&self.replica.peers, outputs) {
             match output {
                 Output::BecameLeader { epoch } => self.write_lock_record(epoch),
@@ -94,6 +97,28 @@ impl Driver {
                 | Output::ForwardAnswered { .. } => {}
             }
         }
+    }
+
+    /// Looks the leader's HTTP address up in membership when the leader
+    /// changes (or until its metadata has arrived), not on every response.
+    fn remember_leader_http(&self, leader: Option<String>) {
+        let mut cached = lock(&self.replica.shared.leader_http);
+        let Some(leader) = leader else {
+            *cached = None;
+            return;
+        };
+        if cached.as_ref().is_some_and(|(id, _)| *id == leader) {
+            return;
+        }
+        *cached = self
+            .membership
+            .members()
+            .into_iter()
+            .find(|m| m.id.node_id == leader)
+            .and_then(|m| m.meta)
+            .map(|meta| meta.http_addr)
+            .filter(|http| !http.is_empty())
+            .map(|http| (leader, http));
     }
 
     /// The leader's first op of its epoch: the lock record under

@@ -56,6 +56,9 @@ pub(crate) struct Shared {
     /// What the driver last published, so HTTP handlers never wait on the core.
     pub(crate) status: Mutex<ReplicaStatus>,
     pub(crate) read_until: Mutex<Option<Duration>>,
+    /// (leader node id, its HTTP address), kept by the driver so every HTTP
+    /// response can name the leader without scanning membership.
+    pub(crate) leader_http: Mutex<Option<(String, String)>>,
     pub(crate) forwards: Mutex<HashMap<u64, oneshot::Sender<ForwardResult>>>,
     pub(crate) next_forward: AtomicU64,
 }
@@ -214,6 +217,7 @@ impl Replica {
             next_token: AtomicU64::new(1),
             status: Mutex::new(status),
             read_until: Mutex::new(None),
+            leader_http: Mutex::new(None),
             forwards: Mutex::new(HashMap::new()),
             next_forward: AtomicU64::new(1),
         });
@@ -244,6 +248,14 @@ impl Replica {
 
     pub fn status(&self) -> ReplicaStatus {
         lock(&self.shared.status).clone()
+    }
+
+    /// The HTTP address of the leader this node knows of, once membership
+    /// has gossiped it.
+    pub fn leader_http_addr(&self) -> Option<String> {
+        lock(&self.shared.leader_http)
+            .as_ref()
+            .map(|(_, http)| http.clone())
     }
 
     /// The fault switch for tests that partition real nodes.
