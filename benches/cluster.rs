@@ -66,7 +66,7 @@ fn main() -> anyhow::Result<()> {
         let hosts = [61u8, 62, 63];
         let names: Vec<String> = hosts.iter().map(|h| format!("127.0.1.{h}")).collect();
         let port = free_udp_port(&names)?.to_string();
-        let dns = hosts.iter().map(|h| format!("127.0.1.{h}")).collect::<Vec<_>>().join(",");
+        let dns = names.join(",");
         let mut nodes = Vec::new();
         for h in hosts {
             let host = format!("127.0.1.{h}");

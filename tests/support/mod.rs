@@ -87,20 +87,6 @@ pub fn client() -> reqwest::blocking::Client {
 /// different loopback addresses share one cluster port, as they would share
 /// it on different machines.
 pub fn free_udp_port(hosts: &[u8]) -> u16 {
-    let ip = |h: u8| std::net::Ipv4Addr::new(127, 0, 1, h);
-    for _ in 0..50 {
-        let Ok(probe) = std::net::UdpSocket::bind((ip(hosts[0]), 0)) else {
-            continue;
-        };
-        let Ok(port) = probe.local_addr().map(|a| a.port()) else {
-            continue;
-        };
-        if hosts[1..]
-            .iter()
-            .all(|h| std::net::UdpSocket::bind((ip(*h), port)).is_ok())
-        {
-            return port;
-        }
-    }
-    panic!("no UDP port free on all of {hosts:?}");
+    let names: Vec<String> = hosts.iter().map(|h| format!("127.0.1.{h}")).collect();
+    pika_campaign::cluster::free_udp_port(&names).expect("a UDP port free on every test address")
 }
