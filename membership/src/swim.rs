@@ -149,6 +149,8 @@ pub struct Swim {
     /// Peer addresses from the last discovery, own address excluded.
     discovered: BTreeSet<SocketAddr>,
     next_heartbeat: Instant,
+    /// When discovered members that are not alive are next announced to.
+    next_reannounce: Instant,
     actions: Vec<Action>,
 }
 
@@ -170,6 +172,7 @@ impl Swim {
             members: BTreeMap::new(),
             discovered: BTreeSet::new(),
             next_heartbeat: now,
+            next_reannounce: now,
             actions: Vec::new(),
         }
     }
@@ -237,15 +240,22 @@ impl Swim {
             self.next_heartbeat = now + self.config.heartbeat_interval;
             self.send_heartbeats(now);
         }
+        // After a partition both sides hold each other down, and neither
+        // heartbeats nor foca probe a down member, so without this they
+        // would meet again only at the next discovery round
+        // (`refresh_interval`, 30 s by default). Announcing is what lets
+        // foca tell a member it was declared down, so it renews its
+        // identity and rejoins.
+        if now >= self.next_reannounce {
+            self.next_reannounce = now + self.config.heartbeat_interval * 2;
+            self.announce_to_unreachable(now);
+        }
         self.flush(now);
     }
 
-    /// The result of a discovery round: every peer address the cluster name
-    /// resolves to now. New or not-alive addresses are announced to; down
-    /// members whose address left DNS are forgotten.
-    pub fn discovered(&mut self, addrs: impl IntoIterator<Item = SocketAddr>, now: Instant) {
-        let own = self.me().addr;
-        self.discovered = addrs.into_iter().filter(|a| *a != own).collect();
+    /// Announces to every discovered address whose member is missing or
+    /// not alive.
+    fn announce_to_unreachable(&mut self, now: Instant) {
         let targets: Vec<SocketAddr> = self
             .discovered
             .iter()
@@ -264,6 +274,15 @@ impl Swim {
                 tracing::debug!(%addr, error = %e, "foca announce");
             }
         }
+    }
+
+    /// The result of a discovery round: every peer address the cluster name
+    /// resolves to now. New or not-alive addresses are announced to; down
+    /// members whose address left DNS are forgotten.
+    pub fn discovered(&mut self, addrs: impl IntoIterator<Item = SocketAddr>, now: Instant) {
+        let own = self.me().addr;
+        self.discovered = addrs.into_iter().filter(|a| *a != own).collect();
+        self.announce_to_unreachable(now);
         let forgotten: Vec<SocketAddr> = self
             .members
             .iter()
