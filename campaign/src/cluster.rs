@@ -1,6 +1,8 @@
-//! Real `pika` processes on 127.0.1.x for a campaign round: start, kill -9,
-//! pause, restart, and the test-only fault endpoint.
+//! Real `pika` processes for a campaign round, on 127.0.1.x or each in its
+//! own network namespace: start, kill -9, pause, restart, partition, and the
+//! test-only fault endpoint.
 
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -9,6 +11,35 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
+
+use crate::netns::NamespaceLab;
+
+/// Where a cluster's nodes live, and so what a partition cuts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Network {
+    /// Namespaces when they can be built here (root, iproute2, netns
+    /// support), loopback otherwise.
+    Auto,
+    /// 127.0.1.x; partitions go through pika's transport fault layer.
+    Loopback,
+    /// A network namespace per node ([`NamespaceLab`]); partitions are
+    /// blackhole routes. Fails when namespaces can't be built.
+    Namespaces,
+}
+
+impl std::str::FromStr for Network {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Network, String> {
+        match s {
+            "auto" => Ok(Network::Auto),
+            "loopback" => Ok(Network::Loopback),
+            "netns" => Ok(Network::Namespaces),
+            other => Err(format!(
+                "unknown network {other:?}: expected auto, loopback or netns"
+            )),
+        }
+    }
+}
 
 pub struct Node {
     pub host: String,
@@ -21,9 +52,18 @@ pub struct Node {
 pub struct Cluster {
     pika: PathBuf,
     dir: tempfile::TempDir,
+    /// QUIC port, the same on every node.
     port: u16,
+    /// HTTP port, the same on every node and kept across restarts, so a
+    /// client's URL for a node stays good after the node comes back.
+    http_port: u16,
     pub nodes: Vec<Node>,
     http: reqwest::blocking::Client,
+    /// Declared after `nodes`' processes are killed (in `Drop`), so the
+    /// namespaces go away empty.
+    lab: Option<NamespaceLab>,
+    /// Cuts made through the fault layer when there is no lab: (from, to).
+    fault_cuts: BTreeSet<(usize, usize)>,
 }
 
 /// The one node of `statuses` (node index, `/api/v1/cluster/status` body)
@@ -76,18 +116,73 @@ pub fn free_udp_port(hosts: &[String]) -> anyhow::Result<u16> {
     bail!("no UDP port free on all of {hosts:?}")
 }
 
+fn free_tcp_port(hosts: &[String]) -> anyhow::Result<u16> {
+    for _ in 0..50 {
+        let port = std::net::TcpListener::bind((hosts[0].as_str(), 0))?
+            .local_addr()?
+            .port();
+        if hosts
+            .iter()
+            .all(|h| std::net::TcpListener::bind((h.as_str(), port)).is_ok())
+        {
+            return Ok(port);
+        }
+    }
+    bail!("no TCP port free on all of {hosts:?}")
+}
+
+/// The lab for `network`, or `None` for loopback. `Auto` says once per
+/// process why it fell back.
+fn lab_for(network: Network, base: u8, nodes: usize) -> anyhow::Result<Option<NamespaceLab>> {
+    static FELL_BACK: std::sync::Once = std::sync::Once::new();
+    match network {
+        Network::Loopback => Ok(None),
+        Network::Namespaces => NamespaceLab::create(base, nodes)
+            .map(Some)
+            .context("building network namespaces"),
+        Network::Auto => match NamespaceLab::create(base, nodes) {
+            Ok(lab) => Ok(Some(lab)),
+            Err(e) => {
+                FELL_BACK.call_once(|| {
+                    eprintln!(
+                        "campaign: network namespaces unavailable ({e:#}); nodes run on 127.0.1.x and partitions use the transport fault layer"
+                    );
+                });
+                Ok(None)
+            }
+        },
+    }
+}
+
 impl Cluster {
-    /// Starts `rates.len()` nodes on 127.0.1.`base`.., node i with its
-    /// protocol clock running at `rates[i]`.
-    pub fn start(pika: &Path, base: u8, rates: &[f64]) -> anyhow::Result<Cluster> {
-        let hosts: Vec<String> = (0..rates.len())
-            .map(|i| format!("127.0.1.{}", base as usize + i))
-            .collect();
-        let port = free_udp_port(&hosts)?;
+    /// Starts `rates.len()` nodes, node i with its protocol clock running
+    /// at `rates[i]`: on 127.0.1.`base`.. or in namespaces with addresses
+    /// 10.213.`base`.1.. (see [`Network`]).
+    pub fn start(
+        pika: &Path,
+        base: u8,
+        rates: &[f64],
+        network: Network,
+    ) -> anyhow::Result<Cluster> {
+        let lab = lab_for(network, base, rates.len())?;
+        let hosts: Vec<String> = match &lab {
+            Some(lab) => (0..rates.len()).map(|i| lab.host(i)).collect(),
+            None => (0..rates.len())
+                .map(|i| format!("127.0.1.{}", base as usize + i))
+                .collect(),
+        };
+        // Each namespace has its own port space, so any fixed port is free.
+        let (port, http_port) = match &lab {
+            Some(_) => (7946, 8080),
+            None => (free_udp_port(&hosts)?, free_tcp_port(&hosts)?),
+        };
         let mut cluster = Cluster {
             pika: pika.to_path_buf(),
             dir: tempfile::tempdir()?,
             port,
+            http_port,
+            lab,
+            fault_cuts: BTreeSet::new(),
             nodes: hosts
                 .into_iter()
                 .zip(rates)
@@ -124,10 +219,14 @@ impl Cluster {
             .collect::<Vec<_>>()
             .join(",");
         let node = &self.nodes[i];
-        let mut child = Command::new(&self.pika)
+        let mut command = match &self.lab {
+            Some(lab) => lab.command(i, &self.pika),
+            None => Command::new(&self.pika),
+        };
+        let mut child = command
             .env_remove("CONFIG_FILE")
             .env("PIKA_SERVER_HOST", &node.host)
-            .env("PIKA_SERVER_PORT", "0")
+            .env("PIKA_SERVER_PORT", self.http_port.to_string())
             .env(
                 "PIKA_STORAGE_BW_PATH",
                 self.dir.path().join(format!("node{i}")),
@@ -211,10 +310,41 @@ impl Cluster {
         }
     }
 
-    pub fn heal(&self) {
+    /// Whether partitions cut the kernel's path (namespaces) rather than
+    /// pika's fault layer.
+    pub fn namespaced(&self) -> bool {
+        self.lab.is_some()
+    }
+
+    /// Drops everything node `from` sends to node `to` until [`heal`].
+    ///
+    /// [`heal`]: Cluster::heal
+    pub fn cut(&mut self, from: usize, to: usize) -> anyhow::Result<()> {
+        if let Some(lab) = &mut self.lab {
+            return lab.cut(from, to);
+        }
+        self.fault_cuts.insert((from, to));
+        let ids = |i: usize| -> Vec<String> {
+            self.fault_cuts
+                .iter()
+                .filter(|(f, _)| *f == i)
+                .map(|(_, t)| self.nodes[*t].node_id.clone())
+                .collect()
+        };
+        self.fault(from, json!({"block_out": ids(from)}));
+        Ok(())
+    }
+
+    /// Removes every cut and every fault-layer fault.
+    pub fn heal(&mut self) -> anyhow::Result<()> {
+        if let Some(lab) = &mut self.lab {
+            lab.heal()?;
+        }
+        self.fault_cuts.clear();
         for i in 0..self.nodes.len() {
             self.fault(i, json!({}));
         }
+        Ok(())
     }
 
     /// The node every live node agrees leads, within `limit`.

@@ -1,8 +1,10 @@
 //! Fault campaigns against real pika clusters (issue 5), and the checkers
 //! their histories go through.
 //!
-//! - [`cluster`]: `pika` processes on 127.0.1.x, killed, paused, restarted,
-//!   and partitioned through the test-only fault endpoint.
+//! - [`cluster`]: `pika` processes on 127.0.1.x or in network namespaces,
+//!   killed, paused, restarted, partitioned (blackhole routes or the
+//!   test-only fault endpoint) and slowed (the fault endpoint).
+//! - [`netns`]: the namespaces, veths and bridge behind a namespaced cluster.
 //! - [`round`]: one round: concurrent clients record every operation while
 //!   one fault is injected and healed; then convergence and per-path
 //!   linearizability are checked.
@@ -10,12 +12,14 @@
 
 pub mod cluster;
 pub mod linearizability;
+pub mod netns;
 pub mod round;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+pub use cluster::Network;
 pub use round::{Fault, RoundConfig, RoundReport};
 
 /// What a whole campaign did.
@@ -25,6 +29,8 @@ pub struct CampaignReport {
     pub operations: usize,
     pub acked_writes: usize,
     pub unknown: usize,
+    /// Rounds whose nodes ran in network namespaces.
+    pub namespaced_rounds: usize,
     pub faults: BTreeMap<Fault, usize>,
     /// (seed, what went wrong).
     pub violations: Vec<(u64, String)>,
@@ -38,6 +44,7 @@ pub fn campaign(
     rounds: usize,
     seed: u64,
     base: u8,
+    network: Network,
 ) -> anyhow::Result<CampaignReport> {
     let mut report = CampaignReport::default();
     for r in 0..rounds as u64 {
@@ -49,13 +56,15 @@ pub fn campaign(
             seed: round_seed,
             fault,
             base,
+            network,
             clients: 4,
             paths: 16,
             duration: Duration::from_secs(4),
         };
         let result = round::run(&config)?;
         eprintln!(
-            "round {r} seed {round_seed} {fault:?}: {} ops ({} acked writes, {} unknown), {} violations",
+            "round {r} seed {round_seed} {fault:?}{}: {} ops ({} acked writes, {} unknown), {} violations",
+            if result.namespaced { " (netns)" } else { "" },
             result.operations,
             result.acked_writes,
             result.unknown,
@@ -65,6 +74,7 @@ pub fn campaign(
         report.operations += result.operations;
         report.acked_writes += result.acked_writes;
         report.unknown += result.unknown;
+        report.namespaced_rounds += usize::from(result.namespaced);
         *report.faults.entry(fault).or_default() += 1;
         for v in result.violations {
             let shown: String = v.lines().take(40).collect::<Vec<_>>().join("\n");

@@ -1,6 +1,8 @@
-//! `pika-campaign [--nodes 3] [--rounds 20] [--seed S] [--pika PATH]`: runs a
-//! fault campaign against real pika processes on 127.0.1.x and exits 1 on
-//! any violation. Build pika first (`cargo build --release`).
+//! `pika-campaign [--nodes 3] [--rounds 20] [--seed S] [--pika PATH]
+//! [--network auto|loopback|netns]`: runs a fault campaign against real pika
+//! processes and exits 1 on any violation. With `auto` (the default) the
+//! nodes run in network namespaces when this runs as root and `ip netns`
+//! works, on 127.0.1.x otherwise. Build pika first (`cargo build --release`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,6 +14,7 @@ fn main() -> ExitCode {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(1, |d| d.as_secs());
     let mut pika = PathBuf::from("target/release/pika");
+    let mut network = pika_campaign::Network::Auto;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let value = args.next();
@@ -19,6 +22,7 @@ fn main() -> ExitCode {
             ("--nodes", Some(v)) => v.parse().map(|v| nodes = v).is_ok(),
             ("--rounds", Some(v)) => v.parse().map(|v| rounds = v).is_ok(),
             ("--seed", Some(v)) => v.parse().map(|v| seed = v).is_ok(),
+            ("--network", Some(v)) => v.parse().map(|v| network = v).is_ok(),
             ("--pika", Some(v)) => {
                 pika = PathBuf::from(v);
                 true
@@ -26,7 +30,9 @@ fn main() -> ExitCode {
             _ => false,
         };
         if !parsed {
-            eprintln!("usage: pika-campaign [--nodes 3|5] [--rounds N] [--seed S] [--pika PATH]");
+            eprintln!(
+                "usage: pika-campaign [--nodes 3|5] [--rounds N] [--seed S] [--pika PATH] [--network auto|loopback|netns]"
+            );
             return ExitCode::from(2);
         }
     }
@@ -34,11 +40,12 @@ fn main() -> ExitCode {
         "campaign: {nodes} nodes, {rounds} rounds, seed {seed}, {}",
         pika.display()
     );
-    match pika_campaign::campaign(&pika, nodes, rounds, seed, 100) {
+    match pika_campaign::campaign(&pika, nodes, rounds, seed, 100, network) {
         Ok(report) => {
             eprintln!(
-                "{} rounds, {} operations checked ({} acked writes, {} unknown outcomes), faults {:?}, {} violations",
+                "{} rounds ({} in network namespaces), {} operations checked ({} acked writes, {} unknown outcomes), faults {:?}, {} violations",
                 report.rounds,
+                report.namespaced_rounds,
                 report.operations,
                 report.acked_writes,
                 report.unknown,

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use pika_replication::dice::Dice;
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, Network};
 use crate::linearizability::{self, Call, Operation, Outcome};
 
 /// Every fault a round can inject; round `r` injects `ALL[r % len]`, so each
@@ -49,8 +49,9 @@ pub struct RoundConfig<'a> {
     pub nodes: usize,
     pub seed: u64,
     pub fault: Fault,
-    /// First host number: nodes use 127.0.1.`base`...
+    /// Picks the cluster's addresses: 127.0.1.`base`.. or 10.213.`base`.x.
     pub base: u8,
+    pub network: Network,
     pub clients: usize,
     pub paths: usize,
     pub duration: Duration,
@@ -61,6 +62,8 @@ pub struct RoundReport {
     pub operations: usize,
     pub acked_writes: usize,
     pub unknown: usize,
+    /// Whether the nodes ran in network namespaces.
+    pub namespaced: bool,
     pub violations: Vec<String>,
 }
 
@@ -222,15 +225,12 @@ fn inject(
             cluster.pause(leader, false)?;
         }
         Fault::IsolateLeader => {
-            cluster.fault(leader, json!({"block_in": others, "block_out": others}));
             for i in (0..n).filter(|i| *i != leader) {
-                cluster.fault(
-                    i,
-                    json!({"block_in": [ids[leader]], "block_out": [ids[leader]]}),
-                );
+                cluster.cut(leader, i)?;
+                cluster.cut(i, leader)?;
             }
             std::thread::sleep(hold);
-            cluster.heal();
+            cluster.heal()?;
         }
         Fault::MinorityPartition => {
             // The leader's side is the minority: it and at most n/2 - 1 others.
@@ -238,19 +238,19 @@ fn inject(
                 .chain((0..n).filter(|i| *i != leader).take(n / 2 - 1))
                 .collect();
             for i in 0..n {
-                let other_side: Vec<String> = (0..n)
-                    .filter(|j| minority.contains(j) != minority.contains(&i))
-                    .map(|j| ids[j].clone())
-                    .collect();
-                cluster.fault(i, json!({"block_in": other_side, "block_out": other_side}));
+                for j in (0..n).filter(|j| minority.contains(j) != minority.contains(&i)) {
+                    cluster.cut(i, j)?;
+                }
             }
             std::thread::sleep(hold);
-            cluster.heal();
+            cluster.heal()?;
         }
         Fault::OneWayFromLeader => {
-            cluster.fault(leader, json!({"block_out": others}));
+            for i in (0..n).filter(|i| *i != leader) {
+                cluster.cut(leader, i)?;
+            }
             std::thread::sleep(hold);
-            cluster.heal();
+            cluster.heal()?;
         }
         Fault::DelayAndLoss => {
             let delays: serde_json::Map<String, Value> =
@@ -261,7 +261,7 @@ fn inject(
                 cluster.fault(i, json!({"delay_out_ms": delays, "loss_out": losses}));
             }
             std::thread::sleep(hold);
-            cluster.heal();
+            cluster.heal()?;
         }
         Fault::ClockDrift => {
             // The clocks were skewed at start; add a leader kill so the
@@ -294,7 +294,7 @@ pub fn run(config: &RoundConfig) -> anyhow::Result<RoundReport> {
             }
         })
         .collect();
-    let mut cluster = Cluster::start(config.pika, config.base, &rates)?;
+    let mut cluster = Cluster::start(config.pika, config.base, &rates, config.network)?;
     let leader = cluster
         .leader(Duration::from_secs(15))
         .ok_or_else(|| anyhow::anyhow!("no leader at the start of the round"))?;
@@ -320,9 +320,12 @@ pub fn run(config: &RoundConfig) -> anyhow::Result<RoundReport> {
     for c in clients {
         let _ = c.join();
     }
-    cluster.heal();
+    cluster.heal()?;
 
-    let mut report = RoundReport::default();
+    let mut report = RoundReport {
+        namespaced: cluster.namespaced(),
+        ..RoundReport::default()
+    };
     if cluster.leader(Duration::from_secs(20)).is_none() {
         report.violations.push("no leader after healing".into());
     }
