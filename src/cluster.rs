@@ -236,6 +236,10 @@ pub fn record_metrics(membership: &Membership) {
         .absolute(s.datagrams_out);
     metrics::counter!("pika_membership_frames_total", "direction" => "in").absolute(s.frames_in);
     metrics::counter!("pika_membership_frames_total", "direction" => "out").absolute(s.frames_out);
+    metrics::counter!("pika_membership_frame_bytes_total", "direction" => "in")
+        .absolute(s.frame_bytes_in);
+    metrics::counter!("pika_membership_frame_bytes_total", "direction" => "out")
+        .absolute(s.frame_bytes_out);
     metrics::counter!("pika_membership_handshakes_rejected_total").absolute(s.handshakes_rejected);
     metrics::counter!("pika_membership_malformed_dropped_total").absolute(s.malformed_dropped);
 }

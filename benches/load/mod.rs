@@ -1,5 +1,7 @@
-//! The closed-loop HTTP load both benchmarks drive: `concurrency` clients,
-//! each sending its next request when the previous one is answered.
+//! The closed-loop HTTP load every benchmark drives: `concurrency` clients,
+//! each sending its next request when the previous one is answered. One
+//! client for pika and for etcd (through etcd's HTTP/JSON gateway), so a
+//! comparison differs only in the server.
 #![allow(dead_code)]
 
 use std::sync::Arc;
@@ -8,17 +10,39 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use hdrhistogram::Histogram;
-use serde_json::json;
+use serde_json::{Value, json};
 
 pub const PATHS: usize = 1000;
 pub const VALUE_BYTES: usize = 1024;
 pub const RUN: Duration = Duration::from_secs(5);
 pub const WARMUP: Duration = Duration::from_millis(500);
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Workload {
     Write,
     Read,
+}
+
+/// Which server speaks at the URLs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    Pika,
+    /// etcd v3's JSON gateway; `serializable` reads are served by the node
+    /// asked, the others go through the leader (linearizable).
+    Etcd {
+        serializable: bool,
+    },
+}
+
+/// One measured run.
+pub struct Load<'a> {
+    pub api: Api,
+    /// Client `c` talks to `urls[c % urls.len()]`.
+    pub urls: &'a [String],
+    pub workload: Workload,
+    pub concurrency: usize,
+    pub warmup: Duration,
+    pub run: Duration,
 }
 
 pub struct Outcome {
@@ -27,43 +51,109 @@ pub struct Outcome {
     pub latency_us: Histogram<u64>,
 }
 
-pub async fn run(url: &str, workload: Workload, concurrency: usize) -> Outcome {
-    let value = BASE64.encode("x".repeat(VALUE_BYTES));
-    let body = Arc::new(json!({ "meta": {"format": "text"}, "data": value }));
-    let http = reqwest::Client::builder()
+impl Outcome {
+    pub fn ops_per_sec(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// Latency at quantile `q`, in milliseconds.
+    pub fn ms(&self, q: f64) -> f64 {
+        self.latency_us.value_at_quantile(q) as f64 / 1e3
+    }
+
+    pub fn max_ms(&self) -> f64 {
+        self.latency_us.max() as f64 / 1e3
+    }
+}
+
+pub fn value() -> String {
+    BASE64.encode("x".repeat(VALUE_BYTES))
+}
+
+/// One request of `workload` on `path`; `Ok` when the server acknowledged it.
+pub async fn request(
+    http: &reqwest::Client,
+    api: Api,
+    url: &str,
+    workload: Workload,
+    path: &str,
+    value: &str,
+) -> Result<(), String> {
+    let response = match (api, workload) {
+        (Api::Pika, Workload::Write) => {
+            http.post(format!("{url}/api/v1/file/{path}"))
+                .json(&json!({ "meta": {"format": "text"}, "data": value }))
+                .send()
+                .await
+        }
+        (Api::Pika, Workload::Read) => http.get(format!("{url}/api/v1/data/{path}")).send().await,
+        (Api::Etcd { .. }, Workload::Write) => {
+            http.post(format!("{url}/v3/kv/put"))
+                .json(&json!({ "key": BASE64.encode(path), "value": value }))
+                .send()
+                .await
+        }
+        (Api::Etcd { serializable }, Workload::Read) => {
+            http.post(format!("{url}/v3/kv/range"))
+                .json(&json!({ "key": BASE64.encode(path), "serializable": serializable }))
+                .send()
+                .await
+        }
+    };
+    let response = response.map_err(|e| e.to_string())?;
+    let status = response.status();
+    let body = response.bytes().await.map_err(|e| e.to_string())?;
+    if !status.is_success() {
+        return Err(format!("{status}: {}", String::from_utf8_lossy(&body)));
+    }
+    // etcd's gateway answers 200 with an error body for some failures.
+    if matches!(api, Api::Etcd { .. })
+        && serde_json::from_slice::<Value>(&body).is_ok_and(|v| v.get("error").is_some())
+    {
+        return Err(String::from_utf8_lossy(&body).into_owned());
+    }
+    Ok(())
+}
+
+pub fn client(concurrency: usize) -> reqwest::Client {
+    reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)
         .build()
-        .expect("http client");
+        .expect("http client")
+}
+
+/// Drives `load` and returns what happened after the warm-up. A failed
+/// request fails the benchmark: a number measured over errors is no number.
+pub async fn drive(load: &Load<'_>) -> Outcome {
+    let value = Arc::new(value());
+    let http = client(load.concurrency);
     let started = Instant::now();
+    let (warmup, run, concurrency, api, workload) = (
+        load.warmup,
+        load.run,
+        load.concurrency,
+        load.api,
+        load.workload,
+    );
     let mut tasks = Vec::new();
     for c in 0..concurrency {
-        let (http, body, url) = (http.clone(), body.clone(), url.to_string());
+        let (http, value) = (http.clone(), value.clone());
+        let url = load.urls[c % load.urls.len()].clone();
         tasks.push(tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new(3).expect("histogram");
             let mut ops = 0u64;
             let mut i = c;
             loop {
                 let now = Instant::now();
-                if now - started > WARMUP + RUN {
+                if now - started > warmup + run {
                     break;
                 }
-                let path = format!("bench/{:04}", i % PATHS);
+                let path = format!("bench/{:06}", i % PATHS);
                 i += concurrency;
-                let response = match workload {
-                    Workload::Write => {
-                        http.post(format!("{url}/api/v1/file/{path}"))
-                            .json(&*body)
-                            .send()
-                            .await
-                    }
-                    Workload::Read => http.get(format!("{url}/api/v1/data/{path}")).send().await,
-                };
-                let ok = match response {
-                    Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
-                    Err(_) => false,
-                };
-                assert!(ok, "request failed during the benchmark");
-                if now - started >= WARMUP {
+                if let Err(e) = request(&http, api, &url, workload, &path, &value).await {
+                    panic!("request to {url} failed during the benchmark: {e}");
+                }
+                if now - started >= warmup {
                     ops += 1;
                     let _ = hist.record(now.elapsed().as_micros() as u64);
                 }
@@ -80,9 +170,64 @@ pub async fn run(url: &str, workload: Workload, concurrency: usize) -> Outcome {
     }
     Outcome {
         ops,
-        elapsed: RUN,
+        elapsed: run,
         latency_us,
     }
+}
+
+/// The single-URL load of the older benchmarks.
+pub async fn run(url: &str, workload: Workload, concurrency: usize) -> Outcome {
+    let urls = [url.to_string()];
+    drive(&Load {
+        api: Api::Pika,
+        urls: &urls,
+        workload,
+        concurrency,
+        warmup: WARMUP,
+        run: RUN,
+    })
+    .await
+}
+
+/// Writes `{prefix}/{i:06}` for every `i` of `indices`, in order, with
+/// `concurrency` clients on `url`; the number of failed writes.
+pub async fn fill(
+    api: Api,
+    url: &str,
+    prefix: &str,
+    indices: Vec<usize>,
+    concurrency: usize,
+) -> usize {
+    let value = Arc::new(value());
+    let http = client(concurrency);
+    let indices = Arc::new(indices);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (http, value, next) = (http.clone(), value.clone(), next.clone());
+        let (url, prefix, indices) = (url.to_string(), prefix.to_string(), indices.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut failed = 0;
+            loop {
+                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(i) = indices.get(n) else {
+                    return failed;
+                };
+                let path = format!("{prefix}/{i:06}");
+                if request(&http, api, &url, Workload::Write, &path, &value)
+                    .await
+                    .is_err()
+                {
+                    failed += 1;
+                }
+            }
+        }));
+    }
+    let mut failed = 0;
+    for task in tasks {
+        failed += task.await.unwrap_or(0);
+    }
+    failed
 }
 
 /// `name_sum` and `name_count` of a Prometheus histogram, from /metrics.
@@ -96,4 +241,25 @@ pub fn histogram_totals(metrics: &str, name: &str) -> (f64, f64) {
             .unwrap_or(0.0)
     };
     (read("_sum"), read("_count"))
+}
+
+/// Every series of metric `name` (any labels) with its value, from /metrics:
+/// `(labels, value)`, labels as written between the braces.
+pub fn series(metrics: &str, name: &str) -> Vec<(String, f64)> {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            let value = value.parse::<f64>().ok()?;
+            if key == name {
+                return Some((String::new(), value));
+            }
+            let labels = key
+                .strip_prefix(name)?
+                .strip_prefix('{')?
+                .strip_suffix('}')?;
+            Some((labels.to_string(), value))
+        })
+        .collect()
 }

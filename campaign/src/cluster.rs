@@ -41,6 +41,17 @@ impl std::str::FromStr for Network {
     }
 }
 
+/// How [`Cluster::start_with`] runs its nodes.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub network: Network,
+    /// `PIKA_TEST_FAULTS=1` and the per-node clock rate: what campaigns
+    /// need, and what benchmarks leave out so they measure the product.
+    pub test_hooks: bool,
+    /// Extra `PIKA_*` variables, applied after the harness's own.
+    pub env: Vec<(String, String)>,
+}
+
 pub struct Node {
     pub host: String,
     child: Option<Child>,
@@ -64,6 +75,8 @@ pub struct Cluster {
     lab: Option<NamespaceLab>,
     /// Cuts made through the fault layer when there is no lab: (from, to).
     fault_cuts: BTreeSet<(usize, usize)>,
+    test_hooks: bool,
+    env: Vec<(String, String)>,
 }
 
 /// The one node of `statuses` (node index, `/api/v1/cluster/status` body)
@@ -164,7 +177,22 @@ impl Cluster {
         rates: &[f64],
         network: Network,
     ) -> anyhow::Result<Cluster> {
-        let lab = lab_for(network, base, rates.len())?;
+        let options = Options {
+            network,
+            test_hooks: true,
+            env: Vec::new(),
+        };
+        Cluster::start_with(pika, base, rates, options)
+    }
+
+    /// [`Cluster::start`] with every option.
+    pub fn start_with(
+        pika: &Path,
+        base: u8,
+        rates: &[f64],
+        options: Options,
+    ) -> anyhow::Result<Cluster> {
+        let lab = lab_for(options.network, base, rates.len())?;
         let hosts: Vec<String> = match &lab {
             Some(lab) => (0..rates.len()).map(|i| lab.host(i)).collect(),
             None => (0..rates.len())
@@ -183,6 +211,8 @@ impl Cluster {
             http_port,
             lab,
             fault_cuts: BTreeSet::new(),
+            test_hooks: options.test_hooks,
+            env: options.env,
             nodes: hosts
                 .into_iter()
                 .zip(rates)
@@ -223,7 +253,7 @@ impl Cluster {
             Some(lab) => lab.command(i, &self.pika),
             None => Command::new(&self.pika),
         };
-        let mut child = command
+        command
             .env_remove("CONFIG_FILE")
             .env("PIKA_SERVER_HOST", &node.host)
             .env("PIKA_SERVER_PORT", self.http_port.to_string())
@@ -244,9 +274,16 @@ impl Cluster {
             .env("PIKA_CLUSTER_HEARTBEAT_INTERVAL", "200ms")
             .env("PIKA_CLUSTER_HEARTBEAT_TIMEOUT", "1s")
             .env("PIKA_CLUSTER_FORWARD_TIMEOUT", "2s")
-            .env("PIKA_CLUSTER_SYNC_INTERVAL", "2s")
-            .env("PIKA_TEST_FAULTS", "1")
-            .env("PIKA_TEST_CLOCK_RATE", node.clock_rate.to_string())
+            .env("PIKA_CLUSTER_SYNC_INTERVAL", "2s");
+        if self.test_hooks {
+            command
+                .env("PIKA_TEST_FAULTS", "1")
+                .env("PIKA_TEST_CLOCK_RATE", node.clock_rate.to_string());
+        }
+        for (key, value) in &self.env {
+            command.env(key, value);
+        }
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -255,6 +292,11 @@ impl Cluster {
         self.nodes[i].url = wait_for_listen(&mut child)?;
         self.nodes[i].child = Some(child);
         Ok(())
+    }
+
+    /// Node `i`'s process id, while it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.nodes[i].child.as_ref().map(Child::id)
     }
 
     pub fn is_up(&self, i: usize) -> bool {

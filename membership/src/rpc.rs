@@ -77,6 +77,7 @@ impl FramedStream {
             .await
             .map_err(|e| RpcError::Write(self.peer, e))?;
         Stats::bump(&self.stats.frames_out);
+        Stats::add(&self.stats.frame_bytes_out, bytes.len());
         Ok(())
     }
 
@@ -94,7 +95,10 @@ impl FramedStream {
                 .await
                 .map_err(|e| RpcError::Read(self.peer, e))?
             {
-                Some(n) => self.decoder.push(&self.chunk[..n]),
+                Some(n) => {
+                    Stats::add(&self.stats.frame_bytes_in, n);
+                    self.decoder.push(&self.chunk[..n]);
+                }
                 None if self.decoder.buffered() == 0 => return Ok(None),
                 None => {
                     return Err(RpcError::Truncated {

@@ -10,6 +10,10 @@ pub struct Stats {
     pub datagrams_out: AtomicU64,
     pub frames_in: AtomicU64,
     pub frames_out: AtomicU64,
+    /// Stream bytes, frame headers included: what replication, sync,
+    /// election and forwarding cost on the wire (before QUIC's overhead).
+    pub frame_bytes_in: AtomicU64,
+    pub frame_bytes_out: AtomicU64,
     /// Handshakes that failed admission: wrong or missing key, wrong prefix.
     pub handshakes_rejected: AtomicU64,
     /// Datagrams dropped because they did not decode or foca refused them.
@@ -23,6 +27,8 @@ pub struct StatsSnapshot {
     pub datagrams_out: u64,
     pub frames_in: u64,
     pub frames_out: u64,
+    pub frame_bytes_in: u64,
+    pub frame_bytes_out: u64,
     pub handshakes_rejected: u64,
     pub malformed_dropped: u64,
 }
@@ -32,6 +38,10 @@ impl Stats {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub fn add(counter: &AtomicU64, n: usize) {
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
     pub fn snapshot(&self) -> StatsSnapshot {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         StatsSnapshot {
@@ -39,6 +49,8 @@ impl Stats {
             datagrams_out: get(&self.datagrams_out),
             frames_in: get(&self.frames_in),
             frames_out: get(&self.frames_out),
+            frame_bytes_in: get(&self.frame_bytes_in),
+            frame_bytes_out: get(&self.frame_bytes_out),
             handshakes_rejected: get(&self.handshakes_rejected),
             malformed_dropped: get(&self.malformed_dropped),
         }

@@ -1,0 +1,619 @@
+//! Write fan-out, follower reads, failover, catch-up and memory, on real
+//! `pika` clusters of 1, 3, 5 and 7 nodes (real QUIC on 127.0.1.x, real
+//! redb files with durable commits, heartbeat 200 ms / timeout 1 s).
+//!
+//! ```text
+//! cargo bench --bench fanout               # quick: about a minute
+//! cargo bench --bench fanout -- --full     # 1/3/5/7 nodes, 5 s rows, 100 000 paths
+//! benches/compare-etcd.sh [--full]         # pika and a 3-node etcd side by side
+//! ```
+//!
+//! Every row is a closed loop (each client sends its next request when the
+//! last is answered), 1 KiB values over 1000 paths, after a warm-up. Clients
+//! and nodes share this machine's cores, so absolute figures say as much
+//! about the machine as about pika; compare rows of one run.
+
+mod load;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use load::{Api, Load, Outcome, PATHS, VALUE_BYTES, Workload, drive, fill, series};
+use pika_campaign::Network;
+use pika_campaign::cluster::{Cluster, Options};
+use tokio::runtime::Runtime;
+
+const PIKA: &str = env!("CARGO_BIN_EXE_pika");
+
+struct Settings {
+    full: bool,
+    sizes: Vec<usize>,
+    concurrency: Vec<usize>,
+    warmup: Duration,
+    run: Duration,
+    /// Paths stored before the catch-up and memory measurements.
+    stored_paths: usize,
+    /// Writes a follower misses while it is down.
+    missed_writes: usize,
+    failover_trials: usize,
+    /// etcd client URLs: compare instead of the pika-only tables.
+    etcd: Option<Vec<String>>,
+}
+
+impl Settings {
+    fn from_args() -> anyhow::Result<Settings> {
+        let mut full = false;
+        let mut etcd = None;
+        let mut args = std::env::args().skip(1);
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--full" => full = true,
+                "--etcd" => {
+                    let urls = args.next().context("--etcd needs URL,URL,URL")?;
+                    etcd = Some(urls.split(',').map(str::to_string).collect());
+                }
+                // cargo bench passes --bench to every harness = false target.
+                "--bench" => {}
+                other => {
+                    anyhow::bail!("unknown argument {other:?}: expected --full or --etcd URLS")
+                }
+            }
+        }
+        Ok(if full {
+            Settings {
+                full,
+                sizes: vec![1, 3, 5, 7],
+                concurrency: vec![1, 16, 64],
+                warmup: Duration::from_millis(500),
+                run: Duration::from_secs(5),
+                stored_paths: 100_000,
+                missed_writes: 10_000,
+                failover_trials: 3,
+                etcd,
+            }
+        } else {
+            Settings {
+                full,
+                sizes: vec![1, 3, 7],
+                concurrency: vec![1, 16, 64],
+                warmup: Duration::from_millis(300),
+                run: Duration::from_millis(1500),
+                stored_paths: 20_000,
+                missed_writes: 2_000,
+                failover_trials: 1,
+                etcd,
+            }
+        })
+    }
+
+    fn load<'a>(
+        &self,
+        api: Api,
+        urls: &'a [String],
+        workload: Workload,
+        concurrency: usize,
+    ) -> Load<'a> {
+        Load {
+            api,
+            urls,
+            workload,
+            concurrency,
+            warmup: self.warmup,
+            run: self.run,
+        }
+    }
+}
+
+/// `n` nodes on 127.0.1.`base`.., and the leader they agree on.
+fn start(n: usize, base: u8) -> anyhow::Result<(Cluster, usize)> {
+    let options = Options {
+        network: Network::Loopback,
+        test_hooks: false,
+        env: vec![
+            // Anti-entropy is for drift; keep its rounds out of the figures.
+            ("PIKA_CLUSTER_SYNC_INTERVAL".into(), "5m".into()),
+        ],
+    };
+    let cluster = Cluster::start_with(Path::new(PIKA), base, &vec![1.0; n], options)?;
+    let leader = cluster
+        .leader(Duration::from_secs(30))
+        .context("the cluster elected no leader")?;
+    Ok((cluster, leader))
+}
+
+fn metrics(url: &str) -> String {
+    reqwest::blocking::get(format!("{url}/metrics"))
+        .and_then(|r| r.text())
+        .unwrap_or_default()
+}
+
+/// Mean of a histogram per label set between two scrapes: (labels, mean).
+fn means(before: &str, after: &str, name: &str) -> Vec<(String, f64)> {
+    let delta = |suffix: &str| -> Vec<(String, f64)> {
+        let old = series(before, &format!("{name}{suffix}"));
+        series(after, &format!("{name}{suffix}"))
+            .into_iter()
+            .map(|(labels, v)| {
+                let was = old.iter().find(|(l, _)| *l == labels).map_or(0.0, |x| x.1);
+                (labels, v - was)
+            })
+            .collect()
+    };
+    let counts = delta("_count");
+    delta("_sum")
+        .into_iter()
+        .filter_map(|(labels, sum)| {
+            let count = counts.iter().find(|(l, _)| *l == labels)?.1;
+            (count > 0.0).then(|| (labels, sum / count))
+        })
+        .collect()
+}
+
+/// What the leader's metrics say one row cost: mean local commit (ms),
+/// mean ack time of the slowest follower (ms), mean ops per batch.
+fn breakdown(before: &str, after: &str) -> (f64, f64, f64) {
+    let first = |v: Vec<(String, f64)>| v.first().map_or(0.0, |x| x.1);
+    let commit = first(means(before, after, "pika_commit_seconds")) * 1e3;
+    let batch = first(means(before, after, "pika_commit_batch_ops"));
+    let slowest = means(before, after, "pika_fanout_seconds")
+        .into_iter()
+        .map(|x| x.1)
+        .fold(0.0, f64::max)
+        * 1e3;
+    (commit, slowest, batch)
+}
+
+const HEADER: &str = "nodes target    conc     ops/s   p50 ms   p90 ms   p99 ms p99.9 ms   max ms | commit ms  ack ms  batch";
+
+fn row(n: usize, target: &str, concurrency: usize, out: &Outcome, costs: (f64, f64, f64)) {
+    println!(
+        "{n:>5} {target:<9} {concurrency:>4} {:>9.0} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3} | {:>9.3} {:>7.3} {:>6.1}",
+        out.ops_per_sec(),
+        out.ms(0.5),
+        out.ms(0.9),
+        out.ms(0.99),
+        out.ms(0.999),
+        out.max_ms(),
+        costs.0,
+        costs.1,
+        costs.2
+    );
+}
+
+/// Write fan-out for every cluster size and concurrency, and follower reads
+/// on the 3-node cluster. Returns the c=1 leader p50 per size.
+fn fanout(rt: &Runtime, settings: &Settings) -> anyhow::Result<Vec<(usize, f64)>> {
+    println!(
+        "\n## Writes: {VALUE_BYTES} B values over {PATHS} paths, acked when durable on every node; {} ms rows after {} ms warm-up",
+        settings.run.as_millis(),
+        settings.warmup.as_millis()
+    );
+    println!(
+        "(commit = leader's local batch commit, ack = slowest follower's mean ack after send, batch = ops per commit: means from the leader's metrics)"
+    );
+    println!("{HEADER}");
+    let mut c1 = Vec::new();
+    let mut reads = None;
+    for &n in &settings.sizes {
+        let (cluster, leader) = start(n, 70)?;
+        let urls: Vec<String> = cluster.nodes.iter().map(|x| x.url.clone()).collect();
+        let leader_url = vec![urls[leader].clone()];
+        for &concurrency in &settings.concurrency {
+            let mut targets = vec![("leader", leader_url.clone())];
+            if n > 1 {
+                targets.push(("all nodes", urls.clone()));
+            }
+            for (target, target_urls) in targets {
+                let before = metrics(&urls[leader]);
+                let out = rt.block_on(drive(&settings.load(
+                    Api::Pika,
+                    &target_urls,
+                    Workload::Write,
+                    concurrency,
+                )));
+                let costs = breakdown(&before, &metrics(&urls[leader]));
+                row(n, target, concurrency, &out, costs);
+                if concurrency == 1 && target == "leader" {
+                    c1.push((n, out.ms(0.5)));
+                }
+            }
+        }
+        if n == 3 {
+            let follower = vec![urls[(leader + 1) % n].clone()];
+            let out = rt.block_on(drive(&settings.load(
+                Api::Pika,
+                &follower,
+                Workload::Read,
+                16,
+            )));
+            reads = Some(out);
+        }
+    }
+    if let Some(out) = reads {
+        println!(
+            "\n## Local reads on a follower of 3 nodes (default read mode), {VALUE_BYTES} B values"
+        );
+        println!("{HEADER}");
+        row(3, "follower", 16, &out, (0.0, 0.0, 0.0));
+    }
+    Ok(c1)
+}
+
+/// Kills the leader of 3 nodes under write load (8 clients on the two
+/// followers). Returns (seconds from the kill until a write invoked after it
+/// is acked, acked writes, acked writes missing after the heal).
+fn failover(rt: &Runtime, trial: usize) -> anyhow::Result<(f64, usize, usize)> {
+    let (mut cluster, leader) = start(3, 90)?;
+    let urls: Vec<String> = (0..3)
+        .filter(|i| *i != leader)
+        .map(|i| cluster.nodes[i].url.clone())
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let origin = Instant::now();
+    let writers: Vec<_> = (0..8)
+        .map(|c| {
+            let (url, stop) = (urls[c % urls.len()].clone(), stop.clone());
+            rt.spawn(async move {
+                let http = load::client(1);
+                let value = load::value();
+                // (path, invoked, acked at)
+                let mut acked = Vec::new();
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let path = format!("failover/{trial}/{c}/{i}");
+                    i += 1;
+                    let invoked = origin.elapsed();
+                    if load::request(&http, Api::Pika, &url, Workload::Write, &path, &value)
+                        .await
+                        .is_ok()
+                    {
+                        acked.push((path, invoked, origin.elapsed()));
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let killed = origin.elapsed();
+    cluster.kill(leader);
+    std::thread::sleep(Duration::from_secs(4));
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for w in writers {
+        acked.extend(rt.block_on(w).unwrap_or_default());
+    }
+    let resumed = acked
+        .iter()
+        .filter(|(_, invoked, _)| *invoked >= killed)
+        .map(|(_, _, at)| *at)
+        .min()
+        .map_or(f64::INFINITY, |at| (at - killed).as_secs_f64());
+
+    cluster.restart(leader)?;
+    cluster
+        .converged(Duration::from_secs(30))
+        .map_err(anyhow::Error::msg)?;
+    // Every node holds the same state now; read it all back on the node
+    // that was killed, the one most likely to have lost something.
+    let http = reqwest::blocking::Client::new();
+    let old = &cluster.nodes[leader].url;
+    let read = |path: &str| -> bool {
+        // 503 until the restarted node holds a read lease again.
+        for _ in 0..200 {
+            match http.get(format!("{old}/api/v1/data/{path}")).send() {
+                Ok(r) if r.status().as_u16() == 503 => {}
+                Ok(r) => return r.status().is_success(),
+                Err(_) => {}
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    };
+    let lost = acked.iter().filter(|(path, _, _)| !read(path)).count();
+    Ok((resumed, acked.len(), lost))
+}
+
+/// Peak resident memory of a process, from /proc (kB).
+fn peak_rss_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+struct CatchUp {
+    seconds: f64,
+    bytes_in: f64,
+    distinct_paths: usize,
+    peak_rss_mb: Vec<f64>,
+}
+
+/// Stores `stored_paths` paths, takes a follower down for `missed_writes`
+/// writes spread over them, and times its catch-up after the restart.
+fn catch_up(rt: &Runtime, settings: &Settings) -> anyhow::Result<CatchUp> {
+    let (mut cluster, leader) = start(3, 95)?;
+    let leader_url = cluster.nodes[leader].url.clone();
+    let failed = rt.block_on(fill(
+        Api::Pika,
+        &leader_url,
+        "store",
+        (0..settings.stored_paths).collect(),
+        64,
+    ));
+    anyhow::ensure!(failed == 0, "{failed} writes failed while storing");
+    let peak_rss_mb = (0..3)
+        .filter_map(|i| peak_rss_kb(cluster.pid(i)?))
+        .map(|kb| kb as f64 / 1024.0)
+        .collect();
+
+    let follower = (leader + 1) % 3;
+    cluster.kill(follower);
+    let mut dice = pika_replication::dice::Dice::new(42);
+    let indices: Vec<usize> = (0..settings.missed_writes)
+        .map(|_| dice.below(settings.stored_paths))
+        .collect();
+    let distinct_paths = indices
+        .iter()
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    let failed = rt.block_on(fill(Api::Pika, &leader_url, "store", indices, 64));
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} writes failed while the follower was down"
+    );
+
+    let restarted = Instant::now();
+    cluster.restart(follower)?;
+    let limit = Duration::from_secs(60);
+    loop {
+        let (f, l) = (cluster.status(follower), cluster.status(leader));
+        if f["revision"] == l["revision"]
+            && f["merkle_root"] == l["merkle_root"]
+            && !f["revision"].is_null()
+        {
+            break;
+        }
+        anyhow::ensure!(
+            restarted.elapsed() < limit,
+            "the follower did not catch up within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let seconds = restarted.elapsed().as_secs_f64();
+    let bytes_in = series(
+        &metrics(&cluster.nodes[follower].url),
+        "pika_membership_frame_bytes_total",
+    )
+    .into_iter()
+    .find(|(labels, _)| labels.contains("\"in\""))
+    .map_or(0.0, |x| x.1);
+    Ok(CatchUp {
+        seconds,
+        bytes_in,
+        distinct_paths,
+        peak_rss_mb,
+    })
+}
+
+fn pika_only(rt: &Runtime, settings: &Settings) -> anyhow::Result<()> {
+    let c1 = fanout(rt, settings)?;
+    let p50 = |n: usize| c1.iter().find(|x| x.0 == n).map(|x| x.1);
+    if let (Some(three), Some(seven)) = (p50(3), p50(7)) {
+        println!(
+            "\nscale: 7 nodes vs 3 nodes, concurrency 1, p50 ratio {:.2}",
+            seven / three
+        );
+    }
+
+    println!(
+        "\n## Failover: kill -9 of the leader of 3 under write load (heartbeat 200 ms, timeout 1 s)"
+    );
+    for trial in 0..settings.failover_trials {
+        let (resumed, acked, lost) = failover(rt, trial)?;
+        println!(
+            "trial {trial}: writes resumed {resumed:.3} s after the kill; {acked} acked writes, {lost} lost"
+        );
+    }
+
+    println!(
+        "\n## Catch-up and memory: 3 nodes, {} stored paths of {VALUE_BYTES} B, a follower down for {} writes",
+        settings.stored_paths, settings.missed_writes
+    );
+    let c = catch_up(rt, settings)?;
+    let changed = (c.distinct_paths * VALUE_BYTES) as f64;
+    println!(
+        "catch-up {:.3} s; {:.1} MiB received for {} changed paths ({:.1} MiB of values): {:.2}× the bytes that changed",
+        c.seconds,
+        c.bytes_in / (1 << 20) as f64,
+        c.distinct_paths,
+        changed / (1 << 20) as f64,
+        c.bytes_in / changed
+    );
+    let rss: Vec<String> = c
+        .peak_rss_mb
+        .iter()
+        .map(|mb| format!("{mb:.0} MiB"))
+        .collect();
+    println!(
+        "peak RSS per node with {} paths stored: {}",
+        settings.stored_paths,
+        rss.join(", ")
+    );
+    if !settings.full {
+        println!(
+            "\n(quick run; `cargo bench --bench fanout -- --full` for 1/3/5/7 nodes, 5 s rows and 100 000 paths)"
+        );
+    }
+    Ok(())
+}
+
+/// pika (3 nodes on 127.0.1.80-82) and etcd (3 nodes at `etcd`), the same
+/// workloads through the same client, side by side.
+fn compare_etcd(rt: &Runtime, settings: &Settings, etcd: &[String]) -> anyhow::Result<()> {
+    let etcd_leader = rt.block_on(etcd_leader(etcd))?;
+    let (cluster, leader) = start(3, 80)?;
+    let urls: Vec<String> = cluster.nodes.iter().map(|x| x.url.clone()).collect();
+    let pika_leader = vec![urls[leader].clone()];
+    let pika_follower = vec![urls[(leader + 1) % 3].clone()];
+    let etcd_follower = vec![
+        etcd[(etcd.iter().position(|u| *u == etcd_leader).unwrap_or(0) + 1) % etcd.len()].clone(),
+    ];
+    let etcd_leader = vec![etcd_leader];
+    // Reads need the paths to exist on both.
+    let all: Vec<usize> = (0..PATHS).collect();
+    let failed = rt.block_on(fill(Api::Pika, &pika_leader[0], "bench", all.clone(), 16))
+        + rt.block_on(fill(
+            Api::Etcd { serializable: true },
+            &etcd_leader[0],
+            "bench",
+            all,
+            16,
+        ));
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} writes failed while storing the read paths"
+    );
+
+    println!(
+        "\n## pika vs etcd, 3 nodes each on loopback, {VALUE_BYTES} B values over {PATHS} paths, {} ms rows, same HTTP/JSON client",
+        settings.run.as_millis()
+    );
+    println!(
+        "{:<34} {:>10} {:>9} {:>9} {:>10} {:>9} {:>9}   {:<}",
+        "workload",
+        "pika op/s",
+        "p50 ms",
+        "p99 ms",
+        "etcd op/s",
+        "p50 ms",
+        "p99 ms",
+        "pika vs etcd"
+    );
+    let linearizable = Api::Etcd {
+        serializable: false,
+    };
+    let serializable = Api::Etcd { serializable: true };
+    let cases = [
+        Case::write("write via leader, c=1", 1, &pika_leader, &etcd_leader),
+        Case::write("write via leader, c=16", 16, &pika_leader, &etcd_leader),
+        Case::write("write via leader, c=64", 64, &pika_leader, &etcd_leader),
+        Case {
+            name: "follower read c=16 (etcd serial.)",
+            workload: Workload::Read,
+            concurrency: 16,
+            pika: &pika_follower,
+            etcd_api: serializable,
+            etcd: &etcd_follower,
+        },
+        Case {
+            name: "follower read c=16 (etcd linear.)",
+            workload: Workload::Read,
+            concurrency: 16,
+            pika: &pika_follower,
+            etcd_api: linearizable,
+            etcd: &etcd_follower,
+        },
+    ];
+    for case in cases {
+        let (name, workload, concurrency) = (case.name, case.workload, case.concurrency);
+        let pika = rt.block_on(drive(&settings.load(
+            Api::Pika,
+            case.pika,
+            workload,
+            concurrency,
+        )));
+        let etcd = rt.block_on(drive(&settings.load(
+            case.etcd_api,
+            case.etcd,
+            workload,
+            concurrency,
+        )));
+        println!(
+            "{name:<34} {:>10.0} {:>9.3} {:>9.3} {:>10.0} {:>9.3} {:>9.3}   p50 {:.2}×, throughput {:.2}×",
+            pika.ops_per_sec(),
+            pika.ms(0.5),
+            pika.ms(0.99),
+            etcd.ops_per_sec(),
+            etcd.ms(0.5),
+            etcd.ms(0.99),
+            pika.ms(0.5) / etcd.ms(0.5),
+            pika.ops_per_sec() / etcd.ops_per_sec()
+        );
+    }
+    println!("(p50 × < 1 and throughput × > 1 favour pika)");
+    Ok(())
+}
+
+/// One row of the comparison: the same workload on pika and on etcd.
+struct Case<'a> {
+    name: &'a str,
+    workload: Workload,
+    concurrency: usize,
+    pika: &'a [String],
+    etcd_api: Api,
+    etcd: &'a [String],
+}
+
+impl<'a> Case<'a> {
+    fn write(name: &'a str, concurrency: usize, pika: &'a [String], etcd: &'a [String]) -> Self {
+        Case {
+            name,
+            workload: Workload::Write,
+            concurrency,
+            pika,
+            etcd_api: Api::Etcd {
+                serializable: false,
+            },
+            etcd,
+        }
+    }
+}
+
+/// The client URL of the etcd member that leads, once the cluster is up.
+async fn etcd_leader(urls: &[String]) -> anyhow::Result<String> {
+    let http = load::client(1);
+    let started = Instant::now();
+    loop {
+        for url in urls {
+            let status: Option<serde_json::Value> = match http
+                .post(format!("{url}/v3/maintenance/status"))
+                .json(&serde_json::json!({}))
+                .send()
+                .await
+            {
+                Ok(r) => r.json().await.ok(),
+                Err(_) => None,
+            };
+            if let Some(s) = status
+                && s["leader"].is_string()
+                && s["leader"] == s["header"]["member_id"]
+            {
+                return Ok(url.clone());
+            }
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(30),
+            "no etcd leader at {urls:?} within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let settings = Settings::from_args()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match &settings.etcd {
+        Some(etcd) => compare_etcd(&rt, &settings, etcd),
+        None => pika_only(&rt, &settings),
+    }
+}
