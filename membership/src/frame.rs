@@ -96,7 +96,14 @@ impl FrameDecoder {
         if self.buffer.len() < HEADER + len {
             return Ok(None);
         }
-        let frame: Vec<u8> = self.buffer.drain(..HEADER + len).skip(HEADER).collect();
+        // Decode in place, then drop the frame from the buffer: copying it
+        // out first cost a third of decoding a large diff.
+        let message = Self::message(&self.buffer[HEADER..HEADER + len]);
+        self.buffer.drain(..HEADER + len);
+        message.map(Some)
+    }
+
+    fn message<T: DeserializeOwned>(frame: &[u8]) -> Result<T, FrameError> {
         let (&version, payload) = frame.split_first().ok_or(FrameError::Empty)?;
         if version != PROTOCOL_VERSION {
             return Err(FrameError::UnknownVersion { got: version });
@@ -108,7 +115,7 @@ impl FrameDecoder {
                 postcard::Error::DeserializeBadEncoding,
             ));
         }
-        Ok(Some(message))
+        Ok(message)
     }
 }
 

@@ -36,7 +36,14 @@ pub struct Op {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OpKind {
-    Put { meta: Meta, data: Vec<u8> },
+    // serde_bytes: one memcpy instead of a byte-at-a-time sequence; postcard
+    // writes both as length + bytes, so stored records and the wire are
+    // unchanged.
+    Put {
+        meta: Meta,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
     Delete,
 }
 
@@ -102,7 +109,12 @@ pub struct Change {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ChangeKind {
-    Put { meta: Meta, data: Vec<u8> },
+    // As in `OpKind`: same encoding, a memcpy to decode.
+    Put {
+        meta: Meta,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
     Delete,
 }
 
