@@ -11,4 +11,4 @@ lint:
 	cargo clippy --workspace --all-targets -- -D warnings
 
 bench:
-	cargo bench
+	cargo bench --workspace
