@@ -42,7 +42,14 @@ fn spawn(dir: &std::path::Path, env: &[(&str, String)]) -> anyhow::Result<Proc> 
         cmd.env(k, v);
     }
     let mut child = cmd.spawn()?;
-    let url = wait_for_listen(&mut child)?;
+    let url = match wait_for_listen(&mut child) {
+        Ok(url) => url,
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
+    };
     Ok(Proc { child, url })
 }
 

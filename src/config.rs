@@ -51,6 +51,8 @@ pub struct StorageConfig {
     pub bw: BwConfig,
     /// Versions kept per path (the latest included).
     pub history: u64,
+    /// Bound on redb's page cache, in MiB (redb's own default is 1 GiB).
+    pub cache_mb: u64,
 }
 
 /// `storage.bw`: named after the original pika's storage section.
@@ -104,6 +106,7 @@ impl Default for StorageConfig {
         Self {
             bw: BwConfig::default(),
             history: 20,
+            cache_mb: 64,
         }
     }
 }
@@ -191,6 +194,12 @@ impl Config {
         }
         if self.storage.history == 0 {
             out.push(("storage.history", "must be at least 1".into()));
+        }
+        if self.storage.cache_mb == 0 || self.storage.cache_mb > 1 << 20 {
+            out.push((
+                "storage.cache_mb",
+                "must be between 1 and 1048576 (MiB)".into(),
+            ));
         }
         if self.server.limits.request_body_mb == 0 {
             out.push(("server.limits.request_body_mb", "must be at least 1".into()));

@@ -81,7 +81,8 @@ pub async fn serve(
     // Install the recorder before anything records, or early samples are lost.
     crate::telemetry::prometheus();
     let data_dir = config.storage.bw.path.clone();
-    let store = Store::open(&data_dir, config.storage.history)
+    let cache_bytes = usize::try_from(config.storage.cache_mb << 20).unwrap_or(usize::MAX);
+    let store = Store::open_with_cache(&data_dir, config.storage.history, cache_bytes)
         .with_context(|| format!("storage.bw.path = {}", data_dir.display()))?;
     let store = Arc::new(store);
     tracing::info!(

@@ -241,3 +241,19 @@ fn empty_and_comment_only_files_are_defaults() {
         );
     }
 }
+
+#[test]
+fn the_page_cache_bound_is_read_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(&dir, "pika.yaml", "storage:\n  cache_mb: 16\n");
+    assert_eq!(
+        load(&sources(Some(file), &[]))
+            .unwrap()
+            .config
+            .storage
+            .cache_mb,
+        16
+    );
+    let e = error_of("{}\n", &[("PIKA_STORAGE_CACHE_MB", "0")]);
+    assert!(e.contains("storage.cache_mb"), "{e}");
+}

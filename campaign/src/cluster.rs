@@ -289,7 +289,16 @@ impl Cluster {
             .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("starting {}", self.pika.display()))?;
-        self.nodes[i].url = wait_for_listen(&mut child)?;
+        match wait_for_listen(&mut child) {
+            Ok(url) => self.nodes[i].url = url,
+            Err(e) => {
+                // Not ours to keep: a node that never said it listens is
+                // killed here, since Drop only sees the children it holds.
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(e);
+            }
+        }
         self.nodes[i].child = Some(child);
         Ok(())
     }

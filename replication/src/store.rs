@@ -129,16 +129,33 @@ pub struct Store {
     history: u64,
 }
 
+/// redb's own default is 1 GiB, which a busy leader fills: its pages stay
+/// cached after every commit. A config store's working set is far smaller,
+/// and the OS page cache still holds the file.
+pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
+
 impl Store {
     /// Opens (or creates) the store in directory `dir`, keeping at most
-    /// `history` versions per path (at least 1).
+    /// `history` versions per path (at least 1), with the default cache.
     pub fn open(dir: &Path, history: u64) -> Result<Self, StoreError> {
+        Self::open_with_cache(dir, history, DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`Store::open`] with redb's page cache bounded to `cache_bytes`.
+    pub fn open_with_cache(
+        dir: &Path,
+        history: u64,
+        cache_bytes: usize,
+    ) -> Result<Self, StoreError> {
         let open_err = |source: Box<dyn std::error::Error + Send + Sync>| StoreError::Open {
             path: dir.to_path_buf(),
             source,
         };
         std::fs::create_dir_all(dir).map_err(|e| open_err(e.into()))?;
-        let db = Database::create(dir.join(DB_FILE)).map_err(|e| open_err(e.into()))?;
+        let db = Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(dir.join(DB_FILE))
+            .map_err(|e| open_err(e.into()))?;
         Self::init(db, history).map_err(|e| match e {
             StoreError::Open { source, .. } => open_err(source),
             other => other,
