@@ -41,16 +41,31 @@ struct Settings {
     failover_trials: usize,
     /// etcd client URLs: compare instead of the pika-only tables.
     etcd: Option<Vec<String>>,
+    /// Run one part only: `writes`, `failover` or `catch-up`.
+    only: Option<String>,
+}
+
+impl Settings {
+    fn runs(&self, part: &str) -> bool {
+        self.only.as_deref().is_none_or(|o| o == part)
+    }
 }
 
 impl Settings {
     fn from_args() -> anyhow::Result<Settings> {
         let mut full = false;
+        let mut only = None;
         let mut etcd = None;
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
             match arg.as_str() {
                 "--full" => full = true,
+                "--only" => {
+                    only = Some(
+                        args.next()
+                            .context("--only needs writes, failover or catch-up")?,
+                    );
+                }
                 "--etcd" => {
                     let urls = args.next().context("--etcd needs URL,URL,URL")?;
                     etcd = Some(urls.split(',').map(str::to_string).collect());
@@ -58,7 +73,9 @@ impl Settings {
                 // cargo bench passes --bench to every harness = false target.
                 "--bench" => {}
                 other => {
-                    anyhow::bail!("unknown argument {other:?}: expected --full or --etcd URLS")
+                    anyhow::bail!(
+                        "unknown argument {other:?}: expected --full, --only PART or --etcd URLS"
+                    )
                 }
             }
         }
@@ -73,6 +90,7 @@ impl Settings {
                 missed_writes: 10_000,
                 failover_trials: 3,
                 etcd,
+                only,
             }
         } else {
             Settings {
@@ -85,6 +103,7 @@ impl Settings {
                 missed_writes: 2_000,
                 failover_trials: 1,
                 etcd,
+                only,
             }
         })
     }
@@ -333,7 +352,6 @@ struct CatchUp {
     seconds: f64,
     bytes_in: f64,
     distinct_paths: usize,
-    peak_rss_mb: Vec<f64>,
 }
 
 /// Stores `stored_paths` paths, takes a follower down for `missed_writes`
@@ -349,11 +367,20 @@ fn catch_up(rt: &Runtime, settings: &Settings) -> anyhow::Result<CatchUp> {
         64,
     ));
     anyhow::ensure!(failed == 0, "{failed} writes failed while storing");
-    let peak_rss_mb = (0..3)
+    let peak_rss_mb: Vec<f64> = (0..3)
         .filter_map(|i| peak_rss_kb(cluster.pid(i)?))
         .map(|kb| kb as f64 / 1024.0)
         .collect();
 
+    let rss: Vec<String> = peak_rss_mb
+        .iter()
+        .map(|mb| format!("{mb:.0} MiB"))
+        .collect();
+    println!(
+        "peak RSS per node with {} paths stored: {}",
+        settings.stored_paths,
+        rss.join(", ")
+    );
     let follower = (leader + 1) % 3;
     cluster.kill(follower);
     let mut dice = pika_replication::dice::Dice::new(42);
@@ -383,7 +410,9 @@ fn catch_up(rt: &Runtime, settings: &Settings) -> anyhow::Result<CatchUp> {
         }
         anyhow::ensure!(
             restarted.elapsed() < limit,
-            "the follower did not catch up within {limit:?}"
+            "the follower did not catch up within {limit:?}: follower at {}, leader at {}",
+            f["revision"],
+            l["revision"]
         );
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -399,12 +428,15 @@ fn catch_up(rt: &Runtime, settings: &Settings) -> anyhow::Result<CatchUp> {
         seconds,
         bytes_in,
         distinct_paths,
-        peak_rss_mb,
     })
 }
 
 fn pika_only(rt: &Runtime, settings: &Settings) -> anyhow::Result<()> {
-    let c1 = fanout(rt, settings)?;
+    let c1 = if settings.runs("writes") {
+        fanout(rt, settings)?
+    } else {
+        Vec::new()
+    };
     let p50 = |n: usize| c1.iter().find(|x| x.0 == n).map(|x| x.1);
     if let (Some(three), Some(seven)) = (p50(3), p50(7)) {
         println!(
@@ -413,6 +445,21 @@ fn pika_only(rt: &Runtime, settings: &Settings) -> anyhow::Result<()> {
         );
     }
 
+    if settings.runs("failover") {
+        failover_table(rt, settings)?;
+    }
+    if settings.runs("catch-up") {
+        catch_up_table(rt, settings)?;
+    }
+    if !settings.full {
+        println!(
+            "\n(quick run; `cargo bench --bench fanout -- --full` for 1/3/5/7 nodes, 5 s rows and 100 000 paths)"
+        );
+    }
+    Ok(())
+}
+
+fn failover_table(rt: &Runtime, settings: &Settings) -> anyhow::Result<()> {
     println!(
         "\n## Failover: kill -9 of the leader of 3 under write load (heartbeat 200 ms, timeout 1 s)"
     );
@@ -422,12 +469,22 @@ fn pika_only(rt: &Runtime, settings: &Settings) -> anyhow::Result<()> {
             "trial {trial}: writes resumed {resumed:.3} s after the kill; {acked} acked writes, {lost} lost"
         );
     }
+    Ok(())
+}
 
+fn catch_up_table(rt: &Runtime, settings: &Settings) -> anyhow::Result<()> {
     println!(
         "\n## Catch-up and memory: 3 nodes, {} stored paths of {VALUE_BYTES} B, a follower down for {} writes",
         settings.stored_paths, settings.missed_writes
     );
-    let c = catch_up(rt, settings)?;
+    let c = match catch_up(rt, settings) {
+        Ok(c) => c,
+        Err(e) => {
+            // Reported, not fatal: the tables above still stand.
+            println!("catch-up FAILED: {e:#}");
+            return Ok(());
+        }
+    };
     let changed = (c.distinct_paths * VALUE_BYTES) as f64;
     println!(
         "catch-up {:.3} s; {:.1} MiB received for {} changed paths ({:.1} MiB of values): {:.2}× the bytes that changed",
@@ -437,21 +494,6 @@ fn pika_only(rt: &Runtime, settings: &Settings) -> anyhow::Result<()> {
         changed / (1 << 20) as f64,
         c.bytes_in / changed
     );
-    let rss: Vec<String> = c
-        .peak_rss_mb
-        .iter()
-        .map(|mb| format!("{mb:.0} MiB"))
-        .collect();
-    println!(
-        "peak RSS per node with {} paths stored: {}",
-        settings.stored_paths,
-        rss.join(", ")
-    );
-    if !settings.full {
-        println!(
-            "\n(quick run; `cargo bench --bench fanout -- --full` for 1/3/5/7 nodes, 5 s rows and 100 000 paths)"
-        );
-    }
     Ok(())
 }
 
