@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use load::{Api, Load, Outcome, PATHS, VALUE_BYTES, Workload, drive, fill, series};
+use load::{Api, Load, Outcome, PATHS, VALUE_BYTES, Workload, drive, fill, means, series};
 use pika_campaign::Network;
 use pika_campaign::cluster::{Cluster, Options};
 use tokio::runtime::Runtime;
@@ -147,28 +147,6 @@ fn metrics(url: &str) -> String {
     reqwest::blocking::get(format!("{url}/metrics"))
         .and_then(|r| r.text())
         .unwrap_or_default()
-}
-
-/// Mean of a histogram per label set between two scrapes: (labels, mean).
-fn means(before: &str, after: &str, name: &str) -> Vec<(String, f64)> {
-    let delta = |suffix: &str| -> Vec<(String, f64)> {
-        let old = series(before, &format!("{name}{suffix}"));
-        series(after, &format!("{name}{suffix}"))
-            .into_iter()
-            .map(|(labels, v)| {
-                let was = old.iter().find(|(l, _)| *l == labels).map_or(0.0, |x| x.1);
-                (labels, v - was)
-            })
-            .collect()
-    };
-    let counts = delta("_count");
-    delta("_sum")
-        .into_iter()
-        .filter_map(|(labels, sum)| {
-            let count = counts.iter().find(|(l, _)| *l == labels)?.1;
-            (count > 0.0).then(|| (labels, sum / count))
-        })
-        .collect()
 }
 
 /// What the leader's metrics say one row cost: mean local commit (ms),

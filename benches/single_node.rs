@@ -9,7 +9,7 @@
 
 mod load;
 
-use load::{PATHS, RUN, VALUE_BYTES, WARMUP, Workload, histogram_totals, run};
+use load::{PATHS, RUN, VALUE_BYTES, WARMUP, Workload, means, run};
 use pika::config::Config;
 use pika::node::Node;
 
@@ -34,15 +34,10 @@ fn main() -> anyhow::Result<()> {
                 let before = http.get(format!("{url}/metrics")).send().await?.text().await?;
                 let out = run(&url, workload, concurrency).await;
                 let after = http.get(format!("{url}/metrics")).send().await?.text().await?;
-                let (s0, c0) = histogram_totals(&before, "pika_commit_seconds");
-                let (s1, c1) = histogram_totals(&after, "pika_commit_seconds");
-                let (b0, _) = histogram_totals(&before, "pika_commit_batch_ops");
-                let (b1, _) = histogram_totals(&after, "pika_commit_batch_ops");
-                let commits = c1 - c0;
-                let (commit_ms, per_commit) = if commits > 0.0 {
-                    (format!("{:.3}", (s1 - s0) / commits * 1e3), format!("{:.1}", (b1 - b0) / commits))
-                } else {
-                    ("-".into(), "-".into())
+                let mean = |name: &str| means(&before, &after, name).first().map(|x| x.1);
+                let (commit_ms, per_commit) = match (mean("pika_commit_seconds"), mean("pika_commit_batch_ops")) {
+                    (Some(commit), Some(batch)) => (format!("{:.3}", commit * 1e3), format!("{batch:.1}")),
+                    _ => ("-".into(), "-".into()),
                 };
                 let h = &out.latency_us;
                 let ms = |q: f64| h.value_at_quantile(q) as f64 / 1e3;

@@ -230,19 +230,6 @@ pub async fn fill(
     failed
 }
 
-/// `name_sum` and `name_count` of a Prometheus histogram, from /metrics.
-pub fn histogram_totals(metrics: &str, name: &str) -> (f64, f64) {
-    let read = |suffix: &str| {
-        metrics
-            .lines()
-            .find(|l| l.starts_with(&format!("{name}{suffix} ")))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (read("_sum"), read("_count"))
-}
-
 /// Every series of metric `name` (any labels) with its value, from /metrics:
 /// `(labels, value)`, labels as written between the braces.
 pub fn series(metrics: &str, name: &str) -> Vec<(String, f64)> {
@@ -260,6 +247,29 @@ pub fn series(metrics: &str, name: &str) -> Vec<(String, f64)> {
                 .strip_prefix('{')?
                 .strip_suffix('}')?;
             Some((labels.to_string(), value))
+        })
+        .collect()
+}
+
+/// Mean of a histogram per label set between two scrapes of /metrics:
+/// `(labels, mean)`, for label sets that recorded anything in between.
+pub fn means(before: &str, after: &str, name: &str) -> Vec<(String, f64)> {
+    let delta = |suffix: &str| -> Vec<(String, f64)> {
+        let old = series(before, &format!("{name}{suffix}"));
+        series(after, &format!("{name}{suffix}"))
+            .into_iter()
+            .map(|(labels, v)| {
+                let was = old.iter().find(|(l, _)| *l == labels).map_or(0.0, |x| x.1);
+                (labels, v - was)
+            })
+            .collect()
+    };
+    let counts = delta("_count");
+    delta("_sum")
+        .into_iter()
+        .filter_map(|(labels, sum)| {
+            let count = counts.iter().find(|(l, _)| *l == labels)?.1;
+            (count > 0.0).then(|| (labels, sum / count))
         })
         .collect()
 }

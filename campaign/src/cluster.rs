@@ -114,34 +114,36 @@ pub fn wait_for_listen(child: &mut Child) -> anyhow::Result<String> {
     Ok(format!("http://{addr}"))
 }
 
-pub fn free_udp_port(hosts: &[String]) -> anyhow::Result<u16> {
+/// A port number `bind` accepts on every host: the first host picks one,
+/// the others must take the same.
+fn free_port(
+    hosts: &[String],
+    kind: &str,
+    bind: impl Fn(&str, u16) -> std::io::Result<u16>,
+) -> anyhow::Result<u16> {
     for _ in 0..50 {
-        let port = std::net::UdpSocket::bind((hosts[0].as_str(), 0))?
-            .local_addr()?
-            .port();
-        if hosts
-            .iter()
-            .all(|h| std::net::UdpSocket::bind((h.as_str(), port)).is_ok())
-        {
+        let port = bind(&hosts[0], 0)?;
+        if hosts.iter().all(|h| bind(h, port).is_ok()) {
             return Ok(port);
         }
     }
-    bail!("no UDP port free on all of {hosts:?}")
+    bail!("no {kind} port free on all of {hosts:?}")
+}
+
+pub fn free_udp_port(hosts: &[String]) -> anyhow::Result<u16> {
+    free_port(hosts, "UDP", |host, port| {
+        std::net::UdpSocket::bind((host, port))?
+            .local_addr()
+            .map(|a| a.port())
+    })
 }
 
 fn free_tcp_port(hosts: &[String]) -> anyhow::Result<u16> {
-    for _ in 0..50 {
-        let port = std::net::TcpListener::bind((hosts[0].as_str(), 0))?
-            .local_addr()?
-            .port();
-        if hosts
-            .iter()
-            .all(|h| std::net::TcpListener::bind((h.as_str(), port)).is_ok())
-        {
-            return Ok(port);
-        }
-    }
-    bail!("no TCP port free on all of {hosts:?}")
+    free_port(hosts, "TCP", |host, port| {
+        std::net::TcpListener::bind((host, port))?
+            .local_addr()
+            .map(|a| a.port())
+    })
 }
 
 /// The lab for `network`, or `None` for loopback. `Auto` says once per

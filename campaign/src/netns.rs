@@ -162,18 +162,24 @@ impl NamespaceLab {
         command
     }
 
+    /// Adds (`verb` "add") or removes ("del") the blackhole route for
+    /// `to` inside `from`'s namespace.
+    fn blackhole(&self, verb: &str, from: usize, to: usize) -> anyhow::Result<()> {
+        let target = format!("{}/32", self.host(to));
+        ip(&[
+            "-n",
+            &self.namespace(from),
+            "route",
+            verb,
+            "blackhole",
+            &target,
+        ])
+    }
+
     /// Drops every packet node `from` sends to node `to`.
     pub fn cut(&mut self, from: usize, to: usize) -> anyhow::Result<()> {
         if self.cuts.insert((from, to)) {
-            let target = format!("{}/32", self.host(to));
-            ip(&[
-                "-n",
-                &self.namespace(from),
-                "route",
-                "add",
-                "blackhole",
-                &target,
-            ])?;
+            self.blackhole("add", from, to)?;
         }
         Ok(())
     }
@@ -181,15 +187,7 @@ impl NamespaceLab {
     /// Removes every cut.
     pub fn heal(&mut self) -> anyhow::Result<()> {
         for (from, to) in std::mem::take(&mut self.cuts) {
-            let target = format!("{}/32", self.host(to));
-            ip(&[
-                "-n",
-                &self.namespace(from),
-                "route",
-                "del",
-                "blackhole",
-                &target,
-            ])?;
+            self.blackhole("del", from, to)?;
         }
         Ok(())
     }
