@@ -6,6 +6,13 @@
 //! leaves the set only once its read lease has surely run out: it has not
 //! acknowledged anything for L·(1 + drift), so it stopped serving reads
 //! before any write it lacks could be acknowledged without it.
+//!
+//! Being in the set is not yet leave to serve reads. A new leader's set
+//! starts with every live follower, and one of those may still lack writes
+//! an earlier leader acknowledged. A follower is *confirmed* (may read) once
+//! it acknowledged a diff of this epoch that reaches the leader's log end at
+//! election, or was admitted after catching up: from then on every write
+//! released waited for it.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -19,6 +26,8 @@ struct Follower {
     /// Highest revision the follower has durably applied (from its acks).
     acked: u64,
     last_heard: Duration,
+    /// Holds every write any leader acknowledged (see the module docs).
+    confirmed: bool,
 }
 
 /// Answers waiting for acknowledgements, by the revision they depend on.
@@ -27,6 +36,9 @@ pub struct ReplicationSet<A> {
     /// How long after its last word a follower's read lease has surely run
     /// out: L·(1 + drift).
     eviction: Duration,
+    /// The leader's log end (revision) when it took over: a follower whose
+    /// acknowledgement reaches it holds everything acknowledged before.
+    base: u64,
     followers: BTreeMap<String, Follower>,
     waiting: VecDeque<(u64, A)>,
 }
@@ -39,17 +51,19 @@ pub struct FollowerView {
 
 impl<A> ReplicationSet<A> {
     /// A new leader's set: every follower membership reports alive, none
-    /// known to hold anything yet. One that cannot keep up (a gap) stops
-    /// acknowledging and leaves through eviction.
+    /// known to hold anything yet, none confirmed. One that cannot keep up
+    /// (a gap) stops acknowledging and leaves through eviction.
     pub fn new(
         quorum: usize,
         eviction: Duration,
+        base: u64,
         followers: impl IntoIterator<Item = String>,
         now: Duration,
     ) -> Self {
         Self {
             quorum,
             eviction,
+            base,
             followers: followers
                 .into_iter()
                 .map(|id| {
@@ -58,6 +72,7 @@ impl<A> ReplicationSet<A> {
                         Follower {
                             acked: 0,
                             last_heard: now,
+                            confirmed: false,
                         },
                     )
                 })
@@ -80,6 +95,21 @@ impl<A> ReplicationSet<A> {
         self.followers.contains_key(id)
     }
 
+    /// In the set and confirmed: the follower may serve local reads.
+    pub fn may_read(&self, id: &str) -> bool {
+        self.followers.get(id).is_some_and(|f| f.confirmed)
+    }
+
+    /// Members not confirmed yet: the leader probes them so that an idle
+    /// cluster does not leave them unconfirmed until the next write.
+    pub fn unconfirmed(&self) -> Vec<String> {
+        self.followers
+            .iter()
+            .filter(|(_, f)| !f.confirmed)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
     /// The leader plus its followers reach a quorum.
     pub fn has_quorum(&self) -> bool {
         self.followers.len() + 1 >= self.quorum
@@ -90,13 +120,15 @@ impl<A> ReplicationSet<A> {
         self.waiting.push_back((revision, answers));
     }
 
-    /// A follower applied through `revision`; anything else it says (a
-    /// heartbeat ack) only proves it is alive.
+    /// A follower applied through `revision` (a diff of this epoch, so its
+    /// log matches the leader's that far); anything else it says only
+    /// proves it is alive.
     pub fn heard(&mut self, id: &str, revision: Option<u64>, now: Duration) {
         if let Some(f) = self.followers.get_mut(id) {
             f.last_heard = now;
             if let Some(r) = revision {
                 f.acked = f.acked.max(r);
+                f.confirmed |= r >= self.base;
             }
         }
     }
@@ -108,6 +140,7 @@ impl<A> ReplicationSet<A> {
             Follower {
                 acked: revision,
                 last_heard: now,
+                confirmed: true,
             },
         );
     }
@@ -160,7 +193,22 @@ mod tests {
     const L: Duration = Duration::from_millis(1100);
 
     fn set() -> ReplicationSet<&'static str> {
-        ReplicationSet::new(2, L, ["b".to_string(), "c".to_string()], Duration::ZERO)
+        ReplicationSet::new(2, L, 4, ["b".to_string(), "c".to_string()], Duration::ZERO)
+    }
+
+    #[test]
+    fn a_follower_reads_only_once_it_reached_the_log_end_at_election() {
+        let mut s = set();
+        assert!(!s.may_read("b") && !s.may_read("c"));
+        assert_eq!(s.unconfirmed(), vec!["b".to_string(), "c".to_string()]);
+        s.heard("b", None, Duration::ZERO);
+        s.heard("b", Some(3), Duration::ZERO);
+        assert!(!s.may_read("b"), "revision 4 may be an acknowledged write");
+        s.heard("b", Some(4), Duration::ZERO);
+        assert!(s.may_read("b"));
+        s.admit("d", 9, Duration::ZERO);
+        assert!(s.may_read("d"), "admitted after catching up");
+        assert_eq!(s.unconfirmed(), vec!["c".to_string()]);
     }
 
     #[test]

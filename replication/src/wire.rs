@@ -58,13 +58,16 @@ pub enum PeerMessage {
     Alive {
         seq: u64,
     },
-    /// Leader → follower, every tick: whether the follower is in the
-    /// replication set, and the last `Alive` heard from it. A follower's
-    /// read permission runs L from when it sent that `Alive`.
+    /// Leader → follower, every tick: whether the follower may serve reads
+    /// (it is in the replication set and confirmed), the last `Alive` heard
+    /// from it, and what is left of the leader's lease. A follower's read
+    /// permission runs from when it sent that `Alive`, for L at most and
+    /// never longer than `lease_left` (less drift).
     SetStatus {
         epoch: u64,
         in_set: bool,
         echo: u64,
+        lease_left: std::time::Duration,
     },
     /// Follower → leader: a client's write.
     Forward {

@@ -6,10 +6,12 @@
 //!
 //! Checked at every step: at most one leader per epoch, never two nodes
 //! holding a valid lease at the same real instant, and acknowledgements only
-//! inside the acknowledging node's lease. Checked after healing
+//! inside the acknowledging node's lease; no node that may serve local
+//! reads misses the latest acked write. Checked after healing
 //! and letting sync run: every acknowledged write is on every node, and all
 //! Merkle roots are equal. A failing seed is printed; replay it alone with
-//! `PIKA_SIM_SEED=<seed> PIKA_SIM_NODES=<n>`.
+//! `PIKA_SIM_SEED=<seed> PIKA_SIM_NODES=<n>`, and add `PIKA_SIM_TRACE=1`
+//! (with `--nocapture`) to print its messages and acknowledgements.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -51,6 +53,8 @@ struct Sim {
     acked: Vec<(String, String)>,
     next_token: u64,
     writes: u64,
+    /// No client writes: an idle cluster must still let followers read.
+    quiet: bool,
 }
 
 fn config(n: usize) -> CoreConfig {
@@ -94,6 +98,7 @@ impl Sim {
             acked: Vec::new(),
             next_token: 1,
             writes: 0,
+            quiet: false,
         };
         for i in 0..n {
             sim.boot(i);
@@ -166,6 +171,9 @@ impl Sim {
                         return Err(format!("n{i} acknowledged writes outside its lease"));
                     }
                     for t in tokens {
+                        if std::env::var_os("PIKA_SIM_TRACE").is_some() {
+                            eprintln!("{:?} n{i} acks {:?}", self.real, self.pending.get(&(i, t)));
+                        }
                         if let Some(write) = self.pending.remove(&(i, t)) {
                             self.acked.push(write);
                         }
@@ -259,6 +267,16 @@ impl Sim {
                 continue;
             }
             let now = self.local(to);
+            if std::env::var_os("PIKA_SIM_TRACE").is_some()
+                && !matches!(
+                    message,
+                    PeerMessage::SyncReply { .. }
+                        | PeerMessage::SyncRequest { .. }
+                        | PeerMessage::Diff { .. }
+                )
+            {
+                eprintln!("{:?} n{from}->n{to} {:?}", self.real, message);
+            }
             let from_id = self.nodes[from].id.clone();
             if let Some(core) = self.nodes[to].core.as_mut() {
                 core.handle(from_id, message, now);
@@ -285,7 +303,7 @@ impl Sim {
             }
             self.outputs(i)?;
         }
-        if self.dice.chance(0.08) {
+        if !self.quiet && self.dice.chance(0.08) {
             let i = self.dice.below(n);
             self.write(i);
             self.outputs(i)?;
@@ -298,6 +316,38 @@ impl Sim {
                 "overlapping valid leases at real {:?}: {holders:?}",
                 self.real
             ));
+        }
+        self.check_reads()
+    }
+
+    /// DESIGN.md, "Reads": a node that may serve local reads never misses
+    /// an acked write. Checking the latest acked write suffices: diffs apply
+    /// in revision order, so a node holding it holds every earlier one.
+    fn check_reads(&self) -> Result<(), String> {
+        let Some((path, value)) = self.acked.last() else {
+            return Ok(());
+        };
+        for (i, node) in self.nodes.iter().enumerate() {
+            let now = self.local(i);
+            let Some(core) = node.core.as_ref() else {
+                continue;
+            };
+            if !core.read_until(now).is_some_and(|until| now < until) {
+                continue;
+            }
+            let stored = node.store.get(path, None).map_err(|e| e.to_string())?;
+            let has = stored.is_some_and(|change| match change.kind {
+                pika_replication::ChangeKind::Put { data, .. } => data == value.as_bytes(),
+                pika_replication::ChangeKind::Delete => false,
+            });
+            if !has {
+                return Err(format!(
+                    "n{i} may serve reads at real {:?} but misses the acked write {path} ({:?}; leaders by epoch {:?})",
+                    self.real,
+                    core.status(now),
+                    self.leaders
+                ));
+            }
         }
         Ok(())
     }
@@ -347,6 +397,20 @@ impl Sim {
                 "no convergence after healing: roots {:?}",
                 self.roots()
             ));
+        }
+        // Idle now: every follower must still be (or become) confirmed and
+        // serve reads, new leader or not.
+        self.quiet = true;
+        self.run(Duration::from_secs(1), false)?;
+        for (i, node) in self.nodes.iter().enumerate() {
+            let now = self.local(i);
+            let reads = node
+                .core
+                .as_ref()
+                .is_some_and(|c| c.read_until(now).is_some_and(|until| now < until));
+            if !reads {
+                return Err(format!("n{i} cannot serve reads in a healed, idle cluster"));
+            }
         }
         for (path, value) in &self.acked {
             for node in &self.nodes {

@@ -424,6 +424,7 @@ impl<S: Storage> ReplicaCore<S> {
                 epoch,
                 in_set,
                 echo,
+                lease_left,
             } => {
                 let follows = self
                     .election
@@ -435,8 +436,14 @@ impl<S: Storage> ReplicaCore<S> {
                         .iter()
                         .find(|(s, _)| *s == echo)
                         .map(|(_, t)| *t);
+                    // Permission runs from when we sent the echoed `Alive`
+                    // (before the leader wrote this), for L but never past
+                    // the leader's own lease, read on its clock and
+                    // shortened for drift: a new leader can be elected once
+                    // that lease is over, and it acknowledges without us.
+                    let left = lease_left.mul_f64(1.0 - DRIFT).min(self.config.lease);
                     self.permission_until = match (in_set, sent) {
-                        (true, Some(sent)) => Some(sent + self.config.lease),
+                        (true, Some(sent)) => Some(sent + left),
                         _ => None,
                     };
                 }
@@ -468,26 +475,44 @@ impl<S: Storage> ReplicaCore<S> {
     }
 
     fn leader_tick(&mut self, epoch: u64, now: Duration) {
+        // What is left of this node's lease bounds the followers' read
+        // permission: with no lease left, no follower may read on our word.
+        let lease_left = self
+            .election
+            .lease(now)
+            .map_or(Duration::ZERO, |(_, until)| until.saturating_sub(now));
         let Some(leading) = self.leading.as_mut() else {
             return;
         };
         for gone in leading.set.evict_silent(now) {
             tracing::warn!(follower = %gone, "follower left the replication set: silent past its read lease");
         }
-        let statuses: Vec<(String, PeerMessage)> = self
+        let mut messages: Vec<(String, PeerMessage)> = self
             .peers
             .iter()
             .map(|peer| {
                 let message = PeerMessage::SetStatus {
                     epoch,
-                    in_set: leading.set.contains(peer),
+                    in_set: leading.set.may_read(peer),
                     echo: leading.echoes.get(peer).copied().unwrap_or(0),
+                    lease_left,
                 };
                 (peer.clone(), message)
             })
             .collect();
+        // An empty diff at our log end: a follower that already holds it
+        // acknowledges (and is confirmed) without waiting for a write; one
+        // that does not asks to catch up.
+        let probe = PeerMessage::Diff {
+            epoch,
+            prev: leading.recent.end(),
+            changes: Vec::new(),
+        };
+        for peer in leading.set.unconfirmed() {
+            messages.push((peer, probe.clone()));
+        }
         self.release_ready(now);
-        for (to, message) in statuses {
+        for (to, message) in messages {
             self.send(&to, message);
         }
     }
@@ -756,7 +781,13 @@ impl<S: Storage> ReplicaCore<S> {
         let quorum = self.config.replicas / 2 + 1;
         self.leading = Some(Leading {
             epoch,
-            set: ReplicationSet::new(quorum, eviction, self.alive.clone(), now),
+            set: ReplicationSet::new(
+                quorum,
+                eviction,
+                self.storage.position().revision,
+                self.alive.clone(),
+                now,
+            ),
             recent: RecentChanges::new(self.storage.position(), RECENT_CHANGES),
             sent: VecDeque::new(),
             echoes: HashMap::new(),
