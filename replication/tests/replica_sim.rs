@@ -332,7 +332,7 @@ impl Sim {
             let Some(core) = node.core.as_ref() else {
                 continue;
             };
-            if !core.read_until(now).is_some_and(|until| now < until) {
+            if core.read_until(now).is_none_or(|until| now >= until) {
                 continue;
             }
             let stored = node.store.get(path, None).map_err(|e| e.to_string())?;
