@@ -1,4 +1,5 @@
-//! The `pika` binary: `pika [--config PATH]` runs a node.
+//! The `pika` binary: `pika [--config PATH]` runs a node; `pika get|put|rm|
+//! ls|history|status|watch` talk to one (see `pika::cli`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,15 +8,33 @@ use clap::Parser;
 use pika::config::{self, Sources};
 
 #[derive(Parser)]
-#[command(name = "pika", version, about = "A clustered configuration store")]
+#[command(
+    name = "pika",
+    version,
+    about = "A clustered configuration store",
+    after_help = "Without a command, runs a node. Client exit codes: 0 done, 1 other error, 2 bad usage or input, 3 not found, 4 version conflict, 5 node unreachable or unavailable, 6 watch history gone."
+)]
 struct Cli {
-    /// Config file (YAML). Default: $CONFIG_FILE, ./pika.yaml, ./pika.yml, /etc/pika.yaml.
+    /// Config file (YAML), for running a node. Default: $CONFIG_FILE, ./pika.yaml, ./pika.yml, /etc/pika.yaml.
     #[arg(long, short, value_name = "PATH")]
     config: Option<PathBuf>,
+    #[command(flatten)]
+    client: pika::cli::Client,
+    #[command(subcommand)]
+    command: Option<pika::cli::Command>,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(command) = cli.command {
+        return match pika::cli::run(&cli.client, command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(failure) => {
+                eprintln!("pika: {}", failure.message);
+                ExitCode::from(failure.code)
+            }
+        };
+    }
     let loaded = match config::load(&Sources::from_process(cli.config)) {
         Ok(loaded) => loaded,
         Err(e) => {

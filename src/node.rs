@@ -130,6 +130,7 @@ pub async fn serve(
     });
 
     let ready = Arc::new(AtomicBool::new(true));
+    let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
     let state = AppState {
         store: store.clone(),
         writes,
@@ -139,6 +140,7 @@ pub async fn serve(
         request_ids: api::RequestIds::new(),
         http_addr: addr,
         membership: membership.clone(),
+        stopping: stopping_rx,
     };
     // Present from the start, not only after the first write.
     metrics::gauge!("pika_revision").set(store.revision() as f64);
@@ -166,6 +168,7 @@ pub async fn serve(
         .with_graceful_shutdown(async move {
             shutdown.await;
             ready.store(false, std::sync::atomic::Ordering::SeqCst);
+            stopping.send_replace(true);
             tracing::info!("shutting down: finishing in-flight requests");
         })
         .await

@@ -28,4 +28,4 @@ pub use commit::{BatchLimits, CommitPolicy, Reply, Standalone, WriteError, Write
 pub use format::{ContentError, Format};
 pub use path::{ConfigPath, PathError};
 pub use record::{Applied, Change, ChangeKind, Entry, Meta, Op, OpError, OpKind};
-pub use store::{Store, StoreError};
+pub use store::{FeedEvent, FeedPage, Store, StoreError};

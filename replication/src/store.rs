@@ -12,9 +12,11 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTran
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+mod feed;
 mod replicated;
 mod sync;
 
+pub use feed::{FEED_WINDOW, FeedEvent, FeedPage};
 pub use replicated::ApplyError;
 pub use sync::{PathState, Snapshot};
 
@@ -127,6 +129,8 @@ pub struct Store {
     /// Write transactions committed since open.
     commits: AtomicU64,
     history: u64,
+    /// The published revision, for watchers.
+    applied: tokio::sync::watch::Sender<u64>,
 }
 
 /// redb's own default is 1 GiB, which a busy leader fills: its pages stay
@@ -189,6 +193,7 @@ impl Store {
             txn.open_table(BUCKET_PATHS)?;
             txn.open_table(REQUESTS)?;
             txn.open_table(REQUEST_ORDER)?;
+            txn.open_table(feed::FEED)?;
             let mut node = txn.open_table(NODE)?;
             let existing = node.get(KEY_NODE_ID)?.map(|v| v.value().to_vec());
             let node_id = match existing {
@@ -219,6 +224,7 @@ impl Store {
             promised: AtomicU64::new(promised),
             commits: AtomicU64::new(0),
             history: history.max(1),
+            applied: tokio::sync::watch::Sender::new(revision),
         })
     }
 
@@ -301,6 +307,7 @@ impl Store {
         self.last_epoch.store(epoch, Ordering::Release);
         self.revision.store(revision, Ordering::Release);
         self.commits.fetch_add(1, Ordering::Relaxed);
+        self.applied.send_replace(revision);
     }
 
     /// Publishes a committed transaction's position to readers.
@@ -310,6 +317,7 @@ impl Store {
         }
         self.revision.store(revision, Ordering::Release);
         self.commits.fetch_add(1, Ordering::Relaxed);
+        self.applied.send_replace(revision);
     }
 
     /// What the op with this request id did, if it was applied within the
@@ -523,6 +531,7 @@ struct BatchTables<'txn> {
     bucket_paths: redb::Table<'txn, (u16, &'static str), ()>,
     requests: redb::Table<'txn, &'static str, (u64, u64, u64)>,
     request_order: redb::Table<'txn, u64, &'static str>,
+    feed: redb::Table<'txn, u64, &'static [u8]>,
 }
 
 impl<'txn> BatchTables<'txn> {
@@ -535,6 +544,7 @@ impl<'txn> BatchTables<'txn> {
             bucket_paths: txn.open_table(BUCKET_PATHS)?,
             requests: txn.open_table(REQUESTS)?,
             request_order: txn.open_table(REQUEST_ORDER)?,
+            feed: txn.open_table(feed::FEED)?,
         })
     }
 
@@ -551,6 +561,10 @@ impl<'txn> BatchTables<'txn> {
                 self.request_order.remove(r)?;
                 self.requests.remove(id.as_str())?;
             }
+        }
+        if revision > feed::FEED_WINDOW {
+            self.feed
+                .retain_in(..revision - feed::FEED_WINDOW, |_, _| false)?;
         }
         self.node
             .insert(KEY_REVISION, revision.to_le_bytes().as_slice())?;
@@ -588,6 +602,10 @@ impl<'txn> BatchTables<'txn> {
 
         self.entries
             .insert(path, encode(path, &entry)?.as_slice())?;
+        self.feed.insert(
+            change.revision,
+            encode(path, &feed::FeedRecord::of(change))?.as_slice(),
+        )?;
 
         if let Some(id) = &change.request_id {
             self.requests

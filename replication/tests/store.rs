@@ -450,3 +450,121 @@ fn request_ids_travel_with_changes_so_a_new_leader_answers_a_retry_once() {
     drop(queue);
     committer.join().unwrap();
 }
+
+/// The watch API's feed: every change in revision order, paged, on the
+/// leader and on a follower that applied the same changes, across reopen.
+#[test]
+fn the_feed_lists_every_change_in_order_and_survives_reopen() {
+    use pika_replication::{FeedEvent, FeedPage};
+    let (ld, fd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let leader = open(&ld, 5);
+    let follower = open(&fd, 5);
+    let mut watch = follower.subscribe();
+    let (_, changes) = leader
+        .execute_then(
+            &[
+                put("a/x", "1", None),
+                put("b/y", "1", None),
+                put("a/x", "2", None),
+            ],
+            3,
+            0,
+            |_| {},
+        )
+        .unwrap();
+    let (_, more) = leader
+        .execute_then(&[Op::delete(path("b/y"), None)], 3, 0, |_| {})
+        .unwrap();
+    follower.apply(&changes).unwrap();
+    follower.apply(&more).unwrap();
+    assert!(watch.has_changed().unwrap(), "applying notifies watchers");
+    assert_eq!(*watch.borrow_and_update(), 4);
+
+    let event = |revision, path: &str, version, op| FeedEvent {
+        revision,
+        epoch: 3,
+        path: path.into(),
+        version,
+        op,
+    };
+    let all = vec![
+        event(1, "a/x", 1, "put"),
+        event(2, "b/y", 1, "put"),
+        event(3, "a/x", 2, "put"),
+        event(4, "b/y", 2, "delete"),
+    ];
+    for store in [&leader, &follower] {
+        assert_eq!(
+            store.feed_after(0, 100).unwrap(),
+            FeedPage::Events {
+                events: all.clone(),
+                through: 4
+            }
+        );
+        assert_eq!(
+            store.feed_after(1, 2).unwrap(),
+            FeedPage::Events {
+                events: all[1..3].to_vec(),
+                through: 3
+            },
+            "a full page ends at its last event"
+        );
+        assert_eq!(
+            store.feed_after(4, 100).unwrap(),
+            FeedPage::Events {
+                events: vec![],
+                through: 4
+            }
+        );
+    }
+    drop(follower);
+    let follower = open(&fd, 5);
+    assert_eq!(
+        follower.feed_after(2, 100).unwrap(),
+        FeedPage::Events {
+            events: all[2..].to_vec(),
+            through: 4
+        }
+    );
+}
+
+/// A sync installs state without its changes: a watcher behind the
+/// installed revision is told to list again, never silently skipped.
+#[test]
+fn a_sync_moves_the_feed_floor_so_old_watchers_learn_of_the_gap() {
+    use pika_replication::FeedPage;
+    let (ld, fd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (leader, follower) = (open(&ld, 5), open(&fd, 5));
+    let (_, first) = leader
+        .execute_then(&[put("p/1", "1", None)], 1, 0, |_| {})
+        .unwrap();
+    follower.apply(&first).unwrap();
+    leader
+        .execute(&[put("p/2", "1", None), put("p/3", "1", None)], 1, 0)
+        .unwrap();
+    let snapshot = leader.snapshot().unwrap();
+    let differing = snapshot.merkle().differing(&follower.merkle().unwrap());
+    let contents = snapshot.bucket_contents(&differing).unwrap();
+    follower
+        .install(&differing, &contents, snapshot.revision, snapshot.epoch)
+        .unwrap();
+    assert_eq!(
+        follower.feed_after(1, 100).unwrap(),
+        FeedPage::Compacted {
+            oldest: 4,
+            current: 3
+        }
+    );
+    let (_, next) = leader
+        .execute_then(&[put("p/4", "1", None)], 1, 0, |_| {})
+        .unwrap();
+    follower.apply(&next).unwrap();
+    match follower.feed_after(3, 100).unwrap() {
+        FeedPage::Events { events, through } => {
+            assert_eq!(through, 4);
+            assert_eq!(events.len(), 1);
+            assert_eq!(events[0].path, "p/4");
+        }
+        other => panic!("expected events, got {other:?}"),
+    }
+}

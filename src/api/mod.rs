@@ -5,6 +5,7 @@ mod envelope;
 mod error;
 mod files;
 mod status;
+mod watch;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -32,6 +33,8 @@ pub struct AppState {
     pub http_addr: std::net::SocketAddr,
     /// Present when `cluster.enabled` is true.
     pub membership: Option<Arc<pika_membership::Membership>>,
+    /// Turns true when shutdown begins: open watches end so the server can.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Where writes go: the local committer, or the cluster's leader.
@@ -124,6 +127,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/folder/", get(files::list_root))
         .route("/api/v1/folder/{*path}", get(files::list_folder))
         .route("/api/v1/cluster/status", get(status::cluster_status))
+        .route("/api/v1/watch", get(watch::watch))
         .route("/healthz", get(status::healthz))
         .route("/readyz", get(status::readyz))
         .route("/metrics", get(status::metrics))

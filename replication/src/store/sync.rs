@@ -108,6 +108,12 @@ impl Store {
                 }
             }
             tables.set_position(revision, Some(epoch))?;
+            // The installed state came without its changes: watchers
+            // behind this revision must list again (see `feed`).
+            tables.node.insert(
+                super::feed::KEY_FEED_FLOOR,
+                revision.to_le_bytes().as_slice(),
+            )?;
         }
         txn.commit()?;
         self.reset_position(revision, epoch);

@@ -1,0 +1,157 @@
+//! `GET /api/v1/watch?prefix=&from_revision=`: the change feed as
+//! server-sent events.
+//!
+//! Each change is one event with `id: <revision>` and data
+//! `{revision, epoch, path, version, op}`, in revision order, as this node
+//! applied it: a watch on a follower sees a change once that follower has
+//! it. Where to start, first match wins:
+//! - a `Last-Event-ID` header (what `EventSource` sends on reconnect):
+//!   the changes after that revision;
+//! - `from_revision=N`: the changes from revision N on;
+//! - neither: the changes after the current revision.
+//!
+//! When the node no longer keeps the changes the watch asks for (they
+//! fell out of the feed window, or a sync replaced them), the stream sends
+//! one `compacted` event `{message, oldest_revision, current_revision}`
+//! and ends: the client lists the state again and watches from there.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use pika_replication::{FeedEvent, FeedPage, Store};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{ApiError, AppState};
+
+/// How often an idle stream sends a comment, so proxies and clients can
+/// tell a quiet watch from a dead connection.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
+/// Changes read from the store per round trip.
+const PAGE: usize = 256;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchQuery {
+    #[serde(default)]
+    prefix: String,
+    from_revision: Option<u64>,
+}
+
+pub async fn watch(
+    State(state): State<AppState>,
+    Query(query): Query<WatchQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let resume = headers
+        .get("last-event-id")
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request("header Last-Event-ID must be a revision number")
+                })
+        })
+        .transpose()?;
+    let after = match (resume, query.from_revision) {
+        (Some(last), _) => last,
+        (None, Some(from)) => from.saturating_sub(1),
+        (None, None) => state.store.revision(),
+    };
+    let watcher = Watcher {
+        store: state.store.clone(),
+        applied: state.store.subscribe(),
+        stopping: state.stopping.clone(),
+        prefix: query.prefix,
+        after,
+        ready: VecDeque::new(),
+        done: false,
+    };
+    let events = futures_util::stream::unfold(watcher, |mut w| async move {
+        let event = w.next().await?;
+        Some((Ok::<_, std::convert::Infallible>(event), w))
+    });
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive"))
+        .into_response())
+}
+
+/// One watch's position in the feed.
+struct Watcher {
+    store: Arc<Store>,
+    applied: tokio::sync::watch::Receiver<u64>,
+    stopping: tokio::sync::watch::Receiver<bool>,
+    prefix: String,
+    /// Every change up to here was sent or filtered out.
+    after: u64,
+    ready: VecDeque<Event>,
+    done: bool,
+}
+
+impl Watcher {
+    /// The next event, waiting for a change if there is none yet; `None`
+    /// ends the stream.
+    async fn next(&mut self) -> Option<Event> {
+        loop {
+            if let Some(event) = self.ready.pop_front() {
+                return Some(event);
+            }
+            if self.done || *self.stopping.borrow() {
+                return None;
+            }
+            // Marked seen before reading, so a commit that lands after the
+            // read still wakes the wait below.
+            self.applied.borrow_and_update();
+            match self.store.feed_after(self.after, PAGE) {
+                Err(e) => {
+                    tracing::warn!(error = %e, "watch: reading the change feed failed; ending the stream");
+                    return None;
+                }
+                Ok(FeedPage::Compacted { oldest, current }) => {
+                    self.done = true;
+                    let body = json!({
+                        "message": format!(
+                            "changes after revision {} are no longer kept on this node; list the current state and watch from revision {oldest} or later",
+                            self.after
+                        ),
+                        "oldest_revision": oldest,
+                        "current_revision": current,
+                    });
+                    self.ready
+                        .push_back(Event::default().event("compacted").data(body.to_string()));
+                }
+                Ok(FeedPage::Events { events, through }) => {
+                    self.after = through;
+                    let before = self.ready.len();
+                    for event in events.iter().filter(|e| e.path.starts_with(&self.prefix)) {
+                        self.ready.push_back(sse_event(event));
+                    }
+                    if self.ready.len() == before && !events.is_empty() {
+                        continue; // all filtered out: read on
+                    }
+                    if self.ready.is_empty() {
+                        tokio::select! {
+                            changed = self.applied.changed() => {
+                                if changed.is_err() {
+                                    return None;
+                                }
+                            }
+                            _ = self.stopping.changed() => return None,
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn sse_event(event: &FeedEvent) -> Event {
+    let data = serde_json::to_string(event).unwrap_or_else(|_| "{}".into());
+    Event::default().id(event.revision.to_string()).data(data)
+}

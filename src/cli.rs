@@ -1,0 +1,410 @@
+//! The command-line client in the `pika` binary: `pika get|put|rm|ls|
+//! history|status|watch`, against one node's HTTP API.
+//!
+//! Output is for people by default and one JSON document (for `watch`, one
+//! per line) with `--json`. Exit codes are part of the interface, so that
+//! scripts can branch on them:
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | done |
+//! | 1 | anything else: a server error, a file that cannot be read |
+//! | 2 | bad usage, or the node refused the input (400, 413) |
+//! | 3 | not found (404) |
+//! | 4 | version conflict (409) |
+//! | 5 | the node is unreachable or cannot serve now (503) |
+//! | 6 | `watch`: the node no longer keeps the history asked for |
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+#[derive(Args, Debug)]
+pub struct Client {
+    /// The node to talk to.
+    #[arg(long, global = true, default_value = "http://127.0.0.1:8080")]
+    pub node: String,
+    /// Print JSON instead of readable text.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Print a config's content (the latest version, or --version N).
+    Get {
+        path: String,
+        #[arg(long)]
+        version: Option<u64>,
+    },
+    /// Save FILE (or `-` for stdin) under PATH; the format comes from FILE's
+    /// extension, else PATH's, unless --format says.
+    Put {
+        path: String,
+        file: PathBuf,
+        /// json, yaml, toml or text.
+        #[arg(long)]
+        format: Option<String>,
+        /// Save only if PATH is at this version now (0: must not exist).
+        #[arg(long)]
+        expected_version: Option<u64>,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// Delete a config (its history stays).
+    Rm { path: String },
+    /// List a folder (the root by default).
+    Ls { path: Option<String> },
+    /// List a config's versions.
+    History { path: String },
+    /// The node's view of the cluster.
+    Status,
+    /// Print changes as they happen, until interrupted.
+    Watch {
+        /// Only paths starting with this.
+        #[arg(default_value = "")]
+        prefix: String,
+        /// Start from this revision instead of now.
+        #[arg(long)]
+        from_revision: Option<u64>,
+    },
+}
+
+/// Why a command failed, carrying its exit code.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Failure {
+    fn new(code: u8, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The code for an HTTP error status (see the module docs).
+    fn from_status(status: u16, body: &[u8]) -> Self {
+        let message = serde_json::from_slice::<Value>(body)
+            .ok()
+            .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_owned))
+            .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
+        let code = match status {
+            400 | 413 => 2,
+            404 => 3,
+            409 => 4,
+            503 => 5,
+            _ => 1,
+        };
+        Self::new(code, format!("{message} (HTTP {status})"))
+    }
+}
+
+type Outcome = Result<(), Failure>;
+
+pub fn run(client: &Client, command: Command) -> Outcome {
+    let api = Api::new(client)?;
+    match command {
+        Command::Get { path, version } => {
+            let query = version.map(|v| format!("?version={v}")).unwrap_or_default();
+            let file = api.get_json(&format!("/api/v1/file/{path}{query}"))?;
+            if client.json {
+                return print_json(&file);
+            }
+            let data = file.get("data").and_then(Value::as_str).unwrap_or_default();
+            let bytes = BASE64
+                .decode(data)
+                .map_err(|e| Failure::new(1, format!("the node sent bad base64: {e}")))?;
+            write_out(&bytes)
+        }
+        Command::Put {
+            path,
+            file,
+            format,
+            expected_version,
+            description,
+        } => {
+            let data = read_input(&file)?;
+            let format = format.or_else(|| format_of(&file.to_string_lossy()));
+            let mut meta = serde_json::Map::new();
+            if let Some(f) = format {
+                meta.insert("format".into(), f.into());
+            }
+            if let Some(d) = description {
+                meta.insert("description".into(), d.into());
+            }
+            let mut body = json!({ "data": BASE64.encode(&data), "meta": meta });
+            if let Some(v) = expected_version {
+                body["expected_version"] = v.into();
+            }
+            let applied = api.send("POST", &format!("/api/v1/file/{path}"), Some(&body))?;
+            if client.json {
+                return print_json(&applied);
+            }
+            println!(
+                "saved {path} v{} (revision {})",
+                applied["version"], applied["revision"]
+            );
+            Ok(())
+        }
+        Command::Rm { path } => {
+            api.send("DELETE", &format!("/api/v1/file/{path}"), None)?;
+            if client.json {
+                return print_json(&json!({ "deleted": path }));
+            }
+            println!("deleted {path}");
+            Ok(())
+        }
+        Command::Ls { path } => {
+            let folder = api.get_json(&format!("/api/v1/folder/{}", path.unwrap_or_default()))?;
+            if client.json {
+                return print_json(&folder);
+            }
+            for child in folder["children"].as_array().into_iter().flatten() {
+                let name = child["path"].as_str().unwrap_or_default();
+                if child["type"] == "folder" {
+                    println!("{name}/");
+                } else {
+                    println!(
+                        "{name}  v{}  {}  {} bytes",
+                        child["version"],
+                        child["format"].as_str().unwrap_or("?"),
+                        child["size"]
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::History { path } => {
+            let history = api.get_json(&format!("/api/v1/versions/{path}"))?;
+            if client.json {
+                return print_json(&history);
+            }
+            println!(
+                "{:>8} {:>9} {:>6}  {:<8} {:>8}",
+                "VERSION", "REVISION", "EPOCH", "STATUS", "BYTES"
+            );
+            for v in history["versions"].as_array().into_iter().flatten() {
+                println!(
+                    "{:>8} {:>9} {:>6}  {:<8} {:>8}",
+                    text(&v["version"]),
+                    text(&v["revision"]),
+                    text(&v["epoch"]),
+                    text(&v["status"]),
+                    text(&v["size"])
+                );
+            }
+            Ok(())
+        }
+        Command::Status => {
+            let status = api.get_json("/api/v1/cluster/status")?;
+            if client.json {
+                return print_json(&status);
+            }
+            print_status(&status);
+            Ok(())
+        }
+        Command::Watch {
+            prefix,
+            from_revision,
+        } => api.watch(&prefix, from_revision, client.json),
+    }
+}
+
+/// The format an extension names, as the server infers it.
+fn format_of(name: &str) -> Option<String> {
+    let ext = name.rsplit_once('.')?.1.to_ascii_lowercase();
+    Some(
+        match ext.as_str() {
+            "json" => "json",
+            "yaml" | "yml" => "yaml",
+            "toml" => "toml",
+            "txt" | "text" => "text",
+            _ => return None,
+        }
+        .to_string(),
+    )
+}
+
+fn read_input(file: &PathBuf) -> Result<Vec<u8>, Failure> {
+    let mut data = Vec::new();
+    let read = if file.as_os_str() == "-" {
+        std::io::stdin().read_to_end(&mut data).map(drop)
+    } else {
+        std::fs::read(file).map(|d| data = d)
+    };
+    read.map_err(|e| Failure::new(1, format!("cannot read {}: {e}", file.display())))?;
+    Ok(data)
+}
+
+fn write_out(bytes: &[u8]) -> Outcome {
+    let mut out = std::io::stdout().lock();
+    out.write_all(bytes)
+        .and_then(|()| out.flush())
+        .map_err(|e| Failure::new(1, format!("cannot write to stdout: {e}")))
+}
+
+fn print_json(value: &Value) -> Outcome {
+    let text = serde_json::to_string_pretty(value).unwrap_or_default();
+    write_out(format!("{text}\n").as_bytes())
+}
+
+/// A JSON value as a table cell: strings unquoted, null as `-`.
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn print_status(s: &Value) {
+    println!("node     {} ({})", text(&s["node_id"]), text(&s["role"]));
+    println!(
+        "leader   {} {}",
+        text(&s["leader"]),
+        text(&s["leader_http_address"])
+    );
+    println!("epoch    {}", text(&s["epoch"]));
+    println!("revision {}", text(&s["revision"]));
+    if s.get("has_quorum").is_some() {
+        println!(
+            "quorum   {} ({} of {} online)",
+            text(&s["has_quorum"]),
+            text(&s["online_nodes"]),
+            text(&s["expected_replicas"])
+        );
+    }
+    println!();
+    println!(
+        "{:<18} {:<22} {:<8} {:<10} {:>6} {:>9} {:>5}",
+        "ID", "HTTP", "STATE", "ROLE", "EPOCH", "APPLIED", "LAG"
+    );
+    for n in s["nodes"].as_array().into_iter().flatten() {
+        let me = if n["self"] == true { "*" } else { "" };
+        println!(
+            "{:<18} {:<22} {:<8} {:<10} {:>6} {:>9} {:>5}",
+            format!("{}{me}", text(&n["id"])),
+            text(&n["http_address"]),
+            text(&n["state"]),
+            text(&n["role"]),
+            text(&n["epoch"]),
+            text(&n["applied_revision"]),
+            text(&n["lag"])
+        );
+    }
+}
+
+/// One node's HTTP API.
+struct Api {
+    base: String,
+    http: reqwest::blocking::Client,
+}
+
+impl Api {
+    fn new(client: &Client) -> Result<Self, Failure> {
+        let base = client.node.trim_end_matches('/').to_string();
+        if !base.starts_with("http://") && !base.starts_with("https://") {
+            return Err(Failure::new(
+                2,
+                format!("--node must be an http:// URL, got {base:?}"),
+            ));
+        }
+        let http = reqwest::blocking::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            // Writes wait for the cluster; watches never end.
+            .timeout(None)
+            .build()
+            .map_err(|e| Failure::new(1, format!("cannot build the HTTP client: {e}")))?;
+        Ok(Self { base, http })
+    }
+
+    fn unreachable(&self, e: reqwest::Error) -> Failure {
+        Failure::new(5, format!("cannot reach {}: {e}", self.base))
+    }
+
+    fn get_json(&self, path: &str) -> Result<Value, Failure> {
+        self.send("GET", path, None)
+    }
+
+    /// Sends a request; a 2xx body is returned as JSON (null when empty).
+    fn send(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, Failure> {
+        let url = format!("{}{path}", self.base);
+        let request = match method {
+            "POST" => self.http.post(url),
+            "DELETE" => self.http.delete(url),
+            _ => self.http.get(url),
+        };
+        let request = match body {
+            Some(b) => request.json(b),
+            None => request,
+        };
+        let response = request.send().map_err(|e| self.unreachable(e))?;
+        let status = response.status().as_u16();
+        let bytes = response.bytes().map_err(|e| self.unreachable(e))?;
+        if !(200..300).contains(&status) {
+            return Err(Failure::from_status(status, &bytes));
+        }
+        if bytes.is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_slice(&bytes)
+            .map_err(|e| Failure::new(1, format!("the node sent invalid JSON: {e}")))
+    }
+
+    fn watch(&self, prefix: &str, from: Option<u64>, as_json: bool) -> Outcome {
+        let mut request = self
+            .http
+            .get(format!("{}/api/v1/watch", self.base))
+            .query(&[("prefix", prefix)]);
+        if let Some(from) = from {
+            request = request.query(&[("from_revision", from)]);
+        }
+        let response = request.send().map_err(|e| self.unreachable(e))?;
+        let status = response.status().as_u16();
+        if status != 200 {
+            let body = response.bytes().unwrap_or_default();
+            return Err(Failure::from_status(status, &body));
+        }
+        let mut name = String::new();
+        for line in BufReader::new(response).lines() {
+            let line = line.map_err(|e| Failure::new(5, format!("the watch broke: {e}")))?;
+            if let Some(event) = line.strip_prefix("event:") {
+                name = event.trim().to_string();
+            } else if let Some(data) = line.strip_prefix("data:") {
+                let data: Value = serde_json::from_str(data.trim())
+                    .map_err(|e| Failure::new(1, format!("the node sent a bad event: {e}")))?;
+                if name == "compacted" {
+                    let message = data["message"].as_str().unwrap_or("history gone");
+                    return Err(Failure::new(6, message.to_string()));
+                }
+                let printed = if as_json {
+                    writeln!(std::io::stdout(), "{data}")
+                } else {
+                    writeln!(
+                        std::io::stdout(),
+                        "{} {:<6} {} v{} (epoch {})",
+                        data["revision"],
+                        data["op"].as_str().unwrap_or("?"),
+                        data["path"].as_str().unwrap_or("?"),
+                        data["version"],
+                        data["epoch"]
+                    )
+                };
+                printed
+                    .and_then(|()| std::io::stdout().flush())
+                    .map_err(|e| Failure::new(1, format!("cannot write to stdout: {e}")))?;
+            } else if line.is_empty() {
+                name.clear();
+            }
+        }
+        Err(Failure::new(5, "the node closed the watch"))
+    }
+}
