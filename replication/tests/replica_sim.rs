@@ -268,12 +268,7 @@ impl Sim {
             }
             let now = self.local(to);
             if std::env::var_os("PIKA_SIM_TRACE").is_some()
-                && !matches!(
-                    message,
-                    PeerMessage::SyncReply { .. }
-                        | PeerMessage::SyncRequest { .. }
-                        | PeerMessage::Diff { .. }
-                )
+                && !matches!(message, PeerMessage::Diff { .. })
             {
                 eprintln!("{:?} n{from}->n{to} {:?}", self.real, message);
             }
@@ -398,19 +393,29 @@ impl Sim {
                 self.roots()
             ));
         }
-        // Idle now: every follower must still be (or become) confirmed and
-        // serve reads, new leader or not.
+        // Idle now: every node must (soon) serve reads, new leader or not.
+        // Elections may still be settling, so allow a few seconds.
         self.quiet = true;
-        self.run(Duration::from_secs(1), false)?;
-        for (i, node) in self.nodes.iter().enumerate() {
-            let now = self.local(i);
-            let reads = node
-                .core
-                .as_ref()
-                .is_some_and(|c| c.read_until(now).is_some_and(|until| now < until));
-            if !reads {
-                return Err(format!("n{i} cannot serve reads in a healed, idle cluster"));
+        let mut unreadable = Vec::new();
+        for _ in 0..20 {
+            self.run(Duration::from_millis(250), false)?;
+            unreadable = (0..self.nodes.len())
+                .filter(|&i| {
+                    let now = self.local(i);
+                    !self.nodes[i]
+                        .core
+                        .as_ref()
+                        .is_some_and(|c| c.read_until(now).is_some_and(|until| now < until))
+                })
+                .collect();
+            if unreadable.is_empty() {
+                break;
             }
+        }
+        if !unreadable.is_empty() {
+            return Err(format!(
+                "nodes {unreadable:?} cannot serve reads in a healed, idle cluster"
+            ));
         }
         for (path, value) in &self.acked {
             for node in &self.nodes {

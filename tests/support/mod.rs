@@ -90,3 +90,97 @@ pub fn free_udp_port(hosts: &[u8]) -> u16 {
     let names: Vec<String> = hosts.iter().map(|h| format!("127.0.1.{h}")).collect();
     pika_campaign::cluster::free_udp_port(&names).expect("a UDP port free on every test address")
 }
+
+/// One item of a server-sent-event stream as a test reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Sse {
+    /// An event: its name (empty for the default), id and JSON data.
+    Event {
+        name: String,
+        id: Option<String>,
+        data: serde_json::Value,
+    },
+    /// A `:` comment line (keep-alive).
+    Comment(String),
+    /// The server closed the stream.
+    Closed,
+}
+
+/// Opens `url` as an event stream; items arrive on the channel. The reader
+/// thread ends when the stream does, or at the first item after the
+/// receiver is dropped (keep-alives make that happen within seconds).
+pub fn sse(url: &str, headers: &[(&str, &str)]) -> std::sync::mpsc::Receiver<Sse> {
+    let http = reqwest::blocking::Client::builder()
+        .timeout(None)
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let mut request = http.get(url);
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let response = request.send().expect("the watch request is answered");
+    assert_eq!(
+        response.status().as_u16(),
+        200,
+        "watch {url}: {:?}",
+        response.text()
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut name, mut id, mut data) = (String::new(), None, String::new());
+        for line in BufReader::new(response).lines() {
+            let Ok(line) = line else { break };
+            let item = if let Some(comment) = line.strip_prefix(':') {
+                Some(Sse::Comment(comment.trim().to_string()))
+            } else if let Some(v) = line.strip_prefix("event:") {
+                name = v.trim().to_string();
+                None
+            } else if let Some(v) = line.strip_prefix("id:") {
+                id = Some(v.trim().to_string());
+                None
+            } else if let Some(v) = line.strip_prefix("data:") {
+                data.push_str(v.trim());
+                None
+            } else if line.is_empty() && !data.is_empty() {
+                let parsed = serde_json::from_str(&data).unwrap_or(serde_json::Value::Null);
+                data.clear();
+                Some(Sse::Event {
+                    name: std::mem::take(&mut name),
+                    id: id.take(),
+                    data: parsed,
+                })
+            } else {
+                None
+            };
+            if let Some(item) = item
+                && tx.send(item).is_err()
+            {
+                return;
+            }
+        }
+        let _ = tx.send(Sse::Closed);
+    });
+    rx
+}
+
+/// The next `n` change events from a watch (comments skipped), or what
+/// arrived before `limit` ran out.
+pub fn next_events(
+    rx: &std::sync::mpsc::Receiver<Sse>,
+    n: usize,
+    limit: Duration,
+) -> Vec<serde_json::Value> {
+    let deadline = std::time::Instant::now() + limit;
+    let mut out = Vec::new();
+    while out.len() < n {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(Sse::Event { name, data, .. }) if name.is_empty() => out.push(data),
+            Ok(Sse::Event { name, data, .. }) => panic!("unexpected {name} event: {data}"),
+            Ok(Sse::Comment(_)) => {}
+            Ok(Sse::Closed) | Err(_) => break,
+        }
+    }
+    out
+}

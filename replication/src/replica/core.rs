@@ -540,6 +540,13 @@ impl<S: Storage> ReplicaCore<S> {
         if now >= self.next_sync && self.syncing.is_none() {
             self.start_sync(leader, now);
         }
+        // Without leave to read we are out of the set or not confirmed yet:
+        // keep asking to catch up (a lost request must not leave us out
+        // until the next write or sync).
+        let may_read = self.permission_until.is_some_and(|p| now < p);
+        if !may_read && self.syncing.is_none() {
+            self.request_catch_up(leader, now);
+        }
     }
 
     fn on_diff(
@@ -570,15 +577,8 @@ impl<S: Storage> ReplicaCore<S> {
         };
         let Some(todo) = todo else {
             self.behind = true;
-            if self
-                .last_catch_up
-                .is_none_or(|t| now >= t + self.config.heartbeat_interval)
-            {
-                self.last_catch_up = Some(now);
-                tracing::info!(?pos, ?prev, "diff does not continue this log: catching up");
-                self.send(from, PeerMessage::CatchUp { epoch, from: pos });
-            }
-            return;
+            tracing::debug!(?pos, ?prev, "diff does not continue this log: catching up");
+            return self.request_catch_up(from, now);
         };
         match self.storage.apply(&todo) {
             Ok(()) => {
@@ -720,9 +720,19 @@ impl<S: Storage> ReplicaCore<S> {
                     Err(e) => tracing::error!(error = %e, "installing sync buckets failed"),
                 }
             }
-            SyncStep::InSync { .. } => {
+            SyncStep::InSync { revision, epoch } => {
                 self.syncing = None;
                 self.last_sync = Some(record(0, 0));
+                // Same content, but our log may end at another position
+                // (changes that cancelled out, or an older label): take
+                // the snapshot's, or catching up from ours finds no point
+                // in the leader's log and asks for a sync forever.
+                let here = self.storage.position();
+                if here != (Position { epoch, revision })
+                    && let Err(e) = self.storage.install(&[], &[], revision, epoch)
+                {
+                    return tracing::error!(error = %e, "adopting the leader's position failed");
+                }
                 self.catch_up(&from, now);
             }
             SyncStep::Failed(why) => {
@@ -738,6 +748,16 @@ impl<S: Storage> ReplicaCore<S> {
         let from = self.storage.position();
         let epoch = self.followed_epoch;
         self.send(leader, PeerMessage::CatchUp { epoch, from });
+    }
+
+    /// [`Self::catch_up`], at most once per heartbeat interval.
+    fn request_catch_up(&mut self, leader: &str, now: Duration) {
+        if self
+            .last_catch_up
+            .is_none_or(|t| now >= t + self.config.heartbeat_interval)
+        {
+            self.catch_up(leader, now);
+        }
     }
 
     fn perform_election(&mut self, now: Duration) {
@@ -767,9 +787,13 @@ impl<S: Storage> ReplicaCore<S> {
                     tracing::info!(%leader, epoch, "following");
                     self.followed_epoch = epoch;
                     self.permission_until = None;
-                    // A new leader (or our first): compare trees now.
                     self.syncing = None;
-                    self.start_sync(&leader, now);
+                    // A new leader (or our first): ask for what we miss.
+                    // The leader answers from its recent changes when it
+                    // can, so a short absence costs what changed; it says
+                    // `SyncNeeded` (a Merkle sync) when it cannot.
+                    self.last_catch_up = None;
+                    self.request_catch_up(&leader, now);
                 }
             }
         }
