@@ -402,10 +402,10 @@ impl Sim {
             unreadable = (0..self.nodes.len())
                 .filter(|&i| {
                     let now = self.local(i);
-                    !self.nodes[i]
+                    self.nodes[i]
                         .core
                         .as_ref()
-                        .is_some_and(|c| c.read_until(now).is_some_and(|until| now < until))
+                        .is_none_or(|c| c.read_until(now).is_none_or(|until| now >= until))
                 })
                 .collect();
             if unreadable.is_empty() {
