@@ -1,7 +1,12 @@
-.PHONY: run test lint bench
+.PHONY: run demo test lint bench
 
 run:
 	cargo run --release -- $(if $(CONFIG_FILE),--config $(CONFIG_FILE),)
+
+# Three loopback nodes (example/cluster) in one terminal; Ctrl-C stops them.
+demo:
+	cargo build --release --bin pika
+	example/cluster/demo.sh
 
 test:
 	cargo test --workspace

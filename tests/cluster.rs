@@ -18,12 +18,15 @@ fn example(n: u8) -> PathBuf {
 }
 
 /// Node `n` from `example/cluster/{n}.yaml`, loaded unchanged; the env moves
-/// it to a free cluster port, a temp data dir and test-speed heartbeats.
+/// it to a free cluster port, a temp data dir and test-speed heartbeats, and
+/// lists the loopback addresses in place of `pika.local`.
 fn start(dir: &Path, n: u8, port: u16, extra: &[(&str, &str)]) -> Proc {
     let port = port.to_string();
     let host = format!("127.0.1.{n}");
     let mut env = vec![
         ("PIKA_SERVER_HOST", host.as_str()),
+        // As `make demo` does: the addresses pika.local would resolve to.
+        ("PIKA_CLUSTER_DNS_ADDR", "127.0.1.1,127.0.1.2,127.0.1.3"),
         ("PIKA_CLUSTER_PORT", port.as_str()),
         ("PIKA_CLUSTER_HEARTBEAT_INTERVAL", "200ms"),
         ("PIKA_CLUSTER_HEARTBEAT_TIMEOUT", "1s"),

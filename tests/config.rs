@@ -257,3 +257,32 @@ fn the_page_cache_bound_is_read_and_checked() {
     let e = error_of("{}\n", &[("PIKA_STORAGE_CACHE_MB", "0")]);
     assert!(e.contains("storage.cache_mb"), "{e}");
 }
+
+/// The loopback demo's files are what the README and `make demo` promise:
+/// node N binds 127.0.1.N, serves HTTP on 809N, finds the others through
+/// pika.local, keeps its data under /tmp, and shares one key.
+#[test]
+fn the_demo_configs_are_the_documented_loopback_cluster() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut keys = Vec::new();
+    for n in 1..=3 {
+        let file = root.join(format!("example/cluster/{n}.yaml"));
+        let loaded = load(&sources(Some(file.clone()), &[])).expect("the demo config loads");
+        assert!(
+            loaded.warnings.is_empty(),
+            "{file:?}: {:?}",
+            loaded.warnings
+        );
+        let c = loaded.config;
+        assert_eq!(c.server.host, format!("127.0.1.{n}"));
+        assert_eq!(c.server.port, 8090 + n);
+        assert!(c.cluster.enabled);
+        assert_eq!(c.cluster.bind_addr, format!("127.0.1.{n}"));
+        assert_eq!(c.cluster.dns_addr, "pika.local");
+        assert_eq!(c.cluster.replicas, 3);
+        assert_eq!(c.storage.bw.path, PathBuf::from(format!("/tmp/pika{n}")));
+        assert!(c.cluster.security_key.value.len() >= 16);
+        keys.push(c.cluster.security_key.value);
+    }
+    assert!(keys.iter().all(|k| *k == keys[0]), "one key for all three");
+}

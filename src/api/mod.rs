@@ -5,6 +5,7 @@ mod envelope;
 mod error;
 mod files;
 mod status;
+mod ui;
 mod watch;
 
 use std::sync::Arc;
@@ -115,6 +116,7 @@ pub fn router(state: AppState) -> Router {
         Router::new()
     };
     router
+        .route("/", get(ui::index))
         .route(
             "/api/v1/file/{*path}",
             get(files::get_file)
