@@ -59,20 +59,40 @@ fn every_command_against_a_live_node_with_exit_codes() {
     // Compare-and-set: a stale version is 4 and changes nothing.
     let out = pika(
         url,
-        &["put", "app/db", yaml.to_str().unwrap(), "--expected-version", "7"],
+        &[
+            "put",
+            "app/db",
+            yaml.to_str().unwrap(),
+            "--expected-version",
+            "7",
+        ],
     );
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
-    assert!(stderr(&out).contains("version mismatch"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("version mismatch"),
+        "{}",
+        stderr(&out)
+    );
     let out = pika(
         url,
-        &["put", "app/db", yaml.to_str().unwrap(), "--expected-version", "1"],
+        &[
+            "put",
+            "app/db",
+            yaml.to_str().unwrap(),
+            "--expected-version",
+            "1",
+        ],
     );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 
     let out = pika(url, &["ls"]);
     assert_eq!(stdout(&out), "app/\n");
     let out = pika(url, &["ls", "app"]);
-    assert!(stdout(&out).starts_with("app/db  v2  yaml"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).starts_with("app/db  v2  yaml"),
+        "{}",
+        stdout(&out)
+    );
     let out = pika(url, &["--json", "history", "app/db"]);
     let history: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(history["versions"].as_array().map(Vec::len), Some(2));
@@ -81,7 +101,15 @@ fn every_command_against_a_live_node_with_exit_codes() {
 
     // The watch from revision 1 replays every change (then waits: killed).
     let mut watch = Command::new(PIKA)
-        .args(["--node", url, "--json", "watch", "app/", "--from-revision", "1"])
+        .args([
+            "--node",
+            url,
+            "--json",
+            "watch",
+            "app/",
+            "--from-revision",
+            "1",
+        ])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
