@@ -182,6 +182,16 @@ impl Browser {
         start.elapsed()
     }
 
+    /// Waits for the status bar to confirm a save of `version`.
+    fn saved(&self, version: &str, what: &str) {
+        self.until(
+            what,
+            Duration::from_secs(10),
+            "return document.querySelector('#status').textContent.includes('saved ' + arguments[0]);",
+            json!([version]),
+        );
+    }
+
     fn screenshot(&self, css: &str, file: &Path) {
         let id = self.element(css);
         let png = self.call("GET", &format!("/element/{id}/screenshot"), json!({}));
@@ -268,12 +278,7 @@ fn a_config_saved_on_one_page_shows_and_edits_on_the_others() {
     assert_eq!(browser.text("#format"), "json", "format from the extension");
     browser.fill("#editor", v1);
     browser.click("#save");
-    browser.until(
-        "saved on node 1",
-        Duration::from_secs(10),
-        "return document.querySelector('#status').textContent.includes('saved v1');",
-        json!([]),
-    );
+    browser.saved("v1", "saved on node 1");
 
     // Node 3's page, never reloaded: the file appears; open it.
     browser.switch(&tabs[2]);
@@ -309,12 +314,7 @@ fn a_config_saved_on_one_page_shows_and_edits_on_the_others() {
     );
     browser.fill("#editor", v2);
     browser.click("#save");
-    browser.until(
-        "saved on node 2",
-        Duration::from_secs(10),
-        "return document.querySelector('#status').textContent.includes('saved v2');",
-        json!([]),
-    );
+    browser.saved("v2", "saved on node 2");
 
     // Every page shows v2 without a reload.
     for (i, tab) in tabs.iter().enumerate() {
@@ -334,12 +334,7 @@ fn a_config_saved_on_one_page_shows_and_edits_on_the_others() {
     browser.switch(&tabs[0]);
     browser.fill("#editor", "{\"port\": 1}");
     browser.click("#save");
-    browser.until(
-        "saved v3 on node 1",
-        Duration::from_secs(10),
-        "return document.querySelector('#status').textContent.includes('saved v3');",
-        json!([]),
-    );
+    browser.saved("v3", "saved v3 on node 1");
     browser.switch(&tabs[2]);
     browser.click("#save");
     browser.until(

@@ -57,32 +57,16 @@ fn every_command_against_a_live_node_with_exit_codes() {
     assert!(stderr(&out).contains("line 3"), "{}", stderr(&out));
 
     // Compare-and-set: a stale version is 4 and changes nothing.
-    let out = pika(
-        url,
-        &[
-            "put",
-            "app/db",
-            yaml.to_str().unwrap(),
-            "--expected-version",
-            "7",
-        ],
-    );
+    let db = yaml.to_str().unwrap();
+    let cas = |version: &str| pika(url, &["put", "app/db", db, "--expected-version", version]);
+    let out = cas("7");
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("version mismatch"),
         "{}",
         stderr(&out)
     );
-    let out = pika(
-        url,
-        &[
-            "put",
-            "app/db",
-            yaml.to_str().unwrap(),
-            "--expected-version",
-            "1",
-        ],
-    );
+    let out = cas("1");
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 
     let out = pika(url, &["ls"]);
