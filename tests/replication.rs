@@ -8,10 +8,8 @@ mod support;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Value, json};
-use support::{Proc, client, free_udp_port, spawn_with};
+use support::{Proc, client, free_udp_port, put, spawn_with};
 
 const INTERVAL: Duration = Duration::from_millis(200);
 const TIMEOUT: Duration = Duration::from_secs(1);
@@ -165,20 +163,6 @@ fn wait_until<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T>
 }
 
 /// POSTs `value` to `path`; returns the status code and the body.
-fn put(url: &str, path: &str, value: &str, request_id: Option<&str>) -> (u16, Value) {
-    let mut request = client()
-        .post(format!("{url}/api/v1/file/{path}"))
-        .timeout(Duration::from_secs(5))
-        .json(&json!({"data": BASE64.encode(value)}));
-    if let Some(id) = request_id {
-        request = request.header("x-request-id", id);
-    }
-    match request.send() {
-        Ok(r) => (r.status().as_u16(), r.json().unwrap_or(Value::Null)),
-        Err(_) => (0, Value::Null),
-    }
-}
-
 /// Reads `path` from one node: `Some` on 200, `None` on 404. A 503 (no read
 /// lease yet, e.g. just after a leader change or a sync) is retried for a
 /// few seconds: it is the node refusing to guess, not an answer.

@@ -5,22 +5,16 @@
 use std::path::Path;
 use std::time::Duration;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 mod support;
 
 use support::{Sse, client, next_events, spawn, sse};
 
 fn put(url: &str, path: &str, value: &str) -> Value {
-    let response = client()
-        .post(format!("{url}/api/v1/file/{path}"))
-        .json(&json!({ "data": BASE64.encode(value) }))
-        .send()
-        .expect("the write is answered");
-    assert_eq!(response.status().as_u16(), 201, "write {path}");
-    response.json().expect("a JSON ack")
+    let (status, ack) = support::put(url, path, value, None);
+    assert_eq!(status, 201, "write {path}: {ack}");
+    ack
 }
 
 fn delete(url: &str, path: &str) {

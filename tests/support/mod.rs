@@ -184,3 +184,30 @@ pub fn next_events(
     }
     out
 }
+
+/// Saves `value` as text under `path` through `url`, with an optional
+/// request id: the status (0 when the node did not answer) and the body.
+pub fn put(
+    url: &str,
+    path: &str,
+    value: &str,
+    request_id: Option<&str>,
+) -> (u16, serde_json::Value) {
+    use base64::Engine as _;
+    let mut request = client()
+        .post(format!("{url}/api/v1/file/{path}"))
+        .timeout(Duration::from_secs(5))
+        .json(&serde_json::json!({
+            "data": base64::engine::general_purpose::STANDARD.encode(value)
+        }));
+    if let Some(id) = request_id {
+        request = request.header("x-request-id", id);
+    }
+    match request.send() {
+        Ok(r) => (
+            r.status().as_u16(),
+            r.json().unwrap_or(serde_json::Value::Null),
+        ),
+        Err(_) => (0, serde_json::Value::Null),
+    }
+}
