@@ -21,6 +21,16 @@
 //! - A grant binds like an ack: for L after granting, a voter grants no
 //!   other candidate and does not campaign, since the candidate it granted
 //!   may be leading on that grant before its first heartbeat arrives.
+//!   A candidate's vote for itself binds only while it campaigns: granting
+//!   a newer epoch ends the campaign, so it can no longer win the old one.
+//! - A campaign that ends without a lease (timed out, refused by more live
+//!   members than the quorum can spare, or overtaken) is announced with
+//!   [`ElectionMessage::Withdrawn`], which frees its voters at once. Without
+//!   it, each failed round of a split vote binds its voters for a lease, and
+//!   with 3 of 5 members up (every grant needed) elections took seconds.
+//! - Voters that heard a leader refuse only *other* candidates, so a leader
+//!   fenced off before its lease ran out does not campaign until it would
+//!   have: its followers may still be reading on that lease.
 //! - A node whose promise is above zero has acked or granted before; after a
 //!   restart it cannot know whom it promised, so it grants nothing (not even
 //!   to itself) for L after boot.
@@ -68,6 +78,10 @@ pub enum ElectionMessage {
         ok: bool,
         promised: u64,
     },
+    /// The sender's campaign for `epoch` ended without a lease, so nothing
+    /// rests on the grants it got: voters may grant again at once instead
+    /// of staying bound for a lease.
+    Withdrawn { epoch: u64 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,6 +145,7 @@ enum State {
         epoch: u64,
         started: Duration,
         grants: BTreeSet<String>,
+        refusals: BTreeSet<String>,
     },
     Leader {
         epoch: u64,
@@ -140,6 +155,14 @@ enum State {
         /// Rounds not yet acked by a quorum: send time and ackers.
         rounds: BTreeMap<u64, (Duration, BTreeSet<String>)>,
     },
+}
+
+/// A grant to another node, which binds this voter until `at + L`.
+#[derive(Debug, Clone)]
+struct Vote {
+    candidate: String,
+    epoch: u64,
+    at: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -161,11 +184,18 @@ pub struct Election {
     last: Position,
     state: State,
     leader: Option<KnownLeader>,
-    /// The last grant: until `at + L` the candidate may hold a lease that
-    /// rests on it, so no other candidate (this node included) gets one.
-    voted: Option<(String, Duration)>,
+    /// The last grant to another node: until `at + L` that candidate may
+    /// hold a lease that rests on it, so no other candidate (this node
+    /// included) gets one, unless the candidate withdraws first.
+    voted: Option<Vote>,
     /// No grants (self included) before this: see the module docs.
     quiet_until: Duration,
+    /// When the lease of this node's last leadership would have ended. A
+    /// leader can step down early (fenced by a newer promise); its
+    /// followers may still read on that lease, and voters that heard it
+    /// refuse only *other* candidates, so it must not lead again before
+    /// then.
+    former_lease_until: Duration,
     campaign_at: Option<Duration>,
     dice: Dice,
     actions: Vec<Action>,
@@ -200,6 +230,7 @@ impl Election {
             leader: None,
             voted: None,
             quiet_until,
+            former_lease_until: Duration::ZERO,
             campaign_at: None,
             dice: Dice::new(seed),
             actions: Vec::new(),
@@ -302,14 +333,7 @@ impl Election {
             }
             State::Candidate { started, .. } => {
                 if now >= *started + self.config.heartbeat_interval * 2 {
-                    self.state = State::Follower;
-                    self.campaign_at = None;
-                    // A campaign that failed leads nothing, so its self-vote
-                    // binds nothing: release it, or two candidates that
-                    // voted for themselves refuse each other forever.
-                    if self.voted.as_ref().is_some_and(|(c, _)| *c == self.me) {
-                        self.voted = None;
-                    }
+                    self.end_campaign();
                 }
             }
             State::Follower => {
@@ -351,6 +375,15 @@ impl Election {
                 ok,
                 promised,
             } => self.on_ack(from, epoch, round, ok, promised),
+            ElectionMessage::Withdrawn { epoch } => {
+                if self
+                    .voted
+                    .as_ref()
+                    .is_some_and(|v| v.candidate == from && v.epoch == epoch)
+                {
+                    self.voted = None;
+                }
+            }
         }
     }
 
@@ -359,6 +392,7 @@ impl Election {
             && !self.mismatch
             && self.live >= self.config.quorum()
             && now >= self.quiet_until
+            && now >= self.former_lease_until
     }
 
     /// Whether this node may promise `epoch` to `candidate` now.
@@ -371,7 +405,7 @@ impl Election {
         let voted_for_another = self
             .voted
             .as_ref()
-            .is_some_and(|(c, at)| c != candidate && now < *at + lease);
+            .is_some_and(|v| v.candidate != candidate && now < v.at + lease);
         epoch > self.promised
             && !self.mismatch
             && now >= self.quiet_until
@@ -387,12 +421,17 @@ impl Election {
         if !self.may_grant(epoch, &self.me.clone(), self.last, now) {
             return;
         }
+        // The self-vote is not recorded in `voted`: it binds only while
+        // the campaign lasts, and granting a newer epoch ends the campaign
+        // (`on_request`), after which no reply can make it win. Were it
+        // binding, a candidate that is behind and so can never win would
+        // refuse the one that can, campaign after campaign.
         self.promise(epoch);
-        self.voted = Some((self.me.clone(), now));
         self.state = State::Candidate {
             epoch,
             started: now,
             grants: BTreeSet::from([self.me.clone()]),
+            refusals: BTreeSet::new(),
         };
         tracing::debug!(epoch, "campaigning");
         self.broadcast(ElectionMessage::LeaseRequest {
@@ -408,11 +447,15 @@ impl Election {
         let granted = self.may_grant(epoch, candidate, last, now);
         if granted {
             self.promise(epoch);
-            self.voted = Some((candidate.to_string(), now));
+            self.voted = Some(Vote {
+                candidate: candidate.to_string(),
+                epoch,
+                at: now,
+            });
             // Promising a newer epoch ends any campaign or leadership of ours.
             match self.state {
                 State::Leader { epoch: mine, .. } => self.step_down(mine, "granted a newer epoch"),
-                State::Candidate { .. } => self.state = State::Follower,
+                State::Candidate { .. } => self.end_campaign(),
                 State::Follower => {}
             }
         }
@@ -428,17 +471,43 @@ impl Election {
 
     fn on_reply(&mut self, from: &str, epoch: u64, granted: bool, promised: u64, now: Duration) {
         self.highest_seen = self.highest_seen.max(promised);
-        if let State::Candidate {
+        let State::Candidate {
             epoch: mine,
             grants,
+            refusals,
             ..
         } = &mut self.state
-            && *mine == epoch
-            && granted
-        {
+        else {
+            return;
+        };
+        if *mine != epoch {
+            return;
+        }
+        if granted {
             grants.insert(from.to_string());
             self.maybe_win(now);
+        } else {
+            refusals.insert(from.to_string());
+            // Of the live members, more refused than the quorum can spare:
+            // give up now and free the voters that granted, rather than
+            // holding their grants until the campaign times out.
+            if refusals.len() > self.live.saturating_sub(self.config.quorum()) {
+                self.end_campaign();
+            }
         }
+    }
+
+    /// A campaign ends without a lease: back to following, and tell the
+    /// voters that nothing rests on their grants. Safe because replies are
+    /// only counted by a candidate of that epoch, which this node no longer
+    /// is, and epochs are never reused.
+    fn end_campaign(&mut self) {
+        let State::Candidate { epoch, .. } = self.state else {
+            return;
+        };
+        self.state = State::Follower;
+        self.campaign_at = None;
+        self.broadcast(ElectionMessage::Withdrawn { epoch });
     }
 
     fn maybe_win(&mut self, now: Duration) {
@@ -446,6 +515,7 @@ impl Election {
             epoch,
             started,
             grants,
+            ..
         } = &self.state
         else {
             return;
@@ -455,7 +525,7 @@ impl Election {
         }
         let (epoch, lease_until) = (*epoch, *started + self.config.safe_lease());
         if now >= lease_until {
-            self.state = State::Follower;
+            self.end_campaign();
             return;
         }
         tracing::info!(epoch, "elected leader");
@@ -502,7 +572,7 @@ impl Election {
             State::Leader { epoch: mine, .. } if mine < epoch => {
                 self.step_down(mine, "a newer epoch has a leader")
             }
-            State::Candidate { epoch: mine, .. } if mine <= epoch => self.state = State::Follower,
+            State::Candidate { epoch: mine, .. } if mine <= epoch => self.end_campaign(),
             _ => {}
         }
         let changed = self
@@ -579,6 +649,9 @@ impl Election {
 
     fn step_down(&mut self, epoch: u64, reason: &'static str) {
         tracing::warn!(epoch, reason, "stepping down");
+        if let State::Leader { lease_until, .. } = self.state {
+            self.former_lease_until = self.former_lease_until.max(lease_until);
+        }
         self.state = State::Follower;
         if self.leader.as_ref().is_some_and(|l| l.id == self.me) {
             self.leader = None;
