@@ -327,6 +327,68 @@ fn a_down_follower_stalls_writes_about_a_lease_then_catches_up_by_sync() {
 }
 
 #[test]
+fn a_restarted_follower_catches_up_change_by_change_receiving_each_once() {
+    // DESIGN.md, "Sync": a short absence costs what changed. The leader
+    // still holds the missed writes in memory, so they come as changes, not
+    // by Merkle sync, and each is shipped once: the follower used to repeat
+    // its request while a big answer was still on its way, and received it
+    // two or three times.
+    const MISSED: usize = 2000;
+    let mut c = Cluster::start(&[36, 37, 38]);
+    let (leader, _) = c.leader(Duration::from_secs(15));
+    let follower = (leader + 1) % 3;
+    c.kill(follower);
+    let value = "x".repeat(1024);
+    for n in 0..MISSED {
+        let (code, body) = put(&c.url(leader), &format!("missed/{n}"), &value, None);
+        assert_eq!(code, 201, "{body}");
+    }
+    c.restart(follower);
+    wait_until(Duration::from_secs(30), || {
+        let (l, f) = (c.status(leader), c.status(follower));
+        (l["merkle_root"] == f["merkle_root"] && l["revision"] == f["revision"]).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the restarted follower did not catch up: leader {} follower {}",
+            c.status(leader),
+            c.status(follower)
+        )
+    });
+    assert_eq!(
+        read(&c.url(follower), "missed/1999").as_deref(),
+        Some(value.as_str())
+    );
+    assert_eq!(
+        c.counter(follower, "pika_sync_buckets_transferred_total"),
+        0.0,
+        "a gap the leader holds in memory needs no sync"
+    );
+    let metrics = client()
+        .get(format!("{}/metrics", c.url(follower)))
+        .send()
+        .and_then(|r| r.text())
+        .unwrap_or_default();
+    let received: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("pika_membership_frame_bytes_total") && l.contains("\"in\""))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no inbound frame bytes in the metrics:\n{metrics}"));
+    let changed = (MISSED * value.len()) as f64;
+    eprintln!(
+        "restarted follower received {:.2} MiB for {:.2} MiB of missed values ({:.2}x)",
+        received / 1048576.0,
+        changed / 1048576.0,
+        received / changed
+    );
+    assert!(
+        received < changed * 1.5,
+        "received {received} bytes for {changed} bytes of missed values"
+    );
+}
+
+#[test]
 fn without_a_quorum_writes_get_503_in_time_and_nothing_is_acked() {
     let mut c = Cluster::start(&[41, 42, 43]);
     let (leader, _) = c.leader(Duration::from_secs(15));

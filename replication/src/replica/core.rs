@@ -85,7 +85,8 @@ pub struct CoreConfig {
     /// L: `heartbeat_timeout`.
     pub lease: Duration,
     pub sync_interval: Duration,
-    /// A sync session silent for this long is abandoned.
+    /// A sync session silent for this long is abandoned, and a catch-up
+    /// request unanswered for this long is asked again.
     pub sync_timeout: Duration,
 }
 
@@ -183,7 +184,9 @@ pub struct ReplicaCore<S: Storage> {
     syncing: Option<Syncing>,
     next_sync: Duration,
     behind: bool,
-    last_catch_up: Option<Duration>,
+    /// The last catch-up request: whom it asked, from which log end, and
+    /// when.
+    catch_up_asked: Option<(String, Position, Duration)>,
     last_sync: Option<SyncRecord>,
     dice: Dice,
     outputs: Vec<Output>,
@@ -227,7 +230,7 @@ impl<S: Storage> ReplicaCore<S> {
             syncing: None,
             next_sync,
             behind: false,
-            last_catch_up: None,
+            catch_up_asked: None,
             last_sync: None,
             dice: Dice::new(seed.rotate_left(17)),
             outputs: Vec::new(),
@@ -583,7 +586,7 @@ impl<S: Storage> ReplicaCore<S> {
         match self.storage.apply(&todo) {
             Ok(()) => {
                 self.behind = false;
-                self.last_catch_up = None;
+                self.catch_up_asked = None;
                 let revision = self.storage.position().revision;
                 self.send(from, PeerMessage::DiffAck { epoch, revision });
             }
@@ -744,18 +747,25 @@ impl<S: Storage> ReplicaCore<S> {
 
     /// Asks the leader for whatever it committed after this log's end.
     fn catch_up(&mut self, leader: &str, now: Duration) {
-        self.last_catch_up = Some(now);
         let from = self.storage.position();
+        self.catch_up_asked = Some((leader.to_string(), from, now));
         let epoch = self.followed_epoch;
         self.send(leader, PeerMessage::CatchUp { epoch, from });
     }
 
-    /// [`Self::catch_up`], at most once per heartbeat interval.
+    /// [`Self::catch_up`], at most once per heartbeat interval, and from
+    /// the same log end only once per `sync_timeout`: the answer to that
+    /// very request may still be on its way (thousands of changes take a
+    /// while to send and apply), and asking again would ship them twice.
     fn request_catch_up(&mut self, leader: &str, now: Duration) {
-        if self
-            .last_catch_up
-            .is_none_or(|t| now >= t + self.config.heartbeat_interval)
-        {
+        let from = self.storage.position();
+        let due = match &self.catch_up_asked {
+            None => true,
+            Some((to, _, _)) if to != leader => true,
+            Some((_, asked, at)) if *asked == from => now >= *at + self.config.sync_timeout,
+            Some((_, _, at)) => now >= *at + self.config.heartbeat_interval,
+        };
+        if due {
             self.catch_up(leader, now);
         }
     }
@@ -791,8 +801,9 @@ impl<S: Storage> ReplicaCore<S> {
                     // A new leader (or our first): ask for what we miss.
                     // The leader answers from its recent changes when it
                     // can, so a short absence costs what changed; it says
-                    // `SyncNeeded` (a Merkle sync) when it cannot.
-                    self.last_catch_up = None;
+                    // `SyncNeeded` (a Merkle sync) when it cannot. A request
+                    // already on its way to this leader (its diffs can come
+                    // before its heartbeat) is not repeated.
                     self.request_catch_up(&leader, now);
                 }
             }
