@@ -197,17 +197,34 @@ fn check_reads(history: &[Operation]) -> Result<(), Violation> {
                     return Err(violation(read, w));
                 }
                 // Some put wrote this value as this version (or may have).
+                // A put still in flight when the read began may have been
+                // applied by a leader that lost its lease before acking it,
+                // then vanished and been applied again by the next leader
+                // as a later version (the forwarder retries with the same
+                // request id): a read in between shows the first version.
                 let sourced = history.iter().any(|w| {
                     matches!(&w.call, Call::Put { value: pv, .. } if pv == value)
                         && w.invoked < done
                         && match w.outcome {
-                            Outcome::Written { version: wv } => wv == *version,
+                            Outcome::Written { version: wv } => {
+                                wv == *version
+                                    || (*version < wv
+                                        && w.returned.is_none_or(|r| r > read.invoked))
+                            }
                             Outcome::Unknown => true,
                             _ => false,
                         }
                 });
                 if !sourced {
-                    return Err(violation(read, read));
+                    // Show every put of this value, whatever its outcome:
+                    // the likely culprit is one reported as failed.
+                    let mut operations: Vec<Operation> = history
+                        .iter()
+                        .filter(|w| matches!(&w.call, Call::Put { value: pv, .. } if pv == value))
+                        .cloned()
+                        .collect();
+                    operations.push(read.clone());
+                    return Err(Violation { operations });
                 }
             }
             Outcome::NotFound => {
@@ -545,6 +562,51 @@ mod read_mode {
         ];
         assert!(check(&h).is_ok());
         assert!(check_strict(&h).is_err());
+    }
+
+    #[test]
+    fn a_default_read_may_show_a_put_at_the_version_of_an_attempt_that_vanished() {
+        // Campaign seed 30010 (5 nodes, minority partition), versions
+        // shifted down by 4: a put reached the old leader, which applied it
+        // as version 1 and lost its lease before acking; a read on its side
+        // saw it. The new leader never had it, gave version 1 to another
+        // put, and applied the retry as 2.
+        let put = |value: &str, invoked, returned, version| {
+            op(
+                Call::Put {
+                    value: value.into(),
+                    expected: None,
+                },
+                invoked,
+                returned,
+                Outcome::Written { version },
+            )
+        };
+        let read = |invoked, returned, version| {
+            op(
+                Call::Read,
+                invoked,
+                returned,
+                Outcome::Value {
+                    value: "3.28".into(),
+                    version,
+                },
+            )
+        };
+        let h = [
+            put("3.28", 10, 100, 2),
+            read(20, 21, 1),
+            op(Call::Read, 30, 31, Outcome::NotFound),
+            put("1.36", 40, 90, 1),
+        ];
+        assert!(check(&h).is_ok());
+        // Once the put has returned, its version is settled: a read that
+        // began later and shows another version invented it.
+        let h = [put("3.28", 10, 15, 2), read(20, 21, 1)];
+        assert!(check(&h).is_err());
+        // Nor can an attempt that vanished have had a later version.
+        let h = [put("3.28", 10, 100, 1), read(20, 21, 2)];
+        assert!(check(&h).is_err());
     }
 
     #[test]

@@ -384,12 +384,28 @@ pub fn run(config: &RoundConfig) -> anyhow::Result<RoundReport> {
         if let Err(v) = linearizability::check(ops) {
             let slice: Vec<String> = v.operations.iter().map(|o| format!("{o:?}")).collect();
             report.violations.push(format!(
-                "{path}: not linearizable; history:\n  {}",
-                slice.join("\n  ")
+                "{path}: not linearizable; history:\n  {}{}",
+                slice.join("\n  "),
+                save_history(config.seed, path, ops)
             ));
         }
     }
     Ok(report)
+}
+
+/// The whole history of a path that failed the check, in invocation order,
+/// to a file beside the other temporary files: the slice shows what broke,
+/// this shows what led to it. Returns a line naming the file.
+fn save_history(seed: u64, path: &str, ops: &[Operation]) -> String {
+    let mut ops = ops.to_vec();
+    ops.sort_by_key(|o| o.invoked);
+    let text: String = ops.iter().map(|o| format!("{o:?}\n")).collect();
+    let dir = std::env::temp_dir().join("pika-campaign");
+    let file = dir.join(format!("seed-{seed}-{}.txt", path.replace('/', "_")));
+    match std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&file, text)) {
+        Ok(()) => format!("\n  (the path's whole history: {})", file.display()),
+        Err(e) => format!("\n  (the path's whole history could not be saved: {e})"),
+    }
 }
 
 fn urls_now(cluster: &Cluster) -> Vec<String> {
