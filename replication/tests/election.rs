@@ -220,33 +220,20 @@ fn survivors_elect(seed: u64) -> Option<Duration> {
     for n in &mut nodes {
         n.set_members(["a", "b", "c"].map(String::from), 2);
     }
-    let mut in_flight: Vec<(Duration, usize, &str, ElectionMessage)> = Vec::new();
+    let mut in_flight = InFlight::new();
     let step = Duration::from_millis(10);
     let mut now = T0;
     while now < T0 + Duration::from_secs(10) {
         now += step;
         for (i, node) in nodes.iter_mut().enumerate() {
             node.tick(now);
-            for action in node.drain_actions() {
-                if let Action::Send { to, message } = action {
-                    let to = ids.iter().position(|id| *id == to);
-                    if let Some(to) = to {
-                        in_flight.push((now + Duration::from_millis(1), to, ids[i], message));
-                    }
-                }
-            }
+            post(&mut in_flight, &ids, i, node.drain_actions(), now);
         }
         // Deliver everything due by the next tick, replies included.
         while let Some(k) = in_flight.iter().position(|m| m.0 <= now + step) {
             let (at, to, from, message) = in_flight.remove(k);
             nodes[to].handle(from, message, at);
-            for action in nodes[to].drain_actions() {
-                if let Action::Send { to: back, message } = action
-                    && let Some(back) = ids.iter().position(|id| *id == back)
-                {
-                    in_flight.push((at + Duration::from_millis(1), back, ids[to], message));
-                }
-            }
+            post(&mut in_flight, &ids, to, nodes[to].drain_actions(), at);
         }
         if nodes[1].role() == Role::Leader {
             return Some(now - T0);
@@ -254,6 +241,27 @@ fn survivors_elect(seed: u64) -> Option<Duration> {
         assert_ne!(nodes[0].role(), Role::Leader, "the node behind won");
     }
     None
+}
+
+/// A message on its way: due time, receiver (an index into the ids), sender.
+type InFlight = Vec<(Duration, usize, &'static str, ElectionMessage)>;
+
+/// Queues the messages among `actions`, sent by `ids[from]` at `at`, for
+/// delivery 1 ms later; those to a node not in `ids` (down) are dropped.
+fn post(
+    in_flight: &mut InFlight,
+    ids: &[&'static str],
+    from: usize,
+    actions: Vec<Action>,
+    at: Duration,
+) {
+    for action in actions {
+        if let Action::Send { to, message } = action
+            && let Some(to) = ids.iter().position(|id| *id == to)
+        {
+            in_flight.push((at + Duration::from_millis(1), to, ids[from], message));
+        }
+    }
 }
 
 #[test]
