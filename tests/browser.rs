@@ -192,6 +192,26 @@ impl Browser {
         );
     }
 
+    /// Waits for `path` in the current page's tree, opens it, and waits
+    /// for the editor to show `version` with `text`; returns how long the
+    /// file took to appear.
+    fn open_when_listed(&self, page: &str, path: &str, version: &str, text: &str) -> Duration {
+        let appeared = self.until(
+            &format!("the file on {page}"),
+            Duration::from_secs(5),
+            HAS_FILE,
+            json!([path]),
+        );
+        self.click(&format!("#tree .file[data-path=\"{path}\"]"));
+        self.until(
+            &format!("{page} opened it"),
+            Duration::from_secs(5),
+            SHOWS,
+            json!([version, text]),
+        );
+        appeared
+    }
+
     fn screenshot(&self, css: &str, file: &Path) {
         let id = self.element(css);
         let png = self.call("GET", &format!("/element/{id}/screenshot"), json!({}));
@@ -282,36 +302,12 @@ fn a_config_saved_on_one_page_shows_and_edits_on_the_others() {
 
     // Node 3's page, never reloaded: the file appears; open it.
     browser.switch(&tabs[2]);
-    let appeared = browser.until(
-        "the file on node 3's page",
-        Duration::from_secs(5),
-        HAS_FILE,
-        json!([path]),
-    );
+    let appeared = browser.open_when_listed("node 3's page", path, "v1", v1);
     eprintln!("node 3's page showed the new file {appeared:?} after node 1's save was confirmed");
-    browser.click(&format!("#tree .file[data-path=\"{path}\"]"));
-    browser.until(
-        "node 3 opened it",
-        Duration::from_secs(5),
-        SHOWS,
-        json!(["v1", v1]),
-    );
 
     // Node 2's page: open, edit, save.
     browser.switch(&tabs[1]);
-    browser.until(
-        "the file on node 2's page",
-        Duration::from_secs(5),
-        HAS_FILE,
-        json!([path]),
-    );
-    browser.click(&format!("#tree .file[data-path=\"{path}\"]"));
-    browser.until(
-        "node 2 opened it",
-        Duration::from_secs(5),
-        SHOWS,
-        json!(["v1", v1]),
-    );
+    browser.open_when_listed("node 2's page", path, "v1", v1);
     browser.fill("#editor", v2);
     browser.click("#save");
     browser.saved("v2", "saved on node 2");
