@@ -11,6 +11,10 @@
 //!   file in a tempdir with its fsync, the cost every write waits for;
 //!   `in_memory` is the same transaction without the disk, so the difference
 //!   is the fsync and the remainder is encoding, B-tree and Merkle work.
+//! - `log_append`: the same batches of changes appended to the replicated
+//!   log and flushed (`ReplicatedLog::append` + `flush_blocking`), the cost
+//!   a write's durability has once redb is applied behind the log; compare
+//!   with `store_batch/durable` of the same size.
 //! - `merkle`: the per-change bucket update (the CPU part that every write
 //!   adds inside its transaction), and the root over a store of 10 000 paths,
 //!   which every sync round and status request pays.
@@ -23,6 +27,7 @@ use std::hint::black_box;
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use pika_membership::frame::{self, DEFAULT_MAX_FRAME, FrameDecoder};
 use pika_replication::election::Position;
+use pika_replication::log::{LogOptions, ReplicatedLog};
 use pika_replication::merkle::{self, MerkleBuckets};
 use pika_replication::wire::PeerMessage;
 use pika_replication::{Change, ChangeKind, ConfigPath, Entry, Format, Meta, Op, Store};
@@ -148,6 +153,35 @@ fn store_batch(c: &mut Criterion) {
     durable.close().expect("close store");
 }
 
+fn log_append(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("create tempdir");
+    let mut log = ReplicatedLog::open(dir.path(), &LogOptions::default()).expect("open log");
+    let mut group = c.benchmark_group("log_append");
+    group.sample_size(20);
+    let mut revision = 0u64;
+    for n in [1usize, 16, 64, 256] {
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_function(BenchmarkId::new("durable", n), |b| {
+            b.iter_batched(
+                || {
+                    (0..n)
+                        .map(|i| {
+                            revision += 1;
+                            change(i, revision, 5)
+                        })
+                        .collect::<Vec<Change>>()
+                },
+                |batch| {
+                    log.append(&batch).expect("append");
+                    log.flush_blocking().expect("flush");
+                },
+                BatchSize::SmallInput,
+            );
+        });
+    }
+    group.finish();
+}
+
 fn merkle(c: &mut Criterion) {
     let mut group = c.benchmark_group("merkle");
 
@@ -217,5 +251,5 @@ fn wire_diff(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, store_batch, merkle, wire_diff);
+criterion_group!(benches, store_batch, log_append, merkle, wire_diff);
 criterion_main!(benches);

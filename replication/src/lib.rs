@@ -15,6 +15,7 @@ pub mod dice;
 pub mod election;
 pub mod fanout;
 pub mod format;
+pub mod log;
 pub mod merkle;
 pub mod path;
 pub mod peers;
