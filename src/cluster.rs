@@ -47,9 +47,13 @@ pub fn start_replica(
         sync_interval: c.sync_interval.0,
         lock_path,
         http_addr: http.to_string(),
+        log_dir: config.storage.bw.path.join(pika_replication::log::LOG_DIR),
+        checkpoint_interval: config.storage.checkpoint_interval.0,
+        log_retention: config.storage.log_retention,
+        max_frame: (c.max_frame_mb as usize) << 20,
     };
     Replica::start(store, membership, replica_config)
-        .context("starting the replica's committer thread")
+        .map_err(|e| anyhow::anyhow!("starting replication: {e}"))
 }
 
 /// Starts membership for a node whose store is open and whose HTTP server is

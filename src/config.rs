@@ -53,6 +53,14 @@ pub struct StorageConfig {
     pub history: u64,
     /// Bound on redb's page cache, in MiB (redb's own default is 1 GiB).
     pub cache_mb: u64,
+    /// Cluster only: how often the state applied behind the replicated log
+    /// is made durable (a checkpoint); a restart replays the log from the
+    /// last one. Default 1s.
+    pub checkpoint_interval: HumanDuration,
+    /// Cluster only: log entries kept behind the last checkpoint, for
+    /// followers to catch up from; a follower further behind gets a
+    /// snapshot of the differing Merkle buckets instead. Default 65536.
+    pub log_retention: u64,
 }
 
 /// `storage.bw`: named after the original pika's storage section.
@@ -107,6 +115,8 @@ impl Default for StorageConfig {
             bw: BwConfig::default(),
             history: 20,
             cache_mb: 64,
+            checkpoint_interval: HumanDuration(Duration::from_secs(1)),
+            log_retention: 1 << 16,
         }
     }
 }
@@ -199,6 +209,12 @@ impl Config {
             out.push((
                 "storage.cache_mb",
                 "must be between 1 and 1048576 (MiB)".into(),
+            ));
+        }
+        if self.storage.checkpoint_interval.0.is_zero() {
+            out.push((
+                "storage.checkpoint_interval",
+                "must be longer than zero".into(),
             ));
         }
         if self.server.limits.request_body_mb == 0 {

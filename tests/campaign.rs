@@ -1,7 +1,8 @@
-//! A short fault campaign on every test run: fixed seeds (so CI always
-//! covers the same faults) plus one random seed, printed for replay. Longer
-//! campaigns: `cargo run -p pika-campaign --release -- --rounds 100` after
-//! `cargo build --release`.
+//! A short fault campaign on every test run, in strict mode (every read
+//! linearizable, clients sharing 6 paths, verification every 500ms): fixed
+//! seeds (so CI always covers the same faults) plus one random seed,
+//! printed for replay. Longer campaigns: `cargo run -p pika-campaign
+//! --release -- --rounds 100` after `cargo build --release`.
 
 use std::path::Path;
 
@@ -17,6 +18,7 @@ fn run(nodes: usize, rounds: usize, seed: u64, base: u8) {
         seed,
         base,
         pika_campaign::Network::Auto,
+        pika_campaign::Check::Strict,
     )
     .expect("the campaign runs");
     eprintln!(

@@ -57,6 +57,8 @@ proptest! {
             epoch: 3,
             prev: Position { epoch: 2, revision: 9 },
             changes: revisions.iter().map(|r| change(*r, format!("p/{r}"), data.clone())).collect(),
+            commit: 8,
+            more: false,
         };
         let bytes = frame::encode(&message, 1 << 20).expect("encode");
         let mut decoder = FrameDecoder::new(1 << 20);

@@ -276,7 +276,7 @@ impl Cluster {
             .env("PIKA_CLUSTER_HEARTBEAT_INTERVAL", "200ms")
             .env("PIKA_CLUSTER_HEARTBEAT_TIMEOUT", "1s")
             .env("PIKA_CLUSTER_FORWARD_TIMEOUT", "2s")
-            .env("PIKA_CLUSTER_SYNC_INTERVAL", "2s");
+            .env("PIKA_CLUSTER_SYNC_INTERVAL", "500ms");
         if self.test_hooks {
             command
                 .env("PIKA_TEST_FAULTS", "1")

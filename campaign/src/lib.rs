@@ -36,6 +36,18 @@ pub struct CampaignReport {
     pub violations: Vec<(u64, String)>,
 }
 
+/// How the histories are checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// Every operation, reads included, must be linearizable (what pika's
+    /// local reads promise); clients share 6 paths, so reads and writes
+    /// of one path meet often.
+    Strict,
+    /// Writes linearizable; reads only never miss an acknowledged write
+    /// and never invent data. 16 paths.
+    Writes,
+}
+
 /// Runs `rounds` rounds on `nodes` nodes, round r with seed `seed + r` and
 /// fault `Fault::ALL[(seed + r) % 9]`.
 pub fn campaign(
@@ -45,6 +57,7 @@ pub fn campaign(
     seed: u64,
     base: u8,
     network: Network,
+    check: Check,
 ) -> anyhow::Result<CampaignReport> {
     let mut report = CampaignReport::default();
     for r in 0..rounds as u64 {
@@ -58,8 +71,12 @@ pub fn campaign(
             base,
             network,
             clients: 4,
-            paths: 16,
+            paths: match check {
+                Check::Strict => 6,
+                Check::Writes => 16,
+            },
             duration: Duration::from_secs(4),
+            check,
         };
         let result = round::run(&config)?;
         eprintln!(

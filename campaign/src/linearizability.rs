@@ -15,9 +15,9 @@
 //! "Reads"): [`check`] requires the writes (puts, deletes, compare-and-set)
 //! to be linearizable and every default read to miss no write acknowledged
 //! before it began, and to return only data some write put there.
-//! [`check_strict`] also requires the reads to be linearizable, the
-//! guarantee of a linearizable read mode, which pika does not offer yet:
-//! a local read may show a write that is not acknowledged yet.
+//! [`check_strict`] also requires the reads to be linearizable: what
+//! pika's local reads promise since they serve committed entries only and
+//! wait on pending ones (the campaign's default).
 
 use std::collections::HashSet;
 

@@ -1,6 +1,9 @@
 //! `pika-campaign [--nodes 3] [--rounds 20] [--seed S] [--pika PATH]
-//! [--network auto|loopback|netns]`: runs a fault campaign against real pika
-//! processes and exits 1 on any violation. With `auto` (the default) the
+//! [--network auto|loopback|netns] [--check strict|writes]`: runs a fault
+//! campaign against real pika processes and exits 1 on any violation.
+//! `strict` (the default) checks every operation, reads included, for
+//! linearizability; `writes` checks the writes, and that reads miss no
+//! acknowledged write. With `auto` (the default) the
 //! nodes run in network namespaces when this runs as root and `ip netns`
 //! works, on 127.0.1.x otherwise. Build pika first (`cargo build --release`).
 
@@ -15,6 +18,7 @@ fn main() -> ExitCode {
         .map_or(1, |d| d.as_secs());
     let mut pika = PathBuf::from("target/release/pika");
     let mut network = pika_campaign::Network::Auto;
+    let mut check = pika_campaign::Check::Strict;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let value = args.next();
@@ -23,6 +27,17 @@ fn main() -> ExitCode {
             ("--rounds", Some(v)) => v.parse().map(|v| rounds = v).is_ok(),
             ("--seed", Some(v)) => v.parse().map(|v| seed = v).is_ok(),
             ("--network", Some(v)) => v.parse().map(|v| network = v).is_ok(),
+            ("--check", Some(v)) => match v.as_str() {
+                "strict" => {
+                    check = pika_campaign::Check::Strict;
+                    true
+                }
+                "writes" => {
+                    check = pika_campaign::Check::Writes;
+                    true
+                }
+                _ => false,
+            },
             ("--pika", Some(v)) => {
                 pika = PathBuf::from(v);
                 true
@@ -31,16 +46,17 @@ fn main() -> ExitCode {
         };
         if !parsed {
             eprintln!(
-                "usage: pika-campaign [--nodes 3|5] [--rounds N] [--seed S] [--pika PATH] [--network auto|loopback|netns]"
+                "usage: pika-campaign [--nodes 3|5] [--rounds N] [--seed S] [--pika PATH] [--network auto|loopback|netns] [--check strict|writes]"
             );
             return ExitCode::from(2);
         }
     }
     eprintln!(
-        "campaign: {nodes} nodes, {rounds} rounds, seed {seed}, {}",
+        "campaign: {nodes} nodes, {rounds} rounds, seed {seed}, {:?} check, {}",
+        check,
         pika.display()
     );
-    match pika_campaign::campaign(&pika, nodes, rounds, seed, 100, network) {
+    match pika_campaign::campaign(&pika, nodes, rounds, seed, 100, network, check) {
         Ok(report) => {
             eprintln!(
                 "{} rounds ({} in network namespaces), {} operations checked ({} acked writes, {} unknown outcomes), faults {:?}, {} violations",

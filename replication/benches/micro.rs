@@ -229,6 +229,8 @@ fn wire_diff(c: &mut Criterion) {
                 revision: first - 1,
             },
             changes: (0..n).map(|i| change(i, first + i as u64, 5)).collect(),
+            commit: first - 1,
+            more: false,
         };
         let bytes = frame::encode(&message, DEFAULT_MAX_FRAME).expect("diff encodes");
         group.throughput(Throughput::Bytes(bytes.len() as u64));

@@ -13,8 +13,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::record::{Applied, Change, Op, OpError, OpKind};
-use crate::store::Store;
+use crate::record::{Applied, Op, OpError, OpKind};
+use crate::store::{BatchOutcome, Store};
 
 /// Limits on one batch, so one commit never holds a huge transaction.
 #[derive(Clone, Copy, Debug)]
@@ -60,14 +60,23 @@ struct PendingWrite {
 }
 
 /// What the committer asks of the node around each batch. Standalone nodes
-/// write in epoch 0 and answer at once; a leader ships each batch to its
-/// followers and answers once they have it.
+/// write in epoch 0 straight into the store and answer at once; a leader
+/// appends each batch to its log, ships it to its followers and answers
+/// once it is committed.
 pub trait CommitPolicy: Send + Sync + 'static {
     /// The epoch this batch is written in, or why no write is taken now.
     fn epoch(&self) -> Result<u64, WriteError>;
-    /// The batch's changes are decided; the local transaction commits next.
-    fn before_commit(&self, epoch: u64, changes: &[Change]);
-    /// The batch is durable here. `waits_for` is the revision the answers
+    /// Decides the batch's ops in order (each sees the ones before it) and
+    /// writes the changes: per-op results and the changes made. An `Err`
+    /// means no op in the batch took effect.
+    fn execute(
+        &self,
+        store: &Store,
+        ops: &[Op],
+        epoch: u64,
+        now_ms: u64,
+    ) -> Result<BatchOutcome, WriteError>;
+    /// The batch was executed. `waits_for` is the revision the answers
     /// depend on (none when no op changed anything).
     fn committed(
         &self,
@@ -75,16 +84,33 @@ pub trait CommitPolicy: Send + Sync + 'static {
         waits_for: Option<u64>,
         answers: Vec<(Reply, Result<Applied, WriteError>)>,
     );
+    /// Request ids written in this epoch's log and not committed yet, with
+    /// what they did: a retry of one is answered with that, not applied
+    /// again. Asked once per epoch.
+    fn requests_in_flight(&self) -> Vec<(String, Applied)> {
+        Vec::new()
+    }
 }
 
-/// Standalone: epoch 0, answers as soon as the batch is durable.
+/// Standalone: epoch 0, one durable store transaction per batch, answers as
+/// soon as it is on disk.
 pub struct Standalone;
 
 impl CommitPolicy for Standalone {
     fn epoch(&self) -> Result<u64, WriteError> {
         Ok(0)
     }
-    fn before_commit(&self, _: u64, _: &[Change]) {}
+    fn execute(
+        &self,
+        store: &Store,
+        ops: &[Op],
+        epoch: u64,
+        now_ms: u64,
+    ) -> Result<BatchOutcome, WriteError> {
+        store
+            .execute_then(ops, epoch, now_ms, |_| {})
+            .map_err(|e| WriteError::Storage(e.to_string()))
+    }
     fn committed(
         &self,
         _: u64,
@@ -98,9 +124,12 @@ impl CommitPolicy for Standalone {
     }
 }
 
-/// Results of recently applied request ids, so a retried op (a forward
-/// that timed out and was sent again) is applied once.
+/// Results of recent request ids in this epoch, so a retried op (a forward
+/// that timed out and was sent again) is applied once. Per epoch: a result
+/// from an earlier leadership may name an entry a later leader truncated,
+/// so a new epoch starts over from what its own log holds.
 struct RecentRequests {
+    epoch: Option<u64>,
     results: HashMap<String, Result<Applied, OpError>>,
     order: VecDeque<String>,
     capacity: usize,
@@ -109,9 +138,19 @@ struct RecentRequests {
 impl RecentRequests {
     fn new(capacity: usize) -> Self {
         Self {
+            epoch: None,
             results: HashMap::new(),
             order: VecDeque::new(),
             capacity,
+        }
+    }
+
+    /// Starts over for `epoch`, knowing what its log already holds.
+    fn begin_epoch(&mut self, epoch: u64, in_flight: Vec<(String, Applied)>) {
+        *self = Self::new(self.capacity);
+        self.epoch = Some(epoch);
+        for (id, applied) in in_flight {
+            self.remember(id, Ok(applied));
         }
     }
 
@@ -226,6 +265,9 @@ fn commit(
             return;
         }
     };
+    if recent.epoch != Some(epoch) {
+        recent.begin_epoch(epoch, policy.requests_in_flight());
+    }
     // Retries of applied requests are answered with the first result, once
     // whatever that result depends on is acknowledged.
     let mut answers = Vec::new();
@@ -277,11 +319,7 @@ fn commit(
         .map(|p| p.op.clone().with_request_id(p.request_id.clone()))
         .collect();
     let started = Instant::now();
-    let outcome = store.execute_then(&ops, epoch, now_ms(), |changes| {
-        if !changes.is_empty() {
-            policy.before_commit(epoch, changes);
-        }
-    });
+    let outcome = policy.execute(store, &ops, epoch, now_ms());
     metrics::histogram!("pika_commit_seconds").record(started.elapsed().as_secs_f64());
     metrics::histogram!("pika_commit_batch_ops").record(ops.len() as f64);
     match outcome {
@@ -304,11 +342,10 @@ fn commit(
             }
         }
         Err(e) => {
-            tracing::error!(error = %e, ops = ops.len(), "batch commit failed; no op in it was applied");
+            tracing::error!(error = %e, ops = ops.len(), "batch failed; no op in it was applied");
             metrics::counter!("pika_commit_failures_total").increment(1);
-            let message = e.to_string();
             for pending in fresh.into_iter().chain(repeats) {
-                answers.push((pending.reply, Err(WriteError::Storage(message.clone()))));
+                answers.push((pending.reply, Err(e.clone())));
             }
         }
     }

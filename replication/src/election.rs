@@ -647,6 +647,14 @@ impl Election {
         }
     }
 
+    /// A leader that cannot go on (its own log failed) gives up its
+    /// leadership now; it still waits out its lease before campaigning.
+    pub fn resign(&mut self, reason: &'static str) {
+        if let State::Leader { epoch, .. } = self.state {
+            self.step_down(epoch, reason);
+        }
+    }
+
     fn step_down(&mut self, epoch: u64, reason: &'static str) {
         tracing::warn!(epoch, reason, "stepping down");
         if let State::Leader { lease_until, .. } = self.state {

@@ -1,43 +1,52 @@
-//! The leader's replication set, sans IO: who must have a batch before its
-//! writers are answered (DESIGN.md, "Writes" step 4, and "Reads").
+//! The leader's view of its followers, sans IO: the replication set, what
+//! each follower has received and made durable, and the commit rule
+//! (DESIGN.md, "Writes and commit", step 4).
 //!
-//! A batch is acknowledged when the leader and every follower in the set
-//! have it durably, and the set (leader included) holds a quorum. A follower
-//! leaves the set only once its read lease has surely run out: it has not
-//! acknowledged anything for L·(1 + drift), so it stopped serving reads
-//! before any write it lacks could be acknowledged without it.
+//! **Commit rule.** An entry commits when (a) it is durable on a quorum of
+//! voters, the leader counting itself only once its own flush covers it,
+//! and (b) every member of the replication set has at least received it.
+//! (a) is what survives crashes: any later leader's election needs a
+//! quorum, which overlaps (a)'s, and the vote restriction picks a log that
+//! holds the entry. (b) is what makes local reads linearizable: a follower
+//! that may read has every committed entry applied or pending (and a read
+//! of a pending path waits).
 //!
-//! Being in the set is not yet leave to serve reads. A new leader's set
-//! starts with every live follower, and one of those may still lack writes
-//! an earlier leader acknowledged. A follower is *confirmed* (may read) once
-//! it acknowledged a diff of this epoch that reaches the leader's log end at
-//! election, or was admitted after catching up: from then on every write
-//! released waited for it.
+//! **The set.** A follower leaves the set only once its read permission
+//! has surely run out: it has not been heard from for L·(1 + drift), or it
+//! has no permission at all (not confirmed yet, or a new incarnation of
+//! it). Being in the set is not yet leave to read: a new leader's set
+//! starts with every live follower, and one of those may still lack
+//! entries an earlier leader committed. A follower is *confirmed* (may
+//! read) once it has received everything up to the leader's log end at
+//! election, or was admitted after catching up: from then on every commit
+//! waited for it.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
-use crate::election::Position;
-use crate::record::Change;
-
 /// One follower as the leader sees it.
 #[derive(Debug, Clone)]
 struct Follower {
-    /// Highest revision the follower has durably applied (from its acks).
-    acked: u64,
+    /// The follower's log matches the leader's through this revision.
+    received: u64,
+    /// ... and is durable through this one.
+    durable: u64,
     last_heard: Duration,
-    /// Holds every write any leader acknowledged (see the module docs).
+    in_set: bool,
+    /// Holds every entry any leader committed (see the module docs).
     confirmed: bool,
+    /// The incarnation last heard from: a restart loses what was received
+    /// and not flushed.
+    boot: Option<u64>,
 }
 
-/// Answers waiting for acknowledgements, by the revision they depend on.
+/// The set, the acknowledgements, and writers waiting for a commit.
 pub struct ReplicationSet<A> {
     quorum: usize,
-    /// How long after its last word a follower's read lease has surely run
-    /// out: L·(1 + drift).
+    /// How long after its last word a follower's read permission has
+    /// surely run out: L·(1 + drift).
     eviction: Duration,
-    /// The leader's log end (revision) when it took over: a follower whose
-    /// acknowledgement reaches it holds everything acknowledged before.
+    /// The leader's log end (revision) when it took over.
     base: u64,
     followers: BTreeMap<String, Follower>,
     waiting: VecDeque<(u64, A)>,
@@ -46,13 +55,14 @@ pub struct ReplicationSet<A> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FollowerView {
     pub id: String,
-    pub acked: u64,
+    pub received: u64,
+    pub durable: u64,
+    pub in_set: bool,
 }
 
 impl<A> ReplicationSet<A> {
     /// A new leader's set: every follower membership reports alive, none
-    /// known to hold anything yet, none confirmed. One that cannot keep up
-    /// (a gap) stops acknowledging and leaves through eviction.
+    /// known to hold anything yet, none confirmed.
     pub fn new(
         quorum: usize,
         eviction: Duration,
@@ -70,9 +80,12 @@ impl<A> ReplicationSet<A> {
                     (
                         id,
                         Follower {
-                            acked: 0,
+                            received: 0,
+                            durable: 0,
                             last_heard: now,
+                            in_set: true,
                             confirmed: false,
+                            boot: None,
                         },
                     )
                 })
@@ -86,18 +99,22 @@ impl<A> ReplicationSet<A> {
             .iter()
             .map(|(id, f)| FollowerView {
                 id: id.clone(),
-                acked: f.acked,
+                received: f.received,
+                durable: f.durable,
+                in_set: f.in_set,
             })
             .collect()
     }
 
     pub fn contains(&self, id: &str) -> bool {
-        self.followers.contains_key(id)
+        self.followers.get(id).is_some_and(|f| f.in_set)
     }
 
     /// In the set and confirmed: the follower may serve local reads.
     pub fn may_read(&self, id: &str) -> bool {
-        self.followers.get(id).is_some_and(|f| f.confirmed)
+        self.followers
+            .get(id)
+            .is_some_and(|f| f.in_set && f.confirmed)
     }
 
     /// Members not confirmed yet: the leader probes them so that an idle
@@ -105,74 +122,131 @@ impl<A> ReplicationSet<A> {
     pub fn unconfirmed(&self) -> Vec<String> {
         self.followers
             .iter()
-            .filter(|(_, f)| !f.confirmed)
+            .filter(|(_, f)| f.in_set && !f.confirmed)
             .map(|(id, _)| id.clone())
             .collect()
     }
 
-    /// The leader plus its followers reach a quorum.
+    /// The leader plus the members of its set reach a quorum.
     pub fn has_quorum(&self) -> bool {
-        self.followers.len() + 1 >= self.quorum
+        self.followers.values().filter(|f| f.in_set).count() + 1 >= self.quorum
     }
 
-    /// Answers to give once every member has `revision`.
+    /// Answers to give once `revision` commits.
     pub fn wait(&mut self, revision: u64, answers: A) {
         self.waiting.push_back((revision, answers));
     }
 
-    /// A follower applied through `revision` (a diff of this epoch, so its
-    /// log matches the leader's that far); anything else it says only
-    /// proves it is alive.
-    pub fn heard(&mut self, id: &str, revision: Option<u64>, now: Duration) {
-        if let Some(f) = self.followers.get_mut(id) {
-            f.last_heard = now;
-            if let Some(r) = revision {
-                f.acked = f.acked.max(r);
-                f.confirmed |= r >= self.base;
+    /// A follower proved it is alive, as incarnation `boot` (its boot
+    /// counter, which only grows). A newer incarnation lost whatever it had
+    /// received and not flushed, and has no read permission yet: it leaves
+    /// the set until it catches up. Returns false for a message from an
+    /// older incarnation, still in flight when it restarted: ignore it.
+    pub fn heard(&mut self, id: &str, boot: u64, now: Duration) -> bool {
+        let f = self.followers.entry(id.to_string()).or_insert(Follower {
+            received: 0,
+            durable: 0,
+            last_heard: now,
+            in_set: false,
+            confirmed: false,
+            boot: None,
+        });
+        match f.boot {
+            Some(b) if boot < b => return false,
+            Some(b) if boot > b => {
+                f.in_set = false;
+                f.confirmed = false;
+                f.received = 0;
+                f.durable = 0;
             }
+            _ => {}
+        }
+        f.boot = Some(boot);
+        f.last_heard = now;
+        true
+    }
+
+    /// A follower acknowledged (call [`Self::heard`] first): its log
+    /// matches the leader's through `received`, durable through `durable`.
+    pub fn acked(&mut self, id: &str, received: u64, durable: u64, now: Duration) {
+        let base = self.base;
+        let Some(f) = self.followers.get_mut(id) else {
+            return;
+        };
+        f.last_heard = now;
+        f.received = f.received.max(received);
+        f.durable = f.durable.max(durable.min(received));
+        if f.in_set {
+            f.confirmed |= f.received >= base;
         }
     }
 
-    /// A caught-up follower (re)joins the set.
-    pub fn admit(&mut self, id: &str, revision: u64, now: Duration) {
-        self.followers.insert(
-            id.to_string(),
-            Follower {
-                acked: revision,
-                last_heard: now,
-                confirmed: true,
-            },
-        );
+    /// A follower outside the set that has received everything committed
+    /// so far joins it, confirmed: every later commit waits for it.
+    pub fn admit_if_caught_up(&mut self, id: &str, committed: u64) -> bool {
+        match self.followers.get_mut(id) {
+            Some(f) if !f.in_set && f.received >= committed => {
+                f.in_set = true;
+                f.confirmed = true;
+                true
+            }
+            _ => false,
+        }
     }
 
-    /// Drops followers silent for longer than the eviction time; returns who
-    /// left.
+    /// A member that cannot be caught up from the log (it needs a snapshot)
+    /// leaves the set, if that is safe now: it has no read permission.
+    pub fn remove_unconfirmed(&mut self, id: &str) -> bool {
+        match self.followers.get_mut(id) {
+            Some(f) if f.in_set && !f.confirmed => {
+                f.in_set = false;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Members silent for longer than the eviction time leave the set;
+    /// returns who left.
     pub fn evict_silent(&mut self, now: Duration) -> Vec<String> {
-        let gone: Vec<String> = self
-            .followers
-            .iter()
-            .filter(|(_, f)| now.saturating_sub(f.last_heard) > self.eviction)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in &gone {
-            self.followers.remove(id);
+        let mut gone = Vec::new();
+        for (id, f) in &mut self.followers {
+            if f.in_set && now.saturating_sub(f.last_heard) > self.eviction {
+                f.in_set = false;
+                f.confirmed = false;
+                gone.push(id.clone());
+            }
         }
         gone
     }
 
-    /// Answers whose revision every member of a quorate set now has.
-    pub fn released(&mut self) -> Vec<A> {
+    /// The highest revision the commit rule allows, given the leader's own
+    /// log end (`last`) and what its own flushes made durable.
+    pub fn commit_bound(&self, last: u64, leader_durable: u64) -> u64 {
         if !self.has_quorum() {
-            return Vec::new();
+            return 0;
         }
-        let floor = self
+        // (b): every member of the set received it.
+        let received = self
             .followers
             .values()
-            .map(|f| f.acked)
+            .filter(|f| f.in_set)
+            .map(|f| f.received)
             .min()
-            .unwrap_or(u64::MAX);
+            .unwrap_or(last)
+            .min(last);
+        // (a): durable on a quorum, the leader included.
+        let mut durable: Vec<u64> = self.followers.values().map(|f| f.durable).collect();
+        durable.push(leader_durable.min(last));
+        durable.sort_unstable_by(|a, b| b.cmp(a));
+        let quorum_durable = durable.get(self.quorum - 1).copied().unwrap_or(0);
+        received.min(quorum_durable)
+    }
+
+    /// Answers whose revision is committed now.
+    pub fn released(&mut self, committed: u64) -> Vec<A> {
         let mut out = Vec::new();
-        while self.waiting.front().is_some_and(|(r, _)| *r <= floor) {
+        while self.waiting.front().is_some_and(|(r, _)| *r <= committed) {
             if let Some((_, a)) = self.waiting.pop_front() {
                 out.push(a);
             }
@@ -191,182 +265,127 @@ mod tests {
     use super::*;
 
     const L: Duration = Duration::from_millis(1100);
+    const T0: Duration = Duration::ZERO;
 
+    /// Three nodes (quorum 2): the leader and followers b and c, with the
+    /// leader's log at revision 4 when it took over.
     fn set() -> ReplicationSet<&'static str> {
-        ReplicationSet::new(2, L, 4, ["b".to_string(), "c".to_string()], Duration::ZERO)
+        ReplicationSet::new(2, L, 4, ["b".to_string(), "c".to_string()], T0)
+    }
+
+    /// An acknowledgement from incarnation 1.
+    fn ack(
+        s: &mut ReplicationSet<&'static str>,
+        id: &str,
+        received: u64,
+        durable: u64,
+        at: Duration,
+    ) {
+        assert!(s.heard(id, 1, at));
+        s.acked(id, received, durable, at);
     }
 
     #[test]
-    fn a_follower_reads_only_once_it_reached_the_log_end_at_election() {
+    fn a_follower_reads_only_once_it_received_the_log_end_at_election() {
         let mut s = set();
         assert!(!s.may_read("b") && !s.may_read("c"));
         assert_eq!(s.unconfirmed(), vec!["b".to_string(), "c".to_string()]);
-        s.heard("b", None, Duration::ZERO);
-        s.heard("b", Some(3), Duration::ZERO);
+        ack(&mut s, "b", 3, 3, T0);
         assert!(!s.may_read("b"), "revision 4 may be an acknowledged write");
-        s.heard("b", Some(4), Duration::ZERO);
-        assert!(s.may_read("b"));
-        s.admit("d", 9, Duration::ZERO);
-        assert!(s.may_read("d"), "admitted after catching up");
+        ack(&mut s, "b", 4, 0, T0);
+        assert!(
+            s.may_read("b"),
+            "received is enough: reads of pending paths wait"
+        );
         assert_eq!(s.unconfirmed(), vec!["c".to_string()]);
     }
 
     #[test]
-    fn answers_wait_for_every_follower_in_the_set() {
+    fn commit_needs_every_member_to_receive_and_a_quorum_to_hold_it_durably() {
         let mut s = set();
-        s.wait(5, "w5");
-        s.wait(7, "w7");
-        s.heard("b", Some(7), Duration::ZERO);
-        assert!(s.released().is_empty(), "c has nothing yet");
-        s.heard("c", Some(5), Duration::ZERO);
-        assert_eq!(s.released(), vec!["w5"]);
-        s.heard("c", Some(9), Duration::ZERO);
-        assert_eq!(s.released(), vec!["w7"]);
+        ack(&mut s, "b", 9, 9, T0);
+        assert_eq!(s.commit_bound(9, 9), 0, "c has received nothing");
+        ack(&mut s, "c", 7, 0, T0);
+        assert_eq!(s.commit_bound(9, 9), 7, "c received through 7");
+        assert_eq!(s.commit_bound(9, 0), 0, "only b durable: no quorum");
+        ack(&mut s, "c", 9, 0, T0);
+        assert_eq!(s.commit_bound(9, 0), 0, "received everywhere is not enough");
+        assert_eq!(s.commit_bound(9, 8), 8, "the leader's flush makes two");
+        ack(&mut s, "c", 9, 9, T0);
+        assert_eq!(
+            s.commit_bound(9, 0),
+            9,
+            "two followers durable are a quorum"
+        );
     }
 
     #[test]
-    fn a_silent_follower_leaves_only_after_its_lease_surely_ran_out() {
+    fn answers_wait_for_their_commit() {
         let mut s = set();
-        s.wait(3, "w3");
-        s.heard("b", Some(3), L);
+        s.wait(5, "w5");
+        s.wait(7, "w7");
+        assert!(s.released(4).is_empty());
+        assert_eq!(s.released(6), vec!["w5"]);
+        assert_eq!(s.released(9), vec!["w7"]);
+    }
+
+    #[test]
+    fn a_silent_follower_leaves_only_after_its_permission_surely_ran_out() {
+        let mut s = set();
+        ack(&mut s, "b", 3, 3, L);
         assert!(s.evict_silent(L).is_empty());
         assert_eq!(
             s.evict_silent(L + Duration::from_millis(1)),
             vec!["c".to_string()]
         );
-        assert_eq!(s.released(), vec!["w3"], "b and the leader are a quorum");
+        assert_eq!(
+            s.commit_bound(3, 3),
+            3,
+            "b and the leader are a quorum and the whole set"
+        );
+        ack(&mut s, "c", 3, 3, L * 2);
+        assert!(!s.contains("c"), "an ack alone does not bring it back");
+        assert!(!s.admit_if_caught_up("c", 5), "behind what is committed");
+        assert!(s.admit_if_caught_up("c", 3));
+        assert!(s.may_read("c"));
     }
 
     #[test]
-    fn below_quorum_nothing_is_released() {
+    fn a_restarted_follower_leaves_the_set_until_it_catches_up() {
+        let mut s = set();
+        ack(&mut s, "b", 9, 5, T0);
+        ack(&mut s, "c", 9, 9, T0);
+        assert!(s.may_read("b"));
+        assert!(s.heard("b", 2, T0));
+        assert!(!s.contains("b") && !s.may_read("b"));
+        assert_eq!(s.commit_bound(9, 9), 9, "the leader and c");
+        assert!(!s.heard("b", 1, T0), "a late word of the old incarnation");
+        s.acked("b", 5, 5, T0);
+        assert!(
+            !s.admit_if_caught_up("b", 9),
+            "what it received before is forgotten"
+        );
+        s.acked("b", 9, 5, T0);
+        assert!(s.admit_if_caught_up("b", 9));
+    }
+
+    #[test]
+    fn below_quorum_nothing_commits() {
         let mut s = set();
         s.wait(1, "w1");
-        let later = L * 3;
-        s.heard("b", Some(1), Duration::ZERO);
-        assert_eq!(s.evict_silent(later).len(), 2);
+        ack(&mut s, "b", 1, 1, T0);
+        assert_eq!(s.evict_silent(L * 3).len(), 2);
         assert!(!s.has_quorum());
-        assert!(s.released().is_empty());
+        assert_eq!(s.commit_bound(1, 1), 0);
         assert_eq!(s.drain(), vec!["w1"]);
-    }
-}
-
-/// The leader's most recent changes, so a follower that missed a few diffs
-/// catches up from memory instead of a full Merkle sync.
-pub struct RecentChanges {
-    /// The log position just before `changes[0]`.
-    anchor: Position,
-    changes: VecDeque<Change>,
-    capacity: usize,
-}
-
-impl RecentChanges {
-    /// Starts empty at `position` (the leader's log end when it took over).
-    pub fn new(position: Position, capacity: usize) -> Self {
-        Self {
-            anchor: position,
-            changes: VecDeque::new(),
-            capacity,
-        }
-    }
-
-    /// The log position after the last change pushed.
-    pub fn end(&self) -> Position {
-        self.changes.back().map_or(self.anchor, |c| Position {
-            epoch: c.epoch,
-            revision: c.revision,
-        })
-    }
-
-    pub fn push(&mut self, changes: &[Change]) {
-        for change in changes {
-            self.changes.push_back(change.clone());
-            while self.changes.len() > self.capacity {
-                if let Some(old) = self.changes.pop_front() {
-                    self.anchor = Position {
-                        epoch: old.epoch,
-                        revision: old.revision,
-                    };
-                }
-            }
-        }
-    }
-
-    /// Everything after `from`, if `from` is a point of this log that the
-    /// buffer still reaches; `None` means the follower must sync.
-    pub fn after(&self, from: Position) -> Option<Vec<Change>> {
-        if from == self.anchor {
-            return Some(self.changes.iter().cloned().collect());
-        }
-        let at = self
-            .changes
-            .iter()
-            .position(|c| c.revision == from.revision && c.epoch == from.epoch)?;
-        Some(self.changes.iter().skip(at + 1).cloned().collect())
-    }
-}
-
-#[cfg(test)]
-mod recent_tests {
-    use super::*;
-    use crate::record::ChangeKind;
-
-    fn change(epoch: u64, revision: u64) -> Change {
-        Change {
-            revision,
-            epoch,
-            path: format!("p{revision}"),
-            version: 1,
-            created_at_ms: 0,
-            kind: ChangeKind::Delete,
-            request_id: None,
-        }
     }
 
     #[test]
-    fn catch_up_comes_from_memory_only_for_points_of_this_log() {
-        let start = Position {
-            epoch: 1,
-            revision: 10,
-        };
-        let mut recent = RecentChanges::new(start, 3);
-        recent.push(&[change(2, 11), change(2, 12)]);
-        assert_eq!(recent.after(start).map(|c| c.len()), Some(2));
-        assert_eq!(
-            recent
-                .after(Position {
-                    epoch: 2,
-                    revision: 11
-                })
-                .map(|c| c.len()),
-            Some(1)
-        );
-        assert_eq!(
-            recent
-                .after(Position {
-                    epoch: 2,
-                    revision: 12
-                })
-                .map(|c| c.len()),
-            Some(0)
-        );
-        // Same revision, other epoch: a deposed leader's write. Sync instead.
-        assert_eq!(
-            recent.after(Position {
-                epoch: 1,
-                revision: 11
-            }),
-            None
-        );
-        recent.push(&[change(2, 13), change(2, 14)]);
-        assert_eq!(recent.after(start), None, "fell out of the buffer");
-        assert_eq!(
-            recent
-                .after(Position {
-                    epoch: 2,
-                    revision: 11
-                })
-                .map(|c| c.len()),
-            Some(3)
-        );
+    fn an_unconfirmed_member_can_leave_at_once_a_confirmed_one_cannot() {
+        let mut s = set();
+        ack(&mut s, "b", 4, 4, T0);
+        assert!(!s.remove_unconfirmed("b"));
+        assert!(s.remove_unconfirmed("c"));
+        assert!(!s.contains("c"));
     }
 }

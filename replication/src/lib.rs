@@ -19,6 +19,7 @@ pub mod log;
 pub mod merkle;
 pub mod path;
 pub mod peers;
+pub mod pending;
 pub mod record;
 pub mod replica;
 pub mod store;

@@ -53,6 +53,9 @@ const KEY_PROMISED: &str = "promised_epoch";
 /// The epoch of the last change in this store: with the revision, the
 /// node's log position for vote restriction.
 const KEY_LAST_EPOCH: &str = "last_epoch";
+/// The revision of the last checkpoint (a durable transaction after
+/// non-durable applies): informational, the position keys say the rest.
+const KEY_CHECKPOINT: &str = "checkpoint";
 
 /// Per-op results of a batch, and the changes it committed.
 pub type BatchOutcome = (Vec<Result<Applied, OpError>>, Vec<Change>);
@@ -70,6 +73,9 @@ pub enum StoreError {
     },
     #[error("storage error: {0}")]
     Storage(#[from] Box<redb::Error>),
+    /// An install would move the state back: it only moves forward.
+    #[error("refusing to move the state back from revision {at} to {to}")]
+    Backwards { at: u64, to: u64 },
     #[error("cannot encode or decode the record under {key}: {source}")]
     Corrupt {
         key: String,

@@ -1,10 +1,12 @@
-//! Merkle anti-entropy, sans IO (DESIGN.md, "Anti-entropy").
+//! Snapshot install by Merkle descent, sans IO (DESIGN.md, "Catch-up,
+//! snapshots and verification").
 //!
 //! The follower compares its tree with the leader's from the root down,
 //! asking only for the children of nodes that differ, then for the contents
 //! of the differing buckets, all answered from one leader snapshot at
-//! revision S. Installing them makes the follower equal to the leader at S.
-//! The cost is in what differs, not in what is stored.
+//! revision S. Bucket contents come in answers of bounded size; once all
+//! are in, installing them in one transaction makes the follower equal to
+//! the leader at S. The cost is in what differs, not in what is stored.
 
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +33,8 @@ pub enum SyncAnswer {
         level: u32,
         digests: Vec<(u32, Digest)>,
     },
+    /// The contents of `buckets`, a prefix of those asked for that fits
+    /// the answer's byte budget (at least one).
     Buckets {
         buckets: Vec<u16>,
         paths: Vec<PathState>,
@@ -60,23 +64,53 @@ pub enum SyncStep {
 /// The follower's side of one session.
 pub struct SyncSession {
     local: MerkleBuckets,
+    /// The snapshot every answer must come from.
+    at: Option<(u64, u64)>,
+    /// Differing buckets not received yet, and what has been.
+    todo: Vec<u16>,
+    buckets: Vec<u16>,
+    paths: Vec<PathState>,
 }
 
 impl SyncSession {
     /// `local` is the follower's own tree; the first ask is [`SyncAsk::Start`].
     pub fn new(local: MerkleBuckets) -> SyncSession {
-        SyncSession { local }
+        SyncSession {
+            local,
+            at: None,
+            todo: Vec::new(),
+            buckets: Vec::new(),
+            paths: Vec::new(),
+        }
     }
 
     pub fn on_answer(&mut self, revision: u64, epoch: u64, answer: SyncAnswer) -> SyncStep {
+        if let SyncAnswer::Refused(why) = answer {
+            return SyncStep::Failed(why);
+        }
+        if *self.at.get_or_insert((revision, epoch)) != (revision, epoch) {
+            return SyncStep::Failed("answers from two snapshots".into());
+        }
         match answer {
             SyncAnswer::Refused(why) => SyncStep::Failed(why),
-            SyncAnswer::Buckets { buckets, paths } => SyncStep::Install {
-                buckets,
-                paths,
-                revision,
-                epoch,
-            },
+            SyncAnswer::Buckets { buckets, paths } => {
+                if buckets.is_empty() {
+                    return SyncStep::Failed("an empty bucket answer".into());
+                }
+                self.todo.retain(|b| !buckets.contains(b));
+                self.buckets.extend(buckets);
+                self.paths.extend(paths);
+                if self.todo.is_empty() {
+                    SyncStep::Install {
+                        buckets: std::mem::take(&mut self.buckets),
+                        paths: std::mem::take(&mut self.paths),
+                        revision,
+                        epoch,
+                    }
+                } else {
+                    SyncStep::Ask(SyncAsk::Buckets(self.todo.clone()))
+                }
+            }
             SyncAnswer::Level { level, digests } => {
                 let mine = self.local.level(level);
                 let differing: Vec<u32> = digests
@@ -87,12 +121,11 @@ impl SyncSession {
                 if differing.is_empty() {
                     SyncStep::InSync { revision, epoch }
                 } else if level >= LEAF_LEVEL {
-                    SyncStep::Ask(SyncAsk::Buckets(
-                        differing
-                            .into_iter()
-                            .filter_map(|i| u16::try_from(i).ok())
-                            .collect(),
-                    ))
+                    self.todo = differing
+                        .into_iter()
+                        .filter_map(|i| u16::try_from(i).ok())
+                        .collect();
+                    SyncStep::Ask(SyncAsk::Buckets(self.todo.clone()))
                 } else {
                     let fanout = FANOUT as u32;
                     SyncStep::Ask(SyncAsk::Level {
@@ -108,8 +141,13 @@ impl SyncSession {
     }
 }
 
-/// The leader's answer to one ask, from the session's snapshot.
-pub fn answer(snapshot: &Snapshot, ask: &SyncAsk) -> Result<SyncAnswer, StoreError> {
+/// The leader's answer to one ask, from the session's snapshot; bucket
+/// contents stop after `max_bytes` (at least one bucket is sent).
+pub fn answer(
+    snapshot: &Snapshot,
+    ask: &SyncAsk,
+    max_bytes: usize,
+) -> Result<SyncAnswer, StoreError> {
     Ok(match ask {
         SyncAsk::Start => SyncAnswer::Level {
             level: 0,
@@ -125,9 +163,19 @@ pub fn answer(snapshot: &Snapshot, ask: &SyncAsk) -> Result<SyncAnswer, StoreErr
                     .collect(),
             }
         }
-        SyncAsk::Buckets(buckets) => SyncAnswer::Buckets {
-            buckets: buckets.clone(),
-            paths: snapshot.bucket_contents(buckets)?,
-        },
+        SyncAsk::Buckets(asked) => {
+            let (mut buckets, mut paths, mut bytes) = (Vec::new(), Vec::new(), 0usize);
+            for &bucket in asked {
+                let contents = snapshot.bucket_contents(&[bucket])?;
+                let size: usize = contents.iter().map(PathState::size).sum();
+                if !buckets.is_empty() && bytes + size > max_bytes {
+                    break;
+                }
+                bytes += size;
+                buckets.push(bucket);
+                paths.extend(contents);
+            }
+            SyncAnswer::Buckets { buckets, paths }
+        }
     })
 }

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::election::{ElectionMessage, Position};
+use crate::merkle::Digest;
 use crate::record::{Applied, Change, Op, OpError};
 use crate::sync::{SyncAnswer, SyncAsk};
 
@@ -14,15 +15,28 @@ pub enum PeerMessage {
         node_id: String,
     },
     Election(ElectionMessage),
-    /// Leader → follower: changes that continue the log after `prev`, to
-    /// apply in order in one durable transaction.
+    /// Leader → follower: log entries that follow `prev` in the leader's
+    /// log (none: a probe of whether the follower holds `prev`), and the
+    /// leader's commit index. `more`: a catch-up answer that stopped at its
+    /// byte budget; ask again from the new log end.
     Diff {
         epoch: u64,
         prev: Position,
         changes: Vec<Change>,
+        commit: u64,
+        more: bool,
     },
-    /// Follower → leader: durably applied through `revision`.
-    DiffAck {
+    /// Follower → leader: its log matches the leader's through `received`,
+    /// and is durable through `durable`, as incarnation `boot` (a restart
+    /// loses what was received and not flushed).
+    Ack {
+        epoch: u64,
+        received: u64,
+        durable: u64,
+        boot: u64,
+    },
+    /// Leader → follower: everything through `revision` is committed.
+    Commit {
         epoch: u64,
         revision: u64,
     },
@@ -32,42 +46,57 @@ pub enum PeerMessage {
         promised: u64,
     },
     /// Follower → leader: a diff did not continue its log; send what
-    /// follows `from`, or say to sync.
+    /// follows `from`, or else what follows its known commit, or say that
+    /// it needs a snapshot.
     CatchUp {
         epoch: u64,
         from: Position,
+        committed: Position,
     },
-    /// Leader → follower: `from` is not in the recent-change buffer.
+    /// Leader → follower: the entries it needs are no longer in the log.
     SyncNeeded {
         epoch: u64,
     },
-    /// Follower → leader: one step of a Merkle sync session.
+    /// Follower → leader: one step of a snapshot install (Merkle descent).
     SyncRequest {
         session: u64,
         ask: SyncAsk,
     },
-    /// Leader → follower: the answer, from the session's snapshot.
+    /// Leader → follower: the answer, from the session's snapshot at
+    /// (`epoch`, `revision`); `leader_epoch` fences answers of a deposed
+    /// leader.
     SyncReply {
         session: u64,
+        leader_epoch: u64,
         revision: u64,
         epoch: u64,
         answer: SyncAnswer,
     },
+    /// Leader → follower, every `sync_interval`: the leader's Merkle root
+    /// at committed revision `revision`, to compare at exactly that point.
+    Verify {
+        epoch: u64,
+        revision: u64,
+        root: Digest,
+    },
     /// Follower → leader, every tick: proof of life, numbered so the leader
-    /// can echo it.
+    /// can echo it; `boot` tells a restarted follower from its previous
+    /// incarnation.
     Alive {
         seq: u64,
+        boot: u64,
     },
     /// Leader → follower, every tick: whether the follower may serve reads
     /// (it is in the replication set and confirmed), the last `Alive` heard
-    /// from it, and what is left of the leader's lease. A follower's read
-    /// permission runs from when it sent that `Alive`, for L at most and
-    /// never longer than `lease_left` (less drift).
+    /// from it, what is left of the leader's lease, and the commit index.
+    /// A follower's read permission runs from when it sent that `Alive`,
+    /// for L at most and never longer than `lease_left` (less drift).
     SetStatus {
         epoch: u64,
         in_set: bool,
         echo: u64,
         lease_left: std::time::Duration,
+        commit: u64,
     },
     /// Follower → leader: a client's write.
     Forward {

@@ -1,15 +1,20 @@
 //! Deterministic simulation of the whole replica protocol: [`ReplicaCore`]s
-//! of 3 and 5 nodes on in-memory redb stores, a simulated network and
-//! clocks, client writes at whoever leads, and 1200 seeded schedules of
-//! loss, reordering, duplication, partitions, crashes with restart and
-//! clock drift within the assumed bound.
+//! of 3 and 5 nodes on in-memory redb stores and in-memory logs
+//! ([`MemLog`]) whose flushes complete some steps later and whose crashes
+//! lose the unflushed tail, a simulated network and clocks, client writes
+//! (puts and compare-and-set on 8 shared paths) at whoever leads, and 1200
+//! seeded schedules of loss, reordering, duplication, partitions, crashes
+//! with restart and clock drift within the assumed bound. Verification
+//! roots go out every few heartbeats.
 //!
 //! Checked at every step: at most one leader per epoch, never two nodes
 //! holding a valid lease at the same real instant, and acknowledgements only
-//! inside the acknowledging node's lease; no node that may serve local
-//! reads misses the latest acked write. Checked after healing
-//! and letting sync run: every acknowledged write is on every node, and all
-//! Merkle roots are equal. Before healing, with a minority down (the
+//! inside the acknowledging node's lease; on every node that may serve
+//! local reads, a read of any path is either held back (the path is
+//! pending) or returns a version no older than the latest acknowledged
+//! write of that path. Reads served are recorded, and at the end each must
+//! be a committed version (no dirty reads). Checked after healing: every
+//! acknowledged write is on every node, and all Merkle roots are equal. Before healing, with a minority down (the
 //! leader among them), the rest must elect and acknowledge writes within
 //! a few seconds. A failing seed is printed; replay it alone with
 //! `PIKA_SIM_SEED=<seed> PIKA_SIM_NODES=<n>`, and add `PIKA_SIM_TRACE=1`
@@ -20,19 +25,27 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pika_replication::dice::Dice;
+use pika_replication::log::{MemDisk, MemLog};
+use pika_replication::pending::SharedPending;
 use pika_replication::replica::core::{CoreConfig, Output, ReplicaCore};
 use pika_replication::wire::PeerMessage;
-use pika_replication::{ConfigPath, Format, Meta, Op, Store};
+use pika_replication::{ChangeKind, ConfigPath, Format, Meta, Op, Store};
 
 const STEP: Duration = Duration::from_millis(5);
 const INTERVAL: Duration = Duration::from_millis(100);
 const LEASE: Duration = Duration::from_millis(500);
 const RATE_SPREAD: f64 = 0.03;
+/// Paths the clients share.
+const PATHS: u64 = 8;
+/// Versions kept per path: all of them, so reads can be checked at the end.
+const HISTORY: u64 = 100_000;
 
 struct Node {
     id: String,
     store: Arc<Store>,
-    core: Option<ReplicaCore<Arc<Store>>>,
+    disk: MemDisk,
+    pending: SharedPending,
+    core: Option<ReplicaCore<MemLog>>,
     rate: f64,
     offset: Duration,
     next_tick: Duration,
@@ -50,13 +63,26 @@ struct Sim {
     loss: f64,
     max_delay: Duration,
     leaders: BTreeMap<u64, usize>,
-    /// (node, token) → the path and value of a write waiting for its ack.
-    pending: HashMap<(usize, u64), (String, String)>,
-    acked: Vec<(String, String)>,
+    /// (node, token) → the write waiting for its ack.
+    pending: HashMap<(usize, u64), Write>,
+    acked: Vec<Write>,
+    /// The latest acknowledged version of each path.
+    latest: HashMap<String, u64>,
+    /// Reads served: (node, path, version, value).
+    reads: Vec<(usize, String, u64, Option<Vec<u8>>)>,
+    /// Chance per step that a node's oldest flush in flight completes.
+    flush_speed: f64,
     next_token: u64,
     writes: u64,
     /// No client writes: an idle cluster must still let followers read.
     quiet: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Write {
+    path: String,
+    version: u64,
+    value: String,
 }
 
 fn config(n: usize) -> CoreConfig {
@@ -64,8 +90,9 @@ fn config(n: usize) -> CoreConfig {
         replicas: n,
         heartbeat_interval: INTERVAL,
         lease: LEASE,
-        sync_interval: Duration::from_millis(1500),
+        sync_interval: INTERVAL * 3,
         sync_timeout: Duration::from_secs(1),
+        frame_bytes: 4 << 10,
     }
 }
 
@@ -74,10 +101,13 @@ impl Sim {
         let mut dice = Dice::new(seed);
         let loss = 0.15 * dice.unit();
         let max_delay = Duration::from_millis(1 + dice.below(30) as u64);
+        let flush_speed = 0.05 + 0.75 * dice.unit();
         let nodes = (0..n)
             .map(|i| Node {
                 id: format!("n{i}"),
-                store: Arc::new(Store::open_in_memory(5).expect("in-memory store")),
+                store: Arc::new(Store::open_in_memory(HISTORY).expect("in-memory store")),
+                disk: MemDisk::default(),
+                pending: SharedPending::default(),
                 core: None,
                 rate: 1.0 - RATE_SPREAD + 2.0 * RATE_SPREAD * dice.unit(),
                 offset: Duration::from_millis(dice.below(10_000) as u64),
@@ -98,6 +128,9 @@ impl Sim {
             leaders: BTreeMap::new(),
             pending: HashMap::new(),
             acked: Vec::new(),
+            latest: HashMap::new(),
+            reads: Vec::new(),
+            flush_speed,
             next_token: 1,
             writes: 0,
             quiet: false,
@@ -118,13 +151,22 @@ impl Sim {
         let node = &mut self.nodes[i];
         node.boots += 1;
         let seed = self.seed ^ (i as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407) ^ node.boots;
-        node.core = Some(ReplicaCore::new(
-            node.id.clone(),
-            config(n),
-            node.store.clone(),
-            seed,
-            now,
-        ));
+        // A restart keeps the store (as if just checkpointed: it only ever
+        // holds entries durable in the log) and what the log flushed.
+        node.pending = SharedPending::default();
+        node.core = Some(
+            ReplicaCore::new(
+                node.id.clone(),
+                config(n),
+                node.store.clone(),
+                MemLog::open(node.disk.clone()),
+                node.pending.clone(),
+                node.boots,
+                seed,
+                now,
+            )
+            .expect("the core opens on its own store and log"),
+        );
     }
 
     fn crash(&mut self, i: usize) {
@@ -177,6 +219,8 @@ impl Sim {
                             eprintln!("{:?} n{i} acks {:?}", self.real, self.pending.get(&(i, t)));
                         }
                         if let Some(write) = self.pending.remove(&(i, t)) {
+                            let latest = self.latest.entry(write.path.clone()).or_default();
+                            *latest = (*latest).max(write.version);
                             self.acked.push(write);
                         }
                     }
@@ -202,9 +246,18 @@ impl Sim {
     }
 
     /// A client write at node `i`, done the way the committer does it:
-    /// decide, ship, commit locally, then wait for the set.
+    /// propose (decide, append, send), then wait for the commit. Half are
+    /// compare-and-set on the latest acknowledged version, which may be
+    /// stale (then refused, like a 409).
     fn write(&mut self, i: usize) {
         let now = self.local(i);
+        self.writes += 1;
+        let path = format!("w/{}", self.dice.below(PATHS as usize));
+        let value = format!("v{}", self.writes);
+        let expected = self
+            .dice
+            .chance(0.5)
+            .then(|| self.latest.get(&path).copied().unwrap_or(0));
         let node = &mut self.nodes[i];
         let Some(core) = node.core.as_mut() else {
             return;
@@ -212,8 +265,6 @@ impl Sim {
         let Ok(epoch) = core.write_epoch() else {
             return;
         };
-        self.writes += 1;
-        let (path, value) = (format!("w/{}", self.writes), format!("v{}", self.writes));
         let meta = Meta {
             format: Format::Text,
             description: String::new(),
@@ -222,22 +273,47 @@ impl Sim {
             ConfigPath::new(path.clone()).expect("path"),
             meta,
             value.clone().into_bytes(),
-            None,
+            expected,
         ) {
             Ok(op) => op,
             Err(e) => panic!("bad test op: {e}"),
         };
-        let outcome = node
-            .store
-            .execute_then(&[op], epoch, 0, |changes| core.ship(epoch, changes, now));
-        let Ok((_, changes)) = outcome else { return };
-        let Some(revision) = changes.last().map(|c| c.revision) else {
+        let Ok((results, _)) = core.propose(epoch, &[op], 0, now) else {
+            return;
+        };
+        let Some(Ok(applied)) = results.first() else {
             return;
         };
         let token = self.next_token;
         self.next_token += 1;
-        self.pending.insert((i, token), (path, value));
-        core.wait(epoch, revision, token, now);
+        self.pending.insert(
+            (i, token),
+            Write {
+                path,
+                version: applied.version,
+                value,
+            },
+        );
+        core.wait(epoch, applied.revision, token, now);
+    }
+
+    /// Completes flushes in flight, each node's oldest first, at this
+    /// schedule's disk speed.
+    fn flushes(&mut self) -> Result<(), String> {
+        for i in 0..self.nodes.len() {
+            if !self.dice.chance(self.flush_speed) {
+                continue;
+            }
+            let now = self.local(i);
+            let Some(core) = self.nodes[i].core.as_mut() else {
+                continue;
+            };
+            if let Some(ticket) = core.log_mut().complete_flush() {
+                core.flushed(ticket, Ok(()), now);
+            }
+            self.outputs(i)?;
+        }
+        Ok(())
     }
 
     fn step(&mut self, faults: bool) -> Result<(), String> {
@@ -259,7 +335,17 @@ impl Sim {
                     self.boot(i);
                 }
             }
+            // A power cut: every node loses what it had not flushed.
+            if self.dice.chance(0.0008) {
+                for i in 0..n {
+                    if self.up(i) {
+                        self.crash(i);
+                    }
+                    self.boot(i);
+                }
+            }
         }
+        self.flushes()?;
         while let Some(entry) = self.net.first_entry() {
             if entry.key().0 > self.real {
                 break;
@@ -317,32 +403,67 @@ impl Sim {
         self.check_reads()
     }
 
-    /// DESIGN.md, "Reads": a node that may serve local reads never misses
-    /// an acked write. Checking the latest acked write suffices: diffs apply
-    /// in revision order, so a node holding it holds every earlier one.
-    fn check_reads(&self) -> Result<(), String> {
-        let Some((path, value)) = self.acked.last() else {
-            return Ok(());
-        };
-        for (i, node) in self.nodes.iter().enumerate() {
+    /// DESIGN.md, "Reads": on a node that may serve local reads, a read
+    /// of a path either waits (an entry of the path is pending) or returns
+    /// a version no older than the latest acknowledged write of the path.
+    /// One read per node per step is recorded for the dirty-read check.
+    fn check_reads(&mut self) -> Result<(), String> {
+        for i in 0..self.nodes.len() {
             let now = self.local(i);
+            let node = &self.nodes[i];
             let Some(core) = node.core.as_ref() else {
                 continue;
             };
             if core.read_until(now).is_none_or(|until| now >= until) {
                 continue;
             }
-            let stored = node.store.get(path, None).map_err(|e| e.to_string())?;
-            let has = stored.is_some_and(|change| match change.kind {
-                pika_replication::ChangeKind::Put { data, .. } => data == value.as_bytes(),
-                pika_replication::ChangeKind::Delete => false,
-            });
-            if !has {
+            let sample = self.dice.below(PATHS as usize);
+            for k in 0..PATHS {
+                let path = format!("w/{k}");
+                if node.pending.lock().highest(&path).is_some() {
+                    continue; // the read waits
+                }
+                let stored = node.store.get(&path, None).map_err(|e| e.to_string())?;
+                let version = stored.as_ref().map_or(0, |c| c.version);
+                if let Some(&acked) = self.latest.get(&path)
+                    && version < acked
+                {
+                    return Err(format!(
+                        "n{i} may serve reads at real {:?} but returns {path} v{version}, older than the acknowledged v{acked} ({:?}; leaders by epoch {:?})",
+                        self.real,
+                        core.status(now),
+                        self.leaders
+                    ));
+                }
+                if k == sample as u64 && version > 0 {
+                    let value = stored.and_then(|c| match c.kind {
+                        ChangeKind::Put { data, .. } => Some(data),
+                        ChangeKind::Delete => None,
+                    });
+                    self.reads.push((i, path, version, value));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// No dirty reads: every version a read returned is the committed one
+    /// (what every node holds under that version once healed).
+    fn check_reads_were_committed(&self) -> Result<(), String> {
+        let reference = &self.nodes[0].store;
+        for (i, path, version, value) in &self.reads {
+            let committed = reference
+                .get(path, Some(*version))
+                .map_err(|e| e.to_string())?
+                .and_then(|c| match c.kind {
+                    ChangeKind::Put { data, .. } => Some(data),
+                    ChangeKind::Delete => None,
+                });
+            if committed != *value {
                 return Err(format!(
-                    "n{i} may serve reads at real {:?} but misses the acked write {path} ({:?}; leaders by epoch {:?})",
-                    self.real,
-                    core.status(now),
-                    self.leaders
+                    "n{i} served {path} v{version} = {:?}, but the committed v{version} is {:?}",
+                    value.as_deref().map(String::from_utf8_lossy),
+                    committed.as_deref().map(String::from_utf8_lossy)
                 ));
             }
         }
@@ -429,7 +550,11 @@ impl Sim {
         for _ in 0..40 {
             self.run(Duration::from_millis(250), false)?;
             let roots = self.roots();
-            if roots.iter().all(|r| *r == roots[0]) && self.pending.is_empty() {
+            let applied: Vec<u64> = self.nodes.iter().map(|n| n.store.revision()).collect();
+            if roots.iter().all(|r| *r == roots[0])
+                && applied.iter().all(|a| *a == applied[0])
+                && self.pending.is_empty()
+            {
                 settled = true;
                 break;
             }
@@ -464,20 +589,28 @@ impl Sim {
                 "nodes {unreadable:?} cannot serve reads in a healed, idle cluster"
             ));
         }
-        for (path, value) in &self.acked {
+        for write in &self.acked {
             for node in &self.nodes {
-                let stored = match node.store.get(path, None).map_err(|e| e.to_string())? {
+                let stored = match node
+                    .store
+                    .get(&write.path, Some(write.version))
+                    .map_err(|e| e.to_string())?
+                {
                     Some(change) => match change.kind {
-                        pika_replication::ChangeKind::Put { data, .. } => Some(data),
-                        pika_replication::ChangeKind::Delete => None,
+                        ChangeKind::Put { data, .. } => Some(data),
+                        ChangeKind::Delete => None,
                     },
                     None => None,
                 };
-                if stored.as_deref() != Some(value.as_bytes()) {
-                    return Err(format!("acked write {path} missing on {}", node.id));
+                if stored.as_deref() != Some(write.value.as_bytes()) {
+                    return Err(format!(
+                        "acked write {} v{} missing on {}",
+                        write.path, write.version, node.id
+                    ));
                 }
             }
         }
+        self.check_reads_were_committed()?;
         Ok(())
     }
 }

@@ -30,7 +30,7 @@ fn sync(leader: &Store, follower: &Store) -> (usize, usize) {
         if let SyncAsk::Level { nodes, .. } = &ask {
             digests += nodes.len();
         }
-        let answer = sync::answer(&snapshot, &ask).unwrap();
+        let answer = sync::answer(&snapshot, &ask, 64 << 10).unwrap();
         match session.on_answer(snapshot.revision, snapshot.epoch, answer) {
             SyncStep::Ask(next) => ask = next,
             SyncStep::Install {

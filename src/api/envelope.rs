@@ -46,6 +46,11 @@ pub async fn envelope(State(state): State<AppState>, request: Request, next: Nex
         .insert(RequestId(request_id.clone()));
 
     let (refused, stale) = read_lease_check(&state, &request);
+    let refused = match (refused, read_target(&request)) {
+        (Some(refusal), _) => Some(refusal),
+        (None, None) => None,
+        (None, Some(target)) => pending_read_wait(&state, target).await,
+    };
     let mut response = match refused {
         Some(refusal) => refusal,
         None => next.run(request).await,
@@ -92,6 +97,90 @@ pub async fn envelope(State(state): State<AppState>, request: Request, next: Nex
     response
 }
 
+/// Routes that read configs, by the prefix their path follows.
+const READ_ROUTES: [&str; 4] = [
+    "/api/v1/file/",
+    "/api/v1/data/",
+    "/api/v1/versions/",
+    "/api/v1/folder",
+];
+
+fn is_read(request: &Request) -> bool {
+    let method = request.method();
+    let path = request.uri().path();
+    (method == axum::http::Method::GET || method == axum::http::Method::HEAD)
+        && (READ_ROUTES.iter().any(|p| path.starts_with(p)) || path == "/api/v1/watch")
+}
+
+/// A read of a path with an entry received but not applied yet waits for
+/// it (DESIGN.md, "Reads"): that entry may be a write already
+/// acknowledged to someone. A folder waits on the paths under it. Bounded
+/// by `forward_timeout`, then 503.
+async fn pending_read_wait(state: &AppState, target: ReadTarget) -> Option<Response> {
+    let replica = state.writes.replica()?.clone();
+    let waited = match target {
+        ReadTarget::Folder(prefix) => replica.folder_barrier(&prefix).await,
+        ReadTarget::Path(path) => replica.read_barrier(&path).await,
+    };
+    waited.err().map(|e| {
+        super::ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            .into_response()
+    })
+}
+
+enum ReadTarget {
+    Path(String),
+    /// Every path under this prefix (empty: the whole store).
+    Folder(String),
+}
+
+/// What a read must wait on: none for writes, stale reads and routes that
+/// read no config.
+fn read_target(request: &Request) -> Option<ReadTarget> {
+    let stale = request
+        .uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|kv| kv == "stale=true"));
+    if !is_read(request) || stale {
+        return None;
+    }
+    let raw = request.uri().path();
+    if let Some(rest) = raw.strip_prefix("/api/v1/folder") {
+        let folder = percent_decode(rest.trim_matches('/'));
+        return Some(ReadTarget::Folder(if folder.is_empty() {
+            String::new()
+        } else {
+            format!("{folder}/")
+        }));
+    }
+    READ_ROUTES[..3]
+        .iter()
+        .find_map(|route| raw.strip_prefix(route))
+        .map(|path| ReadTarget::Path(percent_decode(path)))
+}
+
+/// `%XX` escapes decoded, as axum's path extractor does; anything that
+/// does not decode to UTF-8 is kept as it came.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).unwrap_or_else(|_| s.to_string())
+}
+
 /// Local reads in a cluster need a read lease (DESIGN.md, "Reads"): without
 /// one a read is refused with 503, unless the client asked for `stale=true`,
 /// in which case it is served and marked. Returns (refusal, served stale).
@@ -99,16 +188,7 @@ fn read_lease_check(state: &AppState, request: &Request) -> (Option<Response>, b
     let Some(replica) = state.writes.replica() else {
         return (None, false);
     };
-    let path = request.uri().path();
-    let is_read = request.method() == axum::http::Method::GET
-        && [
-            "/api/v1/file/",
-            "/api/v1/data/",
-            "/api/v1/versions/",
-            "/api/v1/folder",
-        ]
-        .iter()
-        .any(|p| path.starts_with(p));
+    let is_read = is_read(request);
     if !is_read || replica.may_read() {
         return (None, false);
     }

@@ -1,82 +1,52 @@
-//! The replica's protocol, sans IO: election, the leader's fan-out and
-//! catch-up, the follower's ordered apply, read permission and Merkle sync.
+//! The replica's protocol, sans IO: election, log replication and commit,
+//! the state applied behind the log, read permission, catch-up, snapshot
+//! install and verification (DESIGN.md, revision 2).
 //!
 //! [`ReplicaCore`] takes calls with the current time (its node's own clock)
-//! and produces [`Output`]s; durable state goes through [`Storage`], which
-//! the real node implements with its redb [`Store`] and simulations with an
-//! in-memory one. Nothing here reads a clock, spawns a task or opens a
-//! socket, which is what lets `tests/replica_sim.rs` replay thousands of
+//! and produces [`Output`]s. It owns the node's log through [`LogStore`]:
+//! appends, truncations and reads are in-memory operations there, and a
+//! flush is started here and reported back as [`ReplicaCore::flushed`] —
+//! the log on disk in a real node, [`crate::log::MemLog`] in the
+//! simulation, whose flushes complete when the schedule says and whose
+//! crashes lose the unflushed tail. Nothing here reads a clock or spawns a
+//! task, which is what lets `tests/replica_sim.rs` replay thousands of
 //! seeded fault schedules exactly.
+//!
+//! The leader's half is in `leader.rs`, the follower's in `follower.rs`;
+//! this file holds what both roles share: the log's durable end, the
+//! commit index, applying, and the election.
+//!
+//! Invariants kept here:
+//! - `applied ≤ commit` and `applied ≤ flushed`: the state holds committed
+//!   entries only, and only entries durable in this node's own log (a
+//!   crash then never leaves the state ahead of the log).
+//! - The state only moves forward: applies continue it, and a snapshot
+//!   install below it is refused.
+//! - Every entry in the log above `applied` is in [`PendingPaths`]: a read
+//!   of its path waits.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::commit::WriteError;
 use crate::dice::Dice;
 use crate::election::{Action, Election, ElectionConfig, Position, Role};
-use crate::fanout::{RecentChanges, ReplicationSet};
-use crate::merkle::MerkleBuckets;
-use crate::record::{Change, Op};
-use crate::store::{ApplyError, PathState, Snapshot, Store, StoreError};
-use crate::sync::{self, SyncAnswer, SyncAsk, SyncSession, SyncStep};
+use crate::fanout::ReplicationSet;
+use crate::log::{GroupFlush, LogStore};
+use crate::merkle::Digest;
+use crate::pending::SharedPending;
+use crate::record::Op;
+use crate::store::{Snapshot, Store};
+use crate::sync::SyncSession;
 use crate::wire::{ForwardResult, PeerMessage};
 
 /// Assumed bound on relative clock drift.
 pub const DRIFT: f64 = 0.1;
-/// Changes a leader keeps in memory for followers that fall a little behind.
-pub const RECENT_CHANGES: usize = 16 * 1024;
-/// `Alive` send times kept to resolve the leader's echo.
-const ALIVE_HISTORY: usize = 256;
-
-/// The durable state a replica works on.
-pub trait Storage {
-    fn position(&self) -> Position;
-    fn promised_epoch(&self) -> u64;
-    /// Returns once the promise is durable.
-    fn persist_promise(&self, epoch: u64) -> Result<(), StoreError>;
-    fn apply(&self, changes: &[Change]) -> Result<(), ApplyError>;
-    fn install(
-        &self,
-        buckets: &[u16],
-        paths: &[PathState],
-        revision: u64,
-        epoch: u64,
-    ) -> Result<(), StoreError>;
-    fn merkle(&self) -> Result<MerkleBuckets, StoreError>;
-    fn snapshot(&self) -> Result<Snapshot, StoreError>;
-}
-
-/// The node's redb store. Simulations use the same type, opened in memory.
-impl Storage for std::sync::Arc<Store> {
-    fn position(&self) -> Position {
-        Store::position(self)
-    }
-    fn promised_epoch(&self) -> u64 {
-        Store::promised_epoch(self)
-    }
-    fn persist_promise(&self, epoch: u64) -> Result<(), StoreError> {
-        self.set_promised_epoch(epoch)
-    }
-    fn apply(&self, changes: &[Change]) -> Result<(), ApplyError> {
-        Store::apply(self, changes)
-    }
-    fn install(
-        &self,
-        buckets: &[u16],
-        paths: &[PathState],
-        revision: u64,
-        epoch: u64,
-    ) -> Result<(), StoreError> {
-        Store::install(self, buckets, paths, revision, epoch)
-    }
-    fn merkle(&self) -> Result<MerkleBuckets, StoreError> {
-        Store::merkle(self)
-    }
-    fn snapshot(&self) -> Result<Snapshot, StoreError> {
-        Store::snapshot(self)
-    }
-}
+/// Bytes of log entries applied per store transaction.
+const APPLY_CHUNK: usize = 8 << 20;
 
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
@@ -84,10 +54,14 @@ pub struct CoreConfig {
     pub heartbeat_interval: Duration,
     /// L: `heartbeat_timeout`.
     pub lease: Duration,
+    /// How often the leader sends its Merkle root for verification.
     pub sync_interval: Duration,
-    /// A sync session silent for this long is abandoned, and a catch-up
-    /// request unanswered for this long is asked again.
+    /// A snapshot session silent for this long is abandoned, and a
+    /// catch-up request unanswered for this long is asked again.
     pub sync_timeout: Duration,
+    /// Byte budget of one catch-up or snapshot frame (under the transport's
+    /// `max_frame`).
+    pub frame_bytes: usize,
 }
 
 /// What the node must do for the core.
@@ -132,12 +106,21 @@ pub struct ReplicaStatus {
     pub promised_epoch: u64,
     /// The leader is known and this node may serve reads.
     pub leader_healthy: bool,
-    /// Followers in the leader's replication set with what they acknowledged.
+    /// Followers in the leader's replication set with what they received.
     pub replication_set: Vec<(String, u64)>,
-    /// This follower found a gap and serves no reads until it is repaired.
+    /// This follower needs a snapshot and serves no reads until installed.
     pub behind: bool,
     pub replicas_mismatch: bool,
-    /// The last Merkle sync this node completed as a follower.
+    /// The log: its first and last revision, and the commit index.
+    pub log_start: u64,
+    pub log_last: u64,
+    pub commit: u64,
+    pub applied: u64,
+    /// Entries received and not applied yet.
+    pub pending: usize,
+    /// Why this node stopped taking part, if its disk failed.
+    pub disk_error: Option<String>,
+    /// The last snapshot this node installed as a follower.
     pub last_sync: Option<SyncRecord>,
 }
 
@@ -150,57 +133,123 @@ pub struct SyncRecord {
     pub paths: usize,
 }
 
-struct Syncing {
-    id: u64,
-    leader: String,
-    session: SyncSession,
-    started: Duration,
+pub(super) struct Syncing {
+    pub(super) id: u64,
+    pub(super) leader: String,
+    pub(super) session: SyncSession,
+    pub(super) started: Duration,
 }
 
-struct Leading {
-    epoch: u64,
-    set: ReplicationSet<u64>,
-    recent: RecentChanges,
+pub(super) struct Leading {
+    pub(super) epoch: u64,
+    pub(super) set: ReplicationSet<u64>,
+    /// The revision of this epoch's first entry: commits go through
+    /// entries of the leader's own epoch only (an older entry held by a
+    /// quorum can still be replaced; one of ours, committed, cannot).
+    pub(super) epoch_start: Option<u64>,
     /// Batch send times by last revision, for the fan-out latency metric.
-    sent: VecDeque<(u64, Duration)>,
-    echoes: HashMap<String, u64>,
-    serving: BTreeMap<(String, u64), Snapshot>,
+    pub(super) sent: VecDeque<(u64, Duration)>,
+    pub(super) echoes: HashMap<String, u64>,
+    /// Snapshot sessions being served, with when each began.
+    pub(super) serving: BTreeMap<(String, u64), (Snapshot, Duration)>,
+    pub(super) next_verify: Duration,
 }
 
-pub struct ReplicaCore<S: Storage> {
-    me: String,
-    config: CoreConfig,
-    storage: S,
-    election: Election,
-    peers: Vec<String>,
+/// What a follower knows of the leader it follows.
+#[derive(Default)]
+pub(super) struct Follow {
+    pub(super) epoch: u64,
+    /// This log matches the epoch's leader's log through this revision.
+    pub(super) matched: u64,
+}
+
+pub struct ReplicaCore<L: LogStore> {
+    pub(super) me: String,
+    pub(super) config: CoreConfig,
+    pub(super) store: Arc<Store>,
+    pub(super) log: L,
+    pub(super) pending: SharedPending,
+    pub(super) election: Election,
+    pub(super) peers: Vec<String>,
     /// Peers membership reports alive: a new leader's replication set.
-    alive: Vec<String>,
-    leading: Option<Leading>,
+    pub(super) alive: Vec<String>,
+    /// This incarnation, told to the leader in every `Alive`.
+    pub(super) boot: u64,
+    /// The highest revision known committed (`applied` trails it).
+    pub(super) commit: u64,
+    /// The log's durable end.
+    pub(super) flushed: Position,
+    pub(super) flush: GroupFlush,
+    pub(super) next_ticket: u64,
+    pub(super) disk_error: Option<String>,
+    pub(super) leading: Option<Leading>,
     // Follower side.
-    alive_seq: u64,
-    alive_sent: VecDeque<(u64, Duration)>,
-    permission_until: Option<Duration>,
-    followed_epoch: u64,
-    syncing: Option<Syncing>,
-    next_sync: Duration,
-    behind: bool,
+    pub(super) follow: Follow,
+    /// Who sent this epoch's entries: where acks go.
+    pub(super) follow_leader: Option<String>,
+    pub(super) alive_seq: u64,
+    pub(super) alive_sent: VecDeque<(u64, Duration)>,
+    pub(super) permission_until: Option<Duration>,
+    pub(super) syncing: Option<Syncing>,
+    pub(super) needs_snapshot: bool,
+    /// A verification waiting for the state to reach its revision.
+    pub(super) verify: Option<(u64, Digest)>,
     /// The last catch-up request: whom it asked, from which log end, and
     /// when.
-    catch_up_asked: Option<(String, Position, Duration)>,
-    last_sync: Option<SyncRecord>,
-    dice: Dice,
-    outputs: Vec<Output>,
+    pub(super) catch_up_asked: Option<(String, Position, Duration)>,
+    pub(super) last_sync: Option<SyncRecord>,
+    pub(super) dice: Dice,
+    pub(super) outputs: Vec<Output>,
 }
 
-impl<S: Storage> ReplicaCore<S> {
+impl<L: LogStore> ReplicaCore<L> {
+    /// Opens the core on a store (the state, at its last checkpoint) and
+    /// the node's log: starts the log at the state's position when the log
+    /// does not reach it (a fresh log, or a store written before the log
+    /// existed), marks the uncommitted suffix pending, and replays what the
+    /// log knows to be committed.
+    /// `boot` is this incarnation's number, which grows with every start
+    /// (the store's boot counter): a leader tells it from a restarted
+    /// follower's earlier life.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         me: impl Into<String>,
         config: CoreConfig,
-        storage: S,
+        store: Arc<Store>,
+        mut log: L,
+        pending: SharedPending,
+        boot: u64,
         seed: u64,
         now: Duration,
-    ) -> Self {
+    ) -> Result<Self, String> {
         let me = me.into();
+        let applied = store.position();
+        if log.start().revision > applied.revision {
+            return Err(format!(
+                "the log starts after revision {} but the state is at {}: the state misses \
+                 entries the log no longer has; move the data directory aside and let the \
+                 node rejoin",
+                log.start().revision,
+                applied.revision
+            ));
+        }
+        if log.last().revision < applied.revision {
+            // The state is ahead of the log (a fresh log, a store written
+            // before the log existed, or a snapshot installed just before a
+            // crash): everything in it is committed and durable, so the log
+            // starts there.
+            log.purge_through(applied).map_err(|e| e.to_string())?;
+        } else if !log.holds(applied) {
+            return Err(format!(
+                "the state is at ({}, {}) but the log holds another entry there",
+                applied.epoch, applied.revision
+            ));
+        }
+        let commit = log.committed().revision.max(applied.revision);
+        let uncommitted = log
+            .read(applied.revision + 1, log.last().revision, usize::MAX)
+            .map_err(|e| e.to_string())?;
+        pending.update(|p| p.add(&uncommitted));
         let election = Election::new(
             me.clone(),
             ElectionConfig {
@@ -209,36 +258,58 @@ impl<S: Storage> ReplicaCore<S> {
                 lease: config.lease,
                 drift: DRIFT,
             },
-            storage.promised_epoch(),
-            storage.position(),
+            store.promised_epoch(),
+            log.last(),
             seed,
             now,
         );
-        let next_sync = now + config.sync_interval;
-        ReplicaCore {
+        let mut dice = Dice::new(seed.rotate_left(17));
+        let flushed = log.last();
+        let mut core = ReplicaCore {
             me,
             config,
-            storage,
+            store,
+            log,
+            pending,
             election,
             peers: Vec::new(),
             alive: Vec::new(),
+            boot,
+            // Numbered from a random point: an echo of the previous
+            // incarnation's `Alive` must not match one of ours.
+            alive_seq: dice.next_u64() >> 1,
+            commit,
+            flushed,
+            flush: GroupFlush::default(),
+            next_ticket: 1,
+            disk_error: None,
             leading: None,
-            alive_seq: 0,
+            follow: Follow::default(),
+            follow_leader: None,
             alive_sent: VecDeque::new(),
             permission_until: None,
-            followed_epoch: 0,
             syncing: None,
-            next_sync,
-            behind: false,
+            needs_snapshot: false,
+            verify: None,
             catch_up_asked: None,
             last_sync: None,
-            dice: Dice::new(seed.rotate_left(17)),
+            dice,
             outputs: Vec::new(),
-        }
+        };
+        core.apply_committed();
+        Ok(core)
     }
 
-    pub fn storage(&self) -> &S {
-        &self.storage
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn log(&self) -> &L {
+        &self.log
+    }
+
+    pub fn log_mut(&mut self) -> &mut L {
+        &mut self.log
     }
 
     pub fn drain(&mut self) -> Vec<Output> {
@@ -254,8 +325,11 @@ impl<S: Storage> ReplicaCore<S> {
         self.peers = peers.into_iter().filter(|p| *p != me).collect();
     }
 
-    /// The epoch a write may be committed in now, or why not.
+    /// The epoch a write may be proposed in now, or why not.
     pub fn write_epoch(&self) -> Result<u64, &'static str> {
+        if self.disk_error.is_some() {
+            return Err("this node's disk failed");
+        }
         match &self.leading {
             None => Err("this node is not the leader"),
             Some(l) if !l.set.has_quorum() => {
@@ -272,14 +346,21 @@ impl<S: Storage> ReplicaCore<S> {
 
     /// Until when local reads may be served.
     pub fn read_until(&self, now: Duration) -> Option<Duration> {
+        if self.disk_error.is_some() {
+            return None;
+        }
         let until = self.election.read_lease_until(now);
         if self.leading.is_some() && self.election.role() == Role::Leader {
             return until;
         }
-        if self.behind {
+        if self.needs_snapshot {
             return None;
         }
         until.and_then(|u| self.permission_until.map(|p| p.min(u)))
+    }
+
+    pub fn commit_index(&self) -> u64 {
+        self.commit
     }
 
     pub fn status(&self, now: Duration) -> ReplicaStatus {
@@ -304,69 +385,25 @@ impl<S: Storage> ReplicaCore<S> {
                     l.set
                         .followers()
                         .into_iter()
-                        .map(|f| (f.id, f.acked))
+                        .filter(|f| f.in_set)
+                        .map(|f| (f.id, f.received))
                         .collect()
                 })
                 .unwrap_or_default(),
-            behind: self.behind,
+            behind: self.needs_snapshot,
             replicas_mismatch: self.election.replicas_mismatch(),
+            log_start: self.log.start().revision,
+            log_last: self.log.last().revision,
+            commit: self.commit,
+            applied: self.store.revision(),
+            pending: self.pending.lock().len(),
+            disk_error: self.disk_error.clone(),
             last_sync: self.last_sync.clone(),
         }
     }
 
-    /// Leader: a batch's changes are decided; ship them to every peer before
-    /// the local fsync.
-    pub fn ship(&mut self, epoch: u64, changes: &[Change], now: Duration) {
-        let Some(leading) = self.leading.as_mut().filter(|l| l.epoch == epoch) else {
-            return;
-        };
-        let prev = leading.recent.end();
-        leading.recent.push(changes);
-        if let Some(last) = changes.last() {
-            leading.sent.push_back((last.revision, now));
-            while leading.sent.len() > 4096 {
-                leading.sent.pop_front();
-            }
-        }
-        let message = PeerMessage::Diff {
-            epoch,
-            prev,
-            changes: changes.to_vec(),
-        };
-        for peer in self.peers.clone() {
-            self.send(&peer, message.clone());
-        }
-    }
-
-    /// Leader: the batch is durable here; answer `token` once the set has
-    /// `revision`.
-    pub fn wait(&mut self, epoch: u64, revision: u64, token: u64, now: Duration) {
-        match self.leading.as_mut().filter(|l| l.epoch == epoch) {
-            Some(leading) => {
-                leading.set.wait(revision, token);
-                self.release_ready(now);
-            }
-            None => self.outputs.push(Output::Fail(vec![token], LOST)),
-        }
-    }
-
-    /// Acknowledges what the set has, but only inside this node's lease: a
-    /// leader never acknowledges while another may hold a lease. What waits
-    /// when the lease runs out is failed at step-down.
-    fn release_ready(&mut self, now: Duration) {
-        if self.election.lease(now).is_none() {
-            return;
-        }
-        if let Some(leading) = self.leading.as_mut() {
-            let ready = leading.set.released();
-            if !ready.is_empty() {
-                self.outputs.push(Output::Release(ready));
-            }
-        }
-    }
-
     pub fn tick(&mut self, now: Duration) {
-        self.election.set_last(self.storage.position());
+        self.election.set_last(self.log.last());
         self.election.tick(now);
         self.perform_election(now);
         if let Some(epoch) = self.leading.as_ref().map(|l| l.epoch) {
@@ -387,40 +424,43 @@ impl<S: Storage> ReplicaCore<S> {
                 epoch,
                 prev,
                 changes,
-            } => self.on_diff(&from, epoch, prev, changes, now),
-            PeerMessage::DiffAck { epoch, revision } => self.on_ack(&from, epoch, revision, now),
+                commit,
+                more,
+            } => self.on_diff(&from, epoch, prev, changes, commit, more, now),
+            PeerMessage::Ack {
+                epoch,
+                received,
+                durable,
+                boot,
+            } => self.on_ack(&from, epoch, received, durable, boot, now),
+            PeerMessage::Commit { epoch, revision } => self.on_commit(&from, epoch, revision, now),
             PeerMessage::Fenced { epoch, promised } => {
                 tracing::warn!(%from, epoch, promised, "a follower fenced off our diff");
             }
-            PeerMessage::CatchUp { from: position, .. } => {
-                let Some(leading) = &self.leading else { return };
-                let epoch = leading.epoch;
-                let reply = match leading.recent.after(position) {
-                    Some(changes) => PeerMessage::Diff {
-                        epoch,
-                        prev: position,
-                        changes,
-                    },
-                    None => PeerMessage::SyncNeeded { epoch },
-                };
-                self.send(&from, reply);
-            }
-            PeerMessage::SyncNeeded { .. } => {
-                if self.syncing.is_none() {
-                    self.start_sync(&from, now);
-                }
-            }
-            PeerMessage::SyncRequest { session, ask } => self.serve_sync(from, session, ask),
+            PeerMessage::CatchUp {
+                from: position,
+                committed,
+                ..
+            } => self.serve_catch_up(&from, position, committed),
+            PeerMessage::SyncNeeded { epoch } => self.on_sync_needed(&from, epoch, now),
+            PeerMessage::SyncRequest { session, ask } => self.serve_sync(from, session, ask, now),
             PeerMessage::SyncReply {
                 session,
+                leader_epoch,
                 revision,
                 epoch,
                 answer,
-            } => self.on_sync_reply(from, session, revision, epoch, answer, now),
-            PeerMessage::Alive { seq } => {
+            } => self.on_sync_reply(from, session, leader_epoch, revision, epoch, answer, now),
+            PeerMessage::Verify {
+                epoch,
+                revision,
+                root,
+            } => self.on_verify(&from, epoch, revision, root, now),
+            PeerMessage::Alive { seq, boot } => {
                 if let Some(leading) = self.leading.as_mut() {
-                    leading.echoes.insert(from.clone(), seq);
-                    leading.set.heard(&from, None, now);
+                    if leading.set.heard(&from, boot, now) {
+                        leading.echoes.insert(from.clone(), seq);
+                    }
                 }
             }
             PeerMessage::SetStatus {
@@ -428,29 +468,8 @@ impl<S: Storage> ReplicaCore<S> {
                 in_set,
                 echo,
                 lease_left,
-            } => {
-                let follows = self
-                    .election
-                    .leader(now)
-                    .is_some_and(|(l, e)| l == from && e == epoch);
-                if follows {
-                    let sent = self
-                        .alive_sent
-                        .iter()
-                        .find(|(s, _)| *s == echo)
-                        .map(|(_, t)| *t);
-                    // Permission runs from when we sent the echoed `Alive`
-                    // (before the leader wrote this), for L but never past
-                    // the leader's own lease, read on its clock and
-                    // shortened for drift: a new leader can be elected once
-                    // that lease is over, and it acknowledges without us.
-                    let left = lease_left.mul_f64(1.0 - DRIFT).min(self.config.lease);
-                    self.permission_until = match (in_set, sent) {
-                        (true, Some(sent)) => Some(sent + left),
-                        _ => None,
-                    };
-                }
-            }
+                commit,
+            } => self.on_set_status(&from, epoch, in_set, echo, lease_left, commit, now),
             PeerMessage::Forward { id, request_id, op } => {
                 if self.leading.is_some() {
                     self.outputs.push(Output::Forwarded {
@@ -470,317 +489,163 @@ impl<S: Storage> ReplicaCore<S> {
         }
     }
 
-    fn send(&mut self, to: &str, message: PeerMessage) {
+    pub(super) fn send(&mut self, to: &str, message: PeerMessage) {
         self.outputs.push(Output::Send {
             to: to.to_string(),
             message,
         });
     }
 
-    fn leader_tick(&mut self, epoch: u64, now: Duration) {
-        // What is left of this node's lease bounds the followers' read
-        // permission: with no lease left, no follower may read on our word.
-        let lease_left = self
-            .election
-            .lease(now)
-            .map_or(Duration::ZERO, |(_, until)| until.saturating_sub(now));
-        let Some(leading) = self.leading.as_mut() else {
+    /// Starts a flush of the log unless one is running (then the next one,
+    /// started when it completes, covers what was appended meanwhile).
+    pub(super) fn request_flush(&mut self) {
+        if self.disk_error.is_some() || !self.flush.request() {
             return;
-        };
-        for gone in leading.set.evict_silent(now) {
-            tracing::warn!(follower = %gone, "follower left the replication set: silent past its read lease");
         }
-        let mut messages: Vec<(String, PeerMessage)> = self
-            .peers
-            .iter()
-            .map(|peer| {
-                let message = PeerMessage::SetStatus {
-                    epoch,
-                    in_set: leading.set.may_read(peer),
-                    echo: leading.echoes.get(peer).copied().unwrap_or(0),
-                    lease_left,
-                };
-                (peer.clone(), message)
-            })
-            .collect();
-        // An empty diff at our log end: a follower that already holds it
-        // acknowledges (and is confirmed) without waiting for a write; one
-        // that does not asks to catch up.
-        let probe = PeerMessage::Diff {
-            epoch,
-            prev: leading.recent.end(),
-            changes: Vec::new(),
-        };
-        for peer in leading.set.unconfirmed() {
-            messages.push((peer, probe.clone()));
-        }
-        self.release_ready(now);
-        for (to, message) in messages {
-            self.send(&to, message);
+        let upto = self.log.last();
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        match self.log.flush(ticket) {
+            Ok(()) => self.flush.started(upto),
+            Err(e) => self.disk_failed(format!("starting a log flush: {e}")),
         }
     }
 
-    fn follower_tick(&mut self, leader: &str, now: Duration) {
-        self.alive_seq += 1;
-        self.alive_sent.push_back((self.alive_seq, now));
-        while self.alive_sent.len() > ALIVE_HISTORY {
-            self.alive_sent.pop_front();
+    /// A flush completed (or failed).
+    pub fn flushed(&mut self, _ticket: u64, result: std::io::Result<()>, now: Duration) {
+        if let Err(e) = result {
+            return self.disk_failed(format!("log flush: {e}"));
         }
-        self.send(
-            leader,
-            PeerMessage::Alive {
-                seq: self.alive_seq,
-            },
-        );
-        if self
-            .syncing
-            .as_ref()
-            .is_some_and(|s| now > s.started + self.config.sync_timeout)
+        let (done, again) = self.flush.completed();
+        if let Some(done) = done
+            && done.revision > self.flushed.revision
+            && self.log.holds(done)
         {
-            tracing::warn!("sync session timed out; starting over");
-            self.syncing = None;
+            self.flushed = done;
         }
-        if now >= self.next_sync && self.syncing.is_none() {
-            self.start_sync(leader, now);
+        if again {
+            self.request_flush();
         }
-        // Without leave to read we are out of the set or not confirmed yet:
-        // keep asking to catch up (a lost request must not leave us out
-        // until the next write or sync).
-        let may_read = self.permission_until.is_some_and(|p| now < p);
-        if !may_read && self.syncing.is_none() {
-            self.request_catch_up(leader, now);
-        }
-    }
-
-    fn on_diff(
-        &mut self,
-        from: &str,
-        epoch: u64,
-        prev: Position,
-        changes: Vec<Change>,
-        now: Duration,
-    ) {
-        let promised = self.storage.promised_epoch();
-        if epoch < promised {
-            metrics::counter!("pika_diffs_fenced_total").increment(1);
-            tracing::info!(%from, epoch, promised, "diff from a deposed epoch refused");
-            return self.send(from, PeerMessage::Fenced { epoch, promised });
-        }
-        let pos = self.storage.position();
-        if changes.last().is_some_and(|c| c.revision <= pos.revision) && prev != pos {
-            return; // a resent diff this log already holds
-        }
-        let todo = if prev == pos {
-            Some(changes)
+        if self.leading.is_some() {
+            self.advance_commit(now);
         } else {
-            changes
-                .iter()
-                .position(|c| c.revision == pos.revision && c.epoch == pos.epoch)
-                .map(|at| changes[at + 1..].to_vec())
-        };
-        let Some(todo) = todo else {
-            self.behind = true;
-            tracing::debug!(?pos, ?prev, "diff does not continue this log: catching up");
-            return self.request_catch_up(from, now);
-        };
-        match self.storage.apply(&todo) {
-            Ok(()) => {
-                self.behind = false;
-                self.catch_up_asked = None;
-                let revision = self.storage.position().revision;
-                self.send(from, PeerMessage::DiffAck { epoch, revision });
-            }
-            Err(ApplyError::Gap { .. }) => self.behind = true,
-            Err(ApplyError::Store(e)) => tracing::error!(error = %e, "applying a diff failed"),
+            self.send_ack();
         }
+        self.apply_committed();
     }
 
-    fn on_ack(&mut self, from: &str, epoch: u64, revision: u64, now: Duration) {
-        let current = self.storage.position().revision;
-        let Some(leading) = self.leading.as_mut().filter(|l| l.epoch == epoch) else {
-            return;
-        };
-        if let Some((_, at)) = leading.sent.iter().rev().find(|(r, _)| *r == revision) {
-            metrics::histogram!("pika_fanout_seconds", "follower" => from.to_string())
-                .record(now.saturating_sub(*at).as_secs_f64());
+    /// This node's disk failed: it stops acknowledging, voting and serving
+    /// reads; a leader steps down, failing what waits with "outcome
+    /// unknown". It takes part again after a restart.
+    pub(super) fn disk_failed(&mut self, why: String) {
+        if self.disk_error.is_none() {
+            metrics::counter!("pika_disk_failures_total").increment(1);
+            tracing::error!(error = %why, "the disk failed: this node stops taking part until it is restarted");
         }
-        if !leading.set.contains(from) && revision >= current {
-            tracing::info!(follower = %from, revision, "follower caught up: back in the replication set");
-            leading.set.admit(from, revision, now);
-        }
-        leading.set.heard(from, Some(revision), now);
-        self.release_ready(now);
+        self.disk_error = Some(why);
+        self.election.resign("this node's disk failed");
+        self.perform_election(Duration::ZERO);
     }
 
-    fn start_sync(&mut self, leader: &str, now: Duration) {
-        self.next_sync = now + self.config.sync_interval;
-        let local = match self.storage.merkle() {
-            Ok(m) => m,
-            Err(e) => return tracing::error!(error = %e, "reading Merkle digests for a sync"),
-        };
-        let id = self.dice.next_u64();
-        self.syncing = Some(Syncing {
-            id,
-            leader: leader.to_string(),
-            session: SyncSession::new(local),
-            started: now,
-        });
-        self.send(
-            leader,
-            PeerMessage::SyncRequest {
-                session: id,
-                ask: SyncAsk::Start,
-            },
-        );
-    }
-
-    /// Leader: one step of a follower's sync, from the session's snapshot.
-    fn serve_sync(&mut self, from: String, session: u64, ask: SyncAsk) {
-        let refuse = |why: String| PeerMessage::SyncReply {
-            session,
-            revision: 0,
-            epoch: 0,
-            answer: SyncAnswer::Refused(why),
-        };
-        let Some(leading) = self.leading.as_mut() else {
-            return self.send(&from, refuse("not the leader".into()));
-        };
-        let key = (from.clone(), session);
-        if ask == SyncAsk::Start {
-            leading.serving.retain(|(f, _), _| *f != from);
-            match self.storage.snapshot() {
-                Ok(snapshot) => {
-                    leading.serving.insert(key.clone(), snapshot);
-                }
-                Err(e) => return self.send(&from, refuse(e.to_string())),
-            }
-        }
-        let reply = match leading.serving.get(&key) {
-            None => refuse("unknown sync session".into()),
-            Some(snapshot) => match sync::answer(snapshot, &ask) {
-                Ok(answer) => PeerMessage::SyncReply {
-                    session,
-                    revision: snapshot.revision,
-                    epoch: snapshot.epoch,
-                    answer,
-                },
-                Err(e) => refuse(e.to_string()),
-            },
-        };
-        if let SyncAsk::Buckets(buckets) = &ask {
-            metrics::counter!("pika_sync_buckets_served_total").increment(buckets.len() as u64);
-            leading.serving.remove(&key);
-        }
-        self.send(&from, reply);
-    }
-
-    /// Follower: the next step of its own session.
-    fn on_sync_reply(
-        &mut self,
-        from: String,
-        session: u64,
-        revision: u64,
-        epoch: u64,
-        answer: SyncAnswer,
-        now: Duration,
-    ) {
-        let Some(syncing) = self
-            .syncing
-            .as_mut()
-            .filter(|s| s.id == session && s.leader == from)
-        else {
-            return;
-        };
-        let record = |buckets: usize, paths: usize| SyncRecord {
-            at_ms: now.as_millis() as u64,
+    /// The log dropped every entry after `revision`: so do the pending
+    /// paths and the durable end.
+    pub(super) fn truncate_after(&mut self, revision: u64) -> Result<(), String> {
+        self.log
+            .truncate_after(revision)
+            .map_err(|e| e.to_string())?;
+        let at = Position {
+            epoch: self.log.epoch_at(revision).unwrap_or_default(),
             revision,
-            buckets,
-            paths,
         };
-        match syncing.session.on_answer(revision, epoch, answer) {
-            SyncStep::Ask(ask) => self.send(&from, PeerMessage::SyncRequest { session, ask }),
-            SyncStep::Install {
-                buckets,
-                paths,
-                revision,
+        if self.flushed.revision > revision {
+            self.flushed = at;
+        }
+        self.flush.truncated(at);
+        self.pending.update(|p| p.truncated_after(revision));
+        Ok(())
+    }
+
+    /// Applies what is committed and durable here, in order; stops at a
+    /// pending verification's revision to compare roots there.
+    pub(super) fn apply_committed(&mut self) {
+        if self.syncing.is_some() || self.disk_error.is_some() {
+            return;
+        }
+        let target = self.commit.min(self.flushed.revision);
+        loop {
+            let applied = self.store.revision();
+            let mut upto = target;
+            if let Some((at, _)) = self.verify
+                && at > applied
+                && at < upto
+            {
+                upto = at;
+            }
+            if upto <= applied {
+                break;
+            }
+            let changes = match self.log.read(applied + 1, upto, APPLY_CHUNK) {
+                Ok(changes) if !changes.is_empty() => changes,
+                Ok(_) => {
+                    return self
+                        .disk_failed(format!("the log has no entry {} to apply", applied + 1));
+                }
+                Err(e) => return self.disk_failed(format!("reading the log to apply: {e}")),
+            };
+            let last = changes.last().map_or(applied, |c| c.revision);
+            if let Err(e) = self.store.apply_behind_log(&changes) {
+                return self.disk_failed(format!("applying committed entries: {e}"));
+            }
+            self.pending.update(|p| p.applied_through(last));
+            if let Some(epoch) = self.log.epoch_at(last)
+                && let Err(e) = self.log.save_commit(Position {
+                    epoch,
+                    revision: last,
+                })
+            {
+                tracing::warn!(error = %e, "recording the commit index in the log");
+            }
+            self.check_verification();
+        }
+        metrics::gauge!("pika_revision").set(self.store.revision() as f64);
+    }
+
+    /// Makes the applied state durable, and purges log entries that are
+    /// both checkpointed and older than `retain` entries.
+    pub fn checkpoint(&mut self, retain: u64) {
+        let position = match self.store.checkpoint() {
+            Ok(p) => p,
+            Err(e) => return self.disk_failed(format!("checkpoint: {e}")),
+        };
+        let upto = position.revision.saturating_sub(retain);
+        if upto <= self.log.start().revision {
+            return;
+        }
+        if let Some(epoch) = self.log.epoch_at(upto)
+            && let Err(e) = self.log.purge_through(Position {
                 epoch,
-            } => {
-                self.syncing = None;
-                match self.storage.install(&buckets, &paths, revision, epoch) {
-                    Ok(()) => {
-                        metrics::counter!("pika_syncs_total").increment(1);
-                        metrics::counter!("pika_sync_buckets_transferred_total")
-                            .increment(buckets.len() as u64);
-                        tracing::info!(
-                            buckets = buckets.len(),
-                            paths = paths.len(),
-                            revision,
-                            "Merkle sync installed"
-                        );
-                        self.last_sync = Some(record(buckets.len(), paths.len()));
-                        self.catch_up(&from, now);
-                    }
-                    Err(e) => tracing::error!(error = %e, "installing sync buckets failed"),
-                }
-            }
-            SyncStep::InSync { revision, epoch } => {
-                self.syncing = None;
-                self.last_sync = Some(record(0, 0));
-                // Same content, but our log may end at another position
-                // (changes that cancelled out, or an older label): take
-                // the snapshot's, or catching up from ours finds no point
-                // in the leader's log and asks for a sync forever.
-                let here = self.storage.position();
-                if here != (Position { epoch, revision })
-                    && let Err(e) = self.storage.install(&[], &[], revision, epoch)
-                {
-                    return tracing::error!(error = %e, "adopting the leader's position failed");
-                }
-                self.catch_up(&from, now);
-            }
-            SyncStep::Failed(why) => {
-                tracing::debug!(%why, "sync refused");
-                self.syncing = None;
-            }
+                revision: upto,
+            })
+        {
+            tracing::warn!(error = %e, "purging the log");
         }
     }
 
-    /// Asks the leader for whatever it committed after this log's end.
-    fn catch_up(&mut self, leader: &str, now: Duration) {
-        let from = self.storage.position();
-        self.catch_up_asked = Some((leader.to_string(), from, now));
-        let epoch = self.followed_epoch;
-        self.send(leader, PeerMessage::CatchUp { epoch, from });
-    }
-
-    /// [`Self::catch_up`], at most once per heartbeat interval, and from
-    /// the same log end only once per `sync_timeout`: the answer to that
-    /// very request may still be on its way (thousands of changes take a
-    /// while to send and apply), and asking again would ship them twice.
-    fn request_catch_up(&mut self, leader: &str, now: Duration) {
-        let from = self.storage.position();
-        let due = match &self.catch_up_asked {
-            None => true,
-            Some((to, _, _)) if to != leader => true,
-            Some((_, asked, at)) if *asked == from => now >= *at + self.config.sync_timeout,
-            Some((_, _, at)) => now >= *at + self.config.heartbeat_interval,
-        };
-        if due {
-            self.catch_up(leader, now);
-        }
-    }
-
-    fn perform_election(&mut self, now: Duration) {
+    pub(super) fn perform_election(&mut self, now: Duration) {
         for action in self.election.drain_actions() {
             match action {
                 Action::Persist { promised_epoch } => {
                     // Whatever follows must not leave before this is on disk.
-                    if let Err(e) = self.storage.persist_promise(promised_epoch) {
+                    if let Err(e) = self.store.set_promised_epoch(promised_epoch) {
                         tracing::error!(error = %e, "cannot persist the promised epoch; dropping the rest of this round");
                         return;
                     }
                 }
-                Action::Send { to, message } => self.send(&to, PeerMessage::Election(message)),
+                Action::Send { to, message } => {
+                    if self.disk_error.is_none() {
+                        self.send(&to, PeerMessage::Election(message));
+                    }
+                }
                 Action::BecameLeader { epoch } => self.lead(epoch, now),
                 Action::SteppedDown { epoch, reason } => {
                     metrics::counter!("pika_step_downs_total").increment(1);
@@ -795,43 +660,25 @@ impl<S: Storage> ReplicaCore<S> {
                 }
                 Action::Following { leader, epoch } => {
                     tracing::info!(%leader, epoch, "following");
-                    self.followed_epoch = epoch;
+                    if epoch != self.follow.epoch {
+                        self.follow = Follow { epoch, matched: 0 };
+                    }
+                    self.follow_leader = Some(leader.clone());
                     self.permission_until = None;
                     self.syncing = None;
                     // A new leader (or our first): ask for what we miss.
-                    // The leader answers from its recent changes when it
-                    // can, so a short absence costs what changed; it says
-                    // `SyncNeeded` (a Merkle sync) when it cannot. A request
-                    // already on its way to this leader (its diffs can come
-                    // before its heartbeat) is not repeated.
                     self.request_catch_up(&leader, now);
                 }
             }
         }
     }
-
-    fn lead(&mut self, epoch: u64, now: Duration) {
-        metrics::counter!("pika_elections_won_total").increment(1);
-        let eviction = self.config.lease.mul_f64(1.0 + DRIFT);
-        let quorum = self.config.replicas / 2 + 1;
-        self.leading = Some(Leading {
-            epoch,
-            set: ReplicationSet::new(
-                quorum,
-                eviction,
-                self.storage.position().revision,
-                self.alive.clone(),
-                now,
-            ),
-            recent: RecentChanges::new(self.storage.position(), RECENT_CHANGES),
-            sent: VecDeque::new(),
-            echoes: HashMap::new(),
-            serving: BTreeMap::new(),
-        });
-        tracing::info!(epoch, "leading");
-        self.outputs.push(Output::BecameLeader { epoch });
-    }
 }
 
-const LOST: &str =
+pub(super) const LOST: &str =
     "leadership lost before the write was acknowledged; it may or may not take effect";
+
+impl From<&'static str> for WriteError {
+    fn from(why: &'static str) -> Self {
+        WriteError::Unavailable(why.into())
+    }
+}

@@ -1,5 +1,6 @@
 //! The task that drives a [`ReplicaCore`](super::ReplicaCore): ticks and
-//! membership in, peer messages in, outputs carried out.
+//! membership in, peer messages and log flush completions in, checkpoints
+//! on a timer, outputs carried out.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,11 +28,23 @@ impl Driver {
         }
     }
 
-    pub(crate) async fn run(self, mut inbox: mpsc::UnboundedReceiver<(String, PeerMessage)>) {
+    pub(crate) async fn run(
+        self,
+        mut inbox: mpsc::UnboundedReceiver<(String, PeerMessage)>,
+        mut flushed: mpsc::UnboundedReceiver<(u64, std::io::Result<()>)>,
+    ) {
         let period = (self.replica.config.heartbeat_interval / 4).max(Duration::from_millis(5));
         let mut tick = tokio::time::interval(period);
+        let mut checkpoint = tokio::time::interval(self.replica.config.checkpoint_interval);
+        let retention = self.replica.config.log_retention;
         loop {
             tokio::select! {
+                Some((ticket, result)) = flushed.recv() => {
+                    self.step(|core, now| core.flushed(ticket, result, now));
+                }
+                _ = checkpoint.tick() => {
+                    self.step(|core, _| core.checkpoint(retention));
+                }
                 _ = tick.tick() => {
                     let members = self.membership.members();
                     let peers = members.iter().filter(|m| !m.is_self).map(|m| m.id.node_id.clone()).collect();
@@ -53,9 +66,9 @@ impl Driver {
         }
     }
 
-    /// Runs one core call (which may fsync: a follower's apply), publishes
-    /// what readers need, and carries out the outputs.
-    fn step(&self, call: impl FnOnce(&mut super::ReplicaCore<Arc<crate::Store>>, Duration)) {
+    /// Runs one core call (which may write the store: applies, checkpoints,
+    /// installs), publishes what readers need, and carries out the outputs.
+    fn step(&self, call: impl FnOnce(&mut super::ReplicaCore<crate::log::DiskLog>, Duration)) {
         let shared = &self.replica.shared;
         let (outputs, leader) = tokio::task::block_in_place(|| {
             let now = shared.now();

@@ -1,15 +1,18 @@
 //! A replica: the tokio shell around [`ReplicaCore`], the sans-IO protocol
-//! (election, fan-out, catch-up, read permission, Merkle sync).
+//! (election, log replication and commit, read permission, catch-up,
+//! snapshots, verification).
 //!
-//! - `core`: the protocol itself; no clock, no tasks, no sockets.
-//! - `mod.rs`: the handle the HTTP layer writes through, and the leader's
-//!   commit policy (diffs out before the local fsync, answers after the
-//!   replication set's acks).
-//! - `driver`: the task that feeds the core ticks, membership and peer
-//!   messages, and carries out what it asks.
+//! - `core`, `leader`, `follower`: the protocol itself; no clock, no
+//!   tasks, no sockets.
+//! - `mod.rs`: the handle the HTTP layer writes and reads through, and the
+//!   leader's commit policy (propose through the core, answer on commit).
+//! - `driver`: the task that feeds the core ticks, membership, peer
+//!   messages and log flush completions, and carries out what it asks.
 
 pub mod core;
 mod driver;
+mod follower;
+mod leader;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,10 +25,12 @@ use tokio::sync::oneshot;
 use self::core::Output;
 pub use self::core::{CoreConfig, ReplicaCore, ReplicaStatus, SyncRecord};
 use crate::commit::{BatchLimits, CommitPolicy, Reply, WriteError, WriteQueue};
+use crate::log::{DiskLog, LogOptions, ReplicatedLog};
 use crate::path::ConfigPath;
 use crate::peers::{Faults, Peers};
-use crate::record::{Applied, Change, Op};
-use crate::store::Store;
+use crate::pending::SharedPending;
+use crate::record::{Applied, Op};
+use crate::store::{BatchOutcome, Store};
 use crate::wire::{ForwardResult, PeerMessage};
 
 #[derive(Debug, Clone)]
@@ -41,6 +46,17 @@ pub struct ReplicaConfig {
     pub lock_path: ConfigPath,
     /// This node's HTTP address, for the lock record.
     pub http_addr: String,
+    /// Where the replicated log lives (`{storage.bw.path}/log`).
+    pub log_dir: std::path::PathBuf,
+    /// How often the applied state is made durable (and the log purged
+    /// behind it).
+    pub checkpoint_interval: Duration,
+    /// Log entries kept behind the checkpoint for followers to catch up
+    /// from; one further behind gets a snapshot.
+    pub log_retention: u64,
+    /// The transport's frame limit; catch-up and snapshot frames stay
+    /// under half of it.
+    pub max_frame: usize,
 }
 
 pub(crate) type Answers = Vec<(Reply, Result<Applied, WriteError>)>;
@@ -49,7 +65,9 @@ pub(crate) struct Shared {
     pub(crate) origin: Instant,
     /// How fast this node's protocol clock runs: 1.0, or a test's drift.
     pub(crate) clock_rate: f64,
-    pub(crate) core: Mutex<ReplicaCore<Arc<Store>>>,
+    pub(crate) core: Mutex<ReplicaCore<DiskLog>>,
+    /// Paths with entries not applied yet: reads of them wait.
+    pub(crate) pending: SharedPending,
     /// Writers' answers waiting on the core, by token.
     pub(crate) answers: Mutex<HashMap<u64, Answers>>,
     pub(crate) next_token: AtomicU64,
@@ -118,14 +136,25 @@ impl CommitPolicy for LeaderPolicy {
             .map_err(|why| WriteError::Unavailable(why.into()))
     }
 
-    fn before_commit(&self, epoch: u64, changes: &[Change]) {
+    fn execute(
+        &self,
+        _store: &Store,
+        ops: &[Op],
+        epoch: u64,
+        now_ms: u64,
+    ) -> Result<BatchOutcome, WriteError> {
         let now = self.shared.now();
-        let outputs = {
+        let (outcome, outputs) = {
             let mut core = lock(&self.shared.core);
-            core.ship(epoch, changes, now);
-            core.drain()
+            let outcome = core.propose(epoch, ops, now_ms, now);
+            (outcome, core.drain())
         };
         self.shared.perform(&self.peers, outputs);
+        outcome
+    }
+
+    fn requests_in_flight(&self) -> Vec<(String, Applied)> {
+        lock(&self.shared.core).requests_in_flight()
     }
 
     fn committed(&self, epoch: u64, waits_for: Option<u64>, answers: Answers) {
@@ -161,11 +190,14 @@ pub(crate) fn fail(answers: Answers, why: &str) {
 pub struct ReplicaTasks {
     committer: std::thread::JoinHandle<()>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    shared: Arc<Shared>,
+    retention: u64,
 }
 
 impl ReplicaTasks {
-    /// Stops the driver, then waits for the committer to answer what is
-    /// queued. Call after dropping every other [`Replica`] handle.
+    /// Stops the driver, waits for the committer to answer what is queued,
+    /// and checkpoints the state. Call after dropping every other
+    /// [`Replica`] handle.
     pub async fn stop(self) {
         for task in self.tasks {
             task.abort();
@@ -173,6 +205,9 @@ impl ReplicaTasks {
         }
         let committer = self.committer;
         let _ = tokio::task::spawn_blocking(move || committer.join()).await;
+        let shared = self.shared;
+        let retention = self.retention;
+        let _ = tokio::task::spawn_blocking(move || lock(&shared.core).checkpoint(retention)).await;
     }
 }
 
@@ -187,14 +222,22 @@ pub struct Replica {
 }
 
 impl Replica {
-    /// Starts the committer and the driver.
+    /// Opens the log, replays it into the store, and starts the committer
+    /// and the driver.
     pub fn start(
         store: Arc<Store>,
         membership: Arc<Membership>,
         config: ReplicaConfig,
-    ) -> std::io::Result<(Replica, ReplicaTasks)> {
+    ) -> Result<(Replica, ReplicaTasks), String> {
         let me = store.node_id().to_string();
         let origin = Instant::now();
+        let log = ReplicatedLog::open(&config.log_dir, &LogOptions::default())
+            .map_err(|e| e.to_string())?;
+        let (flushes, flushed) = tokio::sync::mpsc::unbounded_channel();
+        let log = DiskLog::new(log, move |ticket, result| {
+            let _ = flushes.send((ticket, result));
+        });
+        let pending = SharedPending::default();
         let core = ReplicaCore::new(
             me.clone(),
             CoreConfig {
@@ -203,16 +246,21 @@ impl Replica {
                 lease: config.lease,
                 sync_interval: config.sync_interval,
                 sync_timeout: config.forward_timeout.max(config.lease * 2),
+                frame_bytes: (config.max_frame / 2).max(64 << 10),
             },
             store.clone(),
+            log,
+            pending.clone(),
+            store.generation(),
             seed(),
             Duration::ZERO,
-        );
+        )?;
         let status = core.status(Duration::ZERO);
         let shared = Arc::new(Shared {
             origin,
             clock_rate: test_clock_rate(),
             core: Mutex::new(core),
+            pending,
             answers: Mutex::new(HashMap::new()),
             next_token: AtomicU64::new(1),
             status: Mutex::new(status),
@@ -227,7 +275,8 @@ impl Replica {
             peers: peers.clone(),
         });
         let (writes, committer) =
-            WriteQueue::start_with(store.clone(), BatchLimits::default(), policy)?;
+            WriteQueue::start_with(store.clone(), BatchLimits::default(), policy)
+                .map_err(|e| format!("starting the committer thread: {e}"))?;
         let replica = Replica {
             store,
             writes,
@@ -236,12 +285,15 @@ impl Replica {
             config,
         };
         let driver = driver::Driver::new(replica.clone(), membership);
-        let driver = tokio::spawn(driver.run(inbox));
+        let driver = tokio::spawn(driver.run(inbox, flushed));
+        let retention = replica.config.log_retention;
         Ok((
-            replica,
+            replica.clone(),
             ReplicaTasks {
                 committer,
                 tasks: vec![driver],
+                shared: replica.shared,
+                retention,
             },
         ))
     }
@@ -269,6 +321,44 @@ impl Replica {
     pub fn may_read(&self) -> bool {
         let until = *lock(&self.shared.read_until);
         until.is_some_and(|u| self.shared.now() < u)
+    }
+
+    /// Waits until no entry of `path` that is pending now remains pending
+    /// (applied or truncated), bounded by `forward_timeout`: a read that
+    /// starts after a write was acknowledged then sees it (DESIGN.md,
+    /// "Reads").
+    pub async fn read_barrier(&self, path: &str) -> Result<(), WriteError> {
+        let Some(revision) = self.shared.pending.lock().highest(path) else {
+            return Ok(());
+        };
+        self.wait_pending(|p| !p.blocks(path, revision)).await
+    }
+
+    /// [`Self::read_barrier`] for every path under `prefix` (a folder).
+    pub async fn folder_barrier(&self, prefix: &str) -> Result<(), WriteError> {
+        let Some(revision) = self.shared.pending.lock().highest_under(prefix) else {
+            return Ok(());
+        };
+        self.wait_pending(|p| !p.blocks_under(prefix, revision))
+            .await
+    }
+
+    async fn wait_pending(
+        &self,
+        done: impl FnMut(&crate::pending::PendingPaths) -> bool,
+    ) -> Result<(), WriteError> {
+        metrics::counter!("pika_reads_waited_total").increment(1);
+        tokio::time::timeout(
+            self.config.forward_timeout,
+            self.shared.pending.wait_until(done),
+        )
+        .await
+        .map_err(|_| {
+            WriteError::Unavailable(format!(
+                "a write to this path is not committed yet after forward_timeout ({:?})",
+                self.config.forward_timeout
+            ))
+        })
     }
 
     /// A client write: applied by the leader (here, or forwarded to it) and

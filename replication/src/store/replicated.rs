@@ -1,5 +1,12 @@
 //! What replication needs of the store beyond local writes: the promised
-//! epoch, the log position, and applying a leader's changes verbatim.
+//! epoch, the applied position, applying committed changes verbatim, and
+//! checkpoints.
+//!
+//! In a cluster the store is the state applied *behind* the replicated log
+//! (DESIGN.md, "The replicated log"): it holds committed changes only and
+//! only moves forward. Applies are not durable on their own (the log is);
+//! a checkpoint makes everything applied so far durable, and at start the
+//! node replays committed entries after the checkpoint from its log.
 
 use std::sync::atomic::Ordering;
 
@@ -35,7 +42,8 @@ impl Store {
         Ok(())
     }
 
-    /// Where this store's log ends: the epoch and revision of its last change.
+    /// Where this store's state ends: the epoch and revision of the last
+    /// change applied.
     pub fn position(&self) -> Position {
         Position {
             epoch: self.last_epoch.load(Ordering::Acquire),
@@ -43,10 +51,41 @@ impl Store {
         }
     }
 
-    /// Applies changes decided by the leader, in one durable transaction.
-    /// They must continue the log exactly (first revision = current + 1,
-    /// then consecutive); otherwise nothing is applied and the caller syncs.
+    /// Applies committed changes, in one durable transaction. They must
+    /// continue the state exactly (first revision = current + 1, then
+    /// consecutive); otherwise nothing is applied.
     pub fn apply(&self, changes: &[Change]) -> Result<(), ApplyError> {
+        self.apply_with(changes, redb::Durability::Immediate)
+    }
+
+    /// [`Store::apply`] without an fsync: for changes already durable in
+    /// the node's log. After a crash the store is back at its last durable
+    /// transaction (a checkpoint), and the log replays the rest.
+    pub fn apply_behind_log(&self, changes: &[Change]) -> Result<(), ApplyError> {
+        self.apply_with(changes, redb::Durability::None)
+    }
+
+    /// Makes everything applied so far durable and returns that position:
+    /// the point the log may be purged up to.
+    pub fn checkpoint(&self) -> Result<crate::election::Position, StoreError> {
+        let txn = self.db.begin_write()?;
+        let position = self.position();
+        {
+            let mut node = txn.open_table(super::NODE)?;
+            node.insert(
+                super::KEY_CHECKPOINT,
+                position.revision.to_le_bytes().as_slice(),
+            )?;
+        }
+        txn.commit()?;
+        Ok(position)
+    }
+
+    fn apply_with(
+        &self,
+        changes: &[Change],
+        durability: redb::Durability,
+    ) -> Result<(), ApplyError> {
         let first = self.revision() + 1;
         if let Some((expected, change)) = (first..).zip(changes).find(|(e, c)| c.revision != *e) {
             return Err(ApplyError::Gap {
@@ -57,7 +96,8 @@ impl Store {
         let Some(last) = changes.last() else {
             return Ok(());
         };
-        let txn = self.db.begin_write().map_err(StoreError::from)?;
+        let mut txn = self.db.begin_write().map_err(StoreError::from)?;
+        txn.set_durability(durability).map_err(StoreError::from)?;
         {
             let mut tables = BatchTables::open(&txn)?;
             for change in changes {

@@ -20,6 +20,19 @@ pub struct PathState {
     pub versions: Vec<Change>,
 }
 
+impl PathState {
+    /// About what it costs in a frame.
+    pub fn size(&self) -> usize {
+        self.path.len()
+            + 64
+            + self
+                .versions
+                .iter()
+                .map(crate::log::change_size)
+                .sum::<usize>()
+    }
+}
+
 /// A read-only view of the store at one revision, held for the length of a
 /// sync session so every answer comes from the same state.
 pub struct Snapshot {
@@ -56,7 +69,8 @@ impl Store {
     /// leader's snapshot holds in those buckets, tombstones included) and
     /// moves the log position to the snapshot's, in one durable transaction.
     /// Paths this store has in those buckets and the leader does not are
-    /// removed: they came from writes that were never acknowledged.
+    /// removed. Refused when `revision` is below this store's: the state
+    /// only moves forward.
     pub fn install(
         &self,
         buckets: &[u16],
@@ -65,6 +79,12 @@ impl Store {
         epoch: u64,
     ) -> Result<(), StoreError> {
         let txn = self.db.begin_write()?;
+        // Checked inside the write transaction: no apply can slip in
+        // between the check and the install.
+        let at = self.revision();
+        if revision < at {
+            return Err(StoreError::Backwards { at, to: revision });
+        }
         {
             let mut tables = BatchTables::open(&txn)?;
             for &bucket in buckets {

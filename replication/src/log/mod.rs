@@ -34,6 +34,36 @@ use raft_log::{Config, RaftLog, Types};
 use crate::election::Position;
 use crate::record::Change;
 
+mod mem;
+pub use mem::{MemDisk, MemLog};
+
+/// What the protocol core needs of a log: [`ReplicatedLog`] on a real node
+/// (through the driver, which routes flush completions back to the core),
+/// [`MemLog`] in simulations, where flushes complete when the schedule says
+/// and a crash keeps only what was flushed.
+pub trait LogStore {
+    /// The position just before the first entry held.
+    fn start(&self) -> Position;
+    /// The last entry, durable or not (or [`LogStore::start`]).
+    fn last(&self) -> Position;
+    /// The last entry recorded as committed.
+    fn committed(&self) -> Position;
+    /// The epoch of the entry at `revision`, the start position included.
+    fn epoch_at(&self, revision: u64) -> Option<u64>;
+    fn holds(&self, p: Position) -> bool {
+        self.epoch_at(p.revision) == Some(p.epoch)
+    }
+    fn append(&mut self, changes: &[Change]) -> Result<(), LogError>;
+    fn truncate_after(&mut self, revision: u64) -> Result<(), LogError>;
+    fn purge_through(&mut self, upto: Position) -> Result<(), LogError>;
+    fn save_commit(&mut self, upto: Position) -> Result<(), LogError>;
+    /// Starts flushing everything written so far. Its completion comes back
+    /// to the core as `flushed(ticket, result)`; the core keeps one in
+    /// flight at a time ([`GroupFlush`]).
+    fn flush(&mut self, ticket: u64) -> Result<(), LogError>;
+    fn read(&self, from: u64, to: u64, max_bytes: usize) -> Result<Vec<Change>, LogError>;
+}
+
 /// The log's directory under the data directory.
 pub const LOG_DIR: &str = "log";
 
@@ -122,11 +152,18 @@ impl Types for LogTypes {
     }
 
     fn payload_size(payload: &Self::LogPayload) -> u64 {
-        match &payload.0.kind {
-            crate::record::ChangeKind::Put { data, .. } => data.len() as u64 + 64,
-            crate::record::ChangeKind::Delete => 64,
-        }
+        change_size(&payload.0) as u64
     }
+}
+
+/// About what a change costs in a frame or in memory: its value plus a
+/// little for the path and the rest.
+pub fn change_size(change: &Change) -> usize {
+    let data = match &change.kind {
+        crate::record::ChangeKind::Put { data, .. } => data.len(),
+        crate::record::ChangeKind::Delete => 0,
+    };
+    data + change.path.len() + 48
 }
 
 fn id(p: Position) -> (u64, u64) {
@@ -370,6 +407,60 @@ impl ReplicatedLog {
     }
 }
 
+/// The node's [`ReplicatedLog`] as the protocol core sees it: flush
+/// completions are handed to `done` (the driver routes them back to the
+/// core as events).
+pub struct DiskLog {
+    pub log: ReplicatedLog,
+    done: Arc<dyn Fn(u64, io::Result<()>) + Send + Sync>,
+}
+
+impl DiskLog {
+    pub fn new(
+        log: ReplicatedLog,
+        done: impl Fn(u64, io::Result<()>) + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            log,
+            done: Arc::new(done),
+        }
+    }
+}
+
+impl LogStore for DiskLog {
+    fn start(&self) -> Position {
+        self.log.start()
+    }
+    fn last(&self) -> Position {
+        self.log.last()
+    }
+    fn committed(&self) -> Position {
+        self.log.committed()
+    }
+    fn epoch_at(&self, revision: u64) -> Option<u64> {
+        self.log.epoch_at(revision)
+    }
+    fn append(&mut self, changes: &[Change]) -> Result<(), LogError> {
+        self.log.append(changes)
+    }
+    fn truncate_after(&mut self, revision: u64) -> Result<(), LogError> {
+        self.log.truncate_after(revision)
+    }
+    fn purge_through(&mut self, upto: Position) -> Result<(), LogError> {
+        self.log.purge_through(upto)
+    }
+    fn save_commit(&mut self, upto: Position) -> Result<(), LogError> {
+        self.log.save_commit(upto)
+    }
+    fn flush(&mut self, ticket: u64) -> Result<(), LogError> {
+        let done = self.done.clone();
+        self.log.flush(FlushDone::new(move |r| done(ticket, r)))
+    }
+    fn read(&self, from: u64, to: u64, max_bytes: usize) -> Result<Vec<Change>, LogError> {
+        self.log.read(from, to, max_bytes)
+    }
+}
+
 /// Group commit for the log: at most one flush in flight; a request while
 /// one runs is remembered, and the next flush (started when the running
 /// one completes) covers everything appended meanwhile. Sans IO: the
@@ -392,6 +483,17 @@ impl GroupFlush {
     pub fn started(&mut self, upto: Position) {
         self.running = Some(upto);
         self.wanted = false;
+    }
+
+    /// The log dropped entries after `upto`: the running flush makes
+    /// durable no more than that (what it wrote past it is gone from the
+    /// log, and its replacement was not in it).
+    pub fn truncated(&mut self, upto: Position) {
+        if let Some(running) = self.running.as_mut()
+            && running.revision > upto.revision
+        {
+            *running = upto;
+        }
     }
 
     /// The running flush completed: returns what it made durable, and

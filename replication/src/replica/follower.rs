@@ -1,0 +1,451 @@
+//! The follower's half of the protocol: appending the leader's entries
+//! (truncating a conflicting uncommitted suffix), acknowledging receipt and
+//! durability, learning the commit index, read permission, catch-up,
+//! snapshot install and verification.
+
+use std::time::Duration;
+
+use super::core::{DRIFT, ReplicaCore, SyncRecord, Syncing};
+use crate::election::Position;
+use crate::log::LogStore;
+use crate::merkle::Digest;
+use crate::record::Change;
+use crate::sync::{SyncAnswer, SyncAsk, SyncSession, SyncStep};
+use crate::wire::PeerMessage;
+
+/// `Alive` send times kept to resolve the leader's echo.
+const ALIVE_HISTORY: usize = 256;
+
+impl<L: LogStore> ReplicaCore<L> {
+    pub(super) fn follower_tick(&mut self, leader: &str, now: Duration) {
+        self.alive_seq += 1;
+        self.alive_sent.push_back((self.alive_seq, now));
+        while self.alive_sent.len() > ALIVE_HISTORY {
+            self.alive_sent.pop_front();
+        }
+        if self.disk_error.is_some() {
+            return;
+        }
+        self.send(
+            leader,
+            PeerMessage::Alive {
+                seq: self.alive_seq,
+                boot: self.boot,
+            },
+        );
+        if self
+            .syncing
+            .as_ref()
+            .is_some_and(|s| now > s.started + self.config.sync_timeout)
+        {
+            tracing::warn!("snapshot session timed out; starting over");
+            self.syncing = None;
+        }
+        if self.syncing.is_some() {
+            return;
+        }
+        if self.needs_snapshot {
+            return self.start_sync(leader, now);
+        }
+        // Without leave to read we are out of the set or not confirmed yet:
+        // keep asking to catch up (a lost request must not leave us out
+        // until the next write).
+        if self.permission_until.is_none_or(|p| now >= p) {
+            self.request_catch_up(leader, now);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn on_diff(
+        &mut self,
+        from: &str,
+        epoch: u64,
+        prev: Position,
+        changes: Vec<Change>,
+        commit: u64,
+        more: bool,
+        now: Duration,
+    ) {
+        if self.disk_error.is_some() || self.leading.is_some() || self.syncing.is_some() {
+            return;
+        }
+        let promised = self.store.promised_epoch();
+        if epoch < promised {
+            metrics::counter!("pika_diffs_fenced_total").increment(1);
+            tracing::info!(%from, epoch, promised, "diff from a deposed epoch refused");
+            return self.send(from, PeerMessage::Fenced { epoch, promised });
+        }
+        if epoch < self.follow.epoch {
+            return;
+        }
+        if epoch > self.follow.epoch {
+            self.follow = super::core::Follow { epoch, matched: 0 };
+        }
+        self.follow_leader = Some(from.to_string());
+        // Committed entries are the same in every log (and may be purged
+        // here): holding the revision is holding the entry.
+        let held_committed = prev.revision <= self.commit.min(self.log.last().revision);
+        if !self.log.holds(prev) && !held_committed {
+            tracing::debug!(?prev, last = ?self.log.last(), "diff does not continue this log: catching up");
+            return self.request_catch_up(from, now);
+        }
+        let end = prev.revision + changes.len() as u64;
+        let mut append: Vec<Change> = Vec::new();
+        for change in changes {
+            if append.is_empty() {
+                if change.revision <= self.commit.max(self.log.start().revision) {
+                    continue;
+                }
+                if change.revision <= self.log.last().revision {
+                    if self.log.epoch_at(change.revision) == Some(change.epoch) {
+                        continue;
+                    }
+                    // Ours is an older leader's uncommitted entry: the new
+                    // leader's log replaces it from here on.
+                    if let Err(e) = self.truncate_after(change.revision - 1) {
+                        return self.disk_failed(format!("truncating a conflicting suffix: {e}"));
+                    }
+                }
+            }
+            append.push(change);
+        }
+        if !append.is_empty() {
+            if let Err(e) = self.log.append(&append) {
+                return self.disk_failed(format!("appending to the log: {e}"));
+            }
+            self.pending.update(|p| p.add(&append));
+            self.request_flush();
+        }
+        self.follow.matched = self.follow.matched.max(end);
+        // Entries after this diff's end from an older epoch cannot be in
+        // this leader's log, and nothing of this epoch was acknowledged
+        // past `matched`: drop them now, or an idle leader would leave
+        // their paths pending (reads waiting) until its next write.
+        if end == self.follow.matched
+            && end >= self.commit
+            && self.log.last().revision > end
+            && self.log.epoch_at(end + 1).is_some_and(|e| e < epoch)
+            && let Err(e) = self.truncate_after(end)
+        {
+            return self.disk_failed(format!("truncating a stale suffix: {e}"));
+        }
+        self.needs_snapshot = false;
+        self.send_ack();
+        self.learn_commit(commit);
+        if more {
+            self.catch_up(from, now);
+        }
+    }
+
+    /// Tells the leader what this log holds of its entries: received
+    /// through `matched`, durable through what the last flush covered.
+    pub(super) fn send_ack(&mut self) {
+        let Some(leader) = self.follow_leader.clone() else {
+            return;
+        };
+        if self.disk_error.is_some() || self.follow.epoch == 0 {
+            return;
+        }
+        let received = self.follow.matched;
+        self.send(
+            &leader,
+            PeerMessage::Ack {
+                epoch: self.follow.epoch,
+                received,
+                durable: self.flushed.revision.min(received),
+                boot: self.boot,
+            },
+        );
+    }
+
+    /// The leader committed through `commit`: what this log shares with it
+    /// is committed here too.
+    fn learn_commit(&mut self, commit: u64) {
+        let commit = commit.min(self.follow.matched);
+        if commit > self.commit {
+            self.commit = commit;
+            self.apply_committed();
+        }
+    }
+
+    pub(super) fn on_commit(&mut self, from: &str, epoch: u64, revision: u64, _now: Duration) {
+        if self.leading.is_none()
+            && epoch == self.follow.epoch
+            && self.follow_leader.as_deref() == Some(from)
+        {
+            self.learn_commit(revision);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn on_set_status(
+        &mut self,
+        from: &str,
+        epoch: u64,
+        in_set: bool,
+        echo: u64,
+        lease_left: Duration,
+        commit: u64,
+        now: Duration,
+    ) {
+        let follows = self
+            .election
+            .leader(now)
+            .is_some_and(|(l, e)| l == from && e == epoch);
+        if !follows {
+            return;
+        }
+        let sent = self
+            .alive_sent
+            .iter()
+            .find(|(s, _)| *s == echo)
+            .map(|(_, t)| *t);
+        // Permission runs from when we sent the echoed `Alive` (before the
+        // leader wrote this), for L but never past the leader's own lease,
+        // read on its clock and shortened for drift: a new leader can be
+        // elected once that lease is over, and it commits without us.
+        let left = lease_left.mul_f64(1.0 - DRIFT).min(self.config.lease);
+        self.permission_until = match (in_set, sent) {
+            (true, Some(sent)) => Some(sent + left),
+            _ => None,
+        };
+        if epoch == self.follow.epoch {
+            self.learn_commit(commit);
+        }
+    }
+
+    /// Asks the leader for whatever follows this log's end.
+    pub(super) fn catch_up(&mut self, leader: &str, now: Duration) {
+        let from = self.log.last();
+        let committed = Position {
+            epoch: self
+                .log
+                .epoch_at(self.commit)
+                .unwrap_or(self.log.start().epoch),
+            revision: self.commit.max(self.log.start().revision),
+        };
+        self.catch_up_asked = Some((leader.to_string(), from, now));
+        let epoch = self.follow.epoch;
+        self.send(
+            leader,
+            PeerMessage::CatchUp {
+                epoch,
+                from,
+                committed,
+            },
+        );
+    }
+
+    /// [`Self::catch_up`], at most once per heartbeat interval, and from
+    /// the same log end only once per `sync_timeout`: the answer to that
+    /// very request may still be on its way (thousands of entries take a
+    /// while to send and append), and asking again would ship them twice.
+    pub(super) fn request_catch_up(&mut self, leader: &str, now: Duration) {
+        if self.disk_error.is_some() {
+            return;
+        }
+        let from = self.log.last();
+        let due = match &self.catch_up_asked {
+            None => true,
+            Some((to, _, _)) if to != leader => true,
+            Some((_, asked, at)) if *asked == from => now >= *at + self.config.sync_timeout,
+            Some((_, _, at)) => now >= *at + self.config.heartbeat_interval,
+        };
+        if due {
+            self.catch_up(leader, now);
+        }
+    }
+
+    pub(super) fn on_sync_needed(&mut self, from: &str, epoch: u64, now: Duration) {
+        if self.leading.is_some() || epoch < self.store.promised_epoch() {
+            return;
+        }
+        self.needs_snapshot = true;
+        if self.syncing.is_none() {
+            self.start_sync(from, now);
+        }
+    }
+
+    pub(super) fn start_sync(&mut self, leader: &str, now: Duration) {
+        let local = match self.store.merkle() {
+            Ok(m) => m,
+            Err(e) => return tracing::error!(error = %e, "reading Merkle digests for a snapshot"),
+        };
+        let id = self.dice.next_u64();
+        self.syncing = Some(Syncing {
+            id,
+            leader: leader.to_string(),
+            session: SyncSession::new(local),
+            started: now,
+        });
+        self.send(
+            leader,
+            PeerMessage::SyncRequest {
+                session: id,
+                ask: SyncAsk::Start,
+            },
+        );
+    }
+
+    /// Follower: the next step of its own snapshot session.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn on_sync_reply(
+        &mut self,
+        from: String,
+        session: u64,
+        leader_epoch: u64,
+        revision: u64,
+        epoch: u64,
+        answer: SyncAnswer,
+        now: Duration,
+    ) {
+        let promised = self.store.promised_epoch();
+        let Some(syncing) = self
+            .syncing
+            .as_mut()
+            .filter(|s| s.id == session && s.leader == from)
+        else {
+            return;
+        };
+        // Fencing: a deposed leader's snapshot is never installed.
+        if !matches!(answer, SyncAnswer::Refused(_)) && leader_epoch < promised {
+            tracing::info!(%from, leader_epoch, promised, "snapshot from a deposed epoch refused");
+            self.syncing = None;
+            return;
+        }
+        match syncing.session.on_answer(revision, epoch, answer) {
+            SyncStep::Ask(ask) => self.send(&from, PeerMessage::SyncRequest { session, ask }),
+            SyncStep::Install {
+                buckets,
+                paths,
+                revision,
+                epoch,
+            } => self.install(&from, &buckets, &paths, revision, epoch, now),
+            SyncStep::InSync { revision, epoch } => {
+                self.install(&from, &[], &[], revision, epoch, now)
+            }
+            SyncStep::Failed(why) => {
+                tracing::debug!(%why, "snapshot refused");
+                self.syncing = None;
+            }
+        }
+    }
+
+    /// Installs the leader's state at S (`revision`): the differing
+    /// buckets in one transaction, never below what is applied here. The
+    /// log then starts at S, keeping any entries after S that it holds.
+    fn install(
+        &mut self,
+        leader: &str,
+        buckets: &[u16],
+        paths: &[crate::store::PathState],
+        revision: u64,
+        epoch: u64,
+        now: Duration,
+    ) {
+        self.syncing = None;
+        let at = Position { epoch, revision };
+        if revision < self.store.revision() {
+            // The state only moves forward; a newer snapshot comes next.
+            tracing::debug!(
+                revision,
+                applied = self.store.revision(),
+                "snapshot older than the state: not installed"
+            );
+            return;
+        }
+        if let Err(e) = self.store.install(buckets, paths, revision, epoch) {
+            return tracing::error!(error = %e, "installing a snapshot failed");
+        }
+        let log_result = if self.log.holds(at) {
+            self.log.purge_through(at)
+        } else {
+            let keep = self.commit.max(self.log.start().revision);
+            self.truncate_after(keep)
+                .map_err(crate::log::LogError::Refused)
+                .and_then(|()| self.log.purge_through(at))
+        };
+        if let Err(e) = log_result {
+            return self.disk_failed(format!("starting the log at the snapshot: {e}"));
+        }
+        self.pending.update(|p| p.applied_through(revision));
+        if self.flushed.revision < revision {
+            self.flushed = at;
+        }
+        self.commit = self.commit.max(revision);
+        self.follow.matched = self.follow.matched.max(revision);
+        self.needs_snapshot = false;
+        self.verify = None;
+        self.request_flush();
+        metrics::counter!("pika_syncs_total").increment(1);
+        metrics::counter!("pika_sync_buckets_transferred_total").increment(buckets.len() as u64);
+        tracing::info!(
+            buckets = buckets.len(),
+            paths = paths.len(),
+            revision,
+            "snapshot installed"
+        );
+        self.last_sync = Some(SyncRecord {
+            at_ms: now.as_millis() as u64,
+            revision,
+            buckets: buckets.len(),
+            paths: paths.len(),
+        });
+        self.apply_committed();
+        self.catch_up(leader, now);
+    }
+
+    pub(super) fn on_verify(
+        &mut self,
+        from: &str,
+        epoch: u64,
+        revision: u64,
+        root: Digest,
+        _now: Duration,
+    ) {
+        if self.leading.is_some()
+            || self.syncing.is_some()
+            || epoch != self.follow.epoch
+            || self.follow_leader.as_deref() != Some(from)
+        {
+            return;
+        }
+        self.verify = Some((revision, root));
+        self.check_verification();
+        self.apply_committed();
+    }
+
+    /// Compares Merkle roots once the state is exactly at the revision the
+    /// leader verified; a difference is corruption or a bug, repaired by a
+    /// snapshot of the differing buckets.
+    pub(super) fn check_verification(&mut self) {
+        let Some((revision, root)) = self.verify else {
+            return;
+        };
+        let applied = self.store.revision();
+        if applied < revision {
+            return;
+        }
+        self.verify = None;
+        if applied > revision {
+            metrics::counter!("pika_verify_skipped_total").increment(1);
+            return;
+        }
+        let mine = match self.store.merkle() {
+            Ok(m) => m.root(),
+            Err(e) => return tracing::warn!(error = %e, "reading Merkle digests to verify"),
+        };
+        if mine == root {
+            metrics::counter!("pika_verify_matches_total").increment(1);
+            return;
+        }
+        metrics::counter!("pika_verify_mismatches_total").increment(1);
+        tracing::error!(
+            revision,
+            "this node's state differs from the leader's at the same revision: \
+             serving no reads until a snapshot of the differing buckets repairs it"
+        );
+        // The next tick starts the snapshot session.
+        self.needs_snapshot = true;
+    }
+}

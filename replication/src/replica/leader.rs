@@ -1,0 +1,406 @@
+//! The leader's half of the protocol: proposing batches, the commit rule,
+//! heartbeats with read permission, catch-up from the log, serving
+//! snapshots and sending verification roots.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Duration;
+
+use super::core::{DRIFT, Leading, Output, ReplicaCore};
+use crate::commit::WriteError;
+use crate::election::Position;
+use crate::fanout::ReplicationSet;
+use crate::log::LogStore;
+use crate::record::{Applied, Change, Entry, Op};
+use crate::store::{self, BatchOutcome};
+use crate::sync::{self, SyncAnswer, SyncAsk};
+use crate::wire::PeerMessage;
+
+/// Frames one catch-up answer may take before the follower asks again.
+const CATCH_UP_FRAMES: usize = 8;
+
+impl<L: LogStore> ReplicaCore<L> {
+    pub(super) fn lead(&mut self, epoch: u64, now: Duration) {
+        metrics::counter!("pika_elections_won_total").increment(1);
+        let eviction = self.config.lease.mul_f64(1.0 + DRIFT);
+        let quorum = self.config.replicas / 2 + 1;
+        self.leading = Some(Leading {
+            epoch,
+            set: ReplicationSet::new(
+                quorum,
+                eviction,
+                self.log.last().revision,
+                self.alive.clone(),
+                now,
+            ),
+            epoch_start: None,
+            sent: VecDeque::new(),
+            echoes: HashMap::new(),
+            serving: BTreeMap::new(),
+            next_verify: now + self.config.sync_interval,
+        });
+        tracing::info!(epoch, "leading");
+        self.outputs.push(Output::BecameLeader { epoch });
+    }
+
+    /// Leader: decides a batch of ops against the state plus the pending
+    /// entries (so compare-and-set sees writes not committed yet), appends
+    /// the changes to the log, sends them to every follower and starts a
+    /// flush. The answers wait for the commit ([`Self::wait`]).
+    pub fn propose(
+        &mut self,
+        epoch: u64,
+        ops: &[Op],
+        now_ms: u64,
+        now: Duration,
+    ) -> Result<BatchOutcome, WriteError> {
+        if self.write_epoch()? != epoch {
+            return Err(WriteError::Unavailable(super::core::LOST.into()));
+        }
+        let prev = self.log.last();
+        let mut revision = prev.revision;
+        let mut decided: HashMap<String, Entry> = HashMap::new();
+        let mut results = Vec::with_capacity(ops.len());
+        let mut changes: Vec<Change> = Vec::new();
+        for op in ops {
+            let path = op.path.as_str();
+            let current = match decided.get(path) {
+                Some(e) => Some(e.clone()),
+                None => match self.pending.lock().latest(path).cloned() {
+                    Some(e) => Some(e),
+                    None => self
+                        .store
+                        .entry(path)
+                        .map_err(|e| WriteError::Storage(e.to_string()))?,
+                },
+            };
+            match store::resolve(op, current.as_ref(), revision + 1, epoch, now_ms) {
+                Ok(change) => {
+                    revision = change.revision;
+                    decided.insert(path.to_string(), Entry::of(&change));
+                    results.push(Ok(Applied {
+                        version: change.version,
+                        revision: change.revision,
+                        epoch,
+                    }));
+                    changes.push(change);
+                }
+                Err(e) => results.push(Err(e)),
+            }
+        }
+        let Some(last) = changes.last().map(|c| c.revision) else {
+            return Ok((results, changes));
+        };
+        if let Err(e) = self.log.append(&changes) {
+            self.disk_failed(format!("appending to the log: {e}"));
+            return Err(WriteError::Unavailable(format!(
+                "appending to the log failed: {e}"
+            )));
+        }
+        self.pending.update(|p| p.add(&changes));
+        let commit = self.commit;
+        if let Some(leading) = self.leading.as_mut() {
+            leading.epoch_start.get_or_insert(changes[0].revision);
+            leading.sent.push_back((last, now));
+            while leading.sent.len() > 4096 {
+                leading.sent.pop_front();
+            }
+        }
+        let message = PeerMessage::Diff {
+            epoch,
+            prev,
+            changes: changes.clone(),
+            commit,
+            more: false,
+        };
+        for peer in self.peers.clone() {
+            self.send(&peer, message.clone());
+        }
+        self.request_flush();
+        Ok((results, changes))
+    }
+
+    /// The request ids in the log above the commit index, with what they
+    /// did: a new leader answers a retry of one of them once it commits,
+    /// instead of applying the op again.
+    pub fn requests_in_flight(&self) -> Vec<(String, Applied)> {
+        let from = self.commit + 1;
+        match self.log.read(from, self.log.last().revision, usize::MAX) {
+            Ok(changes) => changes
+                .into_iter()
+                .filter_map(|c| {
+                    let applied = Applied {
+                        version: c.version,
+                        revision: c.revision,
+                        epoch: c.epoch,
+                    };
+                    Some((c.request_id?, applied))
+                })
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading request ids from the log");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Leader: answer `token` once `revision` is committed.
+    pub fn wait(&mut self, epoch: u64, revision: u64, token: u64, now: Duration) {
+        match self.leading.as_mut().filter(|l| l.epoch == epoch) {
+            Some(leading) => {
+                leading.set.wait(revision, token);
+                self.release_ready(now);
+            }
+            None => self
+                .outputs
+                .push(Output::Fail(vec![token], super::core::LOST)),
+        }
+    }
+
+    /// Acknowledges what is committed, but only inside this node's lease:
+    /// a leader never acknowledges while another may hold a lease. What
+    /// waits when the lease runs out is failed at step-down.
+    fn release_ready(&mut self, now: Duration) {
+        if self.election.lease(now).is_none() {
+            return;
+        }
+        let commit = self.commit;
+        if let Some(leading) = self.leading.as_mut() {
+            let ready = leading.set.released(commit);
+            if !ready.is_empty() {
+                self.outputs.push(Output::Release(ready));
+            }
+        }
+    }
+
+    pub(super) fn on_ack(
+        &mut self,
+        from: &str,
+        epoch: u64,
+        received: u64,
+        durable: u64,
+        boot: u64,
+        now: Duration,
+    ) {
+        let commit = self.commit;
+        let Some(leading) = self.leading.as_mut().filter(|l| l.epoch == epoch) else {
+            return;
+        };
+        if let Some((_, at)) = leading.sent.iter().rev().find(|(r, _)| *r == received) {
+            metrics::histogram!("pika_fanout_seconds", "follower" => from.to_string())
+                .record(now.saturating_sub(*at).as_secs_f64());
+        }
+        if !leading.set.heard(from, boot, now) {
+            return;
+        }
+        leading.set.acked(from, received, durable, now);
+        if leading.set.admit_if_caught_up(from, commit) {
+            tracing::info!(follower = %from, received, "follower caught up: in the replication set");
+        }
+        self.advance_commit(now);
+    }
+
+    /// Moves the commit index as far as the commit rule allows, applies,
+    /// answers writers and tells the followers.
+    pub(super) fn advance_commit(&mut self, now: Duration) {
+        let last = self.log.last().revision;
+        let Some(leading) = self.leading.as_ref() else {
+            return;
+        };
+        let epoch = leading.epoch;
+        let bound = leading.set.commit_bound(last, self.flushed.revision);
+        // Only through an entry of our own epoch (see `Leading::epoch_start`).
+        if leading.epoch_start.is_none_or(|start| bound < start) || bound <= self.commit {
+            return self.release_ready(now);
+        }
+        self.commit = bound;
+        self.apply_committed();
+        self.release_ready(now);
+        let message = PeerMessage::Commit {
+            epoch,
+            revision: bound,
+        };
+        for peer in self.peers.clone() {
+            self.send(&peer, message.clone());
+        }
+    }
+
+    pub(super) fn leader_tick(&mut self, epoch: u64, now: Duration) {
+        // What is left of this node's lease bounds the followers' read
+        // permission: with no lease left, no follower may read on our word.
+        let lease_left = self
+            .election
+            .lease(now)
+            .map_or(Duration::ZERO, |(_, until)| until.saturating_sub(now));
+        let (commit, last) = (self.commit, self.log.last());
+        let sync_timeout = self.config.sync_timeout;
+        let Some(leading) = self.leading.as_mut() else {
+            return;
+        };
+        for gone in leading.set.evict_silent(now) {
+            tracing::warn!(follower = %gone, "follower left the replication set: silent past its read lease");
+        }
+        leading
+            .serving
+            .retain(|_, (_, started)| now < *started + sync_timeout);
+        let mut messages: Vec<(String, PeerMessage)> = self
+            .peers
+            .iter()
+            .map(|peer| {
+                let message = PeerMessage::SetStatus {
+                    epoch,
+                    in_set: leading.set.may_read(peer),
+                    echo: leading.echoes.get(peer).copied().unwrap_or(0),
+                    lease_left,
+                    commit,
+                };
+                (peer.clone(), message)
+            })
+            .collect();
+        // An empty diff at our log end: a follower that already holds it
+        // acknowledges (and is confirmed) without waiting for a write; one
+        // that does not asks to catch up.
+        let probe = PeerMessage::Diff {
+            epoch,
+            prev: last,
+            changes: Vec::new(),
+            commit,
+            more: false,
+        };
+        for peer in leading.set.unconfirmed() {
+            messages.push((peer, probe.clone()));
+        }
+        if now >= leading.next_verify {
+            leading.next_verify = now + self.config.sync_interval;
+            if let Some(verify) = self.verification(epoch) {
+                for peer in &self.peers {
+                    messages.push((peer.clone(), verify.clone()));
+                }
+            }
+        }
+        // An advance may have waited for the lease (renewed by this tick).
+        self.advance_commit(now);
+        for (to, message) in messages {
+            self.send(&to, message);
+        }
+    }
+
+    /// The leader's Merkle root at its applied revision, when that is the
+    /// commit index (what the followers will compare at).
+    fn verification(&self, epoch: u64) -> Option<PeerMessage> {
+        let applied = self.store.revision();
+        if applied != self.commit || applied == 0 {
+            return None;
+        }
+        match self.store.merkle() {
+            Ok(merkle) => Some(PeerMessage::Verify {
+                epoch,
+                revision: applied,
+                root: merkle.root(),
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading Merkle digests to verify");
+                None
+            }
+        }
+    }
+
+    /// Leader: a follower's log does not continue ours at the point we sent
+    /// from. Send what follows its log end if we hold that, else what
+    /// follows its known commit (it then drops its conflicting suffix),
+    /// else tell it to install a snapshot.
+    pub(super) fn serve_catch_up(&mut self, to: &str, from: Position, committed: Position) {
+        let Some(epoch) = self.leading.as_ref().map(|l| l.epoch) else {
+            return;
+        };
+        let start = if self.log.holds(from) {
+            from
+        } else if self.log.holds(committed) {
+            committed
+        } else {
+            if let Some(leading) = self.leading.as_mut()
+                && leading.set.remove_unconfirmed(to)
+            {
+                tracing::info!(follower = %to, "follower needs a snapshot: out of the replication set");
+            }
+            return self.send(to, PeerMessage::SyncNeeded { epoch });
+        };
+        let last = self.log.last().revision;
+        let mut prev = start;
+        for frame in 0..CATCH_UP_FRAMES {
+            if prev.revision >= last && frame > 0 {
+                break;
+            }
+            let changes = match self
+                .log
+                .read(prev.revision + 1, last, self.config.frame_bytes)
+            {
+                Ok(changes) => changes,
+                Err(e) => return tracing::warn!(error = %e, "reading the log for a catch-up"),
+            };
+            let next = changes.last().map_or(prev, |c| Position {
+                epoch: c.epoch,
+                revision: c.revision,
+            });
+            let more = frame + 1 == CATCH_UP_FRAMES && next.revision < last;
+            metrics::counter!("pika_catch_up_entries_total").increment(changes.len() as u64);
+            self.send(
+                to,
+                PeerMessage::Diff {
+                    epoch,
+                    prev,
+                    changes,
+                    commit: self.commit,
+                    more,
+                },
+            );
+            prev = next;
+        }
+    }
+
+    /// Leader: one step of a follower's snapshot session, from the
+    /// session's read snapshot.
+    pub(super) fn serve_sync(&mut self, from: String, session: u64, ask: SyncAsk, now: Duration) {
+        let refuse = |why: String| PeerMessage::SyncReply {
+            session,
+            leader_epoch: 0,
+            revision: 0,
+            epoch: 0,
+            answer: SyncAnswer::Refused(why),
+        };
+        let frame_bytes = self.config.frame_bytes;
+        let Some(leading) = self.leading.as_mut() else {
+            return self.send(&from, refuse("not the leader".into()));
+        };
+        let leader_epoch = leading.epoch;
+        let key = (from.clone(), session);
+        if ask == SyncAsk::Start {
+            leading.serving.retain(|(f, _), _| *f != from);
+            match self.store.snapshot() {
+                Ok(snapshot) => {
+                    leading.serving.insert(key.clone(), (snapshot, now));
+                }
+                Err(e) => return self.send(&from, refuse(e.to_string())),
+            }
+        }
+        let reply = match leading.serving.get(&key) {
+            None => refuse("unknown sync session".into()),
+            Some((snapshot, _)) => match sync::answer(snapshot, &ask, frame_bytes) {
+                Ok(answer) => {
+                    if let SyncAnswer::Buckets { buckets, .. } = &answer {
+                        metrics::counter!("pika_sync_buckets_served_total")
+                            .increment(buckets.len() as u64);
+                    }
+                    PeerMessage::SyncReply {
+                        session,
+                        leader_epoch,
+                        revision: snapshot.revision,
+                        epoch: snapshot.epoch,
+                        answer,
+                    }
+                }
+                Err(e) => refuse(e.to_string()),
+            },
+        };
+        self.send(&from, reply);
+    }
+}
