@@ -183,6 +183,17 @@ pub fn status(
         "last_sync",
         serde_json::to_value(&r.last_sync).unwrap_or(Value::Null),
     );
+    put(
+        "log",
+        json!({
+            "start": r.log_start,
+            "last": r.log_last,
+            "commit": r.commit,
+            "applied": r.applied,
+            "pending": r.pending,
+        }),
+    );
+    put("disk_error", r.disk_error.clone().into());
     put("local_addr", membership.me().addr.to_string().into());
     put("generation", membership.me().generation.into());
     put("peer_count", (members.len() - 1).into());

@@ -233,6 +233,14 @@ fn writes_through_a_follower_are_readable_everywhere_and_retries_apply_once() {
     let (code, again) = put(&c.url(follower), "once", "x", Some("retry-me"));
     assert_eq!(code, 201);
     assert_eq!(first, again, "the retry got the first answer");
+    let (code, body) = put(&c.url(follower), "once", "other", Some("retry-me"));
+    assert_eq!(code, 400, "the same id on another write: {body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("retry-me")),
+        "{body}"
+    );
     let versions: Value = client()
         .get(format!("{}/api/v1/versions/once", c.url(leader)))
         .send()

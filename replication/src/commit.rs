@@ -6,14 +6,14 @@
 //! load the batch grows and the cost per op falls; with one writer the batch
 //! is one op and nothing waits for a timer.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::record::{Applied, Op, OpError, OpKind};
+use crate::record::{Applied, Fingerprint, Op, OpError, OpKind};
 use crate::store::{BatchOutcome, Store};
 
 /// Limits on one batch, so one commit never holds a huge transaction.
@@ -85,9 +85,9 @@ pub trait CommitPolicy: Send + Sync + 'static {
         answers: Vec<(Reply, Result<Applied, WriteError>)>,
     );
     /// Request ids written in this epoch's log and not committed yet, with
-    /// what they did: a retry of one is answered with that, not applied
-    /// again. Asked once per epoch.
-    fn requests_in_flight(&self) -> Vec<(String, Applied)> {
+    /// what they did and which write they were: a retry of one is answered
+    /// with that, not applied again. Asked once per epoch.
+    fn requests_in_flight(&self) -> Vec<(String, Applied, Fingerprint)> {
         Vec::new()
     }
 }
@@ -130,7 +130,7 @@ impl CommitPolicy for Standalone {
 /// so a new epoch starts over from what its own log holds.
 struct RecentRequests {
     epoch: Option<u64>,
-    results: HashMap<String, Result<Applied, OpError>>,
+    results: HashMap<String, (Fingerprint, Result<Applied, OpError>)>,
     order: VecDeque<String>,
     capacity: usize,
 }
@@ -146,20 +146,24 @@ impl RecentRequests {
     }
 
     /// Starts over for `epoch`, knowing what its log already holds.
-    fn begin_epoch(&mut self, epoch: u64, in_flight: Vec<(String, Applied)>) {
+    fn begin_epoch(&mut self, epoch: u64, in_flight: Vec<(String, Applied, Fingerprint)>) {
         *self = Self::new(self.capacity);
         self.epoch = Some(epoch);
-        for (id, applied) in in_flight {
-            self.remember(id, Ok(applied));
+        for (id, applied, fingerprint) in in_flight {
+            self.remember(id, fingerprint, Ok(applied));
         }
     }
 
-    fn get(&self, id: &str) -> Option<&Result<Applied, OpError>> {
+    fn get(&self, id: &str) -> Option<&(Fingerprint, Result<Applied, OpError>)> {
         self.results.get(id)
     }
 
-    fn remember(&mut self, id: String, result: Result<Applied, OpError>) {
-        if self.results.insert(id.clone(), result).is_none() {
+    fn remember(&mut self, id: String, fingerprint: Fingerprint, result: Result<Applied, OpError>) {
+        if self
+            .results
+            .insert(id.clone(), (fingerprint, result))
+            .is_none()
+        {
             self.order.push_back(id);
         }
         while self.order.len() > self.capacity {
@@ -269,13 +273,14 @@ fn commit(
         recent.begin_epoch(epoch, policy.requests_in_flight());
     }
     // Retries of applied requests are answered with the first result, once
-    // whatever that result depends on is acknowledged.
+    // whatever that result depends on is committed; the same id on a
+    // different write is refused.
     let mut answers = Vec::new();
     let mut waits_for: Option<u64> = None;
     let mut fresh: Vec<PendingWrite> = Vec::with_capacity(batch.len());
     // Retries of the same id inside this batch, answered after it.
     let mut repeats = Vec::new();
-    let mut in_batch = HashSet::new();
+    let mut in_batch: HashMap<String, Fingerprint> = HashMap::new();
     // This leader's memory first (it also holds refusals), then the
     // replicated record, which a previous leader may have written: one read
     // transaction for the whole batch.
@@ -284,34 +289,41 @@ fn commit(
         .filter_map(|p| p.request_id.as_deref())
         .filter(|id| recent.get(id).is_none())
         .collect();
-    let stored: HashMap<String, Applied> = match store.applied_requests(&unknown) {
-        Ok(found) => unknown
-            .iter()
-            .zip(found)
-            .filter_map(|(id, applied)| applied.map(|a| (id.to_string(), a)))
-            .collect(),
-        Err(e) => {
-            tracing::warn!(error = %e, "reading applied request ids; treating them as new");
-            HashMap::new()
-        }
-    };
+    let stored = stored_requests(store, &unknown);
     for pending in batch.drain(..) {
         let id = pending.request_id.as_deref();
+        let fingerprint = pending.op.fingerprint();
         let known = id.and_then(|id| {
             recent
                 .get(id)
-                .cloned()
-                .or_else(|| stored.get(id).copied().map(Ok))
+                .map(|(f, r)| (Some(*f), r.clone()))
+                .or_else(|| stored.get(id).map(|(f, a)| (*f, Ok(*a))))
         });
-        match known {
-            Some(result) => {
+        let reused = |id: &str| {
+            Err(WriteError::Rejected(OpError::RequestIdReused {
+                request_id: id.to_string(),
+                path: pending.op.path.to_string(),
+            }))
+        };
+        match (id, known) {
+            (Some(id), Some((Some(first), _))) if first != fingerprint => {
+                answers.push((pending.reply, reused(id)));
+            }
+            (_, Some((_, result))) => {
                 if let Ok(applied) = &result {
                     waits_for = waits_for.max(Some(applied.revision));
                 }
                 answers.push((pending.reply, result.map_err(WriteError::from)));
             }
-            None if id.is_some_and(|id| !in_batch.insert(id.to_string())) => repeats.push(pending),
-            None => fresh.push(pending),
+            (Some(id), None) => match in_batch.get(id) {
+                Some(first) if *first != fingerprint => answers.push((pending.reply, reused(id))),
+                Some(_) => repeats.push(pending),
+                None => {
+                    in_batch.insert(id.to_string(), fingerprint);
+                    fresh.push(pending);
+                }
+            },
+            (None, None) => fresh.push(pending),
         }
     }
     let ops: Vec<Op> = fresh
@@ -328,7 +340,7 @@ fn commit(
             waits_for = waits_for.max(changes.last().map(|c| c.revision));
             for (pending, result) in fresh.into_iter().zip(results) {
                 if let Some(id) = pending.request_id {
-                    recent.remember(id, result.clone());
+                    recent.remember(id, pending.op.fingerprint(), result.clone());
                 }
                 answers.push((pending.reply, result.map_err(WriteError::from)));
             }
@@ -336,7 +348,7 @@ fn commit(
                 let result = pending
                     .request_id
                     .as_deref()
-                    .and_then(|id| recent.get(id).cloned())
+                    .and_then(|id| recent.get(id).map(|(_, r)| r.clone()))
                     .unwrap_or_else(|| Err(OpError::NotFound(pending.op.path.to_string())));
                 answers.push((pending.reply, result.map_err(WriteError::from)));
             }
@@ -350,6 +362,29 @@ fn commit(
         }
     }
     policy.committed(epoch, waits_for, answers);
+}
+
+/// What the store remembers of these request ids: the change each made
+/// (its fingerprint, when the history still has it) and its result.
+fn stored_requests(store: &Store, ids: &[&str]) -> HashMap<String, (Option<Fingerprint>, Applied)> {
+    let found = match store.applied_requests(ids) {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading applied request ids; treating them as new");
+            return HashMap::new();
+        }
+    };
+    let revisions: Vec<u64> = found.iter().flatten().map(|a| a.revision).collect();
+    let changes = store.changes_at(&revisions).unwrap_or_default();
+    let mut changes = changes.into_iter();
+    ids.iter()
+        .zip(found)
+        .filter_map(|(id, applied)| {
+            let applied = applied?;
+            let change = changes.next().flatten();
+            Some((id.to_string(), (change.map(|c| c.fingerprint()), applied)))
+        })
+        .collect()
 }
 
 fn op_size(op: &Op) -> usize {
@@ -437,6 +472,46 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(other.version, 2);
+    }
+
+    #[tokio::test]
+    async fn a_request_id_reused_for_another_write_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), 20).unwrap());
+        let (queue, _handle) = WriteQueue::start(store.clone(), BatchLimits::default()).unwrap();
+        let id = Some("req-9".to_string());
+        queue.submit_once(op(1), id.clone()).await.unwrap();
+        let other = queue.submit_once(op(2), id.clone()).await;
+        assert!(
+            matches!(
+                other,
+                Err(WriteError::Rejected(OpError::RequestIdReused { .. }))
+            ),
+            "{other:?}"
+        );
+        // A new committer (a restart, or another leader) knows the id from
+        // the store alone.
+        drop(queue);
+        let (queue, _handle) = WriteQueue::start(store.clone(), BatchLimits::default()).unwrap();
+        let other = queue.submit_once(op(3), id.clone()).await;
+        assert!(
+            matches!(
+                other,
+                Err(WriteError::Rejected(OpError::RequestIdReused { .. }))
+            ),
+            "{other:?}"
+        );
+        assert_eq!(queue.submit_once(op(1), id).await.unwrap().revision, 1);
+        assert_eq!(store.revision(), 1);
+    }
+
+    #[test]
+    fn an_op_and_the_change_it_made_have_the_same_fingerprint() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 20).unwrap();
+        let (_, changes) = store.execute_then(&[op(4)], 0, 0, |_| {}).unwrap();
+        assert_eq!(changes[0].fingerprint(), op(4).fingerprint());
+        assert_ne!(changes[0].fingerprint(), op(5).fingerprint());
     }
 
     #[tokio::test]

@@ -181,11 +181,16 @@ impl<A> ReplicationSet<A> {
         }
     }
 
-    /// A follower outside the set that has received everything committed
-    /// so far joins it, confirmed: every later commit waits for it.
+    /// A follower outside the set that has received everything that may
+    /// have been acknowledged joins it, confirmed: every later commit waits
+    /// for it. That is everything this leader committed, and everything in
+    /// its log at election: an earlier leader may have acknowledged entries
+    /// this one does not know to be committed yet (the simulation found a
+    /// follower admitted on the commit index alone reading without one).
     pub fn admit_if_caught_up(&mut self, id: &str, committed: u64) -> bool {
+        let needed = committed.max(self.base);
         match self.followers.get_mut(id) {
-            Some(f) if !f.in_set && f.received >= committed => {
+            Some(f) if !f.in_set && f.received >= needed => {
                 f.in_set = true;
                 f.confirmed = true;
                 true
@@ -346,6 +351,11 @@ mod tests {
         ack(&mut s, "c", 3, 3, L * 2);
         assert!(!s.contains("c"), "an ack alone does not bring it back");
         assert!(!s.admit_if_caught_up("c", 5), "behind what is committed");
+        assert!(
+            !s.admit_if_caught_up("c", 3),
+            "behind the log end at election: revision 4 may have been acknowledged"
+        );
+        ack(&mut s, "c", 4, 4, L * 2);
         assert!(s.admit_if_caught_up("c", 3));
         assert!(s.may_read("c"));
     }

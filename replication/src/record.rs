@@ -73,6 +73,10 @@ impl Op {
         }
     }
 
+    pub fn fingerprint(&self) -> Fingerprint {
+        fingerprint(self.path.as_str(), &self.kind)
+    }
+
     /// The same op, carrying the client's idempotency key.
     pub fn with_request_id(mut self, request_id: Option<String>) -> Self {
         self.request_id = request_id;
@@ -91,6 +95,21 @@ pub enum OpError {
     },
     #[error("{0} does not exist")]
     NotFound(String),
+    /// The request id was already used for a different write.
+    #[error("request id {request_id} was already used for a different write (to {path})")]
+    RequestIdReused { request_id: String, path: String },
+}
+
+/// What identifies a write for request-id reuse: its path and what it does
+/// (not its guard). A put's op and the change it made give the same one.
+pub type Fingerprint = [u8; 32];
+
+fn fingerprint(path: &str, kind: &impl Serialize) -> Fingerprint {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(path.as_bytes());
+    hasher.update(&[0]);
+    hasher.update(&postcard::to_stdvec(kind).unwrap_or_default());
+    hasher.finalize().into()
 }
 
 /// An op resolved to its place in history. Stored as the version record.
@@ -119,6 +138,10 @@ pub enum ChangeKind {
 }
 
 impl Change {
+    pub fn fingerprint(&self) -> Fingerprint {
+        fingerprint(&self.path, &self.kind)
+    }
+
     pub fn is_delete(&self) -> bool {
         matches!(self.kind, ChangeKind::Delete)
     }

@@ -354,6 +354,28 @@ impl Store {
             .collect()
     }
 
+    /// The changes made at these revisions, where the watch feed and the
+    /// version history still have them: what a stored request id did.
+    pub fn changes_at(&self, revisions: &[u64]) -> Result<Vec<Option<Change>>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let feed = txn.open_table(feed::FEED)?;
+        let versions = txn.open_table(VERSIONS)?;
+        revisions
+            .iter()
+            .map(|revision| {
+                let Some(raw) = feed.get(*revision)? else {
+                    return Ok(None);
+                };
+                let record: feed::FeedRecord = decode("feed", raw.value())?;
+                let path = record.path.as_str();
+                let Some(raw) = versions.get((path, record.version))? else {
+                    return Ok(None);
+                };
+                decode(path, raw.value()).map(Some)
+            })
+            .collect()
+    }
+
     /// The latest entry of a path, tombstones included.
     pub fn entry(&self, path: &str) -> Result<Option<Entry>, StoreError> {
         let txn = self.db.begin_read()?;

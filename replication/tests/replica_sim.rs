@@ -39,6 +39,9 @@ const RATE_SPREAD: f64 = 0.03;
 const PATHS: u64 = 8;
 /// Versions kept per path: all of them, so reads can be checked at the end.
 const HISTORY: u64 = 100_000;
+/// Log entries kept behind a checkpoint: few, so that a follower down for
+/// a while comes back behind the leader's log and needs a snapshot.
+const RETAIN: u64 = 4;
 
 struct Node {
     id: String,
@@ -72,6 +75,9 @@ struct Sim {
     reads: Vec<(usize, String, u64, Option<Vec<u8>>)>,
     /// Chance per step that a node's oldest flush in flight completes.
     flush_speed: f64,
+    /// Verifications that matched, and snapshots installed, by all nodes.
+    verified: u64,
+    snapshots: u64,
     next_token: u64,
     writes: u64,
     /// No client writes: an idle cluster must still let followers read.
@@ -131,6 +137,8 @@ impl Sim {
             latest: HashMap::new(),
             reads: Vec::new(),
             flush_speed,
+            verified: 0,
+            snapshots: 0,
             next_token: 1,
             writes: 0,
             quiet: false,
@@ -170,9 +178,19 @@ impl Sim {
     }
 
     fn crash(&mut self, i: usize) {
+        self.count(i);
         self.nodes[i].core = None;
         // Writers at a crashed leader never learn their outcome: not acked.
         self.pending.retain(|(node, _), _| *node != i);
+    }
+
+    /// Adds what node `i`'s current incarnation verified and installed.
+    fn count(&mut self, i: usize) {
+        if let Some(core) = self.nodes[i].core.as_ref() {
+            let status = core.status(self.local(i));
+            self.verified += status.verified;
+            self.snapshots += status.snapshots;
+        }
     }
 
     fn up(&self, i: usize) -> bool {
@@ -380,9 +398,13 @@ impl Sim {
                 .filter(|j| *j != i && self.can_talk(i, *j))
                 .map(|j| self.nodes[j].id.clone())
                 .collect();
+            let checkpoint = self.dice.chance(0.05);
             if let Some(core) = self.nodes[i].core.as_mut() {
                 core.set_members(peers, alive);
                 core.tick(now);
+                if checkpoint {
+                    core.checkpoint(RETAIN);
+                }
             }
             self.outputs(i)?;
         }
@@ -611,6 +633,9 @@ impl Sim {
             }
         }
         self.check_reads_were_committed()?;
+        for i in 0..self.nodes.len() {
+            self.count(i);
+        }
         Ok(())
     }
 }
@@ -625,7 +650,7 @@ fn replicas_keep_every_acked_write_and_converge_under_seeded_faults() {
         Ok(s) => vec![s.parse().expect("PIKA_SIM_NODES is a number")],
         Err(_) => vec![3, 5],
     };
-    let (mut acked, mut elections) = (0, 0);
+    let (mut acked, mut elections, mut verified, mut snapshots) = (0, 0, 0, 0);
     for n in &sizes {
         for seed in &seeds {
             let mut sim = Sim::new(*n, *seed);
@@ -636,11 +661,19 @@ fn replicas_keep_every_acked_write_and_converge_under_seeded_faults() {
             }
             acked += sim.acked.len();
             elections += sim.leaders.len();
+            verified += sim.verified;
+            snapshots += sim.snapshots;
         }
     }
     eprintln!(
-        "{} schedules: {acked} acknowledged writes checked on every node, {elections} elections",
+        "{} schedules: {acked} acknowledged writes checked on every node, {elections} elections, \
+         {verified} Merkle roots verified equal, {snapshots} snapshots installed",
         seeds.len() * sizes.len()
+    );
+    assert!(verified > 0, "verification should run");
+    assert!(
+        snapshots > 0,
+        "some follower should come back behind the log"
     );
     assert!(
         acked > seeds.len(),

@@ -53,6 +53,7 @@ impl From<WriteError> for ApiError {
         let status = match &e {
             WriteError::Rejected(OpError::VersionMismatch { .. }) => StatusCode::CONFLICT,
             WriteError::Rejected(OpError::NotFound(_)) => StatusCode::NOT_FOUND,
+            WriteError::Rejected(OpError::RequestIdReused { .. }) => StatusCode::BAD_REQUEST,
             WriteError::Closed | WriteError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             WriteError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };

@@ -120,6 +120,10 @@ pub struct ReplicaStatus {
     pub pending: usize,
     /// Why this node stopped taking part, if its disk failed.
     pub disk_error: Option<String>,
+    /// Verifications of this node's Merkle root that matched the leader's,
+    /// and snapshots it installed, since it started.
+    pub verified: u64,
+    pub snapshots: u64,
     /// The last snapshot this node installed as a follower.
     pub last_sync: Option<SyncRecord>,
 }
@@ -198,6 +202,8 @@ pub struct ReplicaCore<L: LogStore> {
     /// when.
     pub(super) catch_up_asked: Option<(String, Position, Duration)>,
     pub(super) last_sync: Option<SyncRecord>,
+    pub(super) verified: u64,
+    pub(super) snapshots: u64,
     pub(super) dice: Dice,
     pub(super) outputs: Vec<Output>,
 }
@@ -293,6 +299,8 @@ impl<L: LogStore> ReplicaCore<L> {
             verify: None,
             catch_up_asked: None,
             last_sync: None,
+            verified: 0,
+            snapshots: 0,
             dice,
             outputs: Vec::new(),
         };
@@ -398,6 +406,8 @@ impl<L: LogStore> ReplicaCore<L> {
             applied: self.store.revision(),
             pending: self.pending.lock().len(),
             disk_error: self.disk_error.clone(),
+            verified: self.verified,
+            snapshots: self.snapshots,
             last_sync: self.last_sync.clone(),
         }
     }

@@ -157,8 +157,20 @@ impl Driver {
                 Ok(op) => op,
                 Err(e) => return tracing::error!(error = %e, "lock record"),
             };
-            if let Err(e) = replica.writes.submit(op).await {
-                tracing::warn!(epoch, error = %e, "writing the lock record failed");
+            // Until an entry of this epoch commits, nothing the previous
+            // leaders left uncommitted does either (and reads of those paths
+            // wait): try again while this node still leads the epoch.
+            let retry = replica.config.heartbeat_interval;
+            for _ in 0..50 {
+                match replica.writes.submit(op.clone()).await {
+                    Ok(_) => return,
+                    Err(e) => tracing::warn!(epoch, error = %e, "writing the lock record failed"),
+                }
+                tokio::time::sleep(retry).await;
+                let status = replica.status();
+                if !status.is_leader || status.epoch != epoch {
+                    return;
+                }
             }
         });
     }

@@ -378,6 +378,7 @@ impl<L: LogStore> ReplicaCore<L> {
         self.verify = None;
         self.request_flush();
         metrics::counter!("pika_syncs_total").increment(1);
+        self.snapshots += 1;
         metrics::counter!("pika_sync_buckets_transferred_total").increment(buckets.len() as u64);
         tracing::info!(
             buckets = buckets.len(),
@@ -437,6 +438,7 @@ impl<L: LogStore> ReplicaCore<L> {
         };
         if mine == root {
             metrics::counter!("pika_verify_matches_total").increment(1);
+            self.verified += 1;
             return;
         }
         metrics::counter!("pika_verify_mismatches_total").increment(1);

@@ -10,7 +10,7 @@ use crate::commit::WriteError;
 use crate::election::Position;
 use crate::fanout::ReplicationSet;
 use crate::log::LogStore;
-use crate::record::{Applied, Change, Entry, Op};
+use crate::record::{Applied, Change, Entry, Fingerprint, Op};
 use crate::store::{self, BatchOutcome};
 use crate::sync::{self, SyncAnswer, SyncAsk};
 use crate::wire::PeerMessage;
@@ -122,7 +122,7 @@ impl<L: LogStore> ReplicaCore<L> {
     /// The request ids in the log above the commit index, with what they
     /// did: a new leader answers a retry of one of them once it commits,
     /// instead of applying the op again.
-    pub fn requests_in_flight(&self) -> Vec<(String, Applied)> {
+    pub fn requests_in_flight(&self) -> Vec<(String, Applied, Fingerprint)> {
         let from = self.commit + 1;
         match self.log.read(from, self.log.last().revision, usize::MAX) {
             Ok(changes) => changes
@@ -133,7 +133,8 @@ impl<L: LogStore> ReplicaCore<L> {
                         revision: c.revision,
                         epoch: c.epoch,
                     };
-                    Some((c.request_id?, applied))
+                    let fingerprint = c.fingerprint();
+                    Some((c.request_id?, applied, fingerprint))
                 })
                 .collect(),
             Err(e) => {
@@ -225,6 +226,10 @@ impl<L: LogStore> ReplicaCore<L> {
     }
 
     pub(super) fn leader_tick(&mut self, epoch: u64, now: Duration) {
+        // An advance may have waited for the lease (renewed by this tick).
+        // First, so that what follows carries the new commit index and a
+        // verification is at or above every commit sent before it.
+        self.advance_commit(now);
         // What is left of this node's lease bounds the followers' read
         // permission: with no lease left, no follower may read on our word.
         let lease_left = self
@@ -233,29 +238,38 @@ impl<L: LogStore> ReplicaCore<L> {
             .map_or(Duration::ZERO, |(_, until)| until.saturating_sub(now));
         let (commit, last) = (self.commit, self.log.last());
         let sync_timeout = self.config.sync_timeout;
+        let verify = match self.leading.as_ref() {
+            Some(l) if now >= l.next_verify => self.verification(epoch),
+            _ => None,
+        };
         let Some(leading) = self.leading.as_mut() else {
             return;
         };
+        if now >= leading.next_verify {
+            leading.next_verify = now + self.config.sync_interval;
+        }
         for gone in leading.set.evict_silent(now) {
             tracing::warn!(follower = %gone, "follower left the replication set: silent past its read lease");
         }
         leading
             .serving
             .retain(|_, (_, started)| now < *started + sync_timeout);
-        let mut messages: Vec<(String, PeerMessage)> = self
-            .peers
-            .iter()
-            .map(|peer| {
-                let message = PeerMessage::SetStatus {
+        let mut messages: Vec<(String, PeerMessage)> = Vec::new();
+        for peer in &self.peers {
+            messages.push((
+                peer.clone(),
+                PeerMessage::SetStatus {
                     epoch,
                     in_set: leading.set.may_read(peer),
                     echo: leading.echoes.get(peer).copied().unwrap_or(0),
                     lease_left,
                     commit,
-                };
-                (peer.clone(), message)
-            })
-            .collect();
+                },
+            ));
+            if let Some(verify) = &verify {
+                messages.push((peer.clone(), verify.clone()));
+            }
+        }
         // An empty diff at our log end: a follower that already holds it
         // acknowledges (and is confirmed) without waiting for a write; one
         // that does not asks to catch up.
@@ -269,16 +283,6 @@ impl<L: LogStore> ReplicaCore<L> {
         for peer in leading.set.unconfirmed() {
             messages.push((peer, probe.clone()));
         }
-        if now >= leading.next_verify {
-            leading.next_verify = now + self.config.sync_interval;
-            if let Some(verify) = self.verification(epoch) {
-                for peer in &self.peers {
-                    messages.push((peer.clone(), verify.clone()));
-                }
-            }
-        }
-        // An advance may have waited for the lease (renewed by this tick).
-        self.advance_commit(now);
         for (to, message) in messages {
             self.send(&to, message);
         }

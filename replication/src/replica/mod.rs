@@ -153,7 +153,7 @@ impl CommitPolicy for LeaderPolicy {
         outcome
     }
 
-    fn requests_in_flight(&self) -> Vec<(String, Applied)> {
+    fn requests_in_flight(&self) -> Vec<(String, Applied, crate::record::Fingerprint)> {
         lock(&self.shared.core).requests_in_flight()
     }
 
