@@ -38,10 +38,14 @@ struct Settings {
     stored_paths: usize,
     /// Writes a follower misses while it is down.
     missed_writes: usize,
+    /// Writes a follower misses in the snapshot part, and the log entries
+    /// the nodes keep (fewer than that, so it must rejoin by snapshot).
+    absent_writes: usize,
+    log_retention: u64,
     failover_trials: usize,
     /// etcd client URLs: compare instead of the pika-only tables.
     etcd: Option<Vec<String>>,
-    /// Run one part only: `writes`, `failover` or `catch-up`.
+    /// Run one part only: `writes`, `failover`, `catch-up` or `snapshot`.
     only: Option<String>,
 }
 
@@ -63,7 +67,7 @@ impl Settings {
                 "--only" => {
                     only = Some(
                         args.next()
-                            .context("--only needs writes, failover or catch-up")?,
+                            .context("--only needs writes, failover, catch-up or snapshot")?,
                     );
                 }
                 "--etcd" => {
@@ -88,6 +92,8 @@ impl Settings {
                 run: Duration::from_secs(5),
                 stored_paths: 100_000,
                 missed_writes: 10_000,
+                absent_writes: 200_000,
+                log_retention: 1 << 16,
                 failover_trials: 3,
                 etcd,
                 only,
@@ -101,6 +107,8 @@ impl Settings {
                 run: Duration::from_millis(1500),
                 stored_paths: 20_000,
                 missed_writes: 2_000,
+                absent_writes: 20_000,
+                log_retention: 5_000,
                 failover_trials: 1,
                 etcd,
                 only,
@@ -128,14 +136,24 @@ impl Settings {
 
 /// `n` nodes on 127.0.1.`base`.., and the leader they agree on.
 fn start(n: usize, base: u8) -> anyhow::Result<(Cluster, usize)> {
-    let options = Options {
+    start_with_env(n, base, Vec::new())
+}
+
+fn start_with_env(
+    n: usize,
+    base: u8,
+    env: Vec<(String, String)>,
+) -> anyhow::Result<(Cluster, usize)> {
+    let mut options = Options {
         network: Network::Loopback,
         test_hooks: false,
         env: vec![
-            // Anti-entropy is for drift; keep its rounds out of the figures.
+            // Verification is for corruption; keep its rounds out of the
+            // figures.
             ("PIKA_CLUSTER_SYNC_INTERVAL".into(), "5m".into()),
         ],
     };
+    options.env.extend(env);
     let cluster = Cluster::start_with(Path::new(PIKA), base, &vec![1.0; n], options)?;
     let leader = cluster
         .leader(Duration::from_secs(30))
@@ -409,6 +427,103 @@ fn catch_up(rt: &Runtime, settings: &Settings) -> anyhow::Result<CatchUp> {
     })
 }
 
+struct Rejoin {
+    seconds: f64,
+    bytes_in: f64,
+    snapshots: f64,
+}
+
+/// Stores `stored_paths` paths, takes a follower down for `absent_writes`
+/// writes over them (more than the log keeps), and times its rejoin, which
+/// must be a snapshot of what changed.
+fn snapshot_rejoin(rt: &Runtime, settings: &Settings) -> anyhow::Result<Rejoin> {
+    let env = vec![(
+        "PIKA_STORAGE_LOG_RETENTION".to_string(),
+        settings.log_retention.to_string(),
+    )];
+    let (mut cluster, leader) = start_with_env(3, 96, env)?;
+    let leader_url = cluster.nodes[leader].url.clone();
+    let failed = rt.block_on(fill(
+        Api::Pika,
+        &leader_url,
+        "store",
+        (0..settings.stored_paths).collect(),
+        64,
+    ));
+    anyhow::ensure!(failed == 0, "{failed} writes failed while storing");
+    let follower = (leader + 1) % 3;
+    cluster.kill(follower);
+    let mut dice = pika_replication::dice::Dice::new(7);
+    let indices: Vec<usize> = (0..settings.absent_writes)
+        .map(|_| dice.below(settings.stored_paths))
+        .collect();
+    let failed = rt.block_on(fill(Api::Pika, &leader_url, "store", indices, 64));
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} writes failed while the follower was down"
+    );
+    // Let the others checkpoint and purge their logs past the follower.
+    std::thread::sleep(Duration::from_secs(2));
+    let restarted = Instant::now();
+    cluster.restart(follower)?;
+    let limit = Duration::from_secs(120);
+    loop {
+        let (f, l) = (cluster.status(follower), cluster.status(leader));
+        if f["revision"] == l["revision"]
+            && f["merkle_root"] == l["merkle_root"]
+            && !f["revision"].is_null()
+        {
+            break;
+        }
+        anyhow::ensure!(
+            restarted.elapsed() < limit,
+            "the follower did not rejoin within {limit:?}: follower at {}, leader at {}",
+            f["revision"],
+            l["revision"]
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let seconds = restarted.elapsed().as_secs_f64();
+    let text = metrics(&cluster.nodes[follower].url);
+    let bytes_in = series(&text, "pika_membership_frame_bytes_total")
+        .into_iter()
+        .find(|(labels, _)| labels.contains("\"in\""))
+        .map_or(0.0, |x| x.1);
+    let snapshots = series(&text, "pika_syncs_total")
+        .first()
+        .map_or(0.0, |x| x.1);
+    Ok(Rejoin {
+        seconds,
+        bytes_in,
+        snapshots,
+    })
+}
+
+fn snapshot_table(rt: &Runtime, settings: &Settings) -> anyhow::Result<()> {
+    println!(
+        "\n## Rejoin by snapshot: 3 nodes, {} stored paths of {VALUE_BYTES} B, a follower down for {} writes, {} log entries kept",
+        settings.stored_paths, settings.absent_writes, settings.log_retention
+    );
+    let r = match snapshot_rejoin(rt, settings) {
+        Ok(r) => r,
+        Err(e) => {
+            println!("snapshot rejoin FAILED: {e:#}");
+            return Ok(());
+        }
+    };
+    // What changed: every missed write's value (the history moves too).
+    let changed = (settings.absent_writes * VALUE_BYTES) as f64;
+    println!(
+        "rejoined in {:.3} s by {} snapshot(s); {:.1} MiB received for {:.1} MiB of changed values: {:.2}×",
+        r.seconds,
+        r.snapshots,
+        r.bytes_in / (1 << 20) as f64,
+        changed / (1 << 20) as f64,
+        r.bytes_in / changed
+    );
+    Ok(())
+}
+
 fn pika_only(rt: &Runtime, settings: &Settings) -> anyhow::Result<()> {
     let c1 = if settings.runs("writes") {
         fanout(rt, settings)?
@@ -428,6 +543,9 @@ fn pika_only(rt: &Runtime, settings: &Settings) -> anyhow::Result<()> {
     }
     if settings.runs("catch-up") {
         catch_up_table(rt, settings)?;
+    }
+    if settings.runs("snapshot") {
+        snapshot_table(rt, settings)?;
     }
     if !settings.full {
         println!(

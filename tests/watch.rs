@@ -109,6 +109,24 @@ fn a_watch_sends_matching_changes_in_order_resumes_and_keeps_alive() {
     }
 }
 
+/// A watch is served by a node that may read: a follower, once the leader
+/// has confirmed it (after an election or a restart, that takes a
+/// heartbeat or two).
+fn wait_until_it_may_read(url: &str) {
+    let may_read = (0..150).any(|_| {
+        let healthy = support::client()
+            .get(format!("{url}/api/v1/cluster/status"))
+            .send()
+            .and_then(|r| r.json::<serde_json::Value>())
+            .is_ok_and(|s| s["leader_healthy"] == true);
+        if !healthy {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        healthy
+    });
+    assert!(may_read, "{url} may read within 15 s");
+}
+
 /// A client watching a follower loses nothing when the follower restarts:
 /// it resumes with `from_revision` after its last event and gets every
 /// change the leader made meanwhile, in order, with no gap.
@@ -129,6 +147,7 @@ fn a_follower_watch_resumed_from_a_revision_has_no_gap_across_a_restart() {
     let leader_url = cluster.nodes[leader].url.clone();
     let follower_url = cluster.nodes[follower].url.clone();
 
+    wait_until_it_may_read(&follower_url);
     let watch = sse(&format!("{follower_url}/api/v1/watch?from_revision=1"), &[]);
     for i in 0..20 {
         put(&leader_url, &format!("w/{}", i % 7), &i.to_string());

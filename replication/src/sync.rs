@@ -24,7 +24,12 @@ pub enum SyncAsk {
         level: u32,
         nodes: Vec<u32>,
     },
-    Buckets(Vec<u16>),
+    /// The contents of these buckets; `since`: only what changed after
+    /// that revision (the follower holds the rest), `None`: everything.
+    Buckets {
+        buckets: Vec<u16>,
+        since: Option<u64>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,6 +69,9 @@ pub enum SyncStep {
 /// The follower's side of one session.
 pub struct SyncSession {
     local: MerkleBuckets,
+    /// Catching up from this revision (ask only what changed after it), or
+    /// repairing (ask for everything in the differing buckets).
+    since: Option<u64>,
     /// The snapshot every answer must come from.
     at: Option<(u64, u64)>,
     /// Differing buckets not received yet, and what has been.
@@ -74,9 +82,12 @@ pub struct SyncSession {
 
 impl SyncSession {
     /// `local` is the follower's own tree; the first ask is [`SyncAsk::Start`].
-    pub fn new(local: MerkleBuckets) -> SyncSession {
+    /// `since`: the follower's state is a prefix of the leader's at that
+    /// revision (it is behind, not damaged), so only later changes move.
+    pub fn new(local: MerkleBuckets, since: Option<u64>) -> SyncSession {
         SyncSession {
             local,
+            since,
             at: None,
             todo: Vec::new(),
             buckets: Vec::new(),
@@ -108,7 +119,7 @@ impl SyncSession {
                         epoch,
                     }
                 } else {
-                    SyncStep::Ask(SyncAsk::Buckets(self.todo.clone()))
+                    SyncStep::Ask(self.ask_buckets())
                 }
             }
             SyncAnswer::Level { level, digests } => {
@@ -125,7 +136,7 @@ impl SyncSession {
                         .into_iter()
                         .filter_map(|i| u16::try_from(i).ok())
                         .collect();
-                    SyncStep::Ask(SyncAsk::Buckets(self.todo.clone()))
+                    SyncStep::Ask(self.ask_buckets())
                 } else {
                     let fanout = FANOUT as u32;
                     SyncStep::Ask(SyncAsk::Level {
@@ -138,6 +149,20 @@ impl SyncSession {
                 }
             }
         }
+    }
+}
+
+impl SyncSession {
+    fn ask_buckets(&self) -> SyncAsk {
+        SyncAsk::Buckets {
+            buckets: self.todo.clone(),
+            since: self.since,
+        }
+    }
+
+    /// What the install covers: see [`crate::Store::install`].
+    pub fn since(&self) -> Option<u64> {
+        self.since
     }
 }
 
@@ -163,10 +188,13 @@ pub fn answer(
                     .collect(),
             }
         }
-        SyncAsk::Buckets(asked) => {
+        SyncAsk::Buckets {
+            buckets: asked,
+            since,
+        } => {
             let (mut buckets, mut paths, mut bytes) = (Vec::new(), Vec::new(), 0usize);
             for &bucket in asked {
-                let contents = snapshot.bucket_contents(&[bucket])?;
+                let contents = snapshot.bucket_contents(&[bucket], *since)?;
                 let size: usize = contents.iter().map(PathState::size).sum();
                 if !buckets.is_empty() && bytes + size > max_bytes {
                     break;

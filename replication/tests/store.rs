@@ -383,10 +383,16 @@ fn installing_the_differing_buckets_makes_a_diverged_follower_identical() {
         (1..=4).contains(&differing.len()),
         "buckets to move: {differing:?}"
     );
-    let contents = snapshot.bucket_contents(&differing).unwrap();
+    let contents = snapshot.bucket_contents(&differing, None).unwrap();
     assert!(contents.len() <= 8, "moved {} paths of 201", contents.len());
     follower
-        .install(&differing, &contents, snapshot.revision, snapshot.epoch)
+        .install(
+            &differing,
+            &contents,
+            snapshot.revision,
+            snapshot.epoch,
+            None,
+        )
         .unwrap();
 
     assert_eq!(
@@ -544,9 +550,15 @@ fn a_sync_moves_the_feed_floor_so_old_watchers_learn_of_the_gap() {
         .unwrap();
     let snapshot = leader.snapshot().unwrap();
     let differing = snapshot.merkle().differing(&follower.merkle().unwrap());
-    let contents = snapshot.bucket_contents(&differing).unwrap();
+    let contents = snapshot.bucket_contents(&differing, None).unwrap();
     follower
-        .install(&differing, &contents, snapshot.revision, snapshot.epoch)
+        .install(
+            &differing,
+            &contents,
+            snapshot.revision,
+            snapshot.epoch,
+            None,
+        )
         .unwrap();
     assert_eq!(
         follower.feed_after(1, 100).unwrap(),

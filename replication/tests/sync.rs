@@ -20,10 +20,13 @@ fn put(p: &str, data: &str) -> Op {
     .unwrap()
 }
 
-/// Runs a session to the end; returns (digests asked for, buckets moved).
-fn sync(leader: &Store, follower: &Store) -> (usize, usize) {
+/// Runs a session to the end; returns (digests asked for, buckets moved,
+/// versions moved). `behind`: the follower's state is a prefix of the
+/// leader's, so only what changed after it moves.
+fn sync_with(leader: &Store, follower: &Store, behind: bool) -> (usize, usize, usize) {
     let snapshot = leader.snapshot().unwrap();
-    let mut session = SyncSession::new(follower.merkle().unwrap());
+    let since = behind.then(|| follower.revision());
+    let mut session = SyncSession::new(follower.merkle().unwrap(), since);
     let mut ask = SyncAsk::Start;
     let (mut digests, mut buckets) = (0, 0);
     for _ in 0..10 {
@@ -40,14 +43,61 @@ fn sync(leader: &Store, follower: &Store) -> (usize, usize) {
                 epoch,
             } => {
                 buckets = b.len();
-                follower.install(&b, &paths, revision, epoch).unwrap();
-                return (digests, buckets);
+                let versions = paths.iter().map(|p| p.versions.len()).sum();
+                follower
+                    .install(&b, &paths, revision, epoch, since)
+                    .unwrap();
+                return (digests, buckets, versions);
             }
-            SyncStep::InSync { .. } => return (digests, buckets),
+            SyncStep::InSync { .. } => return (digests, buckets, 0),
             SyncStep::Failed(why) => panic!("sync failed: {why}"),
         }
     }
     panic!("a sync session took more than 10 rounds");
+}
+
+fn sync(leader: &Store, follower: &Store) -> (usize, usize) {
+    let (digests, buckets, _) = sync_with(leader, follower, false);
+    (digests, buckets)
+}
+
+/// Every version of every path, as the versions API shows them.
+fn history(store: &Store, paths: usize) -> Vec<String> {
+    (0..paths)
+        .map(|i| format!("{:?}", store.versions(&format!("cfg/{i}")).unwrap()))
+        .collect()
+}
+
+#[test]
+fn a_follower_behind_receives_only_the_versions_it_lacks_and_ends_equal() {
+    let (ld, fd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let leader = Store::open(ld.path(), 3).unwrap();
+    let follower = Store::open(fd.path(), 3).unwrap();
+    let all: Vec<Op> = (0..2000).map(|i| put(&format!("cfg/{i}"), "v1")).collect();
+    for chunk in all.chunks(500) {
+        let (_, changes) = leader.execute_then(chunk, 1, 0, |_| {}).unwrap();
+        follower.apply(&changes).unwrap();
+    }
+    // The follower misses 5 writes to each of 100 paths: more than the
+    // history of 3, so the install must prune as an apply would.
+    for round in 2..7 {
+        let ops: Vec<Op> = (0..100)
+            .map(|i| put(&format!("cfg/{}", i * 19), &format!("v{round}")))
+            .collect();
+        leader.execute(&ops, 2, 0).unwrap();
+    }
+    let (_, buckets, versions) = sync_with(&leader, &follower, true);
+    eprintln!("100 paths behind by 5 versions: {buckets} buckets, {versions} versions moved");
+    assert!(
+        versions <= 300,
+        "{versions} versions moved: only the 3 kept of the 5 missed per changed path"
+    );
+    assert_eq!(
+        follower.merkle().unwrap().root(),
+        leader.merkle().unwrap().root()
+    );
+    assert_eq!(history(&follower, 2000), history(&leader, 2000));
+    assert_eq!(follower.position(), leader.position());
 }
 
 #[test]

@@ -196,6 +196,9 @@ pub struct ReplicaCore<L: LogStore> {
     pub(super) permission_until: Option<Duration>,
     pub(super) syncing: Option<Syncing>,
     pub(super) needs_snapshot: bool,
+    /// The snapshot repairs a state that differed from the leader's (all
+    /// of the differing buckets move), not one that is only behind.
+    pub(super) repairing: bool,
     /// A verification waiting for the state to reach its revision.
     pub(super) verify: Option<(u64, Digest)>,
     /// The last catch-up request: whom it asked, from which log end, and
@@ -296,6 +299,7 @@ impl<L: LogStore> ReplicaCore<L> {
             permission_until: None,
             syncing: None,
             needs_snapshot: false,
+            repairing: false,
             verify: None,
             catch_up_asked: None,
             last_sync: None,

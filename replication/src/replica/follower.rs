@@ -272,10 +272,14 @@ impl<L: LogStore> ReplicaCore<L> {
             Err(e) => return tracing::error!(error = %e, "reading Merkle digests for a snapshot"),
         };
         let id = self.dice.next_u64();
+        // Behind, the state is a prefix of the leader's: only what changed
+        // after it moves. Damaged (a verification mismatch), everything in
+        // the differing buckets does.
+        let since = (!self.repairing).then(|| self.store.revision());
         self.syncing = Some(Syncing {
             id,
             leader: leader.to_string(),
-            session: SyncSession::new(local),
+            session: SyncSession::new(local, since),
             started: now,
         });
         self.send(
@@ -313,6 +317,7 @@ impl<L: LogStore> ReplicaCore<L> {
             self.syncing = None;
             return;
         }
+        let since = syncing.session.since();
         match syncing.session.on_answer(revision, epoch, answer) {
             SyncStep::Ask(ask) => self.send(&from, PeerMessage::SyncRequest { session, ask }),
             SyncStep::Install {
@@ -320,9 +325,9 @@ impl<L: LogStore> ReplicaCore<L> {
                 paths,
                 revision,
                 epoch,
-            } => self.install(&from, &buckets, &paths, revision, epoch, now),
+            } => self.install(&from, &buckets, &paths, (revision, epoch), since, now),
             SyncStep::InSync { revision, epoch } => {
-                self.install(&from, &[], &[], revision, epoch, now)
+                self.install(&from, &[], &[], (revision, epoch), since, now)
             }
             SyncStep::Failed(why) => {
                 tracing::debug!(%why, "snapshot refused");
@@ -339,11 +344,15 @@ impl<L: LogStore> ReplicaCore<L> {
         leader: &str,
         buckets: &[u16],
         paths: &[crate::store::PathState],
-        revision: u64,
-        epoch: u64,
+        (revision, epoch): (u64, u64),
+        since: Option<u64>,
         now: Duration,
     ) {
         self.syncing = None;
+        if since.is_some_and(|a| a != self.store.revision()) {
+            // Asked for what changed after a state we no longer have.
+            return;
+        }
         let at = Position { epoch, revision };
         if revision < self.store.revision() {
             // The state only moves forward; a newer snapshot comes next.
@@ -354,7 +363,7 @@ impl<L: LogStore> ReplicaCore<L> {
             );
             return;
         }
-        if let Err(e) = self.store.install(buckets, paths, revision, epoch) {
+        if let Err(e) = self.store.install(buckets, paths, revision, epoch, since) {
             return tracing::error!(error = %e, "installing a snapshot failed");
         }
         let log_result = if self.log.holds(at) {
@@ -375,6 +384,7 @@ impl<L: LogStore> ReplicaCore<L> {
         self.commit = self.commit.max(revision);
         self.follow.matched = self.follow.matched.max(revision);
         self.needs_snapshot = false;
+        self.repairing = false;
         self.verify = None;
         self.request_flush();
         metrics::counter!("pika_syncs_total").increment(1);
@@ -447,7 +457,9 @@ impl<L: LogStore> ReplicaCore<L> {
             "this node's state differs from the leader's at the same revision: \
              serving no reads until a snapshot of the differing buckets repairs it"
         );
-        // The next tick starts the snapshot session.
+        // The next tick starts the snapshot session, for everything in the
+        // differing buckets.
         self.needs_snapshot = true;
+        self.repairing = true;
     }
 }

@@ -214,7 +214,9 @@ impl<L: LogStore> ReplicaCore<L> {
             return self.release_ready(now);
         }
         self.commit = bound;
-        self.apply_committed();
+        // Answers and the followers' news first: applying here (a redb
+        // transaction) is needed by nobody waiting on this commit, since
+        // reads of its paths wait for the apply on their own.
         self.release_ready(now);
         let message = PeerMessage::Commit {
             epoch,
@@ -223,6 +225,7 @@ impl<L: LogStore> ReplicaCore<L> {
         for peer in self.peers.clone() {
             self.send(&peer, message.clone());
         }
+        self.apply_committed();
     }
 
     pub(super) fn leader_tick(&mut self, epoch: u64, now: Duration) {

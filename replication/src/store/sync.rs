@@ -65,18 +65,24 @@ impl Store {
         })
     }
 
-    /// Replaces the contents of `buckets` with `paths` (everything the
-    /// leader's snapshot holds in those buckets, tombstones included) and
-    /// moves the log position to the snapshot's, in one durable transaction.
-    /// Paths this store has in those buckets and the leader does not are
-    /// removed. Refused when `revision` is below this store's: the state
-    /// only moves forward.
+    /// Installs a leader's snapshot of `buckets` and moves the position to
+    /// the snapshot's, in one durable transaction. Refused when `revision`
+    /// is below this store's: the state only moves forward.
+    ///
+    /// With `since: None` (a repair), `paths` is everything the leader holds
+    /// in those buckets, tombstones included, and replaces what this store
+    /// has there: paths the leader does not have are removed. With
+    /// `since: Some(a)` (catching up from a state at revision a, which is a
+    /// prefix of the leader's), `paths` holds only the paths changed after
+    /// a, each with only its versions after a: they are added to what is
+    /// here, and the history is pruned as `apply` would.
     pub fn install(
         &self,
         buckets: &[u16],
         paths: &[PathState],
         revision: u64,
         epoch: u64,
+        since: Option<u64>,
     ) -> Result<(), StoreError> {
         let txn = self.db.begin_write()?;
         // Checked inside the write transaction: no apply can slip in
@@ -85,7 +91,13 @@ impl Store {
         if revision < at {
             return Err(StoreError::Backwards { at, to: revision });
         }
-        {
+        if since.is_some() {
+            let mut tables = BatchTables::open(&txn)?;
+            for state in paths {
+                self.add_path_state(&mut tables, state)?;
+            }
+            Self::finish_install(&mut tables, revision, epoch)?;
+        } else {
             let mut tables = BatchTables::open(&txn)?;
             for &bucket in buckets {
                 let local: Vec<String> = tables
@@ -127,16 +139,68 @@ impl Store {
                     tables.merkle.insert(bucket, digest)?;
                 }
             }
-            tables.set_position(revision, Some(epoch))?;
-            // The installed state came without its changes: watchers
-            // behind this revision must list again (see `feed`).
-            tables.node.insert(
-                super::feed::KEY_FEED_FLOOR,
-                revision.to_le_bytes().as_slice(),
-            )?;
+            Self::finish_install(&mut tables, revision, epoch)?;
         }
         txn.commit()?;
         self.reset_position(revision, epoch);
+        Ok(())
+    }
+
+    /// One changed path of an incremental install: its new entry, its new
+    /// versions, the history pruned, its bucket digest updated.
+    fn add_path_state(
+        &self,
+        tables: &mut BatchTables,
+        state: &PathState,
+    ) -> Result<(), StoreError> {
+        let path = state.path.as_str();
+        let bucket = merkle::bucket_of(path);
+        let previous = tables.entry(path)?;
+        tables
+            .entries
+            .insert(path, encode(path, &state.entry)?.as_slice())?;
+        for change in &state.versions {
+            tables
+                .versions
+                .insert((path, change.version), encode(path, change)?.as_slice())?;
+        }
+        if state.entry.version > self.history {
+            let oldest_kept = state.entry.version - self.history + 1;
+            tables
+                .versions
+                .retain_in((path, 0u64)..(path, oldest_kept), |_, _| false)?;
+        }
+        if previous.is_none() {
+            tables.bucket_paths.insert((bucket, path), ())?;
+        }
+        let mut digest = tables
+            .merkle
+            .get(bucket)?
+            .map_or(merkle::EMPTY, |v| v.value());
+        if let Some(previous) = &previous {
+            merkle::xor_into(&mut digest, &previous.leaf(path));
+        }
+        merkle::xor_into(&mut digest, &state.entry.leaf(path));
+        if digest == merkle::EMPTY {
+            tables.merkle.remove(bucket)?;
+        } else {
+            tables.merkle.insert(bucket, digest)?;
+        }
+        Ok(())
+    }
+
+    fn finish_install(
+        tables: &mut BatchTables,
+        revision: u64,
+        epoch: u64,
+    ) -> Result<(), StoreError> {
+        tables.set_position(revision, Some(epoch))?;
+        // The installed state came without its changes: watchers behind
+        // this revision must list again (see `feed`).
+        tables.node.insert(
+            super::feed::KEY_FEED_FLOOR,
+            revision.to_le_bytes().as_slice(),
+        )?;
         Ok(())
     }
 }
@@ -146,8 +210,14 @@ impl Snapshot {
         &self.buckets
     }
 
-    /// Everything the snapshot holds in `buckets`.
-    pub fn bucket_contents(&self, buckets: &[u16]) -> Result<Vec<PathState>, StoreError> {
+    /// What the snapshot holds in `buckets`: every path, or with
+    /// `since: Some(a)` only the paths changed after revision a, each with
+    /// only its versions after a.
+    pub fn bucket_contents(
+        &self,
+        buckets: &[u16],
+        since: Option<u64>,
+    ) -> Result<Vec<PathState>, StoreError> {
         let index = self.txn.open_table(BUCKET_PATHS)?;
         let entries = self.txn.open_table(ENTRIES)?;
         let versions = self.txn.open_table(VERSIONS)?;
@@ -160,10 +230,17 @@ impl Snapshot {
                     continue;
                 };
                 let entry: Entry = decode(path, raw.value())?;
+                let after = since.unwrap_or(0);
+                if since.is_some() && entry.revision <= after {
+                    continue;
+                }
                 let mut history = Vec::new();
                 for v in versions.range((path, 0u64)..=(path, u64::MAX))? {
                     let (_, value) = v?;
-                    history.push(decode(path, value.value())?);
+                    let change: Change = decode(path, value.value())?;
+                    if change.revision > after || since.is_none() {
+                        history.push(change);
+                    }
                 }
                 out.push(PathState {
                     path: path.to_string(),
