@@ -393,16 +393,32 @@ fn catch_up(rt: &Runtime, settings: &Settings) -> anyhow::Result<CatchUp> {
         "{failed} writes failed while the follower was down"
     );
 
+    let seconds = restart_and_wait(&mut cluster, follower, leader, Duration::from_secs(60))?;
+    let bytes_in = bytes_in(&metrics(&cluster.nodes[follower].url));
+    Ok(CatchUp {
+        seconds,
+        bytes_in,
+        distinct_paths,
+    })
+}
+
+/// Restarts `follower` and waits until it has the leader's revision and
+/// Merkle root: the seconds that took.
+fn restart_and_wait(
+    cluster: &mut Cluster,
+    follower: usize,
+    leader: usize,
+    limit: Duration,
+) -> anyhow::Result<f64> {
     let restarted = Instant::now();
     cluster.restart(follower)?;
-    let limit = Duration::from_secs(60);
     loop {
         let (f, l) = (cluster.status(follower), cluster.status(leader));
         if f["revision"] == l["revision"]
             && f["merkle_root"] == l["merkle_root"]
             && !f["revision"].is_null()
         {
-            break;
+            return Ok(restarted.elapsed().as_secs_f64());
         }
         anyhow::ensure!(
             restarted.elapsed() < limit,
@@ -412,19 +428,14 @@ fn catch_up(rt: &Runtime, settings: &Settings) -> anyhow::Result<CatchUp> {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    let seconds = restarted.elapsed().as_secs_f64();
-    let bytes_in = series(
-        &metrics(&cluster.nodes[follower].url),
-        "pika_membership_frame_bytes_total",
-    )
-    .into_iter()
-    .find(|(labels, _)| labels.contains("\"in\""))
-    .map_or(0.0, |x| x.1);
-    Ok(CatchUp {
-        seconds,
-        bytes_in,
-        distinct_paths,
-    })
+}
+
+/// Bytes a node received on peer streams, from its metrics text.
+fn bytes_in(metrics: &str) -> f64 {
+    series(metrics, "pika_membership_frame_bytes_total")
+        .into_iter()
+        .find(|(labels, _)| labels.contains("\"in\""))
+        .map_or(0.0, |x| x.1)
 }
 
 struct Rejoin {
@@ -464,31 +475,9 @@ fn snapshot_rejoin(rt: &Runtime, settings: &Settings) -> anyhow::Result<Rejoin> 
     );
     // Let the others checkpoint and purge their logs past the follower.
     std::thread::sleep(Duration::from_secs(2));
-    let restarted = Instant::now();
-    cluster.restart(follower)?;
-    let limit = Duration::from_secs(120);
-    loop {
-        let (f, l) = (cluster.status(follower), cluster.status(leader));
-        if f["revision"] == l["revision"]
-            && f["merkle_root"] == l["merkle_root"]
-            && !f["revision"].is_null()
-        {
-            break;
-        }
-        anyhow::ensure!(
-            restarted.elapsed() < limit,
-            "the follower did not rejoin within {limit:?}: follower at {}, leader at {}",
-            f["revision"],
-            l["revision"]
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let seconds = restarted.elapsed().as_secs_f64();
+    let seconds = restart_and_wait(&mut cluster, follower, leader, Duration::from_secs(120))?;
     let text = metrics(&cluster.nodes[follower].url);
-    let bytes_in = series(&text, "pika_membership_frame_bytes_total")
-        .into_iter()
-        .find(|(labels, _)| labels.contains("\"in\""))
-        .map_or(0.0, |x| x.1);
+    let bytes_in = bytes_in(&text);
     let snapshots = series(&text, "pika_syncs_total")
         .first()
         .map_or(0.0, |x| x.1);

@@ -160,23 +160,7 @@ fn a_follower_watch_resumed_from_a_revision_has_no_gap_across_a_restart() {
         put(&leader_url, &format!("w/{}", i % 7), &i.to_string());
     }
     cluster.restart(follower).expect("the follower restarts");
-    // A watch is served by a node that may read: wait for the restarted
-    // follower to be confirmed by the leader again.
-    let may_read = (0..150).any(|_| {
-        let healthy = support::client()
-            .get(format!("{follower_url}/api/v1/cluster/status"))
-            .send()
-            .and_then(|r| r.json::<serde_json::Value>())
-            .is_ok_and(|s| s["leader_healthy"] == true);
-        if !healthy {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        healthy
-    });
-    assert!(
-        may_read,
-        "the restarted follower may read again within 15 s"
-    );
+    wait_until_it_may_read(&follower_url);
     let last = seen
         .last()
         .and_then(|e| e["revision"].as_u64())

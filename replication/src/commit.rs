@@ -84,6 +84,13 @@ pub trait CommitPolicy: Send + Sync + 'static {
         waits_for: Option<u64>,
         answers: Vec<(Reply, Result<Applied, WriteError>)>,
     );
+    /// The last revision the batch just executed was decided against. A
+    /// refusal (409, 404) made against entries not committed yet must not
+    /// be answered before they are: if they were dropped, the refusal was
+    /// about a state that never existed.
+    fn decided_through(&self, store: &Store) -> u64 {
+        store.revision()
+    }
     /// Request ids written in this epoch's log and not committed yet, with
     /// what they did and which write they were: a retry of one is answered
     /// with that, not applied again. Asked once per epoch.
@@ -361,6 +368,12 @@ fn commit(
             }
         }
     }
+    if answers
+        .iter()
+        .any(|(_, r)| matches!(r, Err(WriteError::Rejected(_))))
+    {
+        waits_for = waits_for.max(Some(policy.decided_through(store)));
+    }
     policy.committed(epoch, waits_for, answers);
 }
 
@@ -481,26 +494,20 @@ mod tests {
         let (queue, _handle) = WriteQueue::start(store.clone(), BatchLimits::default()).unwrap();
         let id = Some("req-9".to_string());
         queue.submit_once(op(1), id.clone()).await.unwrap();
-        let other = queue.submit_once(op(2), id.clone()).await;
-        assert!(
+        let refused = |r: &Result<Applied, WriteError>| {
             matches!(
-                other,
+                r,
                 Err(WriteError::Rejected(OpError::RequestIdReused { .. }))
-            ),
-            "{other:?}"
-        );
+            )
+        };
+        let other = queue.submit_once(op(2), id.clone()).await;
+        assert!(refused(&other), "{other:?}");
         // A new committer (a restart, or another leader) knows the id from
         // the store alone.
         drop(queue);
         let (queue, _handle) = WriteQueue::start(store.clone(), BatchLimits::default()).unwrap();
         let other = queue.submit_once(op(3), id.clone()).await;
-        assert!(
-            matches!(
-                other,
-                Err(WriteError::Rejected(OpError::RequestIdReused { .. }))
-            ),
-            "{other:?}"
-        );
+        assert!(refused(&other), "{other:?}");
         assert_eq!(queue.submit_once(op(1), id).await.unwrap().revision, 1);
         assert_eq!(store.revision(), 1);
     }

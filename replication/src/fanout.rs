@@ -32,6 +32,8 @@ struct Follower {
     /// ... and is durable through this one.
     durable: u64,
     last_heard: Duration,
+    /// When `received` last moved (or the follower was first heard).
+    moved_at: Duration,
     in_set: bool,
     /// Holds every entry any leader committed (see the module docs).
     confirmed: bool,
@@ -83,6 +85,7 @@ impl<A> ReplicationSet<A> {
                             received: 0,
                             durable: 0,
                             last_heard: now,
+                            moved_at: now,
                             in_set: true,
                             confirmed: false,
                             boot: None,
@@ -127,6 +130,17 @@ impl<A> ReplicationSet<A> {
             .collect()
     }
 
+    /// Members behind `last` whose receipt has not moved for `quiet`: a
+    /// diff to them was lost, and with no write after it nothing else would
+    /// tell them (the leader probes them so that they ask to catch up).
+    pub fn stalled(&self, last: u64, now: Duration, quiet: Duration) -> Vec<String> {
+        self.followers
+            .iter()
+            .filter(|(_, f)| f.in_set && f.received < last && now >= f.moved_at + quiet)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
     /// The leader plus the members of its set reach a quorum.
     pub fn has_quorum(&self) -> bool {
         self.followers.values().filter(|f| f.in_set).count() + 1 >= self.quorum
@@ -147,6 +161,7 @@ impl<A> ReplicationSet<A> {
             received: 0,
             durable: 0,
             last_heard: now,
+            moved_at: now,
             in_set: false,
             confirmed: false,
             boot: None,
@@ -174,6 +189,9 @@ impl<A> ReplicationSet<A> {
             return;
         };
         f.last_heard = now;
+        if received > f.received {
+            f.moved_at = now;
+        }
         f.received = f.received.max(received);
         f.durable = f.durable.max(durable.min(received));
         if f.in_set {
@@ -377,6 +395,17 @@ mod tests {
         );
         s.acked("b", 9, 5, T0);
         assert!(s.admit_if_caught_up("b", 9));
+    }
+
+    #[test]
+    fn a_member_whose_receipt_stops_moving_behind_the_log_is_stalled() {
+        let mut s = set();
+        ack(&mut s, "b", 9, 9, T0);
+        ack(&mut s, "c", 7, 7, T0);
+        assert!(s.stalled(9, L / 2, L).is_empty(), "not for long yet");
+        assert_eq!(s.stalled(9, L, L), vec!["c".to_string()]);
+        ack(&mut s, "c", 8, 8, L);
+        assert!(s.stalled(9, L, L).is_empty(), "it moved");
     }
 
     #[test]

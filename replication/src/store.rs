@@ -622,11 +622,7 @@ impl<'txn> BatchTables<'txn> {
 
         self.versions
             .insert((path, change.version), encode(path, change)?.as_slice())?;
-        if change.version > history {
-            let oldest_kept = change.version - history + 1;
-            self.versions
-                .retain_in((path, 0u64)..(path, oldest_kept), |_, _| false)?;
-        }
+        self.prune_history(path, change.version, history)?;
 
         self.entries
             .insert(path, encode(path, &entry)?.as_slice())?;
@@ -640,6 +636,27 @@ impl<'txn> BatchTables<'txn> {
                 .insert(id.as_str(), (change.version, change.revision, change.epoch))?;
             self.request_order.insert(change.revision, id.as_str())?;
         }
+        self.replace_leaf(path, previous, &entry)
+    }
+
+    /// Keeps the `history` versions of `path` up to `latest`.
+    fn prune_history(&mut self, path: &str, latest: u64, history: u64) -> Result<(), StoreError> {
+        if latest > history {
+            let oldest_kept = latest - history + 1;
+            self.versions
+                .retain_in((path, 0u64)..(path, oldest_kept), |_, _| false)?;
+        }
+        Ok(())
+    }
+
+    /// `path`'s Merkle leaf goes from `previous`'s (none: a new path) to
+    /// `entry`'s, in its bucket's digest.
+    fn replace_leaf(
+        &mut self,
+        path: &str,
+        previous: Option<&Entry>,
+        entry: &Entry,
+    ) -> Result<(), StoreError> {
         let bucket = merkle::bucket_of(path);
         if previous.is_none() {
             self.bucket_paths.insert((bucket, path), ())?;

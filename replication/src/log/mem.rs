@@ -97,19 +97,7 @@ impl LogStore for MemLog {
     }
 
     fn append(&mut self, changes: &[Change]) -> Result<(), LogError> {
-        let mut last = self.last();
-        for change in changes {
-            if change.revision != last.revision + 1 || change.epoch < last.epoch {
-                return Err(LogError::Refused(format!(
-                    "entry ({}, {}) does not continue the log at ({}, {})",
-                    change.epoch, change.revision, last.epoch, last.revision
-                )));
-            }
-            last = Position {
-                epoch: change.epoch,
-                revision: change.revision,
-            };
-        }
+        super::check_continues(self.last(), changes)?;
         self.now.entries.extend_from_slice(changes);
         Ok(())
     }

@@ -156,6 +156,24 @@ impl Types for LogTypes {
     }
 }
 
+/// Refuses `changes` unless they continue a log ending at `last`: the
+/// first revision is `last + 1`, then consecutive, epochs never below.
+pub(crate) fn check_continues(mut last: Position, changes: &[Change]) -> Result<(), LogError> {
+    for change in changes {
+        if change.revision != last.revision + 1 || change.epoch < last.epoch {
+            return Err(LogError::Refused(format!(
+                "entry ({}, {}) does not continue the log at ({}, {})",
+                change.epoch, change.revision, last.epoch, last.revision
+            )));
+        }
+        last = Position {
+            epoch: change.epoch,
+            revision: change.revision,
+        };
+    }
+    Ok(())
+}
+
 /// About what a change costs in a frame or in memory: its value plus a
 /// little for the path and the rest.
 pub fn change_size(change: &Change) -> usize {
@@ -278,19 +296,7 @@ impl ReplicatedLog {
     /// Appends changes that continue the log: the first revision is
     /// `last + 1`, then consecutive, epochs never below the last entry's.
     pub fn append(&mut self, changes: &[Change]) -> Result<(), LogError> {
-        let mut last = self.last();
-        for change in changes {
-            if change.revision != last.revision + 1 || change.epoch < last.epoch {
-                return Err(LogError::Refused(format!(
-                    "entry ({}, {}) does not continue the log at ({}, {})",
-                    change.epoch, change.revision, last.epoch, last.revision
-                )));
-            }
-            last = Position {
-                epoch: change.epoch,
-                revision: change.revision,
-            };
-        }
+        check_continues(self.last(), changes)?;
         self.inner.append(
             changes
                 .iter()

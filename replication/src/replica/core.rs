@@ -375,6 +375,11 @@ impl<L: LogStore> ReplicaCore<L> {
         self.commit
     }
 
+    /// The revision of the log's last entry, committed or not.
+    pub fn log_last(&self) -> u64 {
+        self.log.last().revision
+    }
+
     pub fn status(&self, now: Duration) -> ReplicaStatus {
         let leader = self.election.leader(now);
         let role = self.election.role();

@@ -33,6 +33,12 @@ impl<L: LogStore> ReplicaCore<L> {
                 boot: self.boot,
             },
         );
+        // Acks are sent once per diff and once per flush; a lost one would
+        // leave the leader short of a durable quorum with nothing new to
+        // ack. Restating them every tick heals that.
+        if self.follow_leader.as_deref() == Some(leader) {
+            self.send_ack();
+        }
         if self
             .syncing
             .as_ref()

@@ -273,7 +273,8 @@ impl<L: LogStore> ReplicaCore<L> {
                 messages.push((peer.clone(), verify.clone()));
             }
         }
-        // An empty diff at our log end: a follower that already holds it
+        // An empty diff at our log end, to members not confirmed yet and to
+        // members stalled behind it: a follower that already holds it
         // acknowledges (and is confirmed) without waiting for a write; one
         // that does not asks to catch up.
         let probe = PeerMessage::Diff {
@@ -283,7 +284,16 @@ impl<L: LogStore> ReplicaCore<L> {
             commit,
             more: false,
         };
-        for peer in leading.set.unconfirmed() {
+        let mut probed = leading.set.unconfirmed();
+        for peer in leading
+            .set
+            .stalled(last.revision, now, self.config.heartbeat_interval)
+        {
+            if !probed.contains(&peer) {
+                probed.push(peer);
+            }
+        }
+        for peer in probed {
             messages.push((peer, probe.clone()));
         }
         for (to, message) in messages {

@@ -153,6 +153,10 @@ impl CommitPolicy for LeaderPolicy {
         outcome
     }
 
+    fn decided_through(&self, _store: &Store) -> u64 {
+        lock(&self.shared.core).log_last()
+    }
+
     fn requests_in_flight(&self) -> Vec<(String, Applied, crate::record::Fingerprint)> {
         lock(&self.shared.core).requests_in_flight()
     }

@@ -154,7 +154,6 @@ impl Store {
         state: &PathState,
     ) -> Result<(), StoreError> {
         let path = state.path.as_str();
-        let bucket = merkle::bucket_of(path);
         let previous = tables.entry(path)?;
         tables
             .entries
@@ -164,28 +163,8 @@ impl Store {
                 .versions
                 .insert((path, change.version), encode(path, change)?.as_slice())?;
         }
-        if state.entry.version > self.history {
-            let oldest_kept = state.entry.version - self.history + 1;
-            tables
-                .versions
-                .retain_in((path, 0u64)..(path, oldest_kept), |_, _| false)?;
-        }
-        if previous.is_none() {
-            tables.bucket_paths.insert((bucket, path), ())?;
-        }
-        let mut digest = tables
-            .merkle
-            .get(bucket)?
-            .map_or(merkle::EMPTY, |v| v.value());
-        if let Some(previous) = &previous {
-            merkle::xor_into(&mut digest, &previous.leaf(path));
-        }
-        merkle::xor_into(&mut digest, &state.entry.leaf(path));
-        if digest == merkle::EMPTY {
-            tables.merkle.remove(bucket)?;
-        } else {
-            tables.merkle.insert(bucket, digest)?;
-        }
+        tables.prune_history(path, state.entry.version, self.history)?;
+        tables.replace_leaf(path, previous.as_ref(), &state.entry)?;
         Ok(())
     }
 
