@@ -1,0 +1,129 @@
+//! Data written before the replicated log existed opens without loss: the
+//! store becomes the checkpoint and the log starts at its position
+//! (issue 12, item 10). The same path serves a node whose log is behind its
+//! state for any other reason (a snapshot installed just before a crash).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pika_replication::election::Position;
+use pika_replication::log::{LogOptions, LogStore, MemDisk, MemLog, ReplicatedLog};
+use pika_replication::pending::SharedPending;
+use pika_replication::replica::core::{CoreConfig, ReplicaCore};
+use pika_replication::{ConfigPath, Format, Meta, Op, Store};
+
+fn config() -> CoreConfig {
+    CoreConfig {
+        replicas: 3,
+        heartbeat_interval: Duration::from_millis(100),
+        lease: Duration::from_millis(500),
+        sync_interval: Duration::from_secs(1),
+        sync_timeout: Duration::from_secs(1),
+        frame_bytes: 1 << 20,
+    }
+}
+
+fn put(path: &str, value: &str) -> Op {
+    let meta = Meta {
+        format: Format::Text,
+        description: String::new(),
+    };
+    Op::put(
+        ConfigPath::new(path).expect("a valid path"),
+        meta,
+        value.as_bytes().to_vec(),
+        None,
+    )
+    .expect("text content")
+}
+
+#[test]
+fn a_store_without_a_log_opens_as_the_checkpoint_and_the_log_starts_there() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    {
+        // What the previous release wrote: durable batches straight into
+        // redb, epoch 4, no log beside it.
+        let store = Store::open(dir.path(), 20).expect("open the store");
+        let ops: Vec<Op> = (0..30).map(|i| put(&format!("cfg/{i}"), "v1")).collect();
+        store.execute(&ops, 4, 0).expect("write");
+        store.close().expect("close");
+    }
+    let store = Arc::new(Store::open(dir.path(), 20).expect("reopen the store"));
+    let at = store.position();
+    assert_eq!(
+        at,
+        Position {
+            epoch: 4,
+            revision: 30
+        }
+    );
+    let log =
+        ReplicatedLog::open(&dir.path().join("log"), &LogOptions::default()).expect("a new log");
+    let log = pika_replication::log::DiskLog::new(log, |_, _| {});
+    let core = ReplicaCore::new(
+        "n1",
+        config(),
+        store.clone(),
+        log,
+        SharedPending::default(),
+        1,
+        7,
+        Duration::ZERO,
+    )
+    .expect("the core opens on the old store");
+    assert_eq!(core.log().start(), at, "the log starts at the store");
+    assert_eq!(core.log().last(), at);
+    assert_eq!(
+        core.commit_index(),
+        30,
+        "everything in the store is committed"
+    );
+    assert_eq!(store.revision(), 30, "nothing was lost or replayed twice");
+    let status = core.status(Duration::ZERO);
+    assert_eq!((status.applied, status.pending), (30, 0));
+}
+
+#[test]
+fn committed_entries_after_the_checkpoint_are_replayed_from_the_log() {
+    let store = Arc::new(Store::open_in_memory(20).expect("a store"));
+    let disk = MemDisk::default();
+    let mut log = MemLog::open(disk.clone());
+    // Entries 1..=5, committed through 4 and flushed; the state never
+    // applied them (a crash right after the last checkpoint at 0).
+    let changes: Vec<_> = {
+        let scratch = Store::open_in_memory(20).expect("a scratch store");
+        let ops: Vec<Op> = (0..5).map(|i| put(&format!("cfg/{i}"), "v1")).collect();
+        scratch.execute_then(&ops, 2, 0, |_| {}).expect("decide").1
+    };
+    log.append(&changes).expect("append");
+    log.save_commit(Position {
+        epoch: 2,
+        revision: 4,
+    })
+    .expect("commit");
+    log.flush(1).expect("flush");
+    assert_eq!(log.complete_flush(), Some(1));
+    let pending = SharedPending::default();
+    let core = ReplicaCore::new(
+        "n1",
+        config(),
+        store.clone(),
+        MemLog::open(disk),
+        pending.clone(),
+        2,
+        7,
+        Duration::ZERO,
+    )
+    .expect("the core opens");
+    assert_eq!(
+        store.revision(),
+        4,
+        "committed entries replayed, no further"
+    );
+    assert_eq!(
+        pending.lock().highest("cfg/4"),
+        Some(5),
+        "the uncommitted entry is pending: a read of its path waits"
+    );
+    assert_eq!(core.log().last().revision, 5);
+}
