@@ -141,6 +141,8 @@ pub(super) struct Syncing {
     pub(super) id: u64,
     pub(super) leader: String,
     pub(super) session: SyncSession,
+    /// When the session last heard from the leader (it times out after
+    /// `sync_timeout` of silence).
     pub(super) started: Duration,
 }
 
@@ -154,7 +156,7 @@ pub(super) struct Leading {
     /// Batch send times by last revision, for the fan-out latency metric.
     pub(super) sent: VecDeque<(u64, Duration)>,
     pub(super) echoes: HashMap<String, u64>,
-    /// Snapshot sessions being served, with when each began.
+    /// Snapshot sessions being served, with when each was last asked.
     pub(super) serving: BTreeMap<(String, u64), (Snapshot, Duration)>,
     pub(super) next_verify: Duration,
 }

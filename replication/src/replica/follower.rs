@@ -324,6 +324,8 @@ impl<L: LogStore> ReplicaCore<L> {
             return;
         }
         let since = syncing.session.since();
+        // The timeout is for silence: a big snapshot takes many answers.
+        syncing.started = now;
         match syncing.session.on_answer(revision, epoch, answer) {
             SyncStep::Ask(ask) => self.send(&from, PeerMessage::SyncRequest { session, ask }),
             SyncStep::Install {

@@ -399,24 +399,28 @@ impl<L: LogStore> ReplicaCore<L> {
                 Err(e) => return self.send(&from, refuse(e.to_string())),
             }
         }
-        let reply = match leading.serving.get(&key) {
+        let reply = match leading.serving.get_mut(&key) {
             None => refuse("unknown sync session".into()),
-            Some((snapshot, _)) => match sync::answer(snapshot, &ask, frame_bytes) {
-                Ok(answer) => {
-                    if let SyncAnswer::Buckets { buckets, .. } = &answer {
-                        metrics::counter!("pika_sync_buckets_served_total")
-                            .increment(buckets.len() as u64);
+            Some((snapshot, asked_at)) => {
+                // Kept while the follower keeps asking.
+                *asked_at = now;
+                match sync::answer(snapshot, &ask, frame_bytes) {
+                    Ok(answer) => {
+                        if let SyncAnswer::Buckets { buckets, .. } = &answer {
+                            metrics::counter!("pika_sync_buckets_served_total")
+                                .increment(buckets.len() as u64);
+                        }
+                        PeerMessage::SyncReply {
+                            session,
+                            leader_epoch,
+                            revision: snapshot.revision,
+                            epoch: snapshot.epoch,
+                            answer,
+                        }
                     }
-                    PeerMessage::SyncReply {
-                        session,
-                        leader_epoch,
-                        revision: snapshot.revision,
-                        epoch: snapshot.epoch,
-                        answer,
-                    }
+                    Err(e) => refuse(e.to_string()),
                 }
-                Err(e) => refuse(e.to_string()),
-            },
+            }
         };
         self.send(&from, reply);
     }
