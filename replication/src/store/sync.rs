@@ -120,14 +120,7 @@ impl Store {
             for state in paths {
                 let path = state.path.as_str();
                 let bucket = merkle::bucket_of(path);
-                tables
-                    .entries
-                    .insert(path, encode(path, &state.entry)?.as_slice())?;
-                for change in &state.versions {
-                    tables
-                        .versions
-                        .insert((path, change.version), encode(path, change)?.as_slice())?;
-                }
+                tables.put_path_state(state)?;
                 tables.bucket_paths.insert((bucket, path), ())?;
                 merkle::xor_into(
                     digests.entry(bucket).or_insert(merkle::EMPTY),
@@ -155,14 +148,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let path = state.path.as_str();
         let previous = tables.entry(path)?;
-        tables
-            .entries
-            .insert(path, encode(path, &state.entry)?.as_slice())?;
-        for change in &state.versions {
-            tables
-                .versions
-                .insert((path, change.version), encode(path, change)?.as_slice())?;
-        }
+        tables.put_path_state(state)?;
         tables.prune_history(path, state.entry.version, self.history)?;
         tables.replace_leaf(path, previous.as_ref(), &state.entry)?;
         Ok(())
@@ -180,6 +166,20 @@ impl Store {
             super::feed::KEY_FEED_FLOOR,
             revision.to_le_bytes().as_slice(),
         )?;
+        Ok(())
+    }
+}
+
+impl BatchTables<'_> {
+    /// Writes a transferred path's entry and the versions that came with it.
+    fn put_path_state(&mut self, state: &PathState) -> Result<(), StoreError> {
+        let path = state.path.as_str();
+        self.entries
+            .insert(path, encode(path, &state.entry)?.as_slice())?;
+        for change in &state.versions {
+            self.versions
+                .insert((path, change.version), encode(path, change)?.as_slice())?;
+        }
         Ok(())
     }
 }
