@@ -50,6 +50,13 @@ pub enum WriteError {
     Unavailable(String),
 }
 
+/// A reason the protocol core gives for taking no write now.
+impl From<&'static str> for WriteError {
+    fn from(why: &'static str) -> Self {
+        WriteError::Unavailable(why.into())
+    }
+}
+
 /// A writer's answer channel.
 pub type Reply = oneshot::Sender<Result<Applied, WriteError>>;
 
@@ -388,7 +395,13 @@ fn stored_requests(store: &Store, ids: &[&str]) -> HashMap<String, (Option<Finge
         }
     };
     let revisions: Vec<u64> = found.iter().flatten().map(|a| a.revision).collect();
-    let changes = store.changes_at(&revisions).unwrap_or_default();
+    // Almost every write carries a fresh id: no second read transaction
+    // for those.
+    let changes = if revisions.is_empty() {
+        Vec::new()
+    } else {
+        store.changes_at(&revisions).unwrap_or_default()
+    };
     let mut changes = changes.into_iter();
     ids.iter()
         .zip(found)

@@ -70,10 +70,6 @@ impl MemLog {
         self.disk.set(contents);
         Some(ticket)
     }
-
-    pub fn flushes_in_flight(&self) -> usize {
-        self.flushing.len()
-    }
 }
 
 impl LogStore for MemLog {

@@ -406,11 +406,6 @@ impl ReplicatedLog {
         }
         Ok(out)
     }
-
-    /// Bytes the log's files take on disk.
-    pub fn disk_bytes(&self) -> u64 {
-        self.inner.on_disk_size()
-    }
 }
 
 /// The node's [`ReplicatedLog`] as the protocol core sees it: flush

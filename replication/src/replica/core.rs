@@ -31,7 +31,6 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::commit::WriteError;
 use crate::dice::Dice;
 use crate::election::{Action, Election, ElectionConfig, Position, Role};
 use crate::fanout::ReplicationSet;
@@ -565,6 +564,7 @@ impl<L: LogStore> ReplicaCore<L> {
         }
         self.disk_error = Some(why);
         self.election.resign("this node's disk failed");
+        // Only the step-down follows from resigning, and it needs no clock.
         self.perform_election(Duration::ZERO);
     }
 
@@ -697,9 +697,3 @@ impl<L: LogStore> ReplicaCore<L> {
 
 pub(super) const LOST: &str =
     "leadership lost before the write was acknowledged; it may or may not take effect";
-
-impl From<&'static str> for WriteError {
-    fn from(why: &'static str) -> Self {
-        WriteError::Unavailable(why.into())
-    }
-}
