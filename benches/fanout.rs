@@ -632,6 +632,7 @@ fn compare_etcd(rt: &Runtime, settings: &Settings, etcd: &[String]) -> anyhow::R
         Case::write("write via leader, c=1", 1, &pika_leader, &etcd_leader),
         Case::write("write via leader, c=16", 16, &pika_leader, &etcd_leader),
         Case::write("write via leader, c=64", 64, &pika_leader, &etcd_leader),
+        Case::write("write spread over all, c=64", 64, &urls, etcd),
         Case {
             name: "follower read c=16 (etcd serial.)",
             workload: Workload::Read,

@@ -28,6 +28,10 @@ pub enum RpcError {
     Closed,
 }
 
+/// [`FramedStream::send_all`] writes once this much is encoded: enough for
+/// hundreds of small messages, little next to a catch-up frame.
+pub const COALESCE_BYTES: usize = 256 << 10;
+
 /// One ordered, reliable, bidirectional stream to a member. Messages are
 /// length-prefixed postcard frames with a protocol version; a frame above
 /// the configured maximum is refused on both the sending and receiving side.
@@ -78,6 +82,27 @@ impl FramedStream {
             .map_err(|e| RpcError::Write(self.peer, e))?;
         Stats::bump(&self.stats.frames_out);
         Stats::add(&self.stats.frame_bytes_out, bytes.len());
+        Ok(())
+    }
+
+    /// Sends several messages with as few stream writes as fit them in
+    /// [`COALESCE_BYTES`]: each is its own frame (refused above the maximum
+    /// like [`Self::send`]), but a burst of small messages costs one wake-up
+    /// of the connection and as few packets as hold them.
+    pub async fn send_all<T: Serialize>(&mut self, messages: &[T]) -> Result<(), RpcError> {
+        let mut bytes = Vec::new();
+        for (i, message) in messages.iter().enumerate() {
+            bytes.extend_from_slice(&frame::encode(message, self.max_frame)?);
+            if bytes.len() >= COALESCE_BYTES || i + 1 == messages.len() {
+                self.send
+                    .write_all(&bytes)
+                    .await
+                    .map_err(|e| RpcError::Write(self.peer, e))?;
+                Stats::add(&self.stats.frame_bytes_out, bytes.len());
+                bytes.clear();
+            }
+        }
+        Stats::add(&self.stats.frames_out, messages.len());
         Ok(())
     }
 

@@ -18,6 +18,11 @@ use crate::wire::PeerMessage;
 /// Messages queued per peer before new ones are dropped.
 const QUEUE: usize = 4096;
 
+/// Messages taken from a peer's queue into one stream write: forwarded
+/// writes, their answers, diffs and acks that queued while the previous
+/// write was on its way leave together.
+const BATCH: usize = 256;
+
 /// A test-only fault switch: drop traffic to or from chosen peers, or
 /// delay what goes to them (order kept).
 #[derive(Default)]
@@ -157,15 +162,27 @@ impl Peers {
             {
                 continue;
             }
+            let mut batch = Vec::with_capacity(BATCH);
             while let Some((queued, message)) = queue.recv().await {
-                let due = queued + self.faults.delay_to(&to);
+                let delay = self.faults.delay_to(&to);
+                let due = queued + delay;
                 if due > Instant::now() {
                     tokio::time::sleep_until(due.into()).await;
                 }
-                if let Err(e) = stream.send(&message).await {
+                batch.push(message);
+                // Whatever queued meanwhile leaves in the same write (a
+                // delayed peer's messages one by one, each at its time).
+                while batch.len() < BATCH && delay.is_zero() {
+                    match queue.try_recv() {
+                        Ok((_, next)) => batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+                if let Err(e) = stream.send_all(&batch).await {
                     tracing::debug!(%to, error = %e, "replica stream broke");
                     break;
                 }
+                batch.clear();
             }
             if queue.is_closed() {
                 return;

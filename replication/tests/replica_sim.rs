@@ -75,6 +75,10 @@ struct Sim {
     reads: Vec<(usize, String, u64, Option<Vec<u8>>)>,
     /// Chance per step that a node's oldest flush in flight completes.
     flush_speed: f64,
+    /// Chance per step that a node applies what it has committed (the
+    /// shell applies after carrying out each call's outputs, so the state
+    /// may lag the commit index while reads go on).
+    apply_speed: f64,
     /// Verifications that matched, and snapshots installed, by all nodes.
     verified: u64,
     snapshots: u64,
@@ -112,6 +116,7 @@ impl Sim {
         let loss = 0.15 * dice.unit();
         let max_delay = Duration::from_millis(1 + dice.below(30) as u64);
         let flush_speed = 0.05 + 0.75 * dice.unit();
+        let apply_speed = 0.1 + 0.9 * dice.unit();
         let nodes = (0..n)
             .map(|i| Node {
                 id: format!("n{i}"),
@@ -141,6 +146,7 @@ impl Sim {
             latest: HashMap::new(),
             reads: Vec::new(),
             flush_speed,
+            apply_speed,
             verified: 0,
             snapshots: 0,
             lock_due: Vec::new(),
@@ -213,6 +219,15 @@ impl Sim {
         };
         let holds_lease = core.lease(now).is_some();
         for output in core.drain() {
+            // Built off the protocol loop in a node; here at once, and
+            // delivered with the network's delays like any message.
+            let output = match output {
+                Output::AnswerSnapshot(job) => Output::Send {
+                    to: job.to.clone(),
+                    message: job.reply(),
+                },
+                other => other,
+            };
             match output {
                 Output::Send { to, message } => {
                     let Some(j) = self.nodes.iter().position(|n| n.id == to) else {
@@ -262,6 +277,7 @@ impl Sim {
                     self.lock_due.push((i, epoch));
                 }
                 Output::SteppedDown { .. }
+                | Output::AnswerSnapshot(_)
                 | Output::Forwarded { .. }
                 | Output::ForwardAnswered { .. } => {}
             }
@@ -374,6 +390,20 @@ impl Sim {
         Ok(())
     }
 
+    /// Applies committed entries on some nodes, at this schedule's speed.
+    fn applies(&mut self) -> Result<(), String> {
+        for i in 0..self.nodes.len() {
+            if !self.dice.chance(self.apply_speed) {
+                continue;
+            }
+            if let Some(core) = self.nodes[i].core.as_mut() {
+                core.apply();
+            }
+            self.outputs(i)?;
+        }
+        Ok(())
+    }
+
     fn step(&mut self, faults: bool) -> Result<(), String> {
         self.real += STEP;
         let n = self.nodes.len();
@@ -408,6 +438,7 @@ impl Sim {
             self.outputs(i)?;
         }
         self.flushes()?;
+        self.applies()?;
         while let Some(entry) = self.net.first_entry() {
             if entry.key().0 > self.real {
                 break;

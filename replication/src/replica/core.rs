@@ -93,6 +93,9 @@ pub enum Output {
         id: u64,
         result: ForwardResult,
     },
+    /// A snapshot answer to build off the protocol loop and send
+    /// ([`SnapshotAnswer::reply`]).
+    AnswerSnapshot(super::leader::SnapshotAnswer),
 }
 
 /// What the status API shows of replication.
@@ -156,7 +159,7 @@ pub(super) struct Leading {
     pub(super) sent: VecDeque<(u64, Duration)>,
     pub(super) echoes: HashMap<String, u64>,
     /// Snapshot sessions being served, with when each was last asked.
-    pub(super) serving: BTreeMap<(String, u64), (Snapshot, Duration)>,
+    pub(super) serving: BTreeMap<(String, u64), (Arc<Snapshot>, Duration)>,
     pub(super) next_verify: Duration,
 }
 
@@ -309,7 +312,7 @@ impl<L: LogStore> ReplicaCore<L> {
             dice,
             outputs: Vec::new(),
         };
-        core.apply_committed();
+        core.apply();
         Ok(core)
     }
 
@@ -551,7 +554,6 @@ impl<L: LogStore> ReplicaCore<L> {
         } else {
             self.send_ack();
         }
-        self.apply_committed();
     }
 
     /// This node's disk failed: it stops acknowledging, voting and serving
@@ -588,7 +590,14 @@ impl<L: LogStore> ReplicaCore<L> {
 
     /// Applies what is committed and durable here, in order; stops at a
     /// pending verification's revision to compare roots there.
-    pub(super) fn apply_committed(&mut self) {
+    ///
+    /// No handler applies on its own: the shell calls this after carrying
+    /// out each call's outputs, so answers, acks and `Commit` never wait
+    /// for a redb transaction. Nothing needs the apply sooner: reads of a
+    /// path wait while it has an entry not applied yet (`PendingPaths`
+    /// keeps it until then), and the leader decides ops against the state
+    /// plus those entries.
+    pub fn apply(&mut self) {
         if self.syncing.is_some() || self.disk_error.is_some() {
             return;
         }
@@ -634,7 +643,19 @@ impl<L: LogStore> ReplicaCore<L> {
     /// Makes the applied state durable, and purges log entries that are
     /// both checkpointed and older than `retain` entries.
     pub fn checkpoint(&mut self, retain: u64) {
-        let position = match self.store.checkpoint() {
+        let position = self.store.checkpoint();
+        self.checkpointed(position, retain);
+    }
+
+    /// A checkpoint the shell made off the protocol loop (a durable redb
+    /// commit, which must not hold up acks and answers) completed: purge
+    /// the log behind it, or stop on a disk error.
+    pub fn checkpointed(
+        &mut self,
+        position: Result<Position, crate::store::StoreError>,
+        retain: u64,
+    ) {
+        let position = match position {
             Ok(p) => p,
             Err(e) => return self.disk_failed(format!("checkpoint: {e}")),
         };

@@ -37,13 +37,27 @@ impl Driver {
         let mut tick = tokio::time::interval(period);
         let mut checkpoint = tokio::time::interval(self.replica.config.checkpoint_interval);
         let retention = self.replica.config.log_retention;
+        let (checkpointed_tx, mut checkpointed_rx) = mpsc::unbounded_channel();
+        let mut checkpointing = false;
         loop {
             tokio::select! {
                 Some((ticket, result)) = flushed.recv() => {
                     self.step(|core, now| core.flushed(ticket, result, now));
                 }
-                _ = checkpoint.tick() => {
-                    self.step(|core, _| core.checkpoint(retention));
+                // Off the loop: a durable redb commit takes milliseconds,
+                // and acks, answers and `Commit` go on meanwhile. One at a
+                // time; a tick while one runs is skipped.
+                _ = checkpoint.tick(), if !checkpointing => {
+                    checkpointing = true;
+                    let store = self.replica.store.clone();
+                    let done = checkpointed_tx.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let _ = done.send(store.checkpoint());
+                    });
+                }
+                Some(position) = checkpointed_rx.recv() => {
+                    checkpointing = false;
+                    self.step(|core, _| core.checkpointed(position, retention));
                 }
                 _ = tick.tick() => {
                     let members = self.membership.members();
@@ -66,22 +80,34 @@ impl Driver {
         }
     }
 
-    /// Runs one core call (which may write the store: applies, checkpoints,
-    /// installs), publishes what readers need, and carries out the outputs.
+    /// Runs one core call (which may write the store: checkpoints,
+    /// installs), publishes what readers need, carries out the sends and
+    /// answers, and only then applies what is committed (a redb
+    /// transaction that nobody answered here waits for).
     fn step(&self, call: impl FnOnce(&mut super::ReplicaCore<crate::log::DiskLog>, Duration)) {
         let shared = &self.replica.shared;
-        let (outputs, leader) = tokio::task::block_in_place(|| {
-            let now = shared.now();
-            let mut core = lock(&shared.core);
-            call(&mut core, now);
+        let publish = |core: &super::ReplicaCore<crate::log::DiskLog>, now| {
             let status = core.status(now);
             let leader = status.leader_id.clone();
             *lock(&shared.status) = status;
             *lock(&shared.read_until) = core.read_until(now);
-            (core.drain(), leader)
+            leader
+        };
+        let (rest, leader) = tokio::task::block_in_place(|| {
+            let now = shared.now();
+            let mut core = lock(&shared.core);
+            call(&mut core, now);
+            publish(&core, now);
+            // Sends and answers are queue pushes: done under the lock, so
+            // that they leave before the apply below.
+            let mut rest = shared.perform(&self.replica.peers, core.drain());
+            core.apply();
+            let leader = publish(&core, now);
+            rest.extend(shared.perform(&self.replica.peers, core.drain()));
+            (rest, leader)
         });
         self.remember_leader_http(leader);
-        for output in shared.perform(&self.replica.peers, outputs) {
+        for output in rest {
             match output {
                 Output::BecameLeader { epoch } => self.write_lock_record(epoch),
                 Output::Forwarded {
@@ -101,6 +127,10 @@ impl Driver {
                             .peers
                             .send(&from, PeerMessage::ForwardReply { id, result });
                     });
+                }
+                Output::AnswerSnapshot(job) => {
+                    let peers = self.replica.peers.clone();
+                    tokio::task::spawn_blocking(move || peers.send(&job.to, job.reply()));
                 }
                 Output::SteppedDown { .. } => {}
                 // Handled by `perform`.

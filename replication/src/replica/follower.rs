@@ -170,7 +170,6 @@ impl<L: LogStore> ReplicaCore<L> {
         let commit = commit.min(self.follow.matched);
         if commit > self.commit {
             self.commit = commit;
-            self.apply_committed();
         }
     }
 
@@ -410,7 +409,6 @@ impl<L: LogStore> ReplicaCore<L> {
             buckets: buckets.len(),
             paths: paths.len(),
         });
-        self.apply_committed();
         self.catch_up(leader, now);
     }
 
@@ -431,7 +429,6 @@ impl<L: LogStore> ReplicaCore<L> {
         }
         self.verify = Some((revision, root));
         self.check_verification();
-        self.apply_committed();
     }
 
     /// Compares Merkle roots once the state is exactly at the revision the

@@ -3,6 +3,7 @@
 //! snapshots and sending verification roots.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::core::{DRIFT, Leading, Output, ReplicaCore};
@@ -11,7 +12,7 @@ use crate::election::Position;
 use crate::fanout::ReplicationSet;
 use crate::log::LogStore;
 use crate::record::{Applied, Change, Entry, Fingerprint, Op};
-use crate::store::{self, BatchOutcome};
+use crate::store::{self, BatchOutcome, Snapshot};
 use crate::sync::{self, SyncAnswer, SyncAsk};
 use crate::wire::PeerMessage;
 
@@ -200,8 +201,8 @@ impl<L: LogStore> ReplicaCore<L> {
         self.advance_commit(now);
     }
 
-    /// Moves the commit index as far as the commit rule allows, applies,
-    /// answers writers and tells the followers.
+    /// Moves the commit index as far as the commit rule allows, answers
+    /// writers and tells the followers (the shell applies afterwards).
     pub(super) fn advance_commit(&mut self, now: Duration) {
         let last = self.log.last().revision;
         let Some(leading) = self.leading.as_ref() else {
@@ -214,9 +215,6 @@ impl<L: LogStore> ReplicaCore<L> {
             return self.release_ready(now);
         }
         self.commit = bound;
-        // Answers and the followers' news first: applying here (a redb
-        // transaction) is needed by nobody waiting on this commit, since
-        // reads of its paths wait for the apply on their own.
         self.release_ready(now);
         let message = PeerMessage::Commit {
             epoch,
@@ -225,7 +223,6 @@ impl<L: LogStore> ReplicaCore<L> {
         for peer in self.peers.clone() {
             self.send(&peer, message.clone());
         }
-        self.apply_committed();
     }
 
     pub(super) fn leader_tick(&mut self, epoch: u64, now: Duration) {
@@ -394,34 +391,77 @@ impl<L: LogStore> ReplicaCore<L> {
             leading.serving.retain(|(f, _), _| *f != from);
             match self.store.snapshot() {
                 Ok(snapshot) => {
-                    leading.serving.insert(key.clone(), (snapshot, now));
+                    leading
+                        .serving
+                        .insert(key.clone(), (Arc::new(snapshot), now));
                 }
                 Err(e) => return self.send(&from, refuse(e.to_string())),
             }
         }
-        let reply = match leading.serving.get_mut(&key) {
-            None => refuse("unknown sync session".into()),
+        match leading.serving.get_mut(&key) {
+            None => self.send(&from, refuse("unknown sync session".into())),
             Some((snapshot, asked_at)) => {
                 // Kept while the follower keeps asking.
                 *asked_at = now;
-                match sync::answer(snapshot, &ask, frame_bytes) {
-                    Ok(answer) => {
-                        if let SyncAnswer::Buckets { buckets, .. } = &answer {
-                            metrics::counter!("pika_sync_buckets_served_total")
-                                .increment(buckets.len() as u64);
-                        }
-                        PeerMessage::SyncReply {
-                            session,
-                            leader_epoch,
-                            revision: snapshot.revision,
-                            epoch: snapshot.epoch,
-                            answer,
-                        }
-                    }
-                    Err(e) => refuse(e.to_string()),
-                }
+                let job = SnapshotAnswer {
+                    to: from,
+                    session,
+                    leader_epoch,
+                    snapshot: snapshot.clone(),
+                    ask,
+                    frame_bytes,
+                };
+                self.outputs.push(Output::AnswerSnapshot(job));
             }
+        }
+    }
+}
+
+/// One answer of a snapshot session, for the shell to build off the
+/// protocol loop: it reads up to a frame of buckets from the session's
+/// read snapshot (tens of megabytes for a follower far behind), which must
+/// not hold up acks and commits. The follower asks for the next part only
+/// after this one arrives, so a session has at most one answer in the
+/// making.
+pub struct SnapshotAnswer {
+    pub to: String,
+    session: u64,
+    leader_epoch: u64,
+    snapshot: Arc<Snapshot>,
+    ask: SyncAsk,
+    frame_bytes: usize,
+}
+
+impl std::fmt::Debug for SnapshotAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotAnswer")
+            .field("to", &self.to)
+            .field("session", &self.session)
+            .field("leader_epoch", &self.leader_epoch)
+            .field("revision", &self.snapshot.revision)
+            .field("ask", &self.ask)
+            .finish()
+    }
+}
+
+impl SnapshotAnswer {
+    /// Builds the reply (the slow part) from the snapshot taken at the
+    /// session's start, fenced by the epoch the leader had when asked.
+    pub fn reply(&self) -> PeerMessage {
+        let answer = match sync::answer(&self.snapshot, &self.ask, self.frame_bytes) {
+            Ok(answer) => answer,
+            Err(e) => SyncAnswer::Refused(e.to_string()),
         };
-        self.send(&from, reply);
+        if let SyncAnswer::Buckets { buckets, .. } = &answer {
+            metrics::counter!("pika_sync_buckets_served_total").increment(buckets.len() as u64);
+        }
+        let refused = matches!(answer, SyncAnswer::Refused(_));
+        PeerMessage::SyncReply {
+            session: self.session,
+            leader_epoch: if refused { 0 } else { self.leader_epoch },
+            revision: if refused { 0 } else { self.snapshot.revision },
+            epoch: if refused { 0 } else { self.snapshot.epoch },
+            answer,
+        }
     }
 }

@@ -24,6 +24,7 @@ use tokio::sync::oneshot;
 
 use self::core::Output;
 pub use self::core::{CoreConfig, ReplicaCore, ReplicaStatus, SyncRecord};
+pub use self::leader::SnapshotAnswer;
 use crate::commit::{BatchLimits, CommitPolicy, Reply, WriteError, WriteQueue};
 use crate::log::{DiskLog, LogOptions, ReplicatedLog};
 use crate::path::ConfigPath;
