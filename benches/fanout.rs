@@ -202,7 +202,7 @@ fn row(n: usize, target: &str, concurrency: usize, out: &Outcome, costs: (f64, f
 /// on the 3-node cluster. Returns the c=1 leader p50 per size.
 fn fanout(rt: &Runtime, settings: &Settings) -> anyhow::Result<Vec<(usize, f64)>> {
     println!(
-        "\n## Writes: {VALUE_BYTES} B values over {PATHS} paths, acked when durable on every node; {} ms rows after {} ms warm-up",
+        "\n## Writes: {VALUE_BYTES} B values over {PATHS} paths, acked when durable on a quorum and received by every node in the replication set; {} ms rows after {} ms warm-up",
         settings.run.as_millis(),
         settings.warmup.as_millis()
     );
