@@ -84,11 +84,15 @@ pub struct Peers {
     outgoing: Mutex<HashMap<String, mpsc::Sender<(Instant, PeerMessage)>>>,
     pub faults: Arc<Faults>,
     retry: Duration,
+    /// The runtime the per-peer writers run on: `send` is also called from
+    /// the committer's thread, which is outside any runtime.
+    runtime: tokio::runtime::Handle,
 }
 
 impl Peers {
     /// Starts reading incoming streams; returns the inbox of
-    /// `(sender node id, message)`.
+    /// `(sender node id, message)`. Call inside the runtime that is to run
+    /// the peers' tasks.
     pub fn start(
         me: String,
         membership: Arc<Membership>,
@@ -101,6 +105,7 @@ impl Peers {
             outgoing: Mutex::new(HashMap::new()),
             faults: Arc::new(Faults::default()),
             retry,
+            runtime: tokio::runtime::Handle::current(),
         });
         if let Some(mut incoming) = membership.incoming_streams() {
             let faults = peers.faults.clone();
@@ -123,7 +128,8 @@ impl Peers {
         let mut outgoing = lock(&self.outgoing);
         let sender = outgoing.entry(to.to_string()).or_insert_with(|| {
             let (tx, rx) = mpsc::channel(QUEUE);
-            tokio::spawn(self.clone().write_stream(to.to_string(), rx));
+            self.runtime
+                .spawn(self.clone().write_stream(to.to_string(), rx));
             tx
         });
         if sender.try_send((Instant::now(), message)).is_err() {
