@@ -2,6 +2,7 @@
 //! folder listings, durability across reopen, and Merkle digests that always
 //! equal a from-scratch recomputation.
 
+use pika_replication::store::Snapshot;
 use pika_replication::{ConfigPath, Format, Meta, Op, OpError, Store};
 use proptest::prelude::*;
 
@@ -383,17 +384,8 @@ fn installing_the_differing_buckets_makes_a_diverged_follower_identical() {
         (1..=4).contains(&differing.len()),
         "buckets to move: {differing:?}"
     );
-    let contents = snapshot.bucket_contents(&differing, None).unwrap();
-    assert!(contents.len() <= 8, "moved {} paths of 201", contents.len());
-    follower
-        .install(
-            &differing,
-            &contents,
-            snapshot.revision,
-            snapshot.epoch,
-            None,
-        )
-        .unwrap();
+    let moved = install_buckets(&follower, &snapshot, &differing);
+    assert!(moved <= 8, "moved {moved} paths of 201");
 
     assert_eq!(
         follower.merkle().unwrap().root(),
@@ -550,16 +542,7 @@ fn a_sync_moves_the_feed_floor_so_old_watchers_learn_of_the_gap() {
         .unwrap();
     let snapshot = leader.snapshot().unwrap();
     let differing = snapshot.merkle().differing(&follower.merkle().unwrap());
-    let contents = snapshot.bucket_contents(&differing, None).unwrap();
-    follower
-        .install(
-            &differing,
-            &contents,
-            snapshot.revision,
-            snapshot.epoch,
-            None,
-        )
-        .unwrap();
+    install_buckets(&follower, &snapshot, &differing);
     assert_eq!(
         follower.feed_after(1, 100).unwrap(),
         FeedPage::Compacted {
@@ -579,4 +562,14 @@ fn a_sync_moves_the_feed_floor_so_old_watchers_learn_of_the_gap() {
         }
         other => panic!("expected events, got {other:?}"),
     }
+}
+
+/// Installs the snapshot's contents of `buckets` on `follower` (whole
+/// buckets, the repair mode); returns how many paths moved.
+fn install_buckets(follower: &Store, snapshot: &Snapshot, buckets: &[u16]) -> usize {
+    let contents = snapshot.bucket_contents(buckets, None).unwrap();
+    follower
+        .install(buckets, &contents, snapshot.revision, snapshot.epoch, None)
+        .unwrap();
+    contents.len()
 }
