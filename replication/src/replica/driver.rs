@@ -86,23 +86,20 @@ impl Driver {
     /// transaction that nobody answered here waits for).
     fn step(&self, call: impl FnOnce(&mut super::ReplicaCore<crate::log::DiskLog>, Duration)) {
         let shared = &self.replica.shared;
-        let publish = |core: &super::ReplicaCore<crate::log::DiskLog>, now| {
-            let status = core.status(now);
-            let leader = status.leader_id.clone();
-            *lock(&shared.status) = status;
-            *lock(&shared.read_until) = core.read_until(now);
-            leader
-        };
         let (rest, leader) = tokio::task::block_in_place(|| {
             let now = shared.now();
             let mut core = lock(&shared.core);
             call(&mut core, now);
-            publish(&core, now);
             // Sends and answers are queue pushes: done under the lock, so
             // that they leave before the apply below.
             let mut rest = shared.perform(&self.replica.peers, core.drain());
             core.apply();
-            let leader = publish(&core, now);
+            // Published once, after the apply, where it was published
+            // before answers moved ahead of the apply.
+            let status = core.status(now);
+            let leader = status.leader_id.clone();
+            *lock(&shared.status) = status;
+            *lock(&shared.read_until) = core.read_until(now);
             rest.extend(shared.perform(&self.replica.peers, core.drain()));
             (rest, leader)
         });

@@ -374,13 +374,7 @@ impl<L: LogStore> ReplicaCore<L> {
     /// Leader: one step of a follower's snapshot session, from the
     /// session's read snapshot.
     pub(super) fn serve_sync(&mut self, from: String, session: u64, ask: SyncAsk, now: Duration) {
-        let refuse = |why: String| PeerMessage::SyncReply {
-            session,
-            leader_epoch: 0,
-            revision: 0,
-            epoch: 0,
-            answer: SyncAnswer::Refused(why),
-        };
+        let refuse = |why: String| refused(session, why);
         let frame_bytes = self.config.frame_bytes;
         let Some(leading) = self.leading.as_mut() else {
             return self.send(&from, refuse("not the leader".into()));
@@ -450,18 +444,29 @@ impl SnapshotAnswer {
     pub fn reply(&self) -> PeerMessage {
         let answer = match sync::answer(&self.snapshot, &self.ask, self.frame_bytes) {
             Ok(answer) => answer,
-            Err(e) => SyncAnswer::Refused(e.to_string()),
+            Err(e) => return refused(self.session, e.to_string()),
         };
         if let SyncAnswer::Buckets { buckets, .. } = &answer {
             metrics::counter!("pika_sync_buckets_served_total").increment(buckets.len() as u64);
         }
-        let refused = matches!(answer, SyncAnswer::Refused(_));
         PeerMessage::SyncReply {
             session: self.session,
-            leader_epoch: if refused { 0 } else { self.leader_epoch },
-            revision: if refused { 0 } else { self.snapshot.revision },
-            epoch: if refused { 0 } else { self.snapshot.epoch },
+            leader_epoch: self.leader_epoch,
+            revision: self.snapshot.revision,
+            epoch: self.snapshot.epoch,
             answer,
         }
+    }
+}
+
+/// A snapshot session step the leader refuses: no epoch or position, so
+/// nothing in it can be installed.
+fn refused(session: u64, why: String) -> PeerMessage {
+    PeerMessage::SyncReply {
+        session,
+        leader_epoch: 0,
+        revision: 0,
+        epoch: 0,
+        answer: SyncAnswer::Refused(why),
     }
 }
