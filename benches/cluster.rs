@@ -33,6 +33,7 @@ fn spawn(dir: &std::path::Path, env: &[(&str, String)]) -> anyhow::Result<Proc> 
     let mut cmd = Command::new(PIKA);
     cmd.env("PIKA_SERVER_PORT", "0")
         .env("PIKA_STORAGE_BW_PATH", dir)
+        .env("PIKA_AUTH_ADMIN_TOKEN", pika_campaign::TEST_ADMIN_TOKEN)
         .env("PIKA_LOG_LEVEL", "warn,pika::node=info")
         .env_remove("CONFIG_FILE")
         .stdin(Stdio::null())
@@ -92,7 +93,7 @@ fn main() -> anyhow::Result<()> {
             )?);
         }
         let standalone = spawn(&dir.path().join("standalone"), &[("PIKA_SERVER_HOST", "127.0.0.1".into())])?;
-        let http = reqwest::Client::new();
+        let http = reqwest::Client::builder().default_headers(pika_campaign::admin_headers()).build().expect("http client");
 
         let started = Instant::now();
         let (leader, follower) = loop {

@@ -314,7 +314,10 @@ fn failover(rt: &Runtime, trial: usize) -> anyhow::Result<(f64, usize, usize)> {
         .map_err(anyhow::Error::msg)?;
     // Every node holds the same state now; read it all back on the node
     // that was killed, the one most likely to have lost something.
-    let http = reqwest::blocking::Client::new();
+    let http = reqwest::blocking::Client::builder()
+        .default_headers(pika_campaign::admin_headers())
+        .build()
+        .expect("http client");
     let old = &cluster.nodes[leader].url;
     let read = |path: &str| -> bool {
         // 503 until the restarted node holds a read lease again.

@@ -23,9 +23,10 @@ fn main() -> anyhow::Result<()> {
         config.server.host = "127.0.0.1".into();
         config.server.port = 0;
         config.storage.bw.path = dir.path().join("data");
+        config.auth.admin_token = pika_campaign::TEST_ADMIN_TOKEN.into();
         let node = Node::start(config).await?;
         let url = node.url();
-        let http = reqwest::Client::new();
+        let http = reqwest::Client::builder().default_headers(pika_campaign::admin_headers()).build().expect("http client");
 
         println!("pika single node, {VALUE_BYTES} B values over {PATHS} paths, {}s per level after {}ms warm-up", RUN.as_secs(), WARMUP.as_millis());
         println!("{:<6} {:>5} {:>10} {:>9} {:>9} {:>9} {:>9} {:>12} {:>10}", "op", "conc", "ops/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "commit p~ ms", "ops/commit");

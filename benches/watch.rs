@@ -26,7 +26,10 @@ const PIKA: &str = env!("CARGO_BIN_EXE_pika");
 
 /// Arrival times of a watch's events, by revision.
 fn watch(url: &str) -> anyhow::Result<mpsc::Receiver<(u64, Instant)>> {
-    let http = reqwest::blocking::Client::builder().timeout(None).build()?;
+    let http = reqwest::blocking::Client::builder()
+        .default_headers(pika_campaign::admin_headers())
+        .timeout(None)
+        .build()?;
     let response = http
         .get(format!("{url}/api/v1/watch?prefix=bench/"))
         .send()
@@ -84,6 +87,7 @@ fn run(nodes: usize, base: u8, writes: usize) -> anyhow::Result<()> {
         None => None,
     };
     let http = reqwest::blocking::Client::builder()
+        .default_headers(pika_campaign::admin_headers())
         .timeout(Duration::from_secs(10))
         .build()?;
     let value = BASE64.encode(vec![b'x'; 1024]);

@@ -1,5 +1,9 @@
 //! The command-line client in the `pika` binary: `pika get|put|rm|ls|
-//! history|status|watch`, against one node's HTTP API.
+//! history|status|watch|token`, against one node's HTTP API.
+//!
+//! The token sent is, first found: `--token`, `$PIKA_TOKEN`, the file
+//! named by `--token-file`, or the local node's `admin.token` (in the
+//! `storage.bw.path` of the config the node would load) when readable.
 //!
 //! Output is for people by default and one JSON document (for `watch`, one
 //! per line) with `--json`. Exit codes are part of the interface, so that
@@ -14,6 +18,7 @@
 //! | 4 | version conflict (409) |
 //! | 5 | the node is unreachable or cannot serve now (503) |
 //! | 6 | `watch`: the node no longer keeps the history asked for |
+//! | 7 | not authorized: no token, an unknown or expired one (401), or out of its scopes (403) |
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
@@ -32,6 +37,13 @@ pub struct Client {
     /// Print JSON instead of readable text.
     #[arg(long, global = true)]
     pub json: bool,
+    /// API token to send. Default: $PIKA_TOKEN, then --token-file, then
+    /// the local node's admin.token when readable.
+    #[arg(long, global = true, env = "PIKA_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// File holding the API token (its first line).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -64,6 +76,9 @@ pub enum Command {
     History { path: String },
     /// The node's view of the cluster.
     Status,
+    /// Manage API tokens (needs an admin token).
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Print changes as they happen, until interrupted.
     Watch {
         /// Only paths starting with this.
@@ -73,6 +88,30 @@ pub enum Command {
         #[arg(long)]
         from_revision: Option<u64>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Create a token and print it (it is shown this once).
+    Create {
+        name: String,
+        /// `path glob:operations`, e.g. `app/**:read,write` (repeatable).
+        #[arg(long = "scope", value_name = "GLOB:OPS")]
+        scopes: Vec<String>,
+        /// Manages tokens, sees everything.
+        #[arg(long)]
+        admin: bool,
+        /// Refused after this long, e.g. `720h`.
+        #[arg(long, value_name = "DURATION")]
+        expires_in: Option<String>,
+    },
+    /// List tokens (names, scopes, expiry; never secrets).
+    Ls,
+    /// Revoke a token by name.
+    Rm { name: String },
+    /// Print a fresh random token without asking any node (for
+    /// `auth.admin_token`).
+    Generate,
 }
 
 /// Why a command failed, carrying its exit code.
@@ -101,6 +140,7 @@ impl Failure {
             404 => 3,
             409 => 4,
             503 => 5,
+            401 | 403 => 7,
             _ => 1,
         };
         Self::new(code, format!("{message} (HTTP {status})"))
@@ -109,8 +149,16 @@ impl Failure {
 
 type Outcome = Result<(), Failure>;
 
-pub fn run(client: &Client, command: Command) -> Outcome {
-    let api = Api::new(client)?;
+/// Runs one client command. `config_file` is the `--config` given, used
+/// only to find the local node's `admin.token`.
+pub fn run(client: &Client, config_file: Option<PathBuf>, command: Command) -> Outcome {
+    if let Command::Token(TokenCommand::Generate) = command {
+        let token = crate::auth::token::generate()
+            .map_err(|e| Failure::new(1, format!("no randomness: {e}")))?;
+        return write_out(format!("{token}\n").as_bytes());
+    }
+    let token = token(client, config_file)?;
+    let api = Api::new(client, token)?;
     match command {
         Command::Get { path, version } => {
             let query = version.map(|v| format!("?version={v}")).unwrap_or_default();
@@ -188,17 +236,18 @@ pub fn run(client: &Client, command: Command) -> Outcome {
                 return print_json(&history);
             }
             println!(
-                "{:>8} {:>9} {:>6}  {:<8} {:>8}",
+                "{:>8} {:>9} {:>6}  {:<8} {:>8}  AUTHOR",
                 "VERSION", "REVISION", "EPOCH", "STATUS", "BYTES"
             );
             for v in history["versions"].as_array().into_iter().flatten() {
                 println!(
-                    "{:>8} {:>9} {:>6}  {:<8} {:>8}",
+                    "{:>8} {:>9} {:>6}  {:<8} {:>8}  {}",
                     text(&v["version"]),
                     text(&v["revision"]),
                     text(&v["epoch"]),
                     text(&v["status"]),
-                    text(&v["size"])
+                    text(&v["size"]),
+                    text(&v["author"])
                 );
             }
             Ok(())
@@ -211,10 +260,94 @@ pub fn run(client: &Client, command: Command) -> Outcome {
             print_status(&status);
             Ok(())
         }
+        Command::Token(command) => token_command(&api, client.json, command),
         Command::Watch {
             prefix,
             from_revision,
         } => api.watch(&prefix, from_revision, client.json),
+    }
+}
+
+/// The token to send (see the module docs), if any.
+fn token(client: &Client, config_file: Option<PathBuf>) -> Result<Option<String>, Failure> {
+    if let Some(token) = &client.token {
+        return Ok(Some(token.trim().to_string()));
+    }
+    if let Some(file) = &client.token_file {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| Failure::new(2, format!("--token-file {}: {e}", file.display())))?;
+        let token = text.lines().next().unwrap_or_default().trim().to_string();
+        if token.is_empty() {
+            return Err(Failure::new(
+                2,
+                format!("--token-file {} is empty", file.display()),
+            ));
+        }
+        return Ok(Some(token));
+    }
+    // The local node's generated token, when this user may read it.
+    let sources = crate::config::Sources::from_process(config_file);
+    Ok(crate::config::load(&sources)
+        .ok()
+        .and_then(|loaded| crate::auth::admin_file::read(&loaded.config.storage.bw.path)))
+}
+
+fn token_command(api: &Api, as_json: bool, command: TokenCommand) -> Outcome {
+    match command {
+        TokenCommand::Create {
+            name,
+            scopes,
+            admin,
+            expires_in,
+        } => {
+            let body = json!({
+                "name": name, "scopes": scopes, "admin": admin, "expires_in": expires_in,
+            });
+            let created = api.send("POST", "/api/v1/tokens", Some(&body))?;
+            if as_json {
+                return print_json(&created);
+            }
+            // The token alone on stdout, so `$(pika token create ...)` works.
+            eprintln!("created token {name}; it is shown only now:");
+            write_out(format!("{}\n", text(&created["token"])).as_bytes())
+        }
+        TokenCommand::Ls => {
+            let list = api.get_json("/api/v1/tokens")?;
+            if as_json {
+                return print_json(&list);
+            }
+            println!("{:<24} {:<6} {:<14} SCOPES", "NAME", "ADMIN", "EXPIRES");
+            for t in list["tokens"].as_array().into_iter().flatten() {
+                let scopes: Vec<String> = t["scopes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(text)
+                    .collect();
+                let expires = match (&t["expires_at_ms"], t["expired"] == true) {
+                    (_, true) => "expired".to_string(),
+                    (Value::Null, _) => "never".to_string(),
+                    (at, _) => text(at),
+                };
+                println!(
+                    "{:<24} {:<6} {:<14} {}",
+                    text(&t["name"]),
+                    text(&t["admin"]),
+                    expires,
+                    scopes.join(" ")
+                );
+            }
+            Ok(())
+        }
+        TokenCommand::Rm { name } => {
+            api.send("DELETE", &format!("/api/v1/tokens/{name}"), None)?;
+            if as_json {
+                return print_json(&json!({ "revoked": name }));
+            }
+            println!("revoked {name}");
+            Ok(())
+        }
+        TokenCommand::Generate => unreachable!("answered before any node is asked"),
     }
 }
 
@@ -309,7 +442,7 @@ struct Api {
 }
 
 impl Api {
-    fn new(client: &Client) -> Result<Self, Failure> {
+    fn new(client: &Client, token: Option<String>) -> Result<Self, Failure> {
         let base = client.node.trim_end_matches('/').to_string();
         if !base.starts_with("http://") && !base.starts_with("https://") {
             return Err(Failure::new(
@@ -317,7 +450,15 @@ impl Api {
                 format!("--node must be an http:// URL, got {base:?}"),
             ));
         }
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = token {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| Failure::new(2, "the token holds characters a header cannot"))?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         let http = reqwest::blocking::Client::builder()
+            .default_headers(headers)
             .connect_timeout(Duration::from_secs(5))
             // Writes wait for the cluster; watches never end.
             .timeout(None)

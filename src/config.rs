@@ -23,6 +23,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub storage: StorageConfig,
     pub cluster: ClusterConfig,
+    pub auth: AuthConfig,
     /// tracing filter directives: `info`, `debug`, `pika=debug,info`.
     pub log_level: String,
 }
@@ -36,6 +37,72 @@ pub struct ServerConfig {
     #[serde(deserialize_with = "port")]
     pub port: u16,
     pub limits: LimitsConfig,
+    pub tls: TlsConfig,
+}
+
+/// `server.tls`: HTTPS on the API listener. Off by default (the loopback
+/// quick start stays plain HTTP).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first. Set together with `key_file`.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) for `cert_file`.
+    pub key_file: PathBuf,
+    /// Generate a self-signed certificate at first start and keep it in the
+    /// data directory (`tls/cert.pem`, `tls/key.pem`); its SHA-256
+    /// fingerprint is logged at every start.
+    pub self_signed: bool,
+}
+
+impl TlsConfig {
+    pub fn enabled(&self) -> bool {
+        self.self_signed || !self.cert_file.as_os_str().is_empty()
+    }
+}
+
+/// `auth`: API tokens (see `pika::auth`).
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AuthConfig {
+    /// Every route but `/healthz`, `/readyz` (and `/metrics` unless
+    /// `protect_metrics`) needs a token. Default true.
+    pub enabled: bool,
+    /// The admin token (`pika_` + 64 lowercase hex; `pika token generate`
+    /// prints one). Required on cluster nodes, the same on every node;
+    /// a standalone node without one generates `admin.token` in its data
+    /// directory. Env: `PIKA_AUTH_ADMIN_TOKEN`.
+    pub admin_token: String,
+    /// Accept `enabled: false` on a listener that is not loopback.
+    pub allow_insecure: bool,
+    /// `/metrics` needs a token too (any valid one).
+    pub protect_metrics: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            admin_token: String::new(),
+            allow_insecure: false,
+            protect_metrics: false,
+        }
+    }
+}
+
+impl fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("enabled", &self.enabled)
+            .field("admin_token", &masked(&self.admin_token))
+            .field("allow_insecure", &self.allow_insecure)
+            .field("protect_metrics", &self.protect_metrics)
+            .finish()
+    }
+}
+
+fn masked(secret: &str) -> &'static str {
+    if secret.is_empty() { "" } else { "********" }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -104,6 +171,7 @@ impl Default for Config {
             server: ServerConfig::default(),
             storage: StorageConfig::default(),
             cluster: ClusterConfig::default(),
+            auth: AuthConfig::default(),
             log_level: "info".into(),
         }
     }
@@ -127,6 +195,7 @@ impl Default for ServerConfig {
             host: "0.0.0.0".into(),
             port: 8080,
             limits: LimitsConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -223,10 +292,66 @@ impl Config {
         if self.server.host.trim().is_empty() {
             out.push(("server.host", "must not be empty".into()));
         }
+        out.extend(self.auth_problems());
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
             out.push((
                 "log_level",
                 format!("`{}` is not a log filter: {e}", self.log_level),
+            ));
+        }
+        out
+    }
+
+    /// Tokens and TLS: what would leave the API open or half configured.
+    fn auth_problems(&self) -> Vec<(&'static str, String)> {
+        let (auth, tls) = (&self.auth, &self.server.tls);
+        let mut out = Vec::new();
+        if !auth.admin_token.is_empty() && !crate::auth::token::well_formed(&auth.admin_token) {
+            out.push((
+                "auth.admin_token",
+                "must be `pika_` followed by 64 lowercase hex characters \
+                 (`pika token generate` prints a fresh one)"
+                    .into(),
+            ));
+        }
+        if auth.enabled && self.cluster.enabled && auth.admin_token.is_empty() {
+            out.push((
+                "auth.admin_token",
+                "must be set when cluster.enabled and auth.enabled are true: every node needs \
+                 the same admin token (`pika token generate` prints one; env \
+                 PIKA_AUTH_ADMIN_TOKEN)"
+                    .into(),
+            ));
+        }
+        if !auth.enabled && !auth.allow_insecure && !is_loopback(&self.server.host) {
+            out.push((
+                "auth.enabled",
+                format!(
+                    "false is refused while server.host ({}) is not a loopback address: anyone \
+                     who reaches the port could read and change every config; set \
+                     auth.allow_insecure: true to accept that",
+                    self.server.host
+                ),
+            ));
+        }
+        let (cert, key) = (
+            !tls.cert_file.as_os_str().is_empty(),
+            !tls.key_file.as_os_str().is_empty(),
+        );
+        if cert != key {
+            out.push((
+                if cert {
+                    "server.tls.key_file"
+                } else {
+                    "server.tls.cert_file"
+                },
+                "server.tls.cert_file and server.tls.key_file are set together".into(),
+            ));
+        }
+        if tls.self_signed && (cert || key) {
+            out.push((
+                "server.tls.self_signed",
+                "cannot be true together with server.tls.cert_file/key_file".into(),
             ));
         }
         out
@@ -270,6 +395,9 @@ impl Config {
         let mut value = serde_json::to_value(self).unwrap_or_default();
         if let Some(key) = value.pointer_mut("/cluster/security_key") {
             *key = self.cluster.security_key.masked().into();
+        }
+        if let Some(token) = value.pointer_mut("/auth/admin_token") {
+            *token = masked(&self.auth.admin_token).into();
         }
         value
     }
@@ -347,6 +475,15 @@ impl<'de> Deserialize<'de> for SecurityKey {
         }
         d.deserialize_any(Visitor)
     }
+}
+
+/// `localhost`, or an address in 127.0.0.0/8 or `::1`.
+pub fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .trim_matches(|c| c == '[' || c == ']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// A TCP/UDP port, with a range error that says what the range is.

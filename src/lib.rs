@@ -4,6 +4,7 @@
 //! `pika-membership`.
 
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod cluster;
 pub mod config;

@@ -19,7 +19,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
     name = "pika",
     version,
     about = "A clustered configuration store",
-    after_help = "Without a command, runs a node. Client exit codes: 0 done, 1 other error, 2 bad usage or input, 3 not found, 4 version conflict, 5 node unreachable or unavailable, 6 watch history gone."
+    after_help = "Without a command, runs a node. Client exit codes: 0 done, 1 other error, 2 bad usage or input, 3 not found, 4 version conflict, 5 node unreachable or unavailable, 6 watch history gone, 7 not authorized."
 )]
 struct Cli {
     /// Config file (YAML), for running a node. Default: $CONFIG_FILE, ./pika.yaml, ./pika.yml, /etc/pika.yaml.
@@ -34,7 +34,7 @@ struct Cli {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(command) = cli.command {
-        return match pika::cli::run(&cli.client, command) {
+        return match pika::cli::run(&cli.client, cli.config, command) {
             Ok(()) => ExitCode::SUCCESS,
             Err(failure) => {
                 eprintln!("pika: {}", failure.message);

@@ -129,6 +129,15 @@ pub async fn serve(
         )
     });
 
+    let admin = admin_token(&config, &data_dir)?;
+    let auth = crate::auth::Auth::new(
+        config.auth.enabled,
+        admin.token.as_deref(),
+        &config.cluster.prefix,
+        store.clone(),
+        writes.replica().cloned(),
+    );
+
     let ready = Arc::new(AtomicBool::new(true));
     let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
     let state = AppState {
@@ -141,6 +150,7 @@ pub async fn serve(
         http_addr: addr,
         membership: membership.clone(),
         stopping: stopping_rx,
+        auth,
     };
     // Present from the start, not only after the first write.
     metrics::gauge!("pika_revision").set(store.revision() as f64);
@@ -153,6 +163,15 @@ pub async fn serve(
     } else {
         tracing::info!("pika listening on http://{addr}");
     }
+    if let Some(path) = &admin.file {
+        // The fragment never reaches a server or its logs; the page reads
+        // it and clears it from the address bar.
+        tracing::info!(
+            "admin token in {} (open http://127.0.0.1:{}/#token=<its content> to use the UI)",
+            path.display(),
+            addr.port()
+        );
+    }
     if let Some(bound) = bound {
         let _ = bound.send(addr);
     }
@@ -164,6 +183,7 @@ pub async fn serve(
             crate::telemetry::prometheus().run_upkeep();
         }
     });
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;
@@ -199,4 +219,43 @@ pub async fn serve(
     }
     tracing::info!("stopped");
     result
+}
+
+/// The admin token a node runs with, and the file it came from when it
+/// was not configured.
+struct AdminToken {
+    token: Option<String>,
+    file: Option<std::path::PathBuf>,
+}
+
+/// `auth.admin_token`, else (standalone) the data directory's
+/// `admin.token`, created at first start. A cluster node without one never
+/// gets here: the configuration is refused first.
+fn admin_token(config: &Config, data_dir: &std::path::Path) -> anyhow::Result<AdminToken> {
+    if !config.auth.enabled {
+        tracing::warn!(
+            "auth.enabled is false: every route is open to anyone who can reach {}:{}",
+            config.server.host,
+            config.server.port
+        );
+        return Ok(AdminToken {
+            token: None,
+            file: None,
+        });
+    }
+    if !config.auth.admin_token.is_empty() {
+        return Ok(AdminToken {
+            token: Some(config.auth.admin_token.clone()),
+            file: None,
+        });
+    }
+    let (token, created) = crate::auth::admin_file::load_or_create(data_dir)?;
+    let path = crate::auth::admin_file::path_in(data_dir);
+    if created {
+        tracing::info!(path = %path.display(), "generated an admin token (mode 0600)");
+    }
+    Ok(AdminToken {
+        token: Some(token),
+        file: Some(path),
+    })
 }

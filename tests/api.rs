@@ -20,11 +20,15 @@ async fn start_with(edit: impl FnOnce(&mut Config)) -> TestNode {
     config.server.host = "127.0.0.1".into();
     config.server.port = 0;
     config.storage.bw.path = dir.path().join("data");
+    config.auth.admin_token = pika_campaign::TEST_ADMIN_TOKEN.into();
     edit(&mut config);
     let node = Node::start(config).await.expect("node starts");
     TestNode {
         node,
-        http: reqwest::Client::new(),
+        http: reqwest::Client::builder()
+            .default_headers(pika_campaign::admin_headers())
+            .build()
+            .expect("http client"),
         _dir: dir,
     }
 }
@@ -449,10 +453,14 @@ async fn data_survives_a_graceful_restart() {
         c.server.host = "127.0.0.1".into();
         c.server.port = 0;
         c.storage.bw.path = dir.path().to_path_buf();
+        c.auth.admin_token = pika_campaign::TEST_ADMIN_TOKEN.into();
         c
     };
     let node = Node::start(config.clone()).await.unwrap();
-    let http = reqwest::Client::new();
+    let http = reqwest::Client::builder()
+        .default_headers(pika_campaign::admin_headers())
+        .build()
+        .expect("http client");
     let r = http
         .post(format!("{}/api/v1/file/keep.txt", node.url()))
         .json(&body("kept", "text", None))

@@ -3,7 +3,10 @@
 //! 3-node loopback cluster: a config saved on node 1's page appears on node
 //! 3's open page without a reload, an edit on node 2 reaches every page, a
 //! stale save shows the conflict view, and the cluster panel is saved as a
-//! screenshot under `target/tmp/browser/`.
+//! screenshot under `target/tmp/browser/`. Each page logs in through the
+//! URL fragment (`#token=...`, as the start-up log prints it), the history
+//! names the token that saved each version, and a read-only token's page
+//! has Save disabled.
 //!
 //! Without chromedriver the test says "skipped", unless
 //! `PIKA_REQUIRE_BROWSER=1` (CI sets it), where it fails.
@@ -278,9 +281,18 @@ fn a_config_saved_on_one_page_shows_and_edits_on_the_others() {
     let urls: Vec<String> = cluster.nodes.iter().map(|n| n.url.clone()).collect();
 
     let browser = Browser::start();
-    let tabs: Vec<String> = urls.iter().map(|u| browser.open_tab(u)).collect();
+    let admin_token = pika_campaign::TEST_ADMIN_TOKEN;
+    let tabs: Vec<String> = urls
+        .iter()
+        .map(|u| browser.open_tab(&format!("{u}/#token={admin_token}")))
+        .collect();
     for tab in &tabs {
         browser.switch(tab);
+        assert_eq!(
+            browser.js("return location.hash;", json!([])),
+            "",
+            "the page takes the token out of the address bar"
+        );
         browser.until(
             "the page is live",
             Duration::from_secs(10),
@@ -299,6 +311,13 @@ fn a_config_saved_on_one_page_shows_and_edits_on_the_others() {
     browser.fill("#editor", v1);
     browser.click("#save");
     browser.saved("v1", "saved on node 1");
+    browser.until(
+        "the author in node 1's history",
+        Duration::from_secs(5),
+        "const li = document.querySelector('#history li[data-version=\"1\"] .author');
+         return !!li && li.textContent === 'by admin';",
+        json!([]),
+    );
 
     // Node 3's page, never reloaded: the file appears; open it.
     browser.switch(&tabs[2]);
@@ -351,6 +370,36 @@ fn a_config_saved_on_one_page_shows_and_edits_on_the_others() {
             && document.querySelectorAll('#cluster .node.leader').length === 1;",
         json!([]),
     );
+
+    // A read-only token: its page opens the config and has Save disabled,
+    // even after the text is edited; typing a path it may not write
+    // keeps it so.
+    let http = reqwest::blocking::Client::builder()
+        .default_headers(pika_campaign::admin_headers())
+        .build()
+        .expect("http client");
+    let created: Value = http
+        .post(format!("{}/api/v1/tokens", urls[0]))
+        .json(&json!({"name": "viewer", "scopes": ["demo/**:read"]}))
+        .send()
+        .expect("token created")
+        .json()
+        .expect("JSON");
+    let viewer = created["token"].as_str().expect("a token").to_string();
+    let tab = browser.open_tab(&format!("{}/#token={viewer}", urls[1]));
+    browser.switch(&tab);
+    browser.open_when_listed("the viewer's page", path, "v3", "{\"port\": 1}");
+    browser.fill("#editor", "{\"port\": 2}");
+    let disabled = "return document.querySelector('#save').disabled
+        && document.querySelector('#delete').disabled;";
+    browser.until(
+        "Save and Delete disabled for a read-only token",
+        Duration::from_secs(5),
+        disabled,
+        json!([]),
+    );
+    assert_eq!(browser.text("#who-name"), "viewer");
+
     let out: PathBuf = Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser");
     std::fs::create_dir_all(&out).unwrap();
     let file = out.join("cluster-panel.png");

@@ -101,6 +101,7 @@ fn an_isolated_leader_in_its_namespace_stops_acking_and_is_replaced() {
     assert_ne!(new, old);
 
     let http = reqwest::blocking::Client::builder()
+        .default_headers(pika_campaign::admin_headers())
         .timeout(Duration::from_secs(5))
         .build()
         .expect("client");

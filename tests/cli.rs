@@ -11,6 +11,7 @@ use support::{PIKA, spawn};
 
 fn pika(node: &str, args: &[&str]) -> Output {
     Command::new(PIKA)
+        .env("PIKA_TOKEN", support::ADMIN_TOKEN)
         .arg("--node")
         .arg(node)
         .args(args)
@@ -85,6 +86,7 @@ fn every_command_against_a_live_node_with_exit_codes() {
 
     // The watch from revision 1 replays every change (then waits: killed).
     let mut watch = Command::new(PIKA)
+        .env("PIKA_TOKEN", support::ADMIN_TOKEN)
         .args([
             "--node",
             url,

@@ -39,7 +39,17 @@ server:
 #[test]
 fn the_seed_yaml_loads_unchanged() {
     let dir = tempfile::tempdir().unwrap();
-    let loaded = load(&sources(Some(write(&dir, "pika.yaml", SEED)), &[])).unwrap();
+    let file = write(&dir, "pika.yaml", SEED);
+    // A cluster needs an admin token now (access control, on by default);
+    // the seed's file is refused without one, naming the key, and loads
+    // unchanged with one from the environment.
+    let refused = load(&sources(Some(file.clone()), &[])).expect_err("no admin token");
+    assert!(
+        refused.to_string().contains("auth.admin_token"),
+        "{refused}"
+    );
+    let token = pika_campaign::TEST_ADMIN_TOKEN;
+    let loaded = load(&sources(Some(file), &[("PIKA_AUTH_ADMIN_TOKEN", token)])).unwrap();
     let c = loaded.config;
     assert_eq!(c.storage.bw.path, PathBuf::from("/tmp/pika1111"));
     assert!(c.cluster.enabled);

@@ -28,6 +28,7 @@ fn change(revision: u64, path: String, data: Vec<u8>) -> Change {
             data,
         },
         request_id: None,
+        author: None,
     }
 }
 
@@ -140,11 +141,13 @@ fn the_http_api_answers_garbage_with_4xx_json() {
     config.server.host = "127.0.0.1".into();
     config.server.port = 0;
     config.storage.bw.path = dir.path().join("data");
+    config.auth.admin_token = pika_campaign::TEST_ADMIN_TOKEN.into();
     let node = runtime
         .block_on(pika::node::Node::start(config))
         .expect("node");
     let url = node.url();
     let client = reqwest::blocking::Client::builder()
+        .default_headers(pika_campaign::admin_headers())
         .timeout(Duration::from_secs(10))
         .build()
         .expect("client");

@@ -190,16 +190,28 @@ impl<'a> Cluster<'a> {
 
     /// pika.yaml loaded by pika's loader, as `main` does, with the
     /// container's env.
+    /// The Secret's placeholders are what an operator replaces; the admin
+    /// token's is one pika refuses, so nobody runs with it.
     fn load(&self) -> pika::config::Loaded {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("pika.yaml");
         std::fs::write(&file, self.pika_yaml()).unwrap();
-        let sources = Sources {
+        let mut sources = Sources {
             flag: Some(file),
             // CONFIG_FILE names the in-pod path; the flag wins over it here.
             env: self.env(),
             search: Vec::new(),
         };
+        let refused = load(&sources).expect_err("the placeholder admin token is refused");
+        assert!(
+            refused.to_string().contains("auth.admin_token"),
+            "{refused}"
+        );
+        for (name, value) in &mut sources.env {
+            if name == "PIKA_AUTH_ADMIN_TOKEN" {
+                *value = pika::auth::token::generate().expect("randomness");
+            }
+        }
         load(&sources).unwrap_or_else(|e| panic!("pika rejects configmap.yaml's pika.yaml:\n{e}"))
     }
 }
@@ -310,7 +322,12 @@ fn env_vars_name_real_config_keys() {
             );
         }
     }
-    for needed in ["PIKA_CLUSTER_SECURITY_KEY", "PIKA_LOG_LEVEL", "CONFIG_FILE"] {
+    for needed in [
+        "PIKA_CLUSTER_SECURITY_KEY",
+        "PIKA_AUTH_ADMIN_TOKEN",
+        "PIKA_LOG_LEVEL",
+        "CONFIG_FILE",
+    ] {
         assert!(env.iter().any(|(n, _)| n == needed), "env {needed} not set");
     }
 }

@@ -117,6 +117,7 @@ pub async fn request(
 
 pub fn client(concurrency: usize) -> reqwest::Client {
     reqwest::Client::builder()
+        .default_headers(pika_campaign::admin_headers())
         .pool_max_idle_per_host(concurrency)
         .build()
         .expect("http client")

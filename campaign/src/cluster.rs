@@ -227,6 +227,7 @@ impl Cluster {
                 })
                 .collect(),
             http: reqwest::blocking::Client::builder()
+                .default_headers(crate::admin_headers())
                 .timeout(Duration::from_secs(3))
                 .build()?,
         };
@@ -265,6 +266,7 @@ impl Cluster {
             )
             .env("PIKA_LOG_LEVEL", "warn,pika::node=info")
             .env("PIKA_CLUSTER_ENABLED", "true")
+            .env("PIKA_AUTH_ADMIN_TOKEN", crate::TEST_ADMIN_TOKEN)
             .env("PIKA_CLUSTER_BIND_ADDR", &node.host)
             .env("PIKA_CLUSTER_DNS_ADDR", dns)
             .env("PIKA_CLUSTER_PORT", self.port.to_string())

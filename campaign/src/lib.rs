@@ -20,6 +20,24 @@ use std::path::Path;
 use std::time::Duration;
 
 pub use cluster::Network;
+
+/// The admin token every test, bench and campaign node runs with
+/// (`PIKA_AUTH_ADMIN_TOKEN`), and its clients send. A fixed, public value:
+/// for loopback test clusters only.
+pub const TEST_ADMIN_TOKEN: &str =
+    "pika_7e57000000000000000000000000000000000000000000000000000000000001";
+
+/// `Authorization: Bearer` [`TEST_ADMIN_TOKEN`], as default headers for a
+/// test client.
+pub fn admin_headers() -> reqwest::header::HeaderMap {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {TEST_ADMIN_TOKEN}"))
+            .expect("a constant, valid header value"),
+    );
+    headers
+}
 pub use round::{Fault, RoundConfig, RoundReport};
 
 /// What a whole campaign did.

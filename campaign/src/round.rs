@@ -149,6 +149,7 @@ fn client(
     history: History,
 ) {
     let http = match reqwest::blocking::Client::builder()
+        .default_headers(crate::admin_headers())
         .timeout(Duration::from_millis(2500))
         .build()
     {
@@ -336,6 +337,7 @@ pub fn run(config: &RoundConfig) -> anyhow::Result<RoundReport> {
     // Final reads on every node, after everything: the acked writes must be
     // there, through each node's own read path.
     let http = reqwest::blocking::Client::builder()
+        .default_headers(crate::admin_headers())
         .timeout(Duration::from_secs(3))
         .build()?;
     let paths: Vec<String> = history

@@ -26,5 +26,6 @@ for n in 1 2 3; do
     > >(sed -u "s/^/[node$n] /") 2>&1 &
   pids+=($!)
 done
-echo "[demo] UIs: http://127.0.1.1:8091 http://127.0.1.2:8092 http://127.0.1.3:8093 (Ctrl-C stops all three)"
+token=pika_de30de30de30de30de30de30de30de30de30de30de30de30de30de30de30de30
+echo "[demo] UIs: http://127.0.1.1:8091/#token=$token http://127.0.1.2:8092/#token=$token http://127.0.1.3:8093/#token=$token (Ctrl-C stops all three)"
 wait "${pids[@]}"

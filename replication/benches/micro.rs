@@ -87,6 +87,7 @@ fn change(n: usize, revision: u64, version: u64) -> Change {
             data: yaml_value(n),
         },
         request_id: Some(format!("0a1b2c3d-{revision}")),
+        author: None,
     }
 }
 

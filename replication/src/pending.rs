@@ -167,6 +167,7 @@ mod tests {
             created_at_ms: 0,
             kind: ChangeKind::Delete,
             request_id: None,
+            author: None,
         }
     }
 

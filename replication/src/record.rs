@@ -32,6 +32,10 @@ pub struct Op {
     /// The client's idempotency key: an op whose id was applied before is
     /// answered with that result instead of being applied again.
     pub request_id: Option<String>,
+    /// Who asked for it: the name of the API token the node that received
+    /// the request checked (`None` with access control off). Forwarded
+    /// writes carry it to the leader, which records it on the version.
+    pub author: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +65,7 @@ impl Op {
             kind: OpKind::Put { meta, data },
             expected_version,
             request_id: None,
+            author: None,
         })
     }
 
@@ -70,6 +75,7 @@ impl Op {
             kind: OpKind::Delete,
             expected_version,
             request_id: None,
+            author: None,
         }
     }
 
@@ -80,6 +86,12 @@ impl Op {
     /// The same op, carrying the client's idempotency key.
     pub fn with_request_id(mut self, request_id: Option<String>) -> Self {
         self.request_id = request_id;
+        self
+    }
+
+    /// The same op, recording who asked for it.
+    pub fn with_author(mut self, author: Option<String>) -> Self {
+        self.author = author;
         self
     }
 }
@@ -124,6 +136,8 @@ pub struct Change {
     /// The request id of the op that made this change, replicated with it
     /// so any later leader still recognises a retry.
     pub request_id: Option<String>,
+    /// The op's author (see [`Op::author`]), kept with the version.
+    pub author: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

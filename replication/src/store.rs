@@ -112,6 +112,8 @@ pub struct VersionInfo {
     pub deleted: bool,
     pub meta: Option<Meta>,
     pub size: u64,
+    /// The token name that wrote this version, if access control was on.
+    pub author: Option<String>,
 }
 
 /// One child of a folder.
@@ -424,6 +426,7 @@ impl Store {
                 deleted: meta.is_none(),
                 meta,
                 size,
+                author: change.author,
             });
         }
         Ok((!out.is_empty()).then_some(out))
@@ -547,6 +550,7 @@ pub fn resolve(
         created_at_ms: now_ms,
         kind,
         request_id: op.request_id.clone(),
+        author: op.author.clone(),
     })
 }
 

@@ -20,6 +20,7 @@ fn change(epoch: u64, revision: u64, bytes: usize) -> Change {
             data: vec![b'x'; bytes],
         },
         request_id: Some(format!("req-{revision}")),
+        author: None,
     }
 }
 

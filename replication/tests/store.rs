@@ -282,7 +282,7 @@ fn a_follower_applying_the_leaders_changes_ends_identical() {
     let mut shipped = Vec::new();
     for round in 0..5u32 {
         let ops = [
-            put("a", &round.to_string(), None),
+            put("a", &round.to_string(), None).with_author(Some(format!("deploy-{round}"))),
             put(&format!("b/{round}"), "x", None),
             Op::delete(path("nope"), None), // refused: not shipped
         ];
@@ -300,9 +300,12 @@ fn a_follower_applying_the_leaders_changes_ends_identical() {
         follower.merkle().unwrap().root(),
         leader.merkle().unwrap().root()
     );
+    let history = follower.versions("a").unwrap().unwrap();
+    assert_eq!(Some(&history), leader.versions("a").unwrap().as_ref());
     assert_eq!(
-        follower.versions("a").unwrap(),
-        leader.versions("a").unwrap()
+        history.last().and_then(|v| v.author.as_deref()),
+        Some("deploy-4"),
+        "the author travels with the change to the follower"
     );
     assert_eq!(
         follower.recompute_merkle().unwrap().root(),
@@ -484,6 +487,7 @@ fn the_feed_lists_every_change_in_order_and_survives_reopen() {
         path: path.into(),
         version,
         op,
+        author: None,
     };
     let all = vec![
         event(1, "a/x", 1, "put"),

@@ -45,11 +45,20 @@ pub async fn envelope(State(state): State<AppState>, request: Request, next: Nex
         .extensions_mut()
         .insert(RequestId(request_id.clone()));
 
-    let (refused, stale) = read_lease_check(&state, &request);
-    let refused = match (refused, read_target(&request)) {
-        (Some(refusal), _) => Some(refusal),
-        (None, None) => None,
-        (None, Some(target)) => pending_read_wait(&state, target).await,
+    // Who is asking comes first: a refused token waits on nothing.
+    let mut stale = false;
+    let refused = match super::access::check(&state, super::access::Caller::of(&request)).await {
+        Err(refusal) => Some(refusal),
+        Ok(principal) => {
+            request.extensions_mut().insert(principal);
+            let (refused, served_stale) = read_lease_check(&state, &request);
+            stale = served_stale;
+            match (refused, read_target(&request)) {
+                (Some(refusal), _) => Some(refusal),
+                (None, None) => None,
+                (None, Some(target)) => pending_read_wait(&state, target).await,
+            }
+        }
     };
     let mut response = match refused {
         Some(refusal) => refusal,
@@ -161,7 +170,7 @@ fn read_target(request: &Request) -> Option<ReadTarget> {
 
 /// `%XX` escapes decoded, as axum's path extractor does; anything that
 /// does not decode to UTF-8 is kept as it came.
-fn percent_decode(s: &str) -> String {
+pub(super) fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{ApiError, AppState, RequestId};
+use crate::auth::Principal;
 
 fn config_path(raw: String) -> Result<ConfigPath, ApiError> {
     ConfigPath::new(raw.clone())
@@ -53,6 +54,7 @@ fn format_of(path: &ConfigPath) -> Format {
 pub async fn save_file(
     State(state): State<AppState>,
     Extension(request_id): Extension<RequestId>,
+    Extension(principal): Extension<Principal>,
     Path(raw): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -71,7 +73,8 @@ pub async fn save_file(
         description: meta_in.description.unwrap_or_default(),
     };
     let op = Op::put(path, meta, data, request.expected_version)
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        .map_err(|e| ApiError::bad_request(e.to_string()))?
+        .with_author(principal.author());
     let applied = state.writes.submit(op, &request_id).await?;
     Ok((StatusCode::CREATED, Json(applied)).into_response())
 }
@@ -89,6 +92,7 @@ struct Content {
     revision: u64,
     epoch: u64,
     created_at_ms: u64,
+    author: Option<String>,
 }
 
 /// The requested version of a path (the latest by default), or a 404 that
@@ -113,6 +117,7 @@ fn read_version(
             revision: change.revision,
             epoch: change.epoch,
             created_at_ms: change.created_at_ms,
+            author: change.author,
         }),
         ChangeKind::Delete => Err(ApiError::not_found(format!(
             "{path} was deleted (version {}, revision {})",
@@ -130,6 +135,7 @@ struct FileResponse<'a> {
     revision: u64,
     epoch: u64,
     created_at_ms: u64,
+    author: Option<String>,
 }
 
 /// GET /api/v1/file/{path}?version=
@@ -148,6 +154,7 @@ pub async fn get_file(
         revision: content.revision,
         epoch: content.epoch,
         created_at_ms: content.created_at_ms,
+        author: content.author,
     })
     .into_response())
 }
@@ -205,14 +212,13 @@ pub struct DeleteQuery {
 pub async fn delete_file(
     State(state): State<AppState>,
     Extension(request_id): Extension<RequestId>,
+    Extension(principal): Extension<Principal>,
     Path(raw): Path<String>,
     Query(q): Query<DeleteQuery>,
 ) -> Result<Response, ApiError> {
     let path = config_path(raw)?;
-    let applied = state
-        .writes
-        .submit(Op::delete(path, q.expected_version), &request_id)
-        .await?;
+    let op = Op::delete(path, q.expected_version).with_author(principal.author());
+    let applied = state.writes.submit(op, &request_id).await?;
     let mut response = StatusCode::NO_CONTENT.into_response();
     response
         .headers_mut()
@@ -250,28 +256,52 @@ pub async fn get_versions(
                 "status": status,
                 "meta": v.meta,
                 "size": v.size,
+                "author": v.author,
             })
         })
         .collect();
     Ok(Json(json!({ "path": path.as_str(), "versions": items })).into_response())
 }
 
-pub async fn list_root(State(state): State<AppState>) -> Result<Response, ApiError> {
-    list(&state, String::new())
+pub async fn list_root(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Response, ApiError> {
+    list(&state, &principal, String::new())
 }
 
 /// GET /api/v1/folder/{path}: the live children, folders and files.
 pub async fn list_folder(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path(raw): Path<String>,
 ) -> Result<Response, ApiError> {
-    list(&state, raw)
+    list(&state, &principal, raw)
 }
 
-fn list(state: &AppState, raw: String) -> Result<Response, ApiError> {
+/// A folder's children that the token may see: files it may read, folders
+/// with something below it may read. The reserved namespace is never
+/// listed; a folder with nothing visible is answered like an empty one.
+fn list(state: &AppState, principal: &Principal, raw: String) -> Result<Response, ApiError> {
     let folder = folder_prefix(&raw)
         .map_err(|e| ApiError::bad_request(format!("invalid folder {raw:?}: {e}")))?;
-    let children = state.store.list_folder(&folder)?;
+    if super::access::is_reserved(state, &folder) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{folder} is in the reserved namespace `{}/`",
+                state.config.cluster.prefix
+            ),
+        ));
+    }
+    let mut children = state.store.list_folder(&folder)?;
+    children.retain(|c| {
+        !super::access::is_reserved(state, &c.path)
+            && match c.file {
+                Some(_) => principal.may(crate::auth::scope::Operation::Read, &c.path),
+                None => principal.reads_under(&c.path),
+            }
+    });
     if children.is_empty() && !folder.is_empty() {
         return Err(ApiError::not_found(format!(
             "folder {folder} is empty or does not exist"

@@ -1,10 +1,12 @@
 //! The HTTP API: routes, shared state, and the envelope every response goes
 //! through (request id, JSON errors, revision header, metrics).
 
+mod access;
 mod envelope;
 mod error;
 mod files;
 mod status;
+mod tokens;
 mod ui;
 mod watch;
 
@@ -36,6 +38,8 @@ pub struct AppState {
     pub membership: Option<Arc<pika_membership::Membership>>,
     /// Turns true when shutdown begins: open watches end so the server can.
     pub stopping: tokio::sync::watch::Receiver<bool>,
+    /// Checks API tokens (see `crate::auth`).
+    pub auth: crate::auth::Auth,
 }
 
 /// Where writes go: the local committer, or the cluster's leader.
@@ -49,9 +53,15 @@ impl Writes {
     /// Applies `op` once per `request_id`, durably (and, in a cluster, on
     /// every member of the leader's replication set) before answering.
     pub async fn submit(&self, op: Op, request_id: &RequestId) -> Result<Applied, WriteError> {
+        self.submit_with_id(op, request_id.0.clone()).await
+    }
+
+    /// [`Writes::submit`] with a request id of the caller's making (one
+    /// request that writes twice needs two).
+    pub async fn submit_with_id(&self, op: Op, request_id: String) -> Result<Applied, WriteError> {
         match self {
-            Writes::Local(queue) => queue.submit_once(op, Some(request_id.0.clone())).await,
-            Writes::Replicated(replica) => replica.submit(op, request_id.0.clone()).await,
+            Writes::Local(queue) => queue.submit_once(op, Some(request_id)).await,
+            Writes::Replicated(replica) => replica.submit(op, request_id).await,
         }
     }
 
@@ -129,6 +139,15 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/folder/", get(files::list_root))
         .route("/api/v1/folder/{*path}", get(files::list_folder))
         .route("/api/v1/cluster/status", get(status::cluster_status))
+        .route(
+            "/api/v1/tokens",
+            get(tokens::list_tokens).post(tokens::create_token),
+        )
+        .route("/api/v1/whoami", get(tokens::whoami))
+        .route(
+            "/api/v1/tokens/{name}",
+            axum::routing::delete(tokens::revoke_token),
+        )
         .route("/api/v1/watch", get(watch::watch))
         .route("/healthz", get(status::healthz))
         .route("/readyz", get(status::readyz))

@@ -13,7 +13,16 @@ use super::{ApiError, AppState};
 
 /// GET /api/v1/cluster/status: this node, its store, and with
 /// `cluster.enabled` the membership as this node sees it.
-pub async fn cluster_status(State(state): State<AppState>) -> Result<Response, ApiError> {
+pub async fn cluster_status(
+    State(state): State<AppState>,
+    axum::extract::Extension(principal): axum::extract::Extension<crate::auth::Principal>,
+) -> Result<Response, ApiError> {
+    // The config (addresses, limits, which features are on) is for admins.
+    let config_view = if principal.admin {
+        state.config.masked()
+    } else {
+        serde_json::Value::Null
+    };
     let store = &state.store;
     let config = &state.config;
     let root = merkle::hex(&store.merkle()?.root());
@@ -29,7 +38,7 @@ pub async fn cluster_status(State(state): State<AppState>) -> Result<Response, A
             "uptime_ms".into(),
             (state.started.elapsed().as_millis() as u64).into(),
         );
-        body.insert("config".into(), config.masked());
+        body.insert("config".into(), config_view);
         return Ok(Json(body).into_response());
     }
     Ok(Json(json!({
@@ -48,7 +57,7 @@ pub async fn cluster_status(State(state): State<AppState>) -> Result<Response, A
             "self": true,
             "applied_revision": store.revision(),
         }],
-        "config": config.masked(),
+        "config": config_view,
     }))
     .into_response())
 }

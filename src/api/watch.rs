@@ -2,7 +2,7 @@
 //! server-sent events.
 //!
 //! Each change is one event with `id: <revision>` and data
-//! `{revision, epoch, path, version, op}`, in revision order, as this node
+//! `{revision, epoch, path, version, op, author}`, in revision order, as this node
 //! applied it: a watch on a follower sees a change once that follower has
 //! it. Where to start, first match wins:
 //! - a `Last-Event-ID` header (what `EventSource` sends on reconnect):
@@ -28,6 +28,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{ApiError, AppState};
+use crate::auth::Principal;
+use crate::auth::scope::Operation;
 
 /// How often an idle stream sends a comment, so proxies and clients can
 /// tell a quiet watch from a dead connection.
@@ -45,6 +47,7 @@ pub struct WatchQuery {
 
 pub async fn watch(
     State(state): State<AppState>,
+    axum::extract::Extension(principal): axum::extract::Extension<Principal>,
     Query(query): Query<WatchQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -69,6 +72,8 @@ pub async fn watch(
         applied: state.store.subscribe(),
         stopping: state.stopping.clone(),
         prefix: query.prefix,
+        reserved: format!("{}/", state.config.cluster.prefix.trim_matches('/')),
+        principal,
         after,
         ready: VecDeque::new(),
         done: false,
@@ -88,6 +93,10 @@ struct Watcher {
     applied: tokio::sync::watch::Receiver<u64>,
     stopping: tokio::sync::watch::Receiver<bool>,
     prefix: String,
+    /// `{prefix}/`: pika's own records, never streamed.
+    reserved: String,
+    /// Changes to paths this token may not read are skipped.
+    principal: Principal,
     /// Every change up to here was sent or filtered out.
     after: u64,
     ready: VecDeque<Event>,
@@ -129,7 +138,12 @@ impl Watcher {
                 Ok(FeedPage::Events { events, through }) => {
                     self.after = through;
                     let before = self.ready.len();
-                    for event in events.iter().filter(|e| e.path.starts_with(&self.prefix)) {
+                    let visible = |e: &&FeedEvent| {
+                        e.path.starts_with(&self.prefix)
+                            && !e.path.starts_with(&self.reserved)
+                            && self.principal.may(Operation::Read, &e.path)
+                    };
+                    for event in events.iter().filter(visible) {
                         self.ready.push_back(sse_event(event));
                     }
                     if self.ready.len() == before && !events.is_empty() {

@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub const PIKA: &str = env!("CARGO_BIN_EXE_pika");
+/// The admin token test nodes run with; [`client`] sends it.
+pub use pika_campaign::TEST_ADMIN_TOKEN as ADMIN_TOKEN;
 
 /// A pika process on a free loopback port, killed when dropped.
 pub struct Proc {
@@ -34,6 +36,7 @@ pub fn spawn_with(data: &Path, config_file: Option<&Path>, env: &[(&str, &str)])
         .env("PIKA_SERVER_PORT", "0")
         .env("PIKA_STORAGE_BW_PATH", data)
         .env("PIKA_LOG_LEVEL", "info")
+        .env("PIKA_AUTH_ADMIN_TOKEN", ADMIN_TOKEN)
         .env_remove("CONFIG_FILE")
         .current_dir(data.parent().unwrap_or(data))
         .stdin(Stdio::null())
@@ -76,8 +79,10 @@ pub fn spawn_with(data: &Path, config_file: Option<&Path>, env: &[(&str, &str)])
     }
 }
 
+/// A client that sends the admin token.
 pub fn client() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()
+        .default_headers(pika_campaign::admin_headers())
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap()
@@ -111,6 +116,7 @@ pub enum Sse {
 /// receiver is dropped (keep-alives make that happen within seconds).
 pub fn sse(url: &str, headers: &[(&str, &str)]) -> std::sync::mpsc::Receiver<Sse> {
     let http = reqwest::blocking::Client::builder()
+        .default_headers(pika_campaign::admin_headers())
         .timeout(None)
         .connect_timeout(Duration::from_secs(5))
         .build()

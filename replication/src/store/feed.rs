@@ -28,6 +28,7 @@ pub(super) struct FeedRecord {
     pub path: String,
     pub version: u64,
     pub deleted: bool,
+    pub author: Option<String>,
 }
 
 impl FeedRecord {
@@ -37,6 +38,7 @@ impl FeedRecord {
             path: change.path.clone(),
             version: change.version,
             deleted: change.is_delete(),
+            author: change.author.clone(),
         }
     }
 }
@@ -50,6 +52,8 @@ pub struct FeedEvent {
     pub version: u64,
     /// `"put"` or `"delete"`.
     pub op: &'static str,
+    /// The token name that made the change, if access control was on.
+    pub author: Option<String>,
 }
 
 /// A page of the feed.
@@ -97,6 +101,7 @@ impl Store {
                 path: record.path,
                 version: record.version,
                 op: if record.deleted { "delete" } else { "put" },
+                author: record.author,
             });
         }
         let through = if events.len() < limit {

@@ -1,0 +1,154 @@
+//! What each route needs from the caller, checked before anything else a
+//! request does (before read leases and pending-read waits).
+//!
+//! | route | needs |
+//! |---|---|
+//! | `/healthz`, `/readyz`, `/` (the page) | nothing |
+//! | `/metrics` | nothing, or any token with `auth.protect_metrics` |
+//! | `GET /api/v1/file|data|versions/{path}` | `read` on the path |
+//! | `POST /api/v1/file/{path}` | `write` on the path |
+//! | `DELETE /api/v1/file/{path}` | `delete` on the path |
+//! | `/api/v1/folder`, `/api/v1/watch` | any token; answers filtered to its read scopes |
+//! | `/api/v1/cluster/status` | any token; the config only for admins |
+//! | `/api/v1/whoami` | any token |
+//! | `/api/v1/tokens`, `/debug/*` | an admin token |
+//! | anything else | any token |
+//!
+//! Config routes never serve the reserved `{prefix}/` namespace (token
+//! records, the leader's lock), whatever the token: 403.
+
+use axum::extract::{ConnectInfo, Request};
+use axum::http::Method;
+use axum::response::{IntoResponse, Response};
+
+use super::{ApiError, AppState};
+use crate::auth::scope::Operation;
+use crate::auth::{Principal, Refusal};
+
+/// What a route asks of its caller.
+enum Need {
+    Nothing,
+    Token,
+    Admin,
+    /// An operation on a config path (percent-decoded).
+    Path(Operation, String),
+}
+
+/// Config routes whose tail is a config path.
+const PATH_ROUTES: [&str; 3] = ["/api/v1/file/", "/api/v1/data/", "/api/v1/versions/"];
+
+fn need(state: &AppState, method: &Method, path: &str) -> Need {
+    match path {
+        "/healthz" | "/readyz" | "/" => return Need::Nothing,
+        "/metrics" if !state.config.auth.protect_metrics => return Need::Nothing,
+        _ => {}
+    }
+    if path.starts_with("/api/v1/tokens") || path.starts_with("/debug/") {
+        return Need::Admin;
+    }
+    let Some(config_path) = PATH_ROUTES.iter().find_map(|r| path.strip_prefix(r)) else {
+        return Need::Token;
+    };
+    let op = match *method {
+        Method::POST if path.starts_with("/api/v1/file/") => Operation::Write,
+        Method::DELETE if path.starts_with("/api/v1/file/") => Operation::Delete,
+        _ => Operation::Read,
+    };
+    Need::Path(op, super::envelope::percent_decode(config_path))
+}
+
+/// Whether `path` is in the reserved `{prefix}/` namespace.
+pub fn is_reserved(state: &AppState, path: &str) -> bool {
+    let prefix = state.config.cluster.prefix.trim_matches('/');
+    let path = path.trim_start_matches('/');
+    path.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// What the check needs of a request, owned: a request is not Sync, so a
+/// future holding a reference to it could not move between threads.
+pub struct Caller {
+    method: Method,
+    uri_path: String,
+    header: Option<axum::http::HeaderValue>,
+    client: Option<std::net::IpAddr>,
+}
+
+impl Caller {
+    pub fn of(request: &Request) -> Self {
+        Self {
+            method: request.method().clone(),
+            uri_path: request.uri().path().to_string(),
+            header: request
+                .headers()
+                .get(axum::http::header::AUTHORIZATION)
+                .cloned(),
+            client: request
+                .extensions()
+                .get::<ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip()),
+        }
+    }
+}
+
+/// The caller's principal, or the response that refuses the request.
+pub async fn check(state: &AppState, caller: Caller) -> Result<Principal, Response> {
+    let Caller {
+        method,
+        uri_path,
+        header,
+        client,
+    } = caller;
+    let need = need(state, &method, &uri_path);
+    if let Need::Path(_, path) = &need
+        && is_reserved(state, path)
+    {
+        return Err(ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            format!(
+                "{path} is in the reserved namespace `{}/` (pika's own records); \
+                 tokens are managed through /api/v1/tokens",
+                state.config.cluster.prefix
+            ),
+        )
+        .into_response());
+    }
+    let header = header.as_ref().map(|v| v.as_bytes());
+    let result = match need {
+        Need::Nothing => return Ok(Principal::unrestricted()),
+        Need::Token => state.auth.authenticate(header).await,
+        Need::Admin => state
+            .auth
+            .authenticate(header)
+            .await
+            .and_then(|p| match p.admin {
+                true => Ok(p),
+                false => Err(Refusal::forbidden(format!(
+                    "{uri_path} needs an admin token; token {:?} is not one",
+                    p.name.as_deref().unwrap_or_default()
+                ))),
+            }),
+        Need::Path(op, path) => state.auth.authenticate(header).await.and_then(|p| {
+            if p.may(op, &path) {
+                Ok(p)
+            } else {
+                Err(Refusal::forbidden(format!(
+                    "token {:?} may not {} {path}",
+                    p.name.as_deref().unwrap_or_default(),
+                    op.name()
+                )))
+            }
+        }),
+    };
+    result.map_err(|refusal| {
+        state.auth.record_failure(&refusal, client, &uri_path);
+        let mut response = ApiError::new(refusal.status, refusal.message).into_response();
+        if refusal.status == axum::http::StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer realm=\"pika\""),
+            );
+        }
+        response
+    })
+}
