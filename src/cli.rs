@@ -44,6 +44,13 @@ pub struct Client {
     /// File holding the API token (its first line).
     #[arg(long, global = true, value_name = "PATH")]
     pub token_file: Option<PathBuf>,
+    /// Trust only this CA (or self-signed) certificate, PEM, for https://
+    /// nodes: e.g. a node's `tls/cert.pem` with `server.tls.self_signed`.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub ca_file: Option<PathBuf>,
+    /// Accept any certificate from an https:// node (no verification).
+    #[arg(long, global = true)]
+    pub insecure: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -457,18 +464,49 @@ impl Api {
             value.set_sensitive(true);
             headers.insert(reqwest::header::AUTHORIZATION, value);
         }
-        let http = reqwest::blocking::Client::builder()
+        // reqwest is built without a crypto provider of its own.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut builder = reqwest::blocking::Client::builder()
             .default_headers(headers)
             .connect_timeout(Duration::from_secs(5))
             // Writes wait for the cluster; watches never end.
-            .timeout(None)
+            .timeout(None);
+        if let Some(file) = &client.ca_file {
+            let pem = std::fs::read(file)
+                .map_err(|e| Failure::new(2, format!("--ca-file {}: {e}", file.display())))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                Failure::new(
+                    2,
+                    format!("--ca-file {}: not PEM certificates: {e}", file.display()),
+                )
+            })?;
+            if certs.is_empty() {
+                return Err(Failure::new(
+                    2,
+                    format!("--ca-file {} holds no certificate", file.display()),
+                ));
+            }
+            builder = builder.tls_certs_only(certs);
+        }
+        if client.insecure {
+            builder = builder.tls_danger_accept_invalid_certs(true);
+        }
+        let http = builder
             .build()
             .map_err(|e| Failure::new(1, format!("cannot build the HTTP client: {e}")))?;
         Ok(Self { base, http })
     }
 
     fn unreachable(&self, e: reqwest::Error) -> Failure {
-        Failure::new(5, format!("cannot reach {}: {e}", self.base))
+        // reqwest's Display stops at "error sending request"; the cause
+        // (refused, certificate not trusted, ...) is what helps.
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            text.push_str(&format!(": {cause}"));
+            source = cause.source();
+        }
+        Failure::new(5, format!("cannot reach {}: {text}", self.base))
     }
 
     fn get_json(&self, path: &str) -> Result<Value, Failure> {

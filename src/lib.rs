@@ -10,3 +10,4 @@ pub mod cluster;
 pub mod config;
 pub mod node;
 pub mod telemetry;
+pub mod tls;

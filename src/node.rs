@@ -96,6 +96,8 @@ pub async fn serve(
         .await
         .with_context(|| format!("cannot listen on {listen} (server.host, server.port)"))?;
     let addr = listener.local_addr().context("reading the bound address")?;
+    let tls = crate::tls::server_tls(&config)?;
+    let scheme = crate::tls::scheme(&config.server.tls);
 
     let membership = if config.cluster.enabled {
         Some(Arc::new(
@@ -155,22 +157,36 @@ pub async fn serve(
     // Present from the start, not only after the first write.
     metrics::gauge!("pika_revision").set(store.revision() as f64);
     let app = api::router(state);
-    if addr.ip().is_unspecified() {
+    if let Some(tls) = &tls {
         tracing::info!(
-            "pika listening on http://{addr} (open http://127.0.0.1:{})",
-            addr.port()
+            cert = %tls.cert_file.display(),
+            sha256 = tls.fingerprint,
+            "serving HTTPS"
         );
-    } else {
-        tracing::info!("pika listening on http://{addr}");
     }
-    if let Some(path) = &admin.file {
+    let local = if addr.ip().is_unspecified() {
+        format!("127.0.0.1:{}", addr.port())
+    } else {
+        addr.to_string()
+    };
+    if addr.ip().is_unspecified() {
+        tracing::info!("pika listening on {scheme}://{addr} (open {scheme}://{local})");
+    } else {
+        tracing::info!("pika listening on {scheme}://{addr}");
+    }
+    if let (Some(path), Some(token)) = (&admin.file, &admin.token) {
         // The fragment never reaches a server or its logs; the page reads
-        // it and clears it from the address bar.
-        tracing::info!(
-            "admin token in {} (open http://127.0.0.1:{}/#token=<its content> to use the UI)",
-            path.display(),
-            addr.port()
-        );
+        // it and clears it from the address bar. The token itself is shown
+        // only on a terminal, never in a log that is shipped somewhere.
+        use std::io::IsTerminal as _;
+        if std::io::stderr().is_terminal() {
+            tracing::info!("open the UI: {scheme}://{local}/#token={token}");
+        } else {
+            tracing::info!(
+                "admin token in {}; the UI takes it at {scheme}://{local}/#token=<its content>",
+                path.display()
+            );
+        }
     }
     if let Some(bound) = bound {
         let _ = bound.send(addr);
@@ -183,16 +199,30 @@ pub async fn serve(
             crate::telemetry::prometheus().run_upkeep();
         }
     });
+    let graceful = async move {
+        shutdown.await;
+        ready.store(false, std::sync::atomic::Ordering::SeqCst);
+        stopping.send_replace(true);
+        tracing::info!("shutting down: finishing in-flight requests");
+    };
+    // The client's address reaches handlers (auth failure logs) either way.
     let app = app.into_make_service_with_connect_info::<SocketAddr>();
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            ready.store(false, std::sync::atomic::Ordering::SeqCst);
-            stopping.send_replace(true);
-            tracing::info!("shutting down: finishing in-flight requests");
-        })
-        .await
-        .context("HTTP server failed");
+    let result = match tls {
+        None => axum::serve(listener, app)
+            .with_graceful_shutdown(graceful)
+            .await
+            .context("HTTP server failed"),
+        Some(tls) => {
+            use axum::serve::ListenerExt as _;
+            let listener = crate::tls::TlsListener::new(listener, tls.config)
+                .context("starting the TLS listener")?
+                .tap_io(|_| {});
+            axum::serve(listener, app)
+                .with_graceful_shutdown(graceful)
+                .await
+                .context("HTTPS server failed")
+        }
+    };
     upkeep.abort();
     if let Some(task) = meta_updates {
         task.abort();

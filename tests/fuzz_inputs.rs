@@ -174,6 +174,54 @@ fn the_http_api_answers_garbage_with_4xx_json() {
         }
         Ok(())
     });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+
+    // The Authorization header, as anything a client could send: never a
+    // panic, never a 5xx, always a 401 with a JSON body, nothing written.
+    // Bytes a header may carry (no CR, LF or NUL), around the shapes a
+    // real header has.
+    let no_token = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    let header = prop_oneof![
+        proptest::collection::vec(
+            any::<u8>().prop_filter("header bytes", |b| !matches!(b, b'\r' | b'\n' | 0)),
+            0..96
+        ),
+        "(Bearer|bearer|BEARER|Basic|Token)? ?(pika_)?[0-9a-fA-F]{0,70} ?"
+            .prop_map(String::into_bytes),
+        "Bearer pika_[0-9a-f]{64}".prop_map(String::into_bytes),
+    ];
+    let revision = || {
+        client
+            .get(format!("{url}/readyz"))
+            .send()
+            .ok()
+            .and_then(|r| r.json::<serde_json::Value>().ok())
+            .and_then(|v| v["revision"].as_u64())
+            .expect("readyz answers with the revision")
+    };
+    let before = revision();
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(256));
+    let result = runner.run(&header, |value| {
+        let Ok(value) = reqwest::header::HeaderValue::from_bytes(&value) else {
+            return Ok(()); // not sendable as a header at all
+        };
+        let response = no_token
+            .post(format!("{url}/api/v1/file/fuzz/auth"))
+            .header("authorization", value.clone())
+            .json(&serde_json::json!({"data": ""}))
+            .send()
+            .expect("the node answers");
+        prop_assert_eq!(response.status().as_u16(), 401, "for {:?}", value);
+        let json: serde_json::Value = response.json().expect("a JSON error body");
+        prop_assert!(json["message"].as_str().is_some_and(|m| !m.is_empty()));
+        Ok(())
+    });
+    assert_eq!(revision(), before, "a refused request wrote nothing");
     runtime.block_on(node.shutdown()).expect("shutdown");
     if let Err(e) = result {
         panic!("{e}");

@@ -28,8 +28,11 @@ pub const TEST_ADMIN_TOKEN: &str =
     "pika_7e57000000000000000000000000000000000000000000000000000000000001";
 
 /// `Authorization: Bearer` [`TEST_ADMIN_TOKEN`], as default headers for a
-/// test client.
+/// test client. Also installs ring as the process's rustls provider, which
+/// reqwest (built without a provider of its own, as pika's CLI is) needs
+/// before any client is built: every test client is built through here.
 pub fn admin_headers() -> reqwest::header::HeaderMap {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(
         reqwest::header::AUTHORIZATION,

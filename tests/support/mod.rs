@@ -55,28 +55,24 @@ pub fn spawn_with(data: &Path, config_file: Option<&Path>, env: &[(&str, &str)])
     let sink = log.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("listening on http://").nth(1) {
-                let addr = rest
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                let url = rest
                     .split_whitespace()
                     .next()
                     .unwrap_or_default()
                     .to_string();
-                let _ = tx.send(addr);
+                let _ = tx.send(url);
             }
             sink.lock().unwrap().push(line);
         }
     });
-    let addr = rx
+    let url = rx
         .recv_timeout(Duration::from_secs(20))
         .unwrap_or_else(|_| {
             let _ = child.kill();
             panic!("pika did not start: {:?}", log.lock().unwrap());
         });
-    Proc {
-        child,
-        url: format!("http://{addr}"),
-        log,
-    }
+    Proc { child, url, log }
 }
 
 /// A client that sends the admin token.
