@@ -130,6 +130,7 @@ impl Settings {
             concurrency,
             warmup: self.warmup,
             run: self.run,
+            token: None,
         }
     }
 }

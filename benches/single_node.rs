@@ -1,15 +1,20 @@
 //! Single-node write and read load: closed-loop HTTP clients against an
 //! in-process node with a real redb file (durable commits) on disk.
 //!
-//! `cargo bench --bench single_node` (about 40 s). Prints, per concurrency
+//! `cargo bench --bench single_node` (about 80 s). Prints, per concurrency
 //! level, throughput and client-observed latency percentiles, plus the
 //! node's own commit latency and ops per commit (group commit at work).
+//! Then the cost of the token check: reads with an API token (a point read
+//! of its record per request), with the admin token (a hash compare), and
+//! on a node with access control off, alternated round by round.
 //! Client and server share this machine's cores: read the figures as
 //! "pika on N cores with its load generator beside it".
 
 mod load;
 
-use load::{PATHS, RUN, VALUE_BYTES, WARMUP, Workload, means, run};
+use std::time::Duration;
+
+use load::{Api, Load, PATHS, RUN, VALUE_BYTES, WARMUP, Workload, drive, means, run};
 use pika::config::Config;
 use pika::node::Node;
 
@@ -53,7 +58,93 @@ fn main() -> anyhow::Result<()> {
             }
         }
         println!("(commit p~ = mean durable commit time per batch, from the node's pika_commit_seconds)");
+        auth_cost(&url, &http).await?;
         node.shutdown().await?;
         Ok(())
     })
+}
+
+/// Reads of the same 1000 paths three ways, alternated for 3 rounds of 2 s:
+/// an API token (its record is read from the store on every request), the
+/// admin token, and a second node with `auth.enabled: false` holding the
+/// same data. Medians of the rounds.
+async fn auth_cost(url: &str, http: &reqwest::Client) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut config = Config::default();
+    config.server.host = "127.0.0.1".into();
+    config.server.port = 0;
+    config.storage.bw.path = dir.path().join("data");
+    config.auth.enabled = false;
+    let open = Node::start(config).await?;
+    let open_url = open.url();
+    let filled = load::fill(Api::Pika, &open_url, "bench", (0..PATHS).collect(), 16).await;
+    anyhow::ensure!(
+        filled == 0,
+        "{filled} writes failed filling the auth-off node"
+    );
+    let created: serde_json::Value = http
+        .post(format!("{url}/api/v1/tokens"))
+        .json(&serde_json::json!({"name": "bench-reader", "scopes": ["bench/**:read"]}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let token = created["token"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("no token: {created}"))?
+        .to_string();
+
+    println!();
+    println!("token check cost, reads of {PATHS} paths, 3 alternated rounds of 2 s, medians:");
+    println!(
+        "{:<22} {:>5} {:>10} {:>9} {:>9}",
+        "credential", "conc", "ops/s", "p50 ms", "p99 ms"
+    );
+    let urls = [url.to_string()];
+    let open_urls = [open_url.clone()];
+    for concurrency in [1usize, 16] {
+        let mut results: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); 3];
+        for _round in 0..3 {
+            for (i, (target, token)) in [
+                (&urls, Some(token.as_str())),
+                (&urls, None),
+                (&open_urls, None),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let out = drive(&Load {
+                    api: Api::Pika,
+                    urls: target,
+                    workload: Workload::Read,
+                    concurrency,
+                    warmup: Duration::from_millis(300),
+                    run: Duration::from_secs(2),
+                    token,
+                })
+                .await;
+                results[i].push((out.ops_per_sec(), out.ms(0.5), out.ms(0.99)));
+            }
+        }
+        for (i, name) in ["API token (scoped)", "admin token", "auth off"]
+            .iter()
+            .enumerate()
+        {
+            let median = |f: fn(&(f64, f64, f64)) -> f64| {
+                let mut v: Vec<f64> = results[i].iter().map(f).collect();
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            };
+            println!(
+                "{:<22} {:>5} {:>10.0} {:>9.3} {:>9.3}",
+                name,
+                concurrency,
+                median(|r| r.0),
+                median(|r| r.1),
+                median(|r| r.2)
+            );
+        }
+    }
+    open.shutdown().await?;
+    Ok(())
 }

@@ -150,7 +150,11 @@ impl Failure {
             401 | 403 => 7,
             _ => 1,
         };
-        Self::new(code, format!("{message} (HTTP {status})"))
+        let hint = match status {
+            401 => " (send a token: --token, $PIKA_TOKEN, --token-file)",
+            _ => "",
+        };
+        Self::new(code, format!("{message} (HTTP {status}){hint}"))
     }
 }
 

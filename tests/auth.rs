@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 mod support;
 
-use support::{ADMIN_TOKEN, PIKA, spawn, spawn_with};
+use support::{ADMIN_TOKEN, PIKA, spawn, spawn_with, wait_until_it_may_read};
 
 fn plain_client() -> Client {
     // Builds through admin_headers' side effect only for the rustls provider.
@@ -266,6 +266,24 @@ fn every_route_with_every_credential() {
     .unwrap();
     assert_eq!(reserved.status().as_u16(), 403, "even for the admin");
 
+    // A retried create (same X-Request-Id) is not answered with a second
+    // secret the store never saw: the name is taken.
+    let create = || {
+        bearer(http.post(format!("{url}/api/v1/tokens")), ADMIN_TOKEN)
+            .header("x-request-id", "create-once")
+            .json(&json!({"name": "retried", "scopes": ["app/**:read"]}))
+            .send()
+            .unwrap()
+    };
+    let first: Value = create().json().unwrap();
+    let retried = create();
+    assert_eq!(retried.status().as_u16(), 409);
+    let secret = first["token"].as_str().unwrap();
+    let works = bearer(http.get(format!("{url}/api/v1/file/app/x")), secret)
+        .send()
+        .unwrap();
+    assert_eq!(works.status().as_u16(), 200, "the first answer's token works");
+
     // Every failure was counted by reason.
     let metrics = http
         .get(format!("{url}/metrics"))
@@ -307,6 +325,10 @@ fn tokens_created_and_revoked_anywhere_hold_everywhere_at_once() {
         .leader(Duration::from_secs(15))
         .expect("a leader elected");
     let urls: Vec<String> = cluster.nodes.iter().map(|n| n.url.clone()).collect();
+    for url in &urls {
+        // Without a read lease a node answers API tokens with 503.
+        wait_until_it_may_read(url);
+    }
     let http = plain_client();
     for round in 0..5 {
         let name = format!("deploy-{round}");

@@ -423,10 +423,44 @@ fn probes_hit_readyz_and_healthz_on_the_http_port() {
     for (probe, path) in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")] {
         let get = &cluster.container[probe]["httpGet"];
         assert_eq!(get["path"].as_str(), Some(path), "{probe}");
+        let scheme = if config.server.tls.enabled() {
+            "HTTPS"
+        } else {
+            "HTTP"
+        };
+        assert_eq!(
+            get["scheme"].as_str().unwrap_or("HTTP"),
+            scheme,
+            "{probe}: the scheme server.tls serves"
+        );
         assert_eq!(
             get["port"].as_u64(),
             Some(u64::from(config.server.port)),
             "{probe}: not the configured server.port"
         );
     }
+}
+
+/// server.tls reads its certificate and key from where the StatefulSet
+/// mounts a Secret of type kubernetes.io/tls (which holds `tls.crt` and
+/// `tls.key`).
+#[test]
+fn tls_comes_from_a_mounted_secret() {
+    let docs = manifests();
+    let cluster = Cluster::new(&docs);
+    let tls = cluster.load().config.server.tls;
+    assert!(tls.enabled(), "the manifests serve HTTPS");
+    let volumes = cluster
+        .statefulset
+        .value
+        .pointer("/spec/template/spec/volumes")
+        .and_then(Value::as_array)
+        .expect("statefulset: volumes");
+    let secret_volume = volumes
+        .iter()
+        .find(|v| v.pointer("/secret/secretName").is_some())
+        .expect("a volume from a Secret");
+    let mount = cluster.mount(secret_volume["name"].as_str().expect("volume name"));
+    assert_eq!(tls.cert_file, std::path::Path::new(mount).join("tls.crt"));
+    assert_eq!(tls.key_file, std::path::Path::new(mount).join("tls.key"));
 }

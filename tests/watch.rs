@@ -9,7 +9,7 @@ use serde_json::Value;
 
 mod support;
 
-use support::{Sse, client, next_events, spawn, sse};
+use support::{Sse, client, next_events, spawn, sse, wait_until_it_may_read};
 
 fn put(url: &str, path: &str, value: &str) -> Value {
     let (status, ack) = support::put(url, path, value, None);
@@ -107,24 +107,6 @@ fn a_watch_sends_matching_changes_in_order_resumes_and_keeps_alive() {
         let body: Value = response.json().expect("a JSON error");
         assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
     }
-}
-
-/// A watch is served by a node that may read: a follower, once the leader
-/// has confirmed it (after an election or a restart, that takes a
-/// heartbeat or two).
-fn wait_until_it_may_read(url: &str) {
-    let may_read = (0..150).any(|_| {
-        let healthy = support::client()
-            .get(format!("{url}/api/v1/cluster/status"))
-            .send()
-            .and_then(|r| r.json::<serde_json::Value>())
-            .is_ok_and(|s| s["leader_healthy"] == true);
-        if !healthy {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        healthy
-    });
-    assert!(may_read, "{url} may read within 15 s");
 }
 
 /// A client watching a follower loses nothing when the follower restarts:

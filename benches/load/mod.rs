@@ -43,6 +43,8 @@ pub struct Load<'a> {
     pub concurrency: usize,
     pub warmup: Duration,
     pub run: Duration,
+    /// The API token pika clients send; `None`: the test admin token.
+    pub token: Option<&'a str>,
 }
 
 pub struct Outcome {
@@ -116,8 +118,19 @@ pub async fn request(
 }
 
 pub fn client(concurrency: usize) -> reqwest::Client {
+    client_as(concurrency, None)
+}
+
+/// A client sending `token` (the test admin token when `None`).
+pub fn client_as(concurrency: usize, token: Option<&str>) -> reqwest::Client {
+    let mut headers = pika_campaign::admin_headers();
+    if let Some(token) = token {
+        let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .expect("a token is a valid header value");
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
     reqwest::Client::builder()
-        .default_headers(pika_campaign::admin_headers())
+        .default_headers(headers)
         .pool_max_idle_per_host(concurrency)
         .build()
         .expect("http client")
@@ -127,7 +140,7 @@ pub fn client(concurrency: usize) -> reqwest::Client {
 /// request fails the benchmark: a number measured over errors is no number.
 pub async fn drive(load: &Load<'_>) -> Outcome {
     let value = Arc::new(value());
-    let http = client(load.concurrency);
+    let http = client_as(load.concurrency, load.token);
     let started = Instant::now();
     let (warmup, run, concurrency, api, workload) = (
         load.warmup,
@@ -186,6 +199,7 @@ pub async fn run(url: &str, workload: Workload, concurrency: usize) -> Outcome {
         concurrency,
         warmup: WARMUP,
         run: RUN,
+        token: None,
     })
     .await
 }

@@ -8,6 +8,11 @@
 //! makes the token work. Revoking deletes in the other order, so a token
 //! stops working before its name is freed. A crash between the two leaves
 //! a name without a working token, which revoking cleans up.
+//!
+//! The two writes get request ids of their own, not ones derived from the
+//! client's `X-Request-Id`: a retried create must not be answered with a
+//! fresh secret for a record that holds the first one's hash. It gets a
+//! 409 instead (the name is taken), and the caller revokes and creates.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -18,7 +23,7 @@ use pika_replication::{ChangeKind, ConfigPath, Format, Meta, Op, WriteError};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{ApiError, AppState, RequestId};
+use super::{ApiError, AppState};
 use crate::auth::scope::Scope;
 use crate::auth::token::{self, NameRecord, TokenHash, TokenRecord};
 use crate::auth::{Principal, now_ms};
@@ -60,7 +65,6 @@ fn json_op(path: ConfigPath, value: &impl serde::Serialize, expected: u64) -> Re
 /// token, shown this once.
 pub async fn create_token(
     State(state): State<AppState>,
-    Extension(request_id): Extension<RequestId>,
     Extension(principal): Extension<Principal>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -113,7 +117,7 @@ pub async fn create_token(
     .with_author(principal.author());
     match state
         .writes
-        .submit_with_id(name_op, format!("{}/name", request_id.0))
+        .submit_with_id(name_op, state.request_ids.next())
         .await
     {
         Err(WriteError::Rejected(pika_replication::OpError::VersionMismatch { .. })) => {
@@ -128,7 +132,7 @@ pub async fn create_token(
         json_op(reserved_path(paths.by_hash(&hash))?, &record, 0)?.with_author(principal.author());
     state
         .writes
-        .submit_with_id(token_op, format!("{}/token", request_id.0))
+        .submit_with_id(token_op, state.request_ids.next())
         .await?;
     tracing::info!(name = record.name, admin = record.admin, by = ?record.created_by, "token created");
     Ok((
@@ -180,7 +184,6 @@ pub async fn list_tokens(State(state): State<AppState>) -> Result<Response, ApiE
 /// DELETE /api/v1/tokens/{name}: 204; refused everywhere from then on.
 pub async fn revoke_token(
     State(state): State<AppState>,
-    Extension(request_id): Extension<RequestId>,
     Extension(principal): Extension<Principal>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -201,7 +204,7 @@ pub async fn revoke_token(
             .with_author(principal.author());
         match state
             .writes
-            .submit_with_id(hash_op, format!("{}/token", request_id.0))
+            .submit_with_id(hash_op, state.request_ids.next())
             .await
         {
             // Only the name was written (a crash between the two writes).
@@ -215,7 +218,7 @@ pub async fn revoke_token(
         Op::delete(reserved_path(name_path)?, Some(entry.version)).with_author(principal.author());
     state
         .writes
-        .submit_with_id(name_op, format!("{}/name", request_id.0))
+        .submit_with_id(name_op, state.request_ids.next())
         .await?;
     tracing::info!(name, by = ?principal.name, "token revoked");
     Ok(StatusCode::NO_CONTENT.into_response())

@@ -213,3 +213,20 @@ pub fn put(
         Err(_) => (0, serde_json::Value::Null),
     }
 }
+
+/// Waits (at most 15 s) until the node at `url` hears a healthy leader,
+/// so it holds a read lease: reads, and API token checks, are served.
+pub fn wait_until_it_may_read(url: &str) {
+    let may_read = (0..150).any(|_| {
+        let healthy = client()
+            .get(format!("{url}/api/v1/cluster/status"))
+            .send()
+            .and_then(|r| r.json::<serde_json::Value>())
+            .is_ok_and(|s| s["leader_healthy"] == true);
+        if !healthy {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        healthy
+    });
+    assert!(may_read, "{url} may read within 15 s");
+}
