@@ -58,30 +58,37 @@ fn main() -> anyhow::Result<()> {
             }
         }
         println!("(commit p~ = mean durable commit time per batch, from the node's pika_commit_seconds)");
-        auth_cost(&url, &http).await?;
+        auth_cost(&http).await?;
         node.shutdown().await?;
         Ok(())
     })
 }
 
-/// Reads of the same 1000 paths three ways, alternated for 3 rounds of 2 s:
-/// an API token (its record is read from the store on every request), the
-/// admin token, and a second node with `auth.enabled: false` holding the
-/// same data. Medians of the rounds.
-async fn auth_cost(url: &str, http: &reqwest::Client) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
+/// A fresh node holding `bench/000000..` once each, with access control
+/// on (the test admin token) or off.
+async fn filled_node(dir: &std::path::Path, auth: bool) -> anyhow::Result<Node> {
     let mut config = Config::default();
     config.server.host = "127.0.0.1".into();
     config.server.port = 0;
-    config.storage.bw.path = dir.path().join("data");
-    config.auth.enabled = false;
-    let open = Node::start(config).await?;
-    let open_url = open.url();
-    let filled = load::fill(Api::Pika, &open_url, "bench", (0..PATHS).collect(), 16).await;
-    anyhow::ensure!(
-        filled == 0,
-        "{filled} writes failed filling the auth-off node"
-    );
+    config.storage.bw.path = dir.to_path_buf();
+    config.auth.enabled = auth;
+    config.auth.admin_token = pika_campaign::TEST_ADMIN_TOKEN.into();
+    let node = Node::start(config).await?;
+    let failed = load::fill(Api::Pika, &node.url(), "bench", (0..PATHS).collect(), 16).await;
+    anyhow::ensure!(failed == 0, "{failed} writes failed filling a node");
+    Ok(node)
+}
+
+/// Reads of the same 1000 paths three ways, alternated for 3 rounds of 2 s:
+/// an API token (its record is read from the store on every request) and
+/// the admin token (a hash compare) on one node, and no token on a node
+/// with `auth.enabled: false`; both nodes fresh and filled alike. Medians
+/// of the rounds.
+async fn auth_cost(http: &reqwest::Client) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let guarded = filled_node(&dir.path().join("on"), true).await?;
+    let open = filled_node(&dir.path().join("off"), false).await?;
+    let (url, open_url) = (guarded.url(), open.url());
     let created: serde_json::Value = http
         .post(format!("{url}/api/v1/tokens"))
         .json(&serde_json::json!({"name": "bench-reader", "scopes": ["bench/**:read"]}))
@@ -100,7 +107,7 @@ async fn auth_cost(url: &str, http: &reqwest::Client) -> anyhow::Result<()> {
         "{:<22} {:>5} {:>10} {:>9} {:>9}",
         "credential", "conc", "ops/s", "p50 ms", "p99 ms"
     );
-    let urls = [url.to_string()];
+    let urls = [url.clone()];
     let open_urls = [open_url.clone()];
     for concurrency in [1usize, 16] {
         let mut results: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); 3];
@@ -146,5 +153,6 @@ async fn auth_cost(url: &str, http: &reqwest::Client) -> anyhow::Result<()> {
         }
     }
     open.shutdown().await?;
+    guarded.shutdown().await?;
     Ok(())
 }

@@ -282,7 +282,11 @@ fn every_route_with_every_credential() {
     let works = bearer(http.get(format!("{url}/api/v1/file/app/x")), secret)
         .send()
         .unwrap();
-    assert_eq!(works.status().as_u16(), 200, "the first answer's token works");
+    assert_eq!(
+        works.status().as_u16(),
+        200,
+        "the first answer's token works"
+    );
 
     // Every failure was counted by reason.
     let metrics = http

@@ -175,6 +175,15 @@ impl<'a> Cluster<'a> {
             .collect()
     }
 
+    /// The pod's volumes.
+    fn volumes(&self) -> &'a [Value] {
+        self.statefulset
+            .value
+            .pointer("/spec/template/spec/volumes")
+            .and_then(Value::as_array)
+            .expect("statefulset: volumes")
+    }
+
     /// The mountPath of the container's volumeMount named `volume`.
     fn mount(&self, volume: &str) -> &'a str {
         let mounts = self.container["volumeMounts"]
@@ -299,13 +308,8 @@ fn env_vars_name_real_config_keys() {
     for (name, value) in &env {
         if name == "CONFIG_FILE" {
             // The ConfigMap's pika.yaml, where the ConfigMap is mounted.
-            let volumes = cluster
-                .statefulset
-                .value
-                .pointer("/spec/template/spec/volumes")
-                .and_then(Value::as_array)
-                .expect("statefulset: volumes");
-            let config_volume = volumes
+            let config_volume = cluster
+                .volumes()
                 .iter()
                 .find(|v| {
                     v.pointer("/configMap/name").and_then(Value::as_str)
@@ -450,13 +454,8 @@ fn tls_comes_from_a_mounted_secret() {
     let cluster = Cluster::new(&docs);
     let tls = cluster.load().config.server.tls;
     assert!(tls.enabled(), "the manifests serve HTTPS");
-    let volumes = cluster
-        .statefulset
-        .value
-        .pointer("/spec/template/spec/volumes")
-        .and_then(Value::as_array)
-        .expect("statefulset: volumes");
-    let secret_volume = volumes
+    let secret_volume = cluster
+        .volumes()
         .iter()
         .find(|v| v.pointer("/secret/secretName").is_some())
         .expect("a volume from a Secret");

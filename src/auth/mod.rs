@@ -128,13 +128,23 @@ struct Inner {
     replica: Option<Replica>,
     /// When each client address last had a failure logged.
     logged: Mutex<HashMap<IpAddr, Instant>>,
+    /// Parsed token records by hash, with the version of the record they
+    /// were parsed from. A lookup still reads the record's entry (so a
+    /// revocation or a change is seen at once) but skips loading and
+    /// parsing the record while its version is the same.
+    parsed: Mutex<HashMap<[u8; 32], ParsedRecord>>,
 }
+
+/// A token record as parsed from the version `.0` of its path.
+type ParsedRecord = (u64, Arc<TokenRecord>);
 
 /// Failure log lines per client address: at most one per this long.
 const LOG_EVERY: Duration = Duration::from_secs(1);
 /// Addresses remembered for [`LOG_EVERY`]; beyond this, old ones are
 /// forgotten (a flood of addresses costs log lines, not memory).
 const LOGGED_ADDRESSES: usize = 4096;
+/// Parsed token records kept; when full, the cache starts over.
+const PARSED_RECORDS: usize = 4096;
 
 impl Auth {
     pub fn new(
@@ -152,6 +162,7 @@ impl Auth {
                 store,
                 replica,
                 logged: Mutex::new(HashMap::new()),
+                parsed: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -210,15 +221,15 @@ impl Auth {
             ));
         }
         Ok(Principal {
-            name: Some(record.name),
+            name: Some(record.name.clone()),
             admin: record.admin,
-            scopes: record.scopes,
+            scopes: record.scopes.clone(),
         })
     }
 
     /// The record stored for `hash`, read as any linearizable read is:
     /// with a read lease, after its path's pending write (if any) commits.
-    async fn lookup(&self, hash: &TokenHash) -> Result<Option<TokenRecord>, Refusal> {
+    async fn lookup(&self, hash: &TokenHash) -> Result<Option<Arc<TokenRecord>>, Refusal> {
         let inner = &self.inner;
         let path = inner.paths.by_hash(hash);
         if let Some(replica) = &inner.replica {
@@ -233,21 +244,40 @@ impl Auth {
                 .await
                 .map_err(|e| Refusal::unavailable(format!("checking the token: {e}")))?;
         }
-        let change = inner.store.get(&path, None).map_err(|e| Refusal {
+        let storage = |e: pika_replication::StoreError| Refusal {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             reason: "unavailable",
             message: format!("reading the token record: {e}"),
-        })?;
-        let Some(change) = change else {
+        };
+        let Some(entry) = inner.store.entry(&path).map_err(storage)? else {
             return Ok(None);
         };
-        match change.kind {
-            ChangeKind::Delete => Ok(None),
-            ChangeKind::Put { data, .. } => serde_json::from_slice(&data).map(Some).map_err(|e| {
-                tracing::error!(path, error = %e, "a stored token record does not parse");
-                Refusal::unauthorized("unknown", "unknown or revoked token")
-            }),
+        if entry.deleted {
+            return Ok(None);
         }
+        if let Ok(parsed) = inner.parsed.lock()
+            && let Some((version, record)) = parsed.get(&hash.0)
+            && *version == entry.version
+        {
+            return Ok(Some(record.clone()));
+        }
+        let Some(change) = inner.store.get(&path, Some(entry.version)).map_err(storage)? else {
+            return Ok(None);
+        };
+        let ChangeKind::Put { data, .. } = change.kind else {
+            return Ok(None);
+        };
+        let record: Arc<TokenRecord> = serde_json::from_slice(&data).map(Arc::new).map_err(|e| {
+            tracing::error!(path, error = %e, "a stored token record does not parse");
+            Refusal::unauthorized("unknown", "unknown or revoked token")
+        })?;
+        if let Ok(mut parsed) = inner.parsed.lock() {
+            if parsed.len() >= PARSED_RECORDS {
+                parsed.clear();
+            }
+            parsed.insert(hash.0, (change.version, record.clone()));
+        }
+        Ok(Some(record))
     }
 
     /// Counts a refusal and logs it, at most once a second per address.
