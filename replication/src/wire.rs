@@ -117,3 +117,97 @@ pub enum ForwardResult {
     /// Not the leader, no quorum, lost leadership, storage failure.
     Unavailable(String),
 }
+
+/// The largest epoch, revision, version, round, sequence or boot number a
+/// peer may send. The protocol adds to these (a campaign takes the highest
+/// epoch seen plus one, a follower expects `prev.revision + 1`), so a value
+/// near `u64::MAX` would wrap: one `Heartbeat {epoch: u64::MAX}` from a key
+/// holder would leave every later campaign at epoch 0, refused forever.
+/// 2^62 is a billion epochs a second for 146 years.
+pub const MAX_COUNTER: u64 = 1 << 62;
+
+impl PeerMessage {
+    /// Why this message cannot come from a correct peer: a number the
+    /// protocol adds to beyond [`MAX_COUNTER`]. Such messages are dropped
+    /// whole before the core sees them.
+    pub fn malformed(&self) -> Option<&'static str> {
+        let too_big = |n: u64| n > MAX_COUNTER;
+        let position = |p: &Position| too_big(p.epoch) || too_big(p.revision);
+        let change = |c: &Change| too_big(c.epoch) || too_big(c.revision) || too_big(c.version);
+        let bad = match self {
+            PeerMessage::Hello { .. } => false,
+            PeerMessage::Election(m) => match m {
+                ElectionMessage::LeaseRequest { epoch, last, .. } => {
+                    too_big(*epoch) || position(last)
+                }
+                ElectionMessage::LeaseReply {
+                    epoch, promised, ..
+                } => too_big(*epoch) || too_big(*promised),
+                ElectionMessage::Heartbeat { epoch, round, .. } => {
+                    too_big(*epoch) || too_big(*round)
+                }
+                ElectionMessage::HeartbeatAck {
+                    epoch,
+                    round,
+                    promised,
+                    ..
+                } => too_big(*epoch) || too_big(*round) || too_big(*promised),
+                ElectionMessage::Withdrawn { epoch } => too_big(*epoch),
+            },
+            PeerMessage::Diff {
+                epoch,
+                prev,
+                changes,
+                commit,
+                ..
+            } => {
+                too_big(*epoch) || position(prev) || too_big(*commit) || changes.iter().any(change)
+            }
+            PeerMessage::Ack {
+                epoch,
+                received,
+                durable,
+                boot,
+            } => too_big(*epoch) || too_big(*received) || too_big(*durable) || too_big(*boot),
+            PeerMessage::Commit { epoch, revision } => too_big(*epoch) || too_big(*revision),
+            PeerMessage::Fenced { epoch, promised } => too_big(*epoch) || too_big(*promised),
+            PeerMessage::CatchUp {
+                epoch,
+                from,
+                committed,
+            } => too_big(*epoch) || position(from) || position(committed),
+            PeerMessage::SyncNeeded { epoch } => too_big(*epoch),
+            PeerMessage::SyncRequest { session, ask } => {
+                too_big(*session)
+                    || matches!(ask, SyncAsk::Buckets { since: Some(s), .. } if too_big(*s))
+            }
+            PeerMessage::SyncReply {
+                session,
+                leader_epoch,
+                revision,
+                epoch,
+                ..
+            } => {
+                too_big(*session) || too_big(*leader_epoch) || too_big(*revision) || too_big(*epoch)
+            }
+            PeerMessage::Verify {
+                epoch, revision, ..
+            } => too_big(*epoch) || too_big(*revision),
+            PeerMessage::Alive { seq, boot } => too_big(*seq) || too_big(*boot),
+            PeerMessage::SetStatus {
+                epoch,
+                echo,
+                commit,
+                ..
+            } => too_big(*epoch) || too_big(*echo) || too_big(*commit),
+            PeerMessage::Forward { op, .. } => op.expected_version.is_some_and(too_big),
+            PeerMessage::ForwardReply { result, .. } => match result {
+                ForwardResult::Applied(a) => {
+                    too_big(a.version) || too_big(a.revision) || too_big(a.epoch)
+                }
+                _ => false,
+            },
+        };
+        bad.then_some("a number beyond 2^62 (epoch, revision, version, round, sequence or boot)")
+    }
+}

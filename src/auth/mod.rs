@@ -261,16 +261,21 @@ impl Auth {
         {
             return Ok(Some(record.clone()));
         }
-        let Some(change) = inner.store.get(&path, Some(entry.version)).map_err(storage)? else {
+        let Some(change) = inner
+            .store
+            .get(&path, Some(entry.version))
+            .map_err(storage)?
+        else {
             return Ok(None);
         };
         let ChangeKind::Put { data, .. } = change.kind else {
             return Ok(None);
         };
-        let record: Arc<TokenRecord> = serde_json::from_slice(&data).map(Arc::new).map_err(|e| {
-            tracing::error!(path, error = %e, "a stored token record does not parse");
-            Refusal::unauthorized("unknown", "unknown or revoked token")
-        })?;
+        let record: Arc<TokenRecord> =
+            serde_json::from_slice(&data).map(Arc::new).map_err(|e| {
+                tracing::error!(path, error = %e, "a stored token record does not parse");
+                Refusal::unauthorized("unknown", "unknown or revoked token")
+            })?;
         if let Ok(mut parsed) = inner.parsed.lock() {
             if parsed.len() >= PARSED_RECORDS {
                 parsed.clear();

@@ -437,6 +437,15 @@ impl<L: LogStore> ReplicaCore<L> {
     }
 
     pub fn handle(&mut self, from: String, message: PeerMessage, now: Duration) {
+        // Invariant: no number the protocol adds to ever exceeds
+        // wire::MAX_COUNTER, so `+ 1` never wraps. Our own counters start
+        // at 0 and grow by one; a peer's are checked here, before anything
+        // is compared with or derived from them.
+        if let Some(why) = message.malformed() {
+            tracing::warn!(%from, why, "dropped a malformed peer message");
+            metrics::counter!("pika_peer_messages_malformed_total").increment(1);
+            return;
+        }
         match message {
             PeerMessage::Hello { .. } => {}
             PeerMessage::Election(m) => {
