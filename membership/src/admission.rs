@@ -82,11 +82,13 @@ pub fn alpn(prefix: &str) -> Vec<u8> {
 }
 
 impl Admission {
-    /// Builds both TLS configurations for a node of the cluster identified by
-    /// `security_key` and `prefix`. The leaf key is fresh on every call.
+    /// Builds both TLS configurations for node `node_id` of the cluster
+    /// identified by `security_key` and `prefix`. The leaf key is fresh on
+    /// every call; the leaf names the node (see [`node_id_of`]).
     pub fn new(
         security_key: &[u8],
         prefix: &str,
+        node_id: &str,
         transport: Arc<quinn::TransportConfig>,
     ) -> Result<Admission, AdmissionError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -96,7 +98,7 @@ impl Admission {
         let issuer = Issuer::new(ca_params, ca_key);
 
         let leaf_key = KeyPair::generate_for(&PKCS_ED25519)?;
-        let leaf_cert = leaf_params()?.signed_by(&leaf_key, &issuer)?;
+        let leaf_cert = leaf_params(node_id)?.signed_by(&leaf_key, &issuer)?;
         let chain: Vec<CertificateDer<'static>> = vec![leaf_cert.der().clone()];
         let key_der = || -> PrivateKeyDer<'static> {
             PrivatePkcs8KeyDer::from(leaf_key.serialize_der()).into()
@@ -182,8 +184,15 @@ fn ca_params(prefix: &str) -> CertificateParams {
     params
 }
 
-fn leaf_params() -> Result<CertificateParams, rcgen::Error> {
-    let mut params = CertificateParams::new(vec![PEER_SERVER_NAME.to_string()])?;
+/// The DNS name under which a leaf certificate names its node:
+/// `{node_id}` + this. `.invalid` never resolves (RFC 6761).
+pub const NODE_ID_SUFFIX: &str = ".node.pika.invalid";
+
+fn leaf_params(node_id: &str) -> Result<CertificateParams, rcgen::Error> {
+    let mut params = CertificateParams::new(vec![
+        PEER_SERVER_NAME.to_string(),
+        format!("{node_id}{NODE_ID_SUFFIX}"),
+    ])?;
     params
         .distinguished_name
         .push(DnType::CommonName, "pika peer");
@@ -195,9 +204,40 @@ fn leaf_params() -> Result<CertificateParams, rcgen::Error> {
     Ok(params)
 }
 
+/// The node id a peer's leaf certificate names: what its handshake proved,
+/// signed by the cluster's CA. A `Hello` claiming another id is refused.
+pub fn node_id_of(leaf: &CertificateDer<'_>) -> Option<String> {
+    let cert = webpki::EndEntityCert::try_from(leaf).ok()?;
+    cert.valid_dns_names()
+        .find_map(|name| name.strip_suffix(NODE_ID_SUFFIX))
+        .filter(|id| !id.is_empty())
+        .map(str::to_string)
+}
+
+/// The node id proven by `conn`'s handshake (the peer's leaf certificate).
+pub fn proven_node_id(conn: &quinn::Connection) -> Option<String> {
+    let identity = conn.peer_identity()?;
+    let chain = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    chain.first().and_then(node_id_of)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_leaf_names_its_node() {
+        let transport = Arc::new(quinn::TransportConfig::default());
+        let ca_key = derive_ca_key(b"key", "pika").expect("a CA key");
+        let issuer = Issuer::new(ca_params("pika"), ca_key);
+        let leaf_key = KeyPair::generate_for(&PKCS_ED25519).expect("a key");
+        let leaf = leaf_params("0123456789abcdef")
+            .expect("params")
+            .signed_by(&leaf_key, &issuer)
+            .expect("signed");
+        assert_eq!(node_id_of(leaf.der()).as_deref(), Some("0123456789abcdef"));
+        Admission::new(b"key", "pika", "0123456789abcdef", transport).expect("configs");
+    }
 
     #[test]
     fn same_key_and_prefix_derive_the_same_ca() -> Result<(), AdmissionError> {

@@ -105,7 +105,12 @@ impl Membership {
     pub async fn start(config: MembershipConfig) -> Result<Membership, StartError> {
         let security = KeyStrength::of(&config.security_key);
         let transport = Arc::new(transport_config(&config.swim)?);
-        let tls = admission::Admission::new(&config.security_key, &config.prefix, transport)?;
+        let tls = admission::Admission::new(
+            &config.security_key,
+            &config.prefix,
+            &config.node_id,
+            transport,
+        )?;
 
         let socket = UdpSocket::bind(config.bind).map_err(|source| StartError::Bind {
             addr: config.bind,

@@ -43,6 +43,8 @@ pub struct FramedStream {
     max_frame: usize,
     stats: Arc<Stats>,
     chunk: Vec<u8>,
+    /// The node id the peer's certificate proves, if it names one.
+    peer_node_id: Option<String>,
 }
 
 /// A stream a member opened to this node.
@@ -57,6 +59,7 @@ impl FramedStream {
         (send, recv): (quinn::SendStream, quinn::RecvStream),
         max_frame: usize,
         stats: Arc<Stats>,
+        peer_node_id: Option<String>,
     ) -> FramedStream {
         FramedStream {
             peer,
@@ -66,7 +69,15 @@ impl FramedStream {
             max_frame,
             stats,
             chunk: vec![0; 64 * 1024],
+            peer_node_id,
         }
+    }
+
+    /// The node id the peer proved in its handshake (its leaf certificate,
+    /// signed by the cluster's CA). A node id the peer merely claims, in a
+    /// message, must equal this one.
+    pub fn peer_node_id(&self) -> Option<&str> {
+        self.peer_node_id.as_deref()
     }
 
     /// The peer address of the member at the other end.

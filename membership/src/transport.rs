@@ -209,7 +209,8 @@ impl Pool {
     /// closes: datagrams go to the driver, streams to whoever takes them.
     fn register(self: &Arc<Self>, conn: Connection) {
         let peer = conn.remote_address();
-        tracing::debug!(%peer, "peer connection up");
+        let node_id = crate::admission::proven_node_id(&conn);
+        tracing::debug!(%peer, ?node_id, "peer connection up");
         lock(&self.conns).insert(peer, conn.clone());
         let pool = self.clone();
         tokio::spawn(async move {
@@ -226,7 +227,7 @@ impl Pool {
                     },
                     stream = conn.accept_bi() => match stream {
                         Ok(pair) => {
-                            let stream = FramedStream::new(peer, pair, pool.settings.max_frame, pool.stats.clone());
+                            let stream = FramedStream::new(peer, pair, pool.settings.max_frame, pool.stats.clone(), node_id.clone());
                             if pool.streams.try_send(IncomingStream { peer, stream }).is_err() {
                                 tracing::debug!(%peer, "incoming stream dropped: nobody is accepting");
                             }
@@ -260,6 +261,7 @@ impl Pool {
             pair,
             self.settings.max_frame,
             self.stats.clone(),
+            crate::admission::proven_node_id(&conn),
         ))
     }
 }

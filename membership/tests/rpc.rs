@@ -69,6 +69,11 @@ async fn streams_carry_ordered_frames_and_refuse_oversized_ones() {
 
     // Order and content survive, over one stream.
     let mut stream = a.open_stream(b_addr).await.expect("stream to b");
+    assert_eq!(
+        stream.peer_node_id(),
+        Some("node-62"),
+        "b's certificate names b"
+    );
     for n in 0..100u32 {
         let m = Echo {
             n,
@@ -151,4 +156,42 @@ async fn opening_a_stream_to_nobody_fails_cleanly() {
         Ok(_) => panic!("a stream to an address nobody listens on"),
     }
     a.shutdown().await;
+}
+
+/// Each side of a stream knows which node the other is from its
+/// certificate, not from anything the other says: replication refuses a
+/// `Hello` that claims another id (issue 14, item 6).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_knows_its_peer_node_from_the_certificate() {
+    let hosts = [66, 67];
+    let port = free_port(&hosts);
+    let dns = list(&hosts);
+    let a = Membership::start(config(66, port, &dns, KEY, 1))
+        .await
+        .expect("a");
+    let b = Membership::start(config(67, port, &dns, KEY, 1))
+        .await
+        .expect("b");
+    let mut incoming = b.incoming_streams().expect("first taker");
+    let mut stream = a
+        .open_stream(SocketAddr::new(ip(67), port))
+        .await
+        .expect("stream to b");
+    assert_eq!(stream.peer_node_id(), Some("node-67"));
+    stream
+        .send(&Echo {
+            n: 1,
+            body: Vec::new(),
+        })
+        .await
+        .expect("send");
+    let mut accepted = tokio::time::timeout(Duration::from_secs(10), incoming.recv())
+        .await
+        .expect("a stream within 10 s")
+        .expect("the stream");
+    assert_eq!(accepted.stream.peer_node_id(), Some("node-66"));
+    let first: Option<Echo> = accepted.stream.recv().await.expect("recv");
+    assert_eq!(first.map(|e| e.n), Some(1));
+    a.shutdown().await;
+    b.shutdown().await;
 }

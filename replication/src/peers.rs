@@ -219,6 +219,11 @@ async fn read_stream(
             return;
         }
     };
+    if let Err(why) = hello_matches(stream.peer_node_id(), &from) {
+        metrics::counter!("pika_peer_hello_refused_total").increment(1);
+        tracing::warn!(peer = %stream.peer(), claimed = %from, "replica stream refused: {why}");
+        return;
+    }
     loop {
         match stream.recv::<PeerMessage>().await {
             Ok(Some(message)) => {
@@ -235,5 +240,34 @@ async fn read_stream(
                 return;
             }
         }
+    }
+}
+
+/// Whether a stream's `Hello` may speak for `claimed`: only the node its
+/// certificate names (`proven`, from the handshake, signed by the
+/// cluster's CA). Otherwise any key holder could send diffs, acks or votes
+/// in another node's name.
+pub fn hello_matches(proven: Option<&str>, claimed: &str) -> Result<(), String> {
+    match proven {
+        Some(id) if id == claimed => Ok(()),
+        Some(id) => Err(format!(
+            "its certificate is node {id}'s, its hello claims node {claimed}"
+        )),
+        None => Err(format!(
+            "its certificate names no node (a build from before node ids were \
+             certified?); its hello claims node {claimed}"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod hello_tests {
+    use super::hello_matches;
+
+    #[test]
+    fn a_hello_speaks_only_for_the_certified_node() {
+        assert!(hello_matches(Some("a1"), "a1").is_ok());
+        assert!(hello_matches(Some("a1"), "b2").is_err());
+        assert!(hello_matches(None, "a1").is_err());
     }
 }

@@ -118,8 +118,7 @@ pub enum ForwardResult {
     Unavailable(String),
 }
 
-/// The largest epoch, revision, version, round, sequence or boot number a
-/// peer may send. The protocol adds to these (a campaign takes the highest
+/// The largest epoch, revision, version or commit index a peer may send. The protocol adds to these (a campaign takes the highest
 /// epoch seen plus one, a follower expects `prev.revision + 1`), so a value
 /// near `u64::MAX` would wrap: one `Heartbeat {epoch: u64::MAX}` from a key
 /// holder would leave every later campaign at epoch 0, refused forever.
@@ -127,32 +126,39 @@ pub enum ForwardResult {
 pub const MAX_COUNTER: u64 = 1 << 62;
 
 impl PeerMessage {
-    /// Why this message cannot come from a correct peer: a number the
-    /// protocol adds to beyond [`MAX_COUNTER`]. Such messages are dropped
-    /// whole before the core sees them.
-    pub fn malformed(&self) -> Option<&'static str> {
-        let too_big = |n: u64| n > MAX_COUNTER;
-        let position = |p: &Position| too_big(p.epoch) || too_big(p.revision);
-        let change = |c: &Change| too_big(c.epoch) || too_big(c.revision) || too_big(c.version);
-        let bad = match self {
-            PeerMessage::Hello { .. } => false,
+    /// Why this message cannot come from a correct peer: the first number
+    /// the protocol adds to that is beyond [`MAX_COUNTER`]. Such messages
+    /// are dropped whole before the core sees them. Numbers the receiver
+    /// only compares or echoes (snapshot sessions, `Alive` sequence numbers
+    /// and their echoes, which start at random; heartbeat rounds; boot
+    /// generations; forward ids) are not bounded.
+    pub fn malformed(&self) -> Option<String> {
+        self.counters()
+            .into_iter()
+            .find(|(_, n)| *n > MAX_COUNTER)
+            .map(|(field, n)| format!("{field} = {n} is beyond 2^62"))
+    }
+
+    /// Every counter this message carries, by name.
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let position =
+            |name: [&'static str; 2], p: &Position| [(name[0], p.epoch), (name[1], p.revision)];
+        match self {
+            PeerMessage::Hello { .. } => vec![],
             PeerMessage::Election(m) => match m {
                 ElectionMessage::LeaseRequest { epoch, last, .. } => {
-                    too_big(*epoch) || position(last)
+                    let mut v = vec![("epoch", *epoch)];
+                    v.extend(position(["last.epoch", "last.revision"], last));
+                    v
                 }
                 ElectionMessage::LeaseReply {
                     epoch, promised, ..
-                } => too_big(*epoch) || too_big(*promised),
-                ElectionMessage::Heartbeat { epoch, round, .. } => {
-                    too_big(*epoch) || too_big(*round)
-                }
+                } => vec![("epoch", *epoch), ("promised", *promised)],
+                ElectionMessage::Heartbeat { epoch, .. } => vec![("epoch", *epoch)],
                 ElectionMessage::HeartbeatAck {
-                    epoch,
-                    round,
-                    promised,
-                    ..
-                } => too_big(*epoch) || too_big(*round) || too_big(*promised),
-                ElectionMessage::Withdrawn { epoch } => too_big(*epoch),
+                    epoch, promised, ..
+                } => vec![("epoch", *epoch), ("promised", *promised)],
+                ElectionMessage::Withdrawn { epoch } => vec![("epoch", *epoch)],
             },
             PeerMessage::Diff {
                 epoch,
@@ -161,53 +167,80 @@ impl PeerMessage {
                 commit,
                 ..
             } => {
-                too_big(*epoch) || position(prev) || too_big(*commit) || changes.iter().any(change)
+                let mut v = vec![("epoch", *epoch), ("commit", *commit)];
+                v.extend(position(["prev.epoch", "prev.revision"], prev));
+                for c in changes {
+                    v.extend([
+                        ("change.epoch", c.epoch),
+                        ("change.revision", c.revision),
+                        ("change.version", c.version),
+                    ]);
+                }
+                v
             }
             PeerMessage::Ack {
                 epoch,
                 received,
                 durable,
-                boot,
-            } => too_big(*epoch) || too_big(*received) || too_big(*durable) || too_big(*boot),
-            PeerMessage::Commit { epoch, revision } => too_big(*epoch) || too_big(*revision),
-            PeerMessage::Fenced { epoch, promised } => too_big(*epoch) || too_big(*promised),
+                ..
+            } => vec![
+                ("epoch", *epoch),
+                ("received", *received),
+                ("durable", *durable),
+            ],
+            PeerMessage::Commit { epoch, revision } => {
+                vec![("epoch", *epoch), ("revision", *revision)]
+            }
+            PeerMessage::Fenced { epoch, promised } => {
+                vec![("epoch", *epoch), ("promised", *promised)]
+            }
             PeerMessage::CatchUp {
                 epoch,
                 from,
                 committed,
-            } => too_big(*epoch) || position(from) || position(committed),
-            PeerMessage::SyncNeeded { epoch } => too_big(*epoch),
-            PeerMessage::SyncRequest { session, ask } => {
-                too_big(*session)
-                    || matches!(ask, SyncAsk::Buckets { since: Some(s), .. } if too_big(*s))
+            } => {
+                let mut v = vec![("epoch", *epoch)];
+                v.extend(position(["from.epoch", "from.revision"], from));
+                v.extend(position(
+                    ["committed.epoch", "committed.revision"],
+                    committed,
+                ));
+                v
             }
+            PeerMessage::SyncNeeded { epoch } => vec![("epoch", *epoch)],
+            PeerMessage::SyncRequest { ask, .. } => match ask {
+                SyncAsk::Buckets { since: Some(s), .. } => vec![("since", *s)],
+                _ => vec![],
+            },
             PeerMessage::SyncReply {
-                session,
                 leader_epoch,
                 revision,
                 epoch,
                 ..
-            } => {
-                too_big(*session) || too_big(*leader_epoch) || too_big(*revision) || too_big(*epoch)
-            }
+            } => vec![
+                ("leader_epoch", *leader_epoch),
+                ("revision", *revision),
+                ("epoch", *epoch),
+            ],
             PeerMessage::Verify {
                 epoch, revision, ..
-            } => too_big(*epoch) || too_big(*revision),
-            PeerMessage::Alive { seq, boot } => too_big(*seq) || too_big(*boot),
-            PeerMessage::SetStatus {
-                epoch,
-                echo,
-                commit,
-                ..
-            } => too_big(*epoch) || too_big(*echo) || too_big(*commit),
-            PeerMessage::Forward { op, .. } => op.expected_version.is_some_and(too_big),
+            } => vec![("epoch", *epoch), ("revision", *revision)],
+            PeerMessage::Alive { .. } => vec![],
+            PeerMessage::SetStatus { epoch, commit, .. } => {
+                vec![("epoch", *epoch), ("commit", *commit)]
+            }
+            PeerMessage::Forward { op, .. } => op
+                .expected_version
+                .map(|v| vec![("expected_version", v)])
+                .unwrap_or_default(),
             PeerMessage::ForwardReply { result, .. } => match result {
-                ForwardResult::Applied(a) => {
-                    too_big(a.version) || too_big(a.revision) || too_big(a.epoch)
-                }
-                _ => false,
+                ForwardResult::Applied(a) => vec![
+                    ("version", a.version),
+                    ("revision", a.revision),
+                    ("epoch", a.epoch),
+                ],
+                _ => vec![],
             },
-        };
-        bad.then_some("a number beyond 2^62 (epoch, revision, version, round, sequence or boot)")
+        }
     }
 }

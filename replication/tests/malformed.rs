@@ -101,9 +101,9 @@ fn the_bound_is_inclusive_and_covers_every_counter() {
             }),
             PeerMessage::Election(ElectionMessage::HeartbeatAck {
                 epoch: 1,
-                round: n,
+                round: 1,
                 ok: true,
-                promised: 1,
+                promised: n,
             }),
             PeerMessage::Diff {
                 epoch: 1,
@@ -115,8 +115,8 @@ fn the_bound_is_inclusive_and_covers_every_counter() {
             PeerMessage::Ack {
                 epoch: 1,
                 received: 1,
-                durable: 1,
-                boot: n,
+                durable: n,
+                boot: 1,
             },
             PeerMessage::Commit {
                 epoch: 1,
@@ -127,7 +127,13 @@ fn the_bound_is_inclusive_and_covers_every_counter() {
                 from: position(1, 1),
                 committed: position(n, 1),
             },
-            PeerMessage::Alive { seq: n, boot: 1 },
+            PeerMessage::SetStatus {
+                epoch: 1,
+                in_set: true,
+                echo: 1,
+                lease_left: Duration::from_secs(1),
+                commit: n,
+            },
             PeerMessage::Forward {
                 id: 1,
                 request_id: "r".into(),
@@ -141,4 +147,10 @@ fn the_bound_is_inclusive_and_covers_every_counter() {
     for message in at(MAX_COUNTER + 1).into_iter().chain(at(u64::MAX)) {
         assert!(message.malformed().is_some(), "{message:?}");
     }
+    // Sequence numbers start at random and are only echoed: any value.
+    let alive = PeerMessage::Alive {
+        seq: u64::MAX - 3,
+        boot: 1,
+    };
+    assert_eq!(alive.malformed(), None);
 }
