@@ -66,6 +66,13 @@ pub(crate) struct Shared {
     pub(crate) origin: Instant,
     /// How fast this node's protocol clock runs: 1.0, or a test's drift.
     pub(crate) clock_rate: f64,
+    /// Lock order: `core` first. Under it the core takes redb's write
+    /// transaction (applies) and `pending`, and the driver takes `answers`
+    /// and the other leaf mutexes below. Nothing takes `core` while holding
+    /// any of those or a redb write transaction: the committer only
+    /// proposes to the core (on a leader it opens no redb transaction), and
+    /// checkpoints run on a blocking thread without `core` and report back
+    /// through the driver's channel.
     pub(crate) core: Mutex<ReplicaCore<DiskLog>>,
     /// Paths with entries not applied yet: reads of them wait.
     pub(crate) pending: SharedPending,
