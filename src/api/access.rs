@@ -34,9 +34,6 @@ enum Need {
     Path(Operation, String),
 }
 
-/// Config routes whose tail is a config path.
-const PATH_ROUTES: [&str; 3] = ["/api/v1/file/", "/api/v1/data/", "/api/v1/versions/"];
-
 fn need(state: &AppState, method: &Method, path: &str) -> Need {
     match path {
         "/healthz" | "/readyz" | "/" => return Need::Nothing,
@@ -46,7 +43,10 @@ fn need(state: &AppState, method: &Method, path: &str) -> Need {
     if path.starts_with("/api/v1/tokens") || path.starts_with("/debug/") {
         return Need::Admin;
     }
-    let Some(config_path) = PATH_ROUTES.iter().find_map(|r| path.strip_prefix(r)) else {
+    let Some(config_path) = super::envelope::PATH_ROUTES
+        .iter()
+        .find_map(|r| path.strip_prefix(r))
+    else {
         return Need::Token;
     };
     let op = match *method {
@@ -57,9 +57,14 @@ fn need(state: &AppState, method: &Method, path: &str) -> Need {
     Need::Path(op, super::envelope::percent_decode(config_path))
 }
 
-/// Whether `path` is in the reserved `{prefix}/` namespace.
+/// Whether `path` is in the reserved `{cluster.prefix}/` namespace.
 pub fn is_reserved(state: &AppState, path: &str) -> bool {
-    let prefix = state.config.cluster.prefix.trim_matches('/');
+    in_namespace(&state.config.cluster.prefix, path)
+}
+
+/// Whether `path` is `prefix` or under `prefix/`.
+pub fn in_namespace(prefix: &str, path: &str) -> bool {
+    let prefix = prefix.trim_matches('/');
     let path = path.trim_start_matches('/');
     path.strip_prefix(prefix)
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))

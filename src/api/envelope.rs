@@ -106,19 +106,17 @@ pub async fn envelope(State(state): State<AppState>, request: Request, next: Nex
     response
 }
 
-/// Routes that read configs, by the prefix their path follows.
-const READ_ROUTES: [&str; 4] = [
-    "/api/v1/file/",
-    "/api/v1/data/",
-    "/api/v1/versions/",
-    "/api/v1/folder",
-];
+/// Config routes whose tail is a config path (access control checks the
+/// token's scopes on it; reads of it wait on its pending entry).
+pub(super) const PATH_ROUTES: [&str; 3] = ["/api/v1/file/", "/api/v1/data/", "/api/v1/versions/"];
 
 fn is_read(request: &Request) -> bool {
     let method = request.method();
     let path = request.uri().path();
     (method == axum::http::Method::GET || method == axum::http::Method::HEAD)
-        && (READ_ROUTES.iter().any(|p| path.starts_with(p)) || path == "/api/v1/watch")
+        && (PATH_ROUTES.iter().any(|p| path.starts_with(p))
+            || path.starts_with("/api/v1/folder")
+            || path == "/api/v1/watch")
 }
 
 /// A read of a path with an entry received but not applied yet waits for
@@ -162,7 +160,7 @@ fn read_target(request: &Request) -> Option<ReadTarget> {
             format!("{folder}/")
         }));
     }
-    READ_ROUTES[..3]
+    PATH_ROUTES
         .iter()
         .find_map(|route| raw.strip_prefix(route))
         .map(|path| ReadTarget::Path(percent_decode(path)))

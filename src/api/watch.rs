@@ -72,7 +72,7 @@ pub async fn watch(
         applied: state.store.subscribe(),
         stopping: state.stopping.clone(),
         prefix: query.prefix,
-        reserved: format!("{}/", state.config.cluster.prefix.trim_matches('/')),
+        reserved: state.config.cluster.prefix.clone(),
         principal,
         after,
         ready: VecDeque::new(),
@@ -93,7 +93,7 @@ struct Watcher {
     applied: tokio::sync::watch::Receiver<u64>,
     stopping: tokio::sync::watch::Receiver<bool>,
     prefix: String,
-    /// `{prefix}/`: pika's own records, never streamed.
+    /// `cluster.prefix`: pika's own records under it are never streamed.
     reserved: String,
     /// Changes to paths this token may not read are skipped.
     principal: Principal,
@@ -140,7 +140,7 @@ impl Watcher {
                     let before = self.ready.len();
                     let visible = |e: &&FeedEvent| {
                         e.path.starts_with(&self.prefix)
-                            && !e.path.starts_with(&self.reserved)
+                            && !super::access::in_namespace(&self.reserved, &e.path)
                             && self.principal.may(Operation::Read, &e.path)
                     };
                     for event in events.iter().filter(visible) {
