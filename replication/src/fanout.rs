@@ -229,6 +229,23 @@ impl<A> ReplicationSet<A> {
         }
     }
 
+    /// Members not confirmed yet and not heard from for `quiet` leave the
+    /// set at once: they hold no read permission from this leader, so no
+    /// read depends on them, and a new leader's first commit need not wait
+    /// out the eviction time for a member that is alive to membership but
+    /// silent here (its disk failed, say). It rejoins once caught up.
+    /// Returns who left.
+    pub fn drop_silent_unconfirmed(&mut self, now: Duration, quiet: Duration) -> Vec<String> {
+        let mut gone = Vec::new();
+        for (id, f) in &mut self.followers {
+            if f.in_set && !f.confirmed && now.saturating_sub(f.last_heard) > quiet {
+                f.in_set = false;
+                gone.push(id.clone());
+            }
+        }
+        gone
+    }
+
     /// Members silent for longer than the eviction time leave the set;
     /// returns who left.
     pub fn evict_silent(&mut self, now: Duration) -> Vec<String> {
@@ -417,6 +434,26 @@ mod tests {
         assert!(!s.has_quorum());
         assert_eq!(s.commit_bound(1, 1), 0);
         assert_eq!(s.drain(), vec!["w1"]);
+    }
+
+    #[test]
+    fn a_silent_unconfirmed_member_leaves_after_a_quiet_time_a_confirmed_one_does_not() {
+        let mut s = set();
+        let quiet = L / 4;
+        ack(&mut s, "b", 4, 4, T0);
+        assert!(s.drop_silent_unconfirmed(quiet, quiet).is_empty());
+        assert_eq!(
+            s.drop_silent_unconfirmed(quiet * 2, quiet),
+            vec!["c".to_string()],
+            "c never answered this leader"
+        );
+        assert_eq!(s.commit_bound(4, 4), 4, "no longer waits for c");
+        assert!(
+            s.drop_silent_unconfirmed(L, quiet).is_empty(),
+            "b is confirmed: only the eviction time takes it out"
+        );
+        ack(&mut s, "c", 4, 4, L);
+        assert!(s.admit_if_caught_up("c", 4), "c rejoins once caught up");
     }
 
     #[test]

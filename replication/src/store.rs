@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::Serialize;
@@ -76,6 +77,9 @@ pub enum StoreError {
     /// An install would move the state back: it only moves forward.
     #[error("refusing to move the state back from revision {at} to {to}")]
     Backwards { at: u64, to: u64 },
+    /// A reopen after a disk error failed; the next one may succeed.
+    #[error("the database is closed after a disk error and not reopened yet")]
+    Closed,
     #[error("cannot encode or decode the record under {key}: {source}")]
     Corrupt {
         key: String,
@@ -127,9 +131,14 @@ pub struct FolderChild {
 }
 
 pub struct Store {
-    db: Database,
+    /// `None` only after a failed [`Store::reopen`]: every access then
+    /// fails until a later reopen succeeds.
+    db: RwLock<Option<Arc<Database>>>,
+    /// Where the file is and how it was opened, for [`Store::reopen`];
+    /// `None` in memory.
+    file: Option<(PathBuf, usize)>,
     node_id: String,
-    generation: u64,
+    generation: AtomicU64,
     /// The last committed revision, readable without a transaction.
     revision: AtomicU64,
     last_epoch: AtomicU64,
@@ -168,10 +177,88 @@ impl Store {
             .set_cache_size(cache_bytes)
             .create(dir.join(DB_FILE))
             .map_err(|e| open_err(e.into()))?;
-        Self::init(db, history).map_err(|e| match e {
+        let mut store = Self::init(db, history).map_err(|e| match e {
             StoreError::Open { source, .. } => open_err(source),
             other => other,
-        })
+        })?;
+        store.file = Some((dir.join(DB_FILE), cache_bytes));
+        Ok(store)
+    }
+
+    /// Closes the database file and opens it again, after an I/O error
+    /// (redb refuses every transaction after one until then). What was
+    /// committed without durability is gone: the state is back at its last
+    /// checkpoint, and the caller replays the log from there. Counts as a
+    /// new start (the generation grows). Fails, to be tried again later,
+    /// while anything still holds the old file open or the disk still
+    /// fails; every access fails in between.
+    pub fn reopen(&self) -> Result<(), StoreError> {
+        let Some((file, cache_bytes)) = &self.file else {
+            // In memory there is no file to fail.
+            return self.bump_generation();
+        };
+        let open_err = |source: Box<dyn std::error::Error + Send + Sync>| StoreError::Open {
+            path: file.clone(),
+            source,
+        };
+        {
+            let mut slot = self.db.write().unwrap_or_else(PoisonError::into_inner);
+            if let Some(db) = slot.take() {
+                match Arc::try_unwrap(db) {
+                    // Dropped here: redb releases the file.
+                    Ok(db) => drop(db),
+                    Err(shared) => {
+                        *slot = Some(shared);
+                        return Err(open_err("the database is still in use".into()));
+                    }
+                }
+            }
+            let db = Database::builder()
+                .set_cache_size(*cache_bytes)
+                .create(file)
+                .map_err(|e| open_err(e.into()))?;
+            *slot = Some(Arc::new(db));
+        }
+        let txn = self.db()?.begin_read()?;
+        let node = txn.open_table(NODE)?;
+        let read = |key: &str| -> Result<u64, StoreError> {
+            Ok(node.get(key)?.map_or(0, |v| read_u64(v.value())))
+        };
+        let revision = read(KEY_REVISION)?;
+        self.revision.store(revision, Ordering::Release);
+        self.last_epoch
+            .store(read(KEY_LAST_EPOCH)?, Ordering::Release);
+        self.promised.store(read(KEY_PROMISED)?, Ordering::Release);
+        self.applied.send_replace(revision);
+        drop(node);
+        drop(txn);
+        self.bump_generation()
+    }
+
+    /// One more start, made durable.
+    fn bump_generation(&self) -> Result<(), StoreError> {
+        let txn = self.db()?.begin_write()?;
+        let generation = {
+            let mut node = txn.open_table(NODE)?;
+            let generation = node
+                .get(KEY_GENERATION)?
+                .map_or(0, |v| read_u64(v.value()))
+                .saturating_add(1);
+            node.insert(KEY_GENERATION, generation.to_le_bytes().as_slice())?;
+            generation
+        };
+        txn.commit()?;
+        self.generation.store(generation, Ordering::Release);
+        Ok(())
+    }
+
+    /// The open database, or why there is none.
+    pub(crate) fn db(&self) -> Result<Arc<Database>, StoreError> {
+        self.db
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or_else(|| StoreError::Closed)
     }
 
     /// A store in memory: same tables and transactions, nothing on disk.
@@ -224,9 +311,10 @@ impl Store {
         };
         txn.commit()?;
         Ok(Self {
-            db,
+            db: RwLock::new(Some(Arc::new(db))),
+            file: None,
             node_id,
-            generation,
+            generation: AtomicU64::new(generation),
             revision: AtomicU64::new(revision),
             last_epoch: AtomicU64::new(last_epoch),
             promised: AtomicU64::new(promised),
@@ -242,7 +330,7 @@ impl Store {
 
     /// How many times this store has been opened, this time included.
     pub fn generation(&self) -> u64 {
-        self.generation
+        self.generation.load(Ordering::Acquire)
     }
 
     /// The last committed revision.
@@ -279,7 +367,7 @@ impl Store {
         now_ms: u64,
         before_commit: impl FnOnce(&[Change]),
     ) -> Result<BatchOutcome, StoreError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.db()?.begin_write()?;
         let mut revision = self.revision();
         let mut results = Vec::with_capacity(ops.len());
         let mut changes = Vec::new();
@@ -339,7 +427,7 @@ impl Store {
         &self,
         request_ids: &[&str],
     ) -> Result<Vec<Option<Applied>>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let table = txn.open_table(REQUESTS)?;
         request_ids
             .iter()
@@ -359,7 +447,7 @@ impl Store {
     /// The changes made at these revisions, where the watch feed and the
     /// version history still have them: what a stored request id did.
     pub fn changes_at(&self, revisions: &[u64]) -> Result<Vec<Option<Change>>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let feed = txn.open_table(feed::FEED)?;
         let versions = txn.open_table(VERSIONS)?;
         revisions
@@ -380,7 +468,7 @@ impl Store {
 
     /// The latest entry of a path, tombstones included.
     pub fn entry(&self, path: &str) -> Result<Option<Entry>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let entries = txn.open_table(ENTRIES)?;
         let raw = entries.get(path)?;
         raw.map(|v| decode(path, v.value())).transpose()
@@ -389,7 +477,7 @@ impl Store {
     /// A version of a path (the latest when `version` is `None`), tombstones
     /// included; `None` when the path or that version is unknown or pruned.
     pub fn get(&self, path: &str, version: Option<u64>) -> Result<Option<Change>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let version = match version {
             Some(v) => v,
             None => {
@@ -408,7 +496,7 @@ impl Store {
 
     /// The retained history of a path, oldest first; `None` if it never existed.
     pub fn versions(&self, path: &str) -> Result<Option<Vec<VersionInfo>>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let versions = txn.open_table(VERSIONS)?;
         let mut out = Vec::new();
         for item in versions.range((path, 0u64)..=(path, u64::MAX))? {
@@ -435,7 +523,7 @@ impl Store {
     /// The live children of a folder ("" is the root), sorted by name. A
     /// folder is listed if it holds at least one live file.
     pub fn list_folder(&self, folder: &str) -> Result<Vec<FolderChild>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let entries = txn.open_table(ENTRIES)?;
         // Keys under "a/b/" sort contiguously, between "a/b/" and "a/b0".
         let (start, end) = if folder.is_empty() {
@@ -478,7 +566,7 @@ impl Store {
 
     /// The stored (incrementally maintained) bucket digests.
     pub fn merkle(&self) -> Result<MerkleBuckets, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let table = txn.open_table(MERKLE)?;
         let mut buckets = MerkleBuckets::default();
         for item in table.iter()? {
@@ -491,7 +579,7 @@ impl Store {
     /// Bucket digests recomputed from every entry: what [`Store::merkle`]
     /// must equal. O(store); for checks and tests, not the write path.
     pub fn recompute_merkle(&self) -> Result<MerkleBuckets, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let entries = txn.open_table(ENTRIES)?;
         let mut buckets = MerkleBuckets::default();
         for item in entries.iter()? {
@@ -505,9 +593,15 @@ impl Store {
 
     /// Closes the database file, reporting any error instead of dropping it.
     pub fn close(self) -> Result<(), StoreError> {
-        self.db
-            .close()
-            .map_err(|e| StoreError::Storage(Box::new(e.into())))
+        let slot = self.db.into_inner().unwrap_or_else(PoisonError::into_inner);
+        match slot.map(Arc::try_unwrap) {
+            None => Ok(()),
+            Some(Ok(db)) => db
+                .close()
+                .map_err(|e| StoreError::Storage(Box::new(e.into()))),
+            // Someone still holds it: it closes when they let go.
+            Some(Err(_)) => Ok(()),
+        }
     }
 }
 

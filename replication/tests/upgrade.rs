@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pika_replication::election::Position;
-use pika_replication::log::{LogOptions, LogStore, MemDisk, MemLog, ReplicatedLog};
+use pika_replication::log::{LogOptions, LogStore, MemDisk, MemLog};
 use pika_replication::pending::SharedPending;
 use pika_replication::replica::core::{CoreConfig, ReplicaCore};
 use pika_replication::{ConfigPath, Format, Meta, Op, Store};
@@ -57,9 +57,12 @@ fn a_store_without_a_log_opens_as_the_checkpoint_and_the_log_starts_there() {
             revision: 30
         }
     );
-    let log =
-        ReplicatedLog::open(&dir.path().join("log"), &LogOptions::default()).expect("a new log");
-    let log = pika_replication::log::DiskLog::new(log, |_, _| {});
+    let log = pika_replication::log::DiskLog::open(
+        &dir.path().join("log"),
+        &LogOptions::default(),
+        |_, _| {},
+    )
+    .expect("a new log");
     let core = ReplicaCore::new(
         "n1",
         config(),

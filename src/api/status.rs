@@ -66,8 +66,18 @@ pub async fn healthz() -> Response {
     Json(json!({ "status": "ok" })).into_response()
 }
 
-/// Ready while the node accepts writes; 503 once shutdown has begun.
+/// Ready while the node accepts writes; 503 once shutdown has begun, and
+/// while this node's disk fails (the body says why).
 pub async fn readyz(State(state): State<AppState>) -> Response {
+    if let Some(why) = state.writes.replica().and_then(|r| r.status().disk_error) {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "this node's disk failed and it takes no part until the disk works again: {why}"
+            ),
+        )
+        .into_response();
+    }
     if state.ready.load(Ordering::SeqCst) {
         Json(json!({ "status": "ready", "revision": state.store.revision() })).into_response()
     } else {

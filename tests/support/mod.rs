@@ -11,6 +11,8 @@ pub const PIKA: &str = env!("CARGO_BIN_EXE_pika");
 /// The admin token test nodes run with; [`client`] sends it.
 pub use pika_campaign::TEST_ADMIN_TOKEN as ADMIN_TOKEN;
 
+pub mod cluster;
+
 /// A pika process on a free loopback port, killed when dropped.
 pub struct Proc {
     pub child: Child,

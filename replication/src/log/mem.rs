@@ -64,6 +64,12 @@ impl MemLog {
         }
     }
 
+    /// Fails the oldest flush in flight, as a full or failing disk would:
+    /// returns its ticket. What it covered is not on the disk.
+    pub fn fail_flush(&mut self) -> Option<u64> {
+        self.flushing.pop_front().map(|(ticket, _)| ticket)
+    }
+
     /// Completes the oldest flush in flight: returns its ticket.
     pub fn complete_flush(&mut self) -> Option<u64> {
         let (ticket, contents) = self.flushing.pop_front()?;
@@ -73,6 +79,11 @@ impl MemLog {
 }
 
 impl LogStore for MemLog {
+    fn reopen(&mut self) -> Result<(), LogError> {
+        *self = MemLog::open(self.disk.clone());
+        Ok(())
+    }
+
     fn start(&self) -> Position {
         self.now.start
     }

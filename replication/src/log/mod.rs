@@ -62,6 +62,9 @@ pub trait LogStore {
     /// flight at a time ([`GroupFlush`]).
     fn flush(&mut self, ticket: u64) -> Result<(), LogError>;
     fn read(&self, from: u64, to: u64, max_bytes: usize) -> Result<Vec<Change>, LogError>;
+    /// Closes the log and opens what is on disk again, after a disk error:
+    /// what was not flushed is gone, as after a crash.
+    fn reopen(&mut self) -> Result<(), LogError>;
 }
 
 /// The log's directory under the data directory.
@@ -412,53 +415,103 @@ impl ReplicatedLog {
 /// completions are handed to `done` (the driver routes them back to the
 /// core as events).
 pub struct DiskLog {
-    pub log: ReplicatedLog,
+    /// `None` only after a failed [`LogStore::reopen`]: the positions last
+    /// seen are answered from `closed`, and everything else fails.
+    log: Option<ReplicatedLog>,
+    closed: Closed,
+    dir: PathBuf,
+    options: LogOptions,
     done: Arc<dyn Fn(u64, io::Result<()>) + Send + Sync>,
 }
 
+/// What a closed log answers for its positions.
+#[derive(Debug, Default, Clone, Copy)]
+struct Closed {
+    start: Position,
+    last: Position,
+    committed: Position,
+}
+
 impl DiskLog {
-    pub fn new(
-        log: ReplicatedLog,
+    /// Opens the log in `dir`.
+    pub fn open(
+        dir: &Path,
+        options: &LogOptions,
         done: impl Fn(u64, io::Result<()>) + Send + Sync + 'static,
-    ) -> Self {
-        Self {
-            log,
+    ) -> Result<Self, LogError> {
+        let log = ReplicatedLog::open(dir, options)?;
+        Ok(Self {
+            log: Some(log),
+            closed: Closed::default(),
+            dir: dir.to_path_buf(),
+            options: options.clone(),
             done: Arc::new(done),
-        }
+        })
     }
+
+    fn open_log(&self) -> Result<&ReplicatedLog, LogError> {
+        self.log.as_ref().ok_or_else(closed)
+    }
+
+    fn open_log_mut(&mut self) -> Result<&mut ReplicatedLog, LogError> {
+        self.log.as_mut().ok_or_else(closed)
+    }
+}
+
+fn closed() -> LogError {
+    LogError::Io(io::Error::other(
+        "the log is closed after a disk error and not reopened yet",
+    ))
 }
 
 impl LogStore for DiskLog {
     fn start(&self) -> Position {
-        self.log.start()
+        self.log.as_ref().map_or(self.closed.start, |l| l.start())
     }
     fn last(&self) -> Position {
-        self.log.last()
+        self.log.as_ref().map_or(self.closed.last, |l| l.last())
     }
     fn committed(&self) -> Position {
-        self.log.committed()
+        self.log
+            .as_ref()
+            .map_or(self.closed.committed, |l| l.committed())
     }
     fn epoch_at(&self, revision: u64) -> Option<u64> {
-        self.log.epoch_at(revision)
+        self.log.as_ref()?.epoch_at(revision)
     }
     fn append(&mut self, changes: &[Change]) -> Result<(), LogError> {
-        self.log.append(changes)
+        self.open_log_mut()?.append(changes)
     }
     fn truncate_after(&mut self, revision: u64) -> Result<(), LogError> {
-        self.log.truncate_after(revision)
+        self.open_log_mut()?.truncate_after(revision)
     }
     fn purge_through(&mut self, upto: Position) -> Result<(), LogError> {
-        self.log.purge_through(upto)
+        self.open_log_mut()?.purge_through(upto)
     }
     fn save_commit(&mut self, upto: Position) -> Result<(), LogError> {
-        self.log.save_commit(upto)
+        self.open_log_mut()?.save_commit(upto)
     }
     fn flush(&mut self, ticket: u64) -> Result<(), LogError> {
         let done = self.done.clone();
-        self.log.flush(FlushDone::new(move |r| done(ticket, r)))
+        self.open_log_mut()?
+            .flush(FlushDone::new(move |r| done(ticket, r)))
     }
     fn read(&self, from: u64, to: u64, max_bytes: usize) -> Result<Vec<Change>, LogError> {
-        self.log.read(from, to, max_bytes)
+        self.open_log()?.read(from, to, max_bytes)
+    }
+    /// Drops the log (its flush worker is joined and the directory lock
+    /// released) and opens the directory again; a record torn by the
+    /// failed write is at the tail and is dropped by the open.
+    fn reopen(&mut self) -> Result<(), LogError> {
+        if let Some(log) = self.log.take() {
+            self.closed = Closed {
+                start: log.start(),
+                last: log.last(),
+                committed: log.committed(),
+            };
+        }
+        self.log = Some(ReplicatedLog::open(&self.dir, &self.options)?);
+        Ok(())
     }
 }
 

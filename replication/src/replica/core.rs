@@ -63,6 +63,15 @@ pub struct CoreConfig {
     pub frame_bytes: usize,
 }
 
+fn election_config(config: &CoreConfig) -> ElectionConfig {
+    ElectionConfig {
+        replicas: config.replicas,
+        heartbeat_interval: config.heartbeat_interval,
+        lease: config.lease,
+        drift: DRIFT,
+    }
+}
+
 /// What the node must do for the core.
 #[derive(Debug)]
 pub enum Output {
@@ -189,6 +198,9 @@ pub struct ReplicaCore<L: LogStore> {
     pub(super) flushed: Position,
     pub(super) flush: GroupFlush,
     pub(super) next_ticket: u64,
+    /// Flush tickets of a log closed by [`Self::recover`]: their
+    /// completions are ignored.
+    pub(super) stale_tickets_below: u64,
     pub(super) disk_error: Option<String>,
     pub(super) leading: Option<Leading>,
     // Follower side.
@@ -236,41 +248,10 @@ impl<L: LogStore> ReplicaCore<L> {
         now: Duration,
     ) -> Result<Self, String> {
         let me = me.into();
-        let applied = store.position();
-        if log.start().revision > applied.revision {
-            return Err(format!(
-                "the log starts after revision {} but the state is at {}: the state misses \
-                 entries the log no longer has; move the data directory aside and let the \
-                 node rejoin",
-                log.start().revision,
-                applied.revision
-            ));
-        }
-        if log.last().revision < applied.revision {
-            // The state is ahead of the log (a fresh log, a store written
-            // before the log existed, or a snapshot installed just before a
-            // crash): everything in it is committed and durable, so the log
-            // starts there.
-            log.purge_through(applied).map_err(|e| e.to_string())?;
-        } else if !log.holds(applied) {
-            return Err(format!(
-                "the state is at ({}, {}) but the log holds another entry there",
-                applied.epoch, applied.revision
-            ));
-        }
-        let commit = log.committed().revision.max(applied.revision);
-        let uncommitted = log
-            .read(applied.revision + 1, log.last().revision, usize::MAX)
-            .map_err(|e| e.to_string())?;
-        pending.update(|p| p.add(&uncommitted));
+        let commit = Self::open_log(&store, &mut log, &pending)?;
         let election = Election::new(
             me.clone(),
-            ElectionConfig {
-                replicas: config.replicas,
-                heartbeat_interval: config.heartbeat_interval,
-                lease: config.lease,
-                drift: DRIFT,
-            },
+            election_config(&config),
             store.promised_epoch(),
             log.last(),
             seed,
@@ -295,6 +276,7 @@ impl<L: LogStore> ReplicaCore<L> {
             flushed,
             flush: GroupFlush::default(),
             next_ticket: 1,
+            stale_tickets_below: 0,
             disk_error: None,
             leading: None,
             follow: Follow::default(),
@@ -314,6 +296,106 @@ impl<L: LogStore> ReplicaCore<L> {
         };
         core.apply();
         Ok(core)
+    }
+
+    /// Sets the log up on the state: starts it at the state's position
+    /// when it does not reach it, checks they agree, and marks what the
+    /// log holds above the state pending. Returns the commit index the log
+    /// knows of.
+    fn open_log(store: &Store, log: &mut L, pending: &SharedPending) -> Result<u64, String> {
+        let applied = store.position();
+        if log.start().revision > applied.revision {
+            return Err(format!(
+                "the log starts after revision {} but the state is at {}: the state misses \
+                 entries the log no longer has; move the data directory aside and let the \
+                 node rejoin",
+                log.start().revision,
+                applied.revision
+            ));
+        }
+        if log.last().revision < applied.revision {
+            // The state is ahead of the log (a fresh log, a store written
+            // before the log existed, or a snapshot installed just before a
+            // crash): everything in it is committed and durable, so the log
+            // starts there.
+            log.purge_through(applied).map_err(|e| e.to_string())?;
+        } else if !log.holds(applied) {
+            return Err(format!(
+                "the state is at ({}, {}) but the log holds another entry there",
+                applied.epoch, applied.revision
+            ));
+        }
+        let uncommitted = log
+            .read(applied.revision + 1, log.last().revision, usize::MAX)
+            .map_err(|e| e.to_string())?;
+        pending.update(|p| {
+            p.truncated_after(0);
+            p.add(&uncommitted)
+        });
+        Ok(log.committed().revision.max(applied.revision))
+    }
+
+    /// After a disk error, once the shell saw the disk take a write again:
+    /// reopens the log and the state as they are on disk (what was not
+    /// flushed or checkpointed is gone, as after a crash) and takes part
+    /// again as a new incarnation. The leader sees the new boot number and
+    /// keeps this node out of its replication set until it has caught up;
+    /// permission granted to the old incarnation is not honoured (its
+    /// `Alive` echoes are forgotten). On an error the node stays out and
+    /// the shell tries again later.
+    pub fn recover(&mut self, now: Duration) -> Result<(), String> {
+        if self.disk_error.is_none() {
+            return Ok(());
+        }
+        self.log
+            .reopen()
+            .map_err(|e| format!("reopening the log: {e}"))?;
+        self.store
+            .reopen()
+            .map_err(|e| format!("reopening the state: {e}"))?;
+        // As at a start: what the log knows committed. A higher index
+        // learnt before would claim entries the reopened log lost (a
+        // follower skips what it takes for committed and held).
+        self.commit = Self::open_log(&self.store, &mut self.log, &self.pending)?;
+        self.flushed = self.log.last();
+        self.flush = GroupFlush::default();
+        // Completions of the old log's flushes may still be on their way.
+        self.stale_tickets_below = self.next_ticket;
+        self.boot = self.store.generation();
+        self.election = Election::new(
+            self.me.clone(),
+            election_config(&self.config),
+            self.store.promised_epoch(),
+            self.log.last(),
+            self.dice.next_u64(),
+            now,
+        );
+        self.follow.matched = 0;
+        self.alive_sent.clear();
+        self.permission_until = None;
+        self.syncing = None;
+        self.needs_snapshot = false;
+        self.repairing = false;
+        self.verify = None;
+        self.catch_up_asked = None;
+        self.disk_error = None;
+        metrics::counter!("pika_disk_recoveries_total").increment(1);
+        tracing::info!(
+            boot = self.boot,
+            applied = self.store.revision(),
+            log_last = self.log.last().revision,
+            "the disk works again: reopened the log and the state; catching up"
+        );
+        self.apply();
+        if let Some(leader) = self.election.leader(now).map(|(l, _)| l.to_string()) {
+            self.request_catch_up(&leader, now);
+        }
+        Ok(())
+    }
+
+    /// Why this node stopped taking part, if its disk failed.
+    pub fn disk_error(&self) -> Option<&str> {
+        self.disk_error.as_deref()
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -426,6 +508,11 @@ impl<L: LogStore> ReplicaCore<L> {
     }
 
     pub fn tick(&mut self, now: Duration) {
+        // A node whose disk failed takes no part, as if it were down; its
+        // election starts afresh at `recover`, as at a start.
+        if self.disk_error.is_some() {
+            return;
+        }
         self.election.set_last(self.log.last());
         self.election.tick(now);
         self.perform_election(now);
@@ -448,6 +535,7 @@ impl<L: LogStore> ReplicaCore<L> {
         }
         match message {
             PeerMessage::Hello { .. } => {}
+            PeerMessage::Election(_) if self.disk_error.is_some() => {}
             PeerMessage::Election(m) => {
                 self.election.handle(&from, m, now);
                 self.perform_election(now);
@@ -544,7 +632,10 @@ impl<L: LogStore> ReplicaCore<L> {
     }
 
     /// A flush completed (or failed).
-    pub fn flushed(&mut self, _ticket: u64, result: std::io::Result<()>, now: Duration) {
+    pub fn flushed(&mut self, ticket: u64, result: std::io::Result<()>, now: Duration) {
+        if ticket < self.stale_tickets_below {
+            return;
+        }
         if let Err(e) = result {
             return self.disk_failed(format!("log flush: {e}"));
         }
@@ -565,13 +656,15 @@ impl<L: LogStore> ReplicaCore<L> {
         }
     }
 
-    /// This node's disk failed: it stops acknowledging, voting and serving
-    /// reads; a leader steps down, failing what waits with "outcome
-    /// unknown". It takes part again after a restart.
+    /// This node's disk failed: it stops acknowledging, voting, sending
+    /// `Alive` and serving reads; a leader steps down, failing what waits
+    /// with "outcome unknown". Silent, it leaves the leader's replication
+    /// set once its read permission has surely run out, and the others go
+    /// on. It takes part again after [`Self::recover`] or a restart.
     pub(super) fn disk_failed(&mut self, why: String) {
         if self.disk_error.is_none() {
             metrics::counter!("pika_disk_failures_total").increment(1);
-            tracing::error!(error = %why, "the disk failed: this node stops taking part until it is restarted");
+            tracing::error!(error = %why, "the disk failed: this node stops taking part until the disk takes writes again");
         }
         self.disk_error = Some(why);
         self.election.resign("this node's disk failed");

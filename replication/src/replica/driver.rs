@@ -39,6 +39,11 @@ impl Driver {
         let retention = self.replica.config.log_retention;
         let (checkpointed_tx, mut checkpointed_rx) = mpsc::unbounded_channel();
         let mut checkpointing = false;
+        // After a disk error: a probe write every `PROBE_EVERY`, and a
+        // recovery once one succeeds.
+        let (probed_tx, mut probed_rx) = mpsc::unbounded_channel();
+        let mut probe = tokio::time::interval(PROBE_EVERY);
+        let mut probing = false;
         loop {
             tokio::select! {
                 Some((ticket, result)) = flushed.recv() => {
@@ -47,7 +52,7 @@ impl Driver {
                 // Off the loop: a durable redb commit takes milliseconds,
                 // and acks, answers and `Commit` go on meanwhile. One at a
                 // time; a tick while one runs is skipped.
-                _ = checkpoint.tick(), if !checkpointing => {
+                _ = checkpoint.tick(), if !checkpointing && lock(&self.replica.shared.status).disk_error.is_none() => {
                     checkpointing = true;
                     let store = self.replica.store.clone();
                     let done = checkpointed_tx.clone();
@@ -58,6 +63,25 @@ impl Driver {
                 Some(position) = checkpointed_rx.recv() => {
                     checkpointing = false;
                     self.step(|core, _| core.checkpointed(position, retention));
+                }
+                _ = probe.tick(), if !probing && lock(&self.replica.shared.status).disk_error.is_some() => {
+                    probing = true;
+                    let dir = self.replica.config.log_dir.clone();
+                    let done = probed_tx.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let _ = done.send(probe_disk(&dir));
+                    });
+                }
+                Some(result) = probed_rx.recv() => {
+                    probing = false;
+                    match result {
+                        Ok(()) => self.step(|core, now| {
+                            if let Err(e) = core.recover(now) {
+                                tracing::warn!(error = %e, "the disk takes writes again, but reopening failed; trying again");
+                            }
+                        }),
+                        Err(e) => tracing::debug!(error = %e, "the disk still fails a probe write"),
+                    }
                 }
                 _ = tick.tick() => {
                     let members = self.membership.members();
@@ -201,4 +225,28 @@ impl Driver {
             }
         });
     }
+}
+
+/// How often a node whose disk failed tries a probe write.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// The probe's size: a disk with less room than this would fail again at
+/// once.
+const PROBE_BYTES: usize = 1 << 20;
+
+/// Writes, syncs and removes a file in the log's directory and in the
+/// data directory above it (the state's file lives there).
+fn probe_disk(log_dir: &std::path::Path) -> std::io::Result<()> {
+    use std::io::Write;
+    let dirs = [Some(log_dir), log_dir.parent()];
+    for dir in dirs.into_iter().flatten() {
+        let path = dir.join(".pika-disk-probe");
+        let result = (|| {
+            let mut file = std::fs::File::create(&path)?;
+            file.write_all(&vec![0u8; PROBE_BYTES])?;
+            file.sync_all()
+        })();
+        let _ = std::fs::remove_file(&path);
+        result?;
+    }
+    Ok(())
 }

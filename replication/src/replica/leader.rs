@@ -251,6 +251,12 @@ impl<L: LogStore> ReplicaCore<L> {
         for gone in leading.set.evict_silent(now) {
             tracing::warn!(follower = %gone, "follower left the replication set: silent past its read lease");
         }
+        for gone in leading
+            .set
+            .drop_silent_unconfirmed(now, self.config.heartbeat_interval / 2)
+        {
+            tracing::info!(follower = %gone, "follower left the replication set: silent and not confirmed yet");
+        }
         leading
             .serving
             .retain(|_, (_, started)| now < *started + sync_timeout);

@@ -26,7 +26,7 @@ use self::core::Output;
 pub use self::core::{CoreConfig, ReplicaCore, ReplicaStatus, SyncRecord};
 pub use self::leader::SnapshotAnswer;
 use crate::commit::{BatchLimits, CommitPolicy, Reply, WriteError, WriteQueue};
-use crate::log::{DiskLog, LogOptions, ReplicatedLog};
+use crate::log::{DiskLog, LogOptions};
 use crate::path::ConfigPath;
 use crate::peers::{Faults, Peers};
 use crate::pending::SharedPending;
@@ -243,12 +243,15 @@ impl Replica {
     ) -> Result<(Replica, ReplicaTasks), String> {
         let me = store.node_id().to_string();
         let origin = Instant::now();
-        let log = ReplicatedLog::open(&config.log_dir, &LogOptions::default())
-            .map_err(|e| e.to_string())?;
         let (flushes, flushed) = tokio::sync::mpsc::unbounded_channel();
-        let log = DiskLog::new(log, move |ticket, result| {
-            let _ = flushes.send((ticket, result));
-        });
+        let log = DiskLog::open(
+            &config.log_dir,
+            &LogOptions::default(),
+            move |ticket, result| {
+                let _ = flushes.send((ticket, result));
+            },
+        )
+        .map_err(|e| e.to_string())?;
         let pending = SharedPending::default();
         let core = ReplicaCore::new(
             me.clone(),

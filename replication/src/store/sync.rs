@@ -44,7 +44,7 @@ pub struct Snapshot {
 
 impl Store {
     pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let (revision, epoch, buckets) = {
             let node = txn.open_table(NODE)?;
             let revision = node.get(KEY_REVISION)?.map_or(0, |v| read_u64(v.value()));
@@ -84,7 +84,7 @@ impl Store {
         epoch: u64,
         since: Option<u64>,
     ) -> Result<(), StoreError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.db()?.begin_write()?;
         // Checked inside the write transaction: no apply can slip in
         // between the check and the install.
         let at = self.revision();
