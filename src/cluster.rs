@@ -43,6 +43,7 @@ pub fn start_replica(
         replicas: c.replicas as usize,
         heartbeat_interval: c.heartbeat_interval.0,
         lease: c.heartbeat_timeout.0,
+        ack_timeout: c.ack_timeout.0,
         forward_timeout: c.forward_timeout.0,
         sync_interval: c.sync_interval.0,
         lock_path,

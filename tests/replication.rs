@@ -365,3 +365,62 @@ fn a_slow_follower_delays_acknowledgements_and_has_every_acked_write() {
     }
     c.fault(leader, json!({}));
 }
+
+/// A follower alive to the leader that never receives a write (every
+/// `Diff` to it is dropped): the first write waits, its client gets a 503
+/// at `forward_timeout` (not later), the follower loses read permission
+/// after `ack_timeout` and leaves the set once that has run out, the write
+/// commits, a retry with its request id learns so, and later writes do not
+/// wait for the follower.
+#[test]
+fn a_follower_that_acknowledges_nothing_leaves_the_set_after_ack_timeout() {
+    const ACK_TIMEOUT: Duration = Duration::from_secs(3);
+    let c = Cluster::start_with_env(&[71, 72, 73], &[("PIKA_CLUSTER_ACK_TIMEOUT", "3s")]);
+    let (leader, _) = c.leader(Duration::from_secs(15));
+    let stuck = (leader + 1) % 3;
+    let stuck_id = c.node_id(stuck);
+    let (code, body) = put(&c.url(leader), "ack/0", "v0", None);
+    assert_eq!(code, 201, "{body}");
+    c.fault(stuck, json!({"block_diffs_in": [c.node_id(leader)]}));
+
+    let started = Instant::now();
+    let (code, body) = put(&c.url(leader), "ack/1", "v1", Some("ack-1"));
+    let took = started.elapsed();
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        took <= FORWARD_TIMEOUT + Duration::from_secs(1),
+        "answered within forward_timeout + 1 s, in {took:?}"
+    );
+    let out = wait_until(ACK_TIMEOUT + TIMEOUT * 2, || {
+        let set = c.status(leader)["replication_set"].as_array()?.clone();
+        (!set.is_empty() && !set.iter().any(|m| m["id"] == stuck_id.as_str())).then_some(())
+    });
+    assert!(out.is_some(), "the stuck follower left the set");
+    assert!(
+        started.elapsed() >= ACK_TIMEOUT + TIMEOUT,
+        "not before its permission surely ran out: {:?}",
+        started.elapsed()
+    );
+    assert!(c.counter(leader, "pika_followers_revoked_total") >= 1.0);
+
+    let (code, again) = put(&c.url(leader), "ack/1", "v1", Some("ack-1"));
+    assert_eq!(code, 201, "the write committed meanwhile: {again}");
+    for n in 2..6 {
+        let started = Instant::now();
+        let (code, body) = put(&c.url(leader), &format!("ack/{n}"), "v", None);
+        assert_eq!(code, 201, "{body}");
+        assert!(started.elapsed() < ACK_TIMEOUT, "writes no longer wait");
+    }
+    let stale = client()
+        .get(format!("{}/api/v1/data/ack/1", c.url(stuck)))
+        .send()
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0);
+    assert_eq!(
+        stale, 503,
+        "the stuck follower does not serve what it lacks"
+    );
+
+    c.fault(stuck, json!({}));
+    assert_eq!(read(&c.url(stuck), "ack/5").as_deref(), Some("v"));
+}

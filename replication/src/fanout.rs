@@ -40,6 +40,19 @@ struct Follower {
     /// The incarnation last heard from: a restart loses what was received
     /// and not flushed.
     boot: Option<u64>,
+    /// When its read permission was revoked for lagging past the ack
+    /// timeout: it leaves the set once that permission has surely run out,
+    /// and is not confirmed again before it left.
+    revoked_at: Option<Duration>,
+}
+
+impl Follower {
+    /// It may hold read permission from this leader: confirmed, or
+    /// revoked not long enough ago for that permission to have run out.
+    /// Only a member that may not can leave the set at once.
+    fn may_hold_permission(&self) -> bool {
+        self.confirmed || self.revoked_at.is_some()
+    }
 }
 
 /// The set, the acknowledgements, and writers waiting for a commit.
@@ -89,6 +102,7 @@ impl<A> ReplicationSet<A> {
                             in_set: true,
                             confirmed: false,
                             boot: None,
+                            revoked_at: None,
                         },
                     )
                 })
@@ -165,12 +179,14 @@ impl<A> ReplicationSet<A> {
             in_set: false,
             confirmed: false,
             boot: None,
+            revoked_at: None,
         });
         match f.boot {
             Some(b) if boot < b => return false,
             Some(b) if boot > b => {
                 f.in_set = false;
                 f.confirmed = false;
+                f.revoked_at = None;
                 f.received = 0;
                 f.durable = 0;
             }
@@ -194,7 +210,7 @@ impl<A> ReplicationSet<A> {
         }
         f.received = f.received.max(received);
         f.durable = f.durable.max(durable.min(received));
-        if f.in_set {
+        if f.in_set && f.revoked_at.is_none() {
             f.confirmed |= f.received >= base;
         }
     }
@@ -221,7 +237,7 @@ impl<A> ReplicationSet<A> {
     /// leaves the set, if that is safe now: it has no read permission.
     pub fn remove_unconfirmed(&mut self, id: &str) -> bool {
         match self.followers.get_mut(id) {
-            Some(f) if f.in_set && !f.confirmed => {
+            Some(f) if f.in_set && !f.may_hold_permission() => {
                 f.in_set = false;
                 true
             }
@@ -238,7 +254,7 @@ impl<A> ReplicationSet<A> {
     pub fn drop_silent_unconfirmed(&mut self, now: Duration, quiet: Duration) -> Vec<String> {
         let mut gone = Vec::new();
         for (id, f) in &mut self.followers {
-            if f.in_set && !f.confirmed && now.saturating_sub(f.last_heard) > quiet {
+            if f.in_set && !f.may_hold_permission() && now.saturating_sub(f.last_heard) > quiet {
                 f.in_set = false;
                 gone.push(id.clone());
             }
@@ -246,14 +262,48 @@ impl<A> ReplicationSet<A> {
         gone
     }
 
-    /// Members silent for longer than the eviction time leave the set;
-    /// returns who left.
+    /// Members that have not received the oldest entry they miss within
+    /// `ack_timeout` of its sending (`sent_at(received)`: when the first
+    /// entry after `received` went out, if any did) lose their read
+    /// permission now: no more grants. They stay in the set (commits still
+    /// wait for them) until that permission has surely run out, the
+    /// eviction time later ([`Self::evict_silent`]), so that no member
+    /// reads without an entry committed in its absence. A member alive but
+    /// never acknowledging (a gap it cannot close, a diff it cannot
+    /// receive) thus stops holding writes up. Returns who lost permission.
+    pub fn revoke_lagging(
+        &mut self,
+        sent_at: impl Fn(u64) -> Option<Duration>,
+        now: Duration,
+        ack_timeout: Duration,
+    ) -> Vec<String> {
+        let mut revoked = Vec::new();
+        for (id, f) in &mut self.followers {
+            if !f.in_set || f.revoked_at.is_some() {
+                continue;
+            }
+            if sent_at(f.received).is_some_and(|at| now.saturating_sub(at) > ack_timeout) {
+                f.revoked_at = Some(now);
+                f.confirmed = false;
+                revoked.push(id.clone());
+            }
+        }
+        revoked
+    }
+
+    /// Members silent for longer than the eviction time, or revoked that
+    /// long ago, leave the set; returns who left.
     pub fn evict_silent(&mut self, now: Duration) -> Vec<String> {
         let mut gone = Vec::new();
         for (id, f) in &mut self.followers {
-            if f.in_set && now.saturating_sub(f.last_heard) > self.eviction {
+            let silent = now.saturating_sub(f.last_heard) > self.eviction;
+            let revoked = f
+                .revoked_at
+                .is_some_and(|at| now.saturating_sub(at) > self.eviction);
+            if f.in_set && (silent || revoked) {
                 f.in_set = false;
                 f.confirmed = false;
+                f.revoked_at = None;
                 gone.push(id.clone());
             }
         }
@@ -434,6 +484,49 @@ mod tests {
         assert!(!s.has_quorum());
         assert_eq!(s.commit_bound(1, 1), 0);
         assert_eq!(s.drain(), vec!["w1"]);
+    }
+
+    #[test]
+    fn a_member_that_stops_acknowledging_loses_permission_then_leaves_the_set() {
+        let mut s = set();
+        let ack_timeout = L / 2;
+        ack(&mut s, "b", 4, 4, T0);
+        ack(&mut s, "c", 4, 4, T0);
+        assert!(s.may_read("c"));
+        // Revision 5 went out at T0; b received it, c never acknowledges
+        // it, while still saying it is alive.
+        let sent_at = |received: u64| (received < 5).then_some(T0);
+        ack(&mut s, "b", 5, 5, ack_timeout);
+        assert!(
+            s.revoke_lagging(sent_at, ack_timeout, ack_timeout)
+                .is_empty()
+        );
+        let at = ack_timeout + Duration::from_millis(1);
+        assert_eq!(
+            s.revoke_lagging(sent_at, at, ack_timeout),
+            vec!["c".to_string()]
+        );
+        assert!(!s.may_read("c"), "no more grants");
+        assert!(s.contains("c"), "its permission may still run");
+        assert!(
+            s.drop_silent_unconfirmed(at + L / 2, L / 4).is_empty(),
+            "not confirmed any more, yet it may hold permission"
+        );
+        assert!(!s.remove_unconfirmed("c"));
+        assert_eq!(s.commit_bound(5, 5), 4, "so commits still wait for it");
+        ack(&mut s, "b", 5, 5, at + L);
+        ack(&mut s, "c", 4, 4, at + L);
+        assert!(!s.may_read("c"), "an ack does not confirm it again");
+        assert!(
+            s.evict_silent(at + L).is_empty(),
+            "alive, and revoked L ago"
+        );
+        ack(&mut s, "c", 4, 4, at + L + L / 5);
+        assert_eq!(s.evict_silent(at + L + L / 5), vec!["c".to_string()]);
+        assert_eq!(s.commit_bound(5, 5), 5, "the leader and b");
+        ack(&mut s, "c", 5, 5, at + L * 2);
+        assert!(s.admit_if_caught_up("c", 5), "back once caught up");
+        assert!(s.may_read("c"));
     }
 
     #[test]

@@ -29,6 +29,10 @@ const BATCH: usize = 256;
 pub struct Faults {
     blocked_out: Mutex<Vec<String>>,
     blocked_in: Mutex<Vec<String>>,
+    /// Peers whose log entries (`Diff`) are dropped on arrival, everything
+    /// else delivered: a follower alive to the leader that never receives
+    /// a write.
+    diffs_blocked_in: Mutex<Vec<String>>,
     delays: Mutex<HashMap<String, Duration>>,
     /// Peer → probability of dropping each message sent to it.
     losses: Mutex<HashMap<String, f64>>,
@@ -52,6 +56,10 @@ impl Faults {
     pub fn block_incoming(&self, from: &[String]) {
         *lock(&self.blocked_in) = from.to_vec();
     }
+    /// Drops every `Diff` this node receives from `from` from now on.
+    pub fn block_incoming_diffs(&self, from: &[String]) {
+        *lock(&self.diffs_blocked_in) = from.to_vec();
+    }
     /// Drops each message sent to a named peer with its probability.
     pub fn lose_outgoing(&self, losses: HashMap<String, f64>) {
         *lock(&self.losses) = losses;
@@ -69,8 +77,10 @@ impl Faults {
         *dice ^= *dice << 17;
         ((*dice >> 11) as f64 / (1u64 << 53) as f64) < p
     }
-    fn drops_in(&self, from: &str) -> bool {
+    fn drops_in(&self, from: &str, message: &PeerMessage) -> bool {
         lock(&self.blocked_in).iter().any(|p| p == from)
+            || (matches!(message, PeerMessage::Diff { .. })
+                && lock(&self.diffs_blocked_in).iter().any(|p| p == from))
     }
 }
 
@@ -227,7 +237,7 @@ async fn read_stream(
     loop {
         match stream.recv::<PeerMessage>().await {
             Ok(Some(message)) => {
-                if faults.drops_in(&from) {
+                if faults.drops_in(&from, &message) {
                     continue;
                 }
                 if inbox.send((from.clone(), message)).is_err() {

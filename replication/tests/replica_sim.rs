@@ -4,7 +4,9 @@
 //! lose the unflushed tail, a simulated network and clocks, client writes
 //! (puts and compare-and-set on 8 shared paths) at whoever leads, and 1200
 //! seeded schedules of loss, reordering, duplication, partitions, crashes
-//! with restart and clock drift within the assumed bound. Verification
+//! with restart, disks that fail every flush for a while (the node then
+//! recovers in place, as a new incarnation) and clock drift within the
+//! assumed bound. Verification
 //! roots go out every few heartbeats.
 //!
 //! Checked at every step: at most one leader per epoch, never two nodes
@@ -53,6 +55,9 @@ struct Node {
     offset: Duration,
     next_tick: Duration,
     boots: u64,
+    /// The disk fails every flush (full, say) until it heals; the node
+    /// then recovers in place ([`ReplicaCore::recover`]).
+    disk_failing: bool,
 }
 
 struct Sim {
@@ -82,6 +87,8 @@ struct Sim {
     /// Verifications that matched, and snapshots installed, by all nodes.
     verified: u64,
     snapshots: u64,
+    /// Recoveries in place after a disk error.
+    recoveries: u64,
     /// Leaders that have not written their lock record yet: (node, epoch).
     /// The node's driver writes it as the epoch's first entry (and retries);
     /// until an entry of the epoch commits, nothing earlier does.
@@ -104,6 +111,7 @@ fn config(n: usize) -> CoreConfig {
         replicas: n,
         heartbeat_interval: INTERVAL,
         lease: LEASE,
+        ack_timeout: LEASE,
         sync_interval: INTERVAL * 3,
         sync_timeout: Duration::from_secs(1),
         frame_bytes: 4 << 10,
@@ -137,6 +145,7 @@ impl Sim {
                 offset: Duration::from_millis(dice.below(10_000) as u64),
                 next_tick: Duration::ZERO,
                 boots: 0,
+                disk_failing: false,
             })
             .collect();
         let mut sim = Sim {
@@ -158,6 +167,7 @@ impl Sim {
             apply_speed,
             verified: 0,
             snapshots: 0,
+            recoveries: 0,
             lock_due: Vec::new(),
             next_token: 1,
             writes: 0,
@@ -182,6 +192,9 @@ impl Sim {
         // A restart keeps the store (as if just checkpointed: it only ever
         // holds entries durable in the log) and what the log flushed.
         node.pending = SharedPending::default();
+        node.disk_failing = false;
+        // Each start is a new generation of the store, as on disk.
+        node.store.reopen().expect("an in-memory store reopens");
         node.core = Some(
             ReplicaCore::new(
                 node.id.clone(),
@@ -189,7 +202,7 @@ impl Sim {
                 node.store.clone(),
                 MemLog::open(node.disk.clone()),
                 node.pending.clone(),
-                node.boots,
+                node.store.generation(),
                 seed,
                 now,
             )
@@ -388,11 +401,39 @@ impl Sim {
                 continue;
             }
             let now = self.local(i);
+            let failing = self.nodes[i].disk_failing;
             let Some(core) = self.nodes[i].core.as_mut() else {
                 continue;
             };
-            if let Some(ticket) = core.log_mut().complete_flush() {
+            if failing {
+                if let Some(ticket) = core.log_mut().fail_flush() {
+                    let full = std::io::Error::other("no space left on device");
+                    core.flushed(ticket, Err(full), now);
+                }
+            } else if let Some(ticket) = core.log_mut().complete_flush() {
                 core.flushed(ticket, Ok(()), now);
+            }
+            self.outputs(i)?;
+        }
+        Ok(())
+    }
+
+    /// A node whose disk failed and works again recovers in place, some
+    /// steps later (the shell probes the disk now and then).
+    fn recoveries(&mut self) -> Result<(), String> {
+        for i in 0..self.nodes.len() {
+            let now = self.local(i);
+            let failing = self.nodes[i].disk_failing;
+            let Some(core) = self.nodes[i].core.as_mut() else {
+                continue;
+            };
+            if core.disk_error().is_none() || failing || !self.dice.chance(0.05) {
+                continue;
+            }
+            core.recover(now)?;
+            self.recoveries += 1;
+            if std::env::var_os("PIKA_SIM_TRACE").is_some() {
+                eprintln!("{:?} n{i} recovered from a disk error", self.real);
             }
             self.outputs(i)?;
         }
@@ -432,6 +473,11 @@ impl Sim {
                     self.boot(i);
                 }
             }
+            // A disk fills up (every flush fails until it heals), or heals.
+            if self.dice.chance(0.002) {
+                let i = self.dice.below(n);
+                self.nodes[i].disk_failing = !self.nodes[i].disk_failing;
+            }
             // A power cut: every node loses what it had not flushed.
             if self.dice.chance(0.0008) {
                 for i in 0..n {
@@ -443,6 +489,7 @@ impl Sim {
             }
         }
         self.lock_records();
+        self.recoveries()?;
         for i in 0..n {
             self.outputs(i)?;
         }
@@ -607,6 +654,9 @@ impl Sim {
         }
         self.side = vec![0; n];
         self.loss = 0.0;
+        for node in &mut self.nodes {
+            node.disk_failing = false;
+        }
         for i in 0..n {
             match (down.contains(&i), self.up(i)) {
                 (true, true) => self.crash(i),
@@ -646,6 +696,9 @@ impl Sim {
         // Heal: one side, everyone up, no loss; let elections, catch-up and
         // sync finish.
         self.side = vec![0; self.nodes.len()];
+        for node in &mut self.nodes {
+            node.disk_failing = false;
+        }
         for i in 0..self.nodes.len() {
             if !self.up(i) {
                 self.boot(i);
@@ -750,7 +803,7 @@ fn replicas_keep_every_acked_write_and_converge_under_seeded_faults() {
         Ok(s) => vec![s.parse().expect("PIKA_SIM_NODES is a number")],
         Err(_) => vec![3, 5],
     };
-    let (mut acked, mut elections, mut verified, mut snapshots) = (0, 0, 0, 0);
+    let (mut acked, mut elections, mut verified, mut snapshots, mut recoveries) = (0, 0, 0, 0, 0);
     for n in &sizes {
         for seed in &seeds {
             let mut sim = Sim::new(*n, *seed);
@@ -763,11 +816,13 @@ fn replicas_keep_every_acked_write_and_converge_under_seeded_faults() {
             elections += sim.leaders.len();
             verified += sim.verified;
             snapshots += sim.snapshots;
+            recoveries += sim.recoveries;
         }
     }
     eprintln!(
         "{} schedules: {acked} acknowledged writes checked on every node, {elections} elections, \
-         {verified} Merkle roots verified equal, {snapshots} snapshots installed",
+         {verified} Merkle roots verified equal, {snapshots} snapshots installed, \
+         {recoveries} recoveries from a failed disk",
         seeds.len() * sizes.len()
     );
     if seeds.len() > 100 {
@@ -776,6 +831,7 @@ fn replicas_keep_every_acked_write_and_converge_under_seeded_faults() {
             snapshots > 0,
             "some follower should come back behind the log"
         );
+        assert!(recoveries > 0, "some disk should fail and recover");
     }
     assert!(
         acked > seeds.len(),

@@ -17,6 +17,7 @@ fn config() -> CoreConfig {
         replicas: 3,
         heartbeat_interval: Duration::from_millis(100),
         lease: Duration::from_millis(500),
+        ack_timeout: Duration::from_millis(500),
         sync_interval: Duration::from_secs(1),
         sync_timeout: Duration::from_secs(1),
         frame_bytes: 1 << 20,

@@ -46,7 +46,8 @@ pub struct AppState {
 #[derive(Clone)]
 pub enum Writes {
     Local(WriteQueue),
-    Replicated(Replica),
+    // Boxed: a replica handle is a few hundred bytes, a queue a pointer.
+    Replicated(Box<Replica>),
 }
 
 impl Writes {

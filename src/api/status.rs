@@ -108,11 +108,16 @@ pub struct FaultRequest {
     /// Node id → probability (0–1) of dropping each message sent to it.
     #[serde(default)]
     loss_out: std::collections::HashMap<String, f64>,
+    /// Node ids whose log entries (`Diff`) are dropped on arrival.
+    #[serde(default)]
+    block_diffs_in: Vec<String>,
 }
 
 /// POST /debug/faults `{block_in: [node ids], block_out: [node ids],
-/// delay_out_ms: {node id: ms}}`: from now on, drop replica traffic from / to
-/// those nodes, and hold what goes to the delayed ones (empty heals). Only
+/// delay_out_ms: {node id: ms}, loss_out: {node id: p}, block_diffs_in:
+/// [node ids]}`: from now on, drop replica traffic from / to those nodes
+/// (or only the log entries from them), and hold what goes to the delayed
+/// ones (empty heals). Only
 /// routed with `PIKA_TEST_FAULTS=1`.
 pub async fn set_faults(
     State(state): State<AppState>,
@@ -124,6 +129,7 @@ pub async fn set_faults(
         .ok_or_else(|| ApiError::not_found("fault injection needs cluster.enabled"))?;
     let faults = replica.faults();
     faults.block_incoming(&request.block_in);
+    faults.block_incoming_diffs(&request.block_diffs_in);
     faults.block_outgoing(&request.block_out);
     faults.lose_outgoing(request.loss_out.clone());
     faults.delay_outgoing(

@@ -53,6 +53,10 @@ pub struct CoreConfig {
     pub heartbeat_interval: Duration,
     /// L: `heartbeat_timeout`.
     pub lease: Duration,
+    /// A member of the replication set that has not received an entry
+    /// this long after it was sent loses its read permission, and leaves
+    /// the set once that has surely run out (`cluster.ack_timeout`).
+    pub ack_timeout: Duration,
     /// How often the leader sends its Merkle root for verification.
     pub sync_interval: Duration,
     /// A snapshot session silent for this long is abandoned, and a

@@ -230,6 +230,13 @@ impl<L: LogStore> ReplicaCore<L> {
         // First, so that what follows carries the new commit index and a
         // verification is at or above every commit sent before it.
         self.advance_commit(now);
+        if self.update_set(now) {
+            // Commit what waited only for those who left at once: before
+            // the next word from one of them could admit it back on the
+            // commit index as it stood (a follower that never receives
+            // anything would keep a write from committing for good).
+            self.advance_commit(now);
+        }
         // What is left of this node's lease bounds the followers' read
         // permission: with no lease left, no follower may read on our word.
         let lease_left = self
@@ -247,15 +254,6 @@ impl<L: LogStore> ReplicaCore<L> {
         };
         if now >= leading.next_verify {
             leading.next_verify = now + self.config.sync_interval;
-        }
-        for gone in leading.set.evict_silent(now) {
-            tracing::warn!(follower = %gone, "follower left the replication set: silent past its read lease");
-        }
-        for gone in leading
-            .set
-            .drop_silent_unconfirmed(now, self.config.heartbeat_interval / 2)
-        {
-            tracing::info!(follower = %gone, "follower left the replication set: silent and not confirmed yet");
         }
         leading
             .serving
@@ -302,6 +300,32 @@ impl<L: LogStore> ReplicaCore<L> {
         for (to, message) in messages {
             self.send(&to, message);
         }
+    }
+
+    /// Revokes the read permission of members lagging past `ack_timeout`,
+    /// and takes out of the set those whose permission has surely run out
+    /// (silent or revoked that long ago) and the unconfirmed that stay
+    /// silent. Returns whether anyone left.
+    fn update_set(&mut self, now: Duration) -> bool {
+        let (ack_timeout, quiet) = (self.config.ack_timeout, self.config.heartbeat_interval / 2);
+        let Some(leading) = self.leading.as_mut() else {
+            return false;
+        };
+        let sent = &leading.sent;
+        let sent_at = |received: u64| sent.iter().find(|(r, _)| *r > received).map(|(_, t)| *t);
+        for lagging in leading.set.revoke_lagging(sent_at, now, ack_timeout) {
+            metrics::counter!("pika_followers_revoked_total").increment(1);
+            tracing::warn!(follower = %lagging, ?ack_timeout, "follower received nothing within ack_timeout: no more read permission; it leaves the replication set once the last one has run out");
+        }
+        let evicted = leading.set.evict_silent(now);
+        for gone in &evicted {
+            tracing::warn!(follower = %gone, "follower left the replication set: its read permission has run out");
+        }
+        let dropped = leading.set.drop_silent_unconfirmed(now, quiet);
+        for gone in &dropped {
+            tracing::info!(follower = %gone, "follower left the replication set: silent and not confirmed yet");
+        }
+        !evicted.is_empty() || !dropped.is_empty()
     }
 
     /// The leader's Merkle root at its applied revision, when that is the

@@ -40,6 +40,8 @@ pub struct ReplicaConfig {
     pub heartbeat_interval: Duration,
     /// L: `heartbeat_timeout`.
     pub lease: Duration,
+    /// `cluster.ack_timeout` (see [`CoreConfig::ack_timeout`]).
+    pub ack_timeout: Duration,
     pub forward_timeout: Duration,
     /// How often a follower runs a Merkle sync with the leader.
     pub sync_interval: Duration,
@@ -259,6 +261,7 @@ impl Replica {
                 replicas: config.replicas,
                 heartbeat_interval: config.heartbeat_interval,
                 lease: config.lease,
+                ack_timeout: config.ack_timeout,
                 sync_interval: config.sync_interval,
                 sync_timeout: config.forward_timeout.max(config.lease * 2),
                 frame_bytes: (config.max_frame / 2).max(64 << 10),
@@ -383,7 +386,20 @@ impl Replica {
         loop {
             let status = self.status();
             if status.is_leader {
-                return self.writes.submit_once(op, Some(request_id)).await;
+                // Bounded like a forwarded write: a commit held up (a
+                // member that stopped acknowledging, until ack_timeout
+                // takes it out) must not hold the client past
+                // forward_timeout. The write may still commit: a retry with
+                // the same request id gets its answer.
+                let write = self.writes.submit_once(op, Some(request_id));
+                return match tokio::time::timeout_at(deadline.into(), write).await {
+                    Ok(result) => result,
+                    Err(_) => Err(WriteError::Unavailable(format!(
+                        "not acknowledged within forward_timeout ({:?}); the write may still \
+                         take effect: retry with the same X-Request-Id to learn its outcome",
+                        self.config.forward_timeout
+                    ))),
+                };
             }
             if let Some(leader) = status.leader_id.filter(|_| status.leader_healthy) {
                 match self
