@@ -322,6 +322,7 @@ fn tokens_created_and_revoked_anywhere_hold_everywhere_at_once() {
         network: pika_campaign::Network::Loopback,
         test_hooks: false,
         env: Vec::new(),
+        tmpfs_mb: None,
     };
     let pika = Path::new(PIKA);
     let cluster = Cluster::start_with(pika, 160, &[1.0, 1.0, 1.0], options).expect("3 nodes");

@@ -273,6 +273,7 @@ fn a_config_saved_on_one_page_shows_and_edits_on_the_others() {
         network: pika_campaign::Network::Loopback,
         test_hooks: false,
         env: Vec::new(),
+        tmpfs_mb: None,
     };
     let cluster = Cluster::start_with(pika, 150, &[1.0, 1.0, 1.0], options).expect("3 nodes");
     cluster

@@ -2,7 +2,7 @@
 //! linearizable, clients sharing 6 paths, verification every 500ms): fixed
 //! seeds (so CI always covers the same faults) plus one random seed,
 //! printed for replay. Longer campaigns: `cargo run -p pika-campaign
-//! --release -- --rounds 100` after `cargo build --release`.
+//! --release -- --rounds 100` after `cargo build --release --features test-faults`.
 
 use std::path::Path;
 
@@ -22,15 +22,22 @@ fn run(nodes: usize, rounds: usize, seed: u64, base: u8) {
     )
     .expect("the campaign runs");
     eprintln!(
-        "{} rounds ({} in network namespaces), {} operations checked ({} acked writes, {} unknown), faults {:?}",
+        "{} rounds ({} in network namespaces), {} operations checked ({} acked writes, {} unknown), \
+         {} path histories judged alike by stateright's tester ({} too long for it), faults {:?}",
         report.rounds,
         report.namespaced_rounds,
         report.operations,
         report.acked_writes,
         report.unknown,
+        report.second_opinions,
+        report.second_opinion_skipped,
         report.faults
     );
     assert!(report.operations > 0);
+    assert!(
+        report.second_opinions > 0,
+        "every round's histories also go to stateright's LinearizabilityTester"
+    );
     assert!(
         report.violations.is_empty(),
         "violations (seed, what): {:#?}",
@@ -46,6 +53,13 @@ fn three_nodes_survive_kills_pauses_and_a_random_fault() {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(7, |d| d.as_secs());
     run(3, 1, random, 110);
+}
+
+#[test]
+fn three_nodes_survive_a_full_disk_and_a_paused_protocol() {
+    // Seeds 9 and 10 inject DiskFull (the data directories are small
+    // tmpfs mounts when root) and PauseQueued.
+    run(3, 2, 9, 140);
 }
 
 #[test]

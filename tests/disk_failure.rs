@@ -11,8 +11,6 @@
 
 mod support;
 
-use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -26,22 +24,9 @@ const VALUE_BYTES: usize = 48 << 10;
 /// Room left beside the filler.
 const LEAVE_BYTES: u64 = 512 << 10;
 
-/// Fills the filesystem holding `dir` with one file, leaving `LEAVE_BYTES`
-/// free; removing the file frees the space again.
+/// Fills the filesystem holding `dir`, leaving `LEAVE_BYTES` free.
 fn fill(dir: &Path) -> PathBuf {
-    let path = dir.join("filler");
-    let mut file = File::create(&path).expect("create the filler");
-    let chunk = vec![0xa5u8; 1 << 20];
-    let mut written: u64 = 0;
-    while file.write_all(&chunk).is_ok() {
-        written += chunk.len() as u64;
-    }
-    // A failed write may have written part of the chunk: measure.
-    let len = file.metadata().map(|m| m.len()).unwrap_or(written);
-    file.set_len(len.saturating_sub(LEAVE_BYTES))
-        .expect("shrink the filler");
-    file.sync_all().expect("sync the filler");
-    path
+    pika_campaign::cluster::fill_filesystem(dir, LEAVE_BYTES).expect("fill the disk")
 }
 
 fn readyz(c: &Cluster, i: usize) -> u16 {

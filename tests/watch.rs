@@ -120,6 +120,7 @@ fn a_follower_watch_resumed_from_a_revision_has_no_gap_across_a_restart() {
         network: pika_campaign::Network::Loopback,
         test_hooks: false,
         env: Vec::new(),
+        tmpfs_mb: None,
     };
     let mut cluster = Cluster::start_with(pika, 140, &[1.0, 1.0, 1.0], options).expect("3 nodes");
     let leader = cluster

@@ -50,6 +50,38 @@ pub struct Options {
     pub test_hooks: bool,
     /// Extra `PIKA_*` variables, applied after the harness's own.
     pub env: Vec<(String, String)>,
+    /// Each node's data directory on a tmpfs of this many MiB, so that a
+    /// round can fill one node's disk. Mounting needs root; without it the
+    /// directories stay where they are (said once) and
+    /// [`Cluster::fill_disk`] fills nothing.
+    pub tmpfs_mb: Option<u64>,
+}
+
+/// Mounts a tmpfs of `mb` MiB on `dir` (created if missing). False where
+/// that is not allowed (it needs root).
+pub fn mount_tmpfs(dir: &Path, mb: u64) -> bool {
+    std::fs::create_dir_all(dir).is_ok()
+        && Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mb}m"), "tmpfs"])
+            .arg(dir)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+}
+
+/// Fills the filesystem holding `dir` with one file, leaving `leave` bytes
+/// free; removing the returned file frees the space again.
+pub fn fill_filesystem(dir: &Path, leave: u64) -> std::io::Result<PathBuf> {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut file = std::fs::File::create(&path)?;
+    let chunk = vec![0xa5u8; 1 << 20];
+    while file.write_all(&chunk).is_ok() {}
+    // The last write may have been partial: measure.
+    let len = file.metadata()?.len();
+    file.set_len(len.saturating_sub(leave))?;
+    file.sync_all()?;
+    Ok(path)
 }
 
 pub struct Node {
@@ -77,6 +109,8 @@ pub struct Cluster {
     fault_cuts: BTreeSet<(usize, usize)>,
     test_hooks: bool,
     env: Vec<(String, String)>,
+    /// Data directories on a tmpfs of their own, unmounted at drop.
+    mounts: Vec<PathBuf>,
 }
 
 /// The one node of `statuses` (node index, `/api/v1/cluster/status` body)
@@ -183,6 +217,7 @@ impl Cluster {
             network,
             test_hooks: true,
             env: Vec::new(),
+            tmpfs_mb: None,
         };
         Cluster::start_with(pika, base, rates, options)
     }
@@ -215,6 +250,7 @@ impl Cluster {
             fault_cuts: BTreeSet::new(),
             test_hooks: options.test_hooks,
             env: options.env,
+            mounts: Vec::new(),
             nodes: hosts
                 .into_iter()
                 .zip(rates)
@@ -231,6 +267,19 @@ impl Cluster {
                 .timeout(Duration::from_secs(3))
                 .build()?,
         };
+        if let Some(mb) = options.tmpfs_mb {
+            for i in 0..cluster.nodes.len() {
+                let dir = cluster.data_dir(i);
+                if !mount_tmpfs(&dir, mb) {
+                    static SAID: std::sync::Once = std::sync::Once::new();
+                    SAID.call_once(|| {
+                        eprintln!("campaign: cannot mount a tmpfs (needs root): data directories stay on disk and DiskFull rounds fill nothing");
+                    });
+                    break;
+                }
+                cluster.mounts.push(dir);
+            }
+        }
         for i in 0..cluster.nodes.len() {
             cluster.spawn(i)?;
         }
@@ -260,10 +309,7 @@ impl Cluster {
             .env_remove("CONFIG_FILE")
             .env("PIKA_SERVER_HOST", &node.host)
             .env("PIKA_SERVER_PORT", self.http_port.to_string())
-            .env(
-                "PIKA_STORAGE_BW_PATH",
-                self.dir.path().join(format!("node{i}")),
-            )
+            .env("PIKA_STORAGE_BW_PATH", self.data_dir(i))
             .env("PIKA_LOG_LEVEL", "warn,pika::node=info")
             .env("PIKA_CLUSTER_ENABLED", "true")
             .env("PIKA_AUTH_ADMIN_TOKEN", crate::TEST_ADMIN_TOKEN)
@@ -305,6 +351,23 @@ impl Cluster {
         }
         self.nodes[i].child = Some(child);
         Ok(())
+    }
+
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("node{i}"))
+    }
+
+    /// Fills node `i`'s disk to the last byte: the filler to remove, or
+    /// `None` when the data directories are not on small disks of their
+    /// own (see [`Options::tmpfs_mb`]).
+    pub fn fill_disk(&self, i: usize) -> anyhow::Result<Option<PathBuf>> {
+        let dir = self.data_dir(i);
+        if !self.mounts.contains(&dir) {
+            return Ok(None);
+        }
+        let filler =
+            fill_filesystem(&dir, 0).with_context(|| format!("filling {}", dir.display()))?;
+        Ok(Some(filler))
     }
 
     /// Node `i`'s process id, while it runs.
@@ -448,6 +511,9 @@ impl Drop for Cluster {
         for i in 0..self.nodes.len() {
             let _ = self.pause(i, false);
             self.kill(i);
+        }
+        for dir in &self.mounts {
+            let _ = Command::new("umount").arg(dir).status();
         }
     }
 }

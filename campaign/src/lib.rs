@@ -14,6 +14,7 @@ pub mod cluster;
 pub mod linearizability;
 pub mod netns;
 pub mod round;
+pub mod second_opinion;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -50,6 +51,10 @@ pub struct CampaignReport {
     pub operations: usize,
     pub acked_writes: usize,
     pub unknown: usize,
+    /// Path histories stateright's tester agreed on, and those too long
+    /// to give it.
+    pub second_opinions: usize,
+    pub second_opinion_skipped: usize,
     /// Rounds whose nodes ran in network namespaces.
     pub namespaced_rounds: usize,
     pub faults: BTreeMap<Fault, usize>,
@@ -70,7 +75,7 @@ pub enum Check {
 }
 
 /// Runs `rounds` rounds on `nodes` nodes, round r with seed `seed + r` and
-/// fault `Fault::ALL[(seed + r) % 9]`.
+/// fault `Fault::ALL[(seed + r) % 11]`.
 pub fn campaign(
     pika: &Path,
     nodes: usize,
@@ -112,6 +117,8 @@ pub fn campaign(
         report.operations += result.operations;
         report.acked_writes += result.acked_writes;
         report.unknown += result.unknown;
+        report.second_opinions += result.second_opinions;
+        report.second_opinion_skipped += result.second_opinion_skipped;
         report.namespaced_rounds += usize::from(result.namespaced);
         *report.faults.entry(fault).or_default() += 1;
         for v in result.violations {

@@ -5,7 +5,7 @@
 //! linearizability; `writes` checks the writes, and that reads miss no
 //! acknowledged write. With `auto` (the default) the
 //! nodes run in network namespaces when this runs as root and `ip netns`
-//! works, on 127.0.1.x otherwise. Build pika first (`cargo build --release`).
+//! works, on 127.0.1.x otherwise. Build pika first, with its fault hooks (`cargo build --release --features test-faults`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -59,12 +59,16 @@ fn main() -> ExitCode {
     match pika_campaign::campaign(&pika, nodes, rounds, seed, 100, network, check) {
         Ok(report) => {
             eprintln!(
-                "{} rounds ({} in network namespaces), {} operations checked ({} acked writes, {} unknown outcomes), faults {:?}, {} violations",
+                "{} rounds ({} in network namespaces), {} operations checked ({} acked writes, {} unknown outcomes), \
+                 {} path histories also judged by stateright's LinearizabilityTester with the same verdict ({} too long to give it), \
+                 faults {:?}, {} violations",
                 report.rounds,
                 report.namespaced_rounds,
                 report.operations,
                 report.acked_writes,
                 report.unknown,
+                report.second_opinions,
+                report.second_opinion_skipped,
                 report.faults,
                 report.violations.len()
             );

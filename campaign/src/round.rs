@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Value, json};
@@ -14,6 +15,7 @@ use pika_replication::dice::Dice;
 
 use crate::cluster::{Cluster, Network};
 use crate::linearizability::{self, Call, Operation, Outcome};
+use crate::second_opinion;
 
 /// Every fault a round can inject; round `r` injects `ALL[r % len]`, so each
 /// kind comes up at least once every `len` rounds.
@@ -28,10 +30,17 @@ pub enum Fault {
     DelayAndLoss,
     ClockDrift,
     RestartAll,
+    /// The leader's or a follower's disk fills up (every node's data
+    /// directory is a small tmpfs; root only, said and skipped otherwise),
+    /// then space is freed: the node must recover by itself.
+    DiskFull,
+    /// The leader's or a follower's protocol pauses, and what queued up
+    /// meanwhile is handled before its first tick when it resumes.
+    PauseQueued,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 9] = [
+    pub const ALL: [Fault; 11] = [
         Fault::KillLeader,
         Fault::KillFollower,
         Fault::PauseLeader,
@@ -41,6 +50,8 @@ impl Fault {
         Fault::DelayAndLoss,
         Fault::ClockDrift,
         Fault::RestartAll,
+        Fault::DiskFull,
+        Fault::PauseQueued,
     ];
 }
 
@@ -63,6 +74,10 @@ pub struct RoundReport {
     pub operations: usize,
     pub acked_writes: usize,
     pub unknown: usize,
+    /// Paths whose history stateright's tester also judged (and agreed),
+    /// and paths too long to give it.
+    pub second_opinions: usize,
+    pub second_opinion_skipped: usize,
     /// Whether the nodes ran in network namespaces.
     pub namespaced: bool,
     pub violations: Vec<String>,
@@ -196,6 +211,9 @@ fn client(
     }
 }
 
+/// Each node's disk in a DiskFull round.
+const DISK_MB: u64 = 64;
+
 fn inject(
     cluster: &mut Cluster,
     fault: Fault,
@@ -272,6 +290,39 @@ fn inject(
             std::thread::sleep(hold);
             cluster.restart(leader)?;
         }
+        Fault::DiskFull => {
+            let victim = if dice.chance(0.5) { leader } else { follower };
+            match cluster.fill_disk(victim)? {
+                Some(filler) => {
+                    let started = Instant::now();
+                    let failed = loop {
+                        let why = cluster.status(victim)["disk_error"].clone();
+                        if !why.is_null() || started.elapsed() >= hold {
+                            break why;
+                        }
+                        std::thread::sleep(Duration::from_millis(50));
+                    };
+                    eprintln!(
+                        "DiskFull: node {victim}'s disk is full; its disk error after {:?}: {failed}",
+                        started.elapsed()
+                    );
+                    std::thread::sleep(hold.saturating_sub(started.elapsed()));
+                    std::fs::remove_file(&filler)
+                        .with_context(|| format!("freeing {}", filler.display()))?;
+                }
+                None => {
+                    eprintln!(
+                        "DiskFull: skipped, the data directories are not on small disks (needs root)"
+                    );
+                    std::thread::sleep(hold);
+                }
+            }
+        }
+        Fault::PauseQueued => {
+            let victim = if dice.chance(0.5) { leader } else { follower };
+            cluster.fault(victim, json!({"pause_ms": hold.as_millis() as u64}));
+            std::thread::sleep(hold);
+        }
         Fault::RestartAll => {
             for i in 0..n {
                 cluster.kill(i);
@@ -296,7 +347,13 @@ pub fn run(config: &RoundConfig) -> anyhow::Result<RoundReport> {
             }
         })
         .collect();
-    let mut cluster = Cluster::start(config.pika, config.base, &rates, config.network)?;
+    let options = crate::cluster::Options {
+        network: config.network,
+        test_hooks: true,
+        env: Vec::new(),
+        tmpfs_mb: (config.fault == Fault::DiskFull).then_some(DISK_MB),
+    };
+    let mut cluster = Cluster::start_with(config.pika, config.base, &rates, options)?;
     let leader = cluster
         .leader(Duration::from_secs(15))
         .ok_or_else(|| anyhow::anyhow!("no leader at the start of the round"))?;
@@ -388,6 +445,27 @@ pub fn run(config: &RoundConfig) -> anyhow::Result<RoundReport> {
             crate::Check::Strict => linearizability::check_strict(ops),
             crate::Check::Writes => linearizability::check(ops),
         };
+        // The second opinion judges the strict criterion.
+        let ours = match config.check {
+            crate::Check::Strict => checked.is_ok(),
+            crate::Check::Writes => linearizability::check_strict(ops).is_ok(),
+        };
+        match second_opinion::linearizable(ops) {
+            None => report.second_opinion_skipped += 1,
+            Some(theirs) if theirs == ours => report.second_opinions += 1,
+            Some(theirs) => {
+                let mut sorted = ops.clone();
+                sorted.sort_by_key(|o| o.invoked);
+                let all: Vec<String> = sorted.iter().map(|o| format!("{o:?}")).collect();
+                report.violations.push(format!(
+                    "{path}: the checkers disagree: ours says {}, stateright's \
+                     LinearizabilityTester says {}; history:\n  {}",
+                    verdict(ours),
+                    verdict(theirs),
+                    all.join("\n  ")
+                ));
+            }
+        }
         if let Err(v) = checked {
             let slice: Vec<String> = v.operations.iter().map(|o| format!("{o:?}")).collect();
             report.violations.push(format!(
@@ -398,6 +476,14 @@ pub fn run(config: &RoundConfig) -> anyhow::Result<RoundReport> {
         }
     }
     Ok(report)
+}
+
+fn verdict(linearizable: bool) -> &'static str {
+    if linearizable {
+        "linearizable"
+    } else {
+        "not linearizable"
+    }
 }
 
 /// The whole history of a path that failed the check, in invocation order,

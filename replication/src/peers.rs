@@ -33,6 +33,8 @@ pub struct Faults {
     /// else delivered: a follower alive to the leader that never receives
     /// a write.
     diffs_blocked_in: Mutex<Vec<String>>,
+    /// A pause of the protocol driver asked for and not begun yet.
+    pause: Mutex<Option<Duration>>,
     delays: Mutex<HashMap<String, Duration>>,
     /// Peer → probability of dropping each message sent to it.
     losses: Mutex<HashMap<String, f64>>,
@@ -55,6 +57,16 @@ impl Faults {
     /// Drops everything this node receives from `from` from now on.
     pub fn block_incoming(&self, from: &[String]) {
         *lock(&self.blocked_in) = from.to_vec();
+    }
+    /// Pauses the protocol for `d`, as a stopped process or a long GC
+    /// pause would: the driver holds the core for that long (ticks,
+    /// messages and the committer wait), then handles every message that
+    /// queued up before its first tick.
+    pub fn pause_protocol(&self, d: Duration) {
+        *lock(&self.pause) = Some(d);
+    }
+    pub(crate) fn take_pause(&self) -> Option<Duration> {
+        lock(&self.pause).take()
     }
     /// Drops every `Diff` this node receives from `from` from now on.
     pub fn block_incoming_diffs(&self, from: &[String]) {

@@ -4,6 +4,8 @@
 mod access;
 mod envelope;
 mod error;
+#[cfg(feature = "test-faults")]
+mod faults;
 mod files;
 mod status;
 mod tokens;
@@ -113,20 +115,31 @@ impl Default for RequestIds {
 }
 
 /// Set to `1` to expose `POST /debug/faults`, which drops replica traffic
-/// to or from chosen nodes: for fault tests only, never for operators.
+/// to or from chosen nodes: for fault tests only, never for operators, and
+/// only in builds with the `test-faults` feature.
 pub const TEST_FAULTS_ENV: &str = "PIKA_TEST_FAULTS";
+
+/// The fault-injection route, where the build has it and the environment
+/// asks for it.
+#[cfg(feature = "test-faults")]
+fn fault_routes(state: &AppState) -> Router<AppState> {
+    let open =
+        std::env::var(TEST_FAULTS_ENV).is_ok_and(|v| v == "1") && state.writes.replica().is_some();
+    if !open {
+        return Router::new();
+    }
+    tracing::warn!("{TEST_FAULTS_ENV}=1: the fault-injection endpoint /debug/faults is open");
+    Router::new().route("/debug/faults", axum::routing::post(faults::set_faults))
+}
+
+#[cfg(not(feature = "test-faults"))]
+fn fault_routes(_: &AppState) -> Router<AppState> {
+    Router::new()
+}
 
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.max_body_bytes();
-    let debug =
-        std::env::var(TEST_FAULTS_ENV).is_ok_and(|v| v == "1") && state.writes.replica().is_some();
-    let router = if debug {
-        tracing::warn!("{TEST_FAULTS_ENV}=1: the fault-injection endpoint /debug/faults is open");
-        Router::new().route("/debug/faults", axum::routing::post(status::set_faults))
-    } else {
-        Router::new()
-    };
-    router
+    fault_routes(&state)
         .route("/", get(ui::index))
         .route(
             "/api/v1/file/{*path}",

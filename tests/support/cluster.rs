@@ -45,13 +45,7 @@ impl Cluster {
         let mut c = Self::unstarted(hosts, env);
         for i in 0..hosts.len() {
             let dir = c.data_dir(i);
-            std::fs::create_dir_all(&dir).ok()?;
-            let mounted = std::process::Command::new("mount")
-                .args(["-t", "tmpfs", "-o", &format!("size={mb}m"), "tmpfs"])
-                .arg(&dir)
-                .status()
-                .is_ok_and(|s| s.success());
-            if !mounted {
+            if !pika_campaign::cluster::mount_tmpfs(&dir, mb) {
                 eprintln!("skipped: mounting a tmpfs needs root (CI runs as root)");
                 return None;
             }

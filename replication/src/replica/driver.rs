@@ -45,6 +45,9 @@ impl Driver {
         let mut probe = tokio::time::interval(PROBE_EVERY);
         let mut probing = false;
         loop {
+            if let Some(pause) = self.replica.peers.faults.take_pause() {
+                self.pause(pause, &mut inbox, &mut flushed);
+            }
             tokio::select! {
                 Some((ticket, result)) = flushed.recv() => {
                     self.step(|core, now| core.flushed(ticket, result, now));
@@ -101,6 +104,29 @@ impl Driver {
                     None => return,
                 },
             }
+        }
+    }
+
+    /// A test's pause (`Faults::pause_protocol`): hold the core for `d`,
+    /// then hand it everything that arrived meanwhile, in order, before
+    /// any tick: a resumed process reads its queued messages first, and
+    /// the core must not act on them as if no time had passed.
+    fn pause(
+        &self,
+        d: Duration,
+        inbox: &mut mpsc::UnboundedReceiver<(String, PeerMessage)>,
+        flushed: &mut mpsc::UnboundedReceiver<(u64, std::io::Result<()>)>,
+    ) {
+        tracing::warn!(?d, "test fault: the protocol pauses");
+        tokio::task::block_in_place(|| {
+            let _core = lock(&self.replica.shared.core);
+            std::thread::sleep(d);
+        });
+        while let Ok((ticket, result)) = flushed.try_recv() {
+            self.step(|core, now| core.flushed(ticket, result, now));
+        }
+        while let Ok((from, message)) = inbox.try_recv() {
+            self.step(|core, now| core.handle(from, message, now));
         }
     }
 

@@ -464,18 +464,23 @@ impl Replica {
     }
 }
 
-/// Fault tests only: `PIKA_TEST_CLOCK_RATE=1.03` makes this node's protocol
-/// clock (leases, heartbeats, evictions) run 3 % fast, to test drift within
-/// the bound the protocol assumes. Anything unparsable, or outside 0.5–2,
-/// means 1.
+/// Fault tests only, in builds with the `test-faults` feature:
+/// `PIKA_TEST_CLOCK_RATE=1.03` makes this node's protocol clock (leases,
+/// heartbeats, evictions) run 3 % fast, to test drift within the bound the
+/// protocol assumes (`DRIFT`). Anything unparsable or beyond that bound
+/// means 1, and so does every value in a build without the feature.
 pub const TEST_CLOCK_RATE_ENV: &str = "PIKA_TEST_CLOCK_RATE";
 
 fn test_clock_rate() -> f64 {
+    if !cfg!(feature = "test-faults") {
+        return 1.0;
+    }
+    let bound = (1.0 - core::DRIFT)..=(1.0 + core::DRIFT);
     match std::env::var(TEST_CLOCK_RATE_ENV)
         .ok()
         .and_then(|v| v.parse::<f64>().ok())
     {
-        Some(rate) if (0.5..=2.0).contains(&rate) => {
+        Some(rate) if bound.contains(&rate) => {
             tracing::warn!(
                 rate,
                 "{TEST_CLOCK_RATE_ENV}: this node's protocol clock is skewed for a fault test"
