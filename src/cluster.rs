@@ -258,6 +258,8 @@ pub fn record_metrics(membership: &Membership) {
         .absolute(s.frame_bytes_out);
     metrics::counter!("pika_membership_handshakes_rejected_total").absolute(s.handshakes_rejected);
     metrics::counter!("pika_membership_malformed_dropped_total").absolute(s.malformed_dropped);
+    metrics::counter!("pika_membership_datagrams_overflow_total").absolute(s.datagrams_overflow);
+    metrics::counter!("pika_membership_dial_records_full_total").absolute(s.dial_records_full);
 }
 
 /// Keeps what this node gossips (applied revision, role, epoch) in step.

@@ -320,6 +320,9 @@ async fn refresh_loop(
     }
 }
 
+/// Bidirectional streams a peer may have open to this node at once.
+pub const MAX_STREAMS_PER_PEER: u32 = 16;
+
 /// QUIC settings tuned to the heartbeat: a connection to a vanished peer is
 /// given up after the heartbeat timeout, and the first handshake retry comes
 /// quickly on a LAN.
@@ -333,6 +336,11 @@ fn transport_config(swim: &SwimConfig) -> Result<quinn::TransportConfig, StartEr
         quinn::IdleTimeout::try_from(idle).map_err(|e| StartError::Transport(e.to_string()))?,
     ));
     transport.keep_alive_interval(Some(swim.heartbeat_interval));
+    // A peer opens one replica stream and a few RPC streams at a time; the
+    // limit bounds what one peer can make this node hold in frames being
+    // read to MAX_STREAMS_PER_PEER · max_frame.
+    transport.max_concurrent_bidi_streams(MAX_STREAMS_PER_PEER.into());
+    transport.max_concurrent_uni_streams(0u32.into());
     transport.initial_rtt(
         (swim.heartbeat_interval / 4).clamp(Duration::from_millis(10), Duration::from_millis(333)),
     );

@@ -18,6 +18,12 @@ pub struct Stats {
     pub handshakes_rejected: AtomicU64,
     /// Datagrams dropped because they did not decode or foca refused them.
     pub malformed_dropped: AtomicU64,
+    /// Datagrams read and not yet handled (a level, not a count).
+    pub datagrams_queued: AtomicU64,
+    /// Datagrams dropped because `MAX_QUEUED_DATAGRAMS` were waiting.
+    pub datagrams_overflow: AtomicU64,
+    /// Failed dials not recorded because `MAX_DIAL_RECORDS` were kept.
+    pub dial_records_full: AtomicU64,
 }
 
 /// A copy of [`Stats`] at one moment.
@@ -31,6 +37,8 @@ pub struct StatsSnapshot {
     pub frame_bytes_out: u64,
     pub handshakes_rejected: u64,
     pub malformed_dropped: u64,
+    pub datagrams_overflow: u64,
+    pub dial_records_full: u64,
 }
 
 impl Stats {
@@ -53,6 +61,8 @@ impl Stats {
             frame_bytes_out: get(&self.frame_bytes_out),
             handshakes_rejected: get(&self.handshakes_rejected),
             malformed_dropped: get(&self.malformed_dropped),
+            datagrams_overflow: get(&self.datagrams_overflow),
+            dial_records_full: get(&self.dial_records_full),
         }
     }
 }

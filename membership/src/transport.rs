@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -39,6 +40,34 @@ pub struct Snapshot {
 enum Dial {
     InProgress(watch::Receiver<Option<Result<Connection, String>>>),
     FailedAt(Instant),
+}
+
+/// Dials remembered (running, or failed within the backoff) at most:
+/// addresses come from DNS and from gossip, and a failed one is only worth
+/// remembering for the backoff.
+pub(crate) const MAX_DIAL_RECORDS: usize = 1024;
+
+/// Datagrams read from connections and not yet handled by the driver at
+/// most; more are dropped (gossip is lossy by design). About 1.2 KB each.
+pub(crate) const MAX_QUEUED_DATAGRAMS: u64 = 4096;
+
+/// Records a failed dial to `addr` at `now`, first forgetting failures
+/// older than `backoff`; refuses (false) when `MAX_DIAL_RECORDS` are kept
+/// even so.
+fn record_failed_dial(
+    dials: &mut HashMap<SocketAddr, Dial>,
+    addr: SocketAddr,
+    now: Instant,
+    backoff: Duration,
+) -> bool {
+    if dials.len() >= MAX_DIAL_RECORDS {
+        dials.retain(|_, d| !matches!(d, Dial::FailedAt(at) if now.duration_since(*at) >= backoff));
+    }
+    if dials.len() >= MAX_DIAL_RECORDS && !dials.contains_key(&addr) {
+        return false;
+    }
+    dials.insert(addr, Dial::FailedAt(now));
+    true
 }
 
 /// Live connections by peer address, inbound and outbound alike: whichever
@@ -135,6 +164,11 @@ impl Pool {
             Some(Dial::FailedAt(at)) if at.elapsed() < self.settings.backoff => return None,
             _ => {}
         }
+        if dials.len() >= MAX_DIAL_RECORDS && !dials.contains_key(&addr) {
+            // Every slot holds a dial running or failed within the backoff.
+            Stats::bump(&self.stats.dial_records_full);
+            return None;
+        }
         let (tx, rx) = watch::channel(None);
         dials.insert(addr, Dial::InProgress(rx.clone()));
         let pool = self.clone();
@@ -143,8 +177,15 @@ impl Pool {
             {
                 let mut dials = lock(&pool.dials);
                 match &result {
-                    Ok(_) => dials.remove(&addr),
-                    Err(_) => dials.insert(addr, Dial::FailedAt(Instant::now())),
+                    Ok(_) => {
+                        dials.remove(&addr);
+                    }
+                    Err(_) => {
+                        let backoff = pool.settings.backoff;
+                        if !record_failed_dial(&mut dials, addr, Instant::now(), backoff) {
+                            Stats::bump(&pool.stats.dial_records_full);
+                        }
+                    }
                 };
             }
             let input = match &result {
@@ -219,6 +260,12 @@ impl Pool {
                     datagram = conn.read_datagram() => match datagram {
                         Ok(bytes) => {
                             Stats::bump(&pool.stats.datagrams_in);
+                            let queued = pool.stats.datagrams_queued.fetch_add(1, Ordering::Relaxed);
+                            if queued >= MAX_QUEUED_DATAGRAMS {
+                                pool.stats.datagrams_queued.fetch_sub(1, Ordering::Relaxed);
+                                Stats::bump(&pool.stats.datagrams_overflow);
+                                continue;
+                            }
                             if pool.inputs.send(Input::Datagram(peer, bytes)).is_err() {
                                 break;
                             }
@@ -325,6 +372,10 @@ impl Driver {
         let now = Instant::now();
         match input {
             Input::Datagram(from, bytes) => {
+                self.pool
+                    .stats
+                    .datagrams_queued
+                    .fetch_sub(1, Ordering::Relaxed);
                 if let Err(e) = self.swim.datagram(from, &bytes, now) {
                     Stats::bump(&self.pool.stats.malformed_dropped);
                     tracing::debug!(%from, error = %e, "datagram dropped");
@@ -388,5 +439,37 @@ impl Driver {
             Ok(()) => Stats::bump(&self.pool.stats.datagrams_out),
             Err(e) => tracing::debug!(%to, error = %e, "datagram not sent"),
         }
+    }
+}
+
+#[cfg(test)]
+mod dial_tests {
+    use super::*;
+
+    #[test]
+    fn failed_dials_are_kept_up_to_a_bound_and_stale_ones_make_room() {
+        let backoff = Duration::from_secs(1);
+        let t0 = Instant::now();
+        let addr = |i: usize| SocketAddr::from(([127, 0, 2, (i % 250) as u8], 1000 + i as u16));
+        let mut dials = HashMap::new();
+        for i in 0..MAX_DIAL_RECORDS {
+            assert!(record_failed_dial(&mut dials, addr(i), t0, backoff));
+        }
+        assert!(
+            !record_failed_dial(&mut dials, addr(MAX_DIAL_RECORDS), t0, backoff),
+            "full of failures within the backoff"
+        );
+        assert!(
+            record_failed_dial(&mut dials, addr(0), t0, backoff),
+            "an address already kept is updated in place"
+        );
+        let later = t0 + backoff;
+        assert!(record_failed_dial(
+            &mut dials,
+            addr(MAX_DIAL_RECORDS),
+            later,
+            backoff
+        ));
+        assert_eq!(dials.len(), 1, "the stale ones were forgotten");
     }
 }

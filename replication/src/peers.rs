@@ -18,6 +18,19 @@ use crate::wire::PeerMessage;
 /// Messages queued per peer before new ones are dropped.
 const QUEUE: usize = 4096;
 
+/// Messages read from peers and not yet taken by the driver. When it is
+/// full the readers wait: QUIC flow control then holds the senders back,
+/// whose own queues (`QUEUE`) drop what does not fit. Memory stays bounded
+/// by this count, plus one frame in the making per incoming stream (at
+/// most `max_frame` each, and at most `membership`'s stream limit per
+/// peer).
+pub const INBOX: usize = 4096;
+
+/// Retries (one per `retry`) after which the writer for a node that is no
+/// longer a member ends, so that nodes replaced long ago do not keep a
+/// task and a queue each.
+const FORGET_AFTER: u32 = 60;
+
 /// Messages taken from a peer's queue into one stream write: forwarded
 /// writes, their answers, diffs and acks that queued while the previous
 /// write was on its way leave together.
@@ -119,8 +132,8 @@ impl Peers {
         me: String,
         membership: Arc<Membership>,
         retry: Duration,
-    ) -> (Arc<Peers>, mpsc::UnboundedReceiver<(String, PeerMessage)>) {
-        let (inbox, inbox_rx) = mpsc::unbounded_channel();
+    ) -> (Arc<Peers>, mpsc::Receiver<(String, PeerMessage)>) {
+        let (inbox, inbox_rx) = mpsc::channel(INBOX);
         let peers = Arc::new(Peers {
             me,
             membership: membership.clone(),
@@ -148,15 +161,29 @@ impl Peers {
             return;
         }
         let mut outgoing = lock(&self.outgoing);
-        let sender = outgoing.entry(to.to_string()).or_insert_with(|| {
+        if outgoing.get(to).is_none_or(|s| s.is_closed()) {
             let (tx, rx) = mpsc::channel(QUEUE);
             self.runtime
                 .spawn(self.clone().write_stream(to.to_string(), rx));
-            tx
-        });
+            outgoing.insert(to.to_string(), tx);
+            metrics::gauge!("pika_peer_writers").set(outgoing.len() as f64);
+        }
+        let Some(sender) = outgoing.get(to) else {
+            return;
+        };
         if sender.try_send((Instant::now(), message)).is_err() {
+            metrics::counter!("pika_peer_queue_full_total").increment(1);
             tracing::debug!(to, "peer queue full or closed; message dropped");
         }
+    }
+
+    /// The writer for `to` ended: forget it (a later send starts another).
+    fn forget(&self, to: &str) {
+        let mut outgoing = lock(&self.outgoing);
+        if outgoing.get(to).is_some_and(|s| s.is_closed()) {
+            outgoing.remove(to);
+        }
+        metrics::gauge!("pika_peer_writers").set(outgoing.len() as f64);
     }
 
     /// Keeps one stream to `to` open and writes its queue into it.
@@ -165,13 +192,21 @@ impl Peers {
         to: String,
         mut queue: mpsc::Receiver<(Instant, PeerMessage)>,
     ) {
+        let mut unknown_for = 0;
         loop {
             let Some(addr) = self.address_of(&to) else {
-                // Unknown or down: drop what is queued, look again later.
+                // Unknown or down: drop what is queued, look again later,
+                // and end once it has been gone for long.
                 while queue.try_recv().is_ok() {}
+                unknown_for += 1;
+                if unknown_for >= FORGET_AFTER {
+                    queue.close();
+                    return self.forget(&to);
+                }
                 tokio::time::sleep(self.retry).await;
                 continue;
             };
+            unknown_for = 0;
             let mut stream = match self.membership.open_stream(addr).await {
                 Ok(s) => s,
                 Err(e) => {
@@ -213,7 +248,7 @@ impl Peers {
                 batch.clear();
             }
             if queue.is_closed() {
-                return;
+                return self.forget(&to);
             }
         }
     }
@@ -231,7 +266,7 @@ impl Peers {
 
 async fn read_stream(
     mut stream: pika_membership::FramedStream,
-    inbox: mpsc::UnboundedSender<(String, PeerMessage)>,
+    inbox: mpsc::Sender<(String, PeerMessage)>,
     faults: Arc<Faults>,
 ) {
     let from = match stream.recv::<PeerMessage>().await {
@@ -252,7 +287,7 @@ async fn read_stream(
                 if faults.drops_in(&from, &message) {
                     continue;
                 }
-                if inbox.send((from.clone(), message)).is_err() {
+                if deliver(&inbox, from.clone(), message).await.is_err() {
                     return;
                 }
             }
@@ -261,6 +296,24 @@ async fn read_stream(
                 tracing::debug!(%from, error = %e, "replica stream ended");
                 return;
             }
+        }
+    }
+}
+
+/// Hands a message to the driver, waiting while the inbox is full (and
+/// counting that): this stream is then not read, and QUIC flow control
+/// holds its sender back. Errs once the driver is gone.
+async fn deliver(
+    inbox: &mpsc::Sender<(String, PeerMessage)>,
+    from: String,
+    message: PeerMessage,
+) -> Result<(), ()> {
+    match inbox.try_send((from, message)) {
+        Ok(()) => Ok(()),
+        Err(mpsc::error::TrySendError::Closed(_)) => Err(()),
+        Err(mpsc::error::TrySendError::Full(item)) => {
+            metrics::counter!("pika_peer_inbox_full_total").increment(1);
+            inbox.send(item).await.map_err(|_| ())
         }
     }
 }
@@ -279,6 +332,34 @@ pub fn hello_matches(proven: Option<&str>, claimed: &str) -> Result<(), String> 
             "its certificate names no node (a build from before node ids were \
              certified?); its hello claims node {claimed}"
         )),
+    }
+}
+
+#[cfg(test)]
+mod inbox_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_full_inbox_makes_the_reader_wait_instead_of_growing() {
+        let (tx, mut rx) = mpsc::channel(2);
+        let alive = || PeerMessage::Alive { seq: 1, boot: 1 };
+        for _ in 0..2 {
+            assert!(deliver(&tx, "a".into(), alive()).await.is_ok());
+        }
+        let blocked =
+            tokio::time::timeout(Duration::from_millis(50), deliver(&tx, "a".into(), alive()))
+                .await;
+        assert!(blocked.is_err(), "the third waits while two are queued");
+        assert!(rx.recv().await.is_some());
+        assert!(
+            deliver(&tx, "a".into(), alive()).await.is_ok(),
+            "room again"
+        );
+        drop(rx);
+        assert!(
+            deliver(&tx, "a".into(), alive()).await.is_err(),
+            "driver gone"
+        );
     }
 }
 

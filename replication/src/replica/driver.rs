@@ -30,7 +30,7 @@ impl Driver {
 
     pub(crate) async fn run(
         self,
-        mut inbox: mpsc::UnboundedReceiver<(String, PeerMessage)>,
+        mut inbox: mpsc::Receiver<(String, PeerMessage)>,
         mut flushed: mpsc::UnboundedReceiver<(u64, std::io::Result<()>)>,
     ) {
         let period = (self.replica.config.heartbeat_interval / 4).max(Duration::from_millis(5));
@@ -114,7 +114,7 @@ impl Driver {
     fn pause(
         &self,
         d: Duration,
-        inbox: &mut mpsc::UnboundedReceiver<(String, PeerMessage)>,
+        inbox: &mut mpsc::Receiver<(String, PeerMessage)>,
         flushed: &mut mpsc::UnboundedReceiver<(u64, std::io::Result<()>)>,
     ) {
         tracing::warn!(?d, "test fault: the protocol pauses");
