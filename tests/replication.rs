@@ -467,3 +467,54 @@ fn concurrent_writes_applies_and_checkpoints_never_deadlock() {
     );
     assert_eq!(read(&c.url(leader), "lock/5/39").as_deref(), Some("x"));
 }
+
+/// A follower whose applies fail (a failing disk, through the test hook)
+/// stops taking part: `/readyz` turns 503, and writes go on without
+/// waiting for it. Its disk still takes the probe write, so it reopens its
+/// log and state at once as a new incarnation (which the leader keeps out
+/// of the set until it has caught up) and fails again at its next apply.
+/// Once applies work again it rejoins for good and holds every write.
+#[test]
+fn a_follower_whose_applies_fail_leaves_the_set_and_recovers_in_place() {
+    let c = Cluster::start(&[81, 82, 83]);
+    let (leader, _) = c.leader(Duration::from_secs(15));
+    let sick = (leader + 1) % 3;
+    let sick_id = c.node_id(sick);
+    let in_set = || {
+        c.status(leader)["replication_set"]
+            .as_array()
+            .is_some_and(|set| set.iter().any(|m| m["id"] == sick_id.as_str()))
+    };
+    assert!(wait_until(Duration::from_secs(5), || in_set().then_some(())).is_some());
+    c.fault(sick, json!({"fail_applies": true}));
+    for n in 0..10 {
+        let started = Instant::now();
+        let (code, body) = put(&c.url(leader), &format!("apply/{n}"), "v", None);
+        assert_eq!(code, 201, "{body}");
+        assert!(started.elapsed() < FORWARD_TIMEOUT + Duration::from_secs(1));
+    }
+    let ready = || {
+        client()
+            .get(format!("{}/readyz", c.url(sick)))
+            .send()
+            .map_or(0, |r| r.status().as_u16())
+    };
+    assert!(wait_until(Duration::from_secs(3), || (ready() == 503).then_some(())).is_some());
+    assert!(c.counter(sick, "pika_disk_failures_total") >= 1.0);
+
+    c.fault(sick, json!({}));
+    assert!(
+        wait_until(Duration::from_secs(10), || (in_set() && ready() == 200)
+            .then_some(()))
+        .is_some(),
+        "back in the set without a restart: {}",
+        c.status(sick)
+    );
+    for n in 0..10 {
+        assert_eq!(
+            read(&c.url(sick), &format!("apply/{n}")).as_deref(),
+            Some("v")
+        );
+    }
+    assert!(c.counter(sick, "pika_disk_recoveries_total") >= 1.0);
+}

@@ -48,6 +48,8 @@ pub struct Faults {
     diffs_blocked_in: Mutex<Vec<String>>,
     /// A pause of the protocol driver asked for and not begun yet.
     pause: Mutex<Option<Duration>>,
+    /// Every apply of committed entries fails, as on a failing disk.
+    applies_fail: std::sync::atomic::AtomicBool,
     delays: Mutex<HashMap<String, Duration>>,
     /// Peer → probability of dropping each message sent to it.
     losses: Mutex<HashMap<String, f64>>,
@@ -80,6 +82,14 @@ impl Faults {
     }
     pub(crate) fn take_pause(&self) -> Option<Duration> {
         lock(&self.pause).take()
+    }
+    /// Makes every apply of committed entries fail from now on (or not).
+    pub fn fail_applies(&self, fail: bool) {
+        self.applies_fail
+            .store(fail, std::sync::atomic::Ordering::Relaxed);
+    }
+    pub(crate) fn applies_fail(&self) -> bool {
+        self.applies_fail.load(std::sync::atomic::Ordering::Relaxed)
     }
     /// Drops every `Diff` this node receives from `from` from now on.
     pub fn block_incoming_diffs(&self, from: &[String]) {

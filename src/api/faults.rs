@@ -29,11 +29,15 @@ pub struct FaultRequest {
     /// `Faults::pause_protocol`).
     #[serde(default)]
     pause_ms: Option<u64>,
+    /// Every apply of committed entries fails, as on a failing disk.
+    #[serde(default)]
+    fail_applies: bool,
 }
 
 /// POST /debug/faults `{block_in: [node ids], block_out: [node ids],
 /// delay_out_ms: {node id: ms}, loss_out: {node id: p}, block_diffs_in:
-/// [node ids], pause_ms: ms}`: from now on, drop replica traffic from / to
+/// [node ids], pause_ms: ms, fail_applies: bool}`: from now on, drop replica
+/// traffic from / to
 /// those nodes (or only the log entries from them), and hold what goes to
 /// the delayed ones (empty heals); pause the protocol once for `pause_ms`. Only
 /// routed with `PIKA_TEST_FAULTS=1`.
@@ -48,6 +52,7 @@ pub async fn set_faults(
     let faults = replica.faults();
     faults.block_incoming(&request.block_in);
     faults.block_incoming_diffs(&request.block_diffs_in);
+    faults.fail_applies(request.fail_applies);
     if let Some(ms) = request.pause_ms {
         faults.pause_protocol(std::time::Duration::from_millis(ms));
     }

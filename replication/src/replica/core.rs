@@ -397,6 +397,17 @@ impl<L: LogStore> ReplicaCore<L> {
         Ok(())
     }
 
+    /// A test's failing disk: the next apply of committed entries fails
+    /// as a full disk would make it (nothing happens while nothing waits
+    /// to be applied).
+    pub fn fail_next_apply(&mut self, why: &str) {
+        if self.disk_error.is_none()
+            && self.store.revision() < self.commit.min(self.flushed.revision)
+        {
+            self.disk_failed(format!("applying committed entries: {why}"));
+        }
+    }
+
     /// Why this node stopped taking part, if its disk failed.
     pub fn disk_error(&self) -> Option<&str> {
         self.disk_error.as_deref()

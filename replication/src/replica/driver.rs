@@ -143,6 +143,9 @@ impl Driver {
             // Sends and answers are queue pushes: done under the lock, so
             // that they leave before the apply below.
             let mut rest = shared.perform(&self.replica.peers, core.drain());
+            if self.replica.peers.faults.applies_fail() {
+                core.fail_next_apply("test fault: applies fail");
+            }
             core.apply();
             // Published once, after the apply, where it was published
             // before answers moved ahead of the apply.
