@@ -329,10 +329,17 @@ fn search(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn op(client: usize, call: Call, invoked: u64, returned: u64, outcome: Outcome) -> Operation {
+    /// Test histories, shared with `second_opinion`'s tests.
+    pub(crate) fn op(
+        client: usize,
+        call: Call,
+        invoked: u64,
+        returned: u64,
+        outcome: Outcome,
+    ) -> Operation {
         Operation {
             client,
             call,
@@ -343,14 +350,14 @@ mod tests {
         }
     }
 
-    fn put(v: &str) -> Call {
+    pub(crate) fn put(v: &str) -> Call {
         Call::Put {
             value: v.into(),
             expected: None,
         }
     }
 
-    fn value(v: &str, version: u64) -> Outcome {
+    pub(crate) fn value(v: &str, version: u64) -> Outcome {
         Outcome::Value {
             value: v.into(),
             version,

@@ -130,37 +130,13 @@ pub fn linearizable(history: &[Operation]) -> Option<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn op(client: usize, call: Call, at: (u64, u64), outcome: Outcome) -> Operation {
-        Operation {
-            client,
-            call,
-            invoked: at.0,
-            returned: Some(at.1),
-            outcome,
-            epoch: None,
-        }
-    }
-
-    fn put(v: &str) -> Call {
-        Call::Put {
-            value: v.into(),
-            expected: None,
-        }
-    }
-
-    fn value(v: &str, version: u64) -> Outcome {
-        Outcome::Value {
-            value: v.into(),
-            version,
-        }
-    }
+    use crate::linearizability::tests::{op, put, value};
 
     #[test]
     fn agrees_a_stale_read_after_an_acknowledged_write_is_not_linearizable() {
-        let write = op(0, put("a"), (0, 1), Outcome::Written { version: 1 });
-        let fresh = op(1, Call::Read, (2, 3), value("a", 1));
-        let stale = op(1, Call::Read, (2, 3), Outcome::NotFound);
+        let write = op(0, put("a"), 0, 1, Outcome::Written { version: 1 });
+        let fresh = op(1, Call::Read, 2, 3, value("a", 1));
+        let stale = op(1, Call::Read, 2, 3, Outcome::NotFound);
         assert_eq!(linearizable(&[write.clone(), fresh]), Some(true));
         assert_eq!(linearizable(&[write, stale]), Some(false));
     }
@@ -175,9 +151,9 @@ mod tests {
             outcome: Outcome::Unknown,
             epoch: None,
         };
-        let later = op(0, Call::Read, (6, 7), value("a", 1));
-        let missing = op(0, Call::Read, (8, 9), Outcome::NotFound);
-        let before = op(1, Call::Read, (1, 2), value("a", 1));
+        let later = op(0, Call::Read, 6, 7, value("a", 1));
+        let missing = op(0, Call::Read, 8, 9, Outcome::NotFound);
+        let before = op(1, Call::Read, 1, 2, value("a", 1));
         assert_eq!(linearizable(&[unknown.clone(), later]), Some(true));
         assert_eq!(linearizable(&[unknown.clone(), missing]), Some(true));
         assert_eq!(linearizable(&[unknown, before]), Some(false));
@@ -185,26 +161,27 @@ mod tests {
 
     #[test]
     fn touching_operations_are_concurrent() {
-        let write = op(0, put("a"), (0, 5), Outcome::Written { version: 1 });
-        let read = op(1, Call::Read, (5, 6), Outcome::NotFound);
+        let write = op(0, put("a"), 0, 5, Outcome::Written { version: 1 });
+        let read = op(1, Call::Read, 5, 6, Outcome::NotFound);
         assert_eq!(linearizable(&[write, read]), Some(true));
     }
 
     #[test]
     fn compare_and_set_and_deletes_follow_the_live_version() {
-        let first = op(0, put("a"), (0, 1), Outcome::Written { version: 1 });
+        let first = op(0, put("a"), 0, 1, Outcome::Written { version: 1 });
         let gone = op(
             0,
             Call::Delete { expected: Some(1) },
-            (2, 3),
+            2,
+            3,
             Outcome::Written { version: 2 },
         );
         let create = Call::Put {
             value: "b".into(),
             expected: Some(0),
         };
-        let again = op(0, create.clone(), (4, 5), Outcome::Written { version: 3 });
-        let refused = op(0, create, (4, 5), Outcome::Conflict);
+        let again = op(0, create.clone(), 4, 5, Outcome::Written { version: 3 });
+        let refused = op(0, create, 4, 5, Outcome::Conflict);
         assert_eq!(
             linearizable(&[first.clone(), gone.clone(), again]),
             Some(true)

@@ -14,15 +14,7 @@ use pika_replication::wire::{MAX_COUNTER, PeerMessage};
 use pika_replication::{ConfigPath, Op, Store};
 
 fn core() -> ReplicaCore<MemLog> {
-    let config = CoreConfig {
-        replicas: 3,
-        heartbeat_interval: Duration::from_millis(100),
-        lease: Duration::from_millis(500),
-        ack_timeout: Duration::from_millis(500),
-        sync_interval: Duration::from_secs(1),
-        sync_timeout: Duration::from_secs(1),
-        frame_bytes: 1 << 20,
-    };
+    let config = CoreConfig::quick(3);
     let store = Arc::new(Store::open_in_memory(20).expect("a store"));
     let mut core = ReplicaCore::new(
         "n1",

@@ -13,15 +13,7 @@ use pika_replication::replica::core::{CoreConfig, ReplicaCore};
 use pika_replication::{ConfigPath, Format, Meta, Op, Store};
 
 fn config() -> CoreConfig {
-    CoreConfig {
-        replicas: 3,
-        heartbeat_interval: Duration::from_millis(100),
-        lease: Duration::from_millis(500),
-        ack_timeout: Duration::from_millis(500),
-        sync_interval: Duration::from_secs(1),
-        sync_timeout: Duration::from_secs(1),
-        frame_bytes: 1 << 20,
-    }
+    CoreConfig::quick(3)
 }
 
 fn put(path: &str, value: &str) -> Op {

@@ -67,6 +67,23 @@ pub struct CoreConfig {
     pub frame_bytes: usize,
 }
 
+impl CoreConfig {
+    /// Quick timings for tests that drive a core by hand: heartbeats every
+    /// 100 ms, L and `ack_timeout` 500 ms, verification every second, 1 MiB
+    /// frames.
+    pub fn quick(replicas: usize) -> CoreConfig {
+        CoreConfig {
+            replicas,
+            heartbeat_interval: Duration::from_millis(100),
+            lease: Duration::from_millis(500),
+            ack_timeout: Duration::from_millis(500),
+            sync_interval: Duration::from_secs(1),
+            sync_timeout: Duration::from_secs(1),
+            frame_bytes: 1 << 20,
+        }
+    }
+}
+
 fn election_config(config: &CoreConfig) -> ElectionConfig {
     ElectionConfig {
         replicas: config.replicas,
