@@ -91,6 +91,18 @@ fn three_processes_from_the_example_yamls_form_a_cluster_and_survive_a_kill() {
     })
     .expect("every node reports online_nodes: 3");
     eprintln!("3 processes: online_nodes 3 everywhere {formed:?} after the last one listened");
+    // Without PIKA_TEST_FAULTS=1 (and in a build without the test-faults
+    // feature, whatever the environment) there is no fault hook.
+    let hook = client()
+        .post(format!("{}/debug/faults", nodes[0].url))
+        .json(&serde_json::json!({"block_in": []}))
+        .send()
+        .expect("an answer");
+    assert_eq!(
+        hook.status().as_u16(),
+        404,
+        "no fault hook in an ordinary node"
+    );
     // Metadata rides the heartbeats; it follows membership within a round.
     wait_until(Duration::from_secs(5), || {
         nodes.iter().all(|n| {

@@ -51,6 +51,17 @@ pub(crate) const MAX_DIAL_RECORDS: usize = 1024;
 /// most; more are dropped (gossip is lossy by design). About 1.2 KB each.
 pub(crate) const MAX_QUEUED_DATAGRAMS: u64 = 4096;
 
+/// Takes one of `cap` slots counted in `queued`; false (nothing taken)
+/// when all are in use. The consumer gives the slot back with a
+/// `fetch_sub(1)` once it has handled the item.
+fn take_slot(queued: &std::sync::atomic::AtomicU64, cap: u64) -> bool {
+    queued
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+            (n < cap).then_some(n + 1)
+        })
+        .is_ok()
+}
+
 /// Records a failed dial to `addr` at `now`, first forgetting failures
 /// older than `backoff`; refuses (false) when `MAX_DIAL_RECORDS` are kept
 /// even so.
@@ -260,9 +271,7 @@ impl Pool {
                     datagram = conn.read_datagram() => match datagram {
                         Ok(bytes) => {
                             Stats::bump(&pool.stats.datagrams_in);
-                            let queued = pool.stats.datagrams_queued.fetch_add(1, Ordering::Relaxed);
-                            if queued >= MAX_QUEUED_DATAGRAMS {
-                                pool.stats.datagrams_queued.fetch_sub(1, Ordering::Relaxed);
+                            if !take_slot(&pool.stats.datagrams_queued, MAX_QUEUED_DATAGRAMS) {
                                 Stats::bump(&pool.stats.datagrams_overflow);
                                 continue;
                             }
@@ -445,6 +454,18 @@ impl Driver {
 #[cfg(test)]
 mod dial_tests {
     use super::*;
+
+    #[test]
+    fn queued_datagrams_stop_at_the_cap_and_room_comes_back() {
+        let queued = std::sync::atomic::AtomicU64::new(0);
+        for _ in 0..3 {
+            assert!(take_slot(&queued, 3));
+        }
+        assert!(!take_slot(&queued, 3), "the fourth is dropped");
+        assert_eq!(queued.load(Ordering::Relaxed), 3, "a refusal takes nothing");
+        queued.fetch_sub(1, Ordering::Relaxed);
+        assert!(take_slot(&queued, 3));
+    }
 
     #[test]
     fn failed_dials_are_kept_up_to_a_bound_and_stale_ones_make_room() {

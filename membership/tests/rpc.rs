@@ -195,3 +195,34 @@ async fn a_stream_knows_its_peer_node_from_the_certificate() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// A peer may hold at most `MAX_STREAMS_PER_PEER` streams open to a node:
+/// with as many open, the next one waits (issue 14, item 5), so what one
+/// peer can make a node buffer is that many frames in the making.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_opens_at_most_the_stream_limit_at_once() {
+    let hosts = [68, 69];
+    let port = free_port(&hosts);
+    let dns = list(&hosts);
+    let a = Membership::start(config(68, port, &dns, KEY, 1))
+        .await
+        .expect("a");
+    let b = Membership::start(config(69, port, &dns, KEY, 1))
+        .await
+        .expect("b");
+    let _incoming = b.incoming_streams().expect("first taker");
+    let to_b = SocketAddr::new(ip(69), port);
+    let mut open = Vec::new();
+    for _ in 0..pika_membership::MAX_STREAMS_PER_PEER {
+        let stream = tokio::time::timeout(Duration::from_secs(10), a.open_stream(to_b))
+            .await
+            .expect("within the limit, at once")
+            .expect("a stream");
+        open.push(stream);
+    }
+    let one_more = tokio::time::timeout(Duration::from_millis(500), a.open_stream(to_b)).await;
+    assert!(one_more.is_err(), "the stream beyond the limit waits");
+    drop(open);
+    a.shutdown().await;
+    b.shutdown().await;
+}
