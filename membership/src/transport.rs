@@ -175,6 +175,10 @@ impl Pool {
             Some(Dial::FailedAt(at)) if at.elapsed() < self.settings.backoff => return None,
             _ => {}
         }
+        if dials.len() >= MAX_DIAL_RECORDS {
+            let backoff = self.settings.backoff;
+            dials.retain(|_, d| !matches!(d, Dial::FailedAt(at) if at.elapsed() >= backoff));
+        }
         if dials.len() >= MAX_DIAL_RECORDS && !dials.contains_key(&addr) {
             // Every slot holds a dial running or failed within the backoff.
             Stats::bump(&self.stats.dial_records_full);

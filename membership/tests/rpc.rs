@@ -196,9 +196,12 @@ async fn a_stream_knows_its_peer_node_from_the_certificate() {
     b.shutdown().await;
 }
 
-/// A peer may hold at most `MAX_STREAMS_PER_PEER` streams open to a node:
-/// with as many open, the next one waits (issue 14, item 5), so what one
-/// peer can make a node buffer is that many frames in the making.
+/// A peer may hold at most `MAX_STREAMS_PER_PEER` streams open on a
+/// connection to a node: with as many open, the next one waits (issue 14,
+/// item 5), so what one peer can make a node buffer is that many frames in
+/// the making per connection. (The two nodes may each have dialled the
+/// other, and a stream goes on whichever connection the pool holds: up to
+/// two connections' worth can open before one waits.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_opens_at_most_the_stream_limit_at_once() {
     let hosts = [68, 69];
@@ -212,16 +215,19 @@ async fn a_peer_opens_at_most_the_stream_limit_at_once() {
         .expect("b");
     let _incoming = b.incoming_streams().expect("first taker");
     let to_b = SocketAddr::new(ip(69), port);
+    let limit = pika_membership::MAX_STREAMS_PER_PEER as usize;
     let mut open = Vec::new();
-    for _ in 0..pika_membership::MAX_STREAMS_PER_PEER {
-        let stream = tokio::time::timeout(Duration::from_secs(10), a.open_stream(to_b))
-            .await
-            .expect("within the limit, at once")
-            .expect("a stream");
-        open.push(stream);
+    while open.len() <= 2 * limit {
+        match tokio::time::timeout(Duration::from_millis(500), a.open_stream(to_b)).await {
+            Ok(stream) => open.push(stream.expect("a stream")),
+            Err(_) => break,
+        }
     }
-    let one_more = tokio::time::timeout(Duration::from_millis(500), a.open_stream(to_b)).await;
-    assert!(one_more.is_err(), "the stream beyond the limit waits");
+    assert!(
+        (limit..=2 * limit).contains(&open.len()),
+        "{} streams opened before one waited (quinn's own default is 100)",
+        open.len()
+    );
     drop(open);
     a.shutdown().await;
     b.shutdown().await;

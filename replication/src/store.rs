@@ -139,6 +139,9 @@ pub struct Store {
     file: Option<(PathBuf, usize)>,
     node_id: String,
     generation: AtomicU64,
+    /// Reopens begun since open: a read that saw another count at its start
+    /// may have read a state that went back (see [`Store::reopen`]).
+    reopens: AtomicU64,
     /// The last committed revision, readable without a transaction.
     revision: AtomicU64,
     last_epoch: AtomicU64,
@@ -193,6 +196,9 @@ impl Store {
     /// while anything still holds the old file open or the disk still
     /// fails; every access fails in between.
     pub fn reopen(&self) -> Result<(), StoreError> {
+        // Before anything changes: reads that began earlier see the count
+        // move and are refused instead of answered.
+        self.reopens.fetch_add(1, Ordering::AcqRel);
         let Some((file, cache_bytes)) = &self.file else {
             // In memory there is no file to fail.
             return self.bump_generation();
@@ -219,7 +225,8 @@ impl Store {
                 .map_err(|e| open_err(e.into()))?;
             *slot = Some(Arc::new(db));
         }
-        let txn = self.db()?.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let node = txn.open_table(NODE)?;
         let read = |key: &str| -> Result<u64, StoreError> {
             Ok(node.get(key)?.map_or(0, |v| read_u64(v.value())))
@@ -237,7 +244,8 @@ impl Store {
 
     /// One more start, made durable.
     fn bump_generation(&self) -> Result<(), StoreError> {
-        let txn = self.db()?.begin_write()?;
+        let db = self.db()?;
+        let txn = db.begin_write()?;
         let generation = {
             let mut node = txn.open_table(NODE)?;
             let generation = node
@@ -252,7 +260,11 @@ impl Store {
         Ok(())
     }
 
-    /// The open database, or why there is none.
+    /// The open database, or why there is none. Callers keep the handle
+    /// for as long as their transaction lives (`let db = self.db()?; let
+    /// txn = db.begin_read()?;`): redb transactions do not hold the
+    /// database, and [`Store::reopen`] goes ahead only when no handle is
+    /// left, so no transaction ever spans a reopen.
     pub(crate) fn db(&self) -> Result<Arc<Database>, StoreError> {
         self.db
             .read()
@@ -315,6 +327,7 @@ impl Store {
             file: None,
             node_id,
             generation: AtomicU64::new(generation),
+            reopens: AtomicU64::new(0),
             revision: AtomicU64::new(revision),
             last_epoch: AtomicU64::new(last_epoch),
             promised: AtomicU64::new(promised),
@@ -326,6 +339,11 @@ impl Store {
 
     pub fn node_id(&self) -> &str {
         &self.node_id
+    }
+
+    /// Reopens begun since this store was opened.
+    pub fn reopens(&self) -> u64 {
+        self.reopens.load(Ordering::Acquire)
     }
 
     /// How many times this store has been opened, this time included.
@@ -367,7 +385,8 @@ impl Store {
         now_ms: u64,
         before_commit: impl FnOnce(&[Change]),
     ) -> Result<BatchOutcome, StoreError> {
-        let txn = self.db()?.begin_write()?;
+        let db = self.db()?;
+        let txn = db.begin_write()?;
         let mut revision = self.revision();
         let mut results = Vec::with_capacity(ops.len());
         let mut changes = Vec::new();
@@ -427,7 +446,8 @@ impl Store {
         &self,
         request_ids: &[&str],
     ) -> Result<Vec<Option<Applied>>, StoreError> {
-        let txn = self.db()?.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let table = txn.open_table(REQUESTS)?;
         request_ids
             .iter()
@@ -447,7 +467,8 @@ impl Store {
     /// The changes made at these revisions, where the watch feed and the
     /// version history still have them: what a stored request id did.
     pub fn changes_at(&self, revisions: &[u64]) -> Result<Vec<Option<Change>>, StoreError> {
-        let txn = self.db()?.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let feed = txn.open_table(feed::FEED)?;
         let versions = txn.open_table(VERSIONS)?;
         revisions
@@ -468,7 +489,8 @@ impl Store {
 
     /// The latest entry of a path, tombstones included.
     pub fn entry(&self, path: &str) -> Result<Option<Entry>, StoreError> {
-        let txn = self.db()?.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let entries = txn.open_table(ENTRIES)?;
         let raw = entries.get(path)?;
         raw.map(|v| decode(path, v.value())).transpose()
@@ -477,7 +499,8 @@ impl Store {
     /// A version of a path (the latest when `version` is `None`), tombstones
     /// included; `None` when the path or that version is unknown or pruned.
     pub fn get(&self, path: &str, version: Option<u64>) -> Result<Option<Change>, StoreError> {
-        let txn = self.db()?.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let version = match version {
             Some(v) => v,
             None => {
@@ -496,7 +519,8 @@ impl Store {
 
     /// The retained history of a path, oldest first; `None` if it never existed.
     pub fn versions(&self, path: &str) -> Result<Option<Vec<VersionInfo>>, StoreError> {
-        let txn = self.db()?.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let versions = txn.open_table(VERSIONS)?;
         let mut out = Vec::new();
         for item in versions.range((path, 0u64)..=(path, u64::MAX))? {
@@ -523,7 +547,8 @@ impl Store {
     /// The live children of a folder ("" is the root), sorted by name. A
     /// folder is listed if it holds at least one live file.
     pub fn list_folder(&self, folder: &str) -> Result<Vec<FolderChild>, StoreError> {
-        let txn = self.db()?.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let entries = txn.open_table(ENTRIES)?;
         // Keys under "a/b/" sort contiguously, between "a/b/" and "a/b0".
         let (start, end) = if folder.is_empty() {
@@ -566,7 +591,8 @@ impl Store {
 
     /// The stored (incrementally maintained) bucket digests.
     pub fn merkle(&self) -> Result<MerkleBuckets, StoreError> {
-        let txn = self.db()?.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let table = txn.open_table(MERKLE)?;
         let mut buckets = MerkleBuckets::default();
         for item in table.iter()? {
@@ -579,7 +605,8 @@ impl Store {
     /// Bucket digests recomputed from every entry: what [`Store::merkle`]
     /// must equal. O(store); for checks and tests, not the write path.
     pub fn recompute_merkle(&self) -> Result<MerkleBuckets, StoreError> {
-        let txn = self.db()?.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let entries = txn.open_table(ENTRIES)?;
         let mut buckets = MerkleBuckets::default();
         for item in entries.iter()? {

@@ -45,6 +45,10 @@ pub async fn envelope(State(state): State<AppState>, request: Request, next: Nex
         .extensions_mut()
         .insert(RequestId(request_id.clone()));
 
+    // A read that started before this node reopened its state (after a
+    // disk error) may have passed its checks on the state before it: it is
+    // refused rather than answered from a state that went back.
+    let reopens = is_read(&request).then(|| state.store.reopens());
     // Who is asking comes first: a refused token waits on nothing.
     let mut stale = false;
     let refused = match super::access::check(&state, super::access::Caller::of(&request)).await {
@@ -64,6 +68,13 @@ pub async fn envelope(State(state): State<AppState>, request: Request, next: Nex
         Some(refusal) => refusal,
         None => next.run(request).await,
     };
+    if !stale && reopens.is_some_and(|r| r != state.store.reopens()) {
+        response = super::ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "this node reopened its state during the read (after a disk error); retry",
+        )
+        .into_response();
+    }
     if stale {
         response
             .headers_mut()

@@ -368,9 +368,20 @@ impl<L: LogStore> ReplicaCore<L> {
         if self.disk_error.is_none() {
             return Ok(());
         }
+        // What a successful flush covered before the failure. The reopened
+        // log may hold more, read back from the page cache after a failed
+        // fsync: never made durable, and on Linux perhaps never to be (a
+        // failed writeback can leave those pages clean). It goes, as a
+        // crash would take it, so that no durable ack counts on it.
+        let durable = self.flushed;
         self.log
             .reopen()
             .map_err(|e| format!("reopening the log: {e}"))?;
+        if self.log.last().revision > durable.revision && self.log.holds(durable) {
+            self.log
+                .truncate_after(durable.revision)
+                .map_err(|e| format!("dropping the log's unflushed tail: {e}"))?;
+        }
         self.store
             .reopen()
             .map_err(|e| format!("reopening the state: {e}"))?;
@@ -395,8 +406,8 @@ impl<L: LogStore> ReplicaCore<L> {
         self.alive_sent.clear();
         self.permission_until = None;
         self.syncing = None;
-        self.needs_snapshot = false;
-        self.repairing = false;
+        // `needs_snapshot` and `repairing` stay: a divergence found before
+        // the failure is still there.
         self.verify = None;
         self.catch_up_asked = None;
         self.disk_error = None;

@@ -34,8 +34,13 @@ impl Driver {
         mut flushed: mpsc::UnboundedReceiver<(u64, std::io::Result<()>)>,
     ) {
         let period = (self.replica.config.heartbeat_interval / 4).max(Duration::from_millis(5));
+        // After a stall (or while a branch is disabled), ticks resume at the
+        // period instead of firing in a burst for every one missed.
+        let delay = tokio::time::MissedTickBehavior::Delay;
         let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(delay);
         let mut checkpoint = tokio::time::interval(self.replica.config.checkpoint_interval);
+        checkpoint.set_missed_tick_behavior(delay);
         let retention = self.replica.config.log_retention;
         let (checkpointed_tx, mut checkpointed_rx) = mpsc::unbounded_channel();
         let mut checkpointing = false;
@@ -43,6 +48,7 @@ impl Driver {
         // recovery once one succeeds.
         let (probed_tx, mut probed_rx) = mpsc::unbounded_channel();
         let mut probe = tokio::time::interval(PROBE_EVERY);
+        probe.set_missed_tick_behavior(delay);
         let mut probing = false;
         loop {
             if let Some(pause) = self.replica.peers.faults.take_pause() {
@@ -60,12 +66,16 @@ impl Driver {
                     let store = self.replica.store.clone();
                     let done = checkpointed_tx.clone();
                     tokio::task::spawn_blocking(move || {
-                        let _ = done.send(store.checkpoint());
+                        let reopens = store.reopens();
+                        let _ = done.send((reopens, store.checkpoint()));
                     });
                 }
-                Some(position) = checkpointed_rx.recv() => {
+                Some((reopens, position)) = checkpointed_rx.recv() => {
                     checkpointing = false;
-                    self.step(|core, _| core.checkpointed(position, retention));
+                    // One begun before a reopen speaks of the old state.
+                    if reopens == self.replica.store.reopens() {
+                        self.step(|core, _| core.checkpointed(position, retention));
+                    }
                 }
                 _ = probe.tick(), if !probing && lock(&self.replica.shared.status).disk_error.is_some() => {
                     probing = true;

@@ -262,7 +262,11 @@ impl<L: LogStore> ReplicaCore<L> {
     }
 
     pub(super) fn on_sync_needed(&mut self, from: &str, epoch: u64, now: Duration) {
-        if self.leading.is_some() || epoch < self.store.promised_epoch() {
+        // A node whose disk failed takes no part (it syncs after recovery).
+        if self.disk_error.is_some()
+            || self.leading.is_some()
+            || epoch < self.store.promised_epoch()
+        {
             return;
         }
         self.needs_snapshot = true;
@@ -272,6 +276,9 @@ impl<L: LogStore> ReplicaCore<L> {
     }
 
     pub(super) fn start_sync(&mut self, leader: &str, now: Duration) {
+        if self.disk_error.is_some() {
+            return;
+        }
         let local = match self.store.merkle() {
             Ok(m) => m,
             Err(e) => return tracing::error!(error = %e, "reading Merkle digests for a snapshot"),
@@ -308,6 +315,9 @@ impl<L: LogStore> ReplicaCore<L> {
         answer: SyncAnswer,
         now: Duration,
     ) {
+        if self.disk_error.is_some() {
+            return;
+        }
         let promised = self.store.promised_epoch();
         let Some(syncing) = self
             .syncing

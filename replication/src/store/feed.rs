@@ -74,7 +74,8 @@ impl Store {
     /// Up to `limit` changes with a revision above `after`, read from one
     /// consistent snapshot.
     pub fn feed_after(&self, after: u64, limit: usize) -> Result<FeedPage, StoreError> {
-        let txn = self.db()?.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let node = txn.open_table(NODE)?;
         let current = node
             .get(super::KEY_REVISION)?

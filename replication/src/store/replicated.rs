@@ -32,7 +32,8 @@ impl Store {
     /// Durably records a promise. Returns once it is on disk: only then may
     /// the grant or ack that depends on it be sent.
     pub fn set_promised_epoch(&self, epoch: u64) -> Result<(), StoreError> {
-        let txn = self.db()?.begin_write()?;
+        let db = self.db()?;
+        let txn = db.begin_write()?;
         {
             let mut node = txn.open_table(super::NODE)?;
             node.insert(KEY_PROMISED, epoch.to_le_bytes().as_slice())?;
@@ -68,7 +69,8 @@ impl Store {
     /// Makes everything applied so far durable and returns that position:
     /// the point the log may be purged up to.
     pub fn checkpoint(&self) -> Result<crate::election::Position, StoreError> {
-        let txn = self.db()?.begin_write()?;
+        let db = self.db()?;
+        let txn = db.begin_write()?;
         let position = self.position();
         {
             let mut node = txn.open_table(super::NODE)?;
@@ -96,7 +98,8 @@ impl Store {
         let Some(last) = changes.last() else {
             return Ok(());
         };
-        let mut txn = self.db()?.begin_write().map_err(StoreError::from)?;
+        let db = self.db()?;
+        let mut txn = db.begin_write().map_err(StoreError::from)?;
         txn.set_durability(durability).map_err(StoreError::from)?;
         {
             let mut tables = BatchTables::open(&txn)?;

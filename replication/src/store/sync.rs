@@ -37,6 +37,9 @@ impl PathState {
 /// sync session so every answer comes from the same state.
 pub struct Snapshot {
     txn: ReadTransaction,
+    /// Keeps the database open while the snapshot lives (see
+    /// [`Store::reopen`]): declared after `txn`, so dropped after it.
+    _db: std::sync::Arc<redb::Database>,
     pub revision: u64,
     pub epoch: u64,
     buckets: MerkleBuckets,
@@ -44,7 +47,8 @@ pub struct Snapshot {
 
 impl Store {
     pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
-        let txn = self.db()?.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let (revision, epoch, buckets) = {
             let node = txn.open_table(NODE)?;
             let revision = node.get(KEY_REVISION)?.map_or(0, |v| read_u64(v.value()));
@@ -59,6 +63,7 @@ impl Store {
         };
         Ok(Snapshot {
             txn,
+            _db: db,
             revision,
             epoch,
             buckets,
@@ -84,7 +89,8 @@ impl Store {
         epoch: u64,
         since: Option<u64>,
     ) -> Result<(), StoreError> {
-        let txn = self.db()?.begin_write()?;
+        let db = self.db()?;
+        let txn = db.begin_write()?;
         // Checked inside the write transaction: no apply can slip in
         // between the check and the install.
         let at = self.revision();
