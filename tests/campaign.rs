@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-fn run(nodes: usize, rounds: usize, seed: u64, base: u8) {
+fn run(nodes: usize, rounds: usize, seed: u64, base: u8) -> pika_campaign::CampaignReport {
     let pika = Path::new(env!("CARGO_BIN_EXE_pika"));
     eprintln!(
         "campaign: {nodes} nodes, {rounds} rounds from seed {seed} (replay: pika-campaign --nodes {nodes} --rounds {rounds} --seed {seed})"
@@ -35,20 +35,23 @@ fn run(nodes: usize, rounds: usize, seed: u64, base: u8) {
     );
     assert!(report.operations > 0);
     assert!(
-        report.second_opinions > 0,
-        "every round's histories also go to stateright's LinearizabilityTester"
-    );
-    assert!(
         report.violations.is_empty(),
         "violations (seed, what): {:#?}",
         report.violations
     );
+    report
 }
 
 #[test]
 fn three_nodes_survive_kills_pauses_and_a_random_fault() {
     // Seeds 0..=2 inject KillLeader, KillFollower and PauseLeader.
-    run(3, 3, 0, 110);
+    let fixed = run(3, 3, 0, 110);
+    // (A RestartAll round, which the random seed may pick, leaves most
+    // histories with too many unknown outcomes to give stateright.)
+    assert!(
+        fixed.second_opinions > 0,
+        "the histories also go to stateright's LinearizabilityTester"
+    );
     let random = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(7, |d| d.as_secs());

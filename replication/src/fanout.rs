@@ -270,25 +270,32 @@ impl<A> ReplicationSet<A> {
     /// eviction time later ([`Self::evict_silent`]), so that no member
     /// reads without an entry committed in its absence. A member alive but
     /// never acknowledging (a gap it cannot close, a diff it cannot
-    /// receive) thus stops holding writes up. Returns who lost permission.
+    /// receive) thus stops holding writes up. A lagging member that was
+    /// never confirmed holds no permission and leaves at once. Returns who
+    /// lagged, each with whether it left the set already.
     pub fn revoke_lagging(
         &mut self,
         sent_at: impl Fn(u64) -> Option<Duration>,
         now: Duration,
         ack_timeout: Duration,
-    ) -> Vec<String> {
-        let mut revoked = Vec::new();
+    ) -> Vec<(String, bool)> {
+        let mut lagging = Vec::new();
         for (id, f) in &mut self.followers {
             if !f.in_set || f.revoked_at.is_some() {
                 continue;
             }
             if sent_at(f.received).is_some_and(|at| now.saturating_sub(at) > ack_timeout) {
-                f.revoked_at = Some(now);
-                f.confirmed = false;
-                revoked.push(id.clone());
+                let left = !f.may_hold_permission();
+                if left {
+                    f.in_set = false;
+                } else {
+                    f.revoked_at = Some(now);
+                    f.confirmed = false;
+                }
+                lagging.push((id.clone(), left));
             }
         }
-        revoked
+        lagging
     }
 
     /// Members silent for longer than the eviction time, or revoked that
@@ -504,7 +511,7 @@ mod tests {
         let at = ack_timeout + Duration::from_millis(1);
         assert_eq!(
             s.revoke_lagging(sent_at, at, ack_timeout),
-            vec!["c".to_string()]
+            vec![("c".to_string(), false)]
         );
         assert!(!s.may_read("c"), "no more grants");
         assert!(s.contains("c"), "its permission may still run");
@@ -527,6 +534,22 @@ mod tests {
         ack(&mut s, "c", 5, 5, at + L * 2);
         assert!(s.admit_if_caught_up("c", 5), "back once caught up");
         assert!(s.may_read("c"));
+    }
+
+    #[test]
+    fn a_lagging_member_never_confirmed_leaves_at_once() {
+        let mut s = set();
+        ack(&mut s, "b", 5, 5, T0);
+        ack(&mut s, "c", 3, 3, T0);
+        assert!(!s.may_read("c"), "behind the log end at election");
+        let sent_at = |received: u64| (received < 5).then_some(T0);
+        assert_eq!(
+            s.revoke_lagging(sent_at, L, L / 2),
+            vec![("c".to_string(), true)],
+            "it never had permission from this leader"
+        );
+        assert!(!s.contains("c"));
+        assert_eq!(s.commit_bound(5, 5), 5);
     }
 
     #[test]

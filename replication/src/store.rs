@@ -207,24 +207,29 @@ impl Store {
             path: file.clone(),
             source,
         };
-        {
-            let mut slot = self.db.write().unwrap_or_else(PoisonError::into_inner);
-            if let Some(db) = slot.take() {
-                match Arc::try_unwrap(db) {
-                    // Dropped here: redb releases the file.
-                    Ok(db) => drop(db),
-                    Err(shared) => {
-                        *slot = Some(shared);
-                        return Err(open_err("the database is still in use".into()));
-                    }
+        // Taken out under the lock, closed and opened outside it: opening a
+        // file redb must repair can take long, and meanwhile every access
+        // fails at once (`Closed`) instead of blocking a runtime thread.
+        let old = self
+            .db
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(db) = old {
+            match Arc::try_unwrap(db) {
+                // Dropped here: redb releases the file.
+                Ok(db) => drop(db),
+                Err(shared) => {
+                    *self.db.write().unwrap_or_else(PoisonError::into_inner) = Some(shared);
+                    return Err(open_err("the database is still in use".into()));
                 }
             }
-            let db = Database::builder()
-                .set_cache_size(*cache_bytes)
-                .create(file)
-                .map_err(|e| open_err(e.into()))?;
-            *slot = Some(Arc::new(db));
         }
+        let db = Database::builder()
+            .set_cache_size(*cache_bytes)
+            .create(file)
+            .map_err(|e| open_err(e.into()))?;
+        *self.db.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(db));
         let db = self.db()?;
         let txn = db.begin_read()?;
         let node = txn.open_table(NODE)?;

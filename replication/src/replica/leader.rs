@@ -313,9 +313,15 @@ impl<L: LogStore> ReplicaCore<L> {
         };
         let sent = &leading.sent;
         let sent_at = |received: u64| sent.iter().find(|(r, _)| *r > received).map(|(_, t)| *t);
-        for lagging in leading.set.revoke_lagging(sent_at, now, ack_timeout) {
+        let mut left_now = false;
+        for (lagging, left) in leading.set.revoke_lagging(sent_at, now, ack_timeout) {
             metrics::counter!("pika_followers_revoked_total").increment(1);
-            tracing::warn!(follower = %lagging, ?ack_timeout, "follower received nothing within ack_timeout: no more read permission; it leaves the replication set once the last one has run out");
+            if left {
+                left_now = true;
+                tracing::warn!(follower = %lagging, ?ack_timeout, "follower received nothing within ack_timeout and was never confirmed: it left the replication set");
+            } else {
+                tracing::warn!(follower = %lagging, ?ack_timeout, "follower received nothing within ack_timeout: no more read permission; it leaves the replication set once the last one has run out");
+            }
         }
         let evicted = leading.set.evict_silent(now);
         for gone in &evicted {
@@ -325,7 +331,7 @@ impl<L: LogStore> ReplicaCore<L> {
         for gone in &dropped {
             tracing::info!(follower = %gone, "follower left the replication set: silent and not confirmed yet");
         }
-        !evicted.is_empty() || !dropped.is_empty()
+        left_now || !evicted.is_empty() || !dropped.is_empty()
     }
 
     /// The leader's Merkle root at its applied revision, when that is the
