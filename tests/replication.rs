@@ -501,6 +501,13 @@ fn a_follower_whose_applies_fail_leaves_the_set_and_recovers_in_place() {
     };
     assert!(wait_until(Duration::from_secs(3), || (ready() == 503).then_some(())).is_some());
     assert!(c.counter(sick, "pika_disk_failures_total") >= 1.0);
+    assert!(
+        wait_until(Duration::from_secs(3), || {
+            (c.counter(leader, "pika_followers_left_total") >= 1.0).then_some(())
+        })
+        .is_some(),
+        "the leader took the sick follower out of its set"
+    );
 
     c.fault(sick, json!({}));
     assert!(

@@ -46,6 +46,11 @@ struct Follower {
     revoked_at: Option<Duration>,
 }
 
+/// Counts a follower leaving the replication set, by why.
+fn left(why: &'static str) {
+    metrics::counter!("pika_followers_left_total", "why" => why).increment(1);
+}
+
 impl Follower {
     /// It may hold read permission from this leader: confirmed, or
     /// revoked not long enough ago for that permission to have run out.
@@ -184,6 +189,9 @@ impl<A> ReplicationSet<A> {
         match f.boot {
             Some(b) if boot < b => return false,
             Some(b) if boot > b => {
+                if f.in_set {
+                    left("restarted");
+                }
                 f.in_set = false;
                 f.confirmed = false;
                 f.revoked_at = None;
@@ -238,6 +246,7 @@ impl<A> ReplicationSet<A> {
     pub fn remove_unconfirmed(&mut self, id: &str) -> bool {
         match self.followers.get_mut(id) {
             Some(f) if f.in_set && !f.may_hold_permission() => {
+                left("needs_snapshot");
                 f.in_set = false;
                 true
             }
@@ -255,6 +264,7 @@ impl<A> ReplicationSet<A> {
         let mut gone = Vec::new();
         for (id, f) in &mut self.followers {
             if f.in_set && !f.may_hold_permission() && now.saturating_sub(f.last_heard) > quiet {
+                left("silent_unconfirmed");
                 f.in_set = false;
                 gone.push(id.clone());
             }
@@ -285,14 +295,15 @@ impl<A> ReplicationSet<A> {
                 continue;
             }
             if sent_at(f.received).is_some_and(|at| now.saturating_sub(at) > ack_timeout) {
-                let left = !f.may_hold_permission();
-                if left {
+                let gone = !f.may_hold_permission();
+                if gone {
+                    left("lagging_unconfirmed");
                     f.in_set = false;
                 } else {
                     f.revoked_at = Some(now);
                     f.confirmed = false;
                 }
-                lagging.push((id.clone(), left));
+                lagging.push((id.clone(), gone));
             }
         }
         lagging
@@ -308,6 +319,7 @@ impl<A> ReplicationSet<A> {
                 .revoked_at
                 .is_some_and(|at| now.saturating_sub(at) > self.eviction);
             if f.in_set && (silent || revoked) {
+                left("permission_ran_out");
                 f.in_set = false;
                 f.confirmed = false;
                 f.revoked_at = None;

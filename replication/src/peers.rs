@@ -187,6 +187,11 @@ impl Peers {
         }
     }
 
+    /// Per-peer writers running now.
+    pub fn writers(&self) -> usize {
+        lock(&self.outgoing).len()
+    }
+
     /// The writer for `to` ended: forget it (a later send starts another).
     fn forget(&self, to: &str) {
         let mut outgoing = lock(&self.outgoing);
