@@ -230,20 +230,7 @@ impl Store {
             .create(file)
             .map_err(|e| open_err(e.into()))?;
         *self.db.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(db));
-        let db = self.db()?;
-        let txn = db.begin_read()?;
-        let node = txn.open_table(NODE)?;
-        let read = |key: &str| -> Result<u64, StoreError> {
-            Ok(node.get(key)?.map_or(0, |v| read_u64(v.value())))
-        };
-        let revision = read(KEY_REVISION)?;
-        self.revision.store(revision, Ordering::Release);
-        self.last_epoch
-            .store(read(KEY_LAST_EPOCH)?, Ordering::Release);
-        self.promised.store(read(KEY_PROMISED)?, Ordering::Release);
-        self.applied.send_replace(revision);
-        drop(node);
-        drop(txn);
+        self.load_counters()?;
         self.bump_generation()
     }
 
@@ -298,7 +285,7 @@ impl Store {
         // Create every table up front so read transactions never meet a
         // missing one, and mint the node id on first start.
         let txn = db.begin_write()?;
-        let (node_id, revision, generation, last_epoch, promised) = {
+        let node_id = {
             txn.open_table(ENTRIES)?;
             txn.open_table(VERSIONS)?;
             txn.open_table(MERKLE)?;
@@ -308,38 +295,50 @@ impl Store {
             txn.open_table(feed::FEED)?;
             let mut node = txn.open_table(NODE)?;
             let existing = node.get(KEY_NODE_ID)?.map(|v| v.value().to_vec());
-            let node_id = match existing {
+            match existing {
                 Some(id) => String::from_utf8_lossy(&id).into_owned(),
                 None => {
                     let id = new_node_id().map_err(|e| open_err(e.to_string().into()))?;
                     node.insert(KEY_NODE_ID, id.as_bytes())?;
                     id
                 }
-            };
-            let revision = node.get(KEY_REVISION)?.map_or(0, |v| read_u64(v.value()));
-            let generation = node
-                .get(KEY_GENERATION)?
-                .map_or(0, |v| read_u64(v.value()))
-                .saturating_add(1);
-            node.insert(KEY_GENERATION, generation.to_le_bytes().as_slice())?;
-            let last_epoch = node.get(KEY_LAST_EPOCH)?.map_or(0, |v| read_u64(v.value()));
-            let promised = node.get(KEY_PROMISED)?.map_or(0, |v| read_u64(v.value()));
-            (node_id, revision, generation, last_epoch, promised)
+            }
         };
         txn.commit()?;
-        Ok(Self {
+        let store = Self {
             db: RwLock::new(Some(Arc::new(db))),
             file: None,
             node_id,
-            generation: AtomicU64::new(generation),
+            generation: AtomicU64::new(0),
             reopens: AtomicU64::new(0),
-            revision: AtomicU64::new(revision),
-            last_epoch: AtomicU64::new(last_epoch),
-            promised: AtomicU64::new(promised),
+            revision: AtomicU64::new(0),
+            last_epoch: AtomicU64::new(0),
+            promised: AtomicU64::new(0),
             commits: AtomicU64::new(0),
             history: history.max(1),
-            applied: tokio::sync::watch::Sender::new(revision),
-        })
+            applied: tokio::sync::watch::Sender::new(0),
+        };
+        store.load_counters()?;
+        store.bump_generation()?;
+        Ok(store)
+    }
+
+    /// Reads the counters kept beside the data (revision, last epoch,
+    /// promise) into memory, as they are in the open file.
+    fn load_counters(&self) -> Result<(), StoreError> {
+        let db = self.db()?;
+        let txn = db.begin_read()?;
+        let node = txn.open_table(NODE)?;
+        let read = |key: &str| -> Result<u64, StoreError> {
+            Ok(node.get(key)?.map_or(0, |v| read_u64(v.value())))
+        };
+        let revision = read(KEY_REVISION)?;
+        self.revision.store(revision, Ordering::Release);
+        self.last_epoch
+            .store(read(KEY_LAST_EPOCH)?, Ordering::Release);
+        self.promised.store(read(KEY_PROMISED)?, Ordering::Release);
+        self.applied.send_replace(revision);
+        Ok(())
     }
 
     pub fn node_id(&self) -> &str {

@@ -418,10 +418,9 @@ impl<L: LogStore> ReplicaCore<L> {
             log_last = self.log.last().revision,
             "the disk works again: reopened the log and the state; catching up"
         );
+        // The fresh election knows no leader yet: the first heartbeat
+        // makes this node follow, and following asks to catch up.
         self.apply();
-        if let Some(leader) = self.election.leader(now).map(|(l, _)| l.to_string()) {
-            self.request_catch_up(&leader, now);
-        }
         Ok(())
     }
 

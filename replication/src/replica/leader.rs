@@ -315,11 +315,11 @@ impl<L: LogStore> ReplicaCore<L> {
         let sent_at = |received: u64| sent.iter().find(|(r, _)| *r > received).map(|(_, t)| *t);
         let mut left_now = false;
         for (lagging, left) in leading.set.revoke_lagging(sent_at, now, ack_timeout) {
-            metrics::counter!("pika_followers_revoked_total").increment(1);
             if left {
                 left_now = true;
                 tracing::warn!(follower = %lagging, ?ack_timeout, "follower received nothing within ack_timeout and was never confirmed: it left the replication set");
             } else {
+                metrics::counter!("pika_followers_revoked_total").increment(1);
                 tracing::warn!(follower = %lagging, ?ack_timeout, "follower received nothing within ack_timeout: no more read permission; it leaves the replication set once the last one has run out");
             }
         }
