@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use support::cluster::{Cluster, FORWARD_TIMEOUT, INTERVAL, TIMEOUT, read, wait_until};
-use support::{client, put};
+use support::put;
 
 /// Each node's tmpfs.
 const DISK_MB: u64 = 256;
@@ -27,14 +27,6 @@ const LEAVE_BYTES: u64 = 512 << 10;
 /// Fills the filesystem holding `dir`, leaving `LEAVE_BYTES` free.
 fn fill(dir: &Path) -> PathBuf {
     pika_campaign::cluster::fill_filesystem(dir, LEAVE_BYTES).expect("fill the disk")
-}
-
-fn readyz(c: &Cluster, i: usize) -> u16 {
-    client()
-        .get(format!("{}/readyz", c.url(i)))
-        .timeout(Duration::from_secs(2))
-        .send()
-        .map_or(0, |r| r.status().as_u16())
 }
 
 fn value(n: usize) -> String {
@@ -89,7 +81,7 @@ fn write_load(c: &Cluster, via: &[usize], full: usize, run: Duration) -> Load {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        if load.refused_at.is_none() && readyz(c, full) == 503 {
+        if load.refused_at.is_none() && c.readyz(full) == 503 {
             load.refused_at = Some(Instant::now());
         }
     }
@@ -103,14 +95,9 @@ fn recovered(c: &Cluster, full: usize, acked: &[(String, String)]) {
     let id = c.node_id(full);
     let back = wait_until(Duration::from_secs(20), || {
         let leader = (0..3).find(|i| c.status(*i)["is_leader"] == true)?;
-        let status = c.status(leader);
         // (It may also have been elected since.)
-        let in_set = leader == full
-            || status["replication_set"]
-                .as_array()?
-                .iter()
-                .any(|m| m["id"] == id.as_str());
-        (in_set && readyz(c, full) == 200).then_some(())
+        let in_set = leader == full || c.replication_set(leader)?.contains(&id);
+        (in_set && c.readyz(full) == 200).then_some(())
     });
     assert!(
         back.is_some(),

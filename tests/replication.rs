@@ -392,8 +392,8 @@ fn a_follower_that_acknowledges_nothing_leaves_the_set_after_ack_timeout() {
         "answered within forward_timeout + 1 s, in {took:?}"
     );
     let out = wait_until(ACK_TIMEOUT + TIMEOUT * 2, || {
-        let set = c.status(leader)["replication_set"].as_array()?.clone();
-        (!set.is_empty() && !set.iter().any(|m| m["id"] == stuck_id.as_str())).then_some(())
+        let set = c.replication_set(leader)?;
+        (!set.is_empty() && !set.contains(&stuck_id)).then_some(())
     });
     assert!(out.is_some(), "the stuck follower left the set");
     assert!(
@@ -481,9 +481,8 @@ fn a_follower_whose_applies_fail_leaves_the_set_and_recovers_in_place() {
     let sick = (leader + 1) % 3;
     let sick_id = c.node_id(sick);
     let in_set = || {
-        c.status(leader)["replication_set"]
-            .as_array()
-            .is_some_and(|set| set.iter().any(|m| m["id"] == sick_id.as_str()))
+        c.replication_set(leader)
+            .is_some_and(|set| set.contains(&sick_id))
     };
     assert!(wait_until(Duration::from_secs(5), || in_set().then_some(())).is_some());
     c.fault(sick, json!({"fail_applies": true}));
@@ -493,12 +492,7 @@ fn a_follower_whose_applies_fail_leaves_the_set_and_recovers_in_place() {
         assert_eq!(code, 201, "{body}");
         assert!(started.elapsed() < FORWARD_TIMEOUT + Duration::from_secs(1));
     }
-    let ready = || {
-        client()
-            .get(format!("{}/readyz", c.url(sick)))
-            .send()
-            .map_or(0, |r| r.status().as_u16())
-    };
+    let ready = || c.readyz(sick);
     assert!(wait_until(Duration::from_secs(3), || (ready() == 503).then_some(())).is_some());
     assert!(c.counter(sick, "pika_disk_failures_total") >= 1.0);
     assert!(

@@ -454,15 +454,12 @@ pub fn run(config: &RoundConfig) -> anyhow::Result<RoundReport> {
             None => report.second_opinion_skipped += 1,
             Some(theirs) if theirs == ours => report.second_opinions += 1,
             Some(theirs) => {
-                let mut sorted = ops.clone();
-                sorted.sort_by_key(|o| o.invoked);
-                let all: Vec<String> = sorted.iter().map(|o| format!("{o:?}")).collect();
                 report.violations.push(format!(
                     "{path}: the checkers disagree: ours says {}, stateright's \
                      LinearizabilityTester says {}; history:\n  {}",
                     verdict(ours),
                     verdict(theirs),
-                    all.join("\n  ")
+                    in_invocation_order(ops).join("\n  ")
                 ));
             }
         }
@@ -490,15 +487,23 @@ fn verdict(linearizable: bool) -> &'static str {
 /// to a file beside the other temporary files: the slice shows what broke,
 /// this shows what led to it. Returns a line naming the file.
 fn save_history(seed: u64, path: &str, ops: &[Operation]) -> String {
-    let mut ops = ops.to_vec();
-    ops.sort_by_key(|o| o.invoked);
-    let text: String = ops.iter().map(|o| format!("{o:?}\n")).collect();
+    let text: String = in_invocation_order(ops)
+        .into_iter()
+        .map(|line| line + "\n")
+        .collect();
     let dir = std::env::temp_dir().join("pika-campaign");
     let file = dir.join(format!("seed-{seed}-{}.txt", path.replace('/', "_")));
     match std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&file, text)) {
         Ok(()) => format!("\n  (the path's whole history: {})", file.display()),
         Err(e) => format!("\n  (the path's whole history could not be saved: {e})"),
     }
+}
+
+/// A path's operations, one line each, in the order they were invoked.
+fn in_invocation_order(ops: &[Operation]) -> Vec<String> {
+    let mut ops: Vec<&Operation> = ops.iter().collect();
+    ops.sort_by_key(|o| o.invoked);
+    ops.iter().map(|o| format!("{o:?}")).collect()
 }
 
 fn urls_now(cluster: &Cluster) -> Vec<String> {

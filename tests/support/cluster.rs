@@ -102,6 +102,25 @@ impl Cluster {
         spawn_with(&self.data_dir(i), Some(&example), &env)
     }
 
+    /// The node ids in node `i`'s replication set (it leads), if it answers.
+    pub fn replication_set(&self, i: usize) -> Option<Vec<String>> {
+        let set = self.status(i)["replication_set"].as_array()?.clone();
+        Some(
+            set.iter()
+                .filter_map(|m| m["id"].as_str().map(str::to_string))
+                .collect(),
+        )
+    }
+
+    /// Node `i`'s `/readyz` status (0 when it does not answer).
+    pub fn readyz(&self, i: usize) -> u16 {
+        client()
+            .get(format!("{}/readyz", self.url(i)))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .map_or(0, |r| r.status().as_u16())
+    }
+
     pub fn url(&self, i: usize) -> String {
         self.nodes[i]
             .as_ref()
