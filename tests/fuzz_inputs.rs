@@ -20,10 +20,12 @@ fn change(revision: u64, path: String, data: Vec<u8>) -> Change {
         path,
         version: 1,
         created_at_ms: 0,
+        created_revision: revision,
         kind: ChangeKind::Put {
             meta: Meta {
                 format: Format::Text,
                 description: String::new(),
+                flags: 0,
             },
             data,
         },

@@ -67,6 +67,7 @@ fn meta() -> Meta {
     Meta {
         format: Format::Yaml,
         description: "benchmark config".into(),
+        flags: 0,
     }
 }
 
@@ -82,6 +83,7 @@ fn change(n: usize, revision: u64, version: u64) -> Change {
         path: path_of(n),
         version,
         created_at_ms: NOW_MS,
+        created_revision: 1,
         kind: ChangeKind::Put {
             meta: meta(),
             data: yaml_value(n),

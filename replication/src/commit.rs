@@ -436,6 +436,7 @@ mod tests {
         let meta = Meta {
             format: Format::Text,
             description: String::new(),
+            flags: 0,
         };
         Op::put(
             ConfigPath::new(format!("k/{i}")).unwrap(),

@@ -294,6 +294,18 @@ impl Election {
             .map(|l| (l.id.as_str(), l.epoch))
     }
 
+    /// When this node last heard from the leader it knows (`now` while it
+    /// leads itself); `None` without a live leader.
+    pub fn leader_heard_at(&self, now: Duration) -> Option<Duration> {
+        if self.lease(now).is_some() {
+            return Some(now);
+        }
+        self.leader
+            .as_ref()
+            .filter(|l| now < l.heard_at + self.config.lease)
+            .map(|l| l.heard_at)
+    }
+
     /// Until when this node may serve local reads: its own lease if it
     /// leads, else L after it last heard from the leader.
     pub fn read_lease_until(&self, now: Duration) -> Option<Duration> {

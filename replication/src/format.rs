@@ -18,6 +18,10 @@ pub enum Format {
     Toml,
     #[default]
     Text,
+    /// Bytes with no declared structure (a value written through the
+    /// Consul API that is not UTF-8): never validated, never edited in the
+    /// UI. Last, so records written before it decode unchanged.
+    Binary,
 }
 
 /// Content that does not parse in its declared format.
@@ -39,6 +43,7 @@ impl Format {
             Format::Yaml => "yaml",
             Format::Toml => "toml",
             Format::Text => "text",
+            Format::Binary => "binary",
         }
     }
 
@@ -49,10 +54,12 @@ impl Format {
             Format::Yaml => "application/yaml",
             Format::Toml => "application/toml",
             Format::Text => "text/plain; charset=utf-8",
+            Format::Binary => "application/octet-stream",
         }
     }
 
-    /// Checks that `data` parses as this format. Every format must be UTF-8.
+    /// Checks that `data` parses as this format. Every format but
+    /// [`Format::Binary`] must be UTF-8.
     ///
     /// ```
     /// use pika_replication::Format;
@@ -62,12 +69,15 @@ impl Format {
     /// assert_eq!((e.line, e.column), (2, 11));
     /// ```
     pub fn validate(self, data: &[u8]) -> Result<(), ContentError> {
+        if self == Format::Binary {
+            return Ok(());
+        }
         let text = std::str::from_utf8(data).map_err(|e| {
             let (line, column) = line_column(data, e.valid_up_to());
             self.error(line, column, "content is not valid UTF-8")
         })?;
         match self {
-            Format::Text => Ok(()),
+            Format::Text | Format::Binary => Ok(()),
             Format::Json => serde_json::from_str::<IgnoredAny>(text)
                 .map(drop)
                 .map_err(|e| {
@@ -147,6 +157,7 @@ mod tests {
         assert!(Format::Yaml.validate(b"").is_ok());
         assert!(Format::Toml.validate(b"[server]\nport = 8080\n").is_ok());
         assert!(Format::Text.validate("any text ✓".as_bytes()).is_ok());
+        assert!(Format::Binary.validate(b"\x00\xff\xfe").is_ok());
     }
 
     #[test]

@@ -165,6 +165,7 @@ mod tests {
             path: path.into(),
             version: revision,
             created_at_ms: 0,
+            created_revision: 0,
             kind: ChangeKind::Delete,
             request_id: None,
             author: None,

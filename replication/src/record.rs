@@ -19,6 +19,10 @@ pub struct Meta {
     pub format: Format,
     #[serde(default)]
     pub description: String,
+    /// An opaque number kept with the version for the client's own use
+    /// (Consul's `flags`); pika never looks at it.
+    #[serde(default)]
+    pub flags: u64,
 }
 
 /// A write requested by a client.
@@ -132,6 +136,11 @@ pub struct Change {
     pub path: String,
     pub version: u64,
     pub created_at_ms: u64,
+    /// The revision of the path's first version since it was last created
+    /// (Consul's `CreateIndex`): this change's own revision for a put on an
+    /// absent or deleted path, carried over from the live version before
+    /// it otherwise; a deletion keeps the value of the version it ends.
+    pub created_revision: u64,
     pub kind: ChangeKind,
     /// The request id of the op that made this change, replicated with it
     /// so any later leader still recognises a retry.
@@ -176,6 +185,8 @@ pub struct Entry {
     pub revision: u64,
     pub epoch: u64,
     pub created_at_ms: u64,
+    /// See [`Change::created_revision`].
+    pub created_revision: u64,
     pub deleted: bool,
     pub size: u64,
     pub format: Format,
@@ -193,6 +204,7 @@ impl Entry {
             revision: change.revision,
             epoch: change.epoch,
             created_at_ms: change.created_at_ms,
+            created_revision: change.created_revision,
             deleted: change.is_delete(),
             size,
             format,

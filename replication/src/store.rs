@@ -14,10 +14,12 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 mod feed;
+mod prefix;
 mod replicated;
 mod sync;
 
 pub use feed::{FEED_WINDOW, FeedEvent, FeedPage};
+pub use prefix::Under;
 pub use replicated::ApplyError;
 pub use sync::{PathState, Snapshot};
 
@@ -54,6 +56,13 @@ const KEY_PROMISED: &str = "promised_epoch";
 /// The epoch of the last change in this store: with the revision, the
 /// node's log position for vote restriction.
 const KEY_LAST_EPOCH: &str = "last_epoch";
+/// The encoding of the records in this file (and in the log beside it),
+/// written at creation. Absent in files of format 1.
+const KEY_RECORD_FORMAT: &str = "record_format";
+/// Format 2 added `Meta::flags` and `Change::created_revision` (the Consul
+/// API's `Flags` and `CreateIndex`); postcard records of format 1 do not
+/// decode as format 2, so a file of another format is refused at open.
+pub const RECORD_FORMAT: u64 = 2;
 /// The revision of the last checkpoint (a durable transaction after
 /// non-durable applies): informational, the position keys say the rest.
 const KEY_CHECKPOINT: &str = "checkpoint";
@@ -80,6 +89,10 @@ pub enum StoreError {
     /// A reopen after a disk error failed; the next one may succeed.
     #[error("the database is closed after a disk error and not reopened yet")]
     Closed,
+    /// An entry names a version the history does not hold: the file is
+    /// damaged (the latest version is never pruned).
+    #[error("the latest version {version} of {path} is missing from the history")]
+    Missing { path: String, version: u64 },
     #[error("cannot encode or decode the record under {key}: {source}")]
     Corrupt {
         key: String,
@@ -294,6 +307,26 @@ impl Store {
             txn.open_table(REQUEST_ORDER)?;
             txn.open_table(feed::FEED)?;
             let mut node = txn.open_table(NODE)?;
+            let holds_data = node
+                .get(KEY_REVISION)?
+                .is_some_and(|v| read_u64(v.value()) > 0);
+            let format = node.get(KEY_RECORD_FORMAT)?.map(|v| read_u64(v.value()));
+            match format {
+                Some(RECORD_FORMAT) => {}
+                None if !holds_data => {
+                    node.insert(KEY_RECORD_FORMAT, RECORD_FORMAT.to_le_bytes().as_slice())?;
+                }
+                other => {
+                    return Err(open_err(
+                        format!(
+                            "the data was written in record format {} and this pika reads format \
+                             {RECORD_FORMAT}; start this version on an empty data directory",
+                            other.unwrap_or(1)
+                        )
+                        .into(),
+                    ));
+                }
+            }
             let existing = node.get(KEY_NODE_ID)?.map(|v| v.value().to_vec());
             match existing {
                 Some(id) => String::from_utf8_lossy(&id).into_owned(),
@@ -665,6 +698,12 @@ pub fn resolve(
         OpKind::Delete if live_version == 0 => return Err(OpError::NotFound(path.to_string())),
         OpKind::Delete => ChangeKind::Delete,
     };
+    let live = current.filter(|e| !e.deleted);
+    let created_revision = match (&kind, live) {
+        (ChangeKind::Put { .. }, None) => revision,
+        (_, Some(e)) => e.created_revision,
+        (ChangeKind::Delete, None) => 0, // refused above
+    };
     Ok(Change {
         revision,
         epoch,
@@ -673,6 +712,7 @@ pub fn resolve(
         // never reused and a tombstone has a place in the history.
         version: current.map_or(0, |e| e.version) + 1,
         created_at_ms: now_ms,
+        created_revision,
         kind,
         request_id: op.request_id.clone(),
         author: op.author.clone(),

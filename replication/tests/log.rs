@@ -15,6 +15,7 @@ fn change(epoch: u64, revision: u64, bytes: usize) -> Change {
         path: format!("app/{}.json", revision % 7),
         version: revision,
         created_at_ms: 1_700_000_000_000 + revision,
+        created_revision: revision,
         kind: ChangeKind::Put {
             meta: Meta::default(),
             data: vec![b'x'; bytes],

@@ -330,6 +330,7 @@ impl Sim {
         let meta = Meta {
             format: Format::Text,
             description: String::new(),
+            flags: 0,
         };
         let op = match Op::put(
             ConfigPath::new(path.clone()).expect("path"),
@@ -379,6 +380,7 @@ impl Sim {
             let meta = Meta {
                 format: Format::Text,
                 description: String::new(),
+                flags: 0,
             };
             let op = Op::put(
                 ConfigPath::new("pika/pika-leader").expect("path"),

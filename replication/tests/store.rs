@@ -14,6 +14,7 @@ fn put(p: &str, data: &str, expected: Option<u64>) -> Op {
     let meta = Meta {
         format: Format::Text,
         description: String::new(),
+        flags: 0,
     };
     Op::put(path(p), meta, data.as_bytes().to_vec(), expected).expect("valid text")
 }

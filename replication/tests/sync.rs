@@ -10,6 +10,7 @@ fn put(p: &str, data: &str) -> Op {
     let meta = Meta {
         format: Format::Text,
         description: String::new(),
+        flags: 0,
     };
     Op::put(
         ConfigPath::new(p).unwrap(),

@@ -20,6 +20,7 @@ fn put(path: &str, value: &str) -> Op {
     let meta = Meta {
         format: Format::Text,
         description: String::new(),
+        flags: 0,
     };
     Op::put(
         ConfigPath::new(path).expect("a valid path"),

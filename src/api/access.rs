@@ -12,10 +12,17 @@
 //! | `/api/v1/cluster/status` | any token; the config only for admins |
 //! | `/api/v1/whoami` | any token |
 //! | `/api/v1/tokens`, `/debug/*` | an admin token |
+//! | `GET /v1/kv/{key}` | `read` on the key |
+//! | `PUT /v1/kv/{key}`, `DELETE /v1/kv/{key}` | `write`, `delete` on the key |
+//! | `/v1/kv/{prefix}?recurse` or `?keys` | any token; reads filtered to its read scopes, a recursive delete refused unless it may delete every key |
+//! | other `/v1/*` (501, not offered) | nothing |
 //! | anything else | any token |
 //!
 //! Config routes never serve the reserved `{prefix}/` namespace (token
 //! records, the leader's lock), whatever the token: 403.
+//!
+//! The Consul routes (`/v1/`) also take the token in `X-Consul-Token`, and
+//! refuse one in the URL (`?token=`, which ends up in access logs): 400.
 
 use axum::extract::{ConnectInfo, Request};
 use axum::http::Method;
@@ -34,11 +41,24 @@ enum Need {
     Path(Operation, String),
 }
 
-fn need(state: &AppState, method: &Method, path: &str) -> Need {
+fn need(state: &AppState, method: &Method, path: &str, query: Option<&str>) -> Need {
     match path {
         "/healthz" | "/readyz" | "/" => return Need::Nothing,
         "/metrics" if !state.config.auth.protect_metrics => return Need::Nothing,
         _ => {}
+    }
+    if super::consul::is_consul(path) {
+        let Some(key) = super::consul::kv_key(path) else {
+            return Need::Nothing; // not offered: 501 for everyone
+        };
+        return match *method {
+            Method::GET | Method::HEAD if super::consul::reads_prefix(query) => Need::Token,
+            Method::DELETE if super::consul::has_param(query, "recurse") => Need::Token,
+            Method::GET | Method::HEAD => Need::Path(Operation::Read, key),
+            Method::PUT => Need::Path(Operation::Write, key),
+            Method::DELETE => Need::Path(Operation::Delete, key),
+            _ => Need::Token,
+        };
     }
     if path.starts_with("/api/v1/tokens") || path.starts_with("/debug/") {
         return Need::Admin;
@@ -75,19 +95,29 @@ pub fn in_namespace(prefix: &str, path: &str) -> bool {
 pub struct Caller {
     method: Method,
     uri_path: String,
+    query: Option<String>,
     header: Option<axum::http::HeaderValue>,
     client: Option<std::net::IpAddr>,
 }
 
 impl Caller {
     pub fn of(request: &Request) -> Self {
+        let uri_path = request.uri().path().to_string();
+        let headers = request.headers();
+        let header = headers.get(axum::http::header::AUTHORIZATION).cloned();
+        // Consul's clients send `X-Consul-Token: <token>`: read as a bearer.
+        let header = header.or_else(|| {
+            let token = headers.get("x-consul-token")?.to_str().ok()?;
+            let consul = super::consul::is_consul(&uri_path) && !token.trim().is_empty();
+            consul
+                .then(|| axum::http::HeaderValue::from_str(&format!("Bearer {}", token.trim())))?
+                .ok()
+        });
         Self {
             method: request.method().clone(),
-            uri_path: request.uri().path().to_string(),
-            header: request
-                .headers()
-                .get(axum::http::header::AUTHORIZATION)
-                .cloned(),
+            query: request.uri().query().map(str::to_string),
+            uri_path,
+            header,
             client: request
                 .extensions()
                 .get::<ConnectInfo<std::net::SocketAddr>>()
@@ -101,10 +131,18 @@ pub async fn check(state: &AppState, caller: Caller) -> Result<Principal, Respon
     let Caller {
         method,
         uri_path,
+        query,
         header,
         client,
     } = caller;
-    let need = need(state, &method, &uri_path);
+    if super::consul::is_consul(&uri_path) && super::consul::has_param(query.as_deref(), "token") {
+        return Err(ApiError::bad_request(
+            "a token in the URL (`?token=`) ends up in logs and is refused: \
+             send it in the `X-Consul-Token` header",
+        )
+        .into_response());
+    }
+    let need = need(state, &method, &uri_path, query.as_deref());
     if let Need::Path(_, path) = &need
         && is_reserved(state, path)
     {

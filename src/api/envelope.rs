@@ -127,7 +127,18 @@ fn is_read(request: &Request) -> bool {
     (method == axum::http::Method::GET || method == axum::http::Method::HEAD)
         && (PATH_ROUTES.iter().any(|p| path.starts_with(p))
             || path.starts_with("/api/v1/folder")
-            || path == "/api/v1/watch")
+            || path == "/api/v1/watch"
+            || super::consul::kv_key(path).is_some())
+}
+
+/// Whether a read asked to be served without read permission: natively
+/// `?stale=true`, on the Consul routes `?stale` with any value.
+fn asks_stale(request: &Request) -> bool {
+    let query = request.uri().query();
+    if super::consul::is_consul(request.uri().path()) {
+        return super::consul::has_param(query, "stale");
+    }
+    query.is_some_and(|q| q.split('&').any(|kv| kv == "stale=true"))
 }
 
 /// A read of a path with an entry received but not applied yet waits for
@@ -155,14 +166,16 @@ enum ReadTarget {
 /// What a read must wait on: none for writes, stale reads and routes that
 /// read no config.
 fn read_target(request: &Request) -> Option<ReadTarget> {
-    let stale = request
-        .uri()
-        .query()
-        .is_some_and(|q| q.split('&').any(|kv| kv == "stale=true"));
-    if !is_read(request) || stale {
+    if !is_read(request) || asks_stale(request) {
         return None;
     }
     let raw = request.uri().path();
+    if let Some(key) = super::consul::kv_key(raw) {
+        return Some(match super::consul::reads_prefix(request.uri().query()) {
+            true => ReadTarget::Folder(key),
+            false => ReadTarget::Path(key),
+        });
+    }
     if let Some(rest) = raw.strip_prefix("/api/v1/folder") {
         let folder = percent_decode(rest.trim_matches('/'));
         return Some(ReadTarget::Folder(if folder.is_empty() {
@@ -210,11 +223,7 @@ fn read_lease_check(state: &AppState, request: &Request) -> (Option<Response>, b
     if !is_read || replica.may_read() {
         return (None, false);
     }
-    let stale = request
-        .uri()
-        .query()
-        .is_some_and(|q| q.split('&').any(|kv| kv == "stale=true"));
-    if stale {
+    if asks_stale(request) {
         return (None, true);
     }
     let refusal = super::ApiError::new(

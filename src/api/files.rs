@@ -34,10 +34,13 @@ struct SaveRequest {
 struct MetaRequest {
     format: Option<Format>,
     description: Option<String>,
+    /// Kept with the version for the client (the Consul API's `Flags`).
+    #[serde(default)]
+    flags: u64,
 }
 
 /// The format a path's extension suggests, for saves that name none.
-fn format_of(path: &ConfigPath) -> Format {
+pub(super) fn format_of(path: &ConfigPath) -> Format {
     let name = path.as_str().rsplit('/').next().unwrap_or_default();
     match name
         .rsplit_once('.')
@@ -67,10 +70,12 @@ pub async fn save_file(
     let meta_in = request.meta.unwrap_or(MetaRequest {
         format: None,
         description: None,
+        flags: 0,
     });
     let meta = Meta {
         format: meta_in.format.unwrap_or_else(|| format_of(&path)),
         description: meta_in.description.unwrap_or_default(),
+        flags: meta_in.flags,
     };
     let op = Op::put(path, meta, data, request.expected_version)
         .map_err(|e| ApiError::bad_request(e.to_string()))?

@@ -2,6 +2,7 @@
 //! through (request id, JSON errors, revision header, metrics).
 
 mod access;
+mod consul;
 mod envelope;
 mod error;
 #[cfg(feature = "test-faults")]
@@ -166,6 +167,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(status::healthz))
         .route("/readyz", get(status::readyz))
         .route("/metrics", get(status::metrics))
+        .merge(consul::routes())
         .route_layer(axum::middleware::from_fn(envelope::tag_route))
         .fallback(status::not_found)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -56,6 +56,7 @@ fn json_op(path: ConfigPath, value: &impl serde::Serialize, expected: u64) -> Re
     let meta = Meta {
         format: Format::Json,
         description: String::new(),
+        flags: 0,
     };
     Op::put(path, meta, data, Some(expected))
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))

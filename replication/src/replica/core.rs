@@ -158,6 +158,10 @@ pub struct ReplicaStatus {
     pub snapshots: u64,
     /// The last snapshot this node installed as a follower.
     pub last_sync: Option<SyncRecord>,
+    /// When this node last heard from the leader, on the replica's clock
+    /// (see [`crate::replica::Replica::since_leader_contact`]).
+    #[serde(skip)]
+    pub leader_heard_at: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -546,6 +550,7 @@ impl<L: LogStore> ReplicaCore<L> {
             verified: self.verified,
             snapshots: self.snapshots,
             last_sync: self.last_sync.clone(),
+            leader_heard_at: self.election.leader_heard_at(now),
         }
     }
 

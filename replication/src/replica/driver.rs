@@ -239,6 +239,7 @@ impl Driver {
         let meta = Meta {
             format: Format::Json,
             description: "pika leader lock".into(),
+            flags: 0,
         };
         let replica = self.replica.clone();
         let path = config.lock_path.clone();

@@ -320,6 +320,18 @@ impl Replica {
         lock(&self.shared.status).clone()
     }
 
+    /// How long ago this node last heard from the leader (zero on the
+    /// leader); `None` while it knows no live leader. Consul's
+    /// `X-Consul-LastContact`.
+    pub fn since_leader_contact(&self) -> Option<Duration> {
+        let status = lock(&self.shared.status);
+        if status.is_leader {
+            return Some(Duration::ZERO);
+        }
+        let heard = status.leader_heard_at?;
+        Some(self.shared.now().saturating_sub(heard))
+    }
+
     /// The HTTP address of the leader this node knows of, once membership
     /// has gossiped it.
     pub fn leader_http_addr(&self) -> Option<String> {
