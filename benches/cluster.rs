@@ -2,17 +2,19 @@
 //! `pika` processes (real QUIC, real redb files with durable commits), with a
 //! standalone node measured in the same run for the ratio.
 //!
-//! `cargo bench --bench cluster` (about 1 minute). Writes go to the
+//! `cargo bench --bench cluster` (about 2 minutes). Writes go to the
 //! standalone node, to the leader, and to a follower (which forwards them),
 //! at 1 and 64 closed-loop clients. Every acknowledged cluster write is
-//! durable on all three nodes. Client and nodes share this machine's cores.
+//! durable on all three nodes. Then reads on a follower at 16 clients,
+//! through the native API and through the Consul KV API, side by side.
+//! Client and nodes share this machine's cores.
 
 mod load;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use load::{RUN, VALUE_BYTES, WARMUP, Workload, run};
+use load::{Api, Load, PATHS, RUN, VALUE_BYTES, WARMUP, Workload, run};
 use pika_campaign::cluster::{free_udp_port, wait_for_listen};
 
 const PIKA: &str = env!("CARGO_BIN_EXE_pika");
@@ -138,6 +140,60 @@ fn main() -> anyhow::Result<()> {
             }
         }
         println!("(p50 × = median latency relative to the standalone node at the same concurrency)");
-        Ok(())
+
+        consul_reads(&nodes[leader].url, &nodes[follower].url).await
+
     })
+}
+
+/// Reads on a follower through the native API and the Consul KV API, side
+/// by side: the same 1000 paths of 1 KiB, 16 clients, rounds alternated so
+/// that both see the same machine, medians of 3.
+async fn consul_reads(leader: &str, follower: &str) -> anyhow::Result<()> {
+    const ROUNDS: usize = 3;
+    const CONCURRENCY: usize = 16;
+    let failed = load::fill(Api::Pika, leader, "bench", (0..PATHS).collect(), 16).await;
+    anyhow::ensure!(failed == 0, "{failed} writes failed while filling");
+    let urls = [follower.to_string()];
+    let mut results: Vec<(&str, Vec<(f64, f64)>)> = vec![
+        ("native /api/v1/data", Vec::new()),
+        ("consul /v1/kv", Vec::new()),
+    ];
+    for _ in 0..ROUNDS {
+        for (i, api) in [Api::Pika, Api::Consul].into_iter().enumerate() {
+            let out = load::drive(&Load {
+                api,
+                urls: &urls,
+                workload: Workload::Read,
+                concurrency: CONCURRENCY,
+                warmup: WARMUP,
+                run: RUN,
+                token: None,
+            })
+            .await;
+            results[i].1.push((out.ops_per_sec(), out.ms(0.5)));
+        }
+    }
+    println!();
+    println!(
+        "reads on a follower, {PATHS} paths of {VALUE_BYTES} B, c={CONCURRENCY}, {ROUNDS} alternated rounds of {}s, medians",
+        RUN.as_secs()
+    );
+    println!(
+        "{:<22} {:>10} {:>9} {:>9}",
+        "api", "ops/s", "p50 ms", "ops ×"
+    );
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let mut base = None;
+    for (name, rounds) in results {
+        let ops = median(rounds.iter().map(|r| r.0).collect());
+        let p50 = median(rounds.iter().map(|r| r.1).collect());
+        let ratio = ops / *base.get_or_insert(ops);
+        println!("{name:<22} {ops:>10.0} {p50:>9.3} {ratio:>9.2}");
+    }
+    println!("(ops × = throughput relative to the native API)");
+    Ok(())
 }

@@ -32,6 +32,8 @@ pub enum Api {
     Etcd {
         serializable: bool,
     },
+    /// pika's Consul KV API (`/v1/kv`): the same store, Consul's shape.
+    Consul,
 }
 
 /// One measured run.
@@ -89,6 +91,13 @@ pub async fn request(
                 .await
         }
         (Api::Pika, Workload::Read) => http.get(format!("{url}/api/v1/data/{path}")).send().await,
+        (Api::Consul, Workload::Write) => {
+            http.put(format!("{url}/v1/kv/{path}"))
+                .body(value.to_string())
+                .send()
+                .await
+        }
+        (Api::Consul, Workload::Read) => http.get(format!("{url}/v1/kv/{path}")).send().await,
         (Api::Etcd { .. }, Workload::Write) => {
             http.post(format!("{url}/v3/kv/put"))
                 .json(&json!({ "key": BASE64.encode(path), "value": value }))
