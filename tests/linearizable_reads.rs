@@ -4,7 +4,8 @@
 //!
 //! 3 real nodes on loopback with a short `sync_interval` (so verification
 //! runs many times), 8 clients writing 6 shared paths through random nodes;
-//! after every 201 the client reads the path on another node. First with no
+//! after every 201 the client reads the path on another node, through the
+//! native API or the Consul KV API at random. First with no
 //! faults, then with a follower killed and restarted every few seconds.
 //! This is the report that started the replicated log: on the design before
 //! it, the same load gave about ten stale reads in 30 s without any fault.
@@ -32,15 +33,26 @@ struct Tally {
     stale: Vec<String>,
 }
 
-/// Reads `path` on `url`: its version, or `None` when refused.
-fn read_version(http: &reqwest::blocking::Client, url: &str, path: &str) -> Option<Option<u64>> {
-    let response = http.get(format!("{url}/api/v1/file/{path}")).send().ok()?;
+/// Reads `path` on `url`, through the native API or Consul's: the
+/// revision of its latest version (Consul's `ModifyIndex`), 0 when it is
+/// absent, or `None` when refused.
+fn read_revision(
+    http: &reqwest::blocking::Client,
+    url: &str,
+    path: &str,
+    consul: bool,
+) -> Option<u64> {
+    let route = if consul { "v1/kv" } else { "api/v1/file" };
+    let response = http.get(format!("{url}/{route}/{path}")).send().ok()?;
     match response.status().as_u16() {
         200 => {
             let body: serde_json::Value = response.json().ok()?;
-            Some(body["version"].as_u64())
+            match consul {
+                true => body[0]["ModifyIndex"].as_u64(),
+                false => body["revision"].as_u64(),
+            }
         }
-        404 => Some(Some(0)),
+        404 => Some(0),
         _ => None,
     }
 }
@@ -58,20 +70,27 @@ fn client(id: usize, urls: Arc<Mutex<Vec<String>>>, until: Instant, tally: Arc<M
         };
         let path = format!("lin/p{}", dice.below(PATHS));
         let (status, body) = support::put(&nodes[a], &path, &format!("{id}.{n}"), None);
-        let Some(version) = body["version"].as_u64().filter(|_| status == 201) else {
+        let Some(revision) = body["revision"].as_u64().filter(|_| status == 201) else {
             continue;
         };
-        let read = read_version(&http, &nodes[b], &path);
+        // Every other read goes through the Consul API: same promise.
+        let consul = dice.unit() < 0.5;
+        let read = read_revision(&http, &nodes[b], &path, consul);
         let Ok(mut t) = tally.lock() else { return };
         t.acked += 1;
         match read {
             None => t.refused += 1,
             Some(seen) => {
                 t.checked += 1;
-                let seen = seen.unwrap_or(0);
-                if seen < version {
+                if seen < revision {
+                    let api = if consul {
+                        "the Consul API"
+                    } else {
+                        "the native API"
+                    };
                     t.stale.push(format!(
-                        "{path}: v{version} acknowledged by node {a}, then node {b} returned v{seen}"
+                        "{path}: revision {revision} acknowledged by node {a}, then node {b} \
+                         returned revision {seen} through {api}"
                     ));
                 }
             }

@@ -85,6 +85,76 @@ pub struct RoundReport {
 
 type History = Arc<Mutex<BTreeMap<String, Vec<Operation>>>>;
 
+/// Whether a call can go through the Consul KV API: a read, or a write
+/// unguarded or guarded by "must not exist" (`?cas=0`). A guard on a
+/// version has no Consul equivalent (Consul's `cas` is an index).
+fn consul_can(call: &Call) -> bool {
+    match call {
+        Call::Read => true,
+        Call::Put { expected, .. } | Call::Delete { expected } => {
+            matches!(expected, None | Some(0))
+        }
+    }
+}
+
+/// A call through the Consul KV API, in the checker's terms. A change
+/// answers `true` with `X-Pika-Version` and `X-Pika-Epoch`; a delete of an
+/// absent key answers `true` without them; a failed `cas=0`, `false`.
+fn perform_consul(
+    http: &reqwest::blocking::Client,
+    url: &str,
+    path: &str,
+    call: &Call,
+) -> (Outcome, Option<u64>) {
+    let target = format!("{url}/v1/kv/{path}");
+    let cas = |expected: &Option<u64>| match expected {
+        Some(0) => "?cas=0",
+        _ => "",
+    };
+    let response = match call {
+        Call::Read => http.get(&target).send(),
+        Call::Put { value, expected } => http
+            .put(format!("{target}{}", cas(expected)))
+            .body(value.clone())
+            .send(),
+        Call::Delete { expected } => http.delete(format!("{target}{}", cas(expected))).send(),
+    };
+    let Ok(response) = response else {
+        return (Outcome::Unknown, None);
+    };
+    let status = response.status().as_u16();
+    let header = |name: &str| -> Option<u64> {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+    };
+    let (version, epoch) = (header("x-pika-version"), header("x-pika-epoch"));
+    let body: Value = response.json().unwrap_or(Value::Null);
+    match (call, status) {
+        (Call::Read, 404) => (Outcome::NotFound, None),
+        (Call::Read, 200) => {
+            let value = body[0]["Value"]
+                .as_str()
+                .and_then(|d| BASE64.decode(d).ok())
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default();
+            match version {
+                Some(version) => (Outcome::Value { value, version }, None),
+                None => (Outcome::Unknown, None),
+            }
+        }
+        (_, 200) if body == json!(false) => (Outcome::Conflict, None),
+        (_, 200) if body == json!(true) => match version {
+            Some(version) => (Outcome::Written { version }, epoch),
+            None if matches!(call, Call::Delete { .. }) => (Outcome::NotFound, None),
+            None => (Outcome::Unknown, None),
+        },
+        _ => (Outcome::Unknown, None),
+    }
+}
+
 /// One client request, timed on the round's clock and turned into the
 /// checker's terms.
 fn perform(
@@ -191,8 +261,14 @@ fn client(
                 expected: guard(&mut dice),
             }
         };
+        // Half of what the Consul API can express goes through it: the
+        // same store behind two APIs, one history.
+        let consul = consul_can(&call) && dice.unit() < 0.5;
         let invoked = origin.elapsed().as_micros() as u64;
-        let (outcome, epoch) = perform(&http, url, &path, &call);
+        let (outcome, epoch) = match consul {
+            true => perform_consul(&http, url, &path, &call),
+            false => perform(&http, url, &path, &call),
+        };
         let returned = origin.elapsed().as_micros() as u64;
         let op = Operation {
             client: id,

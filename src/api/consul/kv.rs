@@ -10,7 +10,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use pika_replication::{Change, ChangeKind, ConfigPath, Format, Meta, Op, OpError, WriteError};
+use pika_replication::{
+    Applied, Change, ChangeKind, ConfigPath, Format, Meta, Op, OpError, WriteError,
+};
 use serde::Serialize;
 
 use super::{ApiError, AppState, KvQuery, blocking, has_param, kv_key, read_headers};
@@ -201,7 +203,13 @@ fn read(
             let Some(change) = change.filter(|c| !c.is_delete()) else {
                 return Ok(not_found(changed_at));
             };
-            let headers = read_headers(state, change.revision);
+            let mut headers = read_headers(state, change.revision).to_vec();
+            // pika's own version of the key, beside Consul's index.
+            headers.push((
+                axum::http::HeaderName::from_static("x-pika-version"),
+                HeaderValue::from(change.version),
+            ));
+            let headers = axum::response::AppendHeaders(headers);
             if query.raw {
                 let ChangeKind::Put { meta, data } = change.kind else {
                     return Ok(not_found(changed_at));
@@ -257,12 +265,23 @@ pub async fn put(
         .map_err(|e| ApiError::bad_request(e.to_string()))?
         .with_author(principal.author());
     match state.writes.submit(op, &request_id).await {
-        Ok(_) => Ok(Json(true).into_response()),
+        Ok(applied) => Ok(changed(applied)),
         Err(WriteError::Rejected(OpError::VersionMismatch { .. })) => {
             Ok(Json(false).into_response())
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// `true`, with the version the change made and the term that committed
+/// it in `X-Pika-Version` and `X-Pika-Epoch`, as the native delete reports
+/// them: Consul's clients ignore them, pika's fault campaign checks them.
+fn changed(applied: Applied) -> Response {
+    let mut response = Json(true).into_response();
+    let headers = response.headers_mut();
+    headers.insert("x-pika-version", HeaderValue::from(applied.version));
+    headers.insert("x-pika-epoch", HeaderValue::from(applied.epoch));
+    response
 }
 
 /// DELETE /v1/kv/{key}: answers `true` (also for a key that was not
@@ -290,7 +309,8 @@ pub async fn delete(
     };
     let op = Op::delete(path, expected).with_author(principal.author());
     match state.writes.submit(op, &request_id).await {
-        Ok(_) | Err(WriteError::Rejected(OpError::NotFound(_))) => Ok(Json(true).into_response()),
+        Ok(applied) => Ok(changed(applied)),
+        Err(WriteError::Rejected(OpError::NotFound(_))) => Ok(Json(true).into_response()),
         Err(WriteError::Rejected(OpError::VersionMismatch { .. })) => {
             Ok(Json(false).into_response())
         }
