@@ -50,6 +50,8 @@ pub struct CampaignReport {
     pub rounds: usize,
     pub operations: usize,
     pub acked_writes: usize,
+    /// Operations sent through the Consul KV API.
+    pub through_consul: usize,
     pub unknown: usize,
     /// Path histories stateright's tester agreed on, and those too long
     /// to give it.
@@ -106,16 +108,18 @@ pub fn campaign(
         };
         let result = round::run(&config)?;
         eprintln!(
-            "round {r} seed {round_seed} {fault:?}{}: {} ops ({} acked writes, {} unknown), {} violations",
+            "round {r} seed {round_seed} {fault:?}{}: {} ops ({} acked writes, {} through the Consul API, {} unknown), {} violations",
             if result.namespaced { " (netns)" } else { "" },
             result.operations,
             result.acked_writes,
+            result.through_consul,
             result.unknown,
             result.violations.len()
         );
         report.rounds += 1;
         report.operations += result.operations;
         report.acked_writes += result.acked_writes;
+        report.through_consul += result.through_consul;
         report.unknown += result.unknown;
         report.second_opinions += result.second_opinions;
         report.second_opinion_skipped += result.second_opinion_skipped;

@@ -59,13 +59,14 @@ fn main() -> ExitCode {
     match pika_campaign::campaign(&pika, nodes, rounds, seed, 100, network, check) {
         Ok(report) => {
             eprintln!(
-                "{} rounds ({} in network namespaces), {} operations checked ({} acked writes, {} unknown outcomes), \
+                "{} rounds ({} in network namespaces), {} operations checked ({} acked writes, {} through the Consul API, {} unknown outcomes), \
                  {} path histories also judged by stateright's LinearizabilityTester with the same verdict ({} too long to give it), \
                  faults {:?}, {} violations",
                 report.rounds,
                 report.namespaced_rounds,
                 report.operations,
                 report.acked_writes,
+                report.through_consul,
                 report.unknown,
                 report.second_opinions,
                 report.second_opinion_skipped,

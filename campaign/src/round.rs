@@ -73,6 +73,8 @@ pub struct RoundConfig<'a> {
 pub struct RoundReport {
     pub operations: usize,
     pub acked_writes: usize,
+    /// Operations sent through the Consul KV API instead of the native one.
+    pub through_consul: usize,
     pub unknown: usize,
     /// Paths whose history stateright's tester also judged (and agreed),
     /// and paths too long to give it.
@@ -232,15 +234,16 @@ fn client(
     origin: Instant,
     until: Instant,
     history: History,
-) {
+) -> usize {
     let http = match reqwest::blocking::Client::builder()
         .default_headers(crate::admin_headers())
         .timeout(Duration::from_millis(2500))
         .build()
     {
         Ok(h) => h,
-        Err(_) => return,
+        Err(_) => return 0,
     };
+    let mut through_consul = 0;
     let mut dice = Dice::new(seed);
     let mut n = 0;
     while Instant::now() < until {
@@ -264,6 +267,7 @@ fn client(
         // Half of what the Consul API can express goes through it: the
         // same store behind two APIs, one history.
         let consul = consul_can(&call) && dice.unit() < 0.5;
+        through_consul += usize::from(consul);
         let invoked = origin.elapsed().as_micros() as u64;
         let (outcome, epoch) = match consul {
             true => perform_consul(&http, url, &path, &call),
@@ -285,6 +289,7 @@ fn client(
         // exhaustively (the checker is exponential in the worst case).
         std::thread::sleep(Duration::from_millis(20 + dice.below(20) as u64));
     }
+    through_consul
 }
 
 /// Each node's disk in a DiskFull round.
@@ -452,13 +457,15 @@ pub fn run(config: &RoundConfig) -> anyhow::Result<RoundReport> {
         &mut dice,
         Duration::from_millis(1500),
     )?;
+    let mut through_consul = 0;
     for c in clients {
-        let _ = c.join();
+        through_consul += c.join().unwrap_or(0);
     }
     cluster.heal()?;
 
     let mut report = RoundReport {
         namespaced: cluster.namespaced(),
+        through_consul,
         ..RoundReport::default()
     };
     if cluster.leader(Duration::from_secs(20)).is_none() {

@@ -223,6 +223,50 @@ fn everything_survives_reopen_including_the_node_id() {
     assert_eq!(data_of(&store, "b", None).unwrap(), b"2");
 }
 
+#[test]
+fn created_revision_is_kept_across_updates_and_restarts_after_a_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, 20);
+    store.execute(&[put("k", "1", None)], 0, 0).unwrap(); // revision 1
+    store.execute(&[put("other", "x", None)], 0, 0).unwrap(); // 2
+    store.execute(&[put("k", "2", None)], 0, 0).unwrap(); // 3
+    let latest = store.get("k", None).unwrap().expect("k");
+    assert_eq!((latest.revision, latest.created_revision), (3, 1));
+    store.execute(&[Op::delete(path("k"), None)], 0, 0).unwrap(); // 4
+    let tombstone = store.entry("k").unwrap().expect("a tombstone");
+    assert_eq!(tombstone.created_revision, 1, "a delete keeps what it ended");
+    store.execute(&[put("k", "3", None)], 0, 0).unwrap(); // 5
+    let reborn = store.get("k", None).unwrap().expect("k");
+    assert_eq!((reborn.revision, reborn.created_revision), (5, 5));
+    let under = store.latest_under("", |p| p != "other").unwrap();
+    assert_eq!(under.live.len(), 1);
+    assert_eq!(under.index, 5, "the hidden path counts toward nothing");
+}
+
+#[test]
+fn a_data_directory_in_an_older_record_format_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        // What format 1 left: a node table with a revision, no format key.
+        let db = redb::Database::create(dir.path().join(pika_replication::store::DB_FILE)).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let node: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("node");
+            let mut table = txn.open_table(node).unwrap();
+            table.insert("revision", 7u64.to_le_bytes().as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let error = Store::open(dir.path(), 20).err().expect("refused").to_string();
+    assert!(error.contains("record format 1"), "{error}");
+    assert!(error.contains("empty data directory"), "{error}");
+
+    // A fresh directory gets the current format, and opens again.
+    let fresh = tempfile::tempdir().unwrap();
+    open(&fresh, 20).close().unwrap();
+    assert_eq!(open(&fresh, 20).revision(), 0);
+}
+
 #[derive(Debug, Clone)]
 enum Action {
     Put(u8, u8),
