@@ -211,8 +211,14 @@ impl Swim {
             }
             Datagram::Heartbeat(Heartbeat { from: id, meta }) => {
                 if id.addr == from {
+                    let addr = id.addr;
                     self.heard_from(id, Some(meta), now);
-                    Ok(())
+                    // A heartbeat touches foca not at all and the table at
+                    // one row: re-reading every member (`flush`) for each
+                    // of the n heartbeats a round brings would cost every
+                    // node O(n²) per round. Time passing is seen at `tick`.
+                    self.report_change(addr, now);
+                    return Ok(());
                 } else {
                     Err(Rejected::Swim(format!(
                         "heartbeat from {from} claims address {}",
@@ -470,26 +476,31 @@ impl Swim {
     }
 
     fn report_changes(&mut self, now: Instant) {
-        let changes: Vec<(SocketAddr, MemberState)> = self
-            .members
-            .iter()
-            .filter_map(|(addr, r)| {
-                let state = self.state_of(r, now);
-                (r.reported != Some(state)).then_some((*addr, state))
-            })
-            .collect();
-        for (addr, state) in changes {
-            let Some(record) = self.members.get_mut(&addr) else {
-                continue;
-            };
-            record.reported = Some(state);
-            let id = record.id.clone();
-            tracing::info!(member = %id.addr, node_id = %id.node_id, generation = id.generation, ?state, "member state");
-            self.actions.push(Action::Event(match state {
-                MemberState::Alive => MembershipEvent::Up(id),
-                MemberState::Suspect => MembershipEvent::Suspect(id),
-                MemberState::Down => MembershipEvent::Down(id),
-            }));
+        let addrs: Vec<SocketAddr> = self.members.keys().copied().collect();
+        for addr in addrs {
+            self.report_change(addr, now);
         }
+    }
+
+    /// Reports the member at `addr` if its state is not the one last
+    /// reported.
+    fn report_change(&mut self, addr: SocketAddr, now: Instant) {
+        let Some(state) = self.members.get(&addr).map(|r| self.state_of(r, now)) else {
+            return;
+        };
+        let Some(record) = self.members.get_mut(&addr) else {
+            return;
+        };
+        if record.reported == Some(state) {
+            return;
+        }
+        record.reported = Some(state);
+        let id = record.id.clone();
+        tracing::info!(member = %id.addr, node_id = %id.node_id, generation = id.generation, ?state, "member state");
+        self.actions.push(Action::Event(match state {
+            MemberState::Alive => MembershipEvent::Up(id),
+            MemberState::Suspect => MembershipEvent::Suspect(id),
+            MemberState::Down => MembershipEvent::Down(id),
+        }));
     }
 }

@@ -31,9 +31,12 @@
 //! - Voters that heard a leader refuse only *other* candidates, so a leader
 //!   fenced off before its lease ran out does not campaign until it would
 //!   have: its followers may still be reading on that lease.
-//! - A node whose promise is above zero has acked or granted before; after a
-//!   restart it cannot know whom it promised, so it grants nothing (not even
-//!   to itself) for L after boot.
+//! - After a boot a node grants nothing (not even to itself) for L
+//!   (DESIGN.md, election step 6). It cannot know whom it promised before a
+//!   crash, and a node whose data directory was wiped or restored from a
+//!   backup does not even know that it promised: its promise reads 0, or
+//!   an older value than it gave. A grant it gave before it went down binds
+//!   for at most L, so after L none can still be in force.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -212,11 +215,8 @@ impl Election {
         seed: u64,
         now: Duration,
     ) -> Election {
-        let quiet_until = if promised > 0 {
-            now + config.lease
-        } else {
-            now
-        };
+        // Whatever `promised` says: see the module doc.
+        let quiet_until = now + config.lease;
         Election {
             me: me.into(),
             config,

@@ -8,6 +8,8 @@ use pika_replication::election::{
 };
 
 const T0: Duration = Duration::from_secs(100);
+/// One lease after the nodes of these tests booted: they may grant.
+const BOOTED: Duration = Duration::from_millis(100_500);
 
 fn node(me: &str, promised: u64, last: Position) -> Election {
     let mut e = Election::new(
@@ -48,7 +50,7 @@ fn reply_granted(actions: &[Action]) -> Option<bool> {
 #[test]
 fn a_grant_is_persisted_before_it_is_sent() {
     let mut b = node("b", 0, Position::default());
-    b.handle("a", request(1, Position::default()), T0);
+    b.handle("a", request(1, Position::default()), BOOTED);
     let actions = b.drain_actions();
     assert_eq!(
         actions.first(),
@@ -59,7 +61,7 @@ fn a_grant_is_persisted_before_it_is_sent() {
     assert_eq!(b.promised(), 1);
 
     // The same epoch again (a duplicate, or another candidate) is refused.
-    b.handle("a", request(1, Position::default()), T0);
+    b.handle("a", request(1, Position::default()), BOOTED);
     assert_eq!(reply_granted(&b.drain_actions()), Some(false));
 }
 
@@ -99,27 +101,40 @@ fn a_candidate_behind_the_voter_is_refused() {
     assert_eq!(reply_granted(&b.drain_actions()), Some(true));
 }
 
+/// A node that promised before a crash, and one whose promise reads 0
+/// because its data directory was wiped: neither can know whom it granted,
+/// so neither grants for a lease after boot (DESIGN.md, election step 6).
 #[test]
-fn a_restarted_voter_grants_nothing_for_one_lease() {
-    let mut b = node("b", 4, Position::default());
-    b.handle(
-        "a",
-        request(5, Position::default()),
-        T0 + Duration::from_millis(499),
-    );
-    assert_eq!(reply_granted(&b.drain_actions()), Some(false));
-    b.handle(
-        "a",
-        request(5, Position::default()),
-        T0 + Duration::from_millis(500),
-    );
-    assert_eq!(reply_granted(&b.drain_actions()), Some(true));
+fn a_booted_voter_grants_nothing_for_one_lease_whatever_it_promised() {
+    for promised in [4, 0] {
+        let mut b = node("b", promised, Position::default());
+        b.handle(
+            "a",
+            request(5, Position::default()),
+            T0 + Duration::from_millis(499),
+        );
+        assert_eq!(
+            reply_granted(&b.drain_actions()),
+            Some(false),
+            "promised {promised}"
+        );
+        b.handle(
+            "a",
+            request(5, Position::default()),
+            T0 + Duration::from_millis(500),
+        );
+        assert_eq!(
+            reply_granted(&b.drain_actions()),
+            Some(true),
+            "promised {promised}"
+        );
+    }
 }
 
 #[test]
 fn heartbeats_from_a_deposed_epoch_are_fenced_off() {
     let mut b = node("b", 0, Position::default());
-    b.handle("a", request(3, Position::default()), T0);
+    b.handle("a", request(3, Position::default()), BOOTED);
     b.drain_actions();
     b.handle(
         "c",
@@ -128,7 +143,7 @@ fn heartbeats_from_a_deposed_epoch_are_fenced_off() {
             leader: "c".into(),
             round: 9,
         },
-        T0,
+        BOOTED,
     );
     let actions = b.drain_actions();
     assert!(
@@ -153,10 +168,10 @@ fn more_live_members_than_replicas_means_no_campaign_and_no_grant() {
     let mut b = node("b", 0, Position::default());
     b.set_members(["a", "b", "c", "d"].map(String::from), 4);
     assert!(b.replicas_mismatch());
-    b.handle("a", request(1, Position::default()), T0);
+    b.handle("a", request(1, Position::default()), BOOTED);
     assert_eq!(reply_granted(&b.drain_actions()), Some(false));
     for ms in 0..50 {
-        b.tick(T0 + Duration::from_millis(ms * 10));
+        b.tick(BOOTED + Duration::from_millis(ms * 10));
     }
     assert_eq!(b.role(), Role::Follower);
     assert!(

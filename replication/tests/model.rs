@@ -40,7 +40,7 @@ struct Node {
     role: Role,
     /// Whom this node is bound to (granted, or heard as leader).
     bound: Option<u8>,
-    /// Restarted with a promise: grants nothing until its binding lapses.
+    /// Restarted: grants nothing until L has passed (its binding lapses).
     quiet: bool,
     /// Entry epochs; revision = index + 1. Durable.
     log: Vec<u8>,
@@ -250,14 +250,16 @@ impl Model for Pika {
                 let n = &mut s.nodes[i as usize];
                 n.up = false;
                 n.role = Role::Follower;
-                // The binding itself is volatile, but a restarted node with
-                // a promise is quiet for L: keeping `bound` until `Unbind`
-                // models exactly that (and ages out what it granted).
+                // The binding itself is volatile, but a restarted node is
+                // quiet for L: keeping `bound` until `Unbind` models
+                // exactly that (and ages out what it granted).
             }
             Action::Restart(i) => {
                 let n = &mut s.nodes[i as usize];
                 n.up = true;
-                n.quiet = n.promised > 0;
+                // Every boot is quiet for L (election step 6), whatever
+                // the node promised.
+                n.quiet = true;
             }
             Action::Deliver(msg) => {
                 s.net.remove(&msg);

@@ -234,7 +234,10 @@ fn created_revision_is_kept_across_updates_and_restarts_after_a_delete() {
     assert_eq!((latest.revision, latest.created_revision), (3, 1));
     store.execute(&[Op::delete(path("k"), None)], 0, 0).unwrap(); // 4
     let tombstone = store.entry("k").unwrap().expect("a tombstone");
-    assert_eq!(tombstone.created_revision, 1, "a delete keeps what it ended");
+    assert_eq!(
+        tombstone.created_revision, 1,
+        "a delete keeps what it ended"
+    );
     store.execute(&[put("k", "3", None)], 0, 0).unwrap(); // 5
     let reborn = store.get("k", None).unwrap().expect("k");
     assert_eq!((reborn.revision, reborn.created_revision), (5, 5));
@@ -253,11 +256,16 @@ fn a_data_directory_in_an_older_record_format_is_refused_with_the_reason() {
         {
             let node: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("node");
             let mut table = txn.open_table(node).unwrap();
-            table.insert("revision", 7u64.to_le_bytes().as_slice()).unwrap();
+            table
+                .insert("revision", 7u64.to_le_bytes().as_slice())
+                .unwrap();
         }
         txn.commit().unwrap();
     }
-    let error = Store::open(dir.path(), 20).err().expect("refused").to_string();
+    let error = Store::open(dir.path(), 20)
+        .err()
+        .expect("refused")
+        .to_string();
     assert!(error.contains("record format 1"), "{error}");
     assert!(error.contains("empty data directory"), "{error}");
 
