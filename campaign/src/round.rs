@@ -87,6 +87,36 @@ pub struct RoundReport {
 
 type History = Arc<Mutex<BTreeMap<String, Vec<Operation>>>>;
 
+/// What the campaign reads of an answer: its status, the version and term
+/// of a change (`X-Pika-Version`, `X-Pika-Epoch`), and its JSON body.
+struct Answer {
+    status: u16,
+    version: Option<u64>,
+    epoch: Option<u64>,
+    body: Value,
+}
+
+impl Answer {
+    /// `None` when there was no answer (timeout, refused connection).
+    fn of(response: reqwest::Result<reqwest::blocking::Response>) -> Option<Answer> {
+        let response = response.ok()?;
+        let header = |name: &str| -> Option<u64> {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+        };
+        let (version, epoch) = (header("x-pika-version"), header("x-pika-epoch"));
+        Some(Answer {
+            status: response.status().as_u16(),
+            version,
+            epoch,
+            body: response.json().unwrap_or(Value::Null),
+        })
+    }
+}
+
 /// Whether a call can go through the Consul KV API: a read, or a write
 /// unguarded or guarded by "must not exist" (`?cas=0`). A guard on a
 /// version has no Consul equivalent (Consul's `cas` is an index).
@@ -121,19 +151,15 @@ fn perform_consul(
             .send(),
         Call::Delete { expected } => http.delete(format!("{target}{}", cas(expected))).send(),
     };
-    let Ok(response) = response else {
+    let Some(Answer {
+        status,
+        version,
+        epoch,
+        body,
+    }) = Answer::of(response)
+    else {
         return (Outcome::Unknown, None);
     };
-    let status = response.status().as_u16();
-    let header = |name: &str| -> Option<u64> {
-        response
-            .headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-    };
-    let (version, epoch) = (header("x-pika-version"), header("x-pika-epoch"));
-    let body: Value = response.json().unwrap_or(Value::Null);
     match (call, status) {
         (Call::Read, 404) => (Outcome::NotFound, None),
         (Call::Read, 200) => {
@@ -182,19 +208,15 @@ fn perform(
             http.delete(format!("{target}{q}")).send()
         }
     };
-    let Ok(response) = response else {
+    let Some(Answer {
+        status,
+        version: version_header,
+        epoch: epoch_header,
+        body,
+    }) = Answer::of(response)
+    else {
         return (Outcome::Unknown, None);
     };
-    let status = response.status().as_u16();
-    let header = |name: &str| -> Option<u64> {
-        response
-            .headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-    };
-    let (version_header, epoch_header) = (header("x-pika-version"), header("x-pika-epoch"));
-    let body: Value = response.json().unwrap_or(Value::Null);
     let epoch = match (call, status) {
         (Call::Put { .. }, 201) => body["epoch"].as_u64(),
         (Call::Delete { .. }, 204) => epoch_header,

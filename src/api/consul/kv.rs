@@ -178,24 +178,12 @@ fn read(
                 .collect();
             // Keys sort, so the ones that roll up to a folder are adjacent.
             keys.dedup();
-            if keys.is_empty() {
-                return Ok(not_found(under.index));
-            }
-            Ok(Answer {
-                changed_at: under.index,
-                response: (read_headers(state, under.index), Json(keys)).into_response(),
-            })
+            Ok(listing(state, keys, under.index).unwrap_or_else(|| not_found(under.index)))
         }
         Target::Prefix(prefix) => {
             let under = state.store.latest_under(prefix, keep)?;
             let pairs: Vec<KvPair> = under.live.into_iter().filter_map(KvPair::of).collect();
-            if pairs.is_empty() {
-                return Ok(not_found(under.index));
-            }
-            Ok(Answer {
-                changed_at: under.index,
-                response: (read_headers(state, under.index), Json(pairs)).into_response(),
-            })
+            Ok(listing(state, pairs, under.index).unwrap_or_else(|| not_found(under.index)))
         }
         Target::Key(key) => {
             let change = state.store.get(key, None)?;
@@ -228,6 +216,14 @@ fn read(
             })
         }
     }
+}
+
+/// The answer to a read of many keys; `None` when there are none (a 404).
+fn listing<T: Serialize>(state: &AppState, items: Vec<T>, index: u64) -> Option<Answer> {
+    (!items.is_empty()).then(|| Answer {
+        changed_at: index,
+        response: (read_headers(state, index), Json(items)).into_response(),
+    })
 }
 
 /// The format a value written through this API is kept in: its

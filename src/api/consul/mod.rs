@@ -124,41 +124,11 @@ impl KvQuery {
     }
 }
 
-/// A Go duration as Consul takes it: a number and a unit (`ns`, `us`,
-/// `ms`, `s`, `m`, `h`), possibly several (`1m30s`).
+/// A Go duration as Consul takes it (`100ms`, `30s`, `1m30s`), as pika's
+/// config reads them.
 fn parse_wait(raw: &str) -> Result<Duration, ApiError> {
-    let bad = || {
-        ApiError::bad_request(format!(
-            "query parameter `wait` must be a duration such as 100ms, 30s or 5m, got {raw:?}"
-        ))
-    };
-    let mut rest = raw.trim();
-    if rest.is_empty() {
-        return Err(bad());
-    }
-    let mut total = Duration::ZERO;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(bad)?;
-        let value: f64 = rest[..digits].parse().map_err(|_| bad())?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let seconds = match &rest[..unit_len] {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return Err(bad()),
-        };
-        rest = &rest[unit_len..];
-        total += Duration::try_from_secs_f64(value * seconds).map_err(|_| bad())?;
-    }
-    Ok(total)
+    crate::config::duration::parse(raw)
+        .map_err(|e| ApiError::bad_request(format!("query parameter `wait`: {e}")))
 }
 
 /// `X-Consul-Index`, `X-Consul-KnownLeader`, `X-Consul-LastContact`.
