@@ -122,7 +122,7 @@ async fn save_then_read_back_byte_for_byte_with_etag() {
     );
     assert_eq!(
         f["meta"],
-        json!({ "format": "yaml", "description": "test" })
+        json!({ "format": "yaml", "description": "test", "flags": 0 })
     );
     assert_eq!(f["version"], 1);
     t.node.shutdown().await.unwrap();
