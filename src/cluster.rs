@@ -34,6 +34,8 @@ pub fn start_replica(
             c.prefix, c.lock_key
         )
     })?;
+    let voters_path = ConfigPath::new(format!("{}/voters", c.prefix))
+        .with_context(|| format!("cluster.prefix `{}` makes no valid path", c.prefix))?;
     let http = if http_addr.ip().is_unspecified() {
         SocketAddr::new(membership.me().addr.ip(), http_addr.port())
     } else {
@@ -47,6 +49,8 @@ pub fn start_replica(
         forward_timeout: c.forward_timeout.0,
         sync_interval: c.sync_interval.0,
         lock_path,
+        voters_path,
+        dead_voter_timeout: c.dead_voter_timeout.0,
         http_addr: http.to_string(),
         log_dir: config.storage.bw.path.join(pika_replication::log::LOG_DIR),
         checkpoint_interval: config.storage.checkpoint_interval.0,

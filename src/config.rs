@@ -159,6 +159,11 @@ pub struct ClusterConfig {
     /// leaves the set once that has surely run out (`heartbeat_timeout`
     /// · 1.1 later); writes then go on without it. Default 5s.
     pub ack_timeout: HumanDuration,
+    /// A voter that membership has not seen alive for this long is
+    /// removed from the voter set (`{prefix}/voters`), and a caught-up
+    /// learner takes its place. Default 5m: long enough that a restart or
+    /// a node drained for maintenance keeps its vote.
+    pub dead_voter_timeout: HumanDuration,
     pub lock_key: String,
     pub sync_interval: HumanDuration,
     pub prefix: String,
@@ -235,6 +240,7 @@ impl Default for ClusterConfig {
             heartbeat_interval: secs(5),
             heartbeat_timeout: secs(30),
             ack_timeout: secs(5),
+            dead_voter_timeout: secs(300),
             lock_key: "pika-leader".into(),
             sync_interval: secs(300),
             prefix: "pika".into(),
@@ -269,6 +275,12 @@ impl Config {
                     "must be longer than cluster.heartbeat_interval ({} <= {})",
                     c.heartbeat_timeout, c.heartbeat_interval
                 ),
+            ));
+        }
+        if c.enabled && c.dead_voter_timeout.0 < c.heartbeat_timeout.0 {
+            out.push((
+                "cluster.dead_voter_timeout",
+                "must be at least cluster.heartbeat_timeout".into(),
             ));
         }
         if c.enabled && c.ack_timeout.0.is_zero() {

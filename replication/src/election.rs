@@ -193,6 +193,15 @@ pub struct Election {
     voted: Option<Vote>,
     /// No grants (self included) before this: see the module docs.
     quiet_until: Duration,
+    /// The voter set of this node's log (DESIGN.md, "Who votes"); `None`
+    /// until a new cluster's first leader has written one, when every live
+    /// member votes and `replicas` makes the quorum.
+    voters: Option<BTreeSet<String>>,
+    /// Live members (self included) that are voters.
+    live_voters: usize,
+    /// Who granted this node's winning campaign: a new cluster's first
+    /// leader writes them (and itself) as the voter set.
+    won_with: BTreeSet<String>,
     /// When the lease of this node's last leadership would have ended. A
     /// leader can step down early (fenced by a newer promise); its
     /// followers may still read on that lease, and voters that heard it
@@ -230,11 +239,61 @@ impl Election {
             leader: None,
             voted: None,
             quiet_until,
+            voters: None,
+            live_voters: 0,
+            won_with: BTreeSet::new(),
             former_lease_until: Duration::ZERO,
             campaign_at: None,
             dice: Dice::new(seed),
             actions: Vec::new(),
         }
+    }
+
+    /// The voter set of this node's log, and how many of its members
+    /// (self included) are alive. With a voter set, only voters campaign,
+    /// grant and count toward a quorum (a majority of the set), and more
+    /// live members than `replicas` are learners, not a mismatch.
+    pub fn set_voters(&mut self, voters: Option<BTreeSet<String>>, live_voters: usize) {
+        self.voters = voters;
+        self.live_voters = live_voters;
+    }
+
+    pub fn voters(&self) -> Option<&BTreeSet<String>> {
+        self.voters.as_ref()
+    }
+
+    /// Whether `id`'s grants and acks count: it is a voter, or there is no
+    /// voter set yet.
+    fn counts(&self, id: &str) -> bool {
+        self.voters.as_ref().is_none_or(|v| v.contains(id))
+    }
+
+    /// Grants or acks needed: a majority of the voter set, or of
+    /// `replicas` before there is one.
+    pub fn quorum(&self) -> usize {
+        match &self.voters {
+            Some(v) => v.len() / 2 + 1,
+            None => self.config.quorum(),
+        }
+    }
+
+    /// Live members whose grants count.
+    fn live_counted(&self) -> usize {
+        match &self.voters {
+            Some(_) => self.live_voters,
+            None => self.live,
+        }
+    }
+
+    /// A mismatch of live members and `replicas` matters only before
+    /// there is a voter set.
+    fn mismatched(&self) -> bool {
+        self.mismatch && self.voters.is_none()
+    }
+
+    /// Who granted the campaign this node won (itself included).
+    pub fn won_with(&self) -> &BTreeSet<String> {
+        &self.won_with
     }
 
     /// The other members, by node id, and how many members (self included)
@@ -267,9 +326,10 @@ impl Election {
         self.promised
     }
 
-    /// More live members than `replicas`: no campaigns, no grants.
+    /// More live members than `replicas` and no voter set yet: no
+    /// campaigns, no grants.
     pub fn replicas_mismatch(&self) -> bool {
-        self.mismatch
+        self.mismatched()
     }
 
     /// The epoch this node leads and until when its lease holds, if it leads.
@@ -401,8 +461,9 @@ impl Election {
 
     fn may_campaign(&self, now: Duration) -> bool {
         self.leader(now).is_none()
-            && !self.mismatch
-            && self.live >= self.config.quorum()
+            && !self.mismatched()
+            && self.counts(&self.me)
+            && self.live_counted() >= self.quorum()
             && now >= self.quiet_until
             && now >= self.former_lease_until
     }
@@ -418,8 +479,11 @@ impl Election {
             .voted
             .as_ref()
             .is_some_and(|v| v.candidate != candidate && now < v.at + lease);
+        // A learner in its own log grants all the same: a candidate whose
+        // log has promoted it counts its grant (one that has not, ignores
+        // it), and its log may not have the promotion yet.
         epoch > self.promised
-            && !self.mismatch
+            && !self.mismatched()
             && now >= self.quiet_until
             && !other_leader_live
             && !voted_for_another
@@ -430,7 +494,7 @@ impl Election {
     fn campaign(&mut self, now: Duration) {
         let epoch = self.highest_seen.max(self.promised) + 1;
         self.campaign_at = None;
-        if !self.may_grant(epoch, &self.me.clone(), self.last, now) {
+        if !self.counts(&self.me) || !self.may_grant(epoch, &self.me.clone(), self.last, now) {
             return;
         }
         // The self-vote is not recorded in `voted`: it binds only while
@@ -495,15 +559,20 @@ impl Election {
         if *mine != epoch {
             return;
         }
+        // Only voters of this node's log count (a learner's word is none).
+        let counts = self.voters.as_ref().is_none_or(|v| v.contains(from));
+        if !counts {
+            return;
+        }
         if granted {
             grants.insert(from.to_string());
             self.maybe_win(now);
         } else {
             refusals.insert(from.to_string());
-            // Of the live members, more refused than the quorum can spare:
+            // Of the live voters, more refused than the quorum can spare:
             // give up now and free the voters that granted, rather than
             // holding their grants until the campaign times out.
-            if refusals.len() > self.live.saturating_sub(self.config.quorum()) {
+            if refusals.len() > self.live_counted().saturating_sub(self.quorum()) {
                 self.end_campaign();
             }
         }
@@ -532,9 +601,10 @@ impl Election {
         else {
             return;
         };
-        if grants.len() < self.config.quorum() {
+        if grants.len() < self.quorum() {
             return;
         }
+        self.won_with = grants.clone();
         let (epoch, lease_until) = (*epoch, *started + self.config.safe_lease());
         if now >= lease_until {
             self.end_campaign();
@@ -631,7 +701,10 @@ impl Election {
             self.step_down(mine, "a quorum member promised a newer epoch");
             return;
         }
-        if let Some((_, acks)) = rounds.get_mut(&round) {
+        let counts = self.voters.as_ref().is_none_or(|v| v.contains(from));
+        if let Some((_, acks)) = rounds.get_mut(&round)
+            && counts
+        {
             acks.insert(from.to_string());
             self.extend_lease(round);
         }
@@ -640,7 +713,7 @@ impl Election {
     /// A round acked by a quorum extends the lease from its send time;
     /// it and every older round are then settled.
     fn extend_lease(&mut self, round: u64) {
-        let quorum = self.config.quorum();
+        let quorum = self.quorum();
         let safe = self.config.safe_lease();
         let State::Leader {
             lease_until,

@@ -21,7 +21,7 @@
 //! election, or was admitted after catching up: from then on every commit
 //! waited for it.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 /// One follower as the leader sees it.
@@ -63,6 +63,10 @@ impl Follower {
 /// The set, the acknowledgements, and writers waiting for a commit.
 pub struct ReplicationSet<A> {
     quorum: usize,
+    /// Whose durable acks count toward `quorum`: the voter set of the
+    /// leader's log (`None` before a new cluster has one: everyone).
+    /// Learners are in the set all the same (every member receives).
+    voters: Option<BTreeSet<String>>,
     /// How long after its last word a follower's read permission has
     /// surely run out: L·(1 + drift).
     eviction: Duration,
@@ -92,6 +96,7 @@ impl<A> ReplicationSet<A> {
     ) -> Self {
         Self {
             quorum,
+            voters: None,
             eviction,
             base,
             followers: followers
@@ -160,9 +165,24 @@ impl<A> ReplicationSet<A> {
             .collect()
     }
 
-    /// The leader plus the members of its set reach a quorum.
+    /// The voter set of the leader's log, and the quorum it makes.
+    pub fn set_voters(&mut self, voters: Option<BTreeSet<String>>, quorum: usize) {
+        self.voters = voters;
+        self.quorum = quorum;
+    }
+
+    fn votes(&self, id: &str) -> bool {
+        self.voters.as_ref().is_none_or(|v| v.contains(id))
+    }
+
+    /// The leader plus the voters of its set reach a quorum.
     pub fn has_quorum(&self) -> bool {
-        self.followers.values().filter(|f| f.in_set).count() + 1 >= self.quorum
+        self.followers
+            .iter()
+            .filter(|(id, f)| f.in_set && self.votes(id))
+            .count()
+            + 1
+            >= self.quorum
     }
 
     /// Answers to give once `revision` commits.
@@ -345,7 +365,12 @@ impl<A> ReplicationSet<A> {
             .unwrap_or(last)
             .min(last);
         // (a): durable on a quorum, the leader included.
-        let mut durable: Vec<u64> = self.followers.values().map(|f| f.durable).collect();
+        let mut durable: Vec<u64> = self
+            .followers
+            .iter()
+            .filter(|(id, _)| self.votes(id))
+            .map(|(_, f)| f.durable)
+            .collect();
         durable.push(leader_durable.min(last));
         durable.sort_unstable_by(|a, b| b.cmp(a));
         let quorum_durable = durable.get(self.quorum - 1).copied().unwrap_or(0);

@@ -115,6 +115,8 @@ fn config(n: usize) -> CoreConfig {
         sync_interval: INTERVAL * 3,
         sync_timeout: Duration::from_secs(1),
         frame_bytes: 4 << 10,
+        voters_path: "pika/voters".into(),
+        dead_voter_timeout: LEASE * 4,
     }
 }
 
@@ -638,8 +640,48 @@ impl Sim {
     /// is one, and random others: the survivors then often differ in how
     /// far their logs reach, and the one behind must not hold up the
     /// election.
+    /// Whether every node's log holds a voter set of all `n` nodes (the
+    /// first leader writes the nodes that elected it; the others are
+    /// promoted once caught up).
+    fn voters_complete(&self) -> bool {
+        let n = self.nodes.len();
+        (0..n).all(|i| {
+            self.nodes[i]
+                .core
+                .as_ref()
+                .is_some_and(|c| c.voters().is_some_and(|v| v.len() == n))
+        })
+    }
+
     fn degraded(&mut self) -> Result<(), String> {
         let n = self.nodes.len();
+        // A minority may fail once the voter set holds every node: heal
+        // until it does (a voter set of 2 of 3 needs both).
+        self.side = vec![0; n];
+        self.loss = 0.0;
+        for i in 0..n {
+            self.nodes[i].disk_failing = false;
+            if !self.up(i) {
+                self.boot(i);
+            }
+        }
+        for _ in 0..40 {
+            if self.voters_complete() {
+                break;
+            }
+            self.run(Duration::from_millis(250), false)?;
+        }
+        if !self.voters_complete() {
+            let statuses: Vec<String> = (0..n)
+                .filter_map(|i| {
+                    let now = self.local(i);
+                    Some(format!("{:?}", self.nodes[i].core.as_ref()?.status(now)))
+                })
+                .collect();
+            return Err(format!(
+                "the voter set does not hold every node 10 s after healing: {statuses:?}"
+            ));
+        }
         let mut down: Vec<usize> = (0..n)
             .filter(|&i| {
                 self.nodes[i]
@@ -673,8 +715,18 @@ impl Sim {
                 return Ok(());
             }
         }
+        let statuses: Vec<String> = (0..n)
+            .filter_map(|i| {
+                let now = self.local(i);
+                let s = self.nodes[i].core.as_ref()?.status(now);
+                Some(format!(
+                    "n{i} {} leader {:?} epoch {} promised {} voters {:?} voter {} log {} commit {}",
+                    s.role, s.leader_id, s.epoch, s.promised_epoch, s.voters, s.voter, s.log_last, s.commit
+                ))
+            })
+            .collect();
         Err(format!(
-            "nodes {down:?} down, the rest connected: {} writes acked in 6 s (leaders by epoch {:?})",
+            "nodes {down:?} down, the rest connected: {} writes acked in 6 s (leaders by epoch {:?}): {statuses:?}",
             self.acked.len() - before,
             self.leaders
         ))

@@ -65,6 +65,12 @@ pub struct CoreConfig {
     /// Byte budget of one catch-up or snapshot frame (under the transport's
     /// `max_frame`).
     pub frame_bytes: usize,
+    /// Where the voter set lives: `{prefix}/voters`.
+    pub voters_path: String,
+    /// A voter unheard of by membership this long is removed from the
+    /// voter set (`cluster.dead_voter_timeout`), and a caught-up learner
+    /// takes its place.
+    pub dead_voter_timeout: Duration,
 }
 
 impl CoreConfig {
@@ -80,6 +86,8 @@ impl CoreConfig {
             sync_interval: Duration::from_secs(1),
             sync_timeout: Duration::from_secs(1),
             frame_bytes: 1 << 20,
+            voters_path: "pika/voters".into(),
+            dead_voter_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -152,6 +160,12 @@ pub struct ReplicaStatus {
     pub pending: usize,
     /// Why this node stopped taking part, if its disk failed.
     pub disk_error: Option<String>,
+    /// The voter set of this node's log (empty before a new cluster's
+    /// first leader wrote one), and whether this node is in it (a voter)
+    /// or not (a learner: it receives the log and serves reads, but does
+    /// not vote).
+    pub voters: Vec<String>,
+    pub voter: bool,
     /// Verifications of this node's Merkle root that matched the leader's,
     /// and snapshots it installed, since it started.
     pub verified: u64,
@@ -215,6 +229,12 @@ pub struct ReplicaCore<L: LogStore> {
     pub(super) peers: Vec<String>,
     /// Peers membership reports alive: a new leader's replication set.
     pub(super) alive: Vec<String>,
+    /// The voter set of this node's log, and the revision of its record
+    /// (0: none); see `voters.rs`.
+    pub(super) voters: Option<std::collections::BTreeSet<String>>,
+    pub(super) voters_revision: u64,
+    /// Voters membership does not report alive, since when.
+    pub(super) dead_since: HashMap<String, Duration>,
     /// This incarnation, told to the leader in every `Alive`.
     pub(super) boot: u64,
     /// The highest revision known committed (`applied` trails it).
@@ -293,6 +313,9 @@ impl<L: LogStore> ReplicaCore<L> {
             election,
             peers: Vec::new(),
             alive: Vec::new(),
+            voters: None,
+            voters_revision: 0,
+            dead_since: HashMap::new(),
             boot,
             // Numbered from a random point: an echo of the previous
             // incarnation's `Alive` must not match one of ours.
@@ -319,6 +342,7 @@ impl<L: LogStore> ReplicaCore<L> {
             dice,
             outputs: Vec::new(),
         };
+        core.load_voters();
         core.apply();
         Ok(core)
     }
@@ -415,6 +439,7 @@ impl<L: LogStore> ReplicaCore<L> {
         self.verify = None;
         self.catch_up_asked = None;
         self.disk_error = None;
+        self.load_voters();
         metrics::counter!("pika_disk_recoveries_total").increment(1);
         tracing::info!(
             boot = self.boot,
@@ -547,6 +572,12 @@ impl<L: LogStore> ReplicaCore<L> {
             applied: self.store.revision(),
             pending: self.pending.lock().len(),
             disk_error: self.disk_error.clone(),
+            voters: self
+                .voters
+                .as_ref()
+                .map(|v| v.iter().cloned().collect())
+                .unwrap_or_default(),
+            voter: self.is_voter(),
             verified: self.verified,
             snapshots: self.snapshots,
             last_sync: self.last_sync.clone(),
@@ -560,11 +591,13 @@ impl<L: LogStore> ReplicaCore<L> {
         if self.disk_error.is_some() {
             return;
         }
+        self.voters_alive(now);
         self.election.set_last(self.log.last());
         self.election.tick(now);
         self.perform_election(now);
         if let Some(epoch) = self.leading.as_ref().map(|l| l.epoch) {
             self.leader_tick(epoch, now);
+            self.manage_voters(epoch, now);
         } else if let Some(leader) = self.election.leader(now).map(|(l, _)| l.to_string()) {
             self.follower_tick(&leader, now);
         }
@@ -734,6 +767,9 @@ impl<L: LogStore> ReplicaCore<L> {
         }
         self.flush.truncated(at);
         self.pending.update(|p| p.truncated_after(revision));
+        if self.voters_revision > revision {
+            self.load_voters();
+        }
         Ok(())
     }
 

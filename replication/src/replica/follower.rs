@@ -120,6 +120,7 @@ impl<L: LogStore> ReplicaCore<L> {
                 return self.disk_failed(format!("appending to the log: {e}"));
             }
             self.pending.update(|p| p.add(&append));
+            self.voters_appended(&append);
             self.request_flush();
         }
         self.follow.matched = self.follow.matched.max(end);
@@ -398,6 +399,7 @@ impl<L: LogStore> ReplicaCore<L> {
         if self.flushed.revision < revision {
             self.flushed = at;
         }
+        self.load_voters();
         self.commit = self.commit.max(revision);
         self.follow.matched = self.follow.matched.max(revision);
         self.needs_snapshot = false;

@@ -39,6 +39,7 @@ impl<L: LogStore> ReplicaCore<L> {
             serving: BTreeMap::new(),
             next_verify: now + self.config.sync_interval,
         });
+        self.publish_voters();
         tracing::info!(epoch, "leading");
         self.outputs.push(Output::BecameLeader { epoch });
     }
@@ -98,6 +99,7 @@ impl<L: LogStore> ReplicaCore<L> {
             )));
         }
         self.pending.update(|p| p.add(&changes));
+        self.voters_appended(&changes);
         let commit = self.commit;
         if let Some(leading) = self.leading.as_mut() {
             leading.epoch_start.get_or_insert(changes[0].revision);

@@ -8,11 +8,14 @@
 //!   leader's commit policy (propose through the core, answer on commit).
 //! - `driver`: the task that feeds the core ticks, membership, peer
 //!   messages and log flush completions, and carries out what it asks.
+//! - `voters`: who votes: the voter set in the log, learners, promotion
+//!   and replacement.
 
 pub mod core;
 mod driver;
 mod follower;
 mod leader;
+pub mod voters;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,6 +50,10 @@ pub struct ReplicaConfig {
     pub sync_interval: Duration,
     /// Where the leader writes its lock record: `{prefix}/{lock_key}`.
     pub lock_path: ConfigPath,
+    /// Where the voter set lives: `{prefix}/voters`.
+    pub voters_path: ConfigPath,
+    /// `cluster.dead_voter_timeout` (see [`CoreConfig::dead_voter_timeout`]).
+    pub dead_voter_timeout: Duration,
     /// This node's HTTP address, for the lock record.
     pub http_addr: String,
     /// Where the replicated log lives (`{storage.bw.path}/log`).
@@ -265,6 +272,8 @@ impl Replica {
                 sync_interval: config.sync_interval,
                 sync_timeout: config.forward_timeout.max(config.lease * 2),
                 frame_bytes: (config.max_frame / 2).max(64 << 10),
+                voters_path: config.voters_path.as_str().to_string(),
+                dead_voter_timeout: config.dead_voter_timeout,
             },
             store.clone(),
             log,
