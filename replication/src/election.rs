@@ -44,6 +44,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::dice::Dice;
+use crate::quorum::Quorum;
 
 /// Where a node's log ends: the epoch and revision of its last applied
 /// change. Ordered by epoch first (vote restriction).
@@ -193,12 +194,11 @@ pub struct Election {
     voted: Option<Vote>,
     /// No grants (self included) before this: see the module docs.
     quiet_until: Duration,
-    /// The voter set of this node's log (DESIGN.md, "Who votes"); `None`
-    /// until a new cluster's first leader has written one, when every live
-    /// member votes and `replicas` makes the quorum.
-    voters: Option<BTreeSet<String>>,
-    /// Live members (self included) that are voters.
-    live_voters: usize,
+    /// Whose grants and acks are enough (DESIGN.md, "Who votes"; see
+    /// [`Quorum`]): from the voter sets in this node's log.
+    quorum: Quorum,
+    /// Live members by id, self excluded.
+    alive: BTreeSet<String>,
     /// Who granted this node's winning campaign: a new cluster's first
     /// leader writes them (and itself) as the voter set.
     won_with: BTreeSet<String>,
@@ -226,6 +226,7 @@ impl Election {
     ) -> Election {
         // Whatever `promised` says: see the module doc.
         let quiet_until = now + config.lease;
+        let replicas = config.replicas;
         Election {
             me: me.into(),
             config,
@@ -239,8 +240,8 @@ impl Election {
             leader: None,
             voted: None,
             quiet_until,
-            voters: None,
-            live_voters: 0,
+            quorum: Quorum::bootstrap(replicas),
+            alive: BTreeSet::new(),
             won_with: BTreeSet::new(),
             former_lease_until: Duration::ZERO,
             campaign_at: None,
@@ -249,46 +250,33 @@ impl Election {
         }
     }
 
-    /// The voter set of this node's log, and how many of its members
-    /// (self included) are alive. With a voter set, only voters campaign,
-    /// grant and count toward a quorum (a majority of the set), and more
+    /// Whose grants and acks are enough, from the voter sets in this
+    /// node's log. With a voter set, only its members campaign, and more
     /// live members than `replicas` are learners, not a mismatch.
-    pub fn set_voters(&mut self, voters: Option<BTreeSet<String>>, live_voters: usize) {
-        self.voters = voters;
-        self.live_voters = live_voters;
+    pub fn set_quorum(&mut self, quorum: Quorum) {
+        self.quorum = quorum;
     }
 
-    pub fn voters(&self) -> Option<&BTreeSet<String>> {
-        self.voters.as_ref()
+    pub fn quorum(&self) -> &Quorum {
+        &self.quorum
     }
 
-    /// Whether `id`'s grants and acks count: it is a voter, or there is no
-    /// voter set yet.
-    fn counts(&self, id: &str) -> bool {
-        self.voters.as_ref().is_none_or(|v| v.contains(id))
+    /// The live members by id (self excluded).
+    pub fn set_alive(&mut self, alive: impl IntoIterator<Item = String>) {
+        self.alive = alive.into_iter().filter(|a| *a != self.me).collect();
     }
 
-    /// Grants or acks needed: a majority of the voter set, or of
-    /// `replicas` before there is one.
-    pub fn quorum(&self) -> usize {
-        match &self.voters {
-            Some(v) => v.len() / 2 + 1,
-            None => self.config.quorum(),
-        }
-    }
-
-    /// Live members whose grants count.
-    fn live_counted(&self) -> usize {
-        match &self.voters {
-            Some(_) => self.live_voters,
-            None => self.live,
-        }
+    /// The live members and self.
+    fn live_ids(&self) -> BTreeSet<String> {
+        let mut ids = self.alive.clone();
+        ids.insert(self.me.clone());
+        ids
     }
 
     /// A mismatch of live members and `replicas` matters only before
     /// there is a voter set.
     fn mismatched(&self) -> bool {
-        self.mismatch && self.voters.is_none()
+        self.mismatch && self.quorum.is_bootstrap()
     }
 
     /// Who granted the campaign this node won (itself included).
@@ -462,8 +450,8 @@ impl Election {
     fn may_campaign(&self, now: Duration) -> bool {
         self.leader(now).is_none()
             && !self.mismatched()
-            && self.counts(&self.me)
-            && self.live_counted() >= self.quorum()
+            && self.quorum.counts(&self.me)
+            && self.quorum.is_met(&self.live_ids())
             && now >= self.quiet_until
             && now >= self.former_lease_until
     }
@@ -494,7 +482,8 @@ impl Election {
     fn campaign(&mut self, now: Duration) {
         let epoch = self.highest_seen.max(self.promised) + 1;
         self.campaign_at = None;
-        if !self.counts(&self.me) || !self.may_grant(epoch, &self.me.clone(), self.last, now) {
+        if !self.quorum.counts(&self.me) || !self.may_grant(epoch, &self.me.clone(), self.last, now)
+        {
             return;
         }
         // The self-vote is not recorded in `voted`: it binds only while
@@ -559,20 +548,18 @@ impl Election {
         if *mine != epoch {
             return;
         }
-        // Only voters of this node's log count (a learner's word is none).
-        let counts = self.voters.as_ref().is_none_or(|v| v.contains(from));
-        if !counts {
-            return;
-        }
         if granted {
             grants.insert(from.to_string());
             self.maybe_win(now);
         } else {
             refusals.insert(from.to_string());
-            // Of the live voters, more refused than the quorum can spare:
-            // give up now and free the voters that granted, rather than
-            // holding their grants until the campaign times out.
-            if refusals.len() > self.live_counted().saturating_sub(self.quorum()) {
+            let refused = refusals.clone();
+            // The live members that have not refused can no longer make a
+            // quorum: give up now and free the voters that granted, rather
+            // than holding their grants until the campaign times out.
+            let mut hopeful = self.live_ids();
+            hopeful.retain(|id| !refused.contains(id));
+            if !self.quorum.is_met(&hopeful) {
                 self.end_campaign();
             }
         }
@@ -601,7 +588,7 @@ impl Election {
         else {
             return;
         };
-        if grants.len() < self.quorum() {
+        if !self.quorum.is_met(grants) {
             return;
         }
         self.won_with = grants.clone();
@@ -701,10 +688,7 @@ impl Election {
             self.step_down(mine, "a quorum member promised a newer epoch");
             return;
         }
-        let counts = self.voters.as_ref().is_none_or(|v| v.contains(from));
-        if let Some((_, acks)) = rounds.get_mut(&round)
-            && counts
-        {
+        if let Some((_, acks)) = rounds.get_mut(&round) {
             acks.insert(from.to_string());
             self.extend_lease(round);
         }
@@ -713,7 +697,7 @@ impl Election {
     /// A round acked by a quorum extends the lease from its send time;
     /// it and every older round are then settled.
     fn extend_lease(&mut self, round: u64) {
-        let quorum = self.quorum();
+        let quorum = self.quorum.clone();
         let safe = self.config.safe_lease();
         let State::Leader {
             lease_until,
@@ -726,7 +710,7 @@ impl Election {
         let Some((sent, acks)) = rounds.get(&round) else {
             return;
         };
-        if acks.len() >= quorum {
+        if quorum.is_met(acks) {
             *lease_until = (*lease_until).max(*sent + safe);
             rounds.retain(|r, _| *r > round);
         }

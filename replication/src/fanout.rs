@@ -22,6 +22,8 @@
 //! waited for it.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use crate::quorum::Quorum;
 use std::time::Duration;
 
 /// One follower as the leader sees it.
@@ -62,11 +64,11 @@ impl Follower {
 
 /// The set, the acknowledgements, and writers waiting for a commit.
 pub struct ReplicationSet<A> {
-    quorum: usize,
-    /// Whose durable acks count toward `quorum`: the voter set of the
-    /// leader's log (`None` before a new cluster has one: everyone).
-    /// Learners are in the set all the same (every member receives).
-    voters: Option<BTreeSet<String>>,
+    /// Whose durable copies make a commit (see [`Quorum`]). Learners are
+    /// in the set all the same: every member receives every entry.
+    quorum: Quorum,
+    /// The leader's own id, for the quorum.
+    leader: String,
     /// How long after its last word a follower's read permission has
     /// surely run out: L·(1 + drift).
     eviction: Duration,
@@ -95,8 +97,10 @@ impl<A> ReplicationSet<A> {
         now: Duration,
     ) -> Self {
         Self {
-            quorum,
-            voters: None,
+            // A quorum of q is a majority of 2q - 1 members, until the
+            // leader sets the voter sets of its log.
+            quorum: Quorum::bootstrap((2 * quorum).saturating_sub(1)),
+            leader: String::new(),
             eviction,
             base,
             followers: followers
@@ -165,24 +169,22 @@ impl<A> ReplicationSet<A> {
             .collect()
     }
 
-    /// The voter set of the leader's log, and the quorum it makes.
-    pub fn set_voters(&mut self, voters: Option<BTreeSet<String>>, quorum: usize) {
-        self.voters = voters;
+    /// The quorum rule of the leader's log, and the leader's id.
+    pub fn set_quorum(&mut self, quorum: Quorum, leader: &str) {
         self.quorum = quorum;
+        self.leader = leader.to_string();
     }
 
-    fn votes(&self, id: &str) -> bool {
-        self.voters.as_ref().is_none_or(|v| v.contains(id))
-    }
-
-    /// The leader plus the voters of its set reach a quorum.
+    /// The leader plus the members of its set reach a quorum.
     pub fn has_quorum(&self) -> bool {
-        self.followers
+        let mut ids: BTreeSet<String> = self
+            .followers
             .iter()
-            .filter(|(id, f)| f.in_set && self.votes(id))
-            .count()
-            + 1
-            >= self.quorum
+            .filter(|(_, f)| f.in_set)
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.insert(self.leader.clone());
+        self.quorum.is_met(&ids)
     }
 
     /// Answers to give once `revision` commits.
@@ -364,16 +366,29 @@ impl<A> ReplicationSet<A> {
             .min()
             .unwrap_or(last)
             .min(last);
-        // (a): durable on a quorum, the leader included.
-        let mut durable: Vec<u64> = self
+        // (a): durable on a quorum, the leader included: the highest
+        // revision whose holders make one.
+        let leader_durable = leader_durable.min(last);
+        let mut durable: Vec<(String, u64)> = self
             .followers
             .iter()
-            .filter(|(id, _)| self.votes(id))
-            .map(|(_, f)| f.durable)
+            .map(|(id, f)| (id.clone(), f.durable))
             .collect();
-        durable.push(leader_durable.min(last));
-        durable.sort_unstable_by(|a, b| b.cmp(a));
-        let quorum_durable = durable.get(self.quorum - 1).copied().unwrap_or(0);
+        durable.push((self.leader.clone(), leader_durable));
+        let mut levels: Vec<u64> = durable.iter().map(|(_, d)| *d).collect();
+        levels.sort_unstable_by(|a, b| b.cmp(a));
+        levels.dedup();
+        let quorum_durable = levels
+            .into_iter()
+            .find(|level| {
+                let holders: BTreeSet<String> = durable
+                    .iter()
+                    .filter(|(_, d)| d >= level)
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                self.quorum.is_met(&holders)
+            })
+            .unwrap_or(0);
         received.min(quorum_durable)
     }
 

@@ -20,6 +20,7 @@ pub mod merkle;
 pub mod path;
 pub mod peers;
 pub mod pending;
+pub mod quorum;
 pub mod record;
 pub mod replica;
 pub mod store;

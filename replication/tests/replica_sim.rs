@@ -5,8 +5,10 @@
 //! (puts and compare-and-set on 8 shared paths) at whoever leads, and 1200
 //! seeded schedules of loss, reordering, duplication, partitions, crashes
 //! with restart, disks that fail every flush for a while (the node then
-//! recovers in place, as a new incarnation) and clock drift within the
-//! assumed bound. Verification
+//! recovers in place, as a new incarnation), a node's data wiped (it
+//! restarts on an empty store and log under a new id, as on a new
+//! Kubernetes volume: a learner, until a dead voter's place is given to
+//! it) and clock drift within the assumed bound. Verification
 //! roots go out every few heartbeats.
 //!
 //! Checked at every step: at most one leader per epoch, never two nodes
@@ -89,6 +91,8 @@ struct Sim {
     snapshots: u64,
     /// Recoveries in place after a disk error.
     recoveries: u64,
+    /// Nodes whose data was wiped.
+    wipes: u64,
     /// Leaders that have not written their lock record yet: (node, epoch).
     /// The node's driver writes it as the epoch's first entry (and retries);
     /// until an entry of the epoch commits, nothing earlier does.
@@ -170,6 +174,7 @@ impl Sim {
             verified: 0,
             snapshots: 0,
             recoveries: 0,
+            wipes: 0,
             lock_due: Vec::new(),
             next_token: 1,
             writes: 0,
@@ -210,6 +215,23 @@ impl Sim {
             )
             .expect("the core opens on its own store and log"),
         );
+    }
+
+    /// Node `i` loses its data directory: it restarts on an empty store
+    /// and log, under a new node id (the id lives in the store).
+    fn wipe(&mut self, i: usize) {
+        if self.up(i) {
+            self.crash(i);
+        }
+        self.wipes += 1;
+        // What the old incarnation sent or was sent went over connections
+        // bound to its id: none of it reaches or speaks for the new one.
+        self.net.retain(|_, (from, to, _)| *from != i && *to != i);
+        let node = &mut self.nodes[i];
+        node.store = Arc::new(Store::open_in_memory(HISTORY).expect("in-memory store"));
+        node.disk = MemDisk::default();
+        node.id = format!("n{i}w{}", self.wipes);
+        self.boot(i);
     }
 
     fn crash(&mut self, i: usize) {
@@ -482,6 +504,14 @@ impl Sim {
                 let i = self.dice.below(n);
                 self.nodes[i].disk_failing = !self.nodes[i].disk_failing;
             }
+            // A data directory is lost. One failure at a time: only while
+            // every node's voter set holds every current node (a wiped
+            // node was replaced), as two lost disks of three are beyond
+            // what any quorum survives.
+            if self.dice.chance(0.0015) && self.voters_complete() {
+                let i = self.dice.below(n);
+                self.wipe(i);
+            }
             // A power cut: every node loses what it had not flushed.
             if self.dice.chance(0.0008) {
                 for i in 0..n {
@@ -644,13 +674,11 @@ impl Sim {
     /// first leader writes the nodes that elected it; the others are
     /// promoted once caught up).
     fn voters_complete(&self) -> bool {
-        let n = self.nodes.len();
-        (0..n).all(|i| {
-            self.nodes[i]
-                .core
-                .as_ref()
-                .is_some_and(|c| c.voters().is_some_and(|v| v.len() == n))
-        })
+        let ids: std::collections::BTreeSet<String> =
+            self.nodes.iter().map(|n| n.id.clone()).collect();
+        self.nodes
+            .iter()
+            .all(|n| n.core.as_ref().is_some_and(|c| c.voters() == Some(&ids)))
     }
 
     fn degraded(&mut self) -> Result<(), String> {
@@ -857,7 +885,8 @@ fn replicas_keep_every_acked_write_and_converge_under_seeded_faults() {
         Ok(s) => vec![s.parse().expect("PIKA_SIM_NODES is a number")],
         Err(_) => vec![3, 5],
     };
-    let (mut acked, mut elections, mut verified, mut snapshots, mut recoveries) = (0, 0, 0, 0, 0);
+    let (mut acked, mut elections, mut verified, mut snapshots, mut recoveries, mut wipes) =
+        (0, 0, 0, 0, 0, 0);
     for n in &sizes {
         for seed in &seeds {
             let mut sim = Sim::new(*n, *seed);
@@ -871,12 +900,13 @@ fn replicas_keep_every_acked_write_and_converge_under_seeded_faults() {
             verified += sim.verified;
             snapshots += sim.snapshots;
             recoveries += sim.recoveries;
+            wipes += sim.wipes;
         }
     }
     eprintln!(
         "{} schedules: {acked} acknowledged writes checked on every node, {elections} elections, \
          {verified} Merkle roots verified equal, {snapshots} snapshots installed, \
-         {recoveries} recoveries from a failed disk",
+         {recoveries} recoveries from a failed disk, {wipes} wiped data directories",
         seeds.len() * sizes.len()
     );
     if seeds.len() > 100 {
@@ -886,6 +916,7 @@ fn replicas_keep_every_acked_write_and_converge_under_seeded_faults() {
             "some follower should come back behind the log"
         );
         assert!(recoveries > 0, "some disk should fail and recover");
+        assert!(wipes > 0, "some node should lose its data");
     }
     assert!(
         acked > seeds.len(),

@@ -229,10 +229,9 @@ pub struct ReplicaCore<L: LogStore> {
     pub(super) peers: Vec<String>,
     /// Peers membership reports alive: a new leader's replication set.
     pub(super) alive: Vec<String>,
-    /// The voter set of this node's log, and the revision of its record
-    /// (0: none); see `voters.rs`.
-    pub(super) voters: Option<std::collections::BTreeSet<String>>,
-    pub(super) voters_revision: u64,
+    /// The voter-set records of the state and the log above it, oldest
+    /// first: (revision, set); see `voters.rs`.
+    pub(super) voter_records: Vec<(u64, Option<std::collections::BTreeSet<String>>)>,
     /// Voters membership does not report alive, since when.
     pub(super) dead_since: HashMap<String, Duration>,
     /// This incarnation, told to the leader in every `Alive`.
@@ -313,8 +312,7 @@ impl<L: LogStore> ReplicaCore<L> {
             election,
             peers: Vec::new(),
             alive: Vec::new(),
-            voters: None,
-            voters_revision: 0,
+            voter_records: Vec::new(),
             dead_since: HashMap::new(),
             boot,
             // Numbered from a random point: an echo of the previous
@@ -573,8 +571,7 @@ impl<L: LogStore> ReplicaCore<L> {
             pending: self.pending.lock().len(),
             disk_error: self.disk_error.clone(),
             voters: self
-                .voters
-                .as_ref()
+                .voters()
                 .map(|v| v.iter().cloned().collect())
                 .unwrap_or_default(),
             voter: self.is_voter(),
@@ -767,7 +764,11 @@ impl<L: LogStore> ReplicaCore<L> {
         }
         self.flush.truncated(at);
         self.pending.update(|p| p.truncated_after(revision));
-        if self.voters_revision > revision {
+        if self
+            .voter_records
+            .last()
+            .is_some_and(|(r, _)| *r > revision)
+        {
             self.load_voters();
         }
         Ok(())

@@ -28,6 +28,7 @@ use super::core::ReplicaCore;
 use crate::format::Format;
 use crate::log::LogStore;
 use crate::path::ConfigPath;
+use crate::quorum::Quorum;
 use crate::record::{Change, ChangeKind, Meta, Op};
 
 #[derive(Serialize, Deserialize)]
@@ -53,92 +54,128 @@ fn record(voters: &BTreeSet<String>) -> Vec<u8> {
 }
 
 impl<L: LogStore> ReplicaCore<L> {
-    /// Recomputes the voter set from the state and the log above it.
+    /// Recomputes the voter-set records from the state and the log above
+    /// it (after the log moved back, and at start).
     pub(super) fn load_voters(&mut self) {
         let path = self.config.voters_path.clone();
-        let (mut voters, mut at) = match self.store.get(&path, None) {
-            Ok(Some(change)) => (parse(&change), change.revision),
-            Ok(None) => (None, 0),
+        let mut records = Vec::new();
+        match self.store.get(&path, None) {
+            Ok(Some(change)) => records.push((change.revision, parse(&change))),
+            Ok(None) => {}
             Err(e) => {
-                tracing::error!(error = %e, "reading the voter set");
-                (self.voters.clone(), self.voters_revision)
+                tracing::error!(error = %e, "reading the voter set; keeping the one known");
+                return;
             }
-        };
+        }
         let from = self.store.revision() + 1;
         let to = self.log.last().revision;
         if from <= to {
             match self.log.read(from, to, usize::MAX) {
-                Ok(changes) => {
-                    for change in changes.iter().filter(|c| c.path == path) {
-                        voters = parse(change);
-                        at = change.revision;
-                    }
+                Ok(changes) => records.extend(
+                    changes
+                        .iter()
+                        .filter(|c| c.path == path)
+                        .map(|c| (c.revision, parse(c))),
+                ),
+                Err(e) => {
+                    tracing::error!(error = %e, "reading the log for the voter set; keeping the one known");
+                    return;
                 }
-                Err(e) => tracing::error!(error = %e, "reading the log for the voter set"),
             }
         }
-        self.voters = voters;
-        self.voters_revision = at;
+        self.voter_records = records;
         self.publish_voters();
     }
 
-    /// Takes the voter set from a batch just appended to the log.
+    /// Takes the voter-set records of a batch just appended to the log.
     pub(super) fn voters_appended(&mut self, changes: &[Change]) {
         let path = &self.config.voters_path;
-        let Some(change) = changes.iter().rev().find(|c| &c.path == path) else {
-            return;
-        };
-        self.voters = parse(change);
-        self.voters_revision = change.revision;
-        tracing::info!(voters = ?self.voters, revision = change.revision, "voter set");
-        self.publish_voters();
+        let mut found = false;
+        for change in changes.iter().filter(|c| &c.path == path) {
+            tracing::info!(voters = ?parse(change), revision = change.revision, "voter set appended");
+            self.voter_records.push((change.revision, parse(change)));
+            found = true;
+        }
+        if found {
+            self.publish_voters();
+        }
     }
 
-    /// Tells the election and the leader's set who votes.
+    /// The quorum rule of this node's log: the latest set at or below the
+    /// commit index this node knows, and the latest above it (joint).
+    pub(super) fn quorum_rule(&self) -> Quorum {
+        let committed = self
+            .voter_records
+            .iter()
+            .rev()
+            .find(|(r, _)| *r <= self.commit)
+            .and_then(|(_, v)| v.clone());
+        let pending = self
+            .voter_records
+            .last()
+            .filter(|(r, _)| *r > self.commit)
+            .and_then(|(_, v)| v.clone());
+        Quorum::new(committed, pending, self.config.replicas)
+    }
+
+    /// The newest voter set in this node's log, committed or not.
+    pub fn voters(&self) -> Option<&BTreeSet<String>> {
+        self.voter_records.last().and_then(|(_, v)| v.as_ref())
+    }
+
+    /// The revision of the newest voter-set record (0: none).
+    fn voters_revision(&self) -> u64 {
+        self.voter_records.last().map_or(0, |(r, _)| *r)
+    }
+
+    /// Tells the election and the leader's set who must agree. Called
+    /// when the records change and at every tick (the commit index moves
+    /// in between; a rule older than it is only stricter).
     pub(super) fn publish_voters(&mut self) {
-        let live_voters = self.voters.as_ref().map_or(0, |v| {
-            v.iter()
-                .filter(|id| **id == self.me || self.alive.contains(id))
-                .count()
-        });
-        self.election.set_voters(self.voters.clone(), live_voters);
-        let quorum = self.election.quorum();
+        let rule = self.quorum_rule();
+        self.election.set_quorum(rule.clone());
+        let me = self.me.clone();
         if let Some(leading) = self.leading.as_mut() {
-            leading.set.set_voters(self.voters.clone(), quorum);
+            leading.set.set_quorum(rule, &me);
         }
     }
 
     /// Whether this node is a voter (or there is no voter set yet).
     pub fn is_voter(&self) -> bool {
-        self.voters.as_ref().is_none_or(|v| v.contains(&self.me))
-    }
-
-    pub fn voters(&self) -> Option<&BTreeSet<String>> {
-        self.voters.as_ref()
+        self.voters().is_none_or(|v| v.contains(&self.me))
     }
 
     /// Membership changed: notes since when each voter has been gone.
     pub(super) fn voters_alive(&mut self, now: Duration) {
-        let alive = &self.alive;
-        let me = &self.me;
+        let alive = self.alive.clone();
+        let me = self.me.clone();
         self.dead_since
-            .retain(|id, _| !alive.contains(id) && id != me);
-        if let Some(voters) = &self.voters {
+            .retain(|id, _| !alive.contains(id) && *id != me);
+        if let Some(voters) = self.voters().cloned() {
             for id in voters {
-                if id != me && !alive.contains(id) {
-                    self.dead_since.entry(id.clone()).or_insert(now);
+                if id != me && !alive.contains(&id) {
+                    self.dead_since.entry(id).or_insert(now);
                 }
             }
         }
+        self.election.set_alive(alive);
         self.publish_voters();
     }
 
     /// Leader: the one voter-set change due now, if any (module doc).
     pub(super) fn manage_voters(&mut self, epoch: u64, now: Duration) {
-        if self.voters_revision > self.commit {
-            return; // a change is in flight
+        // One change at a time, and only once this leader's epoch has
+        // committed an entry (a leader that changed the set before that
+        // could overlap a change of an earlier leader it does not know).
+        let epoch_committed = self
+            .leading
+            .as_ref()
+            .and_then(|l| l.epoch_start)
+            .is_some_and(|start| start <= self.commit);
+        if self.voters_revision() > self.commit || !epoch_committed {
+            return;
         }
-        let next = match &self.voters {
+        let next = match self.voters().cloned() {
             None => Some(self.election.won_with().clone()),
             Some(voters) => {
                 let dead = voters.iter().find(|id| {
