@@ -261,11 +261,6 @@ impl Election {
         &self.quorum
     }
 
-    /// The live members by id (self excluded).
-    pub fn set_alive(&mut self, alive: impl IntoIterator<Item = String>) {
-        self.alive = alive.into_iter().filter(|a| *a != self.me).collect();
-    }
-
     /// The live members and self.
     fn live_ids(&self) -> BTreeSet<String> {
         let mut ids = self.alive.clone();
@@ -284,12 +279,17 @@ impl Election {
         &self.won_with
     }
 
-    /// The other members, by node id, and how many members (self included)
-    /// membership currently sees alive.
-    pub fn set_members(&mut self, peers: impl IntoIterator<Item = String>, live: usize) {
+    /// The other members, and the ones membership currently sees alive,
+    /// by node id.
+    pub fn set_members(
+        &mut self,
+        peers: impl IntoIterator<Item = String>,
+        alive: impl IntoIterator<Item = String>,
+    ) {
         self.peers = peers.into_iter().filter(|p| *p != self.me).collect();
-        self.live = live;
-        self.mismatch = live > self.config.replicas;
+        self.alive = alive.into_iter().filter(|a| *a != self.me).collect();
+        self.live = self.alive.len() + 1;
+        self.mismatch = self.live > self.config.replicas;
     }
 
     /// The end of this node's log moved (a diff or sync was applied).

@@ -25,7 +25,10 @@ fn node(me: &str, promised: u64, last: Position) -> Election {
         7,
         T0,
     );
-    e.set_members(["a", "b", "c"].map(String::from), 3);
+    e.set_members(
+        ["a", "b", "c"].map(String::from),
+        ["a", "b", "c"].map(String::from),
+    );
     e
 }
 
@@ -166,7 +169,10 @@ fn heartbeats_from_a_deposed_epoch_are_fenced_off() {
 #[test]
 fn more_live_members_than_replicas_means_no_campaign_and_no_grant() {
     let mut b = node("b", 0, Position::default());
-    b.set_members(["a", "b", "c", "d"].map(String::from), 4);
+    b.set_members(
+        ["a", "b", "c", "d"].map(String::from),
+        ["a", "b", "c", "d"].map(String::from),
+    );
     assert!(b.replicas_mismatch());
     b.handle("a", request(1, Position::default()), BOOTED);
     assert_eq!(reply_granted(&b.drain_actions()), Some(false));
@@ -196,7 +202,7 @@ fn a_single_node_cluster_elects_itself_and_keeps_its_lease() {
         1,
         T0,
     );
-    a.set_members([], 1);
+    a.set_members([], []);
     for ms in 0..300 {
         a.tick(T0 + Duration::from_millis(ms * 10));
     }
@@ -233,7 +239,7 @@ fn survivors_elect(seed: u64) -> Option<Duration> {
         Election::new("b", config, 1, ahead, seed.wrapping_mul(31) + 1, T0),
     ];
     for n in &mut nodes {
-        n.set_members(["a", "b", "c"].map(String::from), 2);
+        n.set_members(["a", "b", "c"].map(String::from), ids.map(String::from));
     }
     let mut in_flight = InFlight::new();
     let step = Duration::from_millis(10);

@@ -165,9 +165,12 @@ impl Sim {
                 .filter(|j| *j != i)
                 .map(|j| self.nodes[j].id.clone())
                 .collect();
-            let live = (0..n).filter(|j| *j == i || self.can_talk(i, *j)).count();
+            let alive: Vec<String> = (0..n)
+                .filter(|j| *j != i && self.can_talk(i, *j))
+                .map(|j| self.nodes[j].id.clone())
+                .collect();
             if let Some(e) = self.nodes[i].election.as_mut() {
-                e.set_members(peers, live);
+                e.set_members(peers, alive);
             }
         }
     }

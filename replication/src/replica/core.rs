@@ -487,8 +487,7 @@ impl<L: LogStore> ReplicaCore<L> {
     pub fn set_members(&mut self, peers: Vec<String>, alive: Vec<String>) {
         let me = self.me.clone();
         self.alive = alive.into_iter().filter(|p| *p != me).collect();
-        self.election
-            .set_members(peers.clone(), self.alive.len() + 1);
+        self.election.set_members(peers.clone(), self.alive.clone());
         self.peers = peers.into_iter().filter(|p| *p != me).collect();
     }
 

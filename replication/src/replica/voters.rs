@@ -158,7 +158,6 @@ impl<L: LogStore> ReplicaCore<L> {
                 }
             }
         }
-        self.election.set_alive(alive);
         self.publish_voters();
     }
 
