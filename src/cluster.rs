@@ -199,6 +199,11 @@ pub fn status(
         }),
     );
     put("disk_error", r.disk_error.clone().into());
+    // Who votes (DESIGN.md, "Who votes"): the voter set of this node's log
+    // (empty before a new cluster's first leader wrote one), and whether
+    // this node is in it or a learner.
+    put("voters", r.voters.clone().into());
+    put("voter", r.voter.into());
     put("local_addr", membership.me().addr.to_string().into());
     put("generation", membership.me().generation.into());
     put("peer_count", (members.len() - 1).into());
@@ -206,7 +211,12 @@ pub fn status(
     put("expected_replicas", replicas.into());
     put("quorum_nodes_required", quorum.into());
     put("has_quorum", (online >= quorum).into());
-    put("replicas_mismatch", (online > replicas).into());
+    // More live members than `replicas` stops elections only before the
+    // cluster has a voter set; after, the extra members are learners.
+    put(
+        "replicas_mismatch",
+        (online > replicas && r.voters.is_empty()).into(),
+    );
     put("security_enabled", membership.security_enabled().into());
     put(
         "nodes",

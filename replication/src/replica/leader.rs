@@ -41,6 +41,7 @@ impl<L: LogStore> ReplicaCore<L> {
         });
         self.publish_voters();
         tracing::info!(epoch, "leading");
+        self.first_voters(epoch, now);
         self.outputs.push(Output::BecameLeader { epoch });
     }
 

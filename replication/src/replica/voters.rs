@@ -13,7 +13,8 @@
 //!   and any majority of the new one share a member, so two leaders can
 //!   never be elected by disjoint quorums across a change.
 //! - The first leader of a new cluster (its log holds no record) writes the
-//!   voters that elected it. While the set is smaller than `replicas` it
+//!   voters that elected it and the other live members. While the set is
+//!   smaller than `replicas` it
 //!   promotes a confirmed learner; a voter unheard of by membership for
 //!   `dead_voter_timeout` is removed (then replaced by the same rule).
 //! - A wiped data directory boots as a new node id, so it is a learner:
@@ -161,6 +162,26 @@ impl<L: LogStore> ReplicaCore<L> {
         self.publish_voters();
     }
 
+    /// A new leader whose log holds no voter set (a new cluster: its log
+    /// is empty, since every cluster's first entry is its first set) writes
+    /// one as the epoch's first entry: the voters that elected it and every
+    /// other live member (at most `replicas` in all, or nobody would have
+    /// been elected), so that a failure right after the first election
+    /// finds a full set. Any first set is safe: it replaces the bootstrap
+    /// rule jointly ([`Quorum`]). Being first, it is in every non-empty
+    /// log, so only nodes with empty logs elect by the bootstrap rule, and
+    /// a wiped node (empty) cannot help a node that holds data win by it.
+    pub(super) fn first_voters(&mut self, epoch: u64, now: Duration) {
+        if self.voters().is_some() {
+            return;
+        }
+        let mut first = self.election.won_with().clone();
+        first.extend(self.alive.iter().cloned());
+        first.insert(self.me.clone());
+        tracing::info!(voters = ?first, "a new cluster: writing its first voter set");
+        self.propose_voters(epoch, first, now);
+    }
+
     /// Leader: the one voter-set change due now, if any (module doc).
     pub(super) fn manage_voters(&mut self, epoch: u64, now: Duration) {
         // One change at a time, and only once this leader's epoch has
@@ -175,7 +196,8 @@ impl<L: LogStore> ReplicaCore<L> {
             return;
         }
         let next = match self.voters().cloned() {
-            None => Some(self.election.won_with().clone()),
+            // The first set is written as the epoch starts (`first_voters`).
+            None => None,
             Some(voters) => {
                 let dead = voters.iter().find(|id| {
                     **id != self.me
@@ -209,9 +231,12 @@ impl<L: LogStore> ReplicaCore<L> {
                 }
             }
         };
-        let Some(next) = next.filter(|n| !n.is_empty()) else {
-            return;
-        };
+        if let Some(next) = next.filter(|n| !n.is_empty()) {
+            self.propose_voters(epoch, next, now);
+        }
+    }
+
+    fn propose_voters(&mut self, epoch: u64, next: BTreeSet<String>, now: Duration) {
         let Ok(path) = ConfigPath::new(self.config.voters_path.clone()) else {
             tracing::error!(path = %self.config.voters_path, "the voter set's path is not a valid path");
             return;

@@ -1,0 +1,135 @@
+//! Who votes (DESIGN.md, "Who votes"), on real nodes: a node whose data
+//! directory was wiped comes back under a new id, as a learner, and cannot
+//! vote away writes it forgot.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::cluster::{Cluster, TIMEOUT};
+use support::{client, put};
+
+/// The voter set node `i` reports (empty when it does not answer).
+fn voters(c: &Cluster, i: usize) -> Vec<String> {
+    c.status(i)["voters"]
+        .as_array()
+        .map(|v| {
+            v.iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + limit;
+    while Instant::now() < until {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    done()
+}
+
+/// The value of `path` on node `i`, once it serves the read.
+fn read(c: &Cluster, i: usize, path: &str) -> Option<String> {
+    use base64::Engine as _;
+    let r = client()
+        .get(format!("{}/api/v1/file/{path}", c.url(i)))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .ok()?;
+    if r.status() != 200 {
+        return None;
+    }
+    let body: Value = r.json().ok()?;
+    let data = base64::engine::general_purpose::STANDARD
+        .decode(body["data"].as_str()?)
+        .ok()?;
+    String::from_utf8(data).ok()
+}
+
+/// Leader A and follower B acknowledge writes while C is down; B's data
+/// directory is wiped and B restarted; A is killed; C is started. B (a new
+/// id, not a voter) and C (behind) must elect no leader; once A is back,
+/// every acknowledged write is on every node.
+#[test]
+fn a_wiped_node_cannot_vote_away_writes_it_forgot() {
+    let mut c = Cluster::start(&[101, 102, 103]);
+    let (a, _) = c.leader(Duration::from_secs(20));
+    let (b, cc) = ((a + 1) % 3, (a + 2) % 3);
+    let ids: Vec<String> = (0..3).map(|i| c.node_id(i)).collect();
+    assert!(
+        wait_for(Duration::from_secs(15), || (0..3).all(|i| {
+            let mut v = voters(&c, i);
+            v.sort();
+            let mut all = ids.clone();
+            all.sort();
+            v == all
+        })),
+        "every node names all three as voters: {:?}",
+        (0..3).map(|i| voters(&c, i)).collect::<Vec<_>>()
+    );
+
+    c.kill(cc);
+    let mut acked = Vec::new();
+    for n in 0..20 {
+        let path = format!("wipe/k{n}");
+        let value = format!("v{n}");
+        let (status, _) = put(&c.url(a), &path, &value, None);
+        if status == 201 {
+            acked.push((path, value));
+        }
+    }
+    assert!(
+        acked.len() >= 15,
+        "A and B acknowledge writes: {}",
+        acked.len()
+    );
+
+    // B loses its disk: a new data directory, so a new node id.
+    c.kill(b);
+    std::fs::remove_dir_all(c.data_dir(b)).expect("wipe B's data directory");
+    c.restart(b);
+    let mut b_id = String::new();
+    wait_for(Duration::from_secs(10), || {
+        b_id = c.node_id(b);
+        !b_id.is_empty()
+    });
+    assert!(
+        !b_id.is_empty() && b_id != ids[b],
+        "a wiped node comes back under a new id: {b_id:?}"
+    );
+    c.kill(a);
+    c.restart(cc);
+
+    // B and C: no leader, and writes are refused, for several leases.
+    let quiet_until = Instant::now() + TIMEOUT * 6;
+    while Instant::now() < quiet_until {
+        for i in [b, cc] {
+            let status = c.status(i);
+            assert_ne!(
+                status["is_leader"], true,
+                "node {i} leads with only a wiped node and a stale one: {status}"
+            );
+        }
+        let (status, _) = put(&c.url(cc), "wipe/after", "lost?", None);
+        assert_ne!(status, 201, "a write was acknowledged without A");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(c.status(b)["voter"], false, "the wiped node is a learner");
+
+    c.restart(a);
+    c.leader(Duration::from_secs(20));
+    for i in 0..3 {
+        for (path, value) in &acked {
+            assert!(
+                wait_for(Duration::from_secs(15), || read(&c, i, path).as_deref()
+                    == Some(value.as_str())),
+                "node {i} has {path} = {value}"
+            );
+        }
+    }
+}
