@@ -59,10 +59,11 @@ fn three_nodes_survive_kills_pauses_and_a_random_fault() {
 }
 
 #[test]
-fn three_nodes_survive_a_full_disk_and_a_paused_protocol() {
-    // Seeds 9 and 10 inject DiskFull (the data directories are small
-    // tmpfs mounts when root) and PauseQueued.
-    run(3, 2, 9, 140);
+fn three_nodes_survive_a_full_disk_a_paused_protocol_and_a_wiped_node() {
+    // Seeds 9, 10 and 11 inject DiskFull (the data directories are small
+    // tmpfs mounts when root), PauseQueued and Wipe (a node's data
+    // directory lost: it comes back under a new id, as a learner).
+    run(3, 3, 9, 140);
 }
 
 #[test]

@@ -77,7 +77,7 @@ pub enum Check {
 }
 
 /// Runs `rounds` rounds on `nodes` nodes, round r with seed `seed + r` and
-/// fault `Fault::ALL[(seed + r) % 11]`.
+/// fault `Fault::ALL[(seed + r) % 12]`.
 pub fn campaign(
     pika: &Path,
     nodes: usize,

@@ -37,10 +37,13 @@ pub enum Fault {
     /// The leader's or a follower's protocol pauses, and what queued up
     /// meanwhile is handled before its first tick when it resumes.
     PauseQueued,
+    /// The leader's or a follower's data directory is lost: it restarts on
+    /// an empty one, under a new node id, as a learner.
+    Wipe,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 11] = [
+    pub const ALL: [Fault; 12] = [
         Fault::KillLeader,
         Fault::KillFollower,
         Fault::PauseLeader,
@@ -52,6 +55,7 @@ impl Fault {
         Fault::RestartAll,
         Fault::DiskFull,
         Fault::PauseQueued,
+        Fault::Wipe,
     ];
 }
 
@@ -434,6 +438,25 @@ fn inject(
             for i in 0..n {
                 cluster.restart(i)?;
             }
+        }
+        Fault::Wipe => {
+            let victim = if dice.chance(0.5) { leader } else { follower };
+            cluster.kill(victim);
+            let dir = cluster.data_dir(victim);
+            for entry in
+                std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))?
+            {
+                let path = entry?.path();
+                if path.is_dir() {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                }
+                .with_context(|| format!("wiping {}", path.display()))?;
+            }
+            eprintln!("Wipe: node {victim}'s data directory is gone");
+            std::thread::sleep(hold / 2);
+            cluster.restart(victim)?;
         }
     }
     Ok(())

@@ -13,9 +13,17 @@
 //! from the leader's takes the leader's entry in place of its own (what a
 //! Merkle sync does).
 //!
+//! A node may lose its data (`Wipe`, at most one per run, the fault model):
+//! it comes back with an empty log and no promise under a new id, which is
+//! not in the voter set (DESIGN.md, "Who votes"): a learner, whose grants
+//! and acks count for nothing. The voter set is the three original ids,
+//! already committed (how a cluster gets and changes one is checked by the
+//! replica simulation).
+//!
 //! Invariants, as in the simulation: one leader per epoch; never two valid
 //! leases at once; every acknowledged write is in the log of every node
-//! that holds a lease.
+//! that holds a lease. Counting a wiped node's grants and acks as a
+//! voter's breaks the last one (a counterexample is found).
 
 use std::collections::BTreeMap;
 
@@ -44,6 +52,8 @@ struct Node {
     quiet: bool,
     /// Entry epochs; revision = index + 1. Durable.
     log: Vec<u8>,
+    /// In the voter set: false after a wipe (a new id).
+    voter: bool,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
@@ -80,6 +90,16 @@ enum Msg {
 }
 
 impl Msg {
+    fn from(&self) -> usize {
+        match self {
+            Msg::Request { from, .. }
+            | Msg::Grant { from, .. }
+            | Msg::Heartbeat { from, .. }
+            | Msg::Append { from, .. }
+            | Msg::Ack { from, .. } => *from as usize,
+        }
+    }
+
     fn to(&self) -> usize {
         match self {
             Msg::Request { to, .. }
@@ -110,10 +130,15 @@ enum Action {
     Unbind(u8),
     Crash(u8),
     Restart(u8),
+    /// The node's data directory is lost; it restarts under a new id.
+    Wipe(u8),
     Deliver(Msg),
 }
 
-struct Pika;
+struct Pika {
+    /// The bug the check must catch: a wiped node's word counts.
+    learners_vote: bool,
+}
 
 fn last(node: &Node) -> (u8, u8) {
     (node.log.last().copied().unwrap_or(0), node.log.len() as u8)
@@ -144,6 +169,7 @@ impl Model for Pika {
             bound: None,
             quiet: false,
             log: Vec::new(),
+            voter: true,
         };
         vec![State {
             nodes: vec![node; NODES],
@@ -161,8 +187,16 @@ impl Model for Pika {
                 continue;
             }
             actions.push(Action::Crash(i));
+            if state.nodes.iter().all(|n| n.voter) {
+                actions.push(Action::Wipe(i));
+            }
             match n.role {
-                Role::Follower if n.bound.is_none() && !n.quiet && n.promised < MAX_EPOCH => {
+                Role::Follower
+                    if n.bound.is_none()
+                        && !n.quiet
+                        && n.promised < MAX_EPOCH
+                        && (n.voter || self.learners_vote) =>
+                {
                     actions.push(Action::Campaign(i))
                 }
                 Role::Leader { .. } => {
@@ -254,6 +288,23 @@ impl Model for Pika {
                 // quiet for L: keeping `bound` until `Unbind` models
                 // exactly that (and ages out what it granted).
             }
+            Action::Wipe(i) => {
+                let n = &mut s.nodes[i as usize];
+                *n = Node {
+                    up: true,
+                    promised: 0,
+                    role: Role::Follower,
+                    // Quiet for L after boot, like any start.
+                    bound: None,
+                    quiet: true,
+                    log: Vec::new(),
+                    voter: false,
+                };
+                // Its old incarnation's messages went over connections
+                // bound to the old id: none reaches or speaks for it.
+                s.net
+                    .retain(|m, _| m.to() != i as usize && m.from() != i as usize);
+            }
             Action::Restart(i) => {
                 let n = &mut s.nodes[i as usize];
                 n.up = true;
@@ -266,7 +317,7 @@ impl Model for Pika {
                 if !s.nodes[msg.to()].up {
                     return Some(s);
                 }
-                deliver(&mut s, msg);
+                deliver(&mut s, msg, self.learners_vote);
             }
         }
         Some(s)
@@ -306,7 +357,7 @@ impl Model for Pika {
     }
 }
 
-fn deliver(s: &mut State, msg: Msg) {
+fn deliver(s: &mut State, msg: Msg, learners_vote: bool) {
     match msg {
         Msg::Request {
             from,
@@ -333,6 +384,10 @@ fn deliver(s: &mut State, msg: Msg) {
             }
         }
         Msg::Grant { from, to, epoch } => {
+            // Only voters' grants count.
+            if !s.nodes[from as usize].voter && !learners_vote {
+                return;
+            }
             let c = &mut s.nodes[to as usize];
             if let Role::Candidate { epoch: e, grants } = c.role
                 && e == epoch
@@ -410,8 +465,10 @@ fn deliver(s: &mut State, msg: Msg) {
             acks[from as usize] = acks[from as usize].max(len);
             let log = l.log.clone();
             let acks = *acks;
+            let voters: Vec<bool> = s.nodes.iter().map(|n| n.voter || learners_vote).collect();
             for rev in 1..=log.len() as u8 {
-                let have = acks.iter().filter(|a| **a >= rev).count();
+                // Durable on a quorum of voters.
+                let have = (0..NODES).filter(|j| voters[*j] && acks[*j] >= rev).count();
                 let entry = (rev, log[rev as usize - 1]);
                 if have >= QUORUM && !s.acked.contains(&entry) {
                     s.acked.push(entry);
@@ -423,12 +480,14 @@ fn deliver(s: &mut State, msg: Msg) {
 
 #[test]
 fn election_and_replication_hold_their_invariants_to_depth_14() {
-    let checker = Pika
-        .checker()
-        .threads(2)
-        .target_max_depth(14)
-        .spawn_bfs()
-        .join();
+    let checker = Pika {
+        learners_vote: false,
+    }
+    .checker()
+    .threads(2)
+    .target_max_depth(14)
+    .spawn_bfs()
+    .join();
     eprintln!(
         "stateright: {} states ({} unique) to depth {}",
         checker.state_count(),
@@ -436,4 +495,30 @@ fn election_and_replication_hold_their_invariants_to_depth_14() {
         checker.max_depth()
     );
     checker.assert_properties();
+}
+
+/// The deliberate bug: a wiped node (a learner under a new id) votes. It
+/// grants a candidate that lacks a write it held before the wipe, and that
+/// candidate leads without it.
+#[test]
+fn a_wiped_node_that_votes_loses_an_acknowledged_write() {
+    let property = "acknowledged writes are in every lease holder's log";
+    let checker = Pika {
+        learners_vote: true,
+    }
+    .checker()
+    .threads(2)
+    .target_max_depth(14)
+    .finish_when(stateright::HasDiscoveries::AnyOf(
+        std::collections::BTreeSet::from([property]),
+    ))
+    .spawn_bfs()
+    .join();
+    let Some(path) = checker.discovery(property) else {
+        panic!("no counterexample to \"{property}\" within 14 actions");
+    };
+    eprintln!(
+        "learners voting breaks \"{property}\": {:#?}",
+        path.into_actions()
+    );
 }

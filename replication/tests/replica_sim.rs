@@ -748,7 +748,7 @@ impl Sim {
                 let now = self.local(i);
                 let s = self.nodes[i].core.as_ref()?.status(now);
                 Some(format!(
-                    "n{i} {} leader {:?} epoch {} promised {} voters {:?} voter {} log {} commit {}",
+                    "n{i} {} leader {:?} epoch {} promised {} voters {:?} voter {:?} log {} commit {}",
                     s.role, s.leader_id, s.epoch, s.promised_epoch, s.voters, s.voter, s.log_last, s.commit
                 ))
             })

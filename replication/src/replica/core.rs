@@ -165,7 +165,9 @@ pub struct ReplicaStatus {
     /// or not (a learner: it receives the log and serves reads, but does
     /// not vote).
     pub voters: Vec<String>,
-    pub voter: bool,
+    /// `None` while this node knows no voter set (a new cluster, or a
+    /// wiped node that has not caught up).
+    pub voter: Option<bool>,
     /// Verifications of this node's Merkle root that matched the leader's,
     /// and snapshots it installed, since it started.
     pub verified: u64,
@@ -573,7 +575,7 @@ impl<L: LogStore> ReplicaCore<L> {
                 .voters()
                 .map(|v| v.iter().cloned().collect())
                 .unwrap_or_default(),
-            voter: self.is_voter(),
+            voter: self.voters().map(|v| v.contains(&self.me)),
             verified: self.verified,
             snapshots: self.snapshots,
             last_sync: self.last_sync.clone(),
