@@ -145,3 +145,86 @@ fn a_wiped_node_cannot_vote_away_writes_it_forgot() {
         assert_eq!(v, old, "node {i} names the original voters");
     }
 }
+
+/// Three voters and two learners (`replicas: 3`, five nodes): the learners
+/// serve reads that never miss an acknowledged write, and a voter down
+/// longer than `dead_voter_timeout` is replaced by a learner while writes
+/// go on; every node then names the same voter set.
+#[test]
+fn learners_serve_reads_and_replace_a_dead_voter() {
+    let mut c = Cluster::start_with_env(
+        &[104, 105, 106, 107, 108],
+        &[
+            ("PIKA_CLUSTER_REPLICAS", "3"),
+            ("PIKA_CLUSTER_DEAD_VOTER_TIMEOUT", "3s"),
+        ],
+    );
+    // Before the first election (every node waits a lease after boot):
+    // a new cluster elects among `replicas` members, the rest join later.
+    c.kill(3);
+    c.kill(4);
+    let (leader, _) = c.leader(Duration::from_secs(20));
+    let first: Vec<String> = (0..3).map(|i| c.node_id(i)).collect();
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    assert!(
+        wait_for(Duration::from_secs(15), || (0..3).all(|i| sorted(voters(
+            &c, i
+        )) == sorted(
+            first.clone()
+        ))),
+        "the first three are the voters"
+    );
+    c.restart(3);
+    c.restart(4);
+    for learner in [3, 4] {
+        assert!(
+            wait_for(Duration::from_secs(15), || c.status(learner)["voter"]
+                == false),
+            "node {learner} is a learner: {}",
+            c.status(learner)
+        );
+    }
+
+    // Each write, read right after its 201 on a learner.
+    for n in 0..10 {
+        let path = format!("learn/k{n}");
+        let value = format!("v{n}");
+        let (status, _) = put(&c.url(leader), &path, &value, None);
+        assert_eq!(status, 201);
+        let learner = 3 + n % 2;
+        assert!(
+            wait_for(Duration::from_secs(5), || read(&c, learner, &path)
+                .is_some()),
+            "learner {learner} serves reads"
+        );
+        assert_eq!(read(&c, learner, &path).as_deref(), Some(value.as_str()));
+    }
+
+    // A voter (not the leader) dies for good: a learner takes its place.
+    let dead = (leader + 1) % 3;
+    let dead_id = first[dead].clone();
+    c.kill(dead);
+    let live: Vec<usize> = (0..5).filter(|i| *i != dead).collect();
+    assert!(
+        wait_for(Duration::from_secs(30), || live.iter().all(|i| {
+            let v = voters(&c, *i);
+            v.len() == 3 && !v.contains(&dead_id)
+        })),
+        "the dead voter was replaced: {:?}",
+        live.iter().map(|i| voters(&c, *i)).collect::<Vec<_>>()
+    );
+    let set = sorted(voters(&c, live[0]));
+    for i in &live {
+        assert_eq!(
+            sorted(voters(&c, *i)),
+            set,
+            "node {i} names the same voter set"
+        );
+    }
+    let (leader, _) = c.leader(Duration::from_secs(20));
+    let (status, _) = put(&c.url(leader), "learn/after", "still writing", None);
+    assert_eq!(status, 201, "writes go on");
+}
