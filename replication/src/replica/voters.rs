@@ -16,7 +16,8 @@
 //!   voters that elected it and the other live members. While the set is
 //!   smaller than `replicas` it
 //!   promotes a confirmed learner; a voter unheard of by membership for
-//!   `dead_voter_timeout` is removed (then replaced by the same rule).
+//!   `dead_voter_timeout` is removed (then replaced by the same rule), but
+//!   never below a majority of `replicas`.
 //! - A wiped data directory boots as a new node id, so it is a learner:
 //!   its grants do not count, and it never votes on what it forgot.
 
@@ -205,8 +206,12 @@ impl<L: LogStore> ReplicaCore<L> {
                             now.saturating_sub(*t) >= self.config.dead_voter_timeout
                         })
                 });
+                // Never below a majority of `replicas`: a set of 2 of 3
+                // that lost another voter has lost a quorum, and shrinking
+                // it to one would let that one acknowledge alone.
+                let keep = self.config.replicas / 2 + 1;
                 match dead {
-                    Some(dead) if voters.len() > 1 => {
+                    Some(dead) if voters.len() > keep => {
                         tracing::warn!(voter = %dead, "removing a voter down longer than dead_voter_timeout");
                         let mut next = voters.clone();
                         next.remove(&dead.clone());
