@@ -11,61 +11,10 @@
 
 mod load;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use load::{Api, Load, PATHS, RUN, VALUE_BYTES, WARMUP, Workload, run};
-use pika_campaign::cluster::{free_udp_port, wait_for_listen};
-
-const PIKA: &str = env!("CARGO_BIN_EXE_pika");
-
-struct Proc {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn(dir: &std::path::Path, env: &[(&str, String)]) -> anyhow::Result<Proc> {
-    let mut cmd = Command::new(PIKA);
-    cmd.env("PIKA_SERVER_PORT", "0")
-        .env("PIKA_STORAGE_BW_PATH", dir)
-        .env("PIKA_AUTH_ADMIN_TOKEN", pika_campaign::TEST_ADMIN_TOKEN)
-        .env("PIKA_LOG_LEVEL", "warn,pika::node=info")
-        .env_remove("CONFIG_FILE")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn()?;
-    let url = match wait_for_listen(&mut child) {
-        Ok(url) => url,
-        Err(e) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(e);
-        }
-    };
-    Ok(Proc { child, url })
-}
-
-async fn status(http: &reqwest::Client, url: &str) -> serde_json::Value {
-    match http
-        .get(format!("{url}/api/v1/cluster/status"))
-        .send()
-        .await
-    {
-        Ok(r) => r.json().await.unwrap_or_default(),
-        Err(_) => serde_json::Value::Null,
-    }
-}
+use load::{Api, Load, PATHS, RUN, VALUE_BYTES, WARMUP, Workload, run, spawn, status};
+use pika_campaign::cluster::free_udp_port;
 
 fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()

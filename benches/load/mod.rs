@@ -4,12 +4,14 @@
 //! comparison differs only in the server.
 #![allow(dead_code)]
 
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use hdrhistogram::Histogram;
+use pika_campaign::cluster::wait_for_listen;
 use serde_json::{Value, json};
 
 pub const PATHS: usize = 1000;
@@ -296,4 +298,58 @@ pub fn means(before: &str, after: &str, name: &str) -> Vec<(String, f64)> {
             (count > 0.0).then(|| (labels, sum / count))
         })
         .collect()
+}
+
+pub const PIKA: &str = env!("CARGO_BIN_EXE_pika");
+
+/// A `pika` process, killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub url: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `pika` on a free HTTP port with `dir` as its data directory,
+/// `env` on top; returns once it listens.
+pub fn spawn(dir: &std::path::Path, env: &[(&str, String)]) -> anyhow::Result<Proc> {
+    let mut cmd = Command::new(PIKA);
+    cmd.env("PIKA_SERVER_PORT", "0")
+        .env("PIKA_STORAGE_BW_PATH", dir)
+        .env("PIKA_AUTH_ADMIN_TOKEN", pika_campaign::TEST_ADMIN_TOKEN)
+        .env("PIKA_LOG_LEVEL", "warn,pika::node=info")
+        .env_remove("CONFIG_FILE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn()?;
+    let url = match wait_for_listen(&mut child) {
+        Ok(url) => url,
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
+    };
+    Ok(Proc { child, url })
+}
+
+/// A node's cluster status (`Null` when it does not answer).
+pub async fn status(http: &reqwest::Client, url: &str) -> serde_json::Value {
+    match http
+        .get(format!("{url}/api/v1/cluster/status"))
+        .send()
+        .await
+    {
+        Ok(r) => r.json().await.unwrap_or_default(),
+        Err(_) => serde_json::Value::Null,
+    }
 }

@@ -1,0 +1,246 @@
+//! Large installs on loopback: `cargo bench --bench large_cluster` (about
+//! 5 minutes). In one run, three clusters of real `pika` processes with
+//! heartbeat 1 s and timeout (lease) 5 s:
+//! - 3 voters (the reference);
+//! - 5 voters and 20 learners (`replicas: 5`, 25 nodes);
+//! - 25 voters (`replicas: 25`).
+//!
+//! For each: the median of sequential 1 KiB writes through the leader
+//! (c=1), what each node sends while idle (replica frame bytes and SWIM
+//! datagrams per second, from `/metrics`), and how long after a `kill -9`
+//! of the leader the others agree on a new one. Nodes and load share this
+//! machine's cores.
+
+mod load;
+
+use std::time::{Duration, Instant};
+
+use load::{Proc, Workload, run, spawn, status};
+use pika_campaign::cluster::free_udp_port;
+
+const INTERVAL: Duration = Duration::from_secs(1);
+const LEASE: Duration = Duration::from_secs(5);
+
+struct Cluster {
+    _dir: tempfile::TempDir,
+    nodes: Vec<Option<Proc>>,
+}
+
+/// Starts `voters` nodes with `replicas: voters`, waits for them to name
+/// each other the voter set, then starts `learners` more.
+async fn start(
+    http: &reqwest::Client,
+    base: u8,
+    voters: usize,
+    learners: usize,
+) -> anyhow::Result<Cluster> {
+    let n = voters + learners;
+    let dir = tempfile::tempdir()?;
+    let hosts: Vec<String> = (0..n)
+        .map(|i| format!("127.0.1.{}", base as usize + i))
+        .collect();
+    let port = free_udp_port(&hosts)?.to_string();
+    let dns = hosts.join(",");
+    let root = dir.path().to_path_buf();
+    let boot = |i: usize| {
+        spawn(
+            &root.join(format!("n{i}")),
+            &[
+                ("PIKA_SERVER_HOST", hosts[i].clone()),
+                ("PIKA_CLUSTER_ENABLED", "true".into()),
+                ("PIKA_CLUSTER_BIND_ADDR", hosts[i].clone()),
+                ("PIKA_CLUSTER_DNS_ADDR", dns.clone()),
+                ("PIKA_CLUSTER_PORT", port.clone()),
+                ("PIKA_CLUSTER_REPLICAS", voters.to_string()),
+                (
+                    "PIKA_CLUSTER_SECURITY_KEY",
+                    "benchmark key, 32 bytes long...".into(),
+                ),
+                ("PIKA_CLUSTER_HEARTBEAT_INTERVAL", "1s".into()),
+                ("PIKA_CLUSTER_HEARTBEAT_TIMEOUT", "5s".into()),
+            ],
+        )
+    };
+    let mut nodes = Vec::new();
+    for i in 0..voters {
+        nodes.push(Some(boot(i)?));
+    }
+    let mut cluster = Cluster { _dir: dir, nodes };
+    let started = Instant::now();
+    loop {
+        let l = leader(http, &cluster).await;
+        let named = match l {
+            Some(l) => status(http, &url(&cluster, l)).await["voters"]
+                .as_array()
+                .map_or(0, |v| v.len()),
+            None => 0,
+        };
+        if named == voters {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(60),
+            "no full voter set"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for i in voters..n {
+        cluster.nodes.push(Some(boot(i)?));
+    }
+    // Every learner in the leader's replication set.
+    let started = Instant::now();
+    loop {
+        if let Some(l) = leader(http, &cluster).await {
+            let set = status(http, &url(&cluster, l)).await["replication_set"]
+                .as_array()
+                .map_or(0, |s| s.len());
+            if set + 1 == n {
+                return Ok(cluster);
+            }
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(120),
+            "learners never joined the set"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn url(c: &Cluster, i: usize) -> String {
+    c.nodes[i]
+        .as_ref()
+        .map(|p| p.url.clone())
+        .unwrap_or_default()
+}
+
+/// The live node that says it leads.
+async fn leader(http: &reqwest::Client, c: &Cluster) -> Option<usize> {
+    for i in 0..c.nodes.len() {
+        if c.nodes[i].is_some() && status(http, &url(c, i)).await["is_leader"] == true {
+            return Some(i);
+        }
+    }
+    None
+}
+
+/// (frame bytes out, datagrams out) of node `i`, from its metrics.
+async fn sent(http: &reqwest::Client, c: &Cluster, i: usize) -> (f64, f64) {
+    let text = match http.get(format!("{}/metrics", url(c, i))).send().await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    let out = |name: &str| {
+        load::series(&text, name)
+            .into_iter()
+            .filter(|(labels, _)| labels.contains("\"out\""))
+            .map(|(_, v)| v)
+            .sum::<f64>()
+    };
+    (
+        out("pika_membership_frame_bytes_total"),
+        out("pika_membership_datagrams_total"),
+    )
+}
+
+struct Row {
+    name: String,
+    p50_ms: f64,
+    frame_bytes_per_node: f64,
+    datagrams_per_node: f64,
+    failover: Option<Duration>,
+}
+
+async fn measure(
+    http: &reqwest::Client,
+    name: &str,
+    base: u8,
+    voters: usize,
+    learners: usize,
+) -> anyhow::Result<Row> {
+    let mut c = start(http, base, voters, learners).await?;
+    let l = leader(http, &c)
+        .await
+        .ok_or_else(|| anyhow::anyhow!("no leader"))?;
+    let out = run(&url(&c, l), Workload::Write, 1).await;
+    let p50_ms = out.ms(0.5);
+
+    let n = c.nodes.len();
+    let mut before = Vec::new();
+    for i in 0..n {
+        before.push(sent(http, &c, i).await);
+    }
+    let idle = Duration::from_secs(10);
+    tokio::time::sleep(idle).await;
+    let (mut bytes, mut datagrams) = (0.0, 0.0);
+    for (i, (b0, d0)) in before.iter().enumerate() {
+        let (b1, d1) = sent(http, &c, i).await;
+        bytes += b1 - b0;
+        datagrams += d1 - d0;
+    }
+    let per = |x: f64| x / n as f64 / idle.as_secs_f64();
+
+    c.nodes[l] = None; // kill -9
+    let killed = Instant::now();
+    let failover = loop {
+        if let Some(new) = leader(http, &c).await
+            && new != l
+        {
+            break Some(killed.elapsed());
+        }
+        if killed.elapsed() > Duration::from_secs(60) {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    Ok(Row {
+        name: name.to_string(),
+        p50_ms,
+        frame_bytes_per_node: per(bytes),
+        datagrams_per_node: per(datagrams),
+        failover,
+    })
+}
+
+fn main() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let http = load::client(4);
+        let mut rows = Vec::new();
+        for (name, base, voters, learners) in [
+            ("3 voters", 170u8, 3, 0),
+            ("5 voters + 20 learners", 174, 5, 20),
+            ("25 voters", 200, 25, 0),
+        ] {
+            rows.push(measure(&http, name, base, voters, learners).await?);
+        }
+        println!(
+            "large installs on loopback, heartbeat {}s, lease {}s; c=1 writes of 1 KiB via the leader",
+            INTERVAL.as_secs(),
+            LEASE.as_secs()
+        );
+        println!(
+            "{:<24} {:>9} {:>9} {:>16} {:>14} {:>12}",
+            "cluster", "p50 ms", "p50 ×", "frame B/s/node", "dgrams/s/node", "failover s"
+        );
+        let base = rows[0].p50_ms;
+        for r in &rows {
+            println!(
+                "{:<24} {:>9.3} {:>9.2} {:>16.0} {:>14.1} {:>12}",
+                r.name,
+                r.p50_ms,
+                r.p50_ms / base,
+                r.frame_bytes_per_node,
+                r.datagrams_per_node,
+                r.failover
+                    .map_or("none".into(), |d| format!("{:.2}", d.as_secs_f64()))
+            );
+        }
+        println!(
+            "(p50 × = relative to 3 voters; failover = kill -9 of the leader until a new one leads; L + 2 intervals = {} s)",
+            (LEASE + INTERVAL * 2).as_secs()
+        );
+        Ok(())
+    })
+}
