@@ -6,8 +6,8 @@
 //! - 25 voters (`replicas: 25`).
 //!
 //! For each: the median of sequential 1 KiB writes through the leader
-//! (c=1), what each node sends while idle (replica frame bytes and SWIM
-//! datagrams per second, from `/metrics`), and how long after a `kill -9`
+//! (c=1), what each node sends while idle (replica frame bytes, SWIM
+//! datagrams and their bytes per second, from `/metrics`), and how long after a `kill -9`
 //! of the leader the others agree on a new one. Nodes and load share this
 //! machine's cores.
 
@@ -123,8 +123,9 @@ async fn leader(http: &reqwest::Client, c: &Cluster) -> Option<usize> {
     None
 }
 
-/// (frame bytes out, datagrams out) of node `i`, from its metrics.
-async fn sent(http: &reqwest::Client, c: &Cluster, i: usize) -> (f64, f64) {
+/// (frame bytes, datagrams, datagram bytes) node `i` sent, from its
+/// metrics.
+async fn sent(http: &reqwest::Client, c: &Cluster, i: usize) -> (f64, f64, f64) {
     let text = match http.get(format!("{}/metrics", url(c, i))).send().await {
         Ok(r) => r.text().await.unwrap_or_default(),
         Err(_) => String::new(),
@@ -139,6 +140,7 @@ async fn sent(http: &reqwest::Client, c: &Cluster, i: usize) -> (f64, f64) {
     (
         out("pika_membership_frame_bytes_total"),
         out("pika_membership_datagrams_total"),
+        out("pika_membership_datagram_bytes_total"),
     )
 }
 
@@ -147,6 +149,7 @@ struct Row {
     p50_ms: f64,
     frame_bytes_per_node: f64,
     datagrams_per_node: f64,
+    datagram_bytes_per_node: f64,
     failover: Option<Duration>,
 }
 
@@ -171,11 +174,12 @@ async fn measure(
     }
     let idle = Duration::from_secs(10);
     tokio::time::sleep(idle).await;
-    let (mut bytes, mut datagrams) = (0.0, 0.0);
-    for (i, (b0, d0)) in before.iter().enumerate() {
-        let (b1, d1) = sent(http, &c, i).await;
+    let (mut bytes, mut datagrams, mut datagram_bytes) = (0.0, 0.0, 0.0);
+    for (i, (b0, d0, db0)) in before.iter().enumerate() {
+        let (b1, d1, db1) = sent(http, &c, i).await;
         bytes += b1 - b0;
         datagrams += d1 - d0;
+        datagram_bytes += db1 - db0;
     }
     let per = |x: f64| x / n as f64 / idle.as_secs_f64();
 
@@ -197,6 +201,7 @@ async fn measure(
         p50_ms,
         frame_bytes_per_node: per(bytes),
         datagrams_per_node: per(datagrams),
+        datagram_bytes_per_node: per(datagram_bytes),
         failover,
     })
 }
@@ -221,18 +226,25 @@ fn main() -> anyhow::Result<()> {
             LEASE.as_secs()
         );
         println!(
-            "{:<24} {:>9} {:>9} {:>16} {:>14} {:>12}",
-            "cluster", "p50 ms", "p50 ×", "frame B/s/node", "dgrams/s/node", "failover s"
+            "{:<24} {:>9} {:>9} {:>16} {:>14} {:>16} {:>12}",
+            "cluster",
+            "p50 ms",
+            "p50 ×",
+            "frame B/s/node",
+            "dgrams/s/node",
+            "dgram B/s/node",
+            "failover s"
         );
         let base = rows[0].p50_ms;
         for r in &rows {
             println!(
-                "{:<24} {:>9.3} {:>9.2} {:>16.0} {:>14.1} {:>12}",
+                "{:<24} {:>9.3} {:>9.2} {:>16.0} {:>14.1} {:>16.0} {:>12}",
                 r.name,
                 r.p50_ms,
                 r.p50_ms / base,
                 r.frame_bytes_per_node,
                 r.datagrams_per_node,
+                r.datagram_bytes_per_node,
                 r.failover
                     .map_or("none".into(), |d| format!("{:.2}", d.as_secs_f64()))
             );

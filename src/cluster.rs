@@ -264,6 +264,10 @@ pub fn record_metrics(membership: &Membership) {
         .absolute(s.datagrams_in);
     metrics::counter!("pika_membership_datagrams_total", "direction" => "out")
         .absolute(s.datagrams_out);
+    metrics::counter!("pika_membership_datagram_bytes_total", "direction" => "in")
+        .absolute(s.datagram_bytes_in);
+    metrics::counter!("pika_membership_datagram_bytes_total", "direction" => "out")
+        .absolute(s.datagram_bytes_out);
     metrics::counter!("pika_membership_frames_total", "direction" => "in").absolute(s.frames_in);
     metrics::counter!("pika_membership_frames_total", "direction" => "out").absolute(s.frames_out);
     metrics::counter!("pika_membership_frame_bytes_total", "direction" => "in")

@@ -8,6 +8,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct Stats {
     pub datagrams_in: AtomicU64,
     pub datagrams_out: AtomicU64,
+    /// Datagram payload bytes (SWIM and heartbeats), before QUIC's
+    /// overhead.
+    pub datagram_bytes_in: AtomicU64,
+    pub datagram_bytes_out: AtomicU64,
     pub frames_in: AtomicU64,
     pub frames_out: AtomicU64,
     /// Stream bytes, frame headers included: what replication, sync,
@@ -31,6 +35,8 @@ pub struct Stats {
 pub struct StatsSnapshot {
     pub datagrams_in: u64,
     pub datagrams_out: u64,
+    pub datagram_bytes_in: u64,
+    pub datagram_bytes_out: u64,
     pub frames_in: u64,
     pub frames_out: u64,
     pub frame_bytes_in: u64,
@@ -55,6 +61,8 @@ impl Stats {
         StatsSnapshot {
             datagrams_in: get(&self.datagrams_in),
             datagrams_out: get(&self.datagrams_out),
+            datagram_bytes_in: get(&self.datagram_bytes_in),
+            datagram_bytes_out: get(&self.datagram_bytes_out),
             frames_in: get(&self.frames_in),
             frames_out: get(&self.frames_out),
             frame_bytes_in: get(&self.frame_bytes_in),

@@ -275,6 +275,7 @@ impl Pool {
                     datagram = conn.read_datagram() => match datagram {
                         Ok(bytes) => {
                             Stats::bump(&pool.stats.datagrams_in);
+                            Stats::add(&pool.stats.datagram_bytes_in, bytes.len());
                             if !take_slot(&pool.stats.datagrams_queued, MAX_QUEUED_DATAGRAMS) {
                                 Stats::bump(&pool.stats.datagrams_overflow);
                                 continue;
@@ -448,8 +449,12 @@ impl Driver {
     }
 
     fn send_now(&self, conn: &Connection, to: SocketAddr, datagram: Bytes) {
+        let len = datagram.len();
         match conn.send_datagram(datagram) {
-            Ok(()) => Stats::bump(&self.pool.stats.datagrams_out),
+            Ok(()) => {
+                Stats::bump(&self.pool.stats.datagrams_out);
+                Stats::add(&self.pool.stats.datagram_bytes_out, len);
+            }
             Err(e) => tracing::debug!(%to, error = %e, "datagram not sent"),
         }
     }
