@@ -125,10 +125,6 @@ pub struct ElectionConfig {
 }
 
 impl ElectionConfig {
-    pub fn quorum(&self) -> usize {
-        self.replicas / 2 + 1
-    }
-
     fn safe_lease(&self) -> Duration {
         self.lease.mul_f64((1.0 - self.drift).clamp(0.0, 1.0))
     }
@@ -255,10 +251,6 @@ impl Election {
     /// live members than `replicas` are learners, not a mismatch.
     pub fn set_quorum(&mut self, quorum: Quorum) {
         self.quorum = quorum;
-    }
-
-    pub fn quorum(&self) -> &Quorum {
-        &self.quorum
     }
 
     /// The live members and self.

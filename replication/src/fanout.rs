@@ -88,19 +88,19 @@ pub struct FollowerView {
 
 impl<A> ReplicationSet<A> {
     /// A new leader's set: every follower membership reports alive, none
-    /// known to hold anything yet, none confirmed.
+    /// known to hold anything yet, none confirmed. `quorum` is the rule of
+    /// the leader's log, `leader` its own id.
     pub fn new(
-        quorum: usize,
+        quorum: Quorum,
+        leader: &str,
         eviction: Duration,
         base: u64,
         followers: impl IntoIterator<Item = String>,
         now: Duration,
     ) -> Self {
         Self {
-            // A quorum of q is a majority of 2q - 1 members, until the
-            // leader sets the voter sets of its log.
-            quorum: Quorum::bootstrap((2 * quorum).saturating_sub(1)),
-            leader: String::new(),
+            quorum,
+            leader: leader.to_string(),
             eviction,
             base,
             followers: followers
@@ -419,7 +419,14 @@ mod tests {
     /// Three nodes (quorum 2): the leader and followers b and c, with the
     /// leader's log at revision 4 when it took over.
     fn set() -> ReplicationSet<&'static str> {
-        ReplicationSet::new(2, L, 4, ["b".to_string(), "c".to_string()], T0)
+        ReplicationSet::new(
+            Quorum::bootstrap(3),
+            "a",
+            L,
+            4,
+            ["b".to_string(), "c".to_string()],
+            T0,
+        )
     }
 
     /// An acknowledgement from incarnation 1.

@@ -23,11 +23,12 @@ impl<L: LogStore> ReplicaCore<L> {
     pub(super) fn lead(&mut self, epoch: u64, now: Duration) {
         metrics::counter!("pika_elections_won_total").increment(1);
         let eviction = self.config.lease.mul_f64(1.0 + DRIFT);
-        let quorum = self.config.replicas / 2 + 1;
+        let quorum = self.quorum_rule();
         self.leading = Some(Leading {
             epoch,
             set: ReplicationSet::new(
                 quorum,
+                &self.me,
                 eviction,
                 self.log.last().revision,
                 self.alive.clone(),
@@ -39,7 +40,6 @@ impl<L: LogStore> ReplicaCore<L> {
             serving: BTreeMap::new(),
             next_verify: now + self.config.sync_interval,
         });
-        self.publish_voters();
         tracing::info!(epoch, "leading");
         self.first_voters(epoch, now);
         self.outputs.push(Output::BecameLeader { epoch });

@@ -142,11 +142,6 @@ impl<L: LogStore> ReplicaCore<L> {
         }
     }
 
-    /// Whether this node is a voter (or there is no voter set yet).
-    pub fn is_voter(&self) -> bool {
-        self.voters().is_none_or(|v| v.contains(&self.me))
-    }
-
     /// Membership changed: notes since when each voter has been gone.
     pub(super) fn voters_alive(&mut self, now: Duration) {
         let alive = self.alive.clone();
