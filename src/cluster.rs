@@ -217,6 +217,18 @@ pub fn status(
         "replicas_mismatch",
         (online > replicas && r.voters.is_empty()).into(),
     );
+    // Members that said (in a lease request, heartbeat or ack) they have
+    // a different `replicas`, with theirs. Before a voter set exists they
+    // and this node do not grant each other's campaigns.
+    put(
+        "replicas_conflicts",
+        json!(
+            r.replicas_conflicts
+                .iter()
+                .map(|(id, theirs)| json!({"id": id, "replicas": theirs}))
+                .collect::<Vec<_>>()
+        ),
+    );
     put("security_enabled", membership.security_enabled().into());
     put(
         "nodes",

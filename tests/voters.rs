@@ -228,3 +228,62 @@ fn learners_serve_reads_and_replace_a_dead_voter() {
     let (status, _) = put(&c.url(leader), "learn/after", "still writing", None);
     assert_eq!(status, 201, "writes go on");
 }
+
+/// The ids node `i` reports in `replicas_conflicts`, with their `replicas`.
+fn conflicts(c: &Cluster, i: usize) -> Vec<(String, u64)> {
+    c.status(i)["replicas_conflicts"]
+        .as_array()
+        .map(|v| {
+            v.iter()
+                .filter_map(|x| Some((x["id"].as_str()?.to_string(), x["replicas"].as_u64()?)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A new cluster in which one node of three says `replicas: 5`: it cannot
+/// lead (a candidate without a voter set is granted only by nodes with the
+/// same `replicas`), the other two elect one of them, and the difference
+/// is reported on both sides. Once the cluster has a voter set, the odd
+/// node follows it and serves reads like any voter.
+#[test]
+fn a_node_with_different_replicas_is_refused_and_reported() {
+    let mut c = Cluster::start(&[109, 110, 111]);
+    // Every node waits a lease (1 s) after boot before granting: the odd
+    // configuration is in place before the first election.
+    c.restart_with_env(2, &[("PIKA_CLUSTER_REPLICAS", "5")]);
+    let (leader, _) = c.leader(Duration::from_secs(20));
+    assert_ne!(leader, 2, "the node with replicas 5 must not lead");
+    let odd = c.node_id(2);
+    let leader_id = c.node_id(leader);
+    assert!(
+        wait_for(Duration::from_secs(10), || conflicts(&c, leader)
+            .contains(&(odd.clone(), 5))),
+        "the leader reports the odd node's replicas: {}",
+        c.status(leader)
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || conflicts(&c, 2)
+            .contains(&(leader_id.clone(), 3))),
+        "the odd node reports the leader's replicas: {}",
+        c.status(2)
+    );
+    let (status, _) = put(&c.url(leader), "odd/k", "v", None);
+    assert_eq!(status, 201);
+    assert!(
+        wait_for(Duration::from_secs(5), || read(&c, 2, "odd/k").as_deref()
+            == Some("v")),
+        "the odd node follows and serves reads"
+    );
+    // Fixed: the difference is forgotten on the next message.
+    c.restart_with_env(2, &[]);
+    assert!(
+        wait_for(Duration::from_secs(15), || conflicts(&c, leader).is_empty()
+            && c.status(2)["replicas_conflicts"]
+                .as_array()
+                .is_some_and(|v| v.is_empty())),
+        "fixed on both sides: {} / {}",
+        c.status(leader),
+        c.status(2)
+    );
+}

@@ -37,6 +37,18 @@
 //!   backup does not even know that it promised: its promise reads 0, or
 //!   an older value than it gave. A grant it gave before it went down binds
 //!   for at most L, so after L none can still be in force.
+//! - A candidate names its voter-set id (the revision of the newest voter
+//!   set in its log, 0 for none) and its `replicas`. A candidate without a
+//!   voter set counts the grants of anyone against its own `replicas`
+//!   (the bootstrap rule, [`Quorum::bootstrap`]), so a voter grants it
+//!   only if it knows no voter set either and has the same `replicas`:
+//!   then two candidates' quorums are drawn from nodes that agree on the
+//!   quorum size, and any two of them meet. (With `replicas: 3` on one
+//!   node of five, that node would otherwise lead with one grant while
+//!   three others elect their own leader.) Once a candidate knows a set,
+//!   `replicas` only sets the size the leader grows the set to, and
+//!   grants do not look at it. Every message that carries `replicas`
+//!   records a difference for the status page.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -60,6 +72,11 @@ pub enum ElectionMessage {
         epoch: u64,
         candidate: String,
         last: Position,
+        /// The candidate's `replicas`.
+        replicas: u64,
+        /// The candidate's voter-set id: the revision of the newest voter
+        /// set in its log, 0 when it knows none.
+        voters: u64,
     },
     LeaseReply {
         epoch: u64,
@@ -74,6 +91,8 @@ pub enum ElectionMessage {
         epoch: u64,
         leader: String,
         round: u64,
+        /// The leader's `replicas`, reported by followers that differ.
+        replicas: u64,
     },
     HeartbeatAck {
         epoch: u64,
@@ -81,6 +100,8 @@ pub enum ElectionMessage {
         /// False when the follower has promised a newer epoch (fencing).
         ok: bool,
         promised: u64,
+        /// The follower's `replicas`, reported by a leader that differs.
+        replicas: u64,
     },
     /// The sender's campaign for `epoch` ended without a lease, so nothing
     /// rests on the grants it got: voters may grant again at once instead
@@ -157,6 +178,14 @@ enum State {
     },
 }
 
+/// What a candidate says of itself in a lease request.
+#[derive(Debug, Clone, Copy)]
+struct Claim {
+    last: Position,
+    replicas: u64,
+    voters: u64,
+}
+
 /// A grant to another node, which binds this voter until `at + L`.
 #[derive(Debug, Clone)]
 struct Vote {
@@ -193,6 +222,12 @@ pub struct Election {
     /// Whose grants and acks are enough (DESIGN.md, "Who votes"; see
     /// [`Quorum`]): from the voter sets in this node's log.
     quorum: Quorum,
+    /// This node's voter-set id: the revision of the newest voter set in
+    /// its log, 0 while it knows none.
+    voter_set_id: u64,
+    /// Members whose `replicas` differs from this node's, with theirs, as
+    /// last heard (a lease request, a heartbeat or its ack).
+    conflicts: BTreeMap<String, u64>,
     /// Live members by id, self excluded.
     alive: BTreeSet<String>,
     /// Who granted this node's winning campaign: a new cluster's first
@@ -237,6 +272,8 @@ impl Election {
             voted: None,
             quiet_until,
             quorum: Quorum::bootstrap(replicas),
+            voter_set_id: 0,
+            conflicts: BTreeMap::new(),
             alive: BTreeSet::new(),
             won_with: BTreeSet::new(),
             former_lease_until: Duration::ZERO,
@@ -249,8 +286,38 @@ impl Election {
     /// Whose grants and acks are enough, from the voter sets in this
     /// node's log. With a voter set, only its members campaign, and more
     /// live members than `replicas` are learners, not a mismatch.
-    pub fn set_quorum(&mut self, quorum: Quorum) {
+    /// `voter_set_id` is the revision of the newest voter-set record in
+    /// the log (0: none).
+    pub fn set_quorum(&mut self, quorum: Quorum, voter_set_id: u64) {
+        self.voter_set_id = if quorum.is_bootstrap() {
+            0
+        } else {
+            voter_set_id
+        };
         self.quorum = quorum;
+    }
+
+    /// Members whose `replicas` differs from this node's, with theirs.
+    pub fn replicas_conflicts(&self) -> &BTreeMap<String, u64> {
+        &self.conflicts
+    }
+
+    fn replicas(&self) -> u64 {
+        self.config.replicas as u64
+    }
+
+    /// Notes the `replicas` a member said it has.
+    fn heard_replicas(&mut self, from: &str, theirs: u64) {
+        if theirs == self.replicas() {
+            self.conflicts.remove(from);
+        } else if self.conflicts.insert(from.to_string(), theirs) != Some(theirs) {
+            tracing::warn!(
+                node = from,
+                theirs,
+                ours = self.replicas(),
+                "a member has a different `replicas`: set the same on every node"
+            );
+        }
     }
 
     /// The live members and self.
@@ -380,6 +447,7 @@ impl Election {
                         epoch,
                         leader: self.me.clone(),
                         round,
+                        replicas: self.replicas(),
                     });
                 }
             }
@@ -410,7 +478,17 @@ impl Election {
                 epoch,
                 candidate,
                 last,
-            } => self.on_request(epoch, &candidate, last, now),
+                replicas,
+                voters,
+            } => {
+                self.heard_replicas(from, replicas);
+                let claim = Claim {
+                    last,
+                    replicas,
+                    voters,
+                };
+                self.on_request(epoch, &candidate, claim, now)
+            }
             ElectionMessage::LeaseReply {
                 epoch,
                 granted,
@@ -420,13 +498,21 @@ impl Election {
                 epoch,
                 leader,
                 round,
-            } => self.on_heartbeat(&leader, epoch, round, now),
+                replicas,
+            } => {
+                self.heard_replicas(from, replicas);
+                self.on_heartbeat(&leader, epoch, round, now)
+            }
             ElectionMessage::HeartbeatAck {
                 epoch,
                 round,
                 ok,
                 promised,
-            } => self.on_ack(from, epoch, round, ok, promised),
+                replicas,
+            } => {
+                self.heard_replicas(from, replicas);
+                self.on_ack(from, epoch, round, ok, promised)
+            }
             ElectionMessage::Withdrawn { epoch } => {
                 if self
                     .voted
@@ -448,8 +534,17 @@ impl Election {
             && now >= self.former_lease_until
     }
 
+    /// What this node would claim in its own lease request.
+    fn own_claim(&self) -> Claim {
+        Claim {
+            last: self.last,
+            replicas: self.replicas(),
+            voters: self.voter_set_id,
+        }
+    }
+
     /// Whether this node may promise `epoch` to `candidate` now.
-    fn may_grant(&self, epoch: u64, candidate: &str, last: Position, now: Duration) -> bool {
+    fn may_grant(&self, epoch: u64, candidate: &str, claim: Claim, now: Duration) -> bool {
         let lease = self.config.lease;
         let other_leader_live = self
             .leader
@@ -459,22 +554,29 @@ impl Election {
             .voted
             .as_ref()
             .is_some_and(|v| v.candidate != candidate && now < v.at + lease);
+        // A candidate without a voter set counts anyone's grant against its
+        // own `replicas`: only a node as new as it, and agreeing on the
+        // quorum size, may grant it (module docs).
+        let bootstrap_refused =
+            claim.voters == 0 && (self.voter_set_id != 0 || claim.replicas != self.replicas());
         // A learner in its own log grants all the same: a candidate whose
         // log has promoted it counts its grant (one that has not, ignores
         // it), and its log may not have the promotion yet.
         epoch > self.promised
+            && !bootstrap_refused
             && !self.mismatched()
             && now >= self.quiet_until
             && !other_leader_live
             && !voted_for_another
             && self.lease(now).is_none()
-            && last >= self.last
+            && claim.last >= self.last
     }
 
     fn campaign(&mut self, now: Duration) {
         let epoch = self.highest_seen.max(self.promised) + 1;
         self.campaign_at = None;
-        if !self.quorum.counts(&self.me) || !self.may_grant(epoch, &self.me.clone(), self.last, now)
+        if !self.quorum.counts(&self.me)
+            || !self.may_grant(epoch, &self.me.clone(), self.own_claim(), now)
         {
             return;
         }
@@ -495,13 +597,15 @@ impl Election {
             epoch,
             candidate: self.me.clone(),
             last: self.last,
+            replicas: self.replicas(),
+            voters: self.voter_set_id,
         });
         self.maybe_win(now);
     }
 
-    fn on_request(&mut self, epoch: u64, candidate: &str, last: Position, now: Duration) {
+    fn on_request(&mut self, epoch: u64, candidate: &str, claim: Claim, now: Duration) {
         self.highest_seen = self.highest_seen.max(epoch);
-        let granted = self.may_grant(epoch, candidate, last, now);
+        let granted = self.may_grant(epoch, candidate, claim, now);
         if granted {
             self.promise(epoch);
             self.voted = Some(Vote {
@@ -608,6 +712,7 @@ impl Election {
             epoch,
             leader: self.me.clone(),
             round: 0,
+            replicas: self.replicas(),
         });
     }
 
@@ -622,6 +727,7 @@ impl Election {
                     round,
                     ok: false,
                     promised: self.promised,
+                    replicas: self.replicas(),
                 },
             );
             return;
@@ -658,6 +764,7 @@ impl Election {
                 round,
                 ok: true,
                 promised: self.promised,
+                replicas: self.replicas(),
             },
         );
     }

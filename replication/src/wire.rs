@@ -146,8 +146,13 @@ impl PeerMessage {
         match self {
             PeerMessage::Hello { .. } => vec![],
             PeerMessage::Election(m) => match m {
-                ElectionMessage::LeaseRequest { epoch, last, .. } => {
-                    let mut v = vec![("epoch", *epoch)];
+                ElectionMessage::LeaseRequest {
+                    epoch,
+                    last,
+                    voters,
+                    ..
+                } => {
+                    let mut v = vec![("epoch", *epoch), ("voters", *voters)];
                     v.extend(position(["last.epoch", "last.revision"], last));
                     v
                 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use pika_replication::election::{
     Action, Election, ElectionConfig, ElectionMessage, Position, Role,
 };
+use pika_replication::quorum::Quorum;
 
 const T0: Duration = Duration::from_secs(100);
 /// One lease after the nodes of these tests booted: they may grant.
@@ -37,6 +38,8 @@ fn request(epoch: u64, last: Position) -> ElectionMessage {
         epoch,
         candidate: "a".into(),
         last,
+        replicas: 3,
+        voters: 0,
     }
 }
 
@@ -145,6 +148,7 @@ fn heartbeats_from_a_deposed_epoch_are_fenced_off() {
             epoch: 2,
             leader: "c".into(),
             round: 9,
+            replicas: 3,
         },
         BOOTED,
     );
@@ -185,6 +189,50 @@ fn more_live_members_than_replicas_means_no_campaign_and_no_grant() {
             .iter()
             .all(|a| matches!(a, Action::Send { .. }))
     );
+}
+
+fn request_from(epoch: u64, replicas: u64, voters: u64) -> ElectionMessage {
+    ElectionMessage::LeaseRequest {
+        epoch,
+        candidate: "a".into(),
+        last: Position::default(),
+        replicas,
+        voters,
+    }
+}
+
+#[test]
+fn a_new_cluster_grants_only_candidates_with_the_same_replicas() {
+    // `a` has `replicas: 1` and would lead on its own grant: `b` (3)
+    // must not add to it, and both report the difference.
+    let mut b = node("b", 0, Position::default());
+    b.handle("a", request_from(1, 1, 0), BOOTED);
+    assert_eq!(reply_granted(&b.drain_actions()), Some(false));
+    assert_eq!(
+        b.replicas_conflicts().get("a"),
+        Some(&1),
+        "the difference is reported"
+    );
+    b.handle("a", request_from(2, 3, 0), BOOTED);
+    assert_eq!(reply_granted(&b.drain_actions()), Some(true));
+    assert!(b.replicas_conflicts().is_empty(), "fixed, and forgotten");
+}
+
+#[test]
+fn a_node_that_knows_a_voter_set_refuses_a_candidate_that_knows_none() {
+    let set = |ids: &[&str]| ids.iter().map(|s| s.to_string()).collect();
+    let mut b = node("b", 0, Position::default());
+    b.set_quorum(Quorum::new(Some(set(&["a", "b", "c"])), None, 3), 4);
+    b.handle("a", request_from(1, 3, 0), BOOTED);
+    assert_eq!(
+        reply_granted(&b.drain_actions()),
+        Some(false),
+        "its grant would count in a bootstrap quorum of anyone"
+    );
+    // With a voter set, `replicas` is only how large the leader grows it.
+    b.handle("a", request_from(2, 5, 4), BOOTED);
+    assert_eq!(reply_granted(&b.drain_actions()), Some(true));
+    assert_eq!(b.replicas_conflicts().get("a"), Some(&5));
 }
 
 #[test]

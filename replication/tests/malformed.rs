@@ -56,6 +56,7 @@ fn a_huge_epoch_from_a_peer_is_dropped_and_the_next_campaign_is_sane() {
                 epoch,
                 leader: "n2".into(),
                 round: 1,
+                replicas: 3,
             }),
             Duration::from_millis(1),
         );
@@ -86,17 +87,29 @@ fn the_bound_is_inclusive_and_covers_every_counter() {
                 epoch: n,
                 candidate: "n2".into(),
                 last: position(1, 1),
+                replicas: 3,
+                voters: 0,
             }),
             PeerMessage::Election(ElectionMessage::LeaseRequest {
                 epoch: 1,
                 candidate: "n2".into(),
                 last: position(1, n),
+                replicas: 3,
+                voters: 0,
+            }),
+            PeerMessage::Election(ElectionMessage::LeaseRequest {
+                epoch: 1,
+                candidate: "n2".into(),
+                last: position(1, 1),
+                replicas: 3,
+                voters: n,
             }),
             PeerMessage::Election(ElectionMessage::HeartbeatAck {
                 epoch: 1,
                 round: 1,
                 ok: true,
                 promised: n,
+                replicas: 3,
             }),
             PeerMessage::Diff {
                 epoch: 1,

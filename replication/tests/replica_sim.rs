@@ -60,6 +60,8 @@ struct Node {
     /// The disk fails every flush (full, say) until it heals; the node
     /// then recovers in place ([`ReplicaCore::recover`]).
     disk_failing: bool,
+    /// This node's `replicas` since its last boot.
+    replicas: usize,
 }
 
 struct Sim {
@@ -93,6 +95,13 @@ struct Sim {
     recoveries: u64,
     /// Nodes whose data was wiped.
     wipes: u64,
+    /// The one node of this schedule that may boot with a `replicas` other
+    /// than the cluster size (an operator's mistake, or a change rolled
+    /// out to one node), and how many boots did.
+    odd: usize,
+    odd_boots: u64,
+    /// The odd node's configuration was fixed (healing).
+    fixed: bool,
     /// Leaders that have not written their lock record yet: (node, epoch).
     /// The node's driver writes it as the epoch's first entry (and retries);
     /// until an entry of the epoch commits, nothing earlier does.
@@ -110,9 +119,9 @@ struct Write {
     value: String,
 }
 
-fn config(n: usize) -> CoreConfig {
+fn config(replicas: usize) -> CoreConfig {
     CoreConfig {
-        replicas: n,
+        replicas,
         heartbeat_interval: INTERVAL,
         lease: LEASE,
         ack_timeout: LEASE,
@@ -152,8 +161,10 @@ impl Sim {
                 next_tick: Duration::ZERO,
                 boots: 0,
                 disk_failing: false,
+                replicas: n,
             })
             .collect();
+        let odd = dice.below(n);
         let mut sim = Sim {
             seed,
             real: Duration::ZERO,
@@ -175,6 +186,9 @@ impl Sim {
             snapshots: 0,
             recoveries: 0,
             wipes: 0,
+            odd,
+            odd_boots: 0,
+            fixed: false,
             lock_due: Vec::new(),
             next_token: 1,
             writes: 0,
@@ -190,10 +204,39 @@ impl Sim {
         self.nodes[i].offset + self.real.mul_f64(self.nodes[i].rate)
     }
 
-    fn boot(&mut self, i: usize) {
-        let now = self.local(i);
+    /// Node `i`'s `replicas` for its next boot. Every node but one has
+    /// the cluster size. The odd one sometimes has a value near it: from
+    /// n - 2 (never below 2: a node told it is a cluster of one leads
+    /// alone, whatever the others say) to n + 2. Only one node differs at
+    /// a time: two nodes sharing a wrong `replicas` below the cluster size
+    /// can elect each other in a new cluster while the rest elect theirs,
+    /// which no check of grants can tell from a cluster of that size
+    /// (README, "Configuration").
+    fn replicas_at_boot(&mut self, i: usize) -> usize {
         let n = self.nodes.len();
+        if i != self.odd || self.fixed || self.dice.chance(0.5) {
+            return n;
+        }
+        let choices: Vec<usize> = (n.saturating_sub(2).max(2)..=n + 2)
+            .filter(|r| *r != n)
+            .collect();
+        self.odd_boots += 1;
+        choices[self.dice.below(choices.len())]
+    }
+
+    fn boot(&mut self, i: usize) {
+        self.boot_with(i, None);
+    }
+
+    /// Boots node `i`, with the given `replicas` or one drawn for it.
+    fn boot_with(&mut self, i: usize, replicas: Option<usize>) {
+        let now = self.local(i);
+        let replicas = match replicas {
+            Some(r) => r,
+            None => self.replicas_at_boot(i),
+        };
         let node = &mut self.nodes[i];
+        node.replicas = replicas;
         node.boots += 1;
         let seed = self.seed ^ (i as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407) ^ node.boots;
         // A restart keeps the store (as if just checkpointed: it only ever
@@ -205,7 +248,7 @@ impl Sim {
         node.core = Some(
             ReplicaCore::new(
                 node.id.clone(),
-                config(n),
+                config(replicas),
                 node.store.clone(),
                 MemLog::open(node.disk.clone()),
                 node.pending.clone(),
@@ -505,10 +548,14 @@ impl Sim {
                 self.nodes[i].disk_failing = !self.nodes[i].disk_failing;
             }
             // A data directory is lost. One failure at a time: only while
-            // every node's voter set holds every current node (a wiped
-            // node was replaced), as two lost disks of three are beyond
-            // what any quorum survives.
-            if self.dice.chance(0.0015) && self.voters_complete() {
+            // every node's state (durable, unlike the log's unflushed
+            // tail) holds a voter set of every current node: a wiped node
+            // was replaced, and no node is still to store the set. Two
+            // lost disks of three are beyond what any quorum survives; and
+            // a node whose disk never held the set boots as a new node
+            // (DESIGN.md, "Who votes"), so with one disk lost it would be
+            // the second.
+            if self.dice.chance(0.0015) && self.voters_durable() {
                 let i = self.dice.below(n);
                 self.wipe(i);
             }
@@ -673,6 +720,20 @@ impl Sim {
     /// Whether every node's log holds a voter set of all `n` nodes (the
     /// first leader writes the nodes that elected it; the others are
     /// promoted once caught up).
+    /// Every node's state holds a voter set of every current node.
+    fn voters_durable(&self) -> bool {
+        let ids: std::collections::BTreeSet<String> =
+            self.nodes.iter().map(|n| n.id.clone()).collect();
+        self.nodes.iter().all(|n| {
+            n.store
+                .get("pika/voters", None)
+                .ok()
+                .flatten()
+                .and_then(|c| pika_replication::replica::voters::parse(&c))
+                .is_some_and(|v| v == ids)
+        })
+    }
+
     fn voters_complete(&self) -> bool {
         let ids: std::collections::BTreeSet<String> =
             self.nodes.iter().map(|n| n.id.clone()).collect();
@@ -684,11 +745,20 @@ impl Sim {
     fn degraded(&mut self) -> Result<(), String> {
         let n = self.nodes.len();
         // A minority may fail once the voter set holds every node: heal
-        // until it does (a voter set of 2 of 3 needs both).
+        // until it does (a voter set of 2 of 3 needs both). A leader with
+        // `replicas` below the cluster size grows the set only to that:
+        // the operator fixes the odd node's configuration first.
         self.side = vec![0; n];
         self.loss = 0.0;
+        self.fixed = true;
         for i in 0..n {
             self.nodes[i].disk_failing = false;
+            if self.nodes[i].replicas < n {
+                if self.up(i) {
+                    self.crash(i);
+                }
+                self.boot_with(i, Some(n));
+            }
             if !self.up(i) {
                 self.boot(i);
             }
@@ -887,6 +957,7 @@ fn replicas_keep_every_acked_write_and_converge_under_seeded_faults() {
     };
     let (mut acked, mut elections, mut verified, mut snapshots, mut recoveries, mut wipes) =
         (0, 0, 0, 0, 0, 0);
+    let mut odd_boots = 0;
     for n in &sizes {
         for seed in &seeds {
             let mut sim = Sim::new(*n, *seed);
@@ -901,12 +972,14 @@ fn replicas_keep_every_acked_write_and_converge_under_seeded_faults() {
             snapshots += sim.snapshots;
             recoveries += sim.recoveries;
             wipes += sim.wipes;
+            odd_boots += sim.odd_boots;
         }
     }
     eprintln!(
         "{} schedules: {acked} acknowledged writes checked on every node, {elections} elections, \
          {verified} Merkle roots verified equal, {snapshots} snapshots installed, \
-         {recoveries} recoveries from a failed disk, {wipes} wiped data directories",
+         {recoveries} recoveries from a failed disk, {wipes} wiped data directories, \
+         {odd_boots} boots with a `replicas` other than the cluster size",
         seeds.len() * sizes.len()
     );
     if seeds.len() > 100 {
@@ -917,6 +990,7 @@ fn replicas_keep_every_acked_write_and_converge_under_seeded_faults() {
         );
         assert!(recoveries > 0, "some disk should fail and recover");
         assert!(wipes > 0, "some node should lose its data");
+        assert!(odd_boots > 0, "some node should differ in `replicas`");
     }
     assert!(
         acked > seeds.len(),

@@ -79,6 +79,11 @@ impl Cluster {
     }
 
     pub fn spawn(&self, i: usize) -> Proc {
+        self.spawn_with_env(i, &[])
+    }
+
+    /// Starts node `i` with `extra` on top of the cluster's environment.
+    pub fn spawn_with_env(&self, i: usize, extra: &[(&str, &str)]) -> Proc {
         let host = format!("127.0.1.{}", self.hosts[i]);
         let dns = self
             .hosts
@@ -99,6 +104,7 @@ impl Cluster {
             ("PIKA_TEST_FAULTS", "1"),
         ];
         env.extend(self.env.iter().copied());
+        env.extend(extra.iter().copied());
         spawn_with(&self.data_dir(i), Some(&example), &env)
     }
 
@@ -143,6 +149,14 @@ impl Cluster {
 
     pub fn restart(&mut self, i: usize) {
         let node = self.spawn(i);
+        self.nodes[i] = Some(node);
+    }
+
+    /// Restarts node `i` (killing it first if it runs) with `extra` on top
+    /// of the cluster's environment.
+    pub fn restart_with_env(&mut self, i: usize, extra: &[(&str, &str)]) {
+        self.kill(i);
+        let node = self.spawn_with_env(i, extra);
         self.nodes[i] = Some(node);
     }
 

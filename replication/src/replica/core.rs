@@ -151,6 +151,10 @@ pub struct ReplicaStatus {
     /// This follower needs a snapshot and serves no reads until installed.
     pub behind: bool,
     pub replicas_mismatch: bool,
+    /// Members whose `replicas` differs from this node's, with theirs (from
+    /// their lease requests, heartbeats and acks). Before a voter set
+    /// exists, they and this node do not grant each other's campaigns.
+    pub replicas_conflicts: BTreeMap<String, u64>,
     /// The log: its first and last revision, and the commit index.
     pub log_start: u64,
     pub log_last: u64,
@@ -565,6 +569,7 @@ impl<L: LogStore> ReplicaCore<L> {
                 .unwrap_or_default(),
             behind: self.needs_snapshot,
             replicas_mismatch: self.election.replicas_mismatch(),
+            replicas_conflicts: self.election.replicas_conflicts().clone(),
             log_start: self.log.start().revision,
             log_last: self.log.last().revision,
             commit: self.commit,

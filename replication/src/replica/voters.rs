@@ -17,7 +17,8 @@
 //!   smaller than `replicas` it
 //!   promotes a confirmed learner; a voter unheard of by membership for
 //!   `dead_voter_timeout` is removed (then replaced by the same rule), but
-//!   never below a majority of `replicas`.
+//!   never below a majority of `replicas`, and only if a majority of the
+//!   set without it is alive (else the change could never commit).
 //! - A wiped data directory boots as a new node id, so it is a learner:
 //!   its grants do not count, and it never votes on what it forgot.
 
@@ -125,7 +126,8 @@ impl<L: LogStore> ReplicaCore<L> {
         self.voter_records.last().and_then(|(_, v)| v.as_ref())
     }
 
-    /// The revision of the newest voter-set record (0: none).
+    /// The revision of the newest voter-set record (0: none): the
+    /// voter-set id a lease request carries.
     fn voters_revision(&self) -> u64 {
         self.voter_records.last().map_or(0, |(r, _)| *r)
     }
@@ -135,7 +137,8 @@ impl<L: LogStore> ReplicaCore<L> {
     /// in between; a rule older than it is only stricter).
     pub(super) fn publish_voters(&mut self) {
         let rule = self.quorum_rule();
-        self.election.set_quorum(rule.clone());
+        self.election
+            .set_quorum(rule.clone(), self.voters_revision());
         let me = self.me.clone();
         if let Some(leading) = self.leading.as_mut() {
             leading.set.set_quorum(rule, &me);
@@ -195,11 +198,28 @@ impl<L: LogStore> ReplicaCore<L> {
             // The first set is written as the epoch starts (`first_voters`).
             None => None,
             Some(voters) => {
+                // A change is proposed only if a majority of the new set is
+                // alive: it commits by that majority, and a set whose
+                // majority includes a node that is gone for good (removing
+                // one dead voter of three while another is wiped leaves a
+                // set of two that needs the wiped one) never commits again.
+                let live_majority = |set: &BTreeSet<String>| {
+                    set.iter()
+                        .filter(|id| **id == self.me || self.alive.contains(*id))
+                        .count()
+                        > set.len() / 2
+                };
+                let without = |id: &String| {
+                    let mut next = voters.clone();
+                    next.remove(id);
+                    next
+                };
                 let dead = voters.iter().find(|id| {
                     **id != self.me
                         && self.dead_since.get(*id).is_some_and(|t| {
                             now.saturating_sub(*t) >= self.config.dead_voter_timeout
                         })
+                        && live_majority(&without(id))
                 });
                 // Never below a majority of `replicas`: a set of 2 of 3
                 // that lost another voter has lost a quorum, and shrinking
@@ -208,9 +228,7 @@ impl<L: LogStore> ReplicaCore<L> {
                 match dead {
                     Some(dead) if voters.len() > keep => {
                         tracing::warn!(voter = %dead, "removing a voter down longer than dead_voter_timeout");
-                        let mut next = voters.clone();
-                        next.remove(&dead.clone());
-                        Some(next)
+                        Some(without(dead))
                     }
                     _ if voters.len() < self.config.replicas => {
                         let learner = self.leading.as_ref().and_then(|l| {
