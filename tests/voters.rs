@@ -287,3 +287,93 @@ fn a_node_with_different_replicas_is_refused_and_reported() {
         c.status(2)
     );
 }
+
+/// `pika recover --force-new-voter-set` on node `i`'s data directory.
+fn recover(c: &Cluster, i: usize) -> std::process::Output {
+    std::process::Command::new(support::PIKA)
+        .args(["recover", "--force-new-voter-set", "--data-dir"])
+        .arg(c.data_dir(i))
+        .env("PIKA_LOG_LEVEL", "error")
+        .output()
+        .expect("run pika recover")
+}
+
+/// Two voters of three are lost for good (their disks are gone): the one
+/// left has every acknowledged write but no quorum. `pika recover` refuses
+/// while that node runs; on the stopped node it makes a voter set of one,
+/// which leads with every write, and nodes on new, empty data directories
+/// join as learners and are promoted back to three voters.
+#[test]
+fn a_lost_quorum_is_recovered_with_a_new_voter_set_of_one() {
+    let mut c = Cluster::start(&[112, 113, 114]);
+    let (a, _) = c.leader(Duration::from_secs(20));
+    let mut acked = Vec::new();
+    for n in 0..10 {
+        let path = format!("recover/k{n}");
+        let value = format!("v{n}");
+        let (status, _) = put(&c.url(a), &path, &value, None);
+        assert_eq!(status, 201);
+        acked.push((path, value));
+    }
+    let a_id = c.node_id(a);
+    let others: Vec<usize> = (0..3).filter(|i| *i != a).collect();
+    for &i in &others {
+        c.kill(i);
+        std::fs::remove_dir_all(c.data_dir(i)).expect("lose the disk");
+    }
+    let (status, _) = put(&c.url(a), "recover/lost", "no quorum", None);
+    assert_ne!(status, 201, "one voter of three acknowledges nothing");
+
+    let refused = recover(&c, a);
+    assert_eq!(
+        refused.status.code(),
+        Some(1),
+        "refused while the node runs: {refused:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("still running"),
+        "{refused:?}"
+    );
+    let missing = std::process::Command::new(support::PIKA)
+        .args(["recover", "--force-new-voter-set", "--data-dir"])
+        .arg(c.dir.path().join("nowhere"))
+        .output()
+        .expect("run pika recover");
+    assert_eq!(missing.status.code(), Some(2), "not a data directory");
+
+    c.kill(a);
+    let done = recover(&c, a);
+    assert_eq!(done.status.code(), Some(0), "{done:?}");
+    c.restart(a);
+    assert!(
+        wait_for(Duration::from_secs(20), || voters(&c, a)
+            == vec![a_id.clone()]
+            && c.status(a)["is_leader"] == true),
+        "the recovered node leads a set of one: {}",
+        c.status(a)
+    );
+    for (path, value) in &acked {
+        assert_eq!(read(&c, a, path).as_deref(), Some(value.as_str()));
+    }
+    let (status, _) = put(&c.url(a), "recover/after", "writes again", None);
+    assert_eq!(status, 201);
+
+    for &i in &others {
+        c.restart(i);
+    }
+    assert!(
+        wait_for(Duration::from_secs(30), || (0..3)
+            .all(|i| voters(&c, i).len() == 3)),
+        "the set grows back to three: {:?}",
+        (0..3).map(|i| voters(&c, i)).collect::<Vec<_>>()
+    );
+    for i in 0..3 {
+        for (path, value) in &acked {
+            assert!(
+                wait_for(Duration::from_secs(10), || read(&c, i, path).as_deref()
+                    == Some(value.as_str())),
+                "node {i} has {path}"
+            );
+        }
+    }
+}

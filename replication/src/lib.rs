@@ -22,6 +22,7 @@ pub mod peers;
 pub mod pending;
 pub mod quorum;
 pub mod record;
+pub mod recover;
 pub mod replica;
 pub mod store;
 pub mod sync;

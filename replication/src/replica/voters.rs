@@ -49,7 +49,7 @@ pub fn parse(change: &Change) -> Option<BTreeSet<String>> {
     }
 }
 
-fn record(voters: &BTreeSet<String>) -> Vec<u8> {
+pub(crate) fn record(voters: &BTreeSet<String>) -> Vec<u8> {
     serde_json::to_vec(&Record {
         voters: voters.clone(),
     })

@@ -1,5 +1,6 @@
 //! The command-line client in the `pika` binary: `pika get|put|rm|ls|
-//! history|status|watch|token`, against one node's HTTP API.
+//! history|status|watch|token`, against one node's HTTP API, and the
+//! offline `pika recover` on a stopped node's data directory.
 //!
 //! The token sent is, first found: `--token`, `$PIKA_TOKEN`, the file
 //! named by `--token-file`, or the local node's `admin.token` (in the
@@ -28,6 +29,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
+
+mod recover;
 
 #[derive(Args, Debug)]
 pub struct Client {
@@ -94,6 +97,17 @@ pub enum Command {
         /// Start from this revision instead of now.
         #[arg(long)]
         from_revision: Option<u64>,
+    },
+    /// Offline, on a stopped node: after losing a quorum of voters for
+    /// good, make this node's data the start of a new voter set of one.
+    Recover {
+        /// Required: the node becomes the only voter (etcd's
+        /// --force-new-cluster).
+        #[arg(long)]
+        force_new_voter_set: bool,
+        /// The stopped node's data directory (`storage.bw.path`).
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
     },
 }
 
@@ -167,6 +181,14 @@ pub fn run(client: &Client, config_file: Option<PathBuf>, command: Command) -> O
         let token = crate::auth::token::generate()
             .map_err(|e| Failure::new(1, format!("no randomness: {e}")))?;
         return write_out(format!("{token}\n").as_bytes());
+    }
+    // Offline: no node to talk to, so no token either.
+    if let Command::Recover {
+        force_new_voter_set,
+        data_dir,
+    } = &command
+    {
+        return recover::run(config_file, *force_new_voter_set, data_dir);
     }
     let token = token(client, config_file)?;
     let api = Api::new(client, token)?;
@@ -276,6 +298,7 @@ pub fn run(client: &Client, config_file: Option<PathBuf>, command: Command) -> O
             prefix,
             from_revision,
         } => api.watch(&prefix, from_revision, client.json),
+        Command::Recover { .. } => Ok(()),
     }
 }
 
