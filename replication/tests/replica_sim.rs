@@ -8,8 +8,9 @@
 //! recovers in place, as a new incarnation), a node's data wiped (it
 //! restarts on an empty store and log under a new id, as on a new
 //! Kubernetes volume: a learner, until a dead voter's place is given to
-//! it) and clock drift within the assumed bound. Verification
-//! roots go out every few heartbeats.
+//! it), one node per schedule booting now and then with a `replicas` other
+//! than the cluster size, and clock drift within the assumed bound.
+//! Verification roots go out every few heartbeats.
 //!
 //! Checked at every step: at most one leader per epoch, never two nodes
 //! holding a valid lease at the same real instant, and acknowledgements only
