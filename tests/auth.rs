@@ -105,6 +105,8 @@ fn every_route_with_every_credential() {
         ("GET", "/api/v1/file/app/x", None, "path"),
         ("GET", "/api/v1/data/app/x", None, "path"),
         ("GET", "/api/v1/versions/app/x", None, "path"),
+        ("GET", "/api/v1/diff/app/x?from=1", None, "path"),
+        ("GET", "/api/v1/search?q=orig", None, "token"),
         (
             "POST",
             "/api/v1/file/app/x",
@@ -536,5 +538,48 @@ fn unsafe_auth_settings_are_refused_at_start() {
     assert!(
         stderr.contains("auth.admin_token") && !stderr.contains("hunter2"),
         "{stderr}"
+    );
+}
+
+/// Search answers only what the token may read, and never the reserved
+/// namespace (token records, the leader's lock), even for an admin.
+#[test]
+fn search_is_filtered_to_the_tokens_read_scopes() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = spawn(&dir.path().join("data"), None);
+    let url = node.url.as_str();
+    let http = plain_client();
+    put_app_x(&http, url, "needle in app");
+    let response = bearer(http.post(format!("{url}/api/v1/file/other/y")), ADMIN_TOKEN)
+        .json(&json!({"data": BASE64.encode("needle in other")}))
+        .send()
+        .expect("answered");
+    assert_eq!(response.status().as_u16(), 201);
+    let inside = create_token(
+        &http,
+        url,
+        json!({"name": "needle-reader", "scopes": ["app/**:read"]}),
+    );
+    let search = |token: &str, q: &str| -> Vec<String> {
+        let found: Value = bearer(http.get(format!("{url}/api/v1/search?q={q}")), token)
+            .send()
+            .expect("answered")
+            .json()
+            .expect("JSON");
+        found["hits"]
+            .as_array()
+            .expect("hits")
+            .iter()
+            .map(|h| h["path"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    assert_eq!(search(&inside, "needle"), vec!["app/x".to_string()]);
+    assert_eq!(
+        search(ADMIN_TOKEN, "needle"),
+        vec!["app/x".to_string(), "other/y".to_string()]
+    );
+    assert!(
+        search(ADMIN_TOKEN, "needle-reader").is_empty(),
+        "token records are never searched"
     );
 }

@@ -5,10 +5,10 @@
 //! |---|---|
 //! | `/healthz`, `/readyz`, `/` (the page) | nothing |
 //! | `/metrics` | nothing, or any token with `auth.protect_metrics` |
-//! | `GET /api/v1/file|data|versions/{path}` | `read` on the path |
+//! | `GET /api/v1/file|data|versions|diff/{path}` | `read` on the path |
 //! | `POST /api/v1/file/{path}` | `write` on the path |
 //! | `DELETE /api/v1/file/{path}` | `delete` on the path |
-//! | `/api/v1/folder`, `/api/v1/watch` | any token; answers filtered to its read scopes |
+//! | `/api/v1/folder`, `/api/v1/watch`, `/api/v1/search` | any token; answers filtered to its read scopes |
 //! | `/api/v1/cluster/status` | any token; the config only for admins |
 //! | `/api/v1/whoami` | any token |
 //! | `/api/v1/tokens`, `/debug/*` | an admin token |

@@ -119,7 +119,12 @@ pub async fn envelope(State(state): State<AppState>, request: Request, next: Nex
 
 /// Config routes whose tail is a config path (access control checks the
 /// token's scopes on it; reads of it wait on its pending entry).
-pub(super) const PATH_ROUTES: [&str; 3] = ["/api/v1/file/", "/api/v1/data/", "/api/v1/versions/"];
+pub(super) const PATH_ROUTES: [&str; 4] = [
+    "/api/v1/file/",
+    "/api/v1/data/",
+    "/api/v1/versions/",
+    "/api/v1/diff/",
+];
 
 fn is_read(request: &Request) -> bool {
     let method = request.method();
@@ -128,6 +133,7 @@ fn is_read(request: &Request) -> bool {
         && (PATH_ROUTES.iter().any(|p| path.starts_with(p))
             || path.starts_with("/api/v1/folder")
             || path == "/api/v1/watch"
+            || path == "/api/v1/search"
             || super::consul::kv_key(path).is_some())
 }
 
@@ -175,6 +181,10 @@ fn read_target(request: &Request) -> Option<ReadTarget> {
             true => ReadTarget::Folder(key),
             false => ReadTarget::Path(key),
         });
+    }
+    if raw == "/api/v1/search" {
+        // Over everything the token may read: waits on every pending path.
+        return Some(ReadTarget::Folder(String::new()));
     }
     if let Some(rest) = raw.strip_prefix("/api/v1/folder") {
         let folder = percent_decode(rest.trim_matches('/'));

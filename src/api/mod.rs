@@ -8,6 +8,7 @@ mod error;
 #[cfg(feature = "test-faults")]
 mod faults;
 mod files;
+mod inspect;
 mod status;
 mod tokens;
 mod ui;
@@ -150,6 +151,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/data/{*path}", get(files::get_data))
         .route("/api/v1/versions/{*path}", get(files::get_versions))
+        .route("/api/v1/diff/{*path}", get(inspect::diff))
+        .route("/api/v1/search", get(inspect::search))
         .route("/api/v1/folder", get(files::list_root))
         .route("/api/v1/folder/", get(files::list_root))
         .route("/api/v1/folder/{*path}", get(files::list_folder))

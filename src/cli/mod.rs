@@ -30,7 +30,9 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
+mod inspect;
 mod recover;
+mod transfer;
 
 #[derive(Args, Debug)]
 pub struct Client {
@@ -97,6 +99,43 @@ pub enum Command {
         /// Start from this revision instead of now.
         #[arg(long)]
         from_revision: Option<u64>,
+    },
+    /// What changed from version FROM to version TO (default: the latest),
+    /// as a unified diff.
+    Diff {
+        path: String,
+        from: u64,
+        to: Option<u64>,
+    },
+    /// Configs whose path or content contains TEXT (any case): one line
+    /// per hit, `path:line: snippet`.
+    Search {
+        text: String,
+        /// Only under this folder or prefix.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// At most this many hits (default 100).
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Write every live config (under --prefix) as a file under DIR at its
+    /// path, plus DIR/.pika-export.json with each one's format,
+    /// description and version. DIR must be empty or absent.
+    Export {
+        dir: PathBuf,
+        #[arg(long, default_value = "")]
+        prefix: String,
+    },
+    /// Save each file under DIR (under --prefix) whose content, format or
+    /// description differs from the node's, with compare-and-set, and say
+    /// what changed. Nothing is deleted.
+    Import {
+        dir: PathBuf,
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Say what would change, change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Offline, on a stopped node: after losing a quorum of voters for
     /// good, make this node's data the start of a new voter set of one.
@@ -298,6 +337,18 @@ pub fn run(client: &Client, config_file: Option<PathBuf>, command: Command) -> O
             prefix,
             from_revision,
         } => api.watch(&prefix, from_revision, client.json),
+        Command::Diff { path, from, to } => inspect::diff(&api, &path, from, to),
+        Command::Search {
+            text,
+            prefix,
+            limit,
+        } => inspect::search(&api, client.json, &text, prefix.as_deref(), limit),
+        Command::Export { dir, prefix } => transfer::export(&api, &dir, &prefix),
+        Command::Import {
+            dir,
+            prefix,
+            dry_run,
+        } => transfer::import(&api, &dir, &prefix, dry_run),
         Command::Recover { .. } => Ok(()),
     }
 }
@@ -538,6 +589,21 @@ impl Api {
 
     fn get_json(&self, path: &str) -> Result<Value, Failure> {
         self.send("GET", path, None)
+    }
+
+    /// A GET whose 2xx body is returned as it came.
+    fn get_bytes(&self, path: &str) -> Result<Vec<u8>, Failure> {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .map_err(|e| self.unreachable(e))?;
+        let status = response.status().as_u16();
+        let bytes = response.bytes().map_err(|e| self.unreachable(e))?;
+        if !(200..300).contains(&status) {
+            return Err(Failure::from_status(status, &bytes));
+        }
+        Ok(bytes.to_vec())
     }
 
     /// Sends a request; a 2xx body is returned as JSON (null when empty).
