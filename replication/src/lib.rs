@@ -10,6 +10,7 @@
 //! Not built yet: the tokio driver that runs the election over membership,
 //! write fan-out, forwarding and anti-entropy.
 
+pub mod backup;
 pub mod commit;
 pub mod dice;
 pub mod election;

@@ -12,8 +12,9 @@
 //!   entry of the log, in an epoch above every epoch this node has seen
 //!   or promised;
 //! - the commit index, through that entry;
-//! - the promise of that epoch, so that no candidate of an older epoch
-//!   (an old voter coming back) can be granted by this node.
+//! - the promise of that epoch (in the store, where a running node keeps
+//!   it), so that no candidate of an older epoch (an old voter coming
+//!   back) can be granted by this node.
 //!
 //! At its next start the node sees a committed set of one, waits one
 //! lease (as after any boot) and elects itself.
@@ -82,13 +83,25 @@ pub fn force_new_voter_set(
         source,
     })?;
     let log_dir = data_dir.join(LOG_DIR);
-    let log_err = |source| RecoverError::Log {
-        dir: log_dir.clone(),
-        source,
-    };
-    let mut log = ReplicatedLog::open(&log_dir, &LogOptions::default()).map_err(log_err)?;
-    let write_err = |e: &dyn std::fmt::Display| RecoverError::Write(e.to_string());
+    let mut log = ReplicatedLog::open(&log_dir, &LogOptions::default()).map_err(|source| {
+        RecoverError::Log {
+            dir: log_dir.clone(),
+            source,
+        }
+    })?;
+    new_voter_set(&store, &mut log, voters_path)
+}
 
+/// Appends to `log` a committed voter set of one, `store`'s node, in an
+/// epoch above any the log has seen or promised, commits the log through
+/// it and promises the epoch, in one flush (module docs). The log must
+/// continue the store: it ends at or after the store's revision.
+pub fn new_voter_set(
+    store: &Store,
+    log: &mut ReplicatedLog,
+    voters_path: &str,
+) -> Result<Recovered, RecoverError> {
+    let write_err = |e: &dyn std::fmt::Display| RecoverError::Write(e.to_string());
     let last = log.last();
     if last.revision < store.revision() {
         return Err(RecoverError::Write(format!(
@@ -121,7 +134,13 @@ pub fn force_new_voter_set(
     };
 
     let me = store.node_id().to_string();
-    let epoch = log.promised_epoch().max(last.epoch) + 1;
+    // The promise a running node keeps is the store's (durable before any
+    // grant); the log's own is kept too.
+    let epoch = store
+        .promised_epoch()
+        .max(log.promised_epoch())
+        .max(last.epoch)
+        + 1;
     let revision = last.revision + 1;
     let meta = Meta {
         format: Format::Json,
@@ -138,10 +157,12 @@ pub fn force_new_voter_set(
     change.author = Some("pika recover --force-new-voter-set".into());
     let at = Position { epoch, revision };
     let committed_suffix = last.revision - log.committed().revision.max(store.revision());
+    let log_err = |e: crate::log::LogError| write_err(&e);
     log.append(&[change]).map_err(log_err)?;
     log.save_promise(epoch).map_err(log_err)?;
     log.save_commit(at).map_err(log_err)?;
     log.flush_blocking().map_err(log_err)?;
+    store.set_promised_epoch(epoch).map_err(|e| write_err(&e))?;
     tracing::warn!(node = %me, epoch, revision, ?previous, "forced a new voter set of one");
     Ok(Recovered {
         node_id: me,

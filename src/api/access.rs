@@ -11,7 +11,7 @@
 //! | `/api/v1/folder`, `/api/v1/watch`, `/api/v1/search` | any token; answers filtered to its read scopes |
 //! | `/api/v1/cluster/status` | any token; the config only for admins |
 //! | `/api/v1/whoami` | any token |
-//! | `/api/v1/tokens`, `/debug/*` | an admin token |
+//! | `/api/v1/tokens`, `/api/v1/backup`, `/debug/*` | an admin token |
 //! | `GET /v1/kv/{key}` | `read` on the key |
 //! | `PUT /v1/kv/{key}`, `DELETE /v1/kv/{key}` | `write`, `delete` on the key |
 //! | `/v1/kv/{prefix}?recurse` or `?keys` | any token; reads filtered to its read scopes, a recursive delete refused unless it may delete every key |
@@ -60,7 +60,8 @@ fn need(state: &AppState, method: &Method, path: &str, query: Option<&str>) -> N
             _ => Need::Token,
         };
     }
-    if path.starts_with("/api/v1/tokens") || path.starts_with("/debug/") {
+    if path.starts_with("/api/v1/tokens") || path.starts_with("/debug/") || path == "/api/v1/backup"
+    {
         return Need::Admin;
     }
     let Some(config_path) = super::envelope::PATH_ROUTES

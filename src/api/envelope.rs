@@ -134,6 +134,7 @@ fn is_read(request: &Request) -> bool {
             || path.starts_with("/api/v1/folder")
             || path == "/api/v1/watch"
             || path == "/api/v1/search"
+            || path == "/api/v1/backup"
             || super::consul::kv_key(path).is_some())
 }
 

@@ -2,6 +2,7 @@
 //! through (request id, JSON errors, revision header, metrics).
 
 mod access;
+mod backup;
 mod consul;
 mod envelope;
 mod error;
@@ -153,6 +154,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/versions/{*path}", get(files::get_versions))
         .route("/api/v1/diff/{*path}", get(inspect::diff))
         .route("/api/v1/search", get(inspect::search))
+        .route("/api/v1/backup", get(backup::backup))
         .route("/api/v1/folder", get(files::list_root))
         .route("/api/v1/folder/", get(files::list_root))
         .route("/api/v1/folder/{*path}", get(files::list_folder))

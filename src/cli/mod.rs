@@ -20,6 +20,7 @@
 //! | 5 | the node is unreachable or cannot serve now (503) |
 //! | 6 | `watch`: the node no longer keeps the history asked for |
 //! | 7 | not authorized: no token, an unknown or expired one (401), or out of its scopes (403) |
+//! | 8 | `backup`, `restore`: the file is not a whole, undamaged backup |
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
@@ -30,6 +31,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
+mod backup;
 mod inspect;
 mod recover;
 mod transfer;
@@ -137,6 +139,17 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Save the node's committed state at one revision to FILE (needs an
+    /// admin token); the file is checked before it is kept.
+    Backup { file: PathBuf },
+    /// Offline: build the data directory DIR (absent or empty) from a
+    /// backup, after checking its checksum and Merkle root. The node
+    /// started on it is the only voter of a new voter set, under a new id.
+    Restore {
+        file: PathBuf,
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+    },
     /// Offline, on a stopped node: after losing a quorum of voters for
     /// good, make this node's data the start of a new voter set of one.
     Recover {
@@ -228,6 +241,9 @@ pub fn run(client: &Client, config_file: Option<PathBuf>, command: Command) -> O
     } = &command
     {
         return recover::run(config_file, *force_new_voter_set, data_dir);
+    }
+    if let Command::Restore { file, data_dir } = &command {
+        return backup::restore(config_file, file, data_dir);
     }
     let token = token(client, config_file)?;
     let api = Api::new(client, token)?;
@@ -349,7 +365,8 @@ pub fn run(client: &Client, config_file: Option<PathBuf>, command: Command) -> O
             prefix,
             dry_run,
         } => transfer::import(&api, &dir, &prefix, dry_run),
-        Command::Recover { .. } => Ok(()),
+        Command::Backup { file } => backup::backup(&api, &file),
+        Command::Recover { .. } | Command::Restore { .. } => Ok(()),
     }
 }
 
