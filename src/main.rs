@@ -1,5 +1,7 @@
 //! The `pika` binary: `pika [--config PATH]` runs a node; `pika get|put|rm|
-//! ls|history|status|watch` talk to one (see `pika::cli`).
+//! ls|history|status|watch|diff|search|export|import|backup` talk to one,
+//! and `pika restore|recover` work offline on a data directory (see
+//! `pika::cli`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,7 +21,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
     name = "pika",
     version,
     about = "A clustered configuration store",
-    after_help = "Without a command, runs a node. Client exit codes: 0 done, 1 other error, 2 bad usage or input, 3 not found, 4 version conflict, 5 node unreachable or unavailable, 6 watch history gone, 7 not authorized."
+    after_help = "Without a command, runs a node. Client exit codes: 0 done, 1 other error, 2 bad usage or input, 3 not found, 4 version conflict, 5 node unreachable or unavailable, 6 watch history gone, 7 not authorized, 8 not a whole, undamaged backup."
 )]
 struct Cli {
     /// Config file (YAML), for running a node. Default: $CONFIG_FILE, ./pika.yaml, ./pika.yml, /etc/pika.yaml.
