@@ -203,6 +203,9 @@ pub fn status(
     // (empty before a new cluster's first leader wrote one), and whether
     // this node is in it or a learner.
     put("voters", r.voters.clone().into());
+    // The cluster's id, from the voter set: replica streams from nodes of
+    // another cluster (a restored copy, say) are refused.
+    put("cluster_id", r.cluster_id.clone().into());
     put("voter", r.voter.into());
     put("local_addr", membership.me().addr.to_string().into());
     put("generation", membership.me().generation.into());

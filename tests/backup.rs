@@ -103,25 +103,11 @@ fn a_backup_under_writes_restores_as_a_new_cluster_of_one() {
         data.to_str().unwrap(),
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let host = "127.0.1.118";
-    let port = support::free_udp_port(&[118]).to_string();
-    let node = spawn_with(
-        &data,
-        None,
-        &[
-            ("PIKA_SERVER_HOST", host),
-            ("PIKA_CLUSTER_ENABLED", "true"),
-            ("PIKA_CLUSTER_BIND_ADDR", host),
-            ("PIKA_CLUSTER_DNS_ADDR", host),
-            ("PIKA_CLUSTER_PORT", &port),
-            (
-                "PIKA_CLUSTER_SECURITY_KEY",
-                "a restored cluster's own key, 32b",
-            ),
-            ("PIKA_CLUSTER_HEARTBEAT_INTERVAL", "200ms"),
-            ("PIKA_CLUSTER_HEARTBEAT_TIMEOUT", "1s"),
-        ],
-    );
+    // Under the old cluster's DNS name, port and key: it must neither
+    // join the old cluster nor take it over (its epoch is higher than any
+    // the old cluster has seen).
+    let node = c.spawn_stranger(118, &data);
+    let old_ids: Vec<String> = (0..3).map(|i| c.node_id(i)).collect();
     let status = (0..100)
         .find_map(|_| {
             let s: Value = client()
@@ -138,6 +124,44 @@ fn a_backup_under_writes_restores_as_a_new_cluster_of_one() {
         })
         .expect("the restored node leads");
     assert_eq!(status["voters"].as_array().map(Vec::len), Some(1));
+    let restored_cluster = status["cluster_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let old_cluster = c.status(leader)["cluster_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        !restored_cluster.is_empty() && !old_cluster.is_empty() && restored_cluster != old_cluster,
+        "a restore starts a new cluster: {restored_cluster:?} vs {old_cluster:?}"
+    );
+    // A few leases later: the old cluster still has its leader, its three
+    // voters and none of the restored node's writes, and the other way round.
+    std::thread::sleep(Duration::from_secs(3));
+    let (still, _) = c.leader(Duration::from_secs(10));
+    assert_eq!(still, leader, "the old cluster keeps its leader");
+    for i in 0..3 {
+        let mut v: Vec<String> = c.status(i)["voters"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        let mut want = old_ids.clone();
+        want.sort();
+        assert_eq!(v, want, "node {i} keeps the old voter set");
+    }
+    let (code, _) = put(&node.url, "cfg/only-restored", "r", None);
+    assert_eq!(code, 201);
+    let (code, _) = put(&c.url(leader), "cfg/only-old", "o", None);
+    assert_eq!(code, 201);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(read(&c.url(follower), "cfg/only-restored"), None);
+    assert_eq!(read(&node.url, "cfg/only-old"), None);
     // Every acknowledged write at or below the revision is there at its
     // version; none above it is.
     for (path, version, rev, value) in &acked {

@@ -345,8 +345,17 @@ fn build(
         revision: header.revision,
     })
     .map_err(|e| failed(e.to_string()))?;
-    let voters =
-        recover::new_voter_set(&store, &mut log, voters_path).map_err(|e| failed(e.to_string()))?;
+    // A new cluster: a fresh id, from the new node's random id and now.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let seed = blake3::hash(format!("{}/{now}/{}", store.node_id(), header.revision).as_bytes());
+    let cluster: String = seed.as_bytes()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let voters = recover::new_voter_set(&store, &mut log, voters_path, Some(&cluster))
+        .map_err(|e| failed(e.to_string()))?;
     drop(log);
     store.close().map_err(|e| failed(e.to_string()))?;
     Ok(Restored {

@@ -132,6 +132,9 @@ pub struct Peers {
     /// The runtime the per-peer writers run on: `send` is also called from
     /// the committer's thread, which is outside any runtime.
     runtime: tokio::runtime::Handle,
+    /// This node's cluster id (empty: none known yet), said in every
+    /// `Hello`; a stream from a node of another cluster is refused.
+    cluster: Arc<std::sync::RwLock<String>>,
 }
 
 impl Peers {
@@ -144,6 +147,7 @@ impl Peers {
         retry: Duration,
     ) -> (Arc<Peers>, mpsc::Receiver<(String, PeerMessage)>) {
         let (inbox, inbox_rx) = mpsc::channel(INBOX);
+        let cluster = Arc::new(std::sync::RwLock::new(String::new()));
         let peers = Arc::new(Peers {
             me,
             membership: membership.clone(),
@@ -151,6 +155,7 @@ impl Peers {
             faults: Arc::new(Faults::default()),
             retry,
             runtime: tokio::runtime::Handle::current(),
+            cluster: cluster.clone(),
         });
         if let Some(mut incoming) = membership.incoming_streams() {
             let faults = peers.faults.clone();
@@ -158,11 +163,25 @@ impl Peers {
                 while let Some(s) = incoming.recv().await {
                     let inbox = inbox.clone();
                     let faults = faults.clone();
-                    tokio::spawn(read_stream(s.stream, inbox, faults));
+                    tokio::spawn(read_stream(s.stream, inbox, faults, cluster.clone()));
                 }
             });
         }
         (peers, inbox_rx)
+    }
+
+    /// This node's cluster id, as its log says now (empty: none yet).
+    pub fn set_cluster(&self, id: &str) {
+        let current = self.cluster.read().map(|c| c.clone()).unwrap_or_default();
+        if current != id
+            && let Ok(mut c) = self.cluster.write()
+        {
+            *c = id.to_string();
+        }
+    }
+
+    fn cluster(&self) -> String {
+        self.cluster.read().map(|c| c.clone()).unwrap_or_default()
     }
 
     /// Queues `message` for `to`; never waits.
@@ -234,6 +253,7 @@ impl Peers {
             if stream
                 .send(&PeerMessage::Hello {
                     node_id: self.me.clone(),
+                    cluster: self.cluster(),
                 })
                 .await
                 .is_err()
@@ -283,9 +303,10 @@ async fn read_stream(
     mut stream: pika_membership::FramedStream,
     inbox: mpsc::Sender<(String, PeerMessage)>,
     faults: Arc<Faults>,
+    cluster: Arc<std::sync::RwLock<String>>,
 ) {
-    let from = match stream.recv::<PeerMessage>().await {
-        Ok(Some(PeerMessage::Hello { node_id })) => node_id,
+    let (from, theirs) = match stream.recv::<PeerMessage>().await {
+        Ok(Some(PeerMessage::Hello { node_id, cluster })) => (node_id, cluster),
         other => {
             tracing::debug!(peer = %stream.peer(), ?other, "replica stream without a hello");
             return;
@@ -294,6 +315,19 @@ async fn read_stream(
     if let Err(why) = hello_matches(stream.peer_node_id(), &from) {
         metrics::counter!("pika_peer_hello_refused_total").increment(1);
         tracing::warn!(peer = %stream.peer(), claimed = %from, "replica stream refused: {why}");
+        return;
+    }
+    let ours = cluster.read().map(|c| c.clone()).unwrap_or_default();
+    if !same_cluster(&ours, &theirs) {
+        metrics::counter!("pika_peer_cluster_refused_total").increment(1);
+        tracing::warn!(
+            peer = %stream.peer(),
+            node = %from,
+            theirs = %theirs,
+            ours = %ours,
+            "replica stream refused: the node belongs to another cluster (a restored copy, \
+             or another cluster under the same DNS name and key)"
+        );
         return;
     }
     loop {
@@ -337,6 +371,12 @@ async fn deliver(
 /// certificate names (`proven`, from the handshake, signed by the
 /// cluster's CA). Otherwise any key holder could send diffs, acks or votes
 /// in another node's name.
+/// Whether two nodes may speak: the same cluster id, or one of them knows
+/// none yet (a new node, or a new cluster before its first voter set).
+pub fn same_cluster(ours: &str, theirs: &str) -> bool {
+    ours.is_empty() || theirs.is_empty() || ours == theirs
+}
+
 pub fn hello_matches(proven: Option<&str>, claimed: &str) -> Result<(), String> {
     match proven {
         Some(id) if id == claimed => Ok(()),

@@ -65,6 +65,8 @@ pub struct Recovered {
     pub at: Position,
     /// Entries past the old commit index that are now committed.
     pub committed_suffix: u64,
+    /// The cluster id the new set carries (empty: none known).
+    pub cluster: String,
 }
 
 /// Makes the stopped node whose data directory is `data_dir` the only
@@ -89,17 +91,20 @@ pub fn force_new_voter_set(
             source,
         }
     })?;
-    new_voter_set(&store, &mut log, voters_path)
+    new_voter_set(&store, &mut log, voters_path, None)
 }
 
 /// Appends to `log` a committed voter set of one, `store`'s node, in an
 /// epoch above any the log has seen or promised, commits the log through
 /// it and promises the epoch, in one flush (module docs). The log must
-/// continue the store: it ends at or after the store's revision.
+/// continue the store: it ends at or after the store's revision. The set
+/// keeps the cluster id of the one before, or takes `new_cluster` (a
+/// restore starts a new cluster).
 pub fn new_voter_set(
     store: &Store,
     log: &mut ReplicatedLog,
     voters_path: &str,
+    new_cluster: Option<&str>,
 ) -> Result<Recovered, RecoverError> {
     let write_err = |e: &dyn std::fmt::Display| RecoverError::Write(e.to_string());
     let last = log.last();
@@ -119,18 +124,24 @@ pub fn new_voter_set(
         .into_iter()
         .rev()
         .find(|c| c.path == voters_path);
-    let (current, previous) = match in_log {
-        Some(change) => (Some(Entry::of(&change)), voters::parse(&change)),
+    let (current, previous, cluster) = match in_log {
+        Some(change) => (
+            Some(Entry::of(&change)),
+            voters::parse(&change),
+            voters::parse_cluster(&change),
+        ),
         None => {
-            let previous = store
-                .get(voters_path, None)
-                .map_err(|e| write_err(&e))?
-                .and_then(|c| voters::parse(&c));
+            let record = store.get(voters_path, None).map_err(|e| write_err(&e))?;
             (
                 store.entry(voters_path).map_err(|e| write_err(&e))?,
-                previous,
+                record.as_ref().and_then(voters::parse),
+                record.as_ref().and_then(voters::parse_cluster),
             )
         }
+    };
+    let cluster = match new_cluster {
+        Some(id) => id.to_string(),
+        None => cluster.unwrap_or_default(),
     };
 
     let me = store.node_id().to_string();
@@ -148,7 +159,8 @@ pub fn new_voter_set(
         flags: 0,
     };
     let set = BTreeSet::from([me.clone()]);
-    let op = Op::put(path, meta, voters::record(&set), None).map_err(|e| write_err(&e))?;
+    let op =
+        Op::put(path, meta, voters::record(&set, &cluster), None).map_err(|e| write_err(&e))?;
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
@@ -169,5 +181,6 @@ pub fn new_voter_set(
         previous,
         at,
         committed_suffix,
+        cluster,
     })
 }

@@ -10,9 +10,11 @@ use crate::sync::{SyncAnswer, SyncAsk};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum PeerMessage {
-    /// Names the sender of everything that follows on the stream.
+    /// Names the sender of everything that follows on the stream, and the
+    /// cluster its log belongs to (empty: it knows none yet).
     Hello {
         node_id: String,
+        cluster: String,
     },
     Election(ElectionMessage),
     /// Leader → follower: log entries that follow `prev` in the leader's

@@ -82,6 +82,34 @@ impl Cluster {
         self.spawn_with_env(i, &[])
     }
 
+    /// Starts a node that is not one of the cluster's, on 127.0.1.`host`
+    /// with `data` as its data directory, configured like the cluster's
+    /// nodes (the same port and key) and resolving their addresses and its
+    /// own: as if it were deployed under the cluster's DNS name.
+    pub fn spawn_stranger(&self, host: u8, data: &std::path::Path) -> Proc {
+        let addr = format!("127.0.1.{host}");
+        let dns = self
+            .hosts
+            .iter()
+            .chain(std::iter::once(&host))
+            .map(|h| format!("127.0.1.{h}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let port = self.port.to_string();
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("example/cluster/1.yaml");
+        let mut env: Vec<(&str, &str)> = vec![
+            ("PIKA_SERVER_HOST", &addr),
+            ("PIKA_CLUSTER_BIND_ADDR", &addr),
+            ("PIKA_CLUSTER_DNS_ADDR", &dns),
+            ("PIKA_CLUSTER_PORT", &port),
+            ("PIKA_CLUSTER_HEARTBEAT_INTERVAL", "200ms"),
+            ("PIKA_CLUSTER_HEARTBEAT_TIMEOUT", "1s"),
+            ("PIKA_CLUSTER_FORWARD_TIMEOUT", "2s"),
+        ];
+        env.extend(self.env.iter().copied());
+        spawn_with(data, Some(&example), &env)
+    }
+
     /// Starts node `i` with `extra` on top of the cluster's environment.
     pub fn spawn_with_env(&self, i: usize, extra: &[(&str, &str)]) -> Proc {
         let host = format!("127.0.1.{}", self.hosts[i]);

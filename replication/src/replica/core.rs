@@ -172,6 +172,8 @@ pub struct ReplicaStatus {
     /// `None` while this node knows no voter set (a new cluster, or a
     /// wiped node that has not caught up).
     pub voter: Option<bool>,
+    /// The cluster's id (see `voters`); `None` before a voter set names one.
+    pub cluster_id: Option<String>,
     /// Verifications of this node's Merkle root that matched the leader's,
     /// and snapshots it installed, since it started.
     pub verified: u64,
@@ -238,6 +240,8 @@ pub struct ReplicaCore<L: LogStore> {
     /// The voter-set records of the state and the log above it, oldest
     /// first: (revision, set); see `voters.rs`.
     pub(super) voter_records: Vec<(u64, Option<std::collections::BTreeSet<String>>)>,
+    /// The cluster id of the newest voter-set record that names one.
+    pub(super) cluster_id: String,
     /// Voters membership does not report alive, since when.
     pub(super) dead_since: HashMap<String, Duration>,
     /// This incarnation, told to the leader in every `Alive`.
@@ -319,6 +323,7 @@ impl<L: LogStore> ReplicaCore<L> {
             peers: Vec::new(),
             alive: Vec::new(),
             voter_records: Vec::new(),
+            cluster_id: String::new(),
             dead_since: HashMap::new(),
             boot,
             // Numbered from a random point: an echo of the previous
@@ -581,6 +586,7 @@ impl<L: LogStore> ReplicaCore<L> {
                 .map(|v| v.iter().cloned().collect())
                 .unwrap_or_default(),
             voter: self.voters().map(|v| v.contains(&self.me)),
+            cluster_id: Some(self.cluster_id.clone()).filter(|c| !c.is_empty()),
             verified: self.verified,
             snapshots: self.snapshots,
             last_sync: self.last_sync.clone(),

@@ -150,6 +150,8 @@ impl Driver {
             let now = shared.now();
             let mut core = lock(&shared.core);
             call(&mut core, now);
+            // Before any send: a stream opened below says it in its hello.
+            self.replica.peers.set_cluster(core.cluster_id());
             // Sends and answers are queue pushes: done under the lock, so
             // that they leave before the apply below.
             let mut rest = shared.perform(&self.replica.peers, core.drain());

@@ -37,6 +37,13 @@ use crate::record::{Change, ChangeKind, Meta, Op};
 #[derive(Serialize, Deserialize)]
 struct Record {
     voters: BTreeSet<String>,
+    /// The cluster's id: chosen by a new cluster's first leader (and by a
+    /// restore, which starts a new cluster), carried by every later set.
+    /// Replica streams between nodes that know different ids are refused
+    /// (`peers`), so a restored copy and the cluster it came from never
+    /// mix, even under one DNS name.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    cluster: String,
 }
 
 /// The voter set a record holds; `None` for anything else (a delete).
@@ -49,9 +56,21 @@ pub fn parse(change: &Change) -> Option<BTreeSet<String>> {
     }
 }
 
-pub(crate) fn record(voters: &BTreeSet<String>) -> Vec<u8> {
+/// The cluster id a voter-set record carries, if any.
+pub fn parse_cluster(change: &Change) -> Option<String> {
+    match &change.kind {
+        ChangeKind::Put { data, .. } => serde_json::from_slice::<Record>(data)
+            .ok()
+            .map(|r| r.cluster)
+            .filter(|c| !c.is_empty()),
+        ChangeKind::Delete => None,
+    }
+}
+
+pub(crate) fn record(voters: &BTreeSet<String>, cluster: &str) -> Vec<u8> {
     serde_json::to_vec(&Record {
         voters: voters.clone(),
+        cluster: cluster.to_string(),
     })
     .unwrap_or_default()
 }
@@ -62,8 +81,12 @@ impl<L: LogStore> ReplicaCore<L> {
     pub(super) fn load_voters(&mut self) {
         let path = self.config.voters_path.clone();
         let mut records = Vec::new();
+        let mut cluster = None;
         match self.store.get(&path, None) {
-            Ok(Some(change)) => records.push((change.revision, parse(&change))),
+            Ok(Some(change)) => {
+                cluster = parse_cluster(&change);
+                records.push((change.revision, parse(&change)));
+            }
             Ok(None) => {}
             Err(e) => {
                 tracing::error!(error = %e, "reading the voter set; keeping the one known");
@@ -74,12 +97,12 @@ impl<L: LogStore> ReplicaCore<L> {
         let to = self.log.last().revision;
         if from <= to {
             match self.log.read(from, to, usize::MAX) {
-                Ok(changes) => records.extend(
-                    changes
-                        .iter()
-                        .filter(|c| c.path == path)
-                        .map(|c| (c.revision, parse(c))),
-                ),
+                Ok(changes) => {
+                    for c in changes.iter().filter(|c| c.path == path) {
+                        cluster = parse_cluster(c).or(cluster);
+                        records.push((c.revision, parse(c)));
+                    }
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "reading the log for the voter set; keeping the one known");
                     return;
@@ -87,6 +110,7 @@ impl<L: LogStore> ReplicaCore<L> {
             }
         }
         self.voter_records = records;
+        self.cluster_id = cluster.unwrap_or_default();
         self.publish_voters();
     }
 
@@ -97,6 +121,9 @@ impl<L: LogStore> ReplicaCore<L> {
         for change in changes.iter().filter(|c| &c.path == path) {
             tracing::info!(voters = ?parse(change), revision = change.revision, "voter set appended");
             self.voter_records.push((change.revision, parse(change)));
+            if let Some(cluster) = parse_cluster(change) {
+                self.cluster_id = cluster;
+            }
             found = true;
         }
         if found {
@@ -119,6 +146,11 @@ impl<L: LogStore> ReplicaCore<L> {
             .filter(|(r, _)| *r > self.commit)
             .and_then(|(_, v)| v.clone());
         Quorum::new(committed, pending, self.config.replicas)
+    }
+
+    /// The id of the cluster this node's log belongs to (empty: none yet).
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster_id
     }
 
     /// The newest voter set in this node's log, committed or not.
@@ -177,7 +209,10 @@ impl<L: LogStore> ReplicaCore<L> {
         let mut first = self.election.won_with().clone();
         first.extend(self.alive.iter().cloned());
         first.insert(self.me.clone());
-        tracing::info!(voters = ?first, "a new cluster: writing its first voter set");
+        if self.cluster_id.is_empty() {
+            self.cluster_id = format!("{:016x}{:016x}", self.dice.next_u64(), self.dice.next_u64());
+        }
+        tracing::info!(voters = ?first, cluster = %self.cluster_id, "a new cluster: writing its first voter set");
         self.propose_voters(epoch, first, now);
     }
 
@@ -264,7 +299,7 @@ impl<L: LogStore> ReplicaCore<L> {
             description: "pika voter set".into(),
             flags: 0,
         };
-        let op = match Op::put(path, meta, record(&next), None) {
+        let op = match Op::put(path, meta, record(&next, &self.cluster_id), None) {
             Ok(op) => op,
             Err(e) => {
                 tracing::error!(error = %e, "encoding the voter set");
