@@ -463,3 +463,41 @@ fn tls_comes_from_a_mounted_secret() {
     assert_eq!(tls.cert_file, std::path::Path::new(mount).join("tls.crt"));
     assert_eq!(tls.key_file, std::path::Path::new(mount).join("tls.key"));
 }
+
+/// The Dockerfile the StatefulSet's image is built from: its volume is
+/// where the StatefulSet mounts the data and where pika keeps it, it runs
+/// as an unprivileged user, exposes the ports the config uses and checks
+/// /healthz.
+#[test]
+fn the_dockerfile_matches_the_statefulset() {
+    let dockerfile = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Dockerfile"))
+        .expect("a Dockerfile at the top of the repository");
+    let docs = manifests();
+    let cluster = Cluster::new(&docs);
+    let config = cluster.load().config;
+    let mounts = cluster.container["volumeMounts"].as_array().expect("mounts");
+    let data = mounts
+        .iter()
+        .find(|m| m["name"] == "data")
+        .and_then(|m| m["mountPath"].as_str())
+        .expect("a data mount");
+    assert!(
+        dockerfile.contains(&format!("VOLUME [\"{data}\"]")),
+        "the image's volume is the StatefulSet's data mount {data}"
+    );
+    assert_eq!(
+        config.storage.bw.path.to_str(),
+        Some(data),
+        "pika keeps its data on the volume"
+    );
+    assert!(dockerfile.contains(&format!("ENV PIKA_STORAGE_BW_PATH={data}")));
+    let user = dockerfile
+        .lines()
+        .filter_map(|l| l.strip_prefix("USER "))
+        .last()
+        .expect("a USER line");
+    assert_ne!(user.trim(), "root", "runs unprivileged");
+    assert!(dockerfile.contains(&format!("EXPOSE {}/tcp {}/udp", config.server.port, config.cluster.port)));
+    assert!(dockerfile.contains("HEALTHCHECK") && dockerfile.contains("/healthz"));
+    assert!(dockerfile.contains("ENTRYPOINT [\"pika\"]"));
+}
