@@ -1,5 +1,5 @@
 //! `pika recover --force-new-voter-set --data-dir DIR`: offline recovery
-//! from losing a quorum for good (README, "Recovering from a lost
+//! from losing a quorum for good (docs/operations.md, "Recovering from a lost
 //! quorum"; [`pika_replication::recover`]).
 
 use std::path::{Path, PathBuf};
