@@ -265,6 +265,64 @@ async fn unknown_routes_and_methods_are_json_errors() {
 }
 
 #[tokio::test]
+async fn the_page_and_its_vendored_editor_are_served_without_a_token() {
+    let t = start().await;
+    let anonymous = reqwest::Client::new();
+    let r = anonymous.get(t.url("/")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let csp = r.headers()["content-security-policy"].to_str().unwrap();
+    for directive in [
+        "script-src 'self' 'unsafe-inline'",
+        "style-src 'self' 'unsafe-inline'",
+    ] {
+        assert!(csp.contains(directive), "{directive} in {csp}");
+    }
+    let page = r.text().await.unwrap();
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/api/ui/vendor/codemirror");
+    for (file, content_type) in [
+        ("codemirror.js", "text/javascript"),
+        ("codemirror.css", "text/css"),
+        ("javascript.js", "text/javascript"),
+        ("yaml.js", "text/javascript"),
+        ("toml.js", "text/javascript"),
+        ("matchbrackets.js", "text/javascript"),
+        ("LICENSE", "text/plain"),
+    ] {
+        if file != "LICENSE" {
+            assert!(
+                page.contains(&format!("ui/vendor/codemirror/{file}")),
+                "{file} on the page"
+            );
+        }
+        let r = anonymous
+            .get(t.url(&format!("/ui/vendor/codemirror/{file}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{file}");
+        let header = |name: &str| r.headers()[name].to_str().unwrap().to_string();
+        assert!(header("content-type").starts_with(content_type), "{file}");
+        assert!(
+            header("cache-control").contains("max-age=31536000"),
+            "{file}"
+        );
+        let served = r.bytes().await.unwrap();
+        let vendored = std::fs::read(format!("{dir}/{file}")).unwrap();
+        assert!(served[..] == vendored[..], "{file}: the vendored bytes");
+    }
+    for missing in ["nope.js", "README.md", "..%2F..%2Fui.rs"] {
+        let r = anonymous
+            .get(t.url(&format!("/ui/vendor/codemirror/{missing}")))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        assert_error(status, StatusCode::NOT_FOUND, &r.json().await.unwrap());
+    }
+    t.node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn deletes_versions_and_history() {
     let t = start_with(|c| c.storage.history = 3).await;
     for i in 1..=4 {

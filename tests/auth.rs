@@ -132,6 +132,7 @@ fn every_route_with_every_credential() {
         ("GET", "/readyz", None, "open"),
         ("GET", "/metrics", None, "open"),
         ("GET", "/", None, "open"),
+        ("GET", "/ui/vendor/codemirror/codemirror.js", None, "open"),
     ];
     let credentials = [
         Credential::Missing,

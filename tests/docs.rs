@@ -88,7 +88,10 @@ fn anchors(text: &str) -> Vec<String> {
 fn the_readme_is_short_and_links_nothing_outside_the_repository() {
     let readme = read(&Path::new(ROOT).join("README.md"));
     let lines = readme.lines().count();
-    assert!(lines < 350, "README.md has {lines} lines: move details to docs/");
+    assert!(
+        lines < 350,
+        "README.md has {lines} lines: move details to docs/"
+    );
     for link in links(&readme) {
         assert!(
             !link.contains("://") && !link.starts_with("mailto:"),
@@ -134,7 +137,10 @@ fn every_relative_link_resolves_to_a_file_and_a_heading() {
             checked += 1;
         }
     }
-    assert!(checked > 10, "only {checked} links found: is the parser broken?");
+    assert!(
+        checked > 10,
+        "only {checked} links found: is the parser broken?"
+    );
 }
 
 #[test]

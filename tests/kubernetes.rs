@@ -475,7 +475,9 @@ fn the_dockerfile_matches_the_statefulset() {
     let docs = manifests();
     let cluster = Cluster::new(&docs);
     let config = cluster.load().config;
-    let mounts = cluster.container["volumeMounts"].as_array().expect("mounts");
+    let mounts = cluster.container["volumeMounts"]
+        .as_array()
+        .expect("mounts");
     let data = mounts
         .iter()
         .find(|m| m["name"] == "data")
@@ -494,10 +496,13 @@ fn the_dockerfile_matches_the_statefulset() {
     let user = dockerfile
         .lines()
         .filter_map(|l| l.strip_prefix("USER "))
-        .last()
+        .next_back()
         .expect("a USER line");
     assert_ne!(user.trim(), "root", "runs unprivileged");
-    assert!(dockerfile.contains(&format!("EXPOSE {}/tcp {}/udp", config.server.port, config.cluster.port)));
+    assert!(dockerfile.contains(&format!(
+        "EXPOSE {}/tcp {}/udp",
+        config.server.port, config.cluster.port
+    )));
     assert!(dockerfile.contains("HEALTHCHECK") && dockerfile.contains("/healthz"));
     assert!(dockerfile.contains("ENTRYPOINT [\"pika\"]"));
 }

@@ -3,7 +3,7 @@
 //!
 //! | route | needs |
 //! |---|---|
-//! | `/healthz`, `/readyz`, `/` (the page) | nothing |
+//! | `/healthz`, `/readyz`, `/` (the page), `/ui/vendor/*` (the page's editor library) | nothing |
 //! | `/metrics` | nothing, or any token with `auth.protect_metrics` |
 //! | `GET /api/v1/file|data|versions|diff/{path}` | `read` on the path |
 //! | `POST /api/v1/file/{path}` | `write` on the path |
@@ -44,6 +44,9 @@ enum Need {
 fn need(state: &AppState, method: &Method, path: &str, query: Option<&str>) -> Need {
     match path {
         "/healthz" | "/readyz" | "/" => return Need::Nothing,
+        // The page's static files: the same for everyone, loaded by
+        // <script> tags, which cannot send the token.
+        _ if path.starts_with("/ui/vendor/") => return Need::Nothing,
         "/metrics" if !state.config.auth.protect_metrics => return Need::Nothing,
         _ => {}
     }

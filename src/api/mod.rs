@@ -144,6 +144,7 @@ pub fn router(state: AppState) -> Router {
     let body_limit = state.config.max_body_bytes();
     fault_routes(&state)
         .route("/", get(ui::index))
+        .route("/ui/vendor/codemirror/{file}", get(ui::vendor))
         .route(
             "/api/v1/file/{*path}",
             get(files::get_file)
