@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use load::plot::{Report, Series};
 use load::{Api, Load, Outcome, PATHS, VALUE_BYTES, Workload, drive, fill, means, series};
 use pika_campaign::Network;
 use pika_campaign::cluster::{Cluster, Options};
@@ -202,7 +203,11 @@ fn row(n: usize, target: &str, concurrency: usize, out: &Outcome, costs: (f64, f
 
 /// Write fan-out for every cluster size and concurrency, and follower reads
 /// on the 3-node cluster. Returns the c=1 leader p50 per size.
-fn fanout(rt: &Runtime, settings: &Settings) -> anyhow::Result<Vec<(usize, f64)>> {
+fn fanout(
+    rt: &Runtime,
+    settings: &Settings,
+    report: &mut Report,
+) -> anyhow::Result<Vec<(usize, f64)>> {
     println!(
         "\n## Writes: {VALUE_BYTES} B values over {PATHS} paths, acked when durable on a quorum and received by every node in the replication set; {} ms rows after {} ms warm-up",
         settings.run.as_millis(),
@@ -212,12 +217,35 @@ fn fanout(rt: &Runtime, settings: &Settings) -> anyhow::Result<Vec<(usize, f64)>
         "(commit = leader's local batch commit, ack = slowest follower's mean ack after send, batch = ops per commit: means from the leader's metrics)"
     );
     println!("{HEADER}");
+    report.line(format!(
+        "## Writes\n\n{VALUE_BYTES} B values over {PATHS} paths, {} ms rows after {} ms warm-up; acknowledged when durable on a quorum and received by every member of the replication set.\n",
+        settings.run.as_millis(),
+        settings.warmup.as_millis()
+    ));
+    report.line(
+        "| nodes | target | clients | ops/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms |",
+    );
+    report.line("|---:|---|---:|---:|---:|---:|---:|---:|---:|");
     let mut c1 = Vec::new();
     let mut reads = None;
+    // Percentiles at c=1 via the leader, by cluster size; throughput via
+    // the leader, by concurrency, one line per size.
+    let mut percentiles: Vec<Series> = ["p50", "p90", "p99", "p99.9"]
+        .iter()
+        .map(|q| Series {
+            name: q.to_string(),
+            points: Vec::new(),
+        })
+        .collect();
+    let mut throughput: Vec<Series> = Vec::new();
     for &n in &settings.sizes {
         let (cluster, leader) = start(n, 70)?;
         let urls: Vec<String> = cluster.nodes.iter().map(|x| x.url.clone()).collect();
         let leader_url = vec![urls[leader].clone()];
+        let mut by_concurrency = Series {
+            name: format!("{n} node{}", if n == 1 { "" } else { "s" }),
+            points: Vec::new(),
+        };
         for &concurrency in &settings.concurrency {
             let mut targets = vec![("leader", leader_url.clone())];
             if n > 1 {
@@ -233,11 +261,29 @@ fn fanout(rt: &Runtime, settings: &Settings) -> anyhow::Result<Vec<(usize, f64)>
                 )));
                 let costs = breakdown(&before, &metrics(&urls[leader]));
                 row(n, target, concurrency, &out, costs);
+                report.line(format!(
+                    "| {n} | {target} | {concurrency} | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |",
+                    out.ops_per_sec(),
+                    out.ms(0.5),
+                    out.ms(0.9),
+                    out.ms(0.99),
+                    out.ms(0.999),
+                    out.max_ms()
+                ));
+                if target == "leader" {
+                    by_concurrency
+                        .points
+                        .push((concurrency as f64, out.ops_per_sec()));
+                }
                 if concurrency == 1 && target == "leader" {
                     c1.push((n, out.ms(0.5)));
+                    for (series, q) in percentiles.iter_mut().zip([0.5, 0.9, 0.99, 0.999]) {
+                        series.points.push((n as f64, out.ms(q)));
+                    }
                 }
             }
         }
+        throughput.push(by_concurrency);
         if n == 3 {
             let follower = vec![urls[(leader + 1) % n].clone()];
             let out = rt.block_on(drive(&settings.load(
@@ -255,14 +301,48 @@ fn fanout(rt: &Runtime, settings: &Settings) -> anyhow::Result<Vec<(usize, f64)>
         );
         println!("{HEADER}");
         row(3, "follower", 16, &out, (0.0, 0.0, 0.0));
+        report.line(format!(
+            "\nLocal reads on a follower of 3 nodes, 16 clients: {:.0} ops/s, p50 {:.3} ms, p99 {:.3} ms.",
+            out.ops_per_sec(),
+            out.ms(0.5),
+            out.ms(0.99)
+        ));
     }
+    load::plot::lines(
+        "write-latency.svg",
+        "Write latency by cluster size (1 client, via the leader)",
+        "nodes",
+        "ms",
+        &percentiles,
+    )?;
+    report.figure(
+        "write-latency.svg",
+        "write latency percentiles by cluster size",
+    );
+    load::plot::lines(
+        "write-throughput.svg",
+        "Write throughput by concurrency (via the leader)",
+        "clients",
+        "writes/s",
+        &throughput,
+    )?;
+    report.figure("write-throughput.svg", "write throughput by concurrency");
     Ok(c1)
 }
 
+/// One failover trial: seconds from the kill until a write invoked after
+/// it was acknowledged, acknowledged writes, those missing after the heal,
+/// and acknowledged writes per 100 ms from 1 s before the kill.
+struct Failover {
+    resumed: f64,
+    acked: usize,
+    lost: usize,
+    timeline: Vec<(f64, f64)>,
+}
+
 /// Kills the leader of 3 nodes under write load (8 clients on the two
-/// followers). Returns (seconds from the kill until a write invoked after it
-/// is acked, acked writes, acked writes missing after the heal).
-fn failover(rt: &Runtime, trial: usize) -> anyhow::Result<(f64, usize, usize)> {
+/// followers).
+fn failover(rt: &Runtime, trial: usize) -> anyhow::Result<Failover> {
     let (mut cluster, leader) = start(3, 90)?;
     let urls: Vec<String> = (0..3)
         .filter(|i| *i != leader)
@@ -334,7 +414,25 @@ fn failover(rt: &Runtime, trial: usize) -> anyhow::Result<(f64, usize, usize)> {
         false
     };
     let lost = acked.iter().filter(|(path, _, _)| !read(path)).count();
-    Ok((resumed, acked.len(), lost))
+    // Acknowledged writes per 100 ms, from 1 s before the kill to 4 s after.
+    let mut buckets = [0u32; 50];
+    for (_, _, at) in &acked {
+        let since = at.as_secs_f64() - killed.as_secs_f64() + 1.0;
+        if (0.0..5.0).contains(&since) {
+            buckets[(since * 10.0) as usize] += 1;
+        }
+    }
+    let timeline = buckets
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (i as f64 / 10.0 - 1.0, f64::from(*n)))
+        .collect();
+    Ok(Failover {
+        resumed,
+        acked: acked.len(),
+        lost,
+        timeline,
+    })
 }
 
 /// Peak resident memory of a process, from /proc (kB).
@@ -493,7 +591,12 @@ fn snapshot_rejoin(rt: &Runtime, settings: &Settings) -> anyhow::Result<Rejoin> 
     })
 }
 
-fn snapshot_table(rt: &Runtime, settings: &Settings) -> anyhow::Result<()> {
+fn snapshot_table(
+    rt: &Runtime,
+    settings: &Settings,
+    report: &mut Report,
+    bytes: &mut Vec<(&'static str, f64, f64)>,
+) -> anyhow::Result<()> {
     println!(
         "\n## Rejoin by snapshot: 3 nodes, {} stored paths of {VALUE_BYTES} B, a follower down for {} writes, {} log entries kept",
         settings.stored_paths, settings.absent_writes, settings.log_retention
@@ -515,12 +618,30 @@ fn snapshot_table(rt: &Runtime, settings: &Settings) -> anyhow::Result<()> {
         changed / (1 << 20) as f64,
         r.bytes_in / changed
     );
+    report.line(format!(
+        "\n## Rejoin by snapshot\n\n3 nodes, {} stored paths, a follower down for {} writes with {} log entries kept: back in {:.3} s by {} snapshot(s), {:.1} MiB received for {:.1} MiB of changed values ({:.2}×).",
+        settings.stored_paths,
+        settings.absent_writes,
+        settings.log_retention,
+        r.seconds,
+        r.snapshots,
+        r.bytes_in / (1 << 20) as f64,
+        changed / (1 << 20) as f64,
+        r.bytes_in / changed
+    ));
+    bytes.push(("rejoin by snapshot", changed, r.bytes_in));
     Ok(())
 }
 
 fn pika_only(rt: &Runtime, settings: &Settings) -> anyhow::Result<()> {
+    let mut report = Report::default();
+    report.line(format!(
+        "# `cargo bench --bench fanout{}`\n\nWritten by the benchmark itself: the tables and figures of its last {}run, on loopback, nodes and clients sharing this machine's cores.\n",
+        if settings.full { " -- --full" } else { "" },
+        if settings.full { "full " } else { "" }
+    ));
     let c1 = if settings.runs("writes") {
-        fanout(rt, settings)?
+        fanout(rt, settings, &mut report)?
     } else {
         Vec::new()
     };
@@ -533,13 +654,39 @@ fn pika_only(rt: &Runtime, settings: &Settings) -> anyhow::Result<()> {
     }
 
     if settings.runs("failover") {
-        failover_table(rt, settings)?;
+        failover_table(rt, settings, &mut report)?;
     }
+    let mut bytes = Vec::new();
     if settings.runs("catch-up") {
-        catch_up_table(rt, settings)?;
+        catch_up_table(rt, settings, &mut report, &mut bytes)?;
     }
     if settings.runs("snapshot") {
-        snapshot_table(rt, settings)?;
+        snapshot_table(rt, settings, &mut report, &mut bytes)?;
+    }
+    if !bytes.is_empty() {
+        let mib = |v: f64| v / (1 << 20) as f64;
+        let names: Vec<&str> = bytes.iter().map(|b| b.0).collect();
+        load::plot::bars(
+            "catch-up-bytes.svg",
+            "Bytes received by a returning follower against bytes changed",
+            "MiB",
+            &names,
+            &[
+                (
+                    "changed".to_string(),
+                    bytes.iter().map(|b| mib(b.1)).collect(),
+                ),
+                (
+                    "received".to_string(),
+                    bytes.iter().map(|b| mib(b.2)).collect(),
+                ),
+            ],
+        )?;
+        report.figure("catch-up-bytes.svg", "catch-up bytes against changed bytes");
+    }
+    if settings.only.is_none() {
+        let path = report.write("fanout.md")?;
+        println!("\nreport and figures: {}", path.display());
     }
     if !settings.full {
         println!(
@@ -549,20 +696,50 @@ fn pika_only(rt: &Runtime, settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn failover_table(rt: &Runtime, settings: &Settings) -> anyhow::Result<()> {
+fn failover_table(rt: &Runtime, settings: &Settings, report: &mut Report) -> anyhow::Result<()> {
     println!(
         "\n## Failover: kill -9 of the leader of 3 under write load (heartbeat 200 ms, timeout 1 s)"
     );
+    report.line("\n## Failover\n\n`kill -9` of the leader of 3 under write load (8 clients on the followers; heartbeat 200 ms, lease 1 s).\n");
+    let mut timelines = Vec::new();
     for trial in 0..settings.failover_trials {
-        let (resumed, acked, lost) = failover(rt, trial)?;
+        let Failover {
+            resumed,
+            acked,
+            lost,
+            timeline,
+        } = failover(rt, trial)?;
         println!(
             "trial {trial}: writes resumed {resumed:.3} s after the kill; {acked} acked writes, {lost} lost"
         );
+        report.line(format!(
+            "- trial {trial}: writes resumed {resumed:.3} s after the kill; {acked} acknowledged writes, {lost} lost"
+        ));
+        timelines.push(Series {
+            name: format!("trial {trial}"),
+            points: timeline,
+        });
     }
+    load::plot::lines(
+        "failover-timeline.svg",
+        "Acknowledged writes per 100 ms around a kill -9 of the leader (at 0 s)",
+        "seconds after the kill",
+        "writes acknowledged",
+        &timelines,
+    )?;
+    report.figure(
+        "failover-timeline.svg",
+        "acknowledged writes per 100 ms around a leader kill",
+    );
     Ok(())
 }
 
-fn catch_up_table(rt: &Runtime, settings: &Settings) -> anyhow::Result<()> {
+fn catch_up_table(
+    rt: &Runtime,
+    settings: &Settings,
+    report: &mut Report,
+    bytes: &mut Vec<(&'static str, f64, f64)>,
+) -> anyhow::Result<()> {
     println!(
         "\n## Catch-up and memory: 3 nodes, {} stored paths of {VALUE_BYTES} B, a follower down for {} writes",
         settings.stored_paths, settings.missed_writes
@@ -584,6 +761,16 @@ fn catch_up_table(rt: &Runtime, settings: &Settings) -> anyhow::Result<()> {
         changed / (1 << 20) as f64,
         c.bytes_in / changed
     );
+    report.line(format!(
+        "\n## Catch-up\n\n3 nodes, {} stored paths of {VALUE_BYTES} B, a follower down for {} writes: back in {:.3} s, {:.1} MiB received for {:.1} MiB of changed values ({:.2}×).",
+        settings.stored_paths,
+        settings.missed_writes,
+        c.seconds,
+        c.bytes_in / (1 << 20) as f64,
+        changed / (1 << 20) as f64,
+        c.bytes_in / changed
+    ));
+    bytes.push(("catch-up from the log", changed, c.bytes_in));
     Ok(())
 }
 
@@ -601,17 +788,17 @@ fn compare_etcd(rt: &Runtime, settings: &Settings, etcd: &[String]) -> anyhow::R
     let etcd_leader = vec![etcd_leader];
     // Reads need the paths to exist on both.
     let all: Vec<usize> = (0..PATHS).collect();
-    let failed = rt.block_on(fill(Api::Pika, &pika_leader[0], "bench", all.clone(), 16))
-        + rt.block_on(fill(
-            Api::Etcd { serializable: true },
-            &etcd_leader[0],
-            "bench",
-            all,
-            16,
-        ));
+    let failed_pika = rt.block_on(fill(Api::Pika, &pika_leader[0], "bench", all.clone(), 16));
+    let failed_etcd = rt.block_on(fill(
+        Api::Etcd { serializable: true },
+        &etcd_leader[0],
+        "bench",
+        all,
+        16,
+    ));
     anyhow::ensure!(
-        failed == 0,
-        "{failed} writes failed while storing the read paths"
+        failed_pika + failed_etcd == 0,
+        "writes failed while storing the read paths: {failed_pika} on pika, {failed_etcd} on etcd"
     );
 
     println!(
@@ -629,6 +816,25 @@ fn compare_etcd(rt: &Runtime, settings: &Settings, etcd: &[String]) -> anyhow::R
         "p99 ms",
         "pika vs etcd"
     );
+    let mut report = Report::default();
+    report.line(format!(
+        "# `benches/compare-etcd.sh{}`\n\nWritten by the benchmark itself: pika and etcd, 3 nodes each on loopback, {VALUE_BYTES} B values over {PATHS} paths, {} ms rows, the same HTTP/JSON client, in one run.\n",
+        if settings.full { " --full" } else { "" },
+        settings.run.as_millis()
+    ));
+    report.line("| workload | pika ops/s | pika p50 ms | pika p99 ms | etcd ops/s | etcd p50 ms | etcd p99 ms | p50 pika/etcd | throughput pika/etcd |");
+    report.line("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut quantiles: Option<(Vec<f64>, Vec<f64>)> = None;
+    let mut throughput = [
+        Series {
+            name: "pika".into(),
+            points: Vec::new(),
+        },
+        Series {
+            name: "etcd".into(),
+            points: Vec::new(),
+        },
+    ];
     let linearizable = Api::Etcd {
         serializable: false,
     };
@@ -680,8 +886,61 @@ fn compare_etcd(rt: &Runtime, settings: &Settings, etcd: &[String]) -> anyhow::R
             pika.ms(0.5) / etcd.ms(0.5),
             pika.ops_per_sec() / etcd.ops_per_sec()
         );
+        report.line(format!(
+            "| {name} | {:.0} | {:.3} | {:.3} | {:.0} | {:.3} | {:.3} | {:.2} | {:.2} |",
+            pika.ops_per_sec(),
+            pika.ms(0.5),
+            pika.ms(0.99),
+            etcd.ops_per_sec(),
+            etcd.ms(0.5),
+            etcd.ms(0.99),
+            pika.ms(0.5) / etcd.ms(0.5),
+            pika.ops_per_sec() / etcd.ops_per_sec()
+        ));
+        if name.starts_with("write via leader") {
+            throughput[0]
+                .points
+                .push((concurrency as f64, pika.ops_per_sec()));
+            throughput[1]
+                .points
+                .push((concurrency as f64, etcd.ops_per_sec()));
+            if concurrency == 1 {
+                let qs = [0.5, 0.9, 0.99, 0.999];
+                quantiles = Some((
+                    qs.iter().map(|q| pika.ms(*q)).collect(),
+                    qs.iter().map(|q| etcd.ms(*q)).collect(),
+                ));
+            }
+        }
     }
     println!("(p50 × < 1 and throughput × > 1 favour pika)");
+    report.line("\n(p50 below 1 and throughput above 1 favour pika)");
+    if let Some((pika, etcd)) = quantiles {
+        load::plot::bars(
+            "etcd-write-latency.svg",
+            "Write latency, 3 nodes, 1 client via the leader: pika beside etcd",
+            "ms",
+            &["p50", "p90", "p99", "p99.9"],
+            &[("pika".to_string(), pika), ("etcd".to_string(), etcd)],
+        )?;
+        report.figure(
+            "etcd-write-latency.svg",
+            "write latency percentiles, pika beside etcd",
+        );
+    }
+    load::plot::lines(
+        "etcd-write-throughput.svg",
+        "Write throughput by concurrency, 3 nodes via the leader: pika beside etcd",
+        "clients",
+        "writes/s",
+        &throughput,
+    )?;
+    report.figure(
+        "etcd-write-throughput.svg",
+        "write throughput by concurrency, pika beside etcd",
+    );
+    let path = report.write("etcd.md")?;
+    println!("report and figures: {}", path.display());
     Ok(())
 }
 

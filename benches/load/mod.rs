@@ -4,6 +4,8 @@
 //! comparison differs only in the server.
 #![allow(dead_code)]
 
+pub mod plot;
+
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -147,11 +149,24 @@ pub fn client_as(concurrency: usize, token: Option<&str>) -> reqwest::Client {
         .expect("http client")
 }
 
+/// The client for `api`: pika's carry the token (the test admin token by
+/// default); etcd's carry none, since etcd's gateway takes any
+/// `Authorization` header for one of its own tokens and refuses it.
+pub fn client_for(api: Api, concurrency: usize, token: Option<&str>) -> reqwest::Client {
+    match api {
+        Api::Etcd { .. } => reqwest::Client::builder()
+            .pool_max_idle_per_host(concurrency)
+            .build()
+            .expect("http client"),
+        Api::Pika | Api::Consul => client_as(concurrency, token),
+    }
+}
+
 /// Drives `load` and returns what happened after the warm-up. A failed
 /// request fails the benchmark: a number measured over errors is no number.
 pub async fn drive(load: &Load<'_>) -> Outcome {
     let value = Arc::new(value());
-    let http = client_as(load.concurrency, load.token);
+    let http = client_for(load.api, load.concurrency, load.token);
     let started = Instant::now();
     let (warmup, run, concurrency, api, workload) = (
         load.warmup,
@@ -225,7 +240,7 @@ pub async fn fill(
     concurrency: usize,
 ) -> usize {
     let value = Arc::new(value());
-    let http = client(concurrency);
+    let http = client_for(api, concurrency, None);
     let indices = Arc::new(indices);
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
