@@ -10,8 +10,7 @@ mod load;
 
 use std::time::{Duration, Instant};
 
-use load::{Api, Load, PATHS, Workload, drive, fill, spawn, status};
-use pika_campaign::cluster::free_udp_port;
+use load::{Api, Load, PATHS, Workload, drive, fill, start_cluster, wait_for_leader};
 
 const FILL: usize = 20_000;
 const ROUNDS: usize = 3;
@@ -43,44 +42,11 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async {
         let dir = tempfile::tempdir()?;
-        let hosts = [64u8, 65, 66];
-        let names: Vec<String> = hosts.iter().map(|h| format!("127.0.1.{h}")).collect();
-        let port = free_udp_port(&names)?.to_string();
-        let dns = names.join(",");
-        let mut nodes = Vec::new();
-        for h in hosts {
-            let host = format!("127.0.1.{h}");
-            nodes.push(spawn(
-                &dir.path().join(format!("n{h}")),
-                &[
-                    ("PIKA_SERVER_HOST", host.clone()),
-                    ("PIKA_CLUSTER_ENABLED", "true".into()),
-                    ("PIKA_CLUSTER_BIND_ADDR", host),
-                    ("PIKA_CLUSTER_DNS_ADDR", dns.clone()),
-                    ("PIKA_CLUSTER_PORT", port.clone()),
-                    ("PIKA_CLUSTER_SECURITY_KEY", "benchmark key, 32 bytes long...".into()),
-                    ("PIKA_CLUSTER_HEARTBEAT_INTERVAL", "500ms".into()),
-                    ("PIKA_CLUSTER_HEARTBEAT_TIMEOUT", "3s".into()),
-                ],
-            )?);
-        }
+        let nodes = start_cluster(dir.path(), &[64, 65, 66])?;
         let http = reqwest::Client::builder()
             .default_headers(pika_campaign::admin_headers())
             .build()?;
-        let started = Instant::now();
-        let leader = loop {
-            let mut found = None;
-            for (i, n) in nodes.iter().enumerate() {
-                if status(&http, &n.url).await["is_leader"] == true {
-                    found = Some(i);
-                }
-            }
-            if let Some(l) = found {
-                break l;
-            }
-            anyhow::ensure!(started.elapsed() < Duration::from_secs(30), "no leader elected");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let leader = wait_for_leader(&http, &nodes).await?;
         let follower = (leader + 1) % nodes.len();
         let failed = fill(Api::Pika, &nodes[leader].url, "fill", (0..FILL).collect(), 16).await;
         anyhow::ensure!(failed == 0, "{failed} writes failed while filling");

@@ -11,10 +11,7 @@
 
 mod load;
 
-use std::time::{Duration, Instant};
-
-use load::{Api, Load, PATHS, RUN, VALUE_BYTES, WARMUP, Workload, run, spawn, status};
-use pika_campaign::cluster::free_udp_port;
+use load::{Api, Load, PATHS, RUN, VALUE_BYTES, WARMUP, Workload, run, spawn, start_cluster};
 
 fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -22,42 +19,12 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async {
         let dir = tempfile::tempdir()?;
-        let hosts = [61u8, 62, 63];
-        let names: Vec<String> = hosts.iter().map(|h| format!("127.0.1.{h}")).collect();
-        let port = free_udp_port(&names)?.to_string();
-        let dns = names.join(",");
-        let mut nodes = Vec::new();
-        for h in hosts {
-            let host = format!("127.0.1.{h}");
-            nodes.push(spawn(
-                &dir.path().join(format!("n{h}")),
-                &[
-                    ("PIKA_SERVER_HOST", host.clone()),
-                    ("PIKA_CLUSTER_ENABLED", "true".into()),
-                    ("PIKA_CLUSTER_BIND_ADDR", host),
-                    ("PIKA_CLUSTER_DNS_ADDR", dns.clone()),
-                    ("PIKA_CLUSTER_PORT", port.clone()),
-                    ("PIKA_CLUSTER_SECURITY_KEY", "benchmark key, 32 bytes long...".into()),
-                    ("PIKA_CLUSTER_HEARTBEAT_INTERVAL", "500ms".into()),
-                    ("PIKA_CLUSTER_HEARTBEAT_TIMEOUT", "3s".into()),
-                ],
-            )?);
-        }
+        let nodes = start_cluster(dir.path(), &[61, 62, 63])?;
         let standalone = spawn(&dir.path().join("standalone"), &[("PIKA_SERVER_HOST", "127.0.0.1".into())])?;
         let http = reqwest::Client::builder().default_headers(pika_campaign::admin_headers()).build().expect("http client");
 
-        let started = Instant::now();
-        let (leader, follower) = loop {
-            let mut roles = Vec::new();
-            for n in &nodes {
-                roles.push(status(&http, &n.url).await["is_leader"] == true);
-            }
-            if let Some(l) = roles.iter().position(|r| *r) {
-                break (l, (l + 1) % nodes.len());
-            }
-            anyhow::ensure!(started.elapsed() < Duration::from_secs(30), "no leader elected");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let leader = load::wait_for_leader(&http, &nodes).await?;
+        let follower = (leader + 1) % nodes.len();
 
         println!(
             "pika writes: standalone vs 3-node cluster (loopback, durable on every node), {VALUE_BYTES} B values, {}s per row after {}ms warm-up",

@@ -368,3 +368,48 @@ pub async fn status(http: &reqwest::Client, url: &str) -> serde_json::Value {
         Err(_) => serde_json::Value::Null,
     }
 }
+
+/// A cluster of `pika` processes on 127.0.1.`hosts`, each with a data
+/// directory under `dir`, heartbeat 500 ms and lease 3 s.
+pub fn start_cluster(dir: &std::path::Path, hosts: &[u8]) -> anyhow::Result<Vec<Proc>> {
+    let names: Vec<String> = hosts.iter().map(|h| format!("127.0.1.{h}")).collect();
+    let port = pika_campaign::cluster::free_udp_port(&names)?.to_string();
+    let dns = names.join(",");
+    let mut nodes = Vec::new();
+    for host in names {
+        nodes.push(spawn(
+            &dir.join(format!("n{host}")),
+            &[
+                ("PIKA_SERVER_HOST", host.clone()),
+                ("PIKA_CLUSTER_ENABLED", "true".into()),
+                ("PIKA_CLUSTER_BIND_ADDR", host),
+                ("PIKA_CLUSTER_DNS_ADDR", dns.clone()),
+                ("PIKA_CLUSTER_PORT", port.clone()),
+                (
+                    "PIKA_CLUSTER_SECURITY_KEY",
+                    "benchmark key, 32 bytes long...".into(),
+                ),
+                ("PIKA_CLUSTER_HEARTBEAT_INTERVAL", "500ms".into()),
+                ("PIKA_CLUSTER_HEARTBEAT_TIMEOUT", "3s".into()),
+            ],
+        )?);
+    }
+    Ok(nodes)
+}
+
+/// The index of the node that says it leads, once one does (30 s at most).
+pub async fn wait_for_leader(http: &reqwest::Client, nodes: &[Proc]) -> anyhow::Result<usize> {
+    let started = Instant::now();
+    loop {
+        for (i, n) in nodes.iter().enumerate() {
+            if status(http, &n.url).await["is_leader"] == true {
+                return Ok(i);
+            }
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(30),
+            "no leader elected"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -87,11 +87,30 @@ impl Cluster {
     /// nodes (the same port and key) and resolving their addresses and its
     /// own: as if it were deployed under the cluster's DNS name.
     pub fn spawn_stranger(&self, host: u8, data: &std::path::Path) -> Proc {
+        let mut hosts = self.hosts.clone();
+        hosts.push(host);
+        self.spawn_node(host, &hosts, data, &[])
+    }
+
+    /// Starts node `i` with `extra` on top of the cluster's environment.
+    pub fn spawn_with_env(&self, i: usize, extra: &[(&str, &str)]) -> Proc {
+        let mut with_faults = vec![("PIKA_TEST_FAULTS", "1")];
+        with_faults.extend(extra.iter().copied());
+        self.spawn_node(self.hosts[i], &self.hosts, &self.data_dir(i), &with_faults)
+    }
+
+    /// A node on 127.0.1.`host` resolving `dns_hosts`, with the cluster's
+    /// port, key and timings, the cluster's environment, then `extra`.
+    fn spawn_node(
+        &self,
+        host: u8,
+        dns_hosts: &[u8],
+        data: &std::path::Path,
+        extra: &[(&str, &str)],
+    ) -> Proc {
         let addr = format!("127.0.1.{host}");
-        let dns = self
-            .hosts
+        let dns = dns_hosts
             .iter()
-            .chain(std::iter::once(&host))
             .map(|h| format!("127.0.1.{h}"))
             .collect::<Vec<_>>()
             .join(",");
@@ -107,33 +126,8 @@ impl Cluster {
             ("PIKA_CLUSTER_FORWARD_TIMEOUT", "2s"),
         ];
         env.extend(self.env.iter().copied());
-        spawn_with(data, Some(&example), &env)
-    }
-
-    /// Starts node `i` with `extra` on top of the cluster's environment.
-    pub fn spawn_with_env(&self, i: usize, extra: &[(&str, &str)]) -> Proc {
-        let host = format!("127.0.1.{}", self.hosts[i]);
-        let dns = self
-            .hosts
-            .iter()
-            .map(|h| format!("127.0.1.{h}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        let port = self.port.to_string();
-        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("example/cluster/1.yaml");
-        let mut env: Vec<(&str, &str)> = vec![
-            ("PIKA_SERVER_HOST", &host),
-            ("PIKA_CLUSTER_BIND_ADDR", &host),
-            ("PIKA_CLUSTER_DNS_ADDR", &dns),
-            ("PIKA_CLUSTER_PORT", &port),
-            ("PIKA_CLUSTER_HEARTBEAT_INTERVAL", "200ms"),
-            ("PIKA_CLUSTER_HEARTBEAT_TIMEOUT", "1s"),
-            ("PIKA_CLUSTER_FORWARD_TIMEOUT", "2s"),
-            ("PIKA_TEST_FAULTS", "1"),
-        ];
-        env.extend(self.env.iter().copied());
         env.extend(extra.iter().copied());
-        spawn_with(&self.data_dir(i), Some(&example), &env)
+        spawn_with(data, Some(&example), &env)
     }
 
     /// The node ids in node `i`'s replication set (it leads), if it answers.
