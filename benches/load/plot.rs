@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 /// Where figures and reports go: `docs/benchmarks/` of the repository.
@@ -38,6 +39,35 @@ fn bounds(series: &[Series]) -> (f64, f64, f64) {
     (x0, x1, y1)
 }
 
+type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// The plotting frame every figure shares: title, margins, axes.
+fn frame<'a, 'b>(
+    root: &'a DrawingArea<SVGBackend<'b>, plotters::coord::Shift>,
+    title: &str,
+    x: std::ops::Range<f64>,
+    y: std::ops::Range<f64>,
+) -> anyhow::Result<Chart<'a, 'b>> {
+    Ok(ChartBuilder::on(root)
+        .caption(title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(x, y)?)
+}
+
+/// Draws the legend (upper left) and writes the file.
+fn finish<'a, 'b: 'a>(mut chart: Chart<'a, 'b>) -> anyhow::Result<()> {
+    chart
+        .configure_series_labels()
+        .border_style(BLACK.mix(0.3))
+        .background_style(WHITE.mix(0.9))
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()?;
+    chart.plotting_area().present()?;
+    Ok(())
+}
+
 /// A line chart, one line with points per series; `file` under
 /// [`out_dir`].
 pub fn lines(file: &str, title: &str, x: &str, y: &str, series: &[Series]) -> anyhow::Result<()> {
@@ -47,12 +77,12 @@ pub fn lines(file: &str, title: &str, x: &str, y: &str, series: &[Series]) -> an
     root.fill(&WHITE)?;
     let (x0, x1, y1) = bounds(series);
     let pad = ((x1 - x0) * 0.04).max(0.5);
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 18))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d((x0 - pad)..(x1 + pad), 0.0..(y1 * 1.1).max(1e-9))?;
+    let mut chart = frame(
+        &root,
+        title,
+        (x0 - pad)..(x1 + pad),
+        0.0..(y1 * 1.1).max(1e-9),
+    )?;
     chart
         .configure_mesh()
         .x_desc(x)
@@ -69,14 +99,7 @@ pub fn lines(file: &str, title: &str, x: &str, y: &str, series: &[Series]) -> an
             });
         chart.draw_series(s.points.iter().map(|p| Circle::new(*p, 3, color.filled())))?;
     }
-    chart
-        .configure_series_labels()
-        .border_style(BLACK.mix(0.3))
-        .background_style(WHITE.mix(0.9))
-        .position(SeriesLabelPosition::UpperLeft)
-        .draw()?;
-    root.present()?;
-    Ok(())
+    finish(chart)
 }
 
 /// Grouped bars: for each category (x), one bar per group.
@@ -97,12 +120,7 @@ pub fn bars(
         .fold(0.0, f64::max)
         * 1.15;
     let n = categories.len() as f64;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 18))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0.0..n, 0.0..top.max(1e-9))?;
+    let mut chart = frame(&root, title, 0.0..n, 0.0..top.max(1e-9))?;
     let names: Vec<String> = categories.iter().map(|c| c.to_string()).collect();
     chart
         .configure_mesh()
@@ -129,14 +147,7 @@ pub fn bars(
             .label(name.clone())
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
     }
-    chart
-        .configure_series_labels()
-        .border_style(BLACK.mix(0.3))
-        .background_style(WHITE.mix(0.9))
-        .position(SeriesLabelPosition::UpperLeft)
-        .draw()?;
-    root.present()?;
-    Ok(())
+    finish(chart)
 }
 
 /// A markdown report written as the benchmark runs: its tables and the
