@@ -282,8 +282,8 @@ pub struct Restored {
 }
 
 /// Builds the data directory `data_dir` (absent or empty) from the backup
-/// `file` (module docs). On any failure after `data_dir` was created, it
-/// is removed again.
+/// `file` (module docs). On any failure after the file was checked, what
+/// it wrote is removed again (and `data_dir` itself, if it made it).
 pub fn restore(
     file: &Path,
     data_dir: &Path,
@@ -296,9 +296,25 @@ pub fn restore(
     {
         return Err(BackupError::NotEmpty(data_dir.to_path_buf()));
     }
+    let existed = data_dir.exists();
     let result = build(file, data_dir, history, voters_path);
     if result.is_err() {
-        let _ = std::fs::remove_dir_all(data_dir);
+        // Leave things as they were: an empty directory the caller made
+        // (a mount point, say) stays, emptied again; one this made goes.
+        if existed {
+            if let Ok(entries) = std::fs::read_dir(data_dir) {
+                for entry in entries.flatten() {
+                    let path = entry.path();
+                    let _ = if path.is_dir() {
+                        std::fs::remove_dir_all(&path)
+                    } else {
+                        std::fs::remove_file(&path)
+                    };
+                }
+            }
+        } else {
+            let _ = std::fs::remove_dir_all(data_dir);
+        }
     }
     result
 }

@@ -148,3 +148,41 @@ fn a_damaged_or_truncated_backup_is_refused_and_nothing_is_written() {
         );
     }
 }
+
+/// A backup whose checksum is right but whose header names another Merkle
+/// root than its content has (a backup of a damaged store, or a bug in
+/// writing it) is refused after the install, and what the restore wrote
+/// is removed: an empty directory given to it stays, emptied.
+#[test]
+fn a_backup_whose_content_does_not_match_its_root_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = source(&dir.path().join("src"));
+    let file = dir.path().join("state.backup");
+    backup::write_file(&store, &file, 1).unwrap();
+    let mut bytes = std::fs::read(&file).unwrap();
+    // The header frame follows the 8-byte magic; its last 32 bytes are the
+    // root. Change one, then write the checksum the changed bytes have.
+    let header_len = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
+    bytes[12 + header_len - 1] ^= 1;
+    let body = bytes.len() - 32;
+    let sum = *blake3::hash(&bytes[..body]).as_bytes();
+    bytes[body..].copy_from_slice(&sum);
+    let forged = dir.path().join("forged.backup");
+    std::fs::write(&forged, &bytes).unwrap();
+    backup::verify(&forged).expect("the checksum holds");
+
+    let target = dir.path().join("mount-point");
+    std::fs::create_dir(&target).unwrap();
+    let result = backup::restore(&forged, &target, 10, "pika/voters");
+    let message = result.expect_err("refused").to_string();
+    assert!(message.contains("Merkle root"), "{message}");
+    assert!(target.is_dir(), "a directory the caller made stays");
+    assert_eq!(
+        std::fs::read_dir(&target).unwrap().count(),
+        0,
+        "and is left empty"
+    );
+    let fresh = dir.path().join("fresh");
+    assert!(backup::restore(&forged, &fresh, 10, "pika/voters").is_err());
+    assert!(!fresh.exists(), "a directory the restore made is removed");
+}
