@@ -124,3 +124,72 @@ fn committed_entries_after_the_checkpoint_are_replayed_from_the_log() {
     );
     assert_eq!(core.log().last().revision, 5);
 }
+
+/// A voter set written before sets carried a cluster id gets one from the
+/// next leader, once its epoch has committed an entry: the same members,
+/// now with an id that replica streams of other clusters are refused by.
+#[test]
+fn a_voter_set_without_a_cluster_id_gets_one_from_the_next_leader() {
+    use pika_replication::replica::core::Output;
+    use pika_replication::replica::voters;
+
+    let store = Arc::new(Store::open_in_memory(20).expect("a store"));
+    let meta = Meta {
+        format: Format::Json,
+        description: "pika voter set".into(),
+        flags: 0,
+    };
+    let old_record = Op::put(
+        ConfigPath::new("pika/voters").expect("a valid path"),
+        meta,
+        br#"{"voters":["n1"]}"#.to_vec(),
+        None,
+    )
+    .expect("JSON");
+    store.execute(&[old_record], 1, 0).expect("write");
+    let mut core = ReplicaCore::new(
+        "n1",
+        CoreConfig::quick(1),
+        store.clone(),
+        MemLog::open(MemDisk::default()),
+        SharedPending::default(),
+        1,
+        7,
+        Duration::ZERO,
+    )
+    .expect("the core opens");
+    core.set_members(Vec::new(), Vec::new());
+    assert_eq!(core.cluster_id(), "", "the old set names no cluster");
+
+    let mut now = Duration::ZERO;
+    let mut written = None;
+    for _ in 0..1000 {
+        now += Duration::from_millis(5);
+        core.tick(now);
+        for output in core.drain() {
+            if let Output::BecameLeader { epoch } = output {
+                // What the driver writes as a new epoch's first entry.
+                core.propose(epoch, &[put("pika-leader", "n1")], 0, now)
+                    .expect("the leader proposes");
+            }
+        }
+        if let Some(ticket) = core.log_mut().complete_flush() {
+            core.flushed(ticket, Ok(()), now);
+        }
+        core.drain();
+        core.apply();
+        let record = store.get("pika/voters", None).expect("read");
+        if let Some(cluster) = record.as_ref().and_then(voters::parse_cluster) {
+            written = Some((cluster, record.as_ref().and_then(voters::parse)));
+            break;
+        }
+    }
+    let (cluster, members) = written.expect("the set got a cluster id within 5 s");
+    assert_eq!(cluster.len(), 32);
+    assert_eq!(core.cluster_id(), cluster);
+    assert_eq!(
+        members,
+        Some(["n1".to_string()].into_iter().collect()),
+        "the same members"
+    );
+}

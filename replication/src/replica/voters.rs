@@ -284,6 +284,18 @@ impl<L: LogStore> ReplicaCore<L> {
                 }
             }
         };
+        // A set written before sets carried a cluster id: the same set
+        // again, now with one (no member changes, so any quorum of the old
+        // set is one of the new).
+        let next = next.or_else(|| {
+            let voters = self.voters()?.clone();
+            if !self.cluster_id.is_empty() {
+                return None;
+            }
+            self.cluster_id = format!("{:016x}{:016x}", self.dice.next_u64(), self.dice.next_u64());
+            tracing::info!(cluster = %self.cluster_id, "the voter set gets a cluster id");
+            Some(voters)
+        });
         if let Some(next) = next.filter(|n| !n.is_empty()) {
             self.propose_voters(epoch, next, now);
         }
