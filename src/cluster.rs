@@ -34,7 +34,7 @@ pub fn start_replica(
             c.prefix, c.lock_key
         )
     })?;
-    let voters_path = ConfigPath::new(format!("{}/voters", c.prefix))
+    let voters_path = ConfigPath::new(c.voters_path())
         .with_context(|| format!("cluster.prefix `{}` makes no valid path", c.prefix))?;
     let http = if http_addr.ip().is_unspecified() {
         SocketAddr::new(membership.me().addr.ip(), http_addr.port())

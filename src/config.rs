@@ -226,6 +226,13 @@ impl Default for BwConfig {
     }
 }
 
+impl ClusterConfig {
+    /// Where the voter set is kept: `{prefix}/voters`.
+    pub fn voters_path(&self) -> String {
+        format!("{}/voters", self.prefix)
+    }
+}
+
 impl Default for ClusterConfig {
     fn default() -> Self {
         let secs = |s| HumanDuration(Duration::from_secs(s));

@@ -132,9 +132,29 @@ pub struct Peers {
     /// The runtime the per-peer writers run on: `send` is also called from
     /// the committer's thread, which is outside any runtime.
     runtime: tokio::runtime::Handle,
-    /// This node's cluster id (empty: none known yet), said in every
-    /// `Hello`; a stream from a node of another cluster is refused.
-    cluster: Arc<std::sync::RwLock<String>>,
+    /// This node's cluster id, said in every `Hello`; a stream from a
+    /// node of another cluster is refused.
+    cluster: ClusterId,
+}
+
+/// This node's cluster id (empty: none known yet), shared by the writers
+/// that say it and the readers that check it; the driver keeps it current.
+#[derive(Clone, Default)]
+struct ClusterId(Arc<std::sync::RwLock<String>>);
+
+impl ClusterId {
+    fn get(&self) -> String {
+        self.0.read().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    /// Called after every protocol step: takes the write lock only when
+    /// the id changed.
+    fn set(&self, id: &str) {
+        let changed = self.0.read().is_ok_and(|c| *c != id);
+        if changed && let Ok(mut c) = self.0.write() {
+            *c = id.to_string();
+        }
+    }
 }
 
 impl Peers {
@@ -147,7 +167,7 @@ impl Peers {
         retry: Duration,
     ) -> (Arc<Peers>, mpsc::Receiver<(String, PeerMessage)>) {
         let (inbox, inbox_rx) = mpsc::channel(INBOX);
-        let cluster = Arc::new(std::sync::RwLock::new(String::new()));
+        let cluster = ClusterId::default();
         let peers = Arc::new(Peers {
             me,
             membership: membership.clone(),
@@ -172,16 +192,7 @@ impl Peers {
 
     /// This node's cluster id, as its log says now (empty: none yet).
     pub fn set_cluster(&self, id: &str) {
-        let current = self.cluster.read().map(|c| c.clone()).unwrap_or_default();
-        if current != id
-            && let Ok(mut c) = self.cluster.write()
-        {
-            *c = id.to_string();
-        }
-    }
-
-    fn cluster(&self) -> String {
-        self.cluster.read().map(|c| c.clone()).unwrap_or_default()
+        self.cluster.set(id);
     }
 
     /// Queues `message` for `to`; never waits.
@@ -253,7 +264,7 @@ impl Peers {
             if stream
                 .send(&PeerMessage::Hello {
                     node_id: self.me.clone(),
-                    cluster: self.cluster(),
+                    cluster: self.cluster.get(),
                 })
                 .await
                 .is_err()
@@ -303,7 +314,7 @@ async fn read_stream(
     mut stream: pika_membership::FramedStream,
     inbox: mpsc::Sender<(String, PeerMessage)>,
     faults: Arc<Faults>,
-    cluster: Arc<std::sync::RwLock<String>>,
+    cluster: ClusterId,
 ) {
     let (from, theirs) = match stream.recv::<PeerMessage>().await {
         Ok(Some(PeerMessage::Hello { node_id, cluster })) => (node_id, cluster),
@@ -317,7 +328,7 @@ async fn read_stream(
         tracing::warn!(peer = %stream.peer(), claimed = %from, "replica stream refused: {why}");
         return;
     }
-    let ours = cluster.read().map(|c| c.clone()).unwrap_or_default();
+    let ours = cluster.get();
     if !same_cluster(&ours, &theirs) {
         metrics::counter!("pika_peer_cluster_refused_total").increment(1);
         tracing::warn!(
@@ -367,16 +378,16 @@ async fn deliver(
     }
 }
 
-/// Whether a stream's `Hello` may speak for `claimed`: only the node its
-/// certificate names (`proven`, from the handshake, signed by the
-/// cluster's CA). Otherwise any key holder could send diffs, acks or votes
-/// in another node's name.
 /// Whether two nodes may speak: the same cluster id, or one of them knows
 /// none yet (a new node, or a new cluster before its first voter set).
 pub fn same_cluster(ours: &str, theirs: &str) -> bool {
     ours.is_empty() || theirs.is_empty() || ours == theirs
 }
 
+/// Whether a stream's `Hello` may speak for `claimed`: only the node its
+/// certificate names (`proven`, from the handshake, signed by the
+/// cluster's CA). Otherwise any key holder could send diffs, acks or votes
+/// in another node's name.
 pub fn hello_matches(proven: Option<&str>, claimed: &str) -> Result<(), String> {
     match proven {
         Some(id) if id == claimed => Ok(()),

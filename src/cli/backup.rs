@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use pika_replication::backup::{self, BackupError};
 
 use super::{Api, Failure, Outcome};
-use crate::config::{self, Sources};
 
 /// Exit code for a file that is not a whole, undamaged backup.
 pub const DAMAGED: u8 = 8;
@@ -103,12 +102,9 @@ pub fn backup(api: &Api, file: &Path) -> Outcome {
 /// Builds a data directory from a backup: the first voter of a new voter
 /// set, under a new node id.
 pub fn restore(config_file: Option<PathBuf>, file: &Path, data_dir: &Path) -> Outcome {
-    let loaded = config::load(&Sources::from_process(config_file))
-        .map_err(|e| Failure::new(2, format!("invalid configuration:\n{e}")))?;
-    let config = loaded.config;
-    let voters_path = format!("{}/voters", config.cluster.prefix);
-    let restored = backup::restore(file, data_dir, config.storage.history, &voters_path)
-        .map_err(|e| damaged(file, e))?;
+    let (voters_path, history) = super::recover::offline_settings(config_file)?;
+    let restored =
+        backup::restore(file, data_dir, history, &voters_path).map_err(|e| damaged(file, e))?;
     println!(
         "restored revision {} ({} paths, taken on node {}) into {}; Merkle root checked",
         restored.header.revision,

@@ -16,14 +16,9 @@ pub fn run(config_file: Option<PathBuf>, force_new_voter_set: bool, data_dir: &P
             "recover: say what to do: --force-new-voter-set (the only recovery there is)",
         ));
     }
-    // `cluster.prefix` names the voter-set record and `storage.history`
-    // the store's history: from the config the node runs with, if any.
-    let loaded = config::load(&Sources::from_process(config_file))
-        .map_err(|e| Failure::new(2, format!("invalid configuration:\n{e}")))?;
-    let config = loaded.config;
-    let voters_path = format!("{}/voters", config.cluster.prefix);
-    let done = recover::force_new_voter_set(data_dir, &voters_path, config.storage.history)
-        .map_err(|e| match e {
+    let (voters_path, history) = offline_settings(config_file)?;
+    let done =
+        recover::force_new_voter_set(data_dir, &voters_path, history).map_err(|e| match e {
             RecoverError::NotADataDirectory(_) => Failure::new(2, e.to_string()),
             e => Failure::new(1, e.to_string()),
         })?;
@@ -45,4 +40,14 @@ pub fn run(config_file: Option<PathBuf>, force_new_voter_set: bool, data_dir: &P
         "start the node; give the other nodes empty data directories so they join as learners"
     );
     Ok(())
+}
+
+/// What the offline commands need of the config the node runs with (if
+/// any): the voter-set record's path (`cluster.prefix`) and the store's
+/// history (`storage.history`).
+pub(super) fn offline_settings(config_file: Option<PathBuf>) -> Result<(String, u64), Failure> {
+    let loaded = config::load(&Sources::from_process(config_file))
+        .map_err(|e| Failure::new(2, format!("invalid configuration:\n{e}")))?;
+    let config = loaded.config;
+    Ok((config.cluster.voters_path(), config.storage.history))
 }

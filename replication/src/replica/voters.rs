@@ -46,25 +46,28 @@ struct Record {
     cluster: String,
 }
 
-/// The voter set a record holds; `None` for anything else (a delete).
-pub fn parse(change: &Change) -> Option<BTreeSet<String>> {
+/// A voter-set record's content; `None` for anything else (a delete).
+fn decode(change: &Change) -> Option<Record> {
     match &change.kind {
-        ChangeKind::Put { data, .. } => serde_json::from_slice::<Record>(data)
-            .ok()
-            .map(|r| r.voters),
+        ChangeKind::Put { data, .. } => serde_json::from_slice::<Record>(data).ok(),
         ChangeKind::Delete => None,
     }
 }
 
+impl Record {
+    fn cluster(self) -> Option<String> {
+        Some(self.cluster).filter(|c| !c.is_empty())
+    }
+}
+
+/// The voter set a record holds; `None` for anything else (a delete).
+pub fn parse(change: &Change) -> Option<BTreeSet<String>> {
+    decode(change).map(|r| r.voters)
+}
+
 /// The cluster id a voter-set record carries, if any.
 pub fn parse_cluster(change: &Change) -> Option<String> {
-    match &change.kind {
-        ChangeKind::Put { data, .. } => serde_json::from_slice::<Record>(data)
-            .ok()
-            .map(|r| r.cluster)
-            .filter(|c| !c.is_empty()),
-        ChangeKind::Delete => None,
-    }
+    decode(change).and_then(Record::cluster)
 }
 
 pub(crate) fn record(voters: &BTreeSet<String>, cluster: &str) -> Vec<u8> {
@@ -84,8 +87,9 @@ impl<L: LogStore> ReplicaCore<L> {
         let mut cluster = None;
         match self.store.get(&path, None) {
             Ok(Some(change)) => {
-                cluster = parse_cluster(&change);
-                records.push((change.revision, parse(&change)));
+                let record = decode(&change);
+                records.push((change.revision, record.as_ref().map(|r| r.voters.clone())));
+                cluster = record.and_then(Record::cluster);
             }
             Ok(None) => {}
             Err(e) => {
@@ -99,8 +103,9 @@ impl<L: LogStore> ReplicaCore<L> {
             match self.log.read(from, to, usize::MAX) {
                 Ok(changes) => {
                     for c in changes.iter().filter(|c| c.path == path) {
-                        cluster = parse_cluster(c).or(cluster);
-                        records.push((c.revision, parse(c)));
+                        let record = decode(c);
+                        records.push((c.revision, record.as_ref().map(|r| r.voters.clone())));
+                        cluster = record.and_then(Record::cluster).or(cluster);
                     }
                 }
                 Err(e) => {
@@ -119,9 +124,11 @@ impl<L: LogStore> ReplicaCore<L> {
         let path = &self.config.voters_path;
         let mut found = false;
         for change in changes.iter().filter(|c| &c.path == path) {
-            tracing::info!(voters = ?parse(change), revision = change.revision, "voter set appended");
-            self.voter_records.push((change.revision, parse(change)));
-            if let Some(cluster) = parse_cluster(change) {
+            let record = decode(change);
+            let voters = record.as_ref().map(|r| r.voters.clone());
+            tracing::info!(?voters, revision = change.revision, "voter set appended");
+            self.voter_records.push((change.revision, voters));
+            if let Some(cluster) = record.and_then(Record::cluster) {
                 self.cluster_id = cluster;
             }
             found = true;
@@ -209,9 +216,7 @@ impl<L: LogStore> ReplicaCore<L> {
         let mut first = self.election.won_with().clone();
         first.extend(self.alive.iter().cloned());
         first.insert(self.me.clone());
-        if self.cluster_id.is_empty() {
-            self.cluster_id = format!("{:016x}{:016x}", self.dice.next_u64(), self.dice.next_u64());
-        }
+        self.ensure_cluster_id();
         tracing::info!(voters = ?first, cluster = %self.cluster_id, "a new cluster: writing its first voter set");
         self.propose_voters(epoch, first, now);
     }
@@ -289,16 +294,25 @@ impl<L: LogStore> ReplicaCore<L> {
         // set is one of the new).
         let next = next.or_else(|| {
             let voters = self.voters()?.clone();
-            if !self.cluster_id.is_empty() {
+            if !self.ensure_cluster_id() {
                 return None;
             }
-            self.cluster_id = format!("{:016x}{:016x}", self.dice.next_u64(), self.dice.next_u64());
             tracing::info!(cluster = %self.cluster_id, "the voter set gets a cluster id");
             Some(voters)
         });
         if let Some(next) = next.filter(|n| !n.is_empty()) {
             self.propose_voters(epoch, next, now);
         }
+    }
+
+    /// Gives this node's log a cluster id if it has none (from the core's
+    /// seeded randomness): true when it made one.
+    fn ensure_cluster_id(&mut self) -> bool {
+        if !self.cluster_id.is_empty() {
+            return false;
+        }
+        self.cluster_id = format!("{:016x}{:016x}", self.dice.next_u64(), self.dice.next_u64());
+        true
     }
 
     fn propose_voters(&mut self, epoch: u64, next: BTreeSet<String>, now: Duration) {
