@@ -51,6 +51,7 @@ pub fn start_replica(
         lock_path,
         voters_path,
         dead_voter_timeout: c.dead_voter_timeout.0,
+        learner_feed: c.learner_feed,
         http_addr: http.to_string(),
         log_dir: config.storage.bw.path.join(pika_replication::log::LOG_DIR),
         checkpoint_interval: config.storage.checkpoint_interval.0,

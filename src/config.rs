@@ -12,6 +12,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use pika_replication::replica::LearnerFeed;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use duration::HumanDuration;
@@ -164,6 +165,12 @@ pub struct ClusterConfig {
     /// learner takes its place. Default 5m: long enough that a restart or
     /// a node drained for maintenance keeps its vote.
     pub dead_voter_timeout: HumanDuration,
+    /// How the leader feeds learners, the nodes beyond the voter set:
+    /// `per_write` (default: with each write; commits wait for them and
+    /// they serve linearizable reads) or `batched` (once per
+    /// `heartbeat_interval`; no commit waits for them and they serve only
+    /// `stale=true` reads). The leader's setting is the one that counts.
+    pub learner_feed: LearnerFeed,
     pub lock_key: String,
     pub sync_interval: HumanDuration,
     pub prefix: String,
@@ -248,6 +255,7 @@ impl Default for ClusterConfig {
             heartbeat_timeout: secs(30),
             ack_timeout: secs(5),
             dead_voter_timeout: secs(300),
+            learner_feed: LearnerFeed::PerWrite,
             lock_key: "pika-leader".into(),
             sync_interval: secs(300),
             prefix: "pika".into(),

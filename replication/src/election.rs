@@ -225,6 +225,14 @@ pub struct Election {
     /// This node's voter-set id: the revision of the newest voter set in
     /// its log, 0 while it knows none.
     voter_set_id: u64,
+    /// Heard a leader since boot: a cluster exists (its first leader's
+    /// first entry is its voter set), so this node takes no part in a
+    /// bootstrap election, even with no set in its own log yet. Without
+    /// this, two new nodes beyond `replicas` (a StatefulSet scaled up)
+    /// cut off from the cluster before its log reached them elected each
+    /// other by the bootstrap rule, a second cluster beside the first (the
+    /// replica simulation's 5-node schedules with `replicas: 3`).
+    joined: bool,
     /// Members whose `replicas` differs from this node's, with theirs, as
     /// last heard (a lease request, a heartbeat or its ack).
     conflicts: BTreeMap<String, u64>,
@@ -273,6 +281,7 @@ impl Election {
             quiet_until,
             quorum: Quorum::bootstrap(replicas),
             voter_set_id: 0,
+            joined: false,
             conflicts: BTreeMap::new(),
             alive: BTreeSet::new(),
             won_with: BTreeSet::new(),
@@ -557,14 +566,18 @@ impl Election {
         // A candidate without a voter set counts anyone's grant against its
         // own `replicas`: only a node as new as it, and agreeing on the
         // quorum size, may grant it (module docs).
-        let bootstrap_refused =
-            claim.voters == 0 && (self.voter_set_id != 0 || claim.replicas != self.replicas());
+        // More live members than `replicas` (`mismatched`) forbid only
+        // bootstrap elections: a candidate with a set counts by its set.
+        let bootstrap_refused = claim.voters == 0
+            && (self.voter_set_id != 0
+                || self.joined
+                || self.mismatched()
+                || claim.replicas != self.replicas());
         // A learner in its own log grants all the same: a candidate whose
         // log has promoted it counts its grant (one that has not, ignores
         // it), and its log may not have the promotion yet.
         epoch > self.promised
             && !bootstrap_refused
-            && !self.mismatched()
             && now >= self.quiet_until
             && !other_leader_live
             && !voted_for_another
@@ -735,6 +748,7 @@ impl Election {
         if epoch > self.promised {
             self.promise(epoch);
         }
+        self.joined = true;
         match self.state {
             State::Leader { epoch: mine, .. } if mine < epoch => {
                 self.step_down(mine, "a newer epoch has a leader")

@@ -20,6 +20,14 @@
 //! read) once it has received everything up to the leader's log end at
 //! election, or was admitted after catching up: from then on every commit
 //! waited for it.
+//!
+//! **Learners fed in batches** (`cluster.learner_feed: batched`). With a
+//! voter set known, a follower outside it is never in the set: it receives
+//! the log from the leader's tick rather than with each write, no commit
+//! waits for it, and it never holds read permission (it serves stale reads
+//! only). A member that becomes such a learner while it may hold
+//! permission is revoked first and leaves once that has run out, like a
+//! lagging member.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -46,6 +54,12 @@ struct Follower {
     /// timeout: it leaves the set once that permission has surely run out,
     /// and is not confirmed again before it left.
     revoked_at: Option<Duration>,
+    /// A learner fed in batches: never admitted to the set.
+    batched: bool,
+    /// Batches sent through this revision, and when (a batch lost on the
+    /// way is sent again once `received` has not followed for a while).
+    fed: u64,
+    fed_at: Duration,
 }
 
 /// Counts a follower leaving the replication set, by why.
@@ -74,6 +88,9 @@ pub struct ReplicationSet<A> {
     eviction: Duration,
     /// The leader's log end (revision) when it took over.
     base: u64,
+    /// With learners fed in batches: the voters (everyone else is such a
+    /// learner). `None`: every follower is fed with each write.
+    batch_all_but: Option<BTreeSet<String>>,
     followers: BTreeMap<String, Follower>,
     waiting: VecDeque<(u64, A)>,
 }
@@ -117,10 +134,14 @@ impl<A> ReplicationSet<A> {
                             confirmed: false,
                             boot: None,
                             revoked_at: None,
+                            batched: false,
+                            fed: 0,
+                            fed_at: now,
                         },
                     )
                 })
                 .collect(),
+            batch_all_but: None,
             waiting: VecDeque::new(),
         }
     }
@@ -198,6 +219,7 @@ impl<A> ReplicationSet<A> {
     /// the set until it catches up. Returns false for a message from an
     /// older incarnation, still in flight when it restarted: ignore it.
     pub fn heard(&mut self, id: &str, boot: u64, now: Duration) -> bool {
+        let batched = self.batch_all_but.as_ref().is_some_and(|v| !v.contains(id));
         let f = self.followers.entry(id.to_string()).or_insert(Follower {
             received: 0,
             durable: 0,
@@ -207,6 +229,9 @@ impl<A> ReplicationSet<A> {
             confirmed: false,
             boot: None,
             revoked_at: None,
+            batched,
+            fed: 0,
+            fed_at: now,
         });
         match f.boot {
             Some(b) if boot < b => return false,
@@ -219,6 +244,7 @@ impl<A> ReplicationSet<A> {
                 f.revoked_at = None;
                 f.received = 0;
                 f.durable = 0;
+                f.fed = 0;
             }
             _ => {}
         }
@@ -254,7 +280,7 @@ impl<A> ReplicationSet<A> {
     pub fn admit_if_caught_up(&mut self, id: &str, committed: u64) -> bool {
         let needed = committed.max(self.base);
         match self.followers.get_mut(id) {
-            Some(f) if !f.in_set && f.received >= needed => {
+            Some(f) if !f.in_set && !f.batched && f.received >= needed => {
                 f.in_set = true;
                 f.confirmed = true;
                 true
@@ -349,6 +375,81 @@ impl<A> ReplicationSet<A> {
             }
         }
         gone
+    }
+
+    /// Feeds every follower outside `voters` in batches (`None`: nobody,
+    /// which is also the rule while there is no voter set). A member that
+    /// becomes such a learner leaves the set at once if it holds no read
+    /// permission, else it is revoked and leaves once that has run out
+    /// ([`Self::evict_silent`]); commits wait for it until then. Returns
+    /// whether anyone left at once.
+    pub fn feed_in_batches(&mut self, voters: Option<&BTreeSet<String>>, now: Duration) -> bool {
+        self.batch_all_but = voters.cloned();
+        let mut left_now = false;
+        for (id, f) in &mut self.followers {
+            let batched = voters.is_some_and(|v| !v.contains(id));
+            if batched && !f.batched && f.in_set {
+                if f.may_hold_permission() {
+                    if f.revoked_at.is_none() {
+                        f.revoked_at = Some(now);
+                    }
+                    f.confirmed = false;
+                } else {
+                    left("fed_in_batches");
+                    f.in_set = false;
+                    left_now = true;
+                }
+            }
+            if batched && !f.batched {
+                f.fed = f.received;
+            }
+            f.batched = batched;
+        }
+        left_now
+    }
+
+    /// Whether `id` is a learner fed in batches rather than with each write.
+    pub fn is_batched(&self, id: &str) -> bool {
+        match self.followers.get(id) {
+            Some(f) => f.batched,
+            None => self.batch_all_but.as_ref().is_some_and(|v| !v.contains(id)),
+        }
+    }
+
+    /// Learners fed in batches that lack something up to `last`, each with
+    /// the revision to send from: after what was last sent, or after what
+    /// it received if that batch has not arrived within `resend` (lost).
+    /// Marks them fed through `last` as of `now`.
+    pub fn batches_due(
+        &mut self,
+        last: u64,
+        now: Duration,
+        resend: Duration,
+    ) -> Vec<(String, u64)> {
+        let mut due = Vec::new();
+        for (id, f) in &mut self.followers {
+            if !f.batched || f.received >= last {
+                continue;
+            }
+            if f.fed > f.received && now.saturating_sub(f.fed_at) > resend {
+                f.fed = f.received;
+            }
+            let from = f.fed.max(f.received);
+            if from < last {
+                due.push((id.clone(), from));
+                f.fed = last;
+                f.fed_at = now;
+            }
+        }
+        due
+    }
+
+    /// A learner caught up with `committed` (durable through it), in the
+    /// set and confirmed or fed in batches: one the leader may promote.
+    pub fn caught_up(&self, id: &str, committed: u64) -> bool {
+        self.followers
+            .get(id)
+            .is_some_and(|f| (f.in_set && f.confirmed) || (f.batched && f.durable >= committed))
     }
 
     /// The highest revision the commit rule allows, given the leader's own
@@ -454,6 +555,40 @@ mod tests {
             "received is enough: reads of pending paths wait"
         );
         assert_eq!(s.unconfirmed(), vec!["c".to_string()]);
+    }
+
+    #[test]
+    fn a_learner_fed_in_batches_holds_no_commit_up_and_never_reads() {
+        // Voters a and b (quorum 2); c is a learner.
+        let mut s = set();
+        s.set_quorum(Quorum::bootstrap(2), "a");
+        ack(&mut s, "b", 4, 4, T0);
+        ack(&mut s, "c", 4, 4, T0);
+        assert!(s.may_read("c"));
+        let voters: BTreeSet<String> = ["a", "b"].iter().map(|x| x.to_string()).collect();
+        // c may hold permission: it is revoked and leaves once that has
+        // surely run out; commits wait for it until then.
+        assert!(!s.feed_in_batches(Some(&voters), T0));
+        assert!(!s.may_read("c") && s.contains("c") && s.is_batched("c"));
+        ack(&mut s, "b", 9, 9, T0);
+        assert_eq!(s.commit_bound(9, 9), 4);
+        ack(&mut s, "b", 9, 9, L + L);
+        s.evict_silent(L + L);
+        assert!(!s.contains("c") && s.contains("b"));
+        assert_eq!(s.commit_bound(9, 9), 9, "the learner holds nothing up");
+        // Caught up, it is still never admitted.
+        ack(&mut s, "c", 9, 9, L + L);
+        assert!(!s.admit_if_caught_up("c", 9) && !s.may_read("c"));
+        assert!(s.caught_up("c", 9), "but it may be promoted");
+        // Its feed: what it lacks, once; again only after `resend`.
+        let due = s.batches_due(12, L + L, L);
+        assert_eq!(due, vec![("c".to_string(), 9)]);
+        assert!(s.batches_due(12, L + L, L).is_empty());
+        assert_eq!(s.batches_due(12, L * 4, L), vec![("c".to_string(), 9)]);
+        // Back in the voter set, it rejoins once caught up.
+        assert!(!s.feed_in_batches(None, L * 4));
+        ack(&mut s, "c", 12, 12, L * 4);
+        assert!(s.admit_if_caught_up("c", 9) && s.may_read("c"));
     }
 
     #[test]

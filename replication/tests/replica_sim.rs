@@ -10,7 +10,11 @@
 //! Kubernetes volume: a learner, until a dead voter's place is given to
 //! it), one node per schedule booting now and then with a `replicas` other
 //! than the cluster size, and clock drift within the assumed bound.
-//! Verification roots go out every few heartbeats.
+//! Verification roots go out every few heartbeats. In a third of the 5-node
+//! schedules the cluster's `replicas` is 3, and the other two nodes join
+//! one at a time as learners once it runs; in half of all schedules leaders
+//! feed learners in batches (`cluster.learner_feed: batched`), so no commit
+//! waits for them and they must never be allowed to read.
 //!
 //! Checked at every step: at most one leader per epoch, never two nodes
 //! holding a valid lease at the same real instant, and acknowledgements only
@@ -32,7 +36,7 @@ use std::time::Duration;
 use pika_replication::dice::Dice;
 use pika_replication::log::{MemDisk, MemLog};
 use pika_replication::pending::SharedPending;
-use pika_replication::replica::core::{CoreConfig, Output, ReplicaCore};
+use pika_replication::replica::core::{CoreConfig, LearnerFeed, Output, ReplicaCore};
 use pika_replication::wire::PeerMessage;
 use pika_replication::{ChangeKind, ConfigPath, Format, Meta, Op, Store};
 
@@ -111,6 +115,19 @@ struct Sim {
     writes: u64,
     /// No client writes: an idle cluster must still let followers read.
     quiet: bool,
+    /// The cluster's `replicas`: the node count, or in a third of the
+    /// 5-node schedules 3, so that two nodes stay learners for good.
+    size: usize,
+    /// How leaders feed learners: in batches in half the schedules.
+    feed: LearnerFeed,
+    /// How many of the nodes beyond `size` have started. They join a
+    /// running cluster one at a time, each once every node started so far
+    /// stores a voter set, as a StatefulSet scaled past `replicas` one pod
+    /// at a time does. (A new cluster's bootstrap election counts
+    /// `replicas`/2 + 1 of anyone: two new nodes that never reached the
+    /// cluster could elect each other, which no node can tell from a new
+    /// cluster; README, "Learners".)
+    extras: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -120,7 +137,7 @@ struct Write {
     value: String,
 }
 
-fn config(replicas: usize) -> CoreConfig {
+fn config(replicas: usize, learner_feed: LearnerFeed) -> CoreConfig {
     CoreConfig {
         replicas,
         heartbeat_interval: INTERVAL,
@@ -131,6 +148,7 @@ fn config(replicas: usize) -> CoreConfig {
         frame_bytes: 4 << 10,
         voters_path: "pika/voters".into(),
         dead_voter_timeout: LEASE * 4,
+        learner_feed,
     }
 }
 
@@ -166,6 +184,16 @@ impl Sim {
             })
             .collect();
         let odd = dice.below(n);
+        let size = if n == 5 && dice.chance(1.0 / 3.0) {
+            3
+        } else {
+            n
+        };
+        let feed = if dice.chance(0.5) {
+            LearnerFeed::Batched
+        } else {
+            LearnerFeed::PerWrite
+        };
         let mut sim = Sim {
             seed,
             real: Duration::ZERO,
@@ -194,8 +222,11 @@ impl Sim {
             next_token: 1,
             writes: 0,
             quiet: false,
+            size,
+            feed,
+            extras: 0,
         };
-        for i in 0..n {
+        for i in 0..size {
             sim.boot(i);
         }
         sim
@@ -214,7 +245,7 @@ impl Sim {
     /// which no check of grants can tell from a cluster of that size
     /// (README, "Configuration").
     fn replicas_at_boot(&mut self, i: usize) -> usize {
-        let n = self.nodes.len();
+        let n = self.size;
         if i != self.odd || self.fixed || self.dice.chance(0.5) {
             return n;
         }
@@ -249,7 +280,7 @@ impl Sim {
         node.core = Some(
             ReplicaCore::new(
                 node.id.clone(),
-                config(replicas),
+                config(replicas, self.feed),
                 node.store.clone(),
                 MemLog::open(node.disk.clone()),
                 node.pending.clone(),
@@ -527,6 +558,7 @@ impl Sim {
     fn step(&mut self, faults: bool) -> Result<(), String> {
         self.real += STEP;
         let n = self.nodes.len();
+        self.start_extras();
         if faults {
             if self.dice.chance(0.004) {
                 self.side = if self.side.iter().all(|s| *s == 0) {
@@ -539,7 +571,7 @@ impl Sim {
                 let i = self.dice.below(n);
                 if self.up(i) {
                     self.crash(i);
-                } else {
+                } else if self.started(i) {
                     self.boot(i);
                 }
             }
@@ -555,8 +587,10 @@ impl Sim {
             // lost disks of three are beyond what any quorum survives; and
             // a node whose disk never held the set boots as a new node
             // (DESIGN.md, "Who votes"), so with one disk lost it would be
-            // the second.
-            if self.dice.chance(0.0015) && self.voters_durable() {
+            // the second. Every node up and every log's newest set the same
+            // full one, too: a set that dropped a dead voter, appended but
+            // not applied yet, would make this wipe a second lost voter.
+            if self.dice.chance(0.0015) && self.voters_durable() && self.voters_complete() {
                 let i = self.dice.below(n);
                 self.wipe(i);
             }
@@ -566,7 +600,9 @@ impl Sim {
                     if self.up(i) {
                         self.crash(i);
                     }
-                    self.boot(i);
+                    if self.started(i) {
+                        self.boot(i);
+                    }
                 }
             }
         }
@@ -705,6 +741,27 @@ impl Sim {
         Ok(())
     }
 
+    /// Node `i` has started before (it may be down now).
+    fn started(&self, i: usize) -> bool {
+        i < self.size + self.extras
+    }
+
+    /// Starts the next node beyond `size` once every node started so far
+    /// stores a voter set.
+    fn start_extras(&mut self) {
+        let next = self.size + self.extras;
+        if next >= self.nodes.len() {
+            return;
+        }
+        let stored = self.nodes[..next]
+            .iter()
+            .all(|n| n.store.get("pika/voters", None).ok().flatten().is_some());
+        if stored {
+            self.extras += 1;
+            self.boot(next);
+        }
+    }
+
     fn run(&mut self, d: Duration, faults: bool) -> Result<(), String> {
         let end = self.real + d;
         while self.real < end {
@@ -721,26 +778,50 @@ impl Sim {
     /// Whether every node's log holds a voter set of all `n` nodes (the
     /// first leader writes the nodes that elected it; the others are
     /// promoted once caught up).
-    /// Every node's state holds a voter set of every current node.
+    /// Every node's state holds the same full voter set (`size` of the
+    /// current nodes).
     fn voters_durable(&self) -> bool {
-        let ids: std::collections::BTreeSet<String> =
-            self.nodes.iter().map(|n| n.id.clone()).collect();
-        self.nodes.iter().all(|n| {
-            n.store
-                .get("pika/voters", None)
-                .ok()
-                .flatten()
-                .and_then(|c| pika_replication::replica::voters::parse(&c))
-                .is_some_and(|v| v == ids)
-        })
+        let sets: Vec<Option<std::collections::BTreeSet<String>>> = self
+            .nodes
+            .iter()
+            .map(|n| {
+                n.store
+                    .get("pika/voters", None)
+                    .ok()
+                    .flatten()
+                    .and_then(|c| pika_replication::replica::voters::parse(&c))
+            })
+            .collect();
+        sets.iter().all(|v| *v == sets[0]) && sets[0].as_ref().is_some_and(|v| self.full(v))
     }
 
+    /// A voter set of `size` current nodes, or more (the odd node may have
+    /// grown it past `size` while it led with a larger `replicas`).
+    fn full(&self, voters: &std::collections::BTreeSet<String>) -> bool {
+        voters.len() >= self.size
+            && voters
+                .iter()
+                .all(|id| self.nodes.iter().any(|n| n.id == *id))
+    }
+
+    /// Every node is up and its log's newest voter set is the same full
+    /// set.
     fn voters_complete(&self) -> bool {
-        let ids: std::collections::BTreeSet<String> =
-            self.nodes.iter().map(|n| n.id.clone()).collect();
-        self.nodes
+        let sets: Vec<Option<&std::collections::BTreeSet<String>>> = self
+            .nodes
             .iter()
-            .all(|n| n.core.as_ref().is_some_and(|c| c.voters() == Some(&ids)))
+            .map(|n| n.core.as_ref().and_then(|c| c.voters()))
+            .collect();
+        sets.iter().all(|v| *v == sets[0]) && sets[0].is_some_and(|v| self.full(v))
+    }
+
+    /// The voter set every node holds (call once [`Self::voters_complete`]).
+    fn voter_ids(&self) -> std::collections::BTreeSet<String> {
+        self.nodes[0]
+            .core
+            .as_ref()
+            .and_then(|c| c.voters().cloned())
+            .unwrap_or_default()
     }
 
     fn degraded(&mut self) -> Result<(), String> {
@@ -754,13 +835,13 @@ impl Sim {
         self.fixed = true;
         for i in 0..n {
             self.nodes[i].disk_failing = false;
-            if self.nodes[i].replicas < n {
+            if self.nodes[i].replicas != self.size && self.started(i) {
                 if self.up(i) {
                     self.crash(i);
                 }
-                self.boot_with(i, Some(n));
+                self.boot_with(i, Some(self.size));
             }
-            if !self.up(i) {
+            if !self.up(i) && self.started(i) {
                 self.boot(i);
             }
         }
@@ -789,9 +870,12 @@ impl Sim {
                     .is_some_and(|c| c.lease(self.local(i)).is_some())
             })
             .collect();
-        while down.len() < (n - 1) / 2 {
+        // A minority of the voters (learners stay up: they count for no
+        // quorum).
+        let voters = self.voter_ids();
+        while down.len() < (voters.len() - 1) / 2 {
             let i = self.dice.below(n);
-            if !down.contains(&i) {
+            if !down.contains(&i) && voters.contains(&self.nodes[i].id) {
                 down.push(i);
             }
         }
@@ -803,7 +887,7 @@ impl Sim {
         for i in 0..n {
             match (down.contains(&i), self.up(i)) {
                 (true, true) => self.crash(i),
-                (false, false) => self.boot(i),
+                (false, false) if self.started(i) => self.boot(i),
                 _ => {}
             }
         }
@@ -853,7 +937,7 @@ impl Sim {
             node.disk_failing = false;
         }
         for i in 0..self.nodes.len() {
-            if !self.up(i) {
+            if !self.up(i) && self.started(i) {
                 self.boot(i);
             }
         }
@@ -890,15 +974,22 @@ impl Sim {
             self.run(Duration::from_millis(250), false)?;
             // Each node may read, and has nothing pending (a read of any
             // path would be served): a lost diff must not leave an idle
-            // cluster unable to commit.
+            // cluster unable to commit. Learners fed in batches never may
+            // read (they serve stale reads only).
+            let voters = self.voter_ids();
+            let applied = self.nodes.iter().map(|n| n.store.revision()).max();
             unreadable = (0..self.nodes.len())
                 .filter(|&i| {
                     let now = self.local(i);
-                    !self.nodes[i].pending.lock().is_empty()
-                        || self.nodes[i]
-                            .core
-                            .as_ref()
-                            .is_none_or(|c| c.read_until(now).is_none_or(|until| now >= until))
+                    // Learners fed in batches catch up a tick or two late.
+                    let behind = Some(self.nodes[i].store.revision()) < applied;
+                    let reads =
+                        self.feed == LearnerFeed::PerWrite || voters.contains(&self.nodes[i].id);
+                    behind
+                        || !self.nodes[i].pending.lock().is_empty()
+                        || self.nodes[i].core.as_ref().is_none_or(|c| {
+                            reads && c.read_until(now).is_none_or(|until| now >= until)
+                        })
                 })
                 .collect();
             if unreadable.is_empty() {

@@ -71,6 +71,24 @@ pub struct CoreConfig {
     /// voter set (`cluster.dead_voter_timeout`), and a caught-up learner
     /// takes its place.
     pub dead_voter_timeout: Duration,
+    /// How the leader feeds learners (`cluster.learner_feed`).
+    pub learner_feed: LearnerFeed,
+}
+
+/// How the leader feeds learners, the followers outside the voter set.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LearnerFeed {
+    /// Like voters: each batch is sent at once and commits once every
+    /// learner in the replication set has received it, so learners serve
+    /// linearizable reads locally. Every write waits for the slowest.
+    #[default]
+    PerWrite,
+    /// From the leader's tick (every `heartbeat_interval`): learners stay
+    /// out of the replication set, no commit waits for them, and they serve
+    /// only `stale=true` reads. For many read replicas, whose per-write
+    /// fan-out would slow every write.
+    Batched,
 }
 
 impl CoreConfig {
@@ -88,6 +106,7 @@ impl CoreConfig {
             frame_bytes: 1 << 20,
             voters_path: "pika/voters".into(),
             dead_voter_timeout: Duration::from_secs(5),
+            learner_feed: LearnerFeed::PerWrite,
         }
     }
 }

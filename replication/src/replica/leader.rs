@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::core::{DRIFT, Leading, Output, ReplicaCore};
+use super::core::{DRIFT, Leading, LearnerFeed, Output, ReplicaCore};
 use crate::commit::WriteError;
 use crate::election::Position;
 use crate::fanout::ReplicationSet;
@@ -41,6 +41,7 @@ impl<L: LogStore> ReplicaCore<L> {
             next_verify: now + self.config.sync_interval,
         });
         tracing::info!(epoch, "leading");
+        self.classify_learners(now);
         self.first_voters(epoch, now);
         self.outputs.push(Output::BecameLeader { epoch });
     }
@@ -116,9 +117,7 @@ impl<L: LogStore> ReplicaCore<L> {
             commit,
             more: false,
         };
-        for peer in self.peers.clone() {
-            self.send(&peer, message.clone());
-        }
+        self.send_per_write(&message);
         self.request_flush();
         Ok((results, changes))
     }
@@ -223,8 +222,69 @@ impl<L: LogStore> ReplicaCore<L> {
             epoch,
             revision: bound,
         };
+        self.send_per_write(&message);
+    }
+
+    /// Sends `message` to every follower fed with each write: all of them
+    /// but the learners fed in batches, who hear of it at the next tick.
+    fn send_per_write(&mut self, message: &PeerMessage) {
         for peer in self.peers.clone() {
-            self.send(&peer, message.clone());
+            let batched = self
+                .leading
+                .as_ref()
+                .is_some_and(|l| l.set.is_batched(&peer));
+            if !batched {
+                self.send(&peer, message.clone());
+            }
+        }
+    }
+
+    /// With `learner_feed: batched`, tells the set who the learners are
+    /// (followers outside the newest voter set in the log, which includes
+    /// one being promoted). Returns whether a member left the set at once.
+    pub(super) fn classify_learners(&mut self, now: Duration) -> bool {
+        let voters = match self.config.learner_feed {
+            LearnerFeed::Batched => self.voters().cloned(),
+            LearnerFeed::PerWrite => None,
+        };
+        match self.leading.as_mut() {
+            Some(leading) => leading.set.feed_in_batches(voters.as_ref(), now),
+            None => false,
+        }
+    }
+
+    /// Sends learners fed in batches what they lack, from the log; one
+    /// whose next entry the log no longer holds gets the empty diff at our
+    /// log end and asks to catch up (or for a snapshot) by itself.
+    fn feed_batches(&mut self, epoch: u64, now: Duration) {
+        let last = self.log.last();
+        // Two ticks without the learner's receipt moving past a batch:
+        // it was lost (a batch is small, and this is rare).
+        let resend = self.config.heartbeat_interval * 2;
+        let due = match self.leading.as_mut() {
+            Some(leading) => leading.set.batches_due(last.revision, now, resend),
+            None => return,
+        };
+        for (to, from) in due {
+            match self.log.epoch_at(from) {
+                Some(epoch) => {
+                    let from = Position {
+                        epoch,
+                        revision: from,
+                    };
+                    self.serve_catch_up(&to, from, from);
+                }
+                None => self.send(
+                    &to,
+                    PeerMessage::Diff {
+                        epoch,
+                        prev: last,
+                        changes: Vec::new(),
+                        commit: self.commit,
+                        more: false,
+                    },
+                ),
+            }
         }
     }
 
@@ -233,7 +293,8 @@ impl<L: LogStore> ReplicaCore<L> {
         // First, so that what follows carries the new commit index and a
         // verification is at or above every commit sent before it.
         self.advance_commit(now);
-        if self.update_set(now) {
+        let batched_left = self.classify_learners(now);
+        if self.update_set(now) || batched_left {
             // Commit what waited only for those who left at once: before
             // the next word from one of them could admit it back on the
             // commit index as it stood (a follower that never receives
@@ -303,6 +364,7 @@ impl<L: LogStore> ReplicaCore<L> {
         for (to, message) in messages {
             self.send(&to, message);
         }
+        self.feed_batches(epoch, now);
     }
 
     /// Revokes the read permission of members lagging past `ack_timeout`,

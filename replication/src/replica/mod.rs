@@ -26,7 +26,7 @@ use pika_membership::Membership;
 use tokio::sync::oneshot;
 
 use self::core::Output;
-pub use self::core::{CoreConfig, ReplicaCore, ReplicaStatus, SyncRecord};
+pub use self::core::{CoreConfig, LearnerFeed, ReplicaCore, ReplicaStatus, SyncRecord};
 pub use self::leader::SnapshotAnswer;
 use crate::commit::{BatchLimits, CommitPolicy, Reply, WriteError, WriteQueue};
 use crate::log::{DiskLog, LogOptions};
@@ -36,6 +36,14 @@ use crate::pending::SharedPending;
 use crate::record::{Applied, Op};
 use crate::store::{BatchOutcome, Store};
 use crate::wire::{ForwardResult, PeerMessage};
+
+/// At most this much in one catch-up or snapshot frame, whatever
+/// `max_frame_mb` allows: heartbeats share the peer stream and wait behind
+/// a frame. With answers of half of 64 MiB, a returning follower heard no
+/// heartbeat for longer than L while its snapshot streamed in, campaigned,
+/// and refused the snapshot as coming from the deposed epoch (the rejoin
+/// then moved the state twice).
+const ANSWER_BYTES: usize = 1 << 20;
 
 #[derive(Debug, Clone)]
 pub struct ReplicaConfig {
@@ -54,6 +62,8 @@ pub struct ReplicaConfig {
     pub voters_path: ConfigPath,
     /// `cluster.dead_voter_timeout` (see [`CoreConfig::dead_voter_timeout`]).
     pub dead_voter_timeout: Duration,
+    /// How the leader feeds learners (`cluster.learner_feed`).
+    pub learner_feed: LearnerFeed,
     /// This node's HTTP address, for the lock record.
     pub http_addr: String,
     /// Where the replicated log lives (`{storage.bw.path}/log`).
@@ -271,9 +281,10 @@ impl Replica {
                 ack_timeout: config.ack_timeout,
                 sync_interval: config.sync_interval,
                 sync_timeout: config.forward_timeout.max(config.lease * 2),
-                frame_bytes: (config.max_frame / 2).max(64 << 10),
+                frame_bytes: (config.max_frame / 2).clamp(64 << 10, ANSWER_BYTES),
                 voters_path: config.voters_path.as_str().to_string(),
                 dead_voter_timeout: config.dead_voter_timeout,
+                learner_feed: config.learner_feed,
             },
             store.clone(),
             log,

@@ -275,7 +275,7 @@ impl<L: LogStore> ReplicaCore<L> {
                             l.set.followers().into_iter().map(|f| f.id).find(|id| {
                                 !voters.contains(id)
                                     && self.alive.contains(id)
-                                    && l.set.may_read(id)
+                                    && l.set.caught_up(id, self.commit)
                             })
                         });
                         learner.map(|id| {
