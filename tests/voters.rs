@@ -377,3 +377,67 @@ fn a_lost_quorum_is_recovered_with_a_new_voter_set_of_one() {
         }
     }
 }
+
+/// Three voters and two learners fed in batches
+/// (`cluster.learner_feed: batched`): the learners stay out of the
+/// replication set and catch up from the leader's tick, yet a read on one
+/// right after a write's 201 returns that write (it asks the leader for
+/// its commit index and applies through it first); writes never wait for
+/// them.
+#[test]
+fn learners_fed_in_batches_stay_out_of_the_set_and_read_after_one_round_trip() {
+    let mut c = Cluster::start_with_env(
+        &[112, 113, 114, 115, 116],
+        &[
+            ("PIKA_CLUSTER_REPLICAS", "3"),
+            ("PIKA_CLUSTER_LEARNER_FEED", "batched"),
+        ],
+    );
+    c.kill(3);
+    c.kill(4);
+    let (leader, _) = c.leader(Duration::from_secs(20));
+    assert!(
+        wait_for(Duration::from_secs(15), || (0..3)
+            .all(|i| voters(&c, i).len() == 3)),
+        "the first three are the voters"
+    );
+    c.restart(3);
+    c.restart(4);
+    for learner in [3, 4] {
+        assert!(
+            wait_for(Duration::from_secs(15), || c.status(learner)["voter"]
+                == false),
+            "node {learner} is a learner: {}",
+            c.status(learner)
+        );
+    }
+    for n in 0..20 {
+        let path = format!("batched/k{n}");
+        let value = format!("v{n}");
+        let (status, _) = put(&c.url(leader), &path, &value, None);
+        assert_eq!(status, 201);
+        let learner = 3 + n % 2;
+        assert_eq!(
+            read(&c, learner, &path).as_deref(),
+            Some(value.as_str()),
+            "learner {learner} reads the write acknowledged just before"
+        );
+    }
+    assert!(
+        c.counter(3, "pika_reads_by_read_index_total") > 0.0,
+        "the learner read by the leader's commit index"
+    );
+    let set = c.replication_set(leader).unwrap_or_default();
+    assert_eq!(set.len(), 2, "only the voters are in the set: {set:?}");
+    // Caught up, an idle learner is sent nothing but heartbeats: no batch
+    // goes out again.
+    std::thread::sleep(Duration::from_secs(1));
+    let fed = c.counter(leader, "pika_catch_up_entries_total");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(c.counter(leader, "pika_catch_up_entries_total"), fed);
+    // Writes go on with both learners gone.
+    c.kill(3);
+    c.kill(4);
+    let (status, _) = put(&c.url(leader), "batched/after", "x", None);
+    assert_eq!(status, 201);
+}

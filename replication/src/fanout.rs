@@ -444,6 +444,19 @@ impl<A> ReplicationSet<A> {
         due
     }
 
+    /// A learner fed in batches asked to read: what it lacks through
+    /// `last`, at once. Returns the revision to send from, if any.
+    pub fn feed_now(&mut self, id: &str, last: u64, now: Duration) -> Option<u64> {
+        let f = self.followers.get_mut(id).filter(|f| f.batched)?;
+        let from = f.fed.max(f.received);
+        if from >= last {
+            return None;
+        }
+        f.fed = last;
+        f.fed_at = now;
+        Some(from)
+    }
+
     /// A learner caught up with `committed` (durable through it), in the
     /// set and confirmed or fed in batches: one the leader may promote.
     pub fn caught_up(&self, id: &str, committed: u64) -> bool {

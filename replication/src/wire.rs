@@ -110,6 +110,20 @@ pub enum PeerMessage {
         id: u64,
         result: ForwardResult,
     },
+    /// Learner → leader: a client's read this learner holds no read
+    /// permission for (it is fed in batches): what is committed?
+    ReadIndex {
+        id: u64,
+    },
+    /// Leader → learner: the commit index, from a leader of `epoch` inside
+    /// its lease whose epoch has committed an entry (so that index covers
+    /// every write acknowledged before the ask); `None` from anyone else.
+    /// The learner serves the read once it has applied that far.
+    ReadIndexReply {
+        id: u64,
+        epoch: u64,
+        commit: Option<u64>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -198,6 +212,9 @@ impl PeerMessage {
             PeerMessage::Commit { epoch, revision } => {
                 vec![("epoch", *epoch), ("revision", *revision)]
             }
+            PeerMessage::ReadIndexReply { epoch, commit, .. } => {
+                vec![("epoch", *epoch), ("commit", commit.unwrap_or(0))]
+            }
             PeerMessage::Fenced { epoch, promised } => {
                 vec![("epoch", *epoch), ("promised", *promised)]
             }
@@ -232,7 +249,7 @@ impl PeerMessage {
             PeerMessage::Verify {
                 epoch, revision, ..
             } => vec![("epoch", *epoch), ("revision", *revision)],
-            PeerMessage::Alive { .. } => vec![],
+            PeerMessage::Alive { .. } | PeerMessage::ReadIndex { .. } => vec![],
             PeerMessage::SetStatus { epoch, commit, .. } => {
                 vec![("epoch", *epoch), ("commit", *commit)]
             }

@@ -120,6 +120,12 @@ struct Sim {
     size: usize,
     /// How leaders feed learners: in batches in half the schedules.
     feed: LearnerFeed,
+    /// Reads on learners without read permission, by (node, id): the path
+    /// and the latest version acknowledged when the read began, and once
+    /// the leader answered, the commit index to apply through first.
+    read_indexes: HashMap<(usize, u64), IndexRead>,
+    /// Reads served that way.
+    index_reads: u64,
     /// How many of the nodes beyond `size` have started. They join a
     /// running cluster one at a time, each once every node started so far
     /// stores a voter set, as a StatefulSet scaled past `replicas` one pod
@@ -128,6 +134,15 @@ struct Sim {
     /// cluster could elect each other, which no node can tell from a new
     /// cluster; README, "Learners".)
     extras: usize,
+}
+
+/// A read on a learner by the leader's commit index (a read index).
+struct IndexRead {
+    path: String,
+    acked: u64,
+    began: Duration,
+    boots: u64,
+    commit: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -225,6 +240,8 @@ impl Sim {
             size,
             feed,
             extras: 0,
+            read_indexes: HashMap::new(),
+            index_reads: 0,
         };
         for i in 0..size {
             sim.boot(i);
@@ -397,6 +414,16 @@ impl Sim {
                     }
                     self.lock_due.push((i, epoch));
                 }
+                Output::ReadIndexAnswered { id, commit } => match commit {
+                    Some(c) => {
+                        if let Some(read) = self.read_indexes.get_mut(&(i, id)) {
+                            read.commit = Some(c);
+                        }
+                    }
+                    None => {
+                        self.read_indexes.remove(&(i, id));
+                    }
+                },
                 Output::SteppedDown { .. }
                 | Output::AnswerSnapshot(_)
                 | Output::Forwarded { .. }
@@ -662,6 +689,11 @@ impl Sim {
             self.write(i);
             self.outputs(i)?;
         }
+        if self.dice.chance(0.05) {
+            let i = self.dice.below(n);
+            self.begin_index_read(i);
+        }
+        self.serve_index_reads()?;
         let holders: Vec<(usize, u64)> = (0..n)
             .filter_map(|i| Some((i, self.nodes[i].core.as_ref()?.lease(self.local(i))?)))
             .collect();
@@ -678,6 +710,100 @@ impl Sim {
     /// of a path either waits (an entry of the path is pending) or returns
     /// a version no older than the latest acknowledged write of the path.
     /// One read per node per step is recorded for the dirty-read check.
+    /// A client read on a learner that holds no read permission (fed in
+    /// batches), the way `Replica::read_permission` does it: it begins
+    /// now, asks the leader it follows for the commit index, and is served
+    /// once the learner applied through it ([`Self::serve_index_reads`]).
+    fn begin_index_read(&mut self, i: usize) {
+        let now = self.local(i);
+        let Some(core) = self.nodes[i].core.as_ref() else {
+            return;
+        };
+        let status = core.status(now);
+        if status.voter != Some(false)
+            || status.is_leader
+            || core.read_until(now).is_some_and(|u| now < u)
+        {
+            return;
+        }
+        let Some(j) = status
+            .leader_id
+            .and_then(|l| self.nodes.iter().position(|n| n.id == l))
+        else {
+            return;
+        };
+        let path = format!("w/{}", self.dice.below(PATHS as usize));
+        let acked = self.latest.get(&path).copied().unwrap_or(0);
+        self.next_token += 1;
+        let id = self.next_token;
+        self.read_indexes.insert(
+            (i, id),
+            IndexRead {
+                path,
+                acked,
+                began: self.real,
+                boots: self.nodes[i].boots,
+                commit: None,
+            },
+        );
+        if !self.dice.chance(self.loss) {
+            self.seq += 1;
+            let delay = Duration::from_micros(200) + self.max_delay.mul_f64(self.dice.unit());
+            self.net.insert(
+                (self.real + delay, self.seq),
+                (i, j, PeerMessage::ReadIndex { id }),
+            );
+        }
+    }
+
+    /// Serves the reads whose learner applied through the leader's commit
+    /// index: each must return its path at a version no older than the one
+    /// acknowledged when it began. Reads of a node that restarted, or
+    /// older than the shell's `forward_timeout`, are dropped (a 503).
+    fn serve_index_reads(&mut self) -> Result<(), String> {
+        let mut done = Vec::new();
+        for (&(i, id), read) in &self.read_indexes {
+            let node = &self.nodes[i];
+            if node.core.is_none()
+                || node.boots != read.boots
+                || self.real > read.began + Duration::from_secs(2)
+            {
+                done.push((i, id));
+                continue;
+            }
+            let Some(commit) = read.commit else {
+                continue;
+            };
+            if node.store.revision() < commit {
+                continue;
+            }
+            done.push((i, id));
+            let stored = node
+                .store
+                .get(&read.path, None)
+                .map_err(|e| e.to_string())?;
+            let version = stored.as_ref().map_or(0, |c| c.version);
+            if version < read.acked {
+                return Err(format!(
+                    "n{i} served a read by the leader's commit index {commit} at real {:?} (begun {:?}) with {} v{version}, older than the acknowledged v{}",
+                    self.real, read.began, read.path, read.acked
+                ));
+            }
+            if version > 0 {
+                let value = stored.and_then(|c| match c.kind {
+                    ChangeKind::Put { data, .. } => Some(data),
+                    ChangeKind::Delete => None,
+                });
+                self.reads.push((i, read.path.clone(), version, value));
+            }
+            self.index_reads += 1;
+        }
+        for key in done {
+            self.read_indexes.remove(&key);
+        }
+        Ok(())
+    }
+
     fn check_reads(&mut self) -> Result<(), String> {
         for i in 0..self.nodes.len() {
             let now = self.local(i);
@@ -1049,7 +1175,7 @@ fn replicas_keep_every_acked_write_and_converge_under_seeded_faults() {
     };
     let (mut acked, mut elections, mut verified, mut snapshots, mut recoveries, mut wipes) =
         (0, 0, 0, 0, 0, 0);
-    let mut odd_boots = 0;
+    let (mut odd_boots, mut index_reads) = (0, 0);
     for n in &sizes {
         for seed in &seeds {
             let mut sim = Sim::new(*n, *seed);
@@ -1065,13 +1191,15 @@ fn replicas_keep_every_acked_write_and_converge_under_seeded_faults() {
             recoveries += sim.recoveries;
             wipes += sim.wipes;
             odd_boots += sim.odd_boots;
+            index_reads += sim.index_reads;
         }
     }
     eprintln!(
         "{} schedules: {acked} acknowledged writes checked on every node, {elections} elections, \
          {verified} Merkle roots verified equal, {snapshots} snapshots installed, \
          {recoveries} recoveries from a failed disk, {wipes} wiped data directories, \
-         {odd_boots} boots with a `replicas` other than the cluster size",
+         {odd_boots} boots with a `replicas` other than the cluster size, \
+         {index_reads} reads on learners by the leader's commit index",
         seeds.len() * sizes.len()
     );
     if seeds.len() > 100 {
@@ -1083,6 +1211,7 @@ fn replicas_keep_every_acked_write_and_converge_under_seeded_faults() {
         assert!(recoveries > 0, "some disk should fail and recover");
         assert!(wipes > 0, "some node should lose its data");
         assert!(odd_boots > 0, "some node should differ in `replicas`");
+        assert!(index_reads > 0, "some learner should read by a read index");
     }
     assert!(
         acked > seeds.len(),

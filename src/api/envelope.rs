@@ -7,6 +7,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use pika_replication::replica::ReadPermission;
 
 use super::error::ErrorMessage;
 use super::{AppState, RequestId};
@@ -55,11 +56,14 @@ pub async fn envelope(State(state): State<AppState>, request: Request, next: Nex
         Err(refusal) => Some(refusal),
         Ok(principal) => {
             request.extensions_mut().insert(principal);
-            let (refused, served_stale) = read_lease_check(&state, &request);
-            stale = served_stale;
-            match (refused, read_target(&request)) {
+            let check = read_lease_check(&state, is_read(&request), asks_stale(&request)).await;
+            stale = check.stale;
+            match (check.refusal, read_target(&request)) {
                 (Some(refusal), _) => Some(refusal),
                 (None, None) => None,
+                // Applied through the leader's commit index: nothing
+                // pending here can be a write acknowledged before the read.
+                (None, Some(_)) if check.by_read_index => None,
                 (None, Some(target)) => pending_read_wait(&state, target).await,
             }
         }
@@ -223,27 +227,55 @@ pub(super) fn percent_decode(s: &str) -> String {
     String::from_utf8(out).unwrap_or_else(|_| s.to_string())
 }
 
-/// Local reads in a cluster need a read lease (DESIGN.md, "Reads"): without
-/// one a read is refused with 503, unless the client asked for `stale=true`,
-/// in which case it is served and marked. Returns (refusal, served stale).
-fn read_lease_check(state: &AppState, request: &Request) -> (Option<Response>, bool) {
-    let Some(replica) = state.writes.replica() else {
-        return (None, false);
+/// What [`read_lease_check`] decided.
+struct LeaseCheck {
+    refusal: Option<Response>,
+    /// Served without permission, as the client asked (`stale=true`).
+    stale: bool,
+    /// Allowed by the leader's commit index (a learner fed in batches):
+    /// no wait on pending entries.
+    by_read_index: bool,
+}
+
+/// Local reads in a cluster need read permission (DESIGN.md, "Reads"), or
+/// on a learner fed in batches the leader's commit index applied here
+/// ([`pika_replication::replica::Replica::read_permission`]): without
+/// either a read is refused with 503, unless the client asked for
+/// `stale=true`, in which case it is served at once and marked.
+async fn read_lease_check(state: &AppState, is_read: bool, asks_stale: bool) -> LeaseCheck {
+    let allowed = |by_read_index| LeaseCheck {
+        refusal: None,
+        stale: false,
+        by_read_index,
     };
-    let is_read = is_read(request);
+    let Some(replica) = state.writes.replica() else {
+        return allowed(false);
+    };
     if !is_read || replica.may_read() {
-        return (None, false);
+        return allowed(false);
     }
-    if asks_stale(request) {
-        return (None, true);
+    if asks_stale {
+        return LeaseCheck {
+            refusal: None,
+            stale: true,
+            by_read_index: false,
+        };
     }
-    let refusal = super::ApiError::new(
-        axum::http::StatusCode::SERVICE_UNAVAILABLE,
-        "no read lease: this node has not heard from a leader within heartbeat_timeout \
-         (or is catching up); retry, or add ?stale=true to read possibly stale data",
-    )
-    .into_response();
-    (Some(refusal), false)
+    match replica.read_permission().await {
+        Ok(ReadPermission::Lease) => allowed(false),
+        Ok(ReadPermission::ReadIndex) => allowed(true),
+        Err(e) => LeaseCheck {
+            refusal: Some(
+                super::ApiError::new(
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    format!("{e}; retry, or add ?stale=true to read possibly stale data"),
+                )
+                .into_response(),
+            ),
+            stale: false,
+            by_read_index: false,
+        },
+    }
 }
 
 /// Rewrites an error response as `{message, request_id}`. The message is the

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::http::StatusCode;
-use pika_replication::replica::Replica;
+use pika_replication::replica::{ReadPermission, Replica};
 use pika_replication::{ChangeKind, Store};
 
 use scope::{Operation, Scope};
@@ -233,16 +233,17 @@ impl Auth {
         let inner = &self.inner;
         let path = inner.paths.by_hash(hash);
         if let Some(replica) = &inner.replica {
-            if !replica.may_read() {
-                return Err(Refusal::unavailable(
-                    "this node cannot check API tokens now (no read lease: it has not heard \
-                     from a leader within heartbeat_timeout); retry, or use the admin token",
-                ));
+            let permission = replica.read_permission().await.map_err(|e| {
+                Refusal::unavailable(format!(
+                    "this node cannot check API tokens now ({e}); retry, or use the admin token"
+                ))
+            })?;
+            if permission == ReadPermission::Lease {
+                replica
+                    .read_barrier(&path)
+                    .await
+                    .map_err(|e| Refusal::unavailable(format!("checking the token: {e}")))?;
             }
-            replica
-                .read_barrier(&path)
-                .await
-                .map_err(|e| Refusal::unavailable(format!("checking the token: {e}")))?;
         }
         let storage = |e: pika_replication::StoreError| Refusal {
             status: StatusCode::INTERNAL_SERVER_ERROR,

@@ -153,6 +153,13 @@ pub enum Output {
     /// A snapshot answer to build off the protocol loop and send
     /// ([`SnapshotAnswer::reply`]).
     AnswerSnapshot(super::leader::SnapshotAnswer),
+    /// The leader's answer to a read index this node asked for: the commit
+    /// index to apply through before serving the read, or `None` (ask
+    /// again, or refuse the read).
+    ReadIndexAnswered {
+        id: u64,
+        commit: Option<u64>,
+    },
 }
 
 /// What the status API shows of replication.
@@ -713,6 +720,10 @@ impl<L: LogStore> ReplicaCore<L> {
             }
             PeerMessage::ForwardReply { id, result } => {
                 self.outputs.push(Output::ForwardAnswered { id, result })
+            }
+            PeerMessage::ReadIndex { id } => self.serve_read_index(&from, id, now),
+            PeerMessage::ReadIndexReply { id, epoch, commit } => {
+                self.on_read_index_reply(&from, id, epoch, commit)
             }
         }
     }

@@ -199,7 +199,8 @@ impl Driver {
                 Output::Send { .. }
                 | Output::Release(_)
                 | Output::Fail(..)
-                | Output::ForwardAnswered { .. } => {}
+                | Output::ForwardAnswered { .. }
+                | Output::ReadIndexAnswered { .. } => {}
             }
         }
     }

@@ -174,6 +174,28 @@ impl<L: LogStore> ReplicaCore<L> {
         }
     }
 
+    /// The leader's answer to our read index: learned as a commit index
+    /// (its entries reach us with the feed it sends at once), and handed
+    /// to the read that asked. An answer from anyone but the leader we
+    /// follow in its epoch is none.
+    pub(super) fn on_read_index_reply(
+        &mut self,
+        from: &str,
+        id: u64,
+        epoch: u64,
+        commit: Option<u64>,
+    ) {
+        let ours = self.leading.is_none()
+            && epoch == self.follow.epoch
+            && self.follow_leader.as_deref() == Some(from);
+        let commit = commit.filter(|_| ours);
+        if let Some(c) = commit {
+            self.learn_commit(c);
+        }
+        self.outputs
+            .push(super::core::Output::ReadIndexAnswered { id, commit });
+    }
+
     pub(super) fn on_commit(&mut self, from: &str, epoch: u64, revision: u64, _now: Duration) {
         if self.leading.is_none()
             && epoch == self.follow.epoch

@@ -253,6 +253,46 @@ impl<L: LogStore> ReplicaCore<L> {
         }
     }
 
+    /// A learner's read index: our commit index, if we lead inside our
+    /// lease and our epoch has committed an entry. Then every write
+    /// acknowledged before the learner asked is at or below it: we
+    /// acknowledge only what we committed, a later leader commits nothing
+    /// before our lease has run out, and an earlier one's acknowledged
+    /// entries are below our epoch's first committed entry. A learner fed
+    /// in batches is sent what it lacks at once, rather than at the next
+    /// tick.
+    pub(super) fn serve_read_index(&mut self, from: &str, id: u64, now: Duration) {
+        let commit = self.commit;
+        let (epoch, answer) = match self.leading.as_ref() {
+            Some(l) => {
+                let ours = self.election.lease(now).is_some_and(|(e, _)| e == l.epoch)
+                    && l.epoch_start.is_some_and(|start| start <= commit);
+                (l.epoch, ours.then_some(commit))
+            }
+            None => (0, None),
+        };
+        self.send(
+            from,
+            PeerMessage::ReadIndexReply {
+                id,
+                epoch,
+                commit: answer,
+            },
+        );
+        metrics::counter!("pika_read_index_total", "answered" => answer.is_some().to_string())
+            .increment(1);
+        if answer.is_some() {
+            let last = self.log.last().revision;
+            let from_revision = self
+                .leading
+                .as_mut()
+                .and_then(|l| l.set.feed_now(from, last, now));
+            if let Some(revision) = from_revision {
+                self.send_batch(from, revision, epoch);
+            }
+        }
+    }
+
     /// Sends learners fed in batches what they lack, from the log; one
     /// whose next entry the log no longer holds gets the empty diff at our
     /// log end and asks to catch up (or for a snapshot) by itself.
@@ -266,25 +306,30 @@ impl<L: LogStore> ReplicaCore<L> {
             None => return,
         };
         for (to, from) in due {
-            match self.log.epoch_at(from) {
-                Some(epoch) => {
-                    let from = Position {
-                        epoch,
-                        revision: from,
-                    };
-                    self.serve_catch_up(&to, from, from);
-                }
-                None => self.send(
-                    &to,
-                    PeerMessage::Diff {
-                        epoch,
-                        prev: last,
-                        changes: Vec::new(),
-                        commit: self.commit,
-                        more: false,
-                    },
-                ),
+            self.send_batch(&to, from, epoch);
+        }
+    }
+
+    /// One learner's batch: the log after revision `from`.
+    fn send_batch(&mut self, to: &str, from: u64, epoch: u64) {
+        match self.log.epoch_at(from) {
+            Some(e) => {
+                let from = Position {
+                    epoch: e,
+                    revision: from,
+                };
+                self.serve_catch_up(to, from, from);
             }
+            None => self.send(
+                to,
+                PeerMessage::Diff {
+                    epoch,
+                    prev: self.log.last(),
+                    changes: Vec::new(),
+                    commit: self.commit,
+                    more: false,
+                },
+            ),
         }
     }
 

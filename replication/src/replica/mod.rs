@@ -45,6 +45,15 @@ use crate::wire::{ForwardResult, PeerMessage};
 /// then moved the state twice).
 const ANSWER_BYTES: usize = 1 << 20;
 
+/// How a linearizable read was allowed ([`Replica::read_permission`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadPermission {
+    /// Read permission: the read waits for its path's pending entry.
+    Lease,
+    /// Applied through the leader's commit index: served as it stands.
+    ReadIndex,
+}
+
 #[derive(Debug, Clone)]
 pub struct ReplicaConfig {
     pub replicas: usize,
@@ -105,6 +114,9 @@ pub(crate) struct Shared {
     /// response can name the leader without scanning membership.
     pub(crate) leader_http: Mutex<Option<(String, String)>>,
     pub(crate) forwards: Mutex<HashMap<u64, oneshot::Sender<ForwardResult>>>,
+    /// Reads waiting for the leader's commit index, by read-index id (from
+    /// `next_forward`'s sequence).
+    pub(crate) read_indexes: Mutex<HashMap<u64, oneshot::Sender<Option<u64>>>>,
     pub(crate) next_forward: AtomicU64,
 }
 
@@ -141,6 +153,11 @@ impl Shared {
                 Output::ForwardAnswered { id, result } => {
                     if let Some(waiter) = lock(&self.forwards).remove(&id) {
                         let _ = waiter.send(result);
+                    }
+                }
+                Output::ReadIndexAnswered { id, commit } => {
+                    if let Some(waiter) = lock(&self.read_indexes).remove(&id) {
+                        let _ = waiter.send(commit);
                     }
                 }
                 other => rest.push(other),
@@ -305,6 +322,7 @@ impl Replica {
             read_until: Mutex::new(None),
             leader_http: Mutex::new(None),
             forwards: Mutex::new(HashMap::new()),
+            read_indexes: Mutex::new(HashMap::new()),
             next_forward: AtomicU64::new(1),
         });
         let (peers, inbox) = Peers::start(me, membership.clone(), config.heartbeat_interval);
@@ -371,6 +389,71 @@ impl Replica {
     pub fn may_read(&self) -> bool {
         let until = *lock(&self.shared.read_until);
         until.is_some_and(|u| self.shared.now() < u)
+    }
+
+    /// How a linearizable read may be served here, waiting for it if need
+    /// be (bounded by `forward_timeout`):
+    /// - [`ReadPermission::Lease`]: this node may read (it leads, or the
+    ///   leader's set waits for it); the read still waits for its path's
+    ///   pending entry ([`Self::read_barrier`]).
+    /// - [`ReadPermission::ReadIndex`]: a learner without that permission
+    ///   (fed in batches) asked the leader for its commit index and has
+    ///   applied through it: its state holds every write acknowledged
+    ///   before the read began, and the read needs no other wait.
+    ///
+    /// A voter without permission is refused at once, as before.
+    pub async fn read_permission(&self) -> Result<ReadPermission, WriteError> {
+        if self.may_read() {
+            return Ok(ReadPermission::Lease);
+        }
+        let status = self.status();
+        let no_lease = || {
+            WriteError::Unavailable(
+                "no read lease: this node has not heard from a leader within heartbeat_timeout \
+                 (or is catching up)"
+                    .into(),
+            )
+        };
+        let leader = match (&status.leader_id, status.voter) {
+            (Some(leader), Some(false)) if !status.is_leader => leader.clone(),
+            _ => return Err(no_lease()),
+        };
+        let deadline = tokio::time::Instant::now() + self.config.forward_timeout;
+        let id = self.shared.next_forward.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        lock(&self.shared.read_indexes).insert(id, tx);
+        self.peers.send(&leader, PeerMessage::ReadIndex { id });
+        let answer = tokio::time::timeout_at(deadline, rx).await;
+        lock(&self.shared.read_indexes).remove(&id);
+        let commit = match answer {
+            Ok(Ok(Some(commit))) => commit,
+            Ok(_) => return Err(no_lease()),
+            Err(_) => {
+                return Err(WriteError::Unavailable(format!(
+                    "the leader did not confirm its commit index within forward_timeout ({:?})",
+                    self.config.forward_timeout
+                )));
+            }
+        };
+        let store = self.store.clone();
+        tokio::time::timeout_at(
+            deadline,
+            self.shared
+                .pending
+                .wait_until(move |_| store.revision() >= commit),
+        )
+        .await
+        .ok()
+        .filter(|_| self.store.revision() >= commit)
+        .ok_or_else(|| {
+            WriteError::Unavailable(format!(
+                "this learner did not apply through the leader's commit index ({commit}) \
+                 within forward_timeout ({:?})",
+                self.config.forward_timeout
+            ))
+        })?;
+        metrics::counter!("pika_reads_by_read_index_total").increment(1);
+        Ok(ReadPermission::ReadIndex)
     }
 
     /// Waits until no entry of `path` that is pending now remains pending

@@ -4,6 +4,7 @@
 
 use axum::http::StatusCode;
 use pika_replication::FeedPage;
+use pika_replication::replica::ReadPermission;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -70,12 +71,14 @@ pub(super) async fn ready_to_read(
     if stale {
         return Ok(());
     }
-    if !replica.may_read() {
-        return Err(ApiError::new(
+    let permission = replica.read_permission().await.map_err(|e| {
+        ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "no read lease: this node has not heard from a leader within heartbeat_timeout \
-             (or is catching up); retry, or add ?stale to read possibly stale data",
-        ));
+            format!("{e}; retry, or add ?stale to read possibly stale data"),
+        )
+    })?;
+    if permission == ReadPermission::ReadIndex {
+        return Ok(());
     }
     let waited = match target {
         Target::Key(key) => replica.read_barrier(key).await,
