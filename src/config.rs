@@ -166,10 +166,11 @@ pub struct ClusterConfig {
     /// a node drained for maintenance keeps its vote.
     pub dead_voter_timeout: HumanDuration,
     /// How the leader feeds learners, the nodes beyond the voter set:
-    /// `per_write` (default: with each write; commits wait for them and
-    /// they serve linearizable reads) or `batched` (once per
-    /// `heartbeat_interval`; no commit waits for them and they serve only
-    /// `stale=true` reads). The leader's setting is the one that counts.
+    /// `per_write` (default: with each write; commits wait for them, and
+    /// they serve linearizable reads locally) or `batched` (once per
+    /// `heartbeat_interval`; no commit waits for them, and a linearizable
+    /// read on one first asks the leader for its commit index). The
+    /// leader's setting is the one that counts.
     pub learner_feed: LearnerFeed,
     pub lock_key: String,
     pub sync_interval: HumanDuration,

@@ -24,8 +24,9 @@
 //! **Learners fed in batches** (`cluster.learner_feed: batched`). With a
 //! voter set known, a follower outside it is never in the set: it receives
 //! the log from the leader's tick rather than with each write, no commit
-//! waits for it, and it never holds read permission (it serves stale reads
-//! only). A member that becomes such a learner while it may hold
+//! waits for it, and it never holds read permission (it serves a
+//! linearizable read after asking the leader for its commit index, a read
+//! index, and applying through it). A member that becomes such a learner while it may hold
 //! permission is revoked first and leaves once that has run out, like a
 //! lagging member.
 

@@ -85,9 +85,11 @@ pub enum LearnerFeed {
     #[default]
     PerWrite,
     /// From the leader's tick (every `heartbeat_interval`): learners stay
-    /// out of the replication set, no commit waits for them, and they serve
-    /// only `stale=true` reads. For many read replicas, whose per-write
-    /// fan-out would slow every write.
+    /// out of the replication set and no commit waits for them. A read on
+    /// one asks the leader for its commit index (one round trip, which
+    /// also sends it what it lacks) and is served once applied through it.
+    /// For many read replicas, whose per-write fan-out would slow every
+    /// write.
     Batched,
 }
 
