@@ -155,6 +155,7 @@ fn start_with_env(
             ("PIKA_CLUSTER_SYNC_INTERVAL".into(), "5m".into()),
         ],
         tmpfs_mb: None,
+        learners: 0,
     };
     options.env.extend(env);
     let cluster = Cluster::start_with(Path::new(PIKA), base, &vec![1.0; n], options)?;

@@ -76,6 +76,7 @@ fn run(nodes: usize, base: u8, writes: usize) -> anyhow::Result<()> {
         test_hooks: false,
         env: vec![("PIKA_CLUSTER_SYNC_INTERVAL".into(), "5m".into())],
         tmpfs_mb: None,
+        learners: 0,
     };
     let cluster = Cluster::start_with(Path::new(PIKA), base, &vec![1.0; nodes], options)?;
     let leader = cluster

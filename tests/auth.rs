@@ -326,6 +326,7 @@ fn tokens_created_and_revoked_anywhere_hold_everywhere_at_once() {
         test_hooks: false,
         env: Vec::new(),
         tmpfs_mb: None,
+        learners: 0,
     };
     let pika = Path::new(PIKA);
     let cluster = Cluster::start_with(pika, 160, &[1.0, 1.0, 1.0], options).expect("3 nodes");

@@ -323,6 +323,7 @@ fn start_cluster(base: u8) -> (pika_campaign::cluster::Cluster, Vec<String>) {
         test_hooks: false,
         env: Vec::new(),
         tmpfs_mb: None,
+        learners: 0,
     };
     let cluster = Cluster::start_with(pika, base, &[1.0, 1.0, 1.0], options).expect("3 nodes");
     cluster

@@ -13,7 +13,10 @@ fn run(nodes: usize, rounds: usize, seed: u64, base: u8) -> pika_campaign::Campa
     );
     let report = pika_campaign::campaign(
         pika,
-        nodes,
+        pika_campaign::Size {
+            voters: nodes,
+            learners: 0,
+        },
         rounds,
         seed,
         base,

@@ -144,6 +144,7 @@ fn a_read_on_another_node_after_a_201_never_returns_an_older_version() {
         test_hooks: false,
         env: vec![("PIKA_CLUSTER_SYNC_INTERVAL".into(), "300ms".into())],
         tmpfs_mb: None,
+        learners: 0,
     };
     let mut cluster = Cluster::start_with(pika, 160, &[1.0, 1.0, 1.0], options).expect("3 nodes");
     cluster

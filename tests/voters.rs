@@ -427,6 +427,10 @@ fn learners_fed_in_batches_stay_out_of_the_set_and_read_after_one_round_trip() {
         c.counter(3, "pika_reads_by_read_index_total") > 0.0,
         "the learner read by the leader's commit index"
     );
+    // A write through a learner goes to the leader like any follower's.
+    let (status, body) = put(&c.url(3), "batched/via-learner", "w", None);
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(read(&c, 4, "batched/via-learner").as_deref(), Some("w"));
     let set = c.replication_set(leader).unwrap_or_default();
     assert_eq!(set.len(), 2, "only the voters are in the set: {set:?}");
     // Caught up, an idle learner is sent nothing but heartbeats: no batch

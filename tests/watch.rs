@@ -121,6 +121,7 @@ fn a_follower_watch_resumed_from_a_revision_has_no_gap_across_a_restart() {
         test_hooks: false,
         env: Vec::new(),
         tmpfs_mb: None,
+        learners: 0,
     };
     let mut cluster = Cluster::start_with(pika, 140, &[1.0, 1.0, 1.0], options).expect("3 nodes");
     let leader = cluster

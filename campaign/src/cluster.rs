@@ -55,6 +55,11 @@ pub struct Options {
     /// directories stay where they are (said once) and
     /// [`Cluster::fill_disk`] fills nothing.
     pub tmpfs_mb: Option<u64>,
+    /// The last this many nodes start only once the others elected a
+    /// leader, one at a time, each once it reports itself a learner (a
+    /// StatefulSet scaled past `replicas`; give `PIKA_CLUSTER_REPLICAS` in
+    /// `env`).
+    pub learners: usize,
 }
 
 /// Mounts a tmpfs of `mb` MiB on `dir` (created if missing). False where
@@ -218,6 +223,7 @@ impl Cluster {
             test_hooks: true,
             env: Vec::new(),
             tmpfs_mb: None,
+            learners: 0,
         };
         Cluster::start_with(pika, base, rates, options)
     }
@@ -280,8 +286,25 @@ impl Cluster {
                 cluster.mounts.push(dir);
             }
         }
-        for i in 0..cluster.nodes.len() {
+        let voters = cluster.nodes.len() - options.learners.min(cluster.nodes.len());
+        for i in 0..voters {
             cluster.spawn(i)?;
+        }
+        if voters < cluster.nodes.len() {
+            cluster
+                .leader(Duration::from_secs(20))
+                .context("no leader among the voters")?;
+            for i in voters..cluster.nodes.len() {
+                cluster.spawn(i)?;
+                let start = Instant::now();
+                while cluster.status(i)["voter"] != false {
+                    anyhow::ensure!(
+                        start.elapsed() < Duration::from_secs(20),
+                        "node {i} did not join as a learner"
+                    );
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
         }
         for i in 0..cluster.nodes.len() {
             let id = cluster.status(i)["node_id"]

@@ -76,11 +76,20 @@ pub enum Check {
     Writes,
 }
 
-/// Runs `rounds` rounds on `nodes` nodes, round r with seed `seed + r` and
-/// fault `Fault::ALL[(seed + r) % 12]`.
+/// How many nodes a campaign's clusters have.
+#[derive(Debug, Clone, Copy)]
+pub struct Size {
+    /// The cluster's `replicas`.
+    pub voters: usize,
+    /// Learners beyond them, fed in batches (reads on them by read index).
+    pub learners: usize,
+}
+
+/// Runs `rounds` rounds on clusters of `size`, round r with seed `seed + r`
+/// and fault `Fault::ALL[(seed + r) % 12]`.
 pub fn campaign(
     pika: &Path,
-    nodes: usize,
+    size: Size,
     rounds: usize,
     seed: u64,
     base: u8,
@@ -93,7 +102,8 @@ pub fn campaign(
         let fault = Fault::ALL[(round_seed % Fault::ALL.len() as u64) as usize];
         let config = RoundConfig {
             pika,
-            nodes,
+            nodes: size.voters,
+            learners: size.learners,
             seed: round_seed,
             fault,
             base,

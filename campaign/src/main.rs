@@ -1,17 +1,20 @@
-//! `pika-campaign [--nodes 3] [--rounds 20] [--seed S] [--pika PATH]
+//! `pika-campaign [--nodes 3] [--learners 0] [--rounds 20] [--seed S] [--pika PATH]
 //! [--network auto|loopback|netns] [--check strict|writes]`: runs a fault
 //! campaign against real pika processes and exits 1 on any violation.
 //! `strict` (the default) checks every operation, reads included, for
 //! linearizability; `writes` checks the writes, and that reads miss no
 //! acknowledged write. With `auto` (the default) the
 //! nodes run in network namespaces when this runs as root and `ip netns`
-//! works, on 127.0.1.x otherwise. Build pika first, with its fault hooks (`cargo build --release --features test-faults`).
+//! works, on 127.0.1.x otherwise. `--learners N` adds N learners fed in
+//! batches (`cluster.learner_feed: batched`, replicas = `--nodes`): they join
+//! once the voters lead, and clients read on them by read index. Build pika first, with its fault hooks (`cargo build --release --features test-faults`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let mut nodes = 3usize;
+    let mut learners = 0usize;
     let mut rounds = 20usize;
     let mut seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -24,6 +27,7 @@ fn main() -> ExitCode {
         let value = args.next();
         let parsed = match (arg.as_str(), value) {
             ("--nodes", Some(v)) => v.parse().map(|v| nodes = v).is_ok(),
+            ("--learners", Some(v)) => v.parse().map(|v| learners = v).is_ok(),
             ("--rounds", Some(v)) => v.parse().map(|v| rounds = v).is_ok(),
             ("--seed", Some(v)) => v.parse().map(|v| seed = v).is_ok(),
             ("--network", Some(v)) => v.parse().map(|v| network = v).is_ok(),
@@ -46,17 +50,21 @@ fn main() -> ExitCode {
         };
         if !parsed {
             eprintln!(
-                "usage: pika-campaign [--nodes 3|5] [--rounds N] [--seed S] [--pika PATH] [--network auto|loopback|netns] [--check strict|writes]"
+                "usage: pika-campaign [--nodes 3|5] [--learners N] [--rounds N] [--seed S] [--pika PATH] [--network auto|loopback|netns] [--check strict|writes]"
             );
             return ExitCode::from(2);
         }
     }
     eprintln!(
-        "campaign: {nodes} nodes, {rounds} rounds, seed {seed}, {:?} check, {}",
+        "campaign: {nodes} voters and {learners} learners, {rounds} rounds, seed {seed}, {:?} check, {}",
         check,
         pika.display()
     );
-    match pika_campaign::campaign(&pika, nodes, rounds, seed, 100, network, check) {
+    let size = pika_campaign::Size {
+        voters: nodes,
+        learners,
+    };
+    match pika_campaign::campaign(&pika, size, rounds, seed, 100, network, check) {
         Ok(report) => {
             eprintln!(
                 "{} rounds ({} in network namespaces), {} operations checked ({} acked writes, {} through the Consul API, {} unknown outcomes), \

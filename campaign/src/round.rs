@@ -61,7 +61,12 @@ impl Fault {
 
 pub struct RoundConfig<'a> {
     pub pika: &'a Path,
+    /// Voters: the cluster's `replicas`.
     pub nodes: usize,
+    /// Learners beyond them, fed in batches (`cluster.learner_feed:
+    /// batched`): clients read on them by read index and write through
+    /// them; faults hit them like any node.
+    pub learners: usize,
     pub seed: u64,
     pub fault: Fault,
     /// Picks the cluster's addresses: 127.0.1.`base`.. or 10.213.`base`.x.
@@ -464,7 +469,7 @@ fn inject(
 
 pub fn run(config: &RoundConfig) -> anyhow::Result<RoundReport> {
     let mut dice = Dice::new(config.seed);
-    let rates: Vec<f64> = (0..config.nodes)
+    let rates: Vec<f64> = (0..config.nodes + config.learners)
         .map(|_| {
             if config.fault == Fault::ClockDrift {
                 0.97 + 0.06 * dice.unit()
@@ -473,11 +478,26 @@ pub fn run(config: &RoundConfig) -> anyhow::Result<RoundReport> {
             }
         })
         .collect();
+    let env = if config.learners > 0 {
+        vec![
+            (
+                "PIKA_CLUSTER_REPLICAS".to_string(),
+                config.nodes.to_string(),
+            ),
+            (
+                "PIKA_CLUSTER_LEARNER_FEED".to_string(),
+                "batched".to_string(),
+            ),
+        ]
+    } else {
+        Vec::new()
+    };
     let options = crate::cluster::Options {
         network: config.network,
         test_hooks: true,
-        env: Vec::new(),
+        env,
         tmpfs_mb: (config.fault == Fault::DiskFull).then_some(DISK_MB),
+        learners: config.learners,
     };
     let mut cluster = Cluster::start_with(config.pika, config.base, &rates, options)?;
     let leader = cluster

@@ -516,7 +516,14 @@ impl Replica {
                     ))),
                 };
             }
-            if let Some(leader) = status.leader_id.filter(|_| status.leader_healthy) {
+            // A voter forwards while it may read (it hears the leader and
+            // holds its log); a learner fed in batches never may, and
+            // forwards to the leader it follows.
+            let learner = status.voter == Some(false);
+            if let Some(leader) = status
+                .leader_id
+                .filter(|_| status.leader_healthy || learner)
+            {
                 match self
                     .forward(&leader, op.clone(), &request_id, deadline)
                     .await
