@@ -7,15 +7,25 @@
 use std::path::Path;
 
 fn run(nodes: usize, rounds: usize, seed: u64, base: u8) -> pika_campaign::CampaignReport {
+    run_with_learners(nodes, 0, rounds, seed, base)
+}
+
+fn run_with_learners(
+    nodes: usize,
+    learners: usize,
+    rounds: usize,
+    seed: u64,
+    base: u8,
+) -> pika_campaign::CampaignReport {
     let pika = Path::new(env!("CARGO_BIN_EXE_pika"));
     eprintln!(
-        "campaign: {nodes} nodes, {rounds} rounds from seed {seed} (replay: pika-campaign --nodes {nodes} --rounds {rounds} --seed {seed})"
+        "campaign: {nodes} voters and {learners} learners, {rounds} rounds from seed {seed} (replay: pika-campaign --nodes {nodes} --learners {learners} --rounds {rounds} --seed {seed})"
     );
     let report = pika_campaign::campaign(
         pika,
         pika_campaign::Size {
             voters: nodes,
-            learners: 0,
+            learners,
         },
         rounds,
         seed,
@@ -67,6 +77,16 @@ fn three_nodes_survive_a_full_disk_a_paused_protocol_and_a_wiped_node() {
     // tmpfs mounts when root), PauseQueued and Wipe (a node's data
     // directory lost: it comes back under a new id, as a learner).
     run(3, 3, 9, 140);
+}
+
+/// Three voters and two learners fed in batches: clients read on the
+/// learners by read index and write through them while the leader is
+/// killed, and while a node's data directory is lost.
+#[test]
+fn learners_fed_in_batches_read_linearizably_through_a_leader_kill_and_a_wipe() {
+    // Seeds 0 and 11 inject KillLeader and Wipe.
+    run_with_learners(3, 2, 1, 0, 150);
+    run_with_learners(3, 2, 1, 11, 150);
 }
 
 #[test]

@@ -482,11 +482,14 @@ impl<A> ReplicationSet<A> {
             .unwrap_or(last)
             .min(last);
         // (a): durable on a quorum, the leader included: the highest
-        // revision whose holders make one.
+        // revision whose holders make one. Only those the quorum counts
+        // (voters) matter; with many learners, the others would only
+        // multiply the levels tried.
         let leader_durable = leader_durable.min(last);
         let mut durable: Vec<(String, u64)> = self
             .followers
             .iter()
+            .filter(|(id, _)| self.quorum.counts(id))
             .map(|(id, f)| (id.clone(), f.durable))
             .collect();
         durable.push((self.leader.clone(), leader_durable));

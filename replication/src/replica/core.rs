@@ -245,6 +245,8 @@ pub(super) struct Leading {
     /// Snapshot sessions being served, with when each was last asked.
     pub(super) serving: BTreeMap<(String, u64), (Arc<Snapshot>, Duration)>,
     pub(super) next_verify: Duration,
+    /// When learners fed in batches are sent the next batch.
+    pub(super) next_feed: Duration,
 }
 
 /// What a follower knows of the leader it follows.

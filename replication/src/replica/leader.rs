@@ -39,6 +39,7 @@ impl<L: LogStore> ReplicaCore<L> {
             echoes: HashMap::new(),
             serving: BTreeMap::new(),
             next_verify: now + self.config.sync_interval,
+            next_feed: now,
         });
         tracing::info!(epoch, "leading");
         self.classify_learners(now);
@@ -293,7 +294,8 @@ impl<L: LogStore> ReplicaCore<L> {
         }
     }
 
-    /// Sends learners fed in batches what they lack, from the log; one
+    /// Sends learners fed in batches what they lack, from the log, once per
+    /// heartbeat interval (the tick comes four times as often); one
     /// whose next entry the log no longer holds gets the empty diff at our
     /// log end and asks to catch up (or for a snapshot) by itself.
     fn feed_batches(&mut self, epoch: u64, now: Duration) {
@@ -301,9 +303,13 @@ impl<L: LogStore> ReplicaCore<L> {
         // Two ticks without the learner's receipt moving past a batch:
         // it was lost (a batch is small, and this is rare).
         let resend = self.config.heartbeat_interval * 2;
+        let every = self.config.heartbeat_interval;
         let due = match self.leading.as_mut() {
-            Some(leading) => leading.set.batches_due(last.revision, now, resend),
-            None => return,
+            Some(leading) if now >= leading.next_feed => {
+                leading.next_feed = now + every;
+                leading.set.batches_due(last.revision, now, resend)
+            }
+            _ => return,
         };
         for (to, from) in due {
             self.send_batch(&to, from, epoch);
