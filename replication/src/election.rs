@@ -93,6 +93,9 @@ pub enum ElectionMessage {
         round: u64,
         /// The leader's `replicas`, reported by followers that differ.
         replicas: u64,
+        /// The leader's voter-set id (0: its log holds no set yet). A
+        /// follower that hears one takes no part in bootstrap elections.
+        voters: u64,
     },
     HeartbeatAck {
         epoch: u64,
@@ -225,9 +228,11 @@ pub struct Election {
     /// This node's voter-set id: the revision of the newest voter set in
     /// its log, 0 while it knows none.
     voter_set_id: u64,
-    /// Heard a leader since boot: a cluster exists (its first leader's
-    /// first entry is its voter set), so this node takes no part in a
-    /// bootstrap election, even with no set in its own log yet. Without
+    /// Heard a leader whose log holds a voter set, since boot: a cluster
+    /// exists, so this node takes no part in a bootstrap election, even
+    /// with no set in its own log yet. (If that leader's log is then lost
+    /// for good before the set reached anyone else, a restart clears
+    /// this.) Without
     /// this, two new nodes beyond `replicas` (a StatefulSet scaled up)
     /// cut off from the cluster before its log reached them elected each
     /// other by the bootstrap rule, a second cluster beside the first (the
@@ -457,6 +462,7 @@ impl Election {
                         leader: self.me.clone(),
                         round,
                         replicas: self.replicas(),
+                        voters: self.voter_set_id,
                     });
                 }
             }
@@ -508,9 +514,10 @@ impl Election {
                 leader,
                 round,
                 replicas,
+                voters,
             } => {
                 self.heard_replicas(from, replicas);
-                self.on_heartbeat(&leader, epoch, round, now)
+                self.on_heartbeat(&leader, epoch, round, voters, now)
             }
             ElectionMessage::HeartbeatAck {
                 epoch,
@@ -726,10 +733,11 @@ impl Election {
             leader: self.me.clone(),
             round: 0,
             replicas: self.replicas(),
+            voters: self.voter_set_id,
         });
     }
 
-    fn on_heartbeat(&mut self, leader: &str, epoch: u64, round: u64, now: Duration) {
+    fn on_heartbeat(&mut self, leader: &str, epoch: u64, round: u64, voters: u64, now: Duration) {
         self.highest_seen = self.highest_seen.max(epoch);
         if epoch < self.promised {
             // Fencing: a deposed leader learns it is deposed.
@@ -748,7 +756,7 @@ impl Election {
         if epoch > self.promised {
             self.promise(epoch);
         }
-        self.joined = true;
+        self.joined |= voters != 0;
         match self.state {
             State::Leader { epoch: mine, .. } if mine < epoch => {
                 self.step_down(mine, "a newer epoch has a leader")

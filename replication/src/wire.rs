@@ -175,7 +175,9 @@ impl PeerMessage {
                 ElectionMessage::LeaseReply {
                     epoch, promised, ..
                 } => vec![("epoch", *epoch), ("promised", *promised)],
-                ElectionMessage::Heartbeat { epoch, .. } => vec![("epoch", *epoch)],
+                ElectionMessage::Heartbeat { epoch, voters, .. } => {
+                    vec![("epoch", *epoch), ("voters", *voters)]
+                }
                 ElectionMessage::HeartbeatAck {
                     epoch, promised, ..
                 } => vec![("epoch", *epoch), ("promised", *promised)],

@@ -149,6 +149,7 @@ fn heartbeats_from_a_deposed_epoch_are_fenced_off() {
             leader: "c".into(),
             round: 9,
             replicas: 3,
+            voters: 0,
         },
         BOOTED,
     );

@@ -57,6 +57,7 @@ fn a_huge_epoch_from_a_peer_is_dropped_and_the_next_campaign_is_sane() {
                 leader: "n2".into(),
                 round: 1,
                 replicas: 3,
+                voters: 0,
             }),
             Duration::from_millis(1),
         );
