@@ -33,6 +33,39 @@ fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     done()
 }
 
+/// In a five-node cluster with `replicas: 3`: the first three elect and
+/// become the voters while nodes 3 and 4 are down (every node waits a
+/// lease after boot, so they are stopped before the first election), then
+/// 3 and 4 join as learners. Returns the leader and the voters' ids.
+fn learners_join(c: &mut Cluster) -> (usize, Vec<String>) {
+    c.kill(3);
+    c.kill(4);
+    let (leader, _) = c.leader(Duration::from_secs(20));
+    let first: Vec<String> = (0..3).map(|i| c.node_id(i)).collect();
+    let want = sorted(first.clone());
+    assert!(
+        wait_for(Duration::from_secs(15), || (0..3)
+            .all(|i| sorted(voters(c, i)) == want)),
+        "the first three are the voters"
+    );
+    c.restart(3);
+    c.restart(4);
+    for learner in [3, 4] {
+        assert!(
+            wait_for(Duration::from_secs(15), || c.status(learner)["voter"]
+                == false),
+            "node {learner} is a learner: {}",
+            c.status(learner)
+        );
+    }
+    (leader, first)
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
 /// The value of `path` on node `i`, once it serves the read.
 fn read(c: &Cluster, i: usize, path: &str) -> Option<String> {
     use base64::Engine as _;
@@ -159,34 +192,7 @@ fn learners_serve_reads_and_replace_a_dead_voter() {
             ("PIKA_CLUSTER_DEAD_VOTER_TIMEOUT", "3s"),
         ],
     );
-    // Before the first election (every node waits a lease after boot):
-    // a new cluster elects among `replicas` members, the rest join later.
-    c.kill(3);
-    c.kill(4);
-    let (leader, _) = c.leader(Duration::from_secs(20));
-    let first: Vec<String> = (0..3).map(|i| c.node_id(i)).collect();
-    let sorted = |mut v: Vec<String>| {
-        v.sort();
-        v
-    };
-    assert!(
-        wait_for(Duration::from_secs(15), || (0..3).all(|i| sorted(voters(
-            &c, i
-        )) == sorted(
-            first.clone()
-        ))),
-        "the first three are the voters"
-    );
-    c.restart(3);
-    c.restart(4);
-    for learner in [3, 4] {
-        assert!(
-            wait_for(Duration::from_secs(15), || c.status(learner)["voter"]
-                == false),
-            "node {learner} is a learner: {}",
-            c.status(learner)
-        );
-    }
+    let (leader, first) = learners_join(&mut c);
 
     // Each write, read right after its 201 on a learner.
     for n in 0..10 {
@@ -393,24 +399,7 @@ fn learners_fed_in_batches_stay_out_of_the_set_and_read_after_one_round_trip() {
             ("PIKA_CLUSTER_LEARNER_FEED", "batched"),
         ],
     );
-    c.kill(3);
-    c.kill(4);
-    let (leader, _) = c.leader(Duration::from_secs(20));
-    assert!(
-        wait_for(Duration::from_secs(15), || (0..3)
-            .all(|i| voters(&c, i).len() == 3)),
-        "the first three are the voters"
-    );
-    c.restart(3);
-    c.restart(4);
-    for learner in [3, 4] {
-        assert!(
-            wait_for(Duration::from_secs(15), || c.status(learner)["voter"]
-                == false),
-            "node {learner} is a learner: {}",
-            c.status(learner)
-        );
-    }
+    let (leader, _) = learners_join(&mut c);
     for n in 0..20 {
         let path = format!("batched/k{n}");
         let value = format!("v{n}");
