@@ -230,13 +230,12 @@ pub struct Election {
     voter_set_id: u64,
     /// Heard a leader whose log holds a voter set, since boot: a cluster
     /// exists, so this node takes no part in a bootstrap election, even
-    /// with no set in its own log yet. (If that leader's log is then lost
-    /// for good before the set reached anyone else, a restart clears
-    /// this.) Without
-    /// this, two new nodes beyond `replicas` (a StatefulSet scaled up)
-    /// cut off from the cluster before its log reached them elected each
-    /// other by the bootstrap rule, a second cluster beside the first (the
-    /// replica simulation's 5-node schedules with `replicas: 3`).
+    /// with no set in its own log yet. Without this, two new nodes beyond
+    /// `replicas` (a StatefulSet scaled up) cut off from the cluster before
+    /// its log reached them elected each other by the bootstrap rule, a
+    /// second cluster beside the first (the replica simulation's 5-node
+    /// schedules with `replicas: 3`). If that leader's log is lost for good
+    /// before its set reached anyone else, a restart clears this.
     joined: bool,
     /// Members whose `replicas` differs from this node's, with theirs, as
     /// last heard (a lease request, a heartbeat or its ack).

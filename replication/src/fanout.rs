@@ -26,9 +26,9 @@
 //! the log from the leader's tick rather than with each write, no commit
 //! waits for it, and it never holds read permission (it serves a
 //! linearizable read after asking the leader for its commit index, a read
-//! index, and applying through it). A member that becomes such a learner while it may hold
-//! permission is revoked first and leaves once that has run out, like a
-//! lagging member.
+//! index, and applying through it). A member that becomes such a learner
+//! while it may hold permission is revoked first and leaves once that has
+//! run out, like a lagging member.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -69,6 +69,19 @@ fn left(why: &'static str) {
 }
 
 impl Follower {
+    /// A learner fed in batches: the revision to send its next batch from
+    /// (after what was last sent, or what it received), if it lacks
+    /// anything through `last`; it counts as fed through `last` from `now`.
+    fn take_batch(&mut self, last: u64, now: Duration) -> Option<u64> {
+        let from = self.fed.max(self.received);
+        if !self.batched || from >= last {
+            return None;
+        }
+        self.fed = last;
+        self.fed_at = now;
+        Some(from)
+    }
+
     /// It may hold read permission from this leader: confirmed, or
     /// revoked not long enough ago for that permission to have run out.
     /// Only a member that may not can leave the set at once.
@@ -429,17 +442,11 @@ impl<A> ReplicationSet<A> {
     ) -> Vec<(String, u64)> {
         let mut due = Vec::new();
         for (id, f) in &mut self.followers {
-            if !f.batched || f.received >= last {
-                continue;
-            }
-            if f.fed > f.received && now.saturating_sub(f.fed_at) > resend {
+            if f.batched && f.fed > f.received && now.saturating_sub(f.fed_at) > resend {
                 f.fed = f.received;
             }
-            let from = f.fed.max(f.received);
-            if from < last {
+            if let Some(from) = f.take_batch(last, now) {
                 due.push((id.clone(), from));
-                f.fed = last;
-                f.fed_at = now;
             }
         }
         due
@@ -448,14 +455,7 @@ impl<A> ReplicationSet<A> {
     /// A learner fed in batches asked to read: what it lacks through
     /// `last`, at once. Returns the revision to send from, if any.
     pub fn feed_now(&mut self, id: &str, last: u64, now: Duration) -> Option<u64> {
-        let f = self.followers.get_mut(id).filter(|f| f.batched)?;
-        let from = f.fed.max(f.received);
-        if from >= last {
-            return None;
-        }
-        f.fed = last;
-        f.fed_at = now;
-        Some(from)
+        self.followers.get_mut(id)?.take_batch(last, now)
     }
 
     /// A learner caught up with `committed` (durable through it), in the
