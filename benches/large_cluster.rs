@@ -19,7 +19,7 @@ mod load;
 
 use std::time::{Duration, Instant};
 
-use load::{Proc, Workload, run, spawn, status};
+use load::{Proc, Workload, run, spawn_member, status};
 use pika_campaign::cluster::free_udp_port;
 
 const INTERVAL: Duration = Duration::from_secs(1);
@@ -48,19 +48,13 @@ async fn start(
     let dns = hosts.join(",");
     let root = dir.path().to_path_buf();
     let boot = |i: usize| {
-        spawn(
+        spawn_member(
             &root.join(format!("n{i}")),
+            &hosts[i],
+            &dns,
+            &port,
             &[
-                ("PIKA_SERVER_HOST", hosts[i].clone()),
-                ("PIKA_CLUSTER_ENABLED", "true".into()),
-                ("PIKA_CLUSTER_BIND_ADDR", hosts[i].clone()),
-                ("PIKA_CLUSTER_DNS_ADDR", dns.clone()),
-                ("PIKA_CLUSTER_PORT", port.clone()),
                 ("PIKA_CLUSTER_REPLICAS", voters.to_string()),
-                (
-                    "PIKA_CLUSTER_SECURITY_KEY",
-                    "benchmark key, 32 bytes long...".into(),
-                ),
                 ("PIKA_CLUSTER_HEARTBEAT_INTERVAL", "1s".into()),
                 ("PIKA_CLUSTER_HEARTBEAT_TIMEOUT", "5s".into()),
                 ("PIKA_CLUSTER_LEARNER_FEED", feed.into()),

@@ -376,25 +376,43 @@ pub fn start_cluster(dir: &std::path::Path, hosts: &[u8]) -> anyhow::Result<Vec<
     let port = pika_campaign::cluster::free_udp_port(&names)?.to_string();
     let dns = names.join(",");
     let mut nodes = Vec::new();
-    for host in names {
-        nodes.push(spawn(
+    for host in &names {
+        nodes.push(spawn_member(
             &dir.join(format!("n{host}")),
+            host,
+            &dns,
+            &port,
             &[
-                ("PIKA_SERVER_HOST", host.clone()),
-                ("PIKA_CLUSTER_ENABLED", "true".into()),
-                ("PIKA_CLUSTER_BIND_ADDR", host),
-                ("PIKA_CLUSTER_DNS_ADDR", dns.clone()),
-                ("PIKA_CLUSTER_PORT", port.clone()),
-                (
-                    "PIKA_CLUSTER_SECURITY_KEY",
-                    "benchmark key, 32 bytes long...".into(),
-                ),
                 ("PIKA_CLUSTER_HEARTBEAT_INTERVAL", "500ms".into()),
                 ("PIKA_CLUSTER_HEARTBEAT_TIMEOUT", "3s".into()),
             ],
         )?);
     }
     Ok(nodes)
+}
+
+/// Starts one cluster member on `host`, finding the others by `dns` (a
+/// comma-separated address list) on QUIC `port`, `extra` on top.
+pub fn spawn_member(
+    dir: &std::path::Path,
+    host: &str,
+    dns: &str,
+    port: &str,
+    extra: &[(&str, String)],
+) -> anyhow::Result<Proc> {
+    let mut env = vec![
+        ("PIKA_SERVER_HOST", host.to_string()),
+        ("PIKA_CLUSTER_ENABLED", "true".into()),
+        ("PIKA_CLUSTER_BIND_ADDR", host.to_string()),
+        ("PIKA_CLUSTER_DNS_ADDR", dns.to_string()),
+        ("PIKA_CLUSTER_PORT", port.to_string()),
+        (
+            "PIKA_CLUSTER_SECURITY_KEY",
+            "benchmark key, 32 bytes long...".into(),
+        ),
+    ];
+    env.extend(extra.iter().cloned());
+    spawn(dir, &env)
 }
 
 /// The index of the node that says it leads, once one does (30 s at most).
