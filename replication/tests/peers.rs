@@ -44,7 +44,8 @@ async fn a_writer_for_a_node_that_is_gone_ends_and_a_later_send_starts_another()
     .expect("membership");
     let membership = Arc::new(membership);
     // One retry every 10 ms: a writer gives up on a node after 60.
-    let (peers, _inbox) = Peers::start("me".into(), membership.clone(), Duration::from_millis(10));
+    let (peers, _inboxes) =
+        Peers::start("me".into(), membership.clone(), Duration::from_millis(10));
     let ghost = || PeerMessage::Alive { seq: 1, boot: 1 };
 
     peers.send("ghost", ghost());

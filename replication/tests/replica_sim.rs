@@ -424,10 +424,7 @@ impl Sim {
                         self.read_indexes.remove(&(i, id));
                     }
                 },
-                Output::SteppedDown { .. }
-                | Output::AnswerSnapshot(_)
-                | Output::Forwarded { .. }
-                | Output::ForwardAnswered { .. } => {}
+                Output::SteppedDown { .. } | Output::AnswerSnapshot(_) => {}
             }
         }
         Ok(())

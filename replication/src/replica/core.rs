@@ -37,10 +37,9 @@ use crate::fanout::ReplicationSet;
 use crate::log::{GroupFlush, LogStore};
 use crate::merkle::Digest;
 use crate::pending::SharedPending;
-use crate::record::Op;
 use crate::store::{Snapshot, Store};
 use crate::sync::SyncSession;
-use crate::wire::{ForwardResult, PeerMessage};
+use crate::wire::PeerMessage;
 
 /// Assumed bound on relative clock drift.
 pub const DRIFT: f64 = 0.1;
@@ -139,18 +138,6 @@ pub enum Output {
     },
     SteppedDown {
         epoch: u64,
-    },
-    /// A follower's write to apply through the local write path.
-    Forwarded {
-        from: String,
-        id: u64,
-        request_id: String,
-        op: Op,
-    },
-    /// The leader's answer to a write this node forwarded.
-    ForwardAnswered {
-        id: u64,
-        result: ForwardResult,
     },
     /// A snapshot answer to build off the protocol loop and send
     /// ([`SnapshotAnswer::reply`]).
@@ -281,6 +268,12 @@ pub struct ReplicaCore<L: LogStore> {
     /// The log's durable end.
     pub(super) flushed: Position,
     pub(super) flush: GroupFlush,
+    /// The last applied entry, not yet recorded in the log as committed.
+    /// Recorded just before the next flush, which carries it to disk: a
+    /// record of its own after every apply woke the log's flush thread
+    /// once more per write. The log's commit is a lower bound a restart
+    /// replays to (the leader tells the rest), so a late one loses nothing.
+    pub(super) commit_unsaved: Option<Position>,
     pub(super) next_ticket: u64,
     /// Flush tickets of a log closed by [`Self::recover`]: their
     /// completions are ignored.
@@ -362,6 +355,7 @@ impl<L: LogStore> ReplicaCore<L> {
             commit,
             flushed,
             flush: GroupFlush::default(),
+            commit_unsaved: None,
             next_ticket: 1,
             stale_tickets_below: 0,
             disk_error: None,
@@ -458,6 +452,7 @@ impl<L: LogStore> ReplicaCore<L> {
         self.commit = Self::open_log(&self.store, &mut self.log, &self.pending)?;
         self.flushed = self.log.last();
         self.flush = GroupFlush::default();
+        self.commit_unsaved = None;
         // Completions of the old log's flushes may still be on their way.
         self.stale_tickets_below = self.next_ticket;
         self.boot = self.store.generation();
@@ -709,22 +704,8 @@ impl<L: LogStore> ReplicaCore<L> {
                 lease_left,
                 commit,
             } => self.on_set_status(&from, epoch, in_set, echo, lease_left, commit, now),
-            PeerMessage::Forward { id, request_id, op } => {
-                if self.leading.is_some() {
-                    self.outputs.push(Output::Forwarded {
-                        from,
-                        id,
-                        request_id,
-                        op,
-                    });
-                } else {
-                    let result = ForwardResult::Unavailable("not the leader".into());
-                    self.send(&from, PeerMessage::ForwardReply { id, result });
-                }
-            }
-            PeerMessage::ForwardReply { id, result } => {
-                self.outputs.push(Output::ForwardAnswered { id, result })
-            }
+            // `Peers` hands these to `forwards`, not to the core.
+            PeerMessage::Forward { .. } | PeerMessage::ForwardReply { .. } => {}
             PeerMessage::ReadIndex { id } => self.serve_read_index(&from, id, now),
             PeerMessage::ReadIndexReply { id, epoch, commit } => {
                 self.on_read_index_reply(&from, id, epoch, commit)
@@ -745,6 +726,7 @@ impl<L: LogStore> ReplicaCore<L> {
         if self.disk_error.is_some() || !self.flush.request() {
             return;
         }
+        self.save_commit();
         let upto = self.log.last();
         let ticket = self.next_ticket;
         self.next_ticket += 1;
@@ -859,17 +841,25 @@ impl<L: LogStore> ReplicaCore<L> {
                 return self.disk_failed(format!("applying committed entries: {e}"));
             }
             self.pending.update(|p| p.applied_through(last));
-            if let Some(epoch) = self.log.epoch_at(last)
-                && let Err(e) = self.log.save_commit(Position {
+            if let Some(epoch) = self.log.epoch_at(last) {
+                self.commit_unsaved = Some(Position {
                     epoch,
                     revision: last,
-                })
-            {
-                tracing::warn!(error = %e, "recording the commit index in the log");
+                });
             }
             self.check_verification();
         }
         metrics::gauge!("pika_revision").set(self.store.revision() as f64);
+    }
+
+    /// Records the last applied entry as committed in the log (durable with
+    /// the next flush).
+    fn save_commit(&mut self) {
+        if let Some(upto) = self.commit_unsaved.take()
+            && let Err(e) = self.log.save_commit(upto)
+        {
+            tracing::warn!(error = %e, "recording the commit index in the log");
+        }
     }
 
     /// Makes the applied state durable, and purges log entries that are
@@ -891,6 +881,9 @@ impl<L: LogStore> ReplicaCore<L> {
             Ok(p) => p,
             Err(e) => return self.disk_failed(format!("checkpoint: {e}")),
         };
+        // An idle node flushes nothing: the commit goes to the log here,
+        // and to disk with the next flush (a restart replays the log to it).
+        self.save_commit();
         let upto = position.revision.saturating_sub(retain);
         if upto <= self.log.start().revision {
             return;

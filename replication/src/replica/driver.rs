@@ -1,6 +1,14 @@
-//! The task that drives a [`ReplicaCore`](super::ReplicaCore): ticks and
+//! The thread that drives a [`ReplicaCore`](super::ReplicaCore): ticks and
 //! membership in, peer messages and log flush completions in, checkpoints
 //! on a timer, outputs carried out.
+//!
+//! It runs on a thread of its own with a single-threaded runtime (its
+//! timers and channels), not as a task of the node's runtime: a step holds
+//! the core and applies committed entries to redb, which blocks. As a task
+//! it had to hand its worker to another thread for every step
+//! (`block_in_place`), about a third of the leader's context switches per
+//! write; here a step blocks nothing else. Work that may wait on the
+//! network or the disk for long goes back to the node's runtime (`node`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,27 +19,64 @@ use tokio::sync::mpsc;
 use super::core::Output;
 use super::{Replica, lock, now_ms};
 use crate::Format;
-use crate::commit::WriteError;
 use crate::record::{Meta, Op};
-use crate::wire::{ForwardResult, PeerMessage};
+use crate::wire::PeerMessage;
 
 pub(crate) struct Driver {
     replica: Replica,
     membership: Arc<Membership>,
+    /// The node's runtime: forwarded writes, the lock record and snapshot
+    /// answers run there, off the protocol thread.
+    node: tokio::runtime::Handle,
+}
+
+/// The protocol thread, for an orderly stop.
+pub(crate) struct DriverThread {
+    stop: tokio::sync::oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl DriverThread {
+    /// Ends the loop after the step it is in and waits for the thread.
+    pub(crate) async fn stop(self) {
+        let _ = self.stop.send(());
+        let thread = self.thread;
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    }
 }
 
 impl Driver {
+    /// Call inside the node's runtime.
     pub(crate) fn new(replica: Replica, membership: Arc<Membership>) -> Driver {
         Driver {
             replica,
             membership,
+            node: tokio::runtime::Handle::current(),
         }
     }
 
-    pub(crate) async fn run(
+    /// Starts the protocol thread. It ends when [`DriverThread::stop`] is
+    /// called or the handle dropped, or when the peer inbox closes.
+    pub(crate) fn start(
+        self,
+        inbox: mpsc::Receiver<(String, PeerMessage)>,
+        flushed: mpsc::UnboundedReceiver<(u64, std::io::Result<()>)>,
+    ) -> std::io::Result<DriverThread> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name("pika-protocol".into())
+            .spawn(move || runtime.block_on(self.run(inbox, flushed, stopped)))?;
+        Ok(DriverThread { stop, thread })
+    }
+
+    async fn run(
         self,
         mut inbox: mpsc::Receiver<(String, PeerMessage)>,
         mut flushed: mpsc::UnboundedReceiver<(u64, std::io::Result<()>)>,
+        mut stopped: tokio::sync::oneshot::Receiver<()>,
     ) {
         let period = (self.replica.config.heartbeat_interval / 4).max(Duration::from_millis(5));
         // After a stall (or while a branch is disabled), ticks resume at the
@@ -55,6 +100,8 @@ impl Driver {
                 self.pause(pause, &mut inbox, &mut flushed);
             }
             tokio::select! {
+                // A stop, or the handle dropped.
+                _ = &mut stopped => return,
                 Some((ticket, result)) = flushed.recv() => {
                     self.step(|core, now| core.flushed(ticket, result, now));
                 }
@@ -65,7 +112,7 @@ impl Driver {
                     checkpointing = true;
                     let store = self.replica.store.clone();
                     let done = checkpointed_tx.clone();
-                    tokio::task::spawn_blocking(move || {
+                    self.node.spawn_blocking(move || {
                         let reopens = store.reopens();
                         let _ = done.send((reopens, store.checkpoint()));
                     });
@@ -81,7 +128,7 @@ impl Driver {
                     probing = true;
                     let dir = self.replica.config.log_dir.clone();
                     let done = probed_tx.clone();
-                    tokio::task::spawn_blocking(move || {
+                    self.node.spawn_blocking(move || {
                         let _ = done.send(probe_disk(&dir));
                     });
                 }
@@ -128,10 +175,10 @@ impl Driver {
         flushed: &mut mpsc::UnboundedReceiver<(u64, std::io::Result<()>)>,
     ) {
         tracing::warn!(?d, "test fault: the protocol pauses");
-        tokio::task::block_in_place(|| {
+        {
             let _core = lock(&self.replica.shared.core);
             std::thread::sleep(d);
-        });
+        }
         while let Ok((ticket, result)) = flushed.try_recv() {
             self.step(|core, now| core.flushed(ticket, result, now));
         }
@@ -146,7 +193,7 @@ impl Driver {
     /// transaction that nobody answered here waits for).
     fn step(&self, call: impl FnOnce(&mut super::ReplicaCore<crate::log::DiskLog>, Duration)) {
         let shared = &self.replica.shared;
-        let (rest, leader) = tokio::task::block_in_place(|| {
+        let (rest, leader) = {
             let now = shared.now();
             let mut core = lock(&shared.core);
             call(&mut core, now);
@@ -167,39 +214,21 @@ impl Driver {
             *lock(&shared.read_until) = core.read_until(now);
             rest.extend(shared.perform(&self.replica.peers, core.drain()));
             (rest, leader)
-        });
+        };
         self.remember_leader_http(leader);
         for output in rest {
             match output {
                 Output::BecameLeader { epoch } => self.write_lock_record(epoch),
-                Output::Forwarded {
-                    from,
-                    id,
-                    request_id,
-                    op,
-                } => {
-                    let replica = self.replica.clone();
-                    tokio::spawn(async move {
-                        let result = match replica.writes.submit_once(op, Some(request_id)).await {
-                            Ok(a) => ForwardResult::Applied(a),
-                            Err(WriteError::Rejected(e)) => ForwardResult::Rejected(e),
-                            Err(e) => ForwardResult::Unavailable(e.to_string()),
-                        };
-                        replica
-                            .peers
-                            .send(&from, PeerMessage::ForwardReply { id, result });
-                    });
-                }
                 Output::AnswerSnapshot(job) => {
                     let peers = self.replica.peers.clone();
-                    tokio::task::spawn_blocking(move || peers.send(&job.to, job.reply()));
+                    self.node
+                        .spawn_blocking(move || peers.send(&job.to, job.reply()));
                 }
                 Output::SteppedDown { .. } => {}
                 // Handled by `perform`.
                 Output::Send { .. }
                 | Output::Release(_)
                 | Output::Fail(..)
-                | Output::ForwardAnswered { .. }
                 | Output::ReadIndexAnswered { .. } => {}
             }
         }
@@ -246,7 +275,7 @@ impl Driver {
         };
         let replica = self.replica.clone();
         let path = config.lock_path.clone();
-        tokio::spawn(async move {
+        self.node.spawn(async move {
             let op = match Op::put(path, meta, record.to_string().into_bytes(), None) {
                 Ok(op) => op,
                 Err(e) => return tracing::error!(error = %e, "lock record"),

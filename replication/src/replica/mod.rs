@@ -14,6 +14,7 @@
 pub mod core;
 mod driver;
 mod follower;
+mod forwards;
 mod leader;
 pub mod voters;
 
@@ -150,11 +151,6 @@ impl Shared {
                         }
                     }
                 }
-                Output::ForwardAnswered { id, result } => {
-                    if let Some(waiter) = lock(&self.forwards).remove(&id) {
-                        let _ = waiter.send(result);
-                    }
-                }
                 Output::ReadIndexAnswered { id, commit } => {
                     if let Some(waiter) = lock(&self.read_indexes).remove(&id) {
                         let _ = waiter.send(commit);
@@ -237,7 +233,8 @@ pub(crate) fn fail(answers: Answers, why: &str) {
 /// The background work of a replica, for an orderly stop.
 pub struct ReplicaTasks {
     committer: std::thread::JoinHandle<()>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    driver: driver::DriverThread,
+    forwards: tokio::task::JoinHandle<()>,
     shared: Arc<Shared>,
     retention: u64,
 }
@@ -247,10 +244,10 @@ impl ReplicaTasks {
     /// and checkpoints the state. Call after dropping every other
     /// [`Replica`] handle.
     pub async fn stop(self) {
-        for task in self.tasks {
-            task.abort();
-            let _ = task.await;
-        }
+        self.driver.stop().await;
+        // It holds a write handle: the committer ends once it is gone.
+        self.forwards.abort();
+        let _ = self.forwards.await;
         let committer = self.committer;
         let _ = tokio::task::spawn_blocking(move || committer.join()).await;
         let shared = self.shared;
@@ -325,7 +322,7 @@ impl Replica {
             read_indexes: Mutex::new(HashMap::new()),
             next_forward: AtomicU64::new(1),
         });
-        let (peers, inbox) = Peers::start(me, membership.clone(), config.heartbeat_interval);
+        let (peers, inboxes) = Peers::start(me, membership.clone(), config.heartbeat_interval);
         let policy = Arc::new(LeaderPolicy {
             shared: shared.clone(),
             peers: peers.clone(),
@@ -341,13 +338,17 @@ impl Replica {
             config,
         };
         let driver = driver::Driver::new(replica.clone(), membership);
-        let driver = tokio::spawn(driver.run(inbox, flushed));
+        let forwards = tokio::spawn(forwards::serve(replica.clone(), inboxes.forwards));
+        let driver = driver
+            .start(inboxes.protocol, flushed)
+            .map_err(|e| format!("starting the protocol thread: {e}"))?;
         let retention = replica.config.log_retention;
         Ok((
             replica.clone(),
             ReplicaTasks {
                 committer,
-                tasks: vec![driver],
+                driver,
+                forwards,
                 shared: replica.shared,
                 retention,
             },
