@@ -27,7 +27,8 @@
 //! leader among them), the rest must elect and acknowledge writes within
 //! a few seconds. A failing seed is printed; replay it alone with
 //! `PIKA_SIM_SEED=<seed> PIKA_SIM_NODES=<n>`, and add `PIKA_SIM_TRACE=1`
-//! (with `--nocapture`) to print its messages and acknowledgements.
+//! (with `--nocapture`) to print its messages and acknowledgements;
+//! `PIKA_SIM_SEEDS=601..3000` runs a longer range than the suite's 1..600.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -938,6 +939,20 @@ impl Sim {
         sets.iter().all(|v| *v == sets[0]) && sets[0].is_some_and(|v| self.full(v))
     }
 
+    /// Whether a Diff with a voter-set record is on its way. Seed 5n/2418:
+    /// a leader proposed removing a voter and crashed before its flush;
+    /// every log still held the full set while the removal was in flight
+    /// to a node that then used it, and taking two more voters down left
+    /// that node's set of four without a majority.
+    fn voters_in_flight(&self) -> bool {
+        self.net.values().any(|(_, _, m)| match m {
+            PeerMessage::Diff { changes, .. } => {
+                changes.iter().any(|c| c.path.as_str() == "pika/voters")
+            }
+            _ => false,
+        })
+    }
+
     /// The voter set every node holds (call once [`Self::voters_complete`]).
     fn voter_ids(&self) -> std::collections::BTreeSet<String> {
         self.nodes[0]
@@ -969,12 +984,12 @@ impl Sim {
             }
         }
         for _ in 0..40 {
-            if self.voters_complete() {
+            if self.voters_complete() && !self.voters_in_flight() {
                 break;
             }
             self.run(Duration::from_millis(250), false)?;
         }
-        if !self.voters_complete() {
+        if !self.voters_complete() || self.voters_in_flight() {
             let statuses: Vec<String> = (0..n)
                 .filter_map(|i| {
                     let now = self.local(i);
@@ -1162,9 +1177,19 @@ impl Sim {
 
 #[test]
 fn replicas_keep_every_acked_write_and_converge_under_seeded_faults() {
-    let seeds: Vec<u64> = match std::env::var("PIKA_SIM_SEED") {
-        Ok(s) => vec![s.parse().expect("PIKA_SIM_SEED is a number")],
-        Err(_) => (1..=600).collect(),
+    // `PIKA_SIM_SEEDS=601..3000` for a longer soak than the suite's.
+    let seeds: Vec<u64> = match (
+        std::env::var("PIKA_SIM_SEED"),
+        std::env::var("PIKA_SIM_SEEDS"),
+    ) {
+        (Ok(s), _) => vec![s.parse().expect("PIKA_SIM_SEED is a number")],
+        (_, Ok(range)) => {
+            let (from, to) = range.split_once("..").expect("PIKA_SIM_SEEDS is FROM..TO");
+            let from: u64 = from.parse().expect("PIKA_SIM_SEEDS starts with a number");
+            let to: u64 = to.parse().expect("PIKA_SIM_SEEDS ends with a number");
+            (from..=to).collect()
+        }
+        _ => (1..=600).collect(),
     };
     let sizes: Vec<usize> = match std::env::var("PIKA_SIM_NODES") {
         Ok(s) => vec![s.parse().expect("PIKA_SIM_NODES is a number")],
