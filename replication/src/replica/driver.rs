@@ -25,8 +25,8 @@ use crate::wire::PeerMessage;
 pub(crate) struct Driver {
     replica: Replica,
     membership: Arc<Membership>,
-    /// The node's runtime: forwarded writes, the lock record and snapshot
-    /// answers run there, off the protocol thread.
+    /// The node's runtime: the lock record, checkpoints, disk probes and
+    /// snapshot answers run there, off the protocol thread.
     node: tokio::runtime::Handle,
 }
 
