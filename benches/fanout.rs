@@ -185,11 +185,21 @@ fn breakdown(before: &str, after: &str) -> (f64, f64, f64) {
     (commit, slowest, batch)
 }
 
-const HEADER: &str = "nodes target    conc     ops/s   p50 ms   p90 ms   p99 ms p99.9 ms   max ms | commit ms  ack ms  batch";
+const HEADER: &str = "nodes target    conc     ops/s   p50 ms   p90 ms   p99 ms p99.9 ms   max ms | commit ms  ack ms  batch | cpu µs: leader follower";
 
-fn row(n: usize, target: &str, concurrency: usize, out: &Outcome, costs: (f64, f64, f64)) {
+fn row(
+    n: usize,
+    target: &str,
+    concurrency: usize,
+    out: &Outcome,
+    costs: (f64, f64, f64),
+    cpu: Option<CpuPerOp>,
+) {
+    let cpu = cpu.map_or_else(String::new, |c| {
+        format!(" | {:>14.0} {:>8.0}", c.leader_us, c.follower_us)
+    });
     println!(
-        "{n:>5} {target:<9} {concurrency:>4} {:>9.0} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3} | {:>9.3} {:>7.3} {:>6.1}",
+        "{n:>5} {target:<9} {concurrency:>4} {:>9.0} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3} | {:>9.3} {:>7.3} {:>6.1}{cpu}",
         out.ops_per_sec(),
         out.ms(0.5),
         out.ms(0.9),
@@ -200,6 +210,52 @@ fn row(n: usize, target: &str, concurrency: usize, out: &Outcome, costs: (f64, f
         costs.1,
         costs.2
     );
+}
+
+/// CPU time the nodes spent per acknowledged op, over the measured part of
+/// a row (after the warm-up): the leader's, and the followers' mean.
+#[derive(Clone, Copy)]
+struct CpuPerOp {
+    leader_us: f64,
+    follower_us: f64,
+}
+
+/// Each node's CPU time so far (`None` for one that cannot be read).
+fn cpu_times(cluster: &Cluster) -> Vec<Option<Duration>> {
+    (0..cluster.nodes.len())
+        .map(|i| cluster.pid(i).and_then(load::cpu_time))
+        .collect()
+}
+
+impl CpuPerOp {
+    fn of(
+        before: &[Option<Duration>],
+        after: &[Option<Duration>],
+        leader: usize,
+        ops: u64,
+    ) -> Option<CpuPerOp> {
+        if ops == 0 {
+            return None;
+        }
+        let used: Vec<f64> = before
+            .iter()
+            .zip(after)
+            .map(|(b, a)| Some(a.as_ref()?.saturating_sub((*b)?).as_secs_f64() * 1e6 / ops as f64))
+            .collect::<Option<_>>()?;
+        let followers: Vec<f64> = (0..used.len())
+            .filter(|&i| i != leader)
+            .map(|i| used[i])
+            .collect();
+        let follower_us = if followers.is_empty() {
+            0.0
+        } else {
+            followers.iter().sum::<f64>() / followers.len() as f64
+        };
+        Some(CpuPerOp {
+            leader_us: used[leader],
+            follower_us,
+        })
+    }
 }
 
 /// Write fan-out for every cluster size and concurrency, and follower reads
@@ -215,7 +271,7 @@ fn fanout(
         settings.warmup.as_millis()
     );
     println!(
-        "(commit = leader's local batch commit, ack = slowest follower's mean ack after send, batch = ops per commit: means from the leader's metrics)"
+        "(commit = leader's local batch commit, ack = slowest follower's mean ack after send, batch = ops per commit: means from the leader's metrics; cpu = each node's user + system time per acknowledged write after the warm-up, from /proc)"
     );
     println!("{HEADER}");
     report.line(format!(
@@ -224,9 +280,9 @@ fn fanout(
         settings.warmup.as_millis()
     ));
     report.line(
-        "| nodes | target | clients | ops/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms |",
+        "| nodes | target | clients | ops/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | leader CPU µs per write | follower CPU µs per write |",
     );
-    report.line("|---:|---|---:|---:|---:|---:|---:|---:|---:|");
+    report.line("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut c1 = Vec::new();
     let mut reads = None;
     // Percentiles at c=1 via the leader, by cluster size; throughput via
@@ -254,16 +310,45 @@ fn fanout(
             }
             for (target, target_urls) in targets {
                 let before = metrics(&urls[leader]);
+                // The CPU counted from the end of the warm-up, like the ops.
+                let (cpu_at_warmup, cpu_before) = {
+                    let warmup = settings.warmup;
+                    let pids: Vec<Option<u32>> =
+                        (0..cluster.nodes.len()).map(|i| cluster.pid(i)).collect();
+                    let snapshot = std::thread::spawn(move || {
+                        std::thread::sleep(warmup);
+                        pids.into_iter()
+                            .map(|p| p.and_then(load::cpu_time))
+                            .collect::<Vec<_>>()
+                    });
+                    (snapshot, cpu_times(&cluster))
+                };
                 let out = rt.block_on(drive(&settings.load(
                     Api::Pika,
                     &target_urls,
                     Workload::Write,
                     concurrency,
                 )));
+                let cpu_after = cpu_times(&cluster);
+                let cpu_start = cpu_at_warmup.join().unwrap_or(cpu_before);
+                let cpu = CpuPerOp::of(&cpu_start, &cpu_after, leader, out.ops);
                 let costs = breakdown(&before, &metrics(&urls[leader]));
-                row(n, target, concurrency, &out, costs);
+                row(n, target, concurrency, &out, costs, cpu);
+                let (leader_cpu, follower_cpu) = cpu.map_or_else(
+                    || ("–".to_string(), "–".to_string()),
+                    |c| {
+                        (
+                            format!("{:.0}", c.leader_us),
+                            if n > 1 {
+                                format!("{:.0}", c.follower_us)
+                            } else {
+                                "–".into()
+                            },
+                        )
+                    },
+                );
                 report.line(format!(
-                    "| {n} | {target} | {concurrency} | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |",
+                    "| {n} | {target} | {concurrency} | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {leader_cpu} | {follower_cpu} |",
                     out.ops_per_sec(),
                     out.ms(0.5),
                     out.ms(0.9),
@@ -301,7 +386,7 @@ fn fanout(
             "\n## Local reads on a follower of 3 nodes (default read mode), {VALUE_BYTES} B values"
         );
         println!("{HEADER}");
-        row(3, "follower", 16, &out, (0.0, 0.0, 0.0));
+        row(3, "follower", 16, &out, (0.0, 0.0, 0.0), None);
         report.line(format!(
             "\nLocal reads on a follower of 3 nodes, 16 clients: {:.0} ops/s, p50 {:.3} ms, p99 {:.3} ms.",
             out.ops_per_sec(),

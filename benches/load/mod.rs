@@ -7,7 +7,7 @@
 pub mod plot;
 
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -213,6 +213,36 @@ pub async fn drive(load: &Load<'_>) -> Outcome {
         elapsed: run,
         latency_us,
     }
+}
+
+/// CPU time (user and system, every thread) process `pid` has used so
+/// far, from `/proc/{pid}/stat`; `None` where that cannot be read.
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold spaces; field 3
+    // (the state) is the first after it, so utime (14) and stime (15)
+    // are the 12th and 13th.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(Duration::from_secs_f64(
+        (utime + stime) as f64 / clock_ticks(),
+    ))
+}
+
+/// The kernel's clock ticks per second (`getconf CLK_TCK`; 100, Linux's
+/// usual value, if that fails).
+fn clock_ticks() -> f64 {
+    static TICKS: OnceLock<f64> = OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
 }
 
 /// The single-URL load of the older benchmarks.
