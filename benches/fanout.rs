@@ -220,11 +220,9 @@ struct CpuPerOp {
     follower_us: f64,
 }
 
-/// Each node's CPU time so far (`None` for one that cannot be read).
-fn cpu_times(cluster: &Cluster) -> Vec<Option<Duration>> {
-    (0..cluster.nodes.len())
-        .map(|i| cluster.pid(i).and_then(load::cpu_time))
-        .collect()
+/// Each process's CPU time so far (`None` for one that cannot be read).
+fn cpu_times(pids: &[Option<u32>]) -> Vec<Option<Duration>> {
+    pids.iter().map(|p| p.and_then(load::cpu_time)).collect()
 }
 
 impl CpuPerOp {
@@ -311,17 +309,14 @@ fn fanout(
             for (target, target_urls) in targets {
                 let before = metrics(&urls[leader]);
                 // The CPU counted from the end of the warm-up, like the ops.
-                let (cpu_at_warmup, cpu_before) = {
-                    let warmup = settings.warmup;
-                    let pids: Vec<Option<u32>> =
-                        (0..cluster.nodes.len()).map(|i| cluster.pid(i)).collect();
-                    let snapshot = std::thread::spawn(move || {
+                let pids: Vec<Option<u32>> =
+                    (0..cluster.nodes.len()).map(|i| cluster.pid(i)).collect();
+                let cpu_at_warmup = {
+                    let (warmup, pids) = (settings.warmup, pids.clone());
+                    std::thread::spawn(move || {
                         std::thread::sleep(warmup);
-                        pids.into_iter()
-                            .map(|p| p.and_then(load::cpu_time))
-                            .collect::<Vec<_>>()
-                    });
-                    (snapshot, cpu_times(&cluster))
+                        cpu_times(&pids)
+                    })
                 };
                 let out = rt.block_on(drive(&settings.load(
                     Api::Pika,
@@ -329,9 +324,11 @@ fn fanout(
                     Workload::Write,
                     concurrency,
                 )));
-                let cpu_after = cpu_times(&cluster);
-                let cpu_start = cpu_at_warmup.join().unwrap_or(cpu_before);
-                let cpu = CpuPerOp::of(&cpu_start, &cpu_after, leader, out.ops);
+                let cpu_after = cpu_times(&pids);
+                let cpu = cpu_at_warmup
+                    .join()
+                    .ok()
+                    .and_then(|start| CpuPerOp::of(&start, &cpu_after, leader, out.ops));
                 let costs = breakdown(&before, &metrics(&urls[leader]));
                 row(n, target, concurrency, &out, costs, cpu);
                 let (leader_cpu, follower_cpu) = cpu.map_or_else(

@@ -155,6 +155,18 @@ impl PeerMessage {
             .map(|(field, n)| format!("{field} = {n} is beyond 2^62"))
     }
 
+    /// Whether this message from `from` must be dropped as malformed;
+    /// logs and counts it if so. Every handler of peer messages (the core,
+    /// forwarded writes) calls this before reading anything in it.
+    pub fn dropped_as_malformed(&self, from: &str) -> bool {
+        let Some(why) = self.malformed() else {
+            return false;
+        };
+        tracing::warn!(%from, %why, "dropped a malformed peer message");
+        metrics::counter!("pika_peer_messages_malformed_total").increment(1);
+        true
+    }
+
     /// Every counter this message carries, by name.
     fn counters(&self) -> Vec<(&'static str, u64)> {
         let position =

@@ -642,9 +642,7 @@ impl<L: LogStore> ReplicaCore<L> {
         // wire::MAX_COUNTER, so `+ 1` never wraps. Our own counters start
         // at 0 and grow by one; a peer's are checked here, before anything
         // is compared with or derived from them.
-        if let Some(why) = message.malformed() {
-            tracing::warn!(%from, %why, "dropped a malformed peer message");
-            metrics::counter!("pika_peer_messages_malformed_total").increment(1);
+        if message.dropped_as_malformed(&from) {
             return;
         }
         match message {

@@ -18,9 +18,7 @@ use crate::wire::{ForwardResult, PeerMessage};
 pub(crate) async fn serve(replica: Replica, mut inbox: mpsc::Receiver<(String, PeerMessage)>) {
     while let Some((from, message)) = inbox.recv().await {
         // The core's check, for messages that no longer pass through it.
-        if let Some(why) = message.malformed() {
-            tracing::warn!(%from, %why, "dropped a malformed peer message");
-            metrics::counter!("pika_peer_messages_malformed_total").increment(1);
+        if message.dropped_as_malformed(&from) {
             continue;
         }
         match message {
