@@ -14,6 +14,7 @@
 //! will commit in order before the new one).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::record::{Change, Entry};
@@ -111,10 +112,17 @@ impl PendingPaths {
 
 /// [`PendingPaths`] shared between the protocol core (which changes it) and
 /// readers (which wait on it): every change bumps a counter readers watch.
+///
+/// The shell lets committed entries gather before it applies them (one
+/// redb transaction for many), so a reader that has to wait says so: it
+/// counts itself in `readers` while it waits, and pings `wanted` when it
+/// starts. While anyone waits, the shell applies after every step.
 #[derive(Clone)]
 pub struct SharedPending {
     paths: Arc<Mutex<PendingPaths>>,
     changed: Arc<tokio::sync::watch::Sender<u64>>,
+    readers: Arc<AtomicUsize>,
+    wanted: Arc<tokio::sync::Notify>,
 }
 
 impl Default for SharedPending {
@@ -122,7 +130,26 @@ impl Default for SharedPending {
         Self {
             paths: Arc::default(),
             changed: Arc::new(tokio::sync::watch::Sender::new(0)),
+            readers: Arc::default(),
+            wanted: Arc::default(),
         }
+    }
+}
+
+/// One waiting reader, counted until it stops waiting (done, timed out or
+/// dropped).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(readers: &'a AtomicUsize) -> Self {
+        readers.fetch_add(1, Ordering::AcqRel);
+        Waiting(readers)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -139,17 +166,36 @@ impl SharedPending {
     }
 
     /// Resolves once `done` holds of the set, checked now and after every
-    /// change.
+    /// change. A reader that has to wait asks for an apply.
     pub async fn wait_until(&self, mut done: impl FnMut(&PendingPaths) -> bool) {
+        // Subscribed before the first check: a change between the check and
+        // the wait still wakes this reader.
         let mut changes = self.changed.subscribe();
+        if done(&self.lock()) {
+            return;
+        }
+        let _waiting = Waiting::new(&self.readers);
+        self.wanted.notify_one();
         loop {
-            if done(&self.lock()) {
-                return;
-            }
             if changes.changed().await.is_err() {
                 return;
             }
+            if done(&self.lock()) {
+                return;
+            }
         }
+    }
+
+    /// Whether a reader is waiting now: the shell then applies what is
+    /// committed at once instead of letting it gather.
+    pub fn readers_waiting(&self) -> bool {
+        self.readers.load(Ordering::Acquire) > 0
+    }
+
+    /// Completes when a reader has started waiting since the last call
+    /// (one ping is kept if nobody listens yet).
+    pub async fn apply_wanted(&self) {
+        self.wanted.notified().await;
     }
 }
 
@@ -189,6 +235,36 @@ mod tests {
         p.applied_through(2);
         assert!(p.is_empty());
         assert_eq!(p.highest_under(""), None);
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_has_to_wait_asks_for_an_apply_until_it_stops_waiting() {
+        let shared = SharedPending::default();
+        shared.wait_until(|p| !p.blocks("k", 1)).await;
+        assert!(!shared.readers_waiting(), "nothing pending: no wait");
+        shared.update(|p| p.add(&[change(1, "k")]));
+        let reader = {
+            let shared = shared.clone();
+            tokio::spawn(async move { shared.wait_until(|p| !p.blocks("k", 1)).await })
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(5), shared.apply_wanted())
+            .await
+            .expect("the waiting reader pings the shell");
+        assert!(shared.readers_waiting());
+        shared.update(|p| p.applied_through(1));
+        tokio::time::timeout(std::time::Duration::from_secs(5), reader)
+            .await
+            .expect("the reader wakes")
+            .expect("the reader task ends");
+        assert!(!shared.readers_waiting(), "done: no longer counted");
+        shared.update(|p| p.add(&[change(2, "k")]));
+        let gave_up = tokio::time::timeout(
+            std::time::Duration::from_millis(20),
+            shared.wait_until(|p| !p.blocks("k", 2)),
+        )
+        .await;
+        assert!(gave_up.is_err());
+        assert!(!shared.readers_waiting(), "timed out: no longer counted");
     }
 
     #[tokio::test]

@@ -565,6 +565,18 @@ impl<L: LogStore> ReplicaCore<L> {
         self.commit
     }
 
+    /// Entries committed and durable here that the state has not applied
+    /// yet: what the next [`Self::apply`] would apply (none while a
+    /// snapshot is installing or the disk failed).
+    pub fn unapplied(&self) -> u64 {
+        if self.syncing.is_some() || self.disk_error.is_some() {
+            return 0;
+        }
+        self.commit
+            .min(self.flushed.revision)
+            .saturating_sub(self.store.revision())
+    }
+
     /// The revision of the log's last entry, committed or not.
     pub fn log_last(&self) -> u64 {
         self.log.last().revision
@@ -804,11 +816,12 @@ impl<L: LogStore> ReplicaCore<L> {
     /// pending verification's revision to compare roots there.
     ///
     /// No handler applies on its own: the shell calls this after carrying
-    /// out each call's outputs, so answers, acks and `Commit` never wait
-    /// for a redb transaction. Nothing needs the apply sooner: reads of a
-    /// path wait while it has an entry not applied yet (`PendingPaths`
-    /// keeps it until then), and the leader decides ops against the state
-    /// plus those entries.
+    /// out a call's outputs, so answers, acks and `Commit` never wait for a
+    /// redb transaction, and it may let committed entries gather first
+    /// (one transaction for many). Nothing needs the apply sooner: reads of
+    /// a path wait while it has an entry not applied yet (`PendingPaths`
+    /// keeps it until then, and a waiting reader asks the shell to apply),
+    /// and the leader decides ops against the state plus those entries.
     pub fn apply(&mut self) {
         if self.syncing.is_some() || self.disk_error.is_some() {
             return;

@@ -10,6 +10,7 @@
 //! write; here a step blocks nothing else. Work that may wait on the
 //! network or the disk for long goes back to the node's runtime (`node`).
 
+use std::cell::Cell;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,7 +29,23 @@ pub(crate) struct Driver {
     /// The node's runtime: the lock record, checkpoints, disk probes and
     /// snapshot answers run there, off the protocol thread.
     node: tokio::runtime::Handle,
+    /// When the oldest committed entry not applied yet must be applied
+    /// (`None`: nothing waits).
+    apply_at: Cell<Option<tokio::time::Instant>>,
 }
+
+/// How long committed entries may gather before one redb transaction
+/// applies them all. Applying costs a transaction whatever it holds
+/// (most of a follower's protocol thread at one write at a time), and
+/// nothing waits for it: answers and acks leave before it, a read of a
+/// pending path asks for an apply at once (`SharedPending`), and the
+/// leader decides ops against the state plus the pending entries. What it
+/// delays is what follows the state: watches, `revision` in the status
+/// and verification.
+const APPLY_DELAY: Duration = Duration::from_millis(5);
+
+/// ... or until this many have gathered.
+const APPLY_BATCH: u64 = 256;
 
 /// The protocol thread, for an orderly stop.
 pub(crate) struct DriverThread {
@@ -52,6 +69,7 @@ impl Driver {
             replica,
             membership,
             node: tokio::runtime::Handle::current(),
+            apply_at: Cell::new(None),
         }
     }
 
@@ -95,6 +113,7 @@ impl Driver {
         let mut probe = tokio::time::interval(PROBE_EVERY);
         probe.set_missed_tick_behavior(delay);
         let mut probing = false;
+        let pending = self.replica.shared.pending.clone();
         loop {
             if let Some(pause) = self.replica.peers.faults.take_pause() {
                 self.pause(pause, &mut inbox, &mut flushed);
@@ -102,6 +121,10 @@ impl Driver {
             tokio::select! {
                 // A stop, or the handle dropped.
                 _ = &mut stopped => return,
+                // A reader waits for a pending path, or entries have
+                // gathered for long enough.
+                _ = pending.apply_wanted() => self.apply_now(),
+                _ = sleep_until(self.apply_at.get()), if self.apply_at.get().is_some() => self.apply_now(),
                 Some((ticket, result)) = flushed.recv() => {
                     self.step(|core, now| core.flushed(ticket, result, now));
                 }
@@ -190,8 +213,23 @@ impl Driver {
     /// Runs one core call (which may write the store: checkpoints,
     /// installs), publishes what readers need, carries out the sends and
     /// answers, and only then applies what is committed (a redb
-    /// transaction that nobody answered here waits for).
+    /// transaction that nobody answered here waits for), once it is due:
+    /// [`APPLY_DELAY`] after the oldest, at [`APPLY_BATCH`] entries, or
+    /// while a reader waits.
     fn step(&self, call: impl FnOnce(&mut super::ReplicaCore<crate::log::DiskLog>, Duration)) {
+        self.step_and_apply(call, false);
+    }
+
+    /// A step that only applies what is committed.
+    fn apply_now(&self) {
+        self.step_and_apply(|_, _| {}, true);
+    }
+
+    fn step_and_apply(
+        &self,
+        call: impl FnOnce(&mut super::ReplicaCore<crate::log::DiskLog>, Duration),
+        apply_now: bool,
+    ) {
         let shared = &self.replica.shared;
         let (rest, leader) = {
             let now = shared.now();
@@ -202,10 +240,26 @@ impl Driver {
             // Sends and answers are queue pushes: done under the lock, so
             // that they leave before the apply below.
             let mut rest = shared.perform(&self.replica.peers, core.drain());
-            if self.replica.peers.faults.applies_fail() {
-                core.fail_next_apply("test fault: applies fail");
+            let unapplied = core.unapplied();
+            let due = apply_now
+                || unapplied >= APPLY_BATCH
+                || shared.pending.readers_waiting()
+                || self
+                    .apply_at
+                    .get()
+                    .is_some_and(|at| at <= tokio::time::Instant::now());
+            if unapplied > 0 && due {
+                if self.replica.peers.faults.applies_fail() {
+                    core.fail_next_apply("test fault: applies fail");
+                }
+                core.apply();
             }
-            core.apply();
+            if core.unapplied() == 0 {
+                self.apply_at.set(None);
+            } else if self.apply_at.get().is_none() {
+                self.apply_at
+                    .set(Some(tokio::time::Instant::now() + APPLY_DELAY));
+            }
             // Published once, after the apply, where it was published
             // before answers moved ahead of the apply.
             let status = core.status(now);
@@ -321,4 +375,12 @@ fn probe_disk(log_dir: &std::path::Path) -> std::io::Result<()> {
         result?;
     }
     Ok(())
+}
+
+/// Sleeps until `at`; never completes for `None` (its branch is off then).
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }

@@ -252,7 +252,14 @@ impl ReplicaTasks {
         let _ = tokio::task::spawn_blocking(move || committer.join()).await;
         let shared = self.shared;
         let retention = self.retention;
-        let _ = tokio::task::spawn_blocking(move || lock(&shared.core).checkpoint(retention)).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            // What committed while applies were gathering goes into the
+            // last checkpoint too.
+            let mut core = lock(&shared.core);
+            core.apply();
+            core.checkpoint(retention);
+        })
+        .await;
     }
 }
 
