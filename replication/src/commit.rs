@@ -98,6 +98,10 @@ pub trait CommitPolicy: Send + Sync + 'static {
     fn decided_through(&self, store: &Store) -> u64 {
         store.revision()
     }
+    /// Called with a write in hand, before the batch is gathered: may block
+    /// while earlier batches are still on their way, so that what arrives
+    /// meanwhile leaves as one batch instead of many small ones.
+    fn wait_for_room(&self) {}
     /// Request ids written in this epoch's log and not committed yet, with
     /// what they did and which write they were: a retry of one is answered
     /// with that, not applied again. Asked once per epoch.
@@ -252,6 +256,7 @@ fn run(
     let mut recent = RecentRequests::new(16 * 1024);
     let mut batch: Vec<PendingWrite> = Vec::with_capacity(limits.max_ops);
     while let Some(first) = rx.blocking_recv() {
+        policy.wait_for_room();
         let mut bytes = op_size(&first.op);
         batch.push(first);
         while batch.len() < limits.max_ops && bytes < limits.max_bytes {
@@ -482,6 +487,83 @@ mod tests {
         // 100 ops under a 64-op limit: two transactions, one revision per op.
         assert_eq!(store.revision(), 100);
         assert_eq!(store.commits(), 2);
+    }
+
+    /// A committer that has to wait for room in the pipeline (a leader
+    /// with batches in flight) sends everything that arrived meanwhile as
+    /// one batch.
+    #[test]
+    fn writes_that_arrive_while_the_pipeline_is_full_leave_as_one_batch() {
+        struct FullOnce {
+            waiting: std::sync::mpsc::Sender<()>,
+            room: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+        }
+        impl CommitPolicy for FullOnce {
+            fn epoch(&self) -> Result<u64, WriteError> {
+                Standalone.epoch()
+            }
+            fn execute(
+                &self,
+                store: &Store,
+                ops: &[Op],
+                epoch: u64,
+                now_ms: u64,
+            ) -> Result<BatchOutcome, WriteError> {
+                Standalone.execute(store, ops, epoch, now_ms)
+            }
+            fn committed(
+                &self,
+                epoch: u64,
+                waits_for: Option<u64>,
+                answers: Vec<(Reply, Result<Applied, WriteError>)>,
+            ) {
+                Standalone.committed(epoch, waits_for, answers);
+            }
+            fn wait_for_room(&self) {
+                let _ = self.waiting.send(());
+                let room = self.room.lock().unwrap();
+                let _ = room.recv_timeout(std::time::Duration::from_secs(10));
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), 20).unwrap());
+        let (waiting, waited) = std::sync::mpsc::channel();
+        let (room, roomy) = std::sync::mpsc::channel();
+        let policy = FullOnce {
+            waiting,
+            room: std::sync::Mutex::new(roomy),
+        };
+        let (queue, committer) =
+            WriteQueue::start_with(store.clone(), BatchLimits::default(), Arc::new(policy))
+                .unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let submit = |i| {
+            let queue = queue.clone();
+            runtime.spawn(async move { queue.submit(op(i)).await })
+        };
+        let mut writes = vec![submit(0)];
+        runtime.block_on(tokio::task::yield_now());
+        waited
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the committer asks for room before it gathers a batch");
+        writes.extend((1..10).map(submit));
+        runtime.block_on(async {
+            // Every write queued before there is room.
+            while queue.tx.capacity() > queue.tx.max_capacity() - 9 {
+                tokio::task::yield_now().await;
+            }
+        });
+        room.send(()).unwrap();
+        for write in writes {
+            assert!(runtime.block_on(write).unwrap().is_ok());
+        }
+        assert_eq!(store.revision(), 10);
+        assert_eq!(store.commits(), 1, "ten writes, one batch");
+        drop(queue);
+        let _ = room.send(());
+        committer.join().unwrap();
     }
 
     #[tokio::test]

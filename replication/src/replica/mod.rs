@@ -20,7 +20,7 @@ pub mod voters;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use pika_membership::Membership;
@@ -105,8 +105,12 @@ pub(crate) struct Shared {
     pub(crate) core: Mutex<ReplicaCore<DiskLog>>,
     /// Paths with entries not applied yet: reads of them wait.
     pub(crate) pending: SharedPending,
-    /// Writers' answers waiting on the core, by token.
+    /// Writers' answers waiting on the core, by token: one per batch in
+    /// flight on a leader.
     pub(crate) answers: Mutex<HashMap<u64, Answers>>,
+    /// Signalled whenever `answers` shrinks (the committer waits on it for
+    /// room in the pipeline).
+    pub(crate) answered: Condvar,
     pub(crate) next_token: AtomicU64,
     /// What the driver last published, so HTTP handlers never wait on the core.
     pub(crate) status: Mutex<ReplicaStatus>,
@@ -143,6 +147,7 @@ impl Shared {
                             answer(answers);
                         }
                     }
+                    self.answered.notify_one();
                 }
                 Output::Fail(tokens, why) => {
                     for token in tokens {
@@ -150,6 +155,7 @@ impl Shared {
                             fail(answers, why);
                         }
                     }
+                    self.answered.notify_one();
                 }
                 Output::ReadIndexAnswered { id, commit } => {
                     if let Some(waiter) = lock(&self.read_indexes).remove(&id) {
@@ -197,6 +203,20 @@ impl CommitPolicy for LeaderPolicy {
         lock(&self.shared.core).log_last()
     }
 
+    /// Waits while [`PIPELINE_DEPTH`] batches await their commit (bounded
+    /// by [`PIPELINE_WAIT`]). Every batch costs each follower a `Diff`, an
+    /// append, two acks and a protocol step whatever its size; unbounded,
+    /// many clients made many batches of a few writes each, and the
+    /// followers' CPU went to the per-batch work.
+    fn wait_for_room(&self) {
+        let answers = lock(&self.shared.answers);
+        let _ = self
+            .shared
+            .answered
+            .wait_timeout_while(answers, PIPELINE_WAIT, |a| a.len() >= PIPELINE_DEPTH)
+            .unwrap_or_else(PoisonError::into_inner);
+    }
+
     fn requests_in_flight(&self) -> Vec<(String, Applied, crate::record::Fingerprint)> {
         lock(&self.shared.core).requests_in_flight()
     }
@@ -217,6 +237,16 @@ impl CommitPolicy for LeaderPolicy {
         self.shared.perform(&self.peers, outputs);
     }
 }
+
+/// Batches a leader keeps in flight (proposed, not committed yet) before
+/// the next one waits: one being made durable and acknowledged while the
+/// next gathers what arrives meanwhile.
+const PIPELINE_DEPTH: usize = 2;
+
+/// The longest a batch waits for room: a commit held up (a member that
+/// stopped acknowledging, until `ack_timeout` takes it out) must not hold
+/// every later write back as well.
+const PIPELINE_WAIT: Duration = Duration::from_millis(50);
 
 pub(crate) fn answer(answers: Answers) {
     for (reply, result) in answers {
@@ -321,6 +351,7 @@ impl Replica {
             core: Mutex::new(core),
             pending,
             answers: Mutex::new(HashMap::new()),
+            answered: Condvar::new(),
             next_token: AtomicU64::new(1),
             status: Mutex::new(status),
             read_until: Mutex::new(None),
