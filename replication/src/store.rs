@@ -89,6 +89,10 @@ pub enum StoreError {
     /// A reopen after a disk error failed; the next one may succeed.
     #[error("the database is closed after a disk error and not reopened yet")]
     Closed,
+    /// A transaction run off the protocol thread panicked (a bug, or redb
+    /// on a failing disk): handled like a disk error.
+    #[error("the transaction panicked: {0}")]
+    Panicked(String),
     /// An entry names a version the history does not hold: the file is
     /// damaged (the latest version is never pruned).
     #[error("the latest version {version} of {path} is missing from the history")]

@@ -21,6 +21,7 @@ use super::core::Output;
 use super::{Replica, lock, now_ms};
 use crate::Format;
 use crate::record::{Meta, Op};
+use crate::store::StoreError;
 use crate::wire::PeerMessage;
 
 pub(crate) struct Driver {
@@ -32,6 +33,12 @@ pub(crate) struct Driver {
     /// When the oldest committed entry not applied yet must be applied
     /// (`None`: nothing waits).
     apply_at: Cell<Option<tokio::time::Instant>>,
+    /// A checkpoint (a durable redb transaction) runs on the node's
+    /// runtime. redb takes one write transaction at a time, so an apply
+    /// now would hold the protocol thread until the checkpoint's fsync is
+    /// done: no acks, `Diff`s or answers meanwhile. Applies wait for it
+    /// instead (reads of pending paths with them).
+    checkpointing: Cell<bool>,
 }
 
 /// How long committed entries may gather before one redb transaction
@@ -70,6 +77,7 @@ impl Driver {
             membership,
             node: tokio::runtime::Handle::current(),
             apply_at: Cell::new(None),
+            checkpointing: Cell::new(false),
         }
     }
 
@@ -106,7 +114,6 @@ impl Driver {
         checkpoint.set_missed_tick_behavior(delay);
         let retention = self.replica.config.log_retention;
         let (checkpointed_tx, mut checkpointed_rx) = mpsc::unbounded_channel();
-        let mut checkpointing = false;
         // After a disk error: a probe write every `PROBE_EVERY`, and a
         // recovery once one succeeds.
         let (probed_tx, mut probed_rx) = mpsc::unbounded_channel();
@@ -124,24 +131,28 @@ impl Driver {
                 // A reader waits for a pending path, or entries have
                 // gathered for long enough.
                 _ = pending.apply_wanted() => self.apply_now(),
-                _ = sleep_until(self.apply_at.get()), if self.apply_at.get().is_some() => self.apply_now(),
+                _ = sleep_until(self.apply_at.get()), if self.apply_at.get().is_some() && !self.checkpointing.get() => self.apply_now(),
                 Some((ticket, result)) = flushed.recv() => {
                     self.step(|core, now| core.flushed(ticket, result, now));
                 }
                 // Off the loop: a durable redb commit takes milliseconds,
                 // and acks, answers and `Commit` go on meanwhile. One at a
                 // time; a tick while one runs is skipped.
-                _ = checkpoint.tick(), if !checkpointing && lock(&self.replica.shared.status).disk_error.is_none() => {
-                    checkpointing = true;
+                _ = checkpoint.tick(), if !self.checkpointing.get() && lock(&self.replica.shared.status).disk_error.is_none() => {
+                    self.checkpointing.set(true);
                     let store = self.replica.store.clone();
                     let done = checkpointed_tx.clone();
                     self.node.spawn_blocking(move || {
                         let reopens = store.reopens();
-                        let _ = done.send((reopens, store.checkpoint()));
+                        // Applies wait for the answer: it must come even
+                        // from a checkpoint that panicked.
+                        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.checkpoint()))
+                            .unwrap_or_else(|panic| Err(StoreError::Panicked(panic_message(panic.as_ref()))));
+                        let _ = done.send((reopens, result));
                     });
                 }
                 Some((reopens, position)) = checkpointed_rx.recv() => {
-                    checkpointing = false;
+                    self.checkpointing.set(false);
                     // One begun before a reopen speaks of the old state.
                     if reopens == self.replica.store.reopens() {
                         self.step(|core, _| core.checkpointed(position, retention));
@@ -248,7 +259,7 @@ impl Driver {
                     .apply_at
                     .get()
                     .is_some_and(|at| at <= tokio::time::Instant::now());
-            if unapplied > 0 && due {
+            if unapplied > 0 && due && !self.checkpointing.get() {
                 if self.replica.peers.faults.applies_fail() {
                     core.fail_next_apply("test fault: applies fail");
                 }
@@ -383,4 +394,13 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
+}
+
+/// What a caught panic said, if it said it as a string.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "without a message".into())
 }
