@@ -569,12 +569,17 @@ impl<L: LogStore> ReplicaCore<L> {
     /// yet: what the next [`Self::apply`] would apply (none while a
     /// snapshot is installing or the disk failed).
     pub fn unapplied(&self) -> u64 {
+        self.apply_target()
+            .map_or(0, |target| target.saturating_sub(self.store.revision()))
+    }
+
+    /// How far [`Self::apply`] may go: what is committed and durable here;
+    /// `None` while a snapshot is installing or the disk failed.
+    fn apply_target(&self) -> Option<u64> {
         if self.syncing.is_some() || self.disk_error.is_some() {
-            return 0;
+            return None;
         }
-        self.commit
-            .min(self.flushed.revision)
-            .saturating_sub(self.store.revision())
+        Some(self.commit.min(self.flushed.revision))
     }
 
     /// The revision of the log's last entry, committed or not.
@@ -823,10 +828,9 @@ impl<L: LogStore> ReplicaCore<L> {
     /// keeps it until then, and a waiting reader asks the shell to apply),
     /// and the leader decides ops against the state plus those entries.
     pub fn apply(&mut self) {
-        if self.syncing.is_some() || self.disk_error.is_some() {
+        let Some(target) = self.apply_target() else {
             return;
-        }
-        let target = self.commit.min(self.flushed.revision);
+        };
         loop {
             let applied = self.store.revision();
             let mut upto = target;
