@@ -202,6 +202,27 @@ fn folders_list_live_children_once() {
     assert!(names("nothing").is_empty());
 }
 
+/// The shell applies sooner while anyone waits on the store's changes
+/// (watches, blocking queries): it learns that from this count.
+#[test]
+fn a_subscriber_is_counted_as_a_watcher_until_it_lets_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, 20);
+    assert_eq!(store.watchers(), 0);
+    let first = store.subscribe();
+    let second = store.subscribe();
+    assert_eq!(store.watchers(), 2);
+    drop(first);
+    assert_eq!(store.watchers(), 1);
+    store.execute(&[put("a", "1", None)], 0, 0).unwrap();
+    assert!(
+        second.has_changed().unwrap(),
+        "the one left hears of the write"
+    );
+    drop(second);
+    assert_eq!(store.watchers(), 0);
+}
+
 #[test]
 fn everything_survives_reopen_including_the_node_id() {
     let dir = tempfile::tempdir().unwrap();

@@ -118,4 +118,10 @@ impl Store {
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.applied.subscribe()
     }
+
+    /// How many wait on [`Store::subscribe`] now: watches and blocking
+    /// queries, which the shell serves promptly by applying sooner.
+    pub fn watchers(&self) -> usize {
+        self.applied.receiver_count()
+    }
 }
