@@ -31,7 +31,7 @@ pub(crate) struct Driver {
     /// snapshot answers run there, off the protocol thread.
     node: tokio::runtime::Handle,
     /// Since when the oldest committed entry not applied yet has waited
-    /// (`None`: nothing waits). It is due [`Driver::apply_delay`] later.
+    /// (`None`: nothing waits). It is due at [`Driver::apply_due`].
     unapplied_since: Cell<Option<tokio::time::Instant>>,
     /// A checkpoint (a durable redb transaction) runs on the node's
     /// runtime. redb takes one write transaction at a time, so an apply
@@ -52,8 +52,9 @@ pub(crate) struct Driver {
 /// [`APPLY_DELAY_WATCHED`]), `revision` in the status and read headers,
 /// and verification.
 ///
-/// 20 ms rather than 5 ms: 8-11 % less CPU per write on every node at one
-/// and at 16 clients (`docs/benchmarks.md`, 2026-12-05, late).
+/// 20 ms rather than 5 ms: 10-15 % less CPU per write on a follower and
+/// 5-10 % on the leader at one client, p50 1.2 -> 1.0 ms on 3 nodes
+/// (`docs/benchmarks.md`, "Applies gather longer while nobody watches").
 const APPLY_DELAY: Duration = Duration::from_millis(20);
 
 /// ... while a watch or a blocking query waits on this node's state: its
