@@ -268,12 +268,6 @@ pub struct ReplicaCore<L: LogStore> {
     /// The log's durable end.
     pub(super) flushed: Position,
     pub(super) flush: GroupFlush,
-    /// The last applied entry, not yet recorded in the log as committed.
-    /// Recorded just before the next flush, which carries it to disk: a
-    /// record of its own after every apply woke the log's flush thread
-    /// once more per write. The log's commit is a lower bound a restart
-    /// replays to (the leader tells the rest), so a late one loses nothing.
-    pub(super) commit_unsaved: Option<Position>,
     pub(super) next_ticket: u64,
     /// Flush tickets of a log closed by [`Self::recover`]: their
     /// completions are ignored.
@@ -355,7 +349,6 @@ impl<L: LogStore> ReplicaCore<L> {
             commit,
             flushed,
             flush: GroupFlush::default(),
-            commit_unsaved: None,
             next_ticket: 1,
             stale_tickets_below: 0,
             disk_error: None,
@@ -452,7 +445,6 @@ impl<L: LogStore> ReplicaCore<L> {
         self.commit = Self::open_log(&self.store, &mut self.log, &self.pending)?;
         self.flushed = self.log.last();
         self.flush = GroupFlush::default();
-        self.commit_unsaved = None;
         // Completions of the old log's flushes may still be on their way.
         self.stale_tickets_below = self.next_ticket;
         self.boot = self.store.generation();
@@ -856,23 +848,40 @@ impl<L: LogStore> ReplicaCore<L> {
                 return self.disk_failed(format!("applying committed entries: {e}"));
             }
             self.pending.update(|p| p.applied_through(last));
-            if let Some(epoch) = self.log.epoch_at(last) {
-                self.commit_unsaved = Some(Position {
-                    epoch,
-                    revision: last,
-                });
-            }
             self.check_verification();
         }
         metrics::gauge!("pika_revision").set(self.store.revision() as f64);
     }
 
-    /// Records the last applied entry as committed in the log (durable with
-    /// the next flush).
+    /// Records in the log what is committed and durable here (what
+    /// [`Self::apply`] may apply), durable with the next flush. Called just
+    /// before each flush and after each checkpoint, never on its own: a
+    /// record after every commit woke the log's flush thread once more per
+    /// write. The log's commit is a lower bound a restart replays to (the
+    /// leader tells the rest), so a late one loses nothing; but a restart
+    /// that knows less than it could starts further behind, and a node
+    /// that rejoins by snapshot then receives buckets it had in its log.
+    /// It is the apply target, not the applied state, since applies gather
+    /// for up to 20 ms: dozens of entries at one writer.
+    ///
+    /// Invariant: only an entry of this log that is committed and flushed
+    /// is recorded, so a crash cannot leave a commit record ahead of the
+    /// entries it names, and a truncation never meets one.
     fn save_commit(&mut self) {
-        if let Some(upto) = self.commit_unsaved.take()
-            && let Err(e) = self.log.save_commit(upto)
-        {
+        let Some(target) = self.apply_target() else {
+            return;
+        };
+        if target <= self.log.committed().revision {
+            return;
+        }
+        let Some(epoch) = self.log.epoch_at(target) else {
+            return;
+        };
+        let upto = Position {
+            epoch,
+            revision: target,
+        };
+        if let Err(e) = self.log.save_commit(upto) {
             tracing::warn!(error = %e, "recording the commit index in the log");
         }
     }
