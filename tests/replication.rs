@@ -164,6 +164,10 @@ fn a_down_follower_stalls_writes_about_a_lease_then_catches_up_by_snapshot() {
     eprintln!(
         "restarted follower installed {buckets} buckets for 10 missed writes over 300+ paths"
     );
+    // The 10 paths, the leader lock, and at most one of the follower's
+    // own last entries: it records a commit in its log with the flush after
+    // it learns it, so the commit of its last entry may not have made it.
+    // (Recording only the applied entry, 20 ms behind, moved up to 15.)
     assert!(
         buckets <= 12,
         "{buckets} buckets moved for 10 changed paths"
