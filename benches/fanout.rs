@@ -185,7 +185,7 @@ fn breakdown(before: &str, after: &str) -> (f64, f64, f64) {
     (commit, slowest, batch)
 }
 
-const HEADER: &str = "nodes target    conc     ops/s   p50 ms   p90 ms   p99 ms p99.9 ms   max ms | commit ms  ack ms  batch | cpu µs: leader follower";
+const HEADER: &str = "nodes target    conc     ops/s   p50 ms   p90 ms   p99 ms p99.9 ms   max ms | commit ms  ack ms  batch | cpu µs: leader follower client";
 
 fn row(
     n: usize,
@@ -196,7 +196,10 @@ fn row(
     cpu: Option<CpuPerOp>,
 ) {
     let cpu = cpu.map_or_else(String::new, |c| {
-        format!(" | {:>14.0} {:>8.0}", c.leader_us, c.follower_us)
+        format!(
+            " | {:>14.0} {:>8.0} {:>6.0}",
+            c.leader_us, c.follower_us, c.client_us
+        )
     });
     println!(
         "{n:>5} {target:<9} {concurrency:>4} {:>9.0} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3} | {:>9.3} {:>7.3} {:>6.1}{cpu}",
@@ -212,12 +215,14 @@ fn row(
     );
 }
 
-/// CPU time the nodes spent per acknowledged op, over the measured part of
-/// a row (after the warm-up): the leader's, and the followers' mean.
+/// CPU time spent per acknowledged op, over the measured part of a row
+/// (after the warm-up): the leader's, the followers' mean, and the load
+/// generator's (this process), which shares the same cores.
 #[derive(Clone, Copy)]
 struct CpuPerOp {
     leader_us: f64,
     follower_us: f64,
+    client_us: f64,
 }
 
 /// Each process's CPU time so far (`None` for one that cannot be read).
@@ -240,6 +245,8 @@ impl CpuPerOp {
             .zip(after)
             .map(|(b, a)| Some(a.as_ref()?.saturating_sub((*b)?).as_secs_f64() * 1e6 / ops as f64))
             .collect::<Option<_>>()?;
+        // The last process is this one: the load generator.
+        let (client_us, used) = used.split_last()?;
         let followers: Vec<f64> = (0..used.len())
             .filter(|&i| i != leader)
             .map(|i| used[i])
@@ -252,6 +259,7 @@ impl CpuPerOp {
         Some(CpuPerOp {
             leader_us: used[leader],
             follower_us,
+            client_us: *client_us,
         })
     }
 }
@@ -269,7 +277,7 @@ fn fanout(
         settings.warmup.as_millis()
     );
     println!(
-        "(commit = leader's local batch commit, ack = slowest follower's mean ack after send, batch = ops per commit: means from the leader's metrics; cpu = each node's user + system time per acknowledged write after the warm-up, from /proc)"
+        "(commit = leader's local batch commit, ack = slowest follower's mean ack after send, batch = ops per commit: means from the leader's metrics; cpu = user + system time per acknowledged write after the warm-up, from /proc: the leader's, the followers' mean, and the client's, this process generating the load on the same cores)"
     );
     println!("{HEADER}");
     report.line(format!(
@@ -278,9 +286,9 @@ fn fanout(
         settings.warmup.as_millis()
     ));
     report.line(
-        "| nodes | target | clients | ops/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | leader CPU µs per write | follower CPU µs per write |",
+        "| nodes | target | clients | ops/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | leader CPU µs per write | follower CPU µs per write | client CPU µs per write |",
     );
-    report.line("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    report.line("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut c1 = Vec::new();
     let mut reads = None;
     // Percentiles at c=1 via the leader, by cluster size; throughput via
@@ -309,8 +317,11 @@ fn fanout(
             for (target, target_urls) in targets {
                 let before = metrics(&urls[leader]);
                 // The CPU counted from the end of the warm-up, like the ops.
-                let pids: Vec<Option<u32>> =
-                    (0..cluster.nodes.len()).map(|i| cluster.pid(i)).collect();
+                // The nodes, then this process (the load generator).
+                let pids: Vec<Option<u32>> = (0..cluster.nodes.len())
+                    .map(|i| cluster.pid(i))
+                    .chain([Some(std::process::id())])
+                    .collect();
                 let cpu_at_warmup = {
                     let (warmup, pids) = (settings.warmup, pids.clone());
                     std::thread::spawn(move || {
@@ -331,8 +342,8 @@ fn fanout(
                     .and_then(|start| CpuPerOp::of(&start, &cpu_after, leader, out.ops));
                 let costs = breakdown(&before, &metrics(&urls[leader]));
                 row(n, target, concurrency, &out, costs, cpu);
-                let (leader_cpu, follower_cpu) = cpu.map_or_else(
-                    || ("–".to_string(), "–".to_string()),
+                let (leader_cpu, follower_cpu, client_cpu) = cpu.map_or_else(
+                    || ("–".to_string(), "–".to_string(), "–".to_string()),
                     |c| {
                         (
                             format!("{:.0}", c.leader_us),
@@ -341,11 +352,12 @@ fn fanout(
                             } else {
                                 "–".into()
                             },
+                            format!("{:.0}", c.client_us),
                         )
                     },
                 );
                 report.line(format!(
-                    "| {n} | {target} | {concurrency} | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {leader_cpu} | {follower_cpu} |",
+                    "| {n} | {target} | {concurrency} | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {leader_cpu} | {follower_cpu} | {client_cpu} |",
                     out.ops_per_sec(),
                     out.ms(0.5),
                     out.ms(0.9),
