@@ -12,14 +12,13 @@
 //! task, which is what lets `tests/replica_sim.rs` replay thousands of
 //! seeded fault schedules exactly.
 //!
-//! The leader's half is in `leader.rs`, the follower's in `follower.rs`;
-//! this file holds what both roles share: the log's durable end, the
-//! commit index, applying, and the election.
+//! The leader's half is in `leader.rs`, the follower's in `follower.rs`,
+//! the log's durable end and applying in `apply.rs` (with their
+//! invariants), the status view in `status.rs` and the settings in
+//! `config.rs`. This file holds the core's state, its start and recovery,
+//! message dispatch and the election.
 //!
 //! Invariants kept here:
-//! - `applied ≤ commit` and `applied ≤ flushed`: the state holds committed
-//!   entries only, and only entries durable in this node's own log (a
-//!   crash then never leaves the state ahead of the log).
 //! - The state only moves forward: applies continue it, and a snapshot
 //!   install below it is refused.
 //! - Every entry in the log above `applied` is in [`PendingPaths`]: a read
@@ -29,10 +28,11 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
-
+use super::config::election_config;
+pub use super::config::{CoreConfig, DRIFT, LearnerFeed};
+pub use super::status::{ReplicaStatus, SyncRecord};
 use crate::dice::Dice;
-use crate::election::{Action, Election, ElectionConfig, Position, Role};
+use crate::election::{Action, Election, Position, Role};
 use crate::fanout::ReplicationSet;
 use crate::log::{GroupFlush, LogStore};
 use crate::merkle::Digest;
@@ -40,86 +40,6 @@ use crate::pending::SharedPending;
 use crate::store::{Snapshot, Store};
 use crate::sync::SyncSession;
 use crate::wire::PeerMessage;
-
-/// Assumed bound on relative clock drift.
-pub const DRIFT: f64 = 0.1;
-/// Bytes of log entries applied per store transaction.
-const APPLY_CHUNK: usize = 8 << 20;
-
-#[derive(Debug, Clone)]
-pub struct CoreConfig {
-    pub replicas: usize,
-    pub heartbeat_interval: Duration,
-    /// L: `heartbeat_timeout`.
-    pub lease: Duration,
-    /// A member of the replication set that has not received an entry
-    /// this long after it was sent loses its read permission, and leaves
-    /// the set once that has surely run out (`cluster.ack_timeout`).
-    pub ack_timeout: Duration,
-    /// How often the leader sends its Merkle root for verification.
-    pub sync_interval: Duration,
-    /// A snapshot session silent for this long is abandoned, and a
-    /// catch-up request unanswered for this long is asked again.
-    pub sync_timeout: Duration,
-    /// Byte budget of one catch-up or snapshot frame (under the transport's
-    /// `max_frame`).
-    pub frame_bytes: usize,
-    /// Where the voter set lives: `{prefix}/voters`.
-    pub voters_path: String,
-    /// A voter unheard of by membership this long is removed from the
-    /// voter set (`cluster.dead_voter_timeout`), and a caught-up learner
-    /// takes its place.
-    pub dead_voter_timeout: Duration,
-    /// How the leader feeds learners (`cluster.learner_feed`).
-    pub learner_feed: LearnerFeed,
-}
-
-/// How the leader feeds learners, the followers outside the voter set.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LearnerFeed {
-    /// Like voters: each batch is sent at once and commits once every
-    /// learner in the replication set has received it, so learners serve
-    /// linearizable reads locally. Every write waits for the slowest.
-    #[default]
-    PerWrite,
-    /// From the leader's tick (every `heartbeat_interval`): learners stay
-    /// out of the replication set and no commit waits for them. A read on
-    /// one asks the leader for its commit index (one round trip, which
-    /// also sends it what it lacks) and is served once applied through it.
-    /// For many read replicas, whose per-write fan-out would slow every
-    /// write.
-    Batched,
-}
-
-impl CoreConfig {
-    /// Quick timings for tests that drive a core by hand: heartbeats every
-    /// 100 ms, L and `ack_timeout` 500 ms, verification every second, 1 MiB
-    /// frames.
-    pub fn quick(replicas: usize) -> CoreConfig {
-        CoreConfig {
-            replicas,
-            heartbeat_interval: Duration::from_millis(100),
-            lease: Duration::from_millis(500),
-            ack_timeout: Duration::from_millis(500),
-            sync_interval: Duration::from_secs(1),
-            sync_timeout: Duration::from_secs(1),
-            frame_bytes: 1 << 20,
-            voters_path: "pika/voters".into(),
-            dead_voter_timeout: Duration::from_secs(5),
-            learner_feed: LearnerFeed::PerWrite,
-        }
-    }
-}
-
-fn election_config(config: &CoreConfig) -> ElectionConfig {
-    ElectionConfig {
-        replicas: config.replicas,
-        heartbeat_interval: config.heartbeat_interval,
-        lease: config.lease,
-        drift: DRIFT,
-    }
-}
 
 /// What the node must do for the core.
 #[derive(Debug)]
@@ -149,65 +69,6 @@ pub enum Output {
         id: u64,
         commit: Option<u64>,
     },
-}
-
-/// What the status API shows of replication.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct ReplicaStatus {
-    pub role: String,
-    pub is_leader: bool,
-    pub leader_id: Option<String>,
-    pub epoch: u64,
-    pub promised_epoch: u64,
-    /// The leader is known and this node may serve reads.
-    pub leader_healthy: bool,
-    /// Followers in the leader's replication set with what they received.
-    pub replication_set: Vec<(String, u64)>,
-    /// This follower needs a snapshot and serves no reads until installed.
-    pub behind: bool,
-    pub replicas_mismatch: bool,
-    /// Members whose `replicas` differs from this node's, with theirs (from
-    /// their lease requests, heartbeats and acks). Before a voter set
-    /// exists, they and this node do not grant each other's campaigns.
-    pub replicas_conflicts: BTreeMap<String, u64>,
-    /// The log: its first and last revision, and the commit index.
-    pub log_start: u64,
-    pub log_last: u64,
-    pub commit: u64,
-    pub applied: u64,
-    /// Entries received and not applied yet.
-    pub pending: usize,
-    /// Why this node stopped taking part, if its disk failed.
-    pub disk_error: Option<String>,
-    /// The voter set of this node's log (empty before a new cluster's
-    /// first leader wrote one), and whether this node is in it (a voter)
-    /// or not (a learner: it receives the log and serves reads, but does
-    /// not vote).
-    pub voters: Vec<String>,
-    /// `None` while this node knows no voter set (a new cluster, or a
-    /// wiped node that has not caught up).
-    pub voter: Option<bool>,
-    /// The cluster's id (see `voters`); `None` before a voter set names one.
-    pub cluster_id: Option<String>,
-    /// Verifications of this node's Merkle root that matched the leader's,
-    /// and snapshots it installed, since it started.
-    pub verified: u64,
-    pub snapshots: u64,
-    /// The last snapshot this node installed as a follower.
-    pub last_sync: Option<SyncRecord>,
-    /// When this node last heard from the leader, on the replica's clock
-    /// (see [`crate::replica::Replica::since_leader_contact`]).
-    #[serde(skip)]
-    pub leader_heard_at: Option<Duration>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct SyncRecord {
-    /// On this node's clock (time since its origin), in milliseconds.
-    pub at_ms: u64,
-    pub revision: u64,
-    pub buckets: usize,
-    pub paths: usize,
 }
 
 pub(super) struct Syncing {
@@ -557,75 +418,9 @@ impl<L: LogStore> ReplicaCore<L> {
         self.commit
     }
 
-    /// Entries committed and durable here that the state has not applied
-    /// yet: what the next [`Self::apply`] would apply (none while a
-    /// snapshot is installing or the disk failed).
-    pub fn unapplied(&self) -> u64 {
-        self.apply_target()
-            .map_or(0, |target| target.saturating_sub(self.store.revision()))
-    }
-
-    /// How far [`Self::apply`] may go: what is committed and durable here;
-    /// `None` while a snapshot is installing or the disk failed.
-    fn apply_target(&self) -> Option<u64> {
-        if self.syncing.is_some() || self.disk_error.is_some() {
-            return None;
-        }
-        Some(self.commit.min(self.flushed.revision))
-    }
-
     /// The revision of the log's last entry, committed or not.
     pub fn log_last(&self) -> u64 {
         self.log.last().revision
-    }
-
-    pub fn status(&self, now: Duration) -> ReplicaStatus {
-        let leader = self.election.leader(now);
-        let role = self.election.role();
-        ReplicaStatus {
-            role: match role {
-                Role::Leader => "leader",
-                Role::Candidate => "candidate",
-                Role::Follower => "follower",
-            }
-            .into(),
-            is_leader: role == Role::Leader && self.leading.is_some(),
-            leader_id: leader.map(|(id, _)| id.to_string()),
-            epoch: leader.map_or(0, |(_, e)| e),
-            promised_epoch: self.election.promised(),
-            leader_healthy: self.read_until(now).is_some_and(|u| now < u),
-            replication_set: self
-                .leading
-                .as_ref()
-                .map(|l| {
-                    l.set
-                        .followers()
-                        .into_iter()
-                        .filter(|f| f.in_set)
-                        .map(|f| (f.id, f.received))
-                        .collect()
-                })
-                .unwrap_or_default(),
-            behind: self.needs_snapshot,
-            replicas_mismatch: self.election.replicas_mismatch(),
-            replicas_conflicts: self.election.replicas_conflicts().clone(),
-            log_start: self.log.start().revision,
-            log_last: self.log.last().revision,
-            commit: self.commit,
-            applied: self.store.revision(),
-            pending: self.pending.lock().len(),
-            disk_error: self.disk_error.clone(),
-            voters: self
-                .voters()
-                .map(|v| v.iter().cloned().collect())
-                .unwrap_or_default(),
-            voter: self.voters().map(|v| v.contains(&self.me)),
-            cluster_id: Some(self.cluster_id.clone()).filter(|c| !c.is_empty()),
-            verified: self.verified,
-            snapshots: self.snapshots,
-            last_sync: self.last_sync.clone(),
-            leader_heard_at: self.election.leader_heard_at(now),
-        }
     }
 
     pub fn tick(&mut self, now: Duration) {
@@ -725,201 +520,6 @@ impl<L: LogStore> ReplicaCore<L> {
             to: to.to_string(),
             message,
         });
-    }
-
-    /// Starts a flush of the log unless one is running (then the next one,
-    /// started when it completes, covers what was appended meanwhile).
-    pub(super) fn request_flush(&mut self) {
-        if self.disk_error.is_some() || !self.flush.request() {
-            return;
-        }
-        self.save_commit();
-        let upto = self.log.last();
-        let ticket = self.next_ticket;
-        self.next_ticket += 1;
-        match self.log.flush(ticket) {
-            Ok(()) => self.flush.started(upto),
-            Err(e) => self.disk_failed(format!("starting a log flush: {e}")),
-        }
-    }
-
-    /// A flush completed (or failed).
-    pub fn flushed(&mut self, ticket: u64, result: std::io::Result<()>, now: Duration) {
-        if ticket < self.stale_tickets_below {
-            return;
-        }
-        if let Err(e) = result {
-            return self.disk_failed(format!("log flush: {e}"));
-        }
-        let (done, again) = self.flush.completed();
-        if let Some(done) = done
-            && done.revision > self.flushed.revision
-            && self.log.holds(done)
-        {
-            self.flushed = done;
-        }
-        if again {
-            self.request_flush();
-        }
-        if self.leading.is_some() {
-            self.advance_commit(now);
-        } else {
-            self.send_ack();
-        }
-    }
-
-    /// This node's disk failed: it stops acknowledging, voting, sending
-    /// `Alive` and serving reads; a leader steps down, failing what waits
-    /// with "outcome unknown". Silent, it leaves the leader's replication
-    /// set once its read permission has surely run out, and the others go
-    /// on. It takes part again after [`Self::recover`] or a restart.
-    pub(super) fn disk_failed(&mut self, why: String) {
-        if self.disk_error.is_none() {
-            metrics::counter!("pika_disk_failures_total").increment(1);
-            tracing::error!(error = %why, "the disk failed: this node stops taking part until the disk takes writes again");
-        }
-        self.disk_error = Some(why);
-        self.election.resign("this node's disk failed");
-        // Only the step-down follows from resigning, and it needs no clock.
-        self.perform_election(Duration::ZERO);
-    }
-
-    /// The log dropped every entry after `revision`: so do the pending
-    /// paths and the durable end.
-    pub(super) fn truncate_after(&mut self, revision: u64) -> Result<(), String> {
-        self.log
-            .truncate_after(revision)
-            .map_err(|e| e.to_string())?;
-        let at = Position {
-            epoch: self.log.epoch_at(revision).unwrap_or_default(),
-            revision,
-        };
-        if self.flushed.revision > revision {
-            self.flushed = at;
-        }
-        self.flush.truncated(at);
-        self.pending.update(|p| p.truncated_after(revision));
-        if self
-            .voter_records
-            .last()
-            .is_some_and(|(r, _)| *r > revision)
-        {
-            self.load_voters();
-        }
-        Ok(())
-    }
-
-    /// Applies what is committed and durable here, in order; stops at a
-    /// pending verification's revision to compare roots there.
-    ///
-    /// No handler applies on its own: the shell calls this after carrying
-    /// out a call's outputs, so answers, acks and `Commit` never wait for a
-    /// redb transaction, and it may let committed entries gather first
-    /// (one transaction for many). Nothing needs the apply sooner: reads of
-    /// a path wait while it has an entry not applied yet (`PendingPaths`
-    /// keeps it until then, and a waiting reader asks the shell to apply),
-    /// and the leader decides ops against the state plus those entries.
-    pub fn apply(&mut self) {
-        let Some(target) = self.apply_target() else {
-            return;
-        };
-        loop {
-            let applied = self.store.revision();
-            let mut upto = target;
-            if let Some((at, _)) = self.verify
-                && at > applied
-                && at < upto
-            {
-                upto = at;
-            }
-            if upto <= applied {
-                break;
-            }
-            let changes = match self.log.read(applied + 1, upto, APPLY_CHUNK) {
-                Ok(changes) if !changes.is_empty() => changes,
-                Ok(_) => {
-                    return self
-                        .disk_failed(format!("the log has no entry {} to apply", applied + 1));
-                }
-                Err(e) => return self.disk_failed(format!("reading the log to apply: {e}")),
-            };
-            let last = changes.last().map_or(applied, |c| c.revision);
-            if let Err(e) = self.store.apply_behind_log(&changes) {
-                return self.disk_failed(format!("applying committed entries: {e}"));
-            }
-            self.pending.update(|p| p.applied_through(last));
-            self.check_verification();
-        }
-        metrics::gauge!("pika_revision").set(self.store.revision() as f64);
-    }
-
-    /// Records in the log what is committed and durable here (what
-    /// [`Self::apply`] may apply), durable with the next flush. Called just
-    /// before each flush and after each checkpoint, never on its own: a
-    /// record after every commit woke the log's flush thread once more per
-    /// write. The log's commit is a lower bound a restart replays to (the
-    /// leader tells the rest), so a late one loses nothing; but a restart
-    /// that knows less than it could starts further behind, and a node
-    /// that rejoins by snapshot then receives buckets it had in its log.
-    /// It is the apply target, not the applied state, since applies gather
-    /// for up to 20 ms: dozens of entries at one writer.
-    ///
-    /// Invariant: only an entry of this log that is committed and flushed
-    /// is recorded, so a crash cannot leave a commit record ahead of the
-    /// entries it names, and a truncation never meets one.
-    fn save_commit(&mut self) {
-        let Some(target) = self.apply_target() else {
-            return;
-        };
-        if target <= self.log.committed().revision {
-            return;
-        }
-        let Some(epoch) = self.log.epoch_at(target) else {
-            return;
-        };
-        let upto = Position {
-            epoch,
-            revision: target,
-        };
-        if let Err(e) = self.log.save_commit(upto) {
-            tracing::warn!(error = %e, "recording the commit index in the log");
-        }
-    }
-
-    /// Makes the applied state durable, and purges log entries that are
-    /// both checkpointed and older than `retain` entries.
-    pub fn checkpoint(&mut self, retain: u64) {
-        let position = self.store.checkpoint();
-        self.checkpointed(position, retain);
-    }
-
-    /// A checkpoint the shell made off the protocol loop (a durable redb
-    /// commit, which must not hold up acks and answers) completed: purge
-    /// the log behind it, or stop on a disk error.
-    pub fn checkpointed(
-        &mut self,
-        position: Result<Position, crate::store::StoreError>,
-        retain: u64,
-    ) {
-        let position = match position {
-            Ok(p) => p,
-            Err(e) => return self.disk_failed(format!("checkpoint: {e}")),
-        };
-        // An idle node flushes nothing: the commit goes to the log here,
-        // and to disk with the next flush (a restart replays the log to it).
-        self.save_commit();
-        let upto = position.revision.saturating_sub(retain);
-        if upto <= self.log.start().revision {
-            return;
-        }
-        if let Some(epoch) = self.log.epoch_at(upto)
-            && let Err(e) = self.log.purge_through(Position {
-                epoch,
-                revision: upto,
-            })
-        {
-            tracing::warn!(error = %e, "purging the log");
-        }
     }
 
     pub(super) fn perform_election(&mut self, now: Duration) {

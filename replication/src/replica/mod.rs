@@ -2,8 +2,10 @@
 //! (election, log replication and commit, read permission, catch-up,
 //! snapshots, verification).
 //!
-//! - `core`, `leader`, `follower`: the protocol itself; no clock, no
-//!   tasks, no sockets.
+//! - `core`, `leader`, `follower`, `apply`: the protocol itself; no
+//!   clock, no tasks, no sockets. `apply` is the log's durable end and the
+//!   state applied behind it; `status` and `config` are what the core
+//!   shows and takes.
 //! - `mod.rs`: the handle the HTTP layer writes and reads through, and the
 //!   leader's commit policy (propose through the core, answer on commit).
 //! - `driver`: the task that feeds the core ticks, membership, peer
@@ -11,11 +13,14 @@
 //! - `voters`: who votes: the voter set in the log, learners, promotion
 //!   and replacement.
 
+mod apply;
+mod config;
 pub mod core;
 mod driver;
 mod follower;
 mod forwards;
 mod leader;
+mod status;
 pub mod voters;
 
 use std::collections::HashMap;

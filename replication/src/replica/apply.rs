@@ -1,0 +1,237 @@
+//! The log's durable end and the state applied behind it (DESIGN.md,
+//! "The replicated log"): flushes, a failed disk, truncation, applying
+//! committed entries to the store, the commit record, checkpoints.
+//!
+//! Invariants kept here:
+//! - `flushed` is a position this log holds, on disk: it moves forward
+//!   with completed flushes and back only with a truncation below it.
+//! - `applied ≤ commit` and `applied ≤ flushed` ([`ReplicaCore::apply`]
+//!   goes no further than the apply target): the state holds committed
+//!   entries only, and only entries durable in this node's own log, so a
+//!   crash never leaves the state ahead of the log.
+//! - The log's commit record names only a committed, flushed entry of
+//!   this log ([`ReplicaCore::save_commit`]).
+//! - The log is purged only behind a durable checkpoint.
+
+use std::time::Duration;
+
+use super::core::ReplicaCore;
+use crate::election::Position;
+use crate::log::LogStore;
+
+/// Bytes of log entries applied per store transaction.
+const APPLY_CHUNK: usize = 8 << 20;
+
+impl<L: LogStore> ReplicaCore<L> {
+    /// Entries committed and durable here that the state has not applied
+    /// yet: what the next [`Self::apply`] would apply (none while a
+    /// snapshot is installing or the disk failed).
+    pub fn unapplied(&self) -> u64 {
+        self.apply_target()
+            .map_or(0, |target| target.saturating_sub(self.store.revision()))
+    }
+
+    /// How far [`Self::apply`] may go: what is committed and durable here;
+    /// `None` while a snapshot is installing or the disk failed.
+    fn apply_target(&self) -> Option<u64> {
+        if self.syncing.is_some() || self.disk_error.is_some() {
+            return None;
+        }
+        Some(self.commit.min(self.flushed.revision))
+    }
+
+    /// Starts a flush of the log unless one is running (then the next one,
+    /// started when it completes, covers what was appended meanwhile).
+    pub(super) fn request_flush(&mut self) {
+        if self.disk_error.is_some() || !self.flush.request() {
+            return;
+        }
+        self.save_commit();
+        let upto = self.log.last();
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        match self.log.flush(ticket) {
+            Ok(()) => self.flush.started(upto),
+            Err(e) => self.disk_failed(format!("starting a log flush: {e}")),
+        }
+    }
+
+    /// A flush completed (or failed).
+    pub fn flushed(&mut self, ticket: u64, result: std::io::Result<()>, now: Duration) {
+        if ticket < self.stale_tickets_below {
+            return;
+        }
+        if let Err(e) = result {
+            return self.disk_failed(format!("log flush: {e}"));
+        }
+        let (done, again) = self.flush.completed();
+        if let Some(done) = done
+            && done.revision > self.flushed.revision
+            && self.log.holds(done)
+        {
+            self.flushed = done;
+        }
+        if again {
+            self.request_flush();
+        }
+        if self.leading.is_some() {
+            self.advance_commit(now);
+        } else {
+            self.send_ack();
+        }
+    }
+
+    /// This node's disk failed: it stops acknowledging, voting, sending
+    /// `Alive` and serving reads; a leader steps down, failing what waits
+    /// with "outcome unknown". Silent, it leaves the leader's replication
+    /// set once its read permission has surely run out, and the others go
+    /// on. It takes part again after [`Self::recover`] or a restart.
+    pub(super) fn disk_failed(&mut self, why: String) {
+        if self.disk_error.is_none() {
+            metrics::counter!("pika_disk_failures_total").increment(1);
+            tracing::error!(error = %why, "the disk failed: this node stops taking part until the disk takes writes again");
+        }
+        self.disk_error = Some(why);
+        self.election.resign("this node's disk failed");
+        // Only the step-down follows from resigning, and it needs no clock.
+        self.perform_election(Duration::ZERO);
+    }
+
+    /// The log dropped every entry after `revision`: so do the pending
+    /// paths and the durable end.
+    pub(super) fn truncate_after(&mut self, revision: u64) -> Result<(), String> {
+        self.log
+            .truncate_after(revision)
+            .map_err(|e| e.to_string())?;
+        let at = Position {
+            epoch: self.log.epoch_at(revision).unwrap_or_default(),
+            revision,
+        };
+        if self.flushed.revision > revision {
+            self.flushed = at;
+        }
+        self.flush.truncated(at);
+        self.pending.update(|p| p.truncated_after(revision));
+        if self
+            .voter_records
+            .last()
+            .is_some_and(|(r, _)| *r > revision)
+        {
+            self.load_voters();
+        }
+        Ok(())
+    }
+
+    /// Applies what is committed and durable here, in order; stops at a
+    /// pending verification's revision to compare roots there.
+    ///
+    /// No handler applies on its own: the shell calls this after carrying
+    /// out a call's outputs, so answers, acks and `Commit` never wait for a
+    /// redb transaction, and it may let committed entries gather first
+    /// (one transaction for many). Nothing needs the apply sooner: reads of
+    /// a path wait while it has an entry not applied yet (`PendingPaths`
+    /// keeps it until then, and a waiting reader asks the shell to apply),
+    /// and the leader decides ops against the state plus those entries.
+    pub fn apply(&mut self) {
+        let Some(target) = self.apply_target() else {
+            return;
+        };
+        loop {
+            let applied = self.store.revision();
+            let mut upto = target;
+            if let Some((at, _)) = self.verify
+                && at > applied
+                && at < upto
+            {
+                upto = at;
+            }
+            if upto <= applied {
+                break;
+            }
+            let changes = match self.log.read(applied + 1, upto, APPLY_CHUNK) {
+                Ok(changes) if !changes.is_empty() => changes,
+                Ok(_) => {
+                    return self
+                        .disk_failed(format!("the log has no entry {} to apply", applied + 1));
+                }
+                Err(e) => return self.disk_failed(format!("reading the log to apply: {e}")),
+            };
+            let last = changes.last().map_or(applied, |c| c.revision);
+            if let Err(e) = self.store.apply_behind_log(&changes) {
+                return self.disk_failed(format!("applying committed entries: {e}"));
+            }
+            self.pending.update(|p| p.applied_through(last));
+            self.check_verification();
+        }
+        metrics::gauge!("pika_revision").set(self.store.revision() as f64);
+    }
+
+    /// Records in the log what is committed and durable here (what
+    /// [`Self::apply`] may apply), durable with the next flush. Called just
+    /// before each flush and after each checkpoint, never on its own: a
+    /// record after every commit woke the log's flush thread once more per
+    /// write. The log's commit is a lower bound a restart replays to (the
+    /// leader tells the rest), so a late one loses nothing; but a restart
+    /// that knows less than it could starts further behind, and a node
+    /// that rejoins by snapshot then receives buckets it had in its log.
+    /// It is the apply target, not the applied state, since applies gather
+    /// for up to 20 ms: dozens of entries at one writer.
+    ///
+    /// Invariant: only an entry of this log that is committed and flushed
+    /// is recorded, so a crash cannot leave a commit record ahead of the
+    /// entries it names, and a truncation never meets one.
+    fn save_commit(&mut self) {
+        let Some(target) = self.apply_target() else {
+            return;
+        };
+        if target <= self.log.committed().revision {
+            return;
+        }
+        let Some(epoch) = self.log.epoch_at(target) else {
+            return;
+        };
+        let upto = Position {
+            epoch,
+            revision: target,
+        };
+        if let Err(e) = self.log.save_commit(upto) {
+            tracing::warn!(error = %e, "recording the commit index in the log");
+        }
+    }
+
+    /// Makes the applied state durable, and purges log entries that are
+    /// both checkpointed and older than `retain` entries.
+    pub fn checkpoint(&mut self, retain: u64) {
+        let position = self.store.checkpoint();
+        self.checkpointed(position, retain);
+    }
+
+    /// A checkpoint the shell made off the protocol loop (a durable redb
+    /// commit, which must not hold up acks and answers) completed: purge
+    /// the log behind it, or stop on a disk error.
+    pub fn checkpointed(
+        &mut self,
+        position: Result<Position, crate::store::StoreError>,
+        retain: u64,
+    ) {
+        let position = match position {
+            Ok(p) => p,
+            Err(e) => return self.disk_failed(format!("checkpoint: {e}")),
+        };
+        // An idle node flushes nothing: the commit goes to the log here,
+        // and to disk with the next flush (a restart replays the log to it).
+        self.save_commit();
+        let upto = position.revision.saturating_sub(retain);
+        if upto <= self.log.start().revision {
+            return;
+        }
+        if let Some(epoch) = self.log.epoch_at(upto)
+            && let Err(e) = self.log.purge_through(Position {
+                epoch,
+                revision: upto,
+            })
+        {
+            tracing::warn!(error = %e, "purging the log");
+        }
+    }
+}
