@@ -9,14 +9,17 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+mod batch;
 mod feed;
 mod prefix;
 mod replicated;
 mod sync;
+
+use batch::BatchTables;
 
 pub use feed::{FEED_WINDOW, FeedEvent, FeedPage};
 pub use prefix::Under;
@@ -721,134 +724,6 @@ pub fn resolve(
         request_id: op.request_id.clone(),
         author: op.author.clone(),
     })
-}
-
-/// The tables a batch writes, opened once for the whole batch.
-struct BatchTables<'txn> {
-    entries: redb::Table<'txn, &'static str, &'static [u8]>,
-    versions: redb::Table<'txn, (&'static str, u64), &'static [u8]>,
-    merkle: redb::Table<'txn, u16, [u8; 32]>,
-    node: redb::Table<'txn, &'static str, &'static [u8]>,
-    bucket_paths: redb::Table<'txn, (u16, &'static str), ()>,
-    requests: redb::Table<'txn, &'static str, (u64, u64, u64)>,
-    request_order: redb::Table<'txn, u64, &'static str>,
-    feed: redb::Table<'txn, u64, &'static [u8]>,
-}
-
-impl<'txn> BatchTables<'txn> {
-    fn open(txn: &'txn WriteTransaction) -> Result<Self, StoreError> {
-        Ok(Self {
-            entries: txn.open_table(ENTRIES)?,
-            versions: txn.open_table(VERSIONS)?,
-            merkle: txn.open_table(MERKLE)?,
-            node: txn.open_table(NODE)?,
-            bucket_paths: txn.open_table(BUCKET_PATHS)?,
-            requests: txn.open_table(REQUESTS)?,
-            request_order: txn.open_table(REQUEST_ORDER)?,
-            feed: txn.open_table(feed::FEED)?,
-        })
-    }
-
-    /// Records the log position this transaction leaves behind, and forgets
-    /// request ids older than the window.
-    fn set_position(&mut self, revision: u64, epoch: Option<u64>) -> Result<(), StoreError> {
-        if revision > REQUEST_WINDOW {
-            let expired: Vec<(u64, String)> = self
-                .request_order
-                .range(..revision - REQUEST_WINDOW)?
-                .map(|item| item.map(|(r, id)| (r.value(), id.value().to_string())))
-                .collect::<Result<_, _>>()?;
-            for (r, id) in expired {
-                self.request_order.remove(r)?;
-                self.requests.remove(id.as_str())?;
-            }
-        }
-        if revision > feed::FEED_WINDOW {
-            self.feed
-                .retain_in(..revision - feed::FEED_WINDOW, |_, _| false)?;
-        }
-        self.node
-            .insert(KEY_REVISION, revision.to_le_bytes().as_slice())?;
-        if let Some(epoch) = epoch {
-            self.node
-                .insert(KEY_LAST_EPOCH, epoch.to_le_bytes().as_slice())?;
-        }
-        Ok(())
-    }
-
-    /// The latest entry of `path` as this transaction sees it.
-    fn entry(&self, path: &str) -> Result<Option<Entry>, StoreError> {
-        let raw = self.entries.get(path)?;
-        raw.map(|v| decode(path, v.value())).transpose()
-    }
-
-    /// Writes a resolved change: version record, latest entry, Merkle
-    /// bucket, history pruning. The caller commits.
-    fn write_change(
-        &mut self,
-        change: &Change,
-        previous: Option<&Entry>,
-        history: u64,
-    ) -> Result<(), StoreError> {
-        let path = change.path.as_str();
-        let entry = Entry::of(change);
-
-        self.versions
-            .insert((path, change.version), encode(path, change)?.as_slice())?;
-        self.prune_history(path, change.version, history)?;
-
-        self.entries
-            .insert(path, encode(path, &entry)?.as_slice())?;
-        self.feed.insert(
-            change.revision,
-            encode(path, &feed::FeedRecord::of(change))?.as_slice(),
-        )?;
-
-        if let Some(id) = &change.request_id {
-            self.requests
-                .insert(id.as_str(), (change.version, change.revision, change.epoch))?;
-            self.request_order.insert(change.revision, id.as_str())?;
-        }
-        self.replace_leaf(path, previous, &entry)
-    }
-
-    /// Keeps the `history` versions of `path` up to `latest`.
-    fn prune_history(&mut self, path: &str, latest: u64, history: u64) -> Result<(), StoreError> {
-        if latest > history {
-            let oldest_kept = latest - history + 1;
-            self.versions
-                .retain_in((path, 0u64)..(path, oldest_kept), |_, _| false)?;
-        }
-        Ok(())
-    }
-
-    /// `path`'s Merkle leaf goes from `previous`'s (none: a new path) to
-    /// `entry`'s, in its bucket's digest.
-    fn replace_leaf(
-        &mut self,
-        path: &str,
-        previous: Option<&Entry>,
-        entry: &Entry,
-    ) -> Result<(), StoreError> {
-        let bucket = merkle::bucket_of(path);
-        if previous.is_none() {
-            self.bucket_paths.insert((bucket, path), ())?;
-        }
-        let mut digest = self
-            .merkle
-            .get(bucket)?
-            .map_or(merkle::EMPTY, |v| v.value());
-        if let Some(previous) = previous {
-            merkle::xor_into(&mut digest, &previous.leaf(path));
-        }
-        merkle::xor_into(&mut digest, &entry.leaf(path));
-        if digest == merkle::EMPTY {
-            self.merkle.remove(bucket)?;
-        } else {
-            self.merkle.insert(bucket, digest)?;
-        }
-        Ok(())
-    }
 }
 
 fn encode<T: Serialize>(key: &str, value: &T) -> Result<Vec<u8>, StoreError> {

@@ -1,0 +1,152 @@
+//! The tables one write transaction changes, opened once per batch: a
+//! change's version record, its path's latest entry, the watch feed, the
+//! request id it carried and its Merkle leaf, and the position the batch
+//! leaves the store at. Every writer of the store (a standalone batch, an
+//! apply behind the log, a snapshot install) goes through these, so the
+//! tables cannot drift apart.
+
+use redb::{ReadableTable, WriteTransaction};
+
+use super::{
+    BUCKET_PATHS, ENTRIES, KEY_LAST_EPOCH, KEY_REVISION, MERKLE, NODE, REQUEST_ORDER,
+    REQUEST_WINDOW, REQUESTS, StoreError, VERSIONS, decode, encode, feed,
+};
+use crate::merkle;
+use crate::record::{Change, Entry};
+
+/// The tables a batch writes, opened once for the whole batch.
+pub(super) struct BatchTables<'txn> {
+    pub(super) entries: redb::Table<'txn, &'static str, &'static [u8]>,
+    pub(super) versions: redb::Table<'txn, (&'static str, u64), &'static [u8]>,
+    pub(super) merkle: redb::Table<'txn, u16, [u8; 32]>,
+    pub(super) node: redb::Table<'txn, &'static str, &'static [u8]>,
+    pub(super) bucket_paths: redb::Table<'txn, (u16, &'static str), ()>,
+    pub(super) requests: redb::Table<'txn, &'static str, (u64, u64, u64)>,
+    pub(super) request_order: redb::Table<'txn, u64, &'static str>,
+    pub(super) feed: redb::Table<'txn, u64, &'static [u8]>,
+}
+
+impl<'txn> BatchTables<'txn> {
+    pub(super) fn open(txn: &'txn WriteTransaction) -> Result<Self, StoreError> {
+        Ok(Self {
+            entries: txn.open_table(ENTRIES)?,
+            versions: txn.open_table(VERSIONS)?,
+            merkle: txn.open_table(MERKLE)?,
+            node: txn.open_table(NODE)?,
+            bucket_paths: txn.open_table(BUCKET_PATHS)?,
+            requests: txn.open_table(REQUESTS)?,
+            request_order: txn.open_table(REQUEST_ORDER)?,
+            feed: txn.open_table(feed::FEED)?,
+        })
+    }
+
+    /// Records the log position this transaction leaves behind, and forgets
+    /// request ids older than the window.
+    pub(super) fn set_position(
+        &mut self,
+        revision: u64,
+        epoch: Option<u64>,
+    ) -> Result<(), StoreError> {
+        if revision > REQUEST_WINDOW {
+            let expired: Vec<(u64, String)> = self
+                .request_order
+                .range(..revision - REQUEST_WINDOW)?
+                .map(|item| item.map(|(r, id)| (r.value(), id.value().to_string())))
+                .collect::<Result<_, _>>()?;
+            for (r, id) in expired {
+                self.request_order.remove(r)?;
+                self.requests.remove(id.as_str())?;
+            }
+        }
+        if revision > feed::FEED_WINDOW {
+            self.feed
+                .retain_in(..revision - feed::FEED_WINDOW, |_, _| false)?;
+        }
+        self.node
+            .insert(KEY_REVISION, revision.to_le_bytes().as_slice())?;
+        if let Some(epoch) = epoch {
+            self.node
+                .insert(KEY_LAST_EPOCH, epoch.to_le_bytes().as_slice())?;
+        }
+        Ok(())
+    }
+
+    /// The latest entry of `path` as this transaction sees it.
+    pub(super) fn entry(&self, path: &str) -> Result<Option<Entry>, StoreError> {
+        let raw = self.entries.get(path)?;
+        raw.map(|v| decode(path, v.value())).transpose()
+    }
+
+    /// Writes a resolved change: version record, latest entry, Merkle
+    /// bucket, history pruning. The caller commits.
+    pub(super) fn write_change(
+        &mut self,
+        change: &Change,
+        previous: Option<&Entry>,
+        history: u64,
+    ) -> Result<(), StoreError> {
+        let path = change.path.as_str();
+        let entry = Entry::of(change);
+
+        self.versions
+            .insert((path, change.version), encode(path, change)?.as_slice())?;
+        self.prune_history(path, change.version, history)?;
+
+        self.entries
+            .insert(path, encode(path, &entry)?.as_slice())?;
+        self.feed.insert(
+            change.revision,
+            encode(path, &feed::FeedRecord::of(change))?.as_slice(),
+        )?;
+
+        if let Some(id) = &change.request_id {
+            self.requests
+                .insert(id.as_str(), (change.version, change.revision, change.epoch))?;
+            self.request_order.insert(change.revision, id.as_str())?;
+        }
+        self.replace_leaf(path, previous, &entry)
+    }
+
+    /// Keeps the `history` versions of `path` up to `latest`.
+    pub(super) fn prune_history(
+        &mut self,
+        path: &str,
+        latest: u64,
+        history: u64,
+    ) -> Result<(), StoreError> {
+        if latest > history {
+            let oldest_kept = latest - history + 1;
+            self.versions
+                .retain_in((path, 0u64)..(path, oldest_kept), |_, _| false)?;
+        }
+        Ok(())
+    }
+
+    /// `path`'s Merkle leaf goes from `previous`'s (none: a new path) to
+    /// `entry`'s, in its bucket's digest.
+    pub(super) fn replace_leaf(
+        &mut self,
+        path: &str,
+        previous: Option<&Entry>,
+        entry: &Entry,
+    ) -> Result<(), StoreError> {
+        let bucket = merkle::bucket_of(path);
+        if previous.is_none() {
+            self.bucket_paths.insert((bucket, path), ())?;
+        }
+        let mut digest = self
+            .merkle
+            .get(bucket)?
+            .map_or(merkle::EMPTY, |v| v.value());
+        if let Some(previous) = previous {
+            merkle::xor_into(&mut digest, &previous.leaf(path));
+        }
+        merkle::xor_into(&mut digest, &entry.leaf(path));
+        if digest == merkle::EMPTY {
+            self.merkle.remove(bucket)?;
+        } else {
+            self.merkle.insert(bucket, digest)?;
+        }
+        Ok(())
+    }
+}
