@@ -46,6 +46,9 @@ struct Settings {
     failover_trials: usize,
     /// etcd client URLs: compare instead of the pika-only tables.
     etcd: Option<Vec<String>>,
+    /// Pairs of rows per comparison case (pika and etcd back to back, the
+    /// order alternating), so one unlucky row does not make the ratio.
+    etcd_rounds: usize,
     /// Run one part only: `writes`, `failover`, `catch-up` or `snapshot`.
     only: Option<String>,
 }
@@ -97,6 +100,7 @@ impl Settings {
                 log_retention: 1 << 16,
                 failover_trials: 3,
                 etcd,
+                etcd_rounds: 3,
                 only,
             }
         } else {
@@ -112,6 +116,7 @@ impl Settings {
                 log_retention: 5_000,
                 failover_trials: 1,
                 etcd,
+                etcd_rounds: 2,
                 only,
             }
         })
@@ -897,8 +902,9 @@ fn compare_etcd(rt: &Runtime, settings: &Settings, etcd: &[String]) -> anyhow::R
     );
 
     println!(
-        "\n## pika vs etcd, 3 nodes each on loopback, {VALUE_BYTES} B values over {PATHS} paths, {} ms rows, same HTTP/JSON client",
-        settings.run.as_millis()
+        "\n## pika vs etcd, 3 nodes each on loopback, {VALUE_BYTES} B values over {PATHS} paths, {} ms rows, same HTTP/JSON client; medians of {} rounds (pika and etcd back to back), ratios as median (min–max) over the rounds",
+        settings.run.as_millis(),
+        settings.etcd_rounds
     );
     println!(
         "{:<34} {:>10} {:>9} {:>9} {:>10} {:>9} {:>9}   {:<}",
@@ -913,9 +919,10 @@ fn compare_etcd(rt: &Runtime, settings: &Settings, etcd: &[String]) -> anyhow::R
     );
     let mut report = Report::default();
     report.line(format!(
-        "# `benches/compare-etcd.sh{}`\n\nWritten by the benchmark itself: pika and etcd, 3 nodes each on loopback, {VALUE_BYTES} B values over {PATHS} paths, {} ms rows, the same HTTP/JSON client, in one run.\n",
+        "# `benches/compare-etcd.sh{}`\n\nWritten by the benchmark itself: pika and etcd, 3 nodes each on loopback, {VALUE_BYTES} B values over {PATHS} paths, {} ms rows, the same HTTP/JSON client, in one run. Each row is {} rounds of a pika row and an etcd row back to back (the order alternating): the medians of each, and the median (min–max) of the rounds' ratios.\n",
         if settings.full { " --full" } else { "" },
-        settings.run.as_millis()
+        settings.run.as_millis(),
+        settings.etcd_rounds
     ));
     report.line("| workload | pika ops/s | pika p50 ms | pika p99 ms | etcd ops/s | etcd p50 ms | etcd p99 ms | p50 pika/etcd | throughput pika/etcd |");
     report.line("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
@@ -958,52 +965,65 @@ fn compare_etcd(rt: &Runtime, settings: &Settings, etcd: &[String]) -> anyhow::R
     ];
     for case in cases {
         let (name, workload, concurrency) = (case.name, case.workload, case.concurrency);
-        let pika = rt.block_on(drive(&settings.load(
-            Api::Pika,
-            case.pika,
-            workload,
-            concurrency,
-        )));
-        let etcd = rt.block_on(drive(&settings.load(
-            case.etcd_api,
-            case.etcd,
-            workload,
-            concurrency,
-        )));
+        // Rounds of one pika row and one etcd row back to back, the order
+        // alternating: what drifts over the run (the page cache, etcd's
+        // compactions, the other tenants of the machine) falls on both.
+        let mut rounds = Vec::new();
+        for round in 0..settings.etcd_rounds {
+            let run =
+                |api, urls| rt.block_on(drive(&settings.load(api, urls, workload, concurrency)));
+            let (pika, etcd) = if round % 2 == 0 {
+                let pika = run(Api::Pika, case.pika);
+                (pika, run(case.etcd_api, case.etcd))
+            } else {
+                let etcd = run(case.etcd_api, case.etcd);
+                (run(Api::Pika, case.pika), etcd)
+            };
+            rounds.push(Pair { pika, etcd });
+        }
+        let m = Medians::of(&rounds);
         println!(
-            "{name:<34} {:>10.0} {:>9.3} {:>9.3} {:>10.0} {:>9.3} {:>9.3}   p50 {:.2}×, throughput {:.2}×",
-            pika.ops_per_sec(),
-            pika.ms(0.5),
-            pika.ms(0.99),
-            etcd.ops_per_sec(),
-            etcd.ms(0.5),
-            etcd.ms(0.99),
-            pika.ms(0.5) / etcd.ms(0.5),
-            pika.ops_per_sec() / etcd.ops_per_sec()
+            "{name:<34} {:>10.0} {:>9.3} {:>9.3} {:>10.0} {:>9.3} {:>9.3}   p50 {:.2}× ({:.2}–{:.2}), throughput {:.2}× ({:.2}–{:.2})",
+            m.pika_ops,
+            m.pika_p50,
+            m.pika_p99,
+            m.etcd_ops,
+            m.etcd_p50,
+            m.etcd_p99,
+            m.p50_ratio.median,
+            m.p50_ratio.min,
+            m.p50_ratio.max,
+            m.throughput_ratio.median,
+            m.throughput_ratio.min,
+            m.throughput_ratio.max,
         );
         report.line(format!(
-            "| {name} | {:.0} | {:.3} | {:.3} | {:.0} | {:.3} | {:.3} | {:.2} | {:.2} |",
-            pika.ops_per_sec(),
-            pika.ms(0.5),
-            pika.ms(0.99),
-            etcd.ops_per_sec(),
-            etcd.ms(0.5),
-            etcd.ms(0.99),
-            pika.ms(0.5) / etcd.ms(0.5),
-            pika.ops_per_sec() / etcd.ops_per_sec()
+            "| {name} | {:.0} | {:.3} | {:.3} | {:.0} | {:.3} | {:.3} | {:.2} ({:.2}–{:.2}) | {:.2} ({:.2}–{:.2}) |",
+            m.pika_ops,
+            m.pika_p50,
+            m.pika_p99,
+            m.etcd_ops,
+            m.etcd_p50,
+            m.etcd_p99,
+            m.p50_ratio.median,
+            m.p50_ratio.min,
+            m.p50_ratio.max,
+            m.throughput_ratio.median,
+            m.throughput_ratio.min,
+            m.throughput_ratio.max,
         ));
         if name.starts_with("write via leader") {
-            throughput[0]
-                .points
-                .push((concurrency as f64, pika.ops_per_sec()));
-            throughput[1]
-                .points
-                .push((concurrency as f64, etcd.ops_per_sec()));
+            throughput[0].points.push((concurrency as f64, m.pika_ops));
+            throughput[1].points.push((concurrency as f64, m.etcd_ops));
             if concurrency == 1 {
                 let qs = [0.5, 0.9, 0.99, 0.999];
                 quantiles = Some((
-                    qs.iter().map(|q| pika.ms(*q)).collect(),
-                    qs.iter().map(|q| etcd.ms(*q)).collect(),
+                    qs.iter()
+                        .map(|&q| median(rounds.iter().map(|r| r.pika.ms(q))))
+                        .collect(),
+                    qs.iter()
+                        .map(|&q| median(rounds.iter().map(|r| r.etcd.ms(q))))
+                        .collect(),
                 ));
             }
         }
@@ -1037,6 +1057,73 @@ fn compare_etcd(rt: &Runtime, settings: &Settings, etcd: &[String]) -> anyhow::R
     let path = report.write("etcd.md")?;
     println!("report and figures: {}", path.display());
     Ok(())
+}
+
+/// One round of a comparison case: pika's row and etcd's, back to back.
+struct Pair {
+    pika: Outcome,
+    etcd: Outcome,
+}
+
+/// A ratio over the rounds of a case.
+struct Spread {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Spread {
+    fn of(values: impl Iterator<Item = f64>) -> Spread {
+        let values: Vec<f64> = values.collect();
+        Spread {
+            median: median(values.iter().copied()),
+            min: values.iter().copied().fold(f64::INFINITY, f64::min),
+            max: values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        }
+    }
+}
+
+/// What a comparison row shows: each system's medians over the rounds,
+/// and the rounds' ratios (each of a pika row and the etcd row beside it).
+struct Medians {
+    pika_ops: f64,
+    pika_p50: f64,
+    pika_p99: f64,
+    etcd_ops: f64,
+    etcd_p50: f64,
+    etcd_p99: f64,
+    p50_ratio: Spread,
+    throughput_ratio: Spread,
+}
+
+impl Medians {
+    fn of(rounds: &[Pair]) -> Medians {
+        Medians {
+            pika_ops: median(rounds.iter().map(|r| r.pika.ops_per_sec())),
+            pika_p50: median(rounds.iter().map(|r| r.pika.ms(0.5))),
+            pika_p99: median(rounds.iter().map(|r| r.pika.ms(0.99))),
+            etcd_ops: median(rounds.iter().map(|r| r.etcd.ops_per_sec())),
+            etcd_p50: median(rounds.iter().map(|r| r.etcd.ms(0.5))),
+            etcd_p99: median(rounds.iter().map(|r| r.etcd.ms(0.99))),
+            p50_ratio: Spread::of(rounds.iter().map(|r| r.pika.ms(0.5) / r.etcd.ms(0.5))),
+            throughput_ratio: Spread::of(
+                rounds
+                    .iter()
+                    .map(|r| r.pika.ops_per_sec() / r.etcd.ops_per_sec()),
+            ),
+        }
+    }
+}
+
+/// The median (the mean of the middle two for an even count; NaN for none).
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut values: Vec<f64> = values.collect();
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
 }
 
 /// One row of the comparison: the same workload on pika and on etcd.
