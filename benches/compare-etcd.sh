@@ -4,7 +4,8 @@
 # 127.0.1.80-82, the same writes and reads from the same client in one run.
 #
 #   apt-get install etcd-server     # this script installs nothing
-#   benches/compare-etcd.sh         # quick rows (1.5 s); --full for 5 s rows
+#   benches/compare-etcd.sh         # quick: 2 rounds of 1.5 s rows per case
+#   benches/compare-etcd.sh --full  # 3 rounds of 5 s rows per case (~4 min)
 #
 # etcd is driven through its HTTP/JSON gateway (/v3/kv/put, /v3/kv/range),
 # so both servers see the same HTTP/1.1 + JSON + base64 client. The gateway
