@@ -982,35 +982,14 @@ fn compare_etcd(rt: &Runtime, settings: &Settings, etcd: &[String]) -> anyhow::R
             rounds.push(Pair { pika, etcd });
         }
         let m = Medians::of(&rounds);
+        let (p50, ops) = (&m.p50_ratio, &m.throughput_ratio);
         println!(
-            "{name:<34} {:>10.0} {:>9.3} {:>9.3} {:>10.0} {:>9.3} {:>9.3}   p50 {:.2}× ({:.2}–{:.2}), throughput {:.2}× ({:.2}–{:.2})",
-            m.pika_ops,
-            m.pika_p50,
-            m.pika_p99,
-            m.etcd_ops,
-            m.etcd_p50,
-            m.etcd_p99,
-            m.p50_ratio.median,
-            m.p50_ratio.min,
-            m.p50_ratio.max,
-            m.throughput_ratio.median,
-            m.throughput_ratio.min,
-            m.throughput_ratio.max,
+            "{name:<34} {:>10.0} {:>9.3} {:>9.3} {:>10.0} {:>9.3} {:>9.3}   p50 {p50}, throughput {ops}",
+            m.pika_ops, m.pika_p50, m.pika_p99, m.etcd_ops, m.etcd_p50, m.etcd_p99,
         );
         report.line(format!(
-            "| {name} | {:.0} | {:.3} | {:.3} | {:.0} | {:.3} | {:.3} | {:.2} ({:.2}–{:.2}) | {:.2} ({:.2}–{:.2}) |",
-            m.pika_ops,
-            m.pika_p50,
-            m.pika_p99,
-            m.etcd_ops,
-            m.etcd_p50,
-            m.etcd_p99,
-            m.p50_ratio.median,
-            m.p50_ratio.min,
-            m.p50_ratio.max,
-            m.throughput_ratio.median,
-            m.throughput_ratio.min,
-            m.throughput_ratio.max,
+            "| {name} | {:.0} | {:.3} | {:.3} | {:.0} | {:.3} | {:.3} | {p50} | {ops} |",
+            m.pika_ops, m.pika_p50, m.pika_p99, m.etcd_ops, m.etcd_p50, m.etcd_p99,
         ));
         if name.starts_with("write via leader") {
             throughput[0].points.push((concurrency as f64, m.pika_ops));
@@ -1070,6 +1049,13 @@ struct Spread {
     median: f64,
     min: f64,
     max: f64,
+}
+
+/// `median (min–max)`, the ratio a comparison row shows.
+impl std::fmt::Display for Spread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.2} ({:.2}–{:.2})", self.median, self.min, self.max)
+    }
 }
 
 impl Spread {
