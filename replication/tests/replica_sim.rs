@@ -701,7 +701,34 @@ impl Sim {
                 self.real
             ));
         }
+        self.check_core_invariants()?;
         self.check_reads()
+    }
+
+    /// What every node's core keeps at every step (`replica/apply.rs`):
+    /// the state holds committed entries only, and only entries durable
+    /// in the node's own log (`applied ≤ commit`, `applied ≤ flushed`),
+    /// and the durable end is an entry of the log.
+    fn check_core_invariants(&self) -> Result<(), String> {
+        for (i, node) in self.nodes.iter().enumerate() {
+            let Some(core) = node.core.as_ref() else {
+                continue;
+            };
+            let applied = node.store.revision();
+            let (commit, durable, last) = (
+                core.commit_index(),
+                core.durable_end().revision,
+                core.log_last(),
+            );
+            if applied > commit || applied > durable || durable > last {
+                return Err(format!(
+                    "n{i} at real {:?}: applied {applied}, commit {commit}, durable end {durable}, log last {last}: \
+                     the state must hold only committed entries durable in its log",
+                    self.real
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// DESIGN.md, "Reads": on a node that may serve local reads, a read

@@ -23,6 +23,11 @@ use crate::log::LogStore;
 const APPLY_CHUNK: usize = 8 << 20;
 
 impl<L: LogStore> ReplicaCore<L> {
+    /// The log's durable end: the last entry a completed flush covers.
+    pub fn durable_end(&self) -> Position {
+        self.flushed
+    }
+
     /// Entries committed and durable here that the state has not applied
     /// yet: what the next [`Self::apply`] would apply (none while a
     /// snapshot is installing or the disk failed).
