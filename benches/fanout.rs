@@ -1007,7 +1007,7 @@ fn compare_etcd(rt: &Runtime, settings: &Settings, etcd: &[String]) -> anyhow::R
             }
         }
     }
-    println!("(p50 × < 1 and throughput × > 1 favour pika)");
+    println!("(a p50 ratio below 1 and a throughput ratio above 1 favour pika)");
     report.line("\n(p50 below 1 and throughput above 1 favour pika)");
     if let Some((pika, etcd)) = quantiles {
         load::plot::bars(
