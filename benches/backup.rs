@@ -10,15 +10,10 @@ mod load;
 
 use std::time::{Duration, Instant};
 
-use load::{Api, Load, PATHS, Workload, drive, fill, start_cluster, wait_for_leader};
+use load::{Api, Load, PATHS, Workload, drive, fill, median, start_cluster, wait_for_leader};
 
 const FILL: usize = 20_000;
 const ROUNDS: usize = 3;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 /// Takes backups from `url` back to back until `until`; their sizes and
 /// durations.
@@ -98,8 +93,8 @@ fn main() -> anyhow::Result<()> {
             } else {
                 (
                     taken[v].len().to_string(),
-                    format!("{:.2}", median(taken[v].iter().map(|t| t.1.as_secs_f64()).collect())),
-                    format!("{:.1}", median(taken[v].iter().map(|t| t.0 as f64 / (1 << 20) as f64).collect())),
+                    format!("{:.2}", median(taken[v].iter().map(|t| t.1.as_secs_f64()))),
+                    format!("{:.1}", median(taken[v].iter().map(|t| t.0 as f64 / (1 << 20) as f64))),
                 )
             };
             println!(

@@ -11,7 +11,9 @@
 
 mod load;
 
-use load::{Api, Load, PATHS, RUN, VALUE_BYTES, WARMUP, Workload, run, spawn, start_cluster};
+use load::{
+    Api, Load, PATHS, RUN, VALUE_BYTES, WARMUP, Workload, median, run, spawn, start_cluster,
+};
 
 fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -99,14 +101,10 @@ async fn consul_reads(leader: &str, follower: &str) -> anyhow::Result<()> {
         "{:<22} {:>10} {:>9} {:>9}",
         "api", "ops/s", "p50 ms", "ops ×"
     );
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     let mut base = None;
     for (name, rounds) in results {
-        let ops = median(rounds.iter().map(|r| r.0).collect());
-        let p50 = median(rounds.iter().map(|r| r.1).collect());
+        let ops = median(rounds.iter().map(|r| r.0));
+        let p50 = median(rounds.iter().map(|r| r.1));
         let ratio = ops / *base.get_or_insert(ops);
         println!("{name:<22} {ops:>10.0} {p50:>9.3} {ratio:>9.2}");
     }

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use load::plot::{Report, Series};
-use load::{Api, Load, Outcome, PATHS, VALUE_BYTES, Workload, drive, fill, means, series};
+use load::{Api, Load, Outcome, PATHS, VALUE_BYTES, Workload, drive, fill, means, median, series};
 use pika_campaign::Network;
 use pika_campaign::cluster::{Cluster, Options};
 use tokio::runtime::Runtime;
@@ -1098,17 +1098,6 @@ impl Medians {
                     .map(|r| r.pika.ops_per_sec() / r.etcd.ops_per_sec()),
             ),
         }
-    }
-}
-
-/// The median (the mean of the middle two for an even count; NaN for none).
-fn median(values: impl Iterator<Item = f64>) -> f64 {
-    let mut values: Vec<f64> = values.collect();
-    values.sort_by(f64::total_cmp);
-    match values.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => values[n / 2],
-        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
     }
 }
 

@@ -137,11 +137,7 @@ async fn auth_cost(http: &reqwest::Client) -> anyhow::Result<()> {
             .iter()
             .enumerate()
         {
-            let median = |f: fn(&(f64, f64, f64)) -> f64| {
-                let mut v: Vec<f64> = results[i].iter().map(f).collect();
-                v.sort_by(f64::total_cmp);
-                v[v.len() / 2]
-            };
+            let median = |f: fn(&(f64, f64, f64)) -> f64| load::median(results[i].iter().map(f));
             println!(
                 "{:<22} {:>5} {:>10.0} {:>9.3} {:>9.3}",
                 name,

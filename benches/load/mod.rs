@@ -215,6 +215,18 @@ pub async fn drive(load: &Load<'_>) -> Outcome {
     }
 }
 
+/// The median of `values`: the middle one, the mean of the middle two for
+/// an even count, NaN for none. Benchmarks that alternate rounds quote it.
+pub fn median(values: impl IntoIterator<Item = f64>) -> f64 {
+    let mut values: Vec<f64> = values.into_iter().collect();
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
 /// CPU time (user and system, every thread) process `pid` has used so
 /// far, from `/proc/{pid}/stat`; `None` where that cannot be read.
 pub fn cpu_time(pid: u32) -> Option<Duration> {
