@@ -37,7 +37,9 @@ use std::time::Duration;
 use pika_replication::dice::Dice;
 use pika_replication::log::{MemDisk, MemLog};
 use pika_replication::pending::SharedPending;
+use pika_replication::replica::ApplyJob;
 use pika_replication::replica::core::{CoreConfig, LearnerFeed, Output, ReplicaCore};
+use pika_replication::store::ApplyError;
 use pika_replication::wire::PeerMessage;
 use pika_replication::{ChangeKind, ConfigPath, Format, Meta, Op, Store};
 
@@ -68,6 +70,11 @@ struct Node {
     disk_failing: bool,
     /// This node's `replicas` since its last boot.
     replicas: usize,
+    /// The apply in flight, as the driver's apply thread has it: handed
+    /// out by [`ReplicaCore::begin_apply`], then written to the store (the
+    /// result kept), then reported with [`ReplicaCore::finish_apply`],
+    /// each a step of its own, with anything happening in between.
+    job: Option<(ApplyJob, Option<Result<(), ApplyError>>)>,
 }
 
 struct Sim {
@@ -94,6 +101,9 @@ struct Sim {
     /// shell applies after carrying out each call's outputs, so the state
     /// may lag the commit index while reads go on).
     apply_speed: f64,
+    /// Applies go through the three steps of the driver's apply thread
+    /// (`Node::job`), in half the schedules; at once in the others.
+    split_applies: bool,
     /// Verifications that matched, and snapshots installed, by all nodes.
     verified: u64,
     snapshots: u64,
@@ -197,6 +207,7 @@ impl Sim {
                 boots: 0,
                 disk_failing: false,
                 replicas: n,
+                job: None,
             })
             .collect();
         let odd = dice.below(n);
@@ -227,6 +238,7 @@ impl Sim {
             reads: Vec::new(),
             flush_speed,
             apply_speed,
+            split_applies: false,
             verified: 0,
             snapshots: 0,
             recoveries: 0,
@@ -244,6 +256,7 @@ impl Sim {
             read_indexes: HashMap::new(),
             index_reads: 0,
         };
+        sim.split_applies = sim.dice.chance(0.5);
         for i in 0..size {
             sim.boot(i);
         }
@@ -330,6 +343,9 @@ impl Sim {
     fn crash(&mut self, i: usize) {
         self.count(i);
         self.nodes[i].core = None;
+        // The apply thread dies with the process; a store write it made
+        // stays (the store here is as if checkpointed).
+        self.nodes[i].job = None;
         // Writers at a crashed leader never learn their outcome: not acked.
         self.pending.retain(|(node, _), _| *node != i);
     }
@@ -556,6 +572,13 @@ impl Sim {
             if core.disk_error().is_none() || failing || !self.dice.chance(0.05) {
                 continue;
             }
+            // The shell tries again later while an apply is in flight.
+            if core.applying().is_some() {
+                if core.recover(now).is_ok() {
+                    return Err(format!("n{i} recovered with an apply in flight"));
+                }
+                continue;
+            }
             core.recover(now)?;
             self.recoveries += 1;
             if std::env::var_os("PIKA_SIM_TRACE").is_some() {
@@ -572,8 +595,21 @@ impl Sim {
             if !self.dice.chance(self.apply_speed) {
                 continue;
             }
-            if let Some(core) = self.nodes[i].core.as_mut() {
+            let node = &mut self.nodes[i];
+            let Some(core) = node.core.as_mut() else {
+                continue;
+            };
+            if !self.split_applies {
                 core.apply();
+            } else {
+                match node.job.take() {
+                    None => node.job = core.begin_apply().map(|job| (job, None)),
+                    Some((job, None)) => {
+                        let result = node.store.apply_behind_log(&job.changes);
+                        node.job = Some((job, Some(result)));
+                    }
+                    Some((job, Some(result))) => core.finish_apply(job.last, result),
+                }
             }
             self.outputs(i)?;
         }
@@ -724,6 +760,18 @@ impl Sim {
                 return Err(format!(
                     "n{i} at real {:?}: applied {applied}, commit {commit}, durable end {durable}, log last {last}: \
                      the state must hold only committed entries durable in its log",
+                    self.real
+                ));
+            }
+            // An apply in flight holds committed entries durable here, and
+            // is the one the sim's apply thread holds.
+            let job = node.job.as_ref().map(|(job, _)| job.last);
+            if let Some(last) = core.applying()
+                && (last > commit || last > durable || job != Some(last))
+            {
+                return Err(format!(
+                    "n{i} at real {:?}: an apply through {last} in flight (the thread holds {job:?}), \
+                     commit {commit}, durable end {durable}",
                     self.real
                 ));
             }

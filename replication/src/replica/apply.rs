@@ -5,10 +5,17 @@
 //! Invariants kept here:
 //! - `flushed` is a position this log holds, on disk: it moves forward
 //!   with completed flushes and back only with a truncation below it.
-//! - `applied ≤ commit` and `applied ≤ flushed` ([`ReplicaCore::apply`]
+//! - `applied ≤ commit` and `applied ≤ flushed` ([`ReplicaCore::begin_apply`]
 //!   goes no further than the apply target): the state holds committed
 //!   entries only, and only entries durable in this node's own log, so a
-//!   crash never leaves the state ahead of the log.
+//!   crash never leaves the state ahead of the log. An apply in flight
+//!   keeps it: its entries are committed (the commit index only rises
+//!   within one incarnation) and a truncation drops only uncommitted ones.
+//! - One apply in flight at a time, and nothing else writes entries to
+//!   the state meanwhile (no snapshot install, no reopen): each apply
+//!   continues exactly where the previous one left the state.
+//! - An entry stops being pending only once the store holds it
+//!   ([`ReplicaCore::finish_apply`]), so a read that does not wait sees it.
 //! - The log's commit record names only a committed, flushed entry of
 //!   this log ([`ReplicaCore::save_commit`]).
 //! - The log is purged only behind a durable checkpoint.
@@ -18,6 +25,18 @@ use std::time::Duration;
 use super::core::ReplicaCore;
 use crate::election::Position;
 use crate::log::LogStore;
+use crate::record::Change;
+use crate::store::ApplyError;
+
+/// A run of committed entries to write to the store, handed out by
+/// [`ReplicaCore::begin_apply`].
+#[derive(Debug)]
+pub struct ApplyJob {
+    /// Consecutive entries, continuing the state.
+    pub changes: Vec<Change>,
+    /// The last one's revision: what [`ReplicaCore::finish_apply`] is told.
+    pub last: u64,
+}
 
 /// Bytes of log entries applied per store transaction.
 const APPLY_CHUNK: usize = 8 << 20;
@@ -29,11 +48,12 @@ impl<L: LogStore> ReplicaCore<L> {
     }
 
     /// Entries committed and durable here that the state has not applied
-    /// yet: what the next [`Self::apply`] would apply (none while a
-    /// snapshot is installing or the disk failed).
+    /// yet and no apply in flight holds: what the next [`Self::begin_apply`]
+    /// would take (none while a snapshot is installing or the disk failed).
     pub fn unapplied(&self) -> u64 {
+        let applied = self.store.revision().max(self.applying.unwrap_or(0));
         self.apply_target()
-            .map_or(0, |target| target.saturating_sub(self.store.revision()))
+            .map_or(0, |target| target.saturating_sub(applied))
     }
 
     /// How far [`Self::apply`] may go: what is committed and durable here;
@@ -127,48 +147,90 @@ impl<L: LogStore> ReplicaCore<L> {
         Ok(())
     }
 
-    /// Applies what is committed and durable here, in order; stops at a
-    /// pending verification's revision to compare roots there.
-    ///
-    /// No handler applies on its own: the shell calls this after carrying
-    /// out a call's outputs, so answers, acks and `Commit` never wait for a
-    /// redb transaction, and it may let committed entries gather first
-    /// (one transaction for many). Nothing needs the apply sooner: reads of
-    /// a path wait while it has an entry not applied yet (`PendingPaths`
-    /// keeps it until then, and a waiting reader asks the shell to apply),
-    /// and the leader decides ops against the state plus those entries.
+    /// Applies what is committed and durable here, in order, on the
+    /// calling thread: [`Self::begin_apply`], the store write and
+    /// [`Self::finish_apply`] until nothing is left. For a start, a
+    /// recovery, the shutdown and tests; the driver runs the store write on
+    /// an apply thread instead. Does nothing while an apply is in flight.
     pub fn apply(&mut self) {
-        let Some(target) = self.apply_target() else {
-            return;
-        };
-        loop {
-            let applied = self.store.revision();
-            let mut upto = target;
-            if let Some((at, _)) = self.verify
-                && at > applied
-                && at < upto
-            {
-                upto = at;
-            }
-            if upto <= applied {
-                break;
-            }
-            let changes = match self.log.read(applied + 1, upto, APPLY_CHUNK) {
-                Ok(changes) if !changes.is_empty() => changes,
-                Ok(_) => {
-                    return self
-                        .disk_failed(format!("the log has no entry {} to apply", applied + 1));
-                }
-                Err(e) => return self.disk_failed(format!("reading the log to apply: {e}")),
-            };
-            let last = changes.last().map_or(applied, |c| c.revision);
-            if let Err(e) = self.store.apply_behind_log(&changes) {
-                return self.disk_failed(format!("applying committed entries: {e}"));
-            }
-            self.pending.update(|p| p.applied_through(last));
-            self.check_verification();
+        while let Some(job) = self.begin_apply() {
+            let result = self.store.apply_behind_log(&job.changes);
+            self.finish_apply(job.last, result);
         }
+    }
+
+    /// Starts an apply: reads the next run of entries that are committed
+    /// and durable here from the log (stopping at a pending verification's
+    /// revision, to compare roots there) and hands it out, for the shell to
+    /// write to the store (off the protocol loop) and report back to
+    /// [`Self::finish_apply`]. `None` when nothing is due, or while an
+    /// apply is in flight (one at a time: each continues the state the
+    /// previous one left).
+    ///
+    /// Until the finish, the job's entries stay pending: a read of one of
+    /// their paths waits, so no read sees the state before the store has
+    /// them (reads of other paths are served from the store as it is,
+    /// which holds committed entries only, before or after the job's
+    /// transaction). The leader decides ops against the state plus the
+    /// pending entries, which agree whether or not the job's transaction
+    /// has committed yet.
+    ///
+    /// While a job is in flight nothing else writes the entries' state:
+    /// no snapshot session starts ([`Self::start_sync`]; none runs, since
+    /// `apply_target` is `None` while one does), [`Self::recover`] waits,
+    /// and verifications compare at the finish. A truncation meanwhile
+    /// drops only uncommitted entries, above the job.
+    pub fn begin_apply(&mut self) -> Option<ApplyJob> {
+        if self.applying.is_some() {
+            return None;
+        }
+        let target = self.apply_target()?;
+        let applied = self.store.revision();
+        let mut upto = target;
+        if let Some((at, _)) = self.verify
+            && at > applied
+            && at < upto
+        {
+            upto = at;
+        }
+        if upto <= applied {
+            return None;
+        }
+        let changes = match self.log.read(applied + 1, upto, APPLY_CHUNK) {
+            Ok(changes) if !changes.is_empty() => changes,
+            Ok(_) => {
+                self.disk_failed(format!("the log has no entry {} to apply", applied + 1));
+                return None;
+            }
+            Err(e) => {
+                self.disk_failed(format!("reading the log to apply: {e}"));
+                return None;
+            }
+        };
+        let last = changes.last().map_or(applied, |c| c.revision);
+        self.applying = Some(last);
+        Some(ApplyJob { changes, last })
+    }
+
+    /// The store write of the job that [`Self::begin_apply`] handed out
+    /// through `last` completed (or failed): its entries stop being
+    /// pending, and a verification waiting for this revision compares.
+    pub fn finish_apply(&mut self, last: u64, result: Result<(), ApplyError>) {
+        if self.applying != Some(last) {
+            return;
+        }
+        self.applying = None;
+        if let Err(e) = result {
+            return self.disk_failed(format!("applying committed entries: {e}"));
+        }
+        self.pending.update(|p| p.applied_through(last));
+        self.check_verification();
         metrics::gauge!("pika_revision").set(self.store.revision() as f64);
+    }
+
+    /// The last revision of the apply in flight, if one is.
+    pub fn applying(&self) -> Option<u64> {
+        self.applying
     }
 
     /// Records in the log what is committed and durable here (what

@@ -128,6 +128,8 @@ pub struct ReplicaCore<L: LogStore> {
     pub(super) commit: u64,
     /// The log's durable end.
     pub(super) flushed: Position,
+    /// The last revision of the apply in flight (`apply.rs`).
+    pub(super) applying: Option<u64>,
     pub(super) flush: GroupFlush,
     pub(super) next_ticket: u64,
     /// Flush tickets of a log closed by [`Self::recover`]: their
@@ -209,6 +211,7 @@ impl<L: LogStore> ReplicaCore<L> {
             alive_seq: dice.next_u64() >> 1,
             commit,
             flushed,
+            applying: None,
             flush: GroupFlush::default(),
             next_ticket: 1,
             stale_tickets_below: 0,
@@ -282,6 +285,10 @@ impl<L: LogStore> ReplicaCore<L> {
     pub fn recover(&mut self, now: Duration) -> Result<(), String> {
         if self.disk_error.is_none() {
             return Ok(());
+        }
+        if self.applying.is_some() {
+            // Its transaction may still be writing the state.
+            return Err("an apply is still in flight".into());
         }
         // What a successful flush covered before the failure. The reopened
         // log may hold more, read back from the page cache after a failed

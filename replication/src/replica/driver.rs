@@ -4,11 +4,20 @@
 //!
 //! It runs on a thread of its own with a single-threaded runtime (its
 //! timers and channels), not as a task of the node's runtime: a step holds
-//! the core and applies committed entries to redb, which blocks. As a task
-//! it had to hand its worker to another thread for every step
-//! (`block_in_place`), about a third of the leader's context switches per
-//! write; here a step blocks nothing else. Work that may wait on the
-//! network or the disk for long goes back to the node's runtime (`node`).
+//! the core, which may block on the disk. As a task it had to hand its
+//! worker to another thread for every step (`block_in_place`), about a
+//! third of the leader's context switches per write; here a step blocks
+//! nothing else. Work that may wait on the network or the disk for long
+//! goes back to the node's runtime (`node`).
+//!
+//! Committed entries are written to redb on an apply thread of their own
+//! (`pika-apply`), one job at a time ([`ReplicaCore::begin_apply`]): a
+//! job takes milliseconds, and on the protocol thread it held up every
+//! `Diff`, ack and flush completion meanwhile (at 64 clients the cores
+//! sat 17 % idle; `docs/benchmarks.md`, "Applies on a thread of their
+//! own").
+//!
+//! [`ReplicaCore::begin_apply`]: super::ReplicaCore::begin_apply
 
 use std::cell::Cell;
 use std::sync::Arc;
@@ -39,7 +48,16 @@ pub(crate) struct Driver {
     /// done: no acks, `Diff`s or answers meanwhile. Applies wait for it
     /// instead (reads of pending paths with them).
     checkpointing: Cell<bool>,
+    /// A job is on the apply thread. Checkpoints wait for it, and it for
+    /// them: redb takes one write transaction at a time.
+    applying: Cell<bool>,
+    /// Where apply jobs go; `None` once the apply thread is gone.
+    apply_jobs: Option<std::sync::mpsc::Sender<super::ApplyJob>>,
 }
+
+/// What the apply thread reports: the job's last revision, and how its
+/// store write went.
+type Applied = (u64, Result<(), crate::store::ApplyError>);
 
 /// How long committed entries may gather before one redb transaction
 /// applies them all, while nobody watches this node's changes. Applying
@@ -88,31 +106,79 @@ impl Driver {
             node: tokio::runtime::Handle::current(),
             unapplied_since: Cell::new(None),
             checkpointing: Cell::new(false),
+            applying: Cell::new(false),
+            apply_jobs: None,
         }
     }
 
     /// Starts the protocol thread. It ends when [`DriverThread::stop`] is
     /// called or the handle dropped, or when the peer inbox closes.
     pub(crate) fn start(
-        self,
+        mut self,
         inbox: mpsc::Receiver<(String, PeerMessage)>,
         flushed: mpsc::UnboundedReceiver<(u64, std::io::Result<()>)>,
     ) -> std::io::Result<DriverThread> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()?;
+        let (jobs, job_rx) = std::sync::mpsc::channel::<super::ApplyJob>();
+        let (applied_tx, applied) = mpsc::unbounded_channel();
+        let store = self.replica.store.clone();
+        // It ends once the protocol thread drops its sender, after the job
+        // it is on.
+        let apply_thread = std::thread::Builder::new()
+            .name("pika-apply".into())
+            .spawn(move || {
+                for job in job_rx {
+                    // The protocol waits for the answer: it must come even
+                    // from a store write that panicked.
+                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        store.apply_behind_log(&job.changes)
+                    }))
+                    .unwrap_or_else(|panic| {
+                        Err(StoreError::Panicked(panic_message(panic.as_ref())).into())
+                    });
+                    if applied_tx.send((job.last, result)).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        self.apply_jobs = Some(jobs);
         let (stop, stopped) = tokio::sync::oneshot::channel();
         let thread = std::thread::Builder::new()
             .name("pika-protocol".into())
-            .spawn(move || runtime.block_on(self.run(inbox, flushed, stopped)))?;
+            .spawn(move || {
+                runtime.block_on(self.run(inbox, flushed, applied, apply_thread, stopped))
+            })?;
         Ok(DriverThread { stop, thread })
     }
 
     async fn run(
-        self,
+        mut self,
         mut inbox: mpsc::Receiver<(String, PeerMessage)>,
         mut flushed: mpsc::UnboundedReceiver<(u64, std::io::Result<()>)>,
+        mut applied: mpsc::UnboundedReceiver<Applied>,
+        apply_thread: std::thread::JoinHandle<()>,
         mut stopped: tokio::sync::oneshot::Receiver<()>,
+    ) {
+        self.drive(&mut inbox, &mut flushed, &mut applied, &mut stopped)
+            .await;
+        // The apply thread ends after the job it is on; its result goes to
+        // the core, so that the shutdown's own apply and checkpoint
+        // continue from there.
+        self.apply_jobs = None;
+        let _ = apply_thread.join();
+        if let Ok((last, result)) = applied.try_recv() {
+            self.step_only(|core, _| core.finish_apply(last, result));
+        }
+    }
+
+    async fn drive(
+        &self,
+        inbox: &mut mpsc::Receiver<(String, PeerMessage)>,
+        flushed: &mut mpsc::UnboundedReceiver<(u64, std::io::Result<()>)>,
+        applied: &mut mpsc::UnboundedReceiver<Applied>,
+        stopped: &mut tokio::sync::oneshot::Receiver<()>,
     ) {
         let period = (self.replica.config.heartbeat_interval / 4).max(Duration::from_millis(5));
         // After a stall (or while a branch is disabled), ticks resume at the
@@ -133,25 +199,32 @@ impl Driver {
         let pending = self.replica.shared.pending.clone();
         loop {
             if let Some(pause) = self.replica.peers.faults.take_pause() {
-                self.pause(pause, &mut inbox, &mut flushed);
+                self.pause(pause, inbox, flushed);
             }
+            let idle = !self.checkpointing.get() && !self.applying.get();
             tokio::select! {
                 // A stop, or the handle dropped.
-                _ = &mut stopped => return,
+                _ = &mut *stopped => return,
                 // A reader waits for a pending path, or entries have
-                // gathered for long enough.
+                // gathered for long enough. (A ping while a job or a
+                // checkpoint runs starts nothing: their completion's step
+                // sees the waiting reader.)
                 _ = pending.apply_wanted() => self.apply_now(),
                 // The deadline is computed again at every turn of the loop,
                 // so a watcher that arrives meanwhile shortens it from the
                 // next event on.
-                _ = sleep_until(self.apply_due()), if self.unapplied_since.get().is_some() && !self.checkpointing.get() => self.apply_now(),
+                _ = sleep_until(self.apply_due()), if self.unapplied_since.get().is_some() && idle => self.apply_now(),
+                Some((last, result)) = applied.recv() => {
+                    self.applying.set(false);
+                    self.step(|core, _| core.finish_apply(last, result));
+                }
                 Some((ticket, result)) = flushed.recv() => {
                     self.step(|core, now| core.flushed(ticket, result, now));
                 }
                 // Off the loop: a durable redb commit takes milliseconds,
                 // and acks, answers and `Commit` go on meanwhile. One at a
                 // time; a tick while one runs is skipped.
-                _ = checkpoint.tick(), if !self.checkpointing.get() && lock(&self.replica.shared.status).disk_error.is_none() => {
+                _ = checkpoint.tick(), if idle && lock(&self.replica.shared.status).disk_error.is_none() => {
                     self.checkpointing.set(true);
                     let store = self.replica.store.clone();
                     let done = checkpointed_tx.clone();
@@ -236,12 +309,19 @@ impl Driver {
 
     /// Runs one core call (which may write the store: checkpoints,
     /// installs), publishes what readers need, carries out the sends and
-    /// answers, and only then applies what is committed (a redb
-    /// transaction that nobody answered here waits for), once it is due:
-    /// [`APPLY_DELAY`] after the oldest, at [`APPLY_BATCH`] entries, or
-    /// while a reader waits.
+    /// answers, and only then starts an apply of what is committed, once
+    /// it is due: [`APPLY_DELAY`] after the oldest, at [`APPLY_BATCH`]
+    /// entries, or while a reader waits.
     fn step(&self, call: impl FnOnce(&mut super::ReplicaCore<crate::log::DiskLog>, Duration)) {
         self.step_and_apply(call, false);
+    }
+
+    /// A step that starts no apply (the apply thread is gone).
+    fn step_only(&self, call: impl FnOnce(&mut super::ReplicaCore<crate::log::DiskLog>, Duration)) {
+        let shared = &self.replica.shared;
+        let mut core = lock(&shared.core);
+        call(&mut core, shared.now());
+        drop(shared.perform(&self.replica.peers, core.drain()));
     }
 
     /// When what is committed and not applied must be applied:
@@ -283,11 +363,24 @@ impl Driver {
                 || self
                     .apply_due()
                     .is_some_and(|at| at <= tokio::time::Instant::now());
-            if unapplied > 0 && due && !self.checkpointing.get() {
+            if unapplied > 0 && due && !self.checkpointing.get() && !self.applying.get() {
                 if self.replica.peers.faults.applies_fail() {
                     core.fail_next_apply("test fault: applies fail");
                 }
-                core.apply();
+                if let Some(job) = core.begin_apply() {
+                    let left = match self.apply_jobs.as_ref() {
+                        Some(jobs) => jobs.send(job).err().map(|e| e.0),
+                        None => Some(job),
+                    };
+                    match left {
+                        None => self.applying.set(true),
+                        // No apply thread (it is gone): apply here.
+                        Some(job) => {
+                            let result = self.replica.store.apply_behind_log(&job.changes);
+                            core.finish_apply(job.last, result);
+                        }
+                    }
+                }
             }
             if core.unapplied() == 0 {
                 self.unapplied_since.set(None);

@@ -299,7 +299,9 @@ impl<L: LogStore> ReplicaCore<L> {
     }
 
     pub(super) fn start_sync(&mut self, leader: &str, now: Duration) {
-        if self.disk_error.is_some() {
+        // The install must not meet an apply in flight (`apply.rs`): the
+        // next tick starts the session (`needs_snapshot` stays).
+        if self.disk_error.is_some() || self.applying.is_some() {
             return;
         }
         let local = match self.store.merkle() {
@@ -472,6 +474,10 @@ impl<L: LogStore> ReplicaCore<L> {
         let Some((revision, root)) = self.verify else {
             return;
         };
+        // The state moves while an apply is in flight: its finish compares.
+        if self.applying.is_some() {
+            return;
+        }
         let applied = self.store.revision();
         if applied < revision {
             return;

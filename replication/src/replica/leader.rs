@@ -454,7 +454,9 @@ impl<L: LogStore> ReplicaCore<L> {
     /// commit index (what the followers will compare at).
     fn verification(&self, epoch: u64) -> Option<PeerMessage> {
         let applied = self.store.revision();
-        if applied != self.commit || applied == 0 {
+        // With an apply in flight the root could be read at another
+        // revision than `applied`.
+        if applied != self.commit || applied == 0 || self.applying.is_some() {
             return None;
         }
         match self.store.merkle() {

@@ -33,6 +33,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use pika_membership::Membership;
 use tokio::sync::oneshot;
 
+pub use self::apply::ApplyJob;
 use self::core::Output;
 pub use self::core::{CoreConfig, LearnerFeed, ReplicaCore, ReplicaStatus, SyncRecord};
 pub use self::leader::SnapshotAnswer;

@@ -85,8 +85,14 @@ impl<L: LogStore> ReplicaCore<L> {
         let path = self.config.voters_path.clone();
         let mut records = Vec::new();
         let mut cluster = None;
+        // Read before the state: an apply in flight may move the state on
+        // meanwhile, and the log is read from here, skipping what the
+        // state's record already covers.
+        let from = self.store.revision() + 1;
+        let mut in_state = 0;
         match self.store.get(&path, None) {
             Ok(Some(change)) => {
+                in_state = change.revision;
                 let record = decode(&change);
                 records.push((change.revision, record.as_ref().map(|r| r.voters.clone())));
                 cluster = record.and_then(Record::cluster);
@@ -97,12 +103,14 @@ impl<L: LogStore> ReplicaCore<L> {
                 return;
             }
         }
-        let from = self.store.revision() + 1;
         let to = self.log.last().revision;
         if from <= to {
             match self.log.read(from, to, usize::MAX) {
                 Ok(changes) => {
-                    for c in changes.iter().filter(|c| c.path == path) {
+                    for c in changes
+                        .iter()
+                        .filter(|c| c.path == path && c.revision > in_state)
+                    {
                         let record = decode(c);
                         records.push((c.revision, record.as_ref().map(|r| r.voters.clone())));
                         cluster = record.and_then(Record::cluster).or(cluster);

@@ -40,6 +40,14 @@ impl<'txn> BatchTables<'txn> {
         })
     }
 
+    /// The revision the state is at, as this transaction sees it.
+    pub(super) fn revision(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .node
+            .get(KEY_REVISION)?
+            .map_or(0, |v| super::read_u64(v.value())))
+    }
+
     /// Records the log position this transaction leaves behind, and forgets
     /// request ids older than the window.
     pub(super) fn set_position(

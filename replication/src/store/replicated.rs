@@ -88,13 +88,6 @@ impl Store {
         changes: &[Change],
         durability: redb::Durability,
     ) -> Result<(), ApplyError> {
-        let first = self.revision() + 1;
-        if let Some((expected, change)) = (first..).zip(changes).find(|(e, c)| c.revision != *e) {
-            return Err(ApplyError::Gap {
-                expected,
-                got: change.revision,
-            });
-        }
         let Some(last) = changes.last() else {
             return Ok(());
         };
@@ -103,6 +96,17 @@ impl Store {
         txn.set_durability(durability).map_err(StoreError::from)?;
         {
             let mut tables = BatchTables::open(&txn)?;
+            // Read inside the transaction: the revision a writer that
+            // committed just before left, even if it has not published it
+            // to `Store::revision` yet.
+            let first = tables.revision()? + 1;
+            if let Some((expected, change)) = (first..).zip(changes).find(|(e, c)| c.revision != *e)
+            {
+                return Err(ApplyError::Gap {
+                    expected,
+                    got: change.revision,
+                });
+            }
             for change in changes {
                 let previous = tables.entry(&change.path)?;
                 tables.write_change(change, previous.as_ref(), self.history)?;
