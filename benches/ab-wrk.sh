@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Two pika builds side by side under wrk: a 3-node cluster on 127.0.1.1-3
+# (the loopback example's configs, data in a temp dir) per row, builds
+# alternating, so that a change is measured against the build before it in
+# one run on the same machine.
+#
+#   apt-get install wrk                          # this script installs nothing
+#   benches/ab-wrk.sh OLD_PIKA NEW_PIKA [ROUNDS]  # default 3 rounds (~1 min each)
+#
+# Each row: 64 connections writing 1 KiB values over 1000 paths through the
+# leader for 10 s (after a 3 s warm-up), then 3 × 22 connections writing
+# through all three nodes at once for 10 s, then 16 connections reading a
+# follower for 10 s. wrk is a single C thread, a lighter client than the
+# fanout bench's, so both builds go faster here than there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ $# -lt 2 ]; then
+  echo "usage: benches/ab-wrk.sh OLD_PIKA NEW_PIKA [ROUNDS]" >&2
+  exit 2
+fi
+if ! command -v wrk >/dev/null 2>&1; then
+  echo "ab-wrk: wrk not found (apt-get install wrk)" >&2
+  exit 2
+fi
+builds=("$1" "$2")
+rounds=${3:-3}
+token=pika_de30de30de30de30de30de30de30de30de30de30de30de30de30de30de30de30
+dir=$(mktemp -d)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$dir"
+}
+trap cleanup EXIT
+
+value=$(python3 -c "import base64; print(base64.b64encode(b'x' * 1024).decode())")
+cat > "$dir/post.lua" <<EOF
+local body = '{"meta":{"format":"text"},"data":"$value"}'
+local n = math.random(0, 999)
+request = function()
+  n = (n + 1) % 1000
+  return wrk.format("POST", string.format("/api/v1/file/bench/%06d", n),
+    {["Content-Type"] = "application/json", ["Authorization"] = "Bearer $token"}, body)
+end
+EOF
+cat > "$dir/get.lua" <<EOF
+local n = math.random(0, 999)
+request = function()
+  n = (n + 1) % 1000
+  return wrk.format("GET", string.format("/api/v1/data/bench/%06d", n),
+    {["Authorization"] = "Bearer $token"})
+end
+EOF
+
+# Requests/s of a wrk run, or "errors" when any answer was not 2xx.
+rate() {
+  if grep -q "Non-2xx\|Socket errors" "$1"; then echo errors; else awk '/Requests\/sec/ {printf "%d", $2}' "$1"; fi
+}
+
+row() {
+  local pika=$1 run=$2
+  pids=()
+  for n in 1 2 3; do
+    sed "s|path: /tmp/pika$n|path: $run/n$n|" "example/cluster/$n.yaml" > "$run/$n.yaml"
+    PIKA_LOG_LEVEL=warn PIKA_CLUSTER_DNS_ADDR=127.0.1.1,127.0.1.2,127.0.1.3 \
+      "$pika" --config "$run/$n.yaml" > "$run/node$n.log" 2>&1 &
+    pids+=($!)
+  done
+  local leader=""
+  for _ in $(seq 1 60); do
+    sleep 0.5
+    for n in 1 2 3; do
+      if curl -s -H "Authorization: Bearer $token" "http://127.0.1.$n:809$n/api/v1/cluster/status" |
+        grep -q '"is_leader":true'; then leader=$n; fi
+    done
+    [ -n "$leader" ] && break
+  done
+  if [ -z "$leader" ]; then
+    echo "ab-wrk: no leader within 30 s ($pika); logs in $run" >&2
+    exit 1
+  fi
+  sleep 2
+  local url="http://127.0.1.$leader:809$leader"
+  wrk -t1 -c64 -d3s -s "$dir/post.lua" "$url" > /dev/null
+  wrk -t1 -c64 -d10s --latency -s "$dir/post.lua" "$url" > "$run/leader.txt"
+  local clients=()
+  for n in 1 2 3; do
+    wrk -t1 -c22 -d10s -s "$dir/post.lua" "http://127.0.1.$n:809$n" > "$run/spread$n.txt" &
+    clients+=($!)
+  done
+  wait "${clients[@]}"
+  local spread=0
+  for n in 1 2 3; do
+    local r
+    r=$(rate "$run/spread$n.txt")
+    [ "$r" = errors ] && spread=errors && break
+    spread=$((spread + r))
+  done
+  local follower=$((leader % 3 + 1))
+  wrk -t1 -c16 -d10s -s "$dir/get.lua" "http://127.0.1.$follower:809$follower" > "$run/reads.txt"
+  printf '%-40s %12s %10s %12s %12s\n' "$pika" "$(rate "$run/leader.txt")" \
+    "$(awk '$1=="50%" {print $2}' "$run/leader.txt")" "$spread" "$(rate "$run/reads.txt")"
+  kill -TERM "${pids[@]}" 2>/dev/null || true
+  wait "${pids[@]}" 2>/dev/null || true
+  pids=()
+}
+
+printf '%-40s %12s %10s %12s %12s\n' build "leader w/s" "p50" "spread w/s" "reads r/s"
+for round in $(seq 1 "$rounds"); do
+  # The order alternates too, so neither build always runs first.
+  if [ $((round % 2)) -eq 1 ]; then order=(0 1); else order=(1 0); fi
+  for i in "${order[@]}"; do
+    mkdir -p "$dir/r$round-$i"
+    row "${builds[$i]}" "$dir/r$round-$i"
+  done
+done
