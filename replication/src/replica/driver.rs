@@ -51,6 +51,11 @@ pub(crate) struct Driver {
     /// A job is on the apply thread. Checkpoints wait for it, and it for
     /// them: redb takes one write transaction at a time.
     applying: Cell<bool>,
+    /// When the last checkpoint started. Once the next is due, no new job
+    /// starts until it has: jobs that follow each other without a break
+    /// (a reader always waiting, or applies slower than commits) would
+    /// otherwise keep the checkpoint out for good, and the log with it.
+    checkpoint_started: Cell<tokio::time::Instant>,
     /// Where apply jobs go; `None` once the apply thread is gone.
     apply_jobs: Option<std::sync::mpsc::Sender<super::ApplyJob>>,
 }
@@ -107,6 +112,7 @@ impl Driver {
             unapplied_since: Cell::new(None),
             checkpointing: Cell::new(false),
             applying: Cell::new(false),
+            checkpoint_started: Cell::new(tokio::time::Instant::now()),
             apply_jobs: None,
         }
     }
@@ -226,6 +232,7 @@ impl Driver {
                 // time; a tick while one runs is skipped.
                 _ = checkpoint.tick(), if idle && lock(&self.replica.shared.status).disk_error.is_none() => {
                     self.checkpointing.set(true);
+                    self.checkpoint_started.set(tokio::time::Instant::now());
                     let store = self.replica.store.clone();
                     let done = checkpointed_tx.clone();
                     self.node.spawn_blocking(move || {
@@ -363,7 +370,16 @@ impl Driver {
                 || self
                     .apply_due()
                     .is_some_and(|at| at <= tokio::time::Instant::now());
-            if unapplied > 0 && due && !self.checkpointing.get() && !self.applying.get() {
+            let checkpoint_due = self.checkpoint_started.get()
+                + self.replica.config.checkpoint_interval
+                < tokio::time::Instant::now();
+            let checkpoint_waits = checkpoint_due && core.disk_error().is_none();
+            if unapplied > 0
+                && due
+                && !self.checkpointing.get()
+                && !self.applying.get()
+                && !checkpoint_waits
+            {
                 if self.replica.peers.faults.applies_fail() {
                     core.fail_next_apply("test fault: applies fail");
                 }
