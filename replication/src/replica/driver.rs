@@ -171,11 +171,12 @@ impl Driver {
             .await;
         // The apply thread ends after the job it is on; its result goes to
         // the core, so that the shutdown's own apply and checkpoint
-        // continue from there.
+        // continue from there (a step without the thread applies in place).
         self.apply_jobs = None;
         let _ = apply_thread.join();
         if let Ok((last, result)) = applied.try_recv() {
-            self.step_only(|core, _| core.finish_apply(last, result));
+            self.applying.set(false);
+            self.step(|core, _| core.finish_apply(last, result));
         }
     }
 
@@ -321,14 +322,6 @@ impl Driver {
     /// entries, or while a reader waits.
     fn step(&self, call: impl FnOnce(&mut super::ReplicaCore<crate::log::DiskLog>, Duration)) {
         self.step_and_apply(call, false);
-    }
-
-    /// A step that starts no apply (the apply thread is gone).
-    fn step_only(&self, call: impl FnOnce(&mut super::ReplicaCore<crate::log::DiskLog>, Duration)) {
-        let shared = &self.replica.shared;
-        let mut core = lock(&shared.core);
-        call(&mut core, shared.now());
-        drop(shared.perform(&self.replica.peers, core.drain()));
     }
 
     /// When what is committed and not applied must be applied:
