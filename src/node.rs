@@ -118,7 +118,7 @@ pub async fn serve(
         Some(m) => {
             let (replica, tasks) =
                 crate::cluster::start_replica(&config, store.clone(), m.clone(), addr)?;
-            (Writes::Replicated(Box::new(replica)), None, Some(tasks))
+            (Writes::Replicated(Arc::new(replica)), None, Some(tasks))
         }
     };
 

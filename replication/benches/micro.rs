@@ -11,6 +11,11 @@
 //!   file in a tempdir with its fsync, the cost every write waits for;
 //!   `in_memory` is the same transaction without the disk, so the difference
 //!   is the fsync and the remainder is encoding, B-tree and Merkle work.
+//! - `store_apply`: `Store::apply_behind_log`, as the apply thread calls it
+//!   on every node of a cluster: committed changes of 16 and 256 paths in
+//!   one transaction without fsync, on a file-backed store in steady state;
+//!   and `checkpoint`, the durable transaction that writes what 2 048 such
+//!   applied changes left dirty.
 //! - `log_append`: the same batches of changes appended to the replicated
 //!   log and flushed (`ReplicatedLog::append` + `flush_blocking`), the cost
 //!   a write's durability has once redb is applied behind the log; compare
@@ -156,6 +161,70 @@ fn store_batch(c: &mut Criterion) {
     durable.close().expect("close store");
 }
 
+/// The next `n` committed changes, one per path from `cursor` on, each a
+/// new version of its path. Criterion makes a run's inputs before it runs
+/// them, in order, so the revisions continue from the last one made.
+struct Committed {
+    revision: u64,
+    cursor: usize,
+    versions: Vec<u64>,
+}
+
+impl Committed {
+    fn next(&mut self, n: usize) -> Vec<Change> {
+        (0..n)
+            .map(|_| {
+                let path = self.cursor % POOL;
+                self.cursor += 1;
+                self.revision += 1;
+                self.versions[path] += 1;
+                change(path, self.revision, self.versions[path])
+            })
+            .collect()
+    }
+}
+
+fn store_apply(c: &mut Criterion) {
+    let ops: Vec<Op> = (0..POOL).map(put).collect();
+    let dir = tempfile::tempdir().expect("create tempdir");
+    let store = Store::open(dir.path(), HISTORY).expect("open store");
+    prefill(&store, &ops, HISTORY);
+    let mut committed = Committed {
+        revision: store.revision(),
+        cursor: 0,
+        versions: vec![HISTORY; POOL],
+    };
+    let mut group = c.benchmark_group("store_apply");
+    group.sample_size(20);
+    for n in [16usize, 256] {
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_function(BenchmarkId::new("behind_log", n), |b| {
+            b.iter_batched(
+                || committed.next(n),
+                |changes| store.apply_behind_log(&changes).expect("apply"),
+                BatchSize::SmallInput,
+            );
+        });
+    }
+    // What a checkpoint costs after a second of applies at about 2 000
+    // writes/s: the pages they dirtied written and synced.
+    group.throughput(Throughput::Elements(2048));
+    group.bench_function("checkpoint/2048", |b| {
+        b.iter_batched(
+            || {
+                for _ in 0..8 {
+                    let changes = committed.next(256);
+                    store.apply_behind_log(&changes).expect("apply");
+                }
+            },
+            |()| store.checkpoint().expect("checkpoint"),
+            BatchSize::PerIteration,
+        );
+    });
+    group.finish();
+    store.close().expect("close store");
+}
+
 fn log_append(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("create tempdir");
     let mut log = ReplicatedLog::open(dir.path(), &LogOptions::default()).expect("open log");
@@ -256,5 +325,12 @@ fn wire_diff(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, store_batch, log_append, merkle, wire_diff);
+criterion_group!(
+    benches,
+    store_batch,
+    store_apply,
+    log_append,
+    merkle,
+    wire_diff
+);
 criterion_main!(benches);

@@ -311,7 +311,12 @@ fn commit(
     let stored = stored_requests(store, &unknown);
     for pending in batch.drain(..) {
         let id = pending.request_id.as_deref();
-        let fingerprint = pending.op.fingerprint();
+        // A postcard copy of the op and a blake3 over it: only for ops with
+        // an id, and once (the answer below finds it in `in_batch`).
+        let fingerprint = match id {
+            Some(_) => pending.op.fingerprint(),
+            None => Fingerprint::default(),
+        };
         let known = id.and_then(|id| {
             recent
                 .get(id)
@@ -359,7 +364,11 @@ fn commit(
             waits_for = waits_for.max(changes.last().map(|c| c.revision));
             for (pending, result) in fresh.into_iter().zip(results) {
                 if let Some(id) = pending.request_id {
-                    recent.remember(id, pending.op.fingerprint(), result.clone());
+                    let fingerprint = in_batch
+                        .get(&id)
+                        .copied()
+                        .unwrap_or_else(|| pending.op.fingerprint());
+                    recent.remember(id, fingerprint, result.clone());
                 }
                 answers.push((pending.reply, result.map_err(WriteError::from)));
             }

@@ -30,13 +30,20 @@ pub struct PendingPaths {
 impl PendingPaths {
     /// Entries appended to the log.
     pub fn add(&mut self, changes: &[Change]) {
-        for change in changes {
+        self.add_entries(changes, changes.iter().map(Entry::of));
+    }
+
+    /// [`PendingPaths::add`] with each change's [`Entry`] already made (the
+    /// leader has them from deciding the batch: an entry's content digest
+    /// hashes the whole value).
+    pub fn add_entries(&mut self, changes: &[Change], entries: impl IntoIterator<Item = Entry>) {
+        for (change, entry) in changes.iter().zip(entries) {
             self.by_revision
                 .insert(change.revision, change.path.clone());
             self.by_path
                 .entry(change.path.clone())
                 .or_default()
-                .push((change.revision, Entry::of(change)));
+                .push((change.revision, entry));
         }
     }
 

@@ -66,6 +66,7 @@ impl<L: LogStore> ReplicaCore<L> {
         let mut decided: HashMap<String, Entry> = HashMap::new();
         let mut results = Vec::with_capacity(ops.len());
         let mut changes: Vec<Change> = Vec::new();
+        let mut entries: Vec<Entry> = Vec::new();
         for op in ops {
             let path = op.path.as_str();
             let current = match decided.get(path) {
@@ -81,7 +82,9 @@ impl<L: LogStore> ReplicaCore<L> {
             match store::resolve(op, current.as_ref(), revision + 1, epoch, now_ms) {
                 Ok(change) => {
                     revision = change.revision;
-                    decided.insert(path.to_string(), Entry::of(&change));
+                    let entry = Entry::of(&change);
+                    decided.insert(path.to_string(), entry.clone());
+                    entries.push(entry);
                     results.push(Ok(Applied {
                         version: change.version,
                         revision: change.revision,
@@ -101,7 +104,7 @@ impl<L: LogStore> ReplicaCore<L> {
                 "appending to the log failed: {e}"
             )));
         }
-        self.pending.update(|p| p.add(&changes));
+        self.pending.update(|p| p.add_entries(&changes, entries));
         self.voters_appended(&changes);
         let commit = self.commit;
         if let Some(leading) = self.leading.as_mut() {
