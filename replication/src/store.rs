@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 
 mod batch;
 mod feed;
+mod history;
 mod prefix;
 mod replicated;
 mod sync;
@@ -29,10 +30,9 @@ pub use sync::{PathState, Snapshot};
 use crate::merkle::{self, MerkleBuckets};
 use crate::record::{Applied, Change, ChangeKind, Entry, Meta, Op, OpError, OpKind};
 
-/// path → [`Entry`] (latest state, tombstones included).
+/// path → [`Entry`] (latest state, tombstones included). The version
+/// history is in `history::VERSION_SLOTS`.
 const ENTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entries");
-/// (path, version) → [`Change`].
-const VERSIONS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("versions");
 /// Node metadata: node id, last revision.
 const NODE: TableDefinition<&str, &[u8]> = TableDefinition::new("node");
 /// bucket index → XOR of the bucket's leaves. Absent = all zero.
@@ -59,13 +59,20 @@ const KEY_PROMISED: &str = "promised_epoch";
 /// The epoch of the last change in this store: with the revision, the
 /// node's log position for vote restriction.
 const KEY_LAST_EPOCH: &str = "last_epoch";
-/// The encoding of the records in this file (and in the log beside it),
-/// written at creation. Absent in files of format 1.
+/// The format of this file, written at creation. Absent in files of
+/// format 1.
 const KEY_RECORD_FORMAT: &str = "record_format";
-/// Format 2 added `Meta::flags` and `Change::created_revision` (the Consul
-/// API's `Flags` and `CreateIndex`); postcard records of format 1 do not
-/// decode as format 2, so a file of another format is refused at open.
+/// The encoding of a record (a change, an entry) here, in the log beside
+/// it and in backups. Format 2 added `Meta::flags` and
+/// `Change::created_revision` (the Consul API's `Flags` and `CreateIndex`);
+/// postcard records of format 1 do not decode as format 2, so a file of
+/// format 1 is refused at open.
 pub const RECORD_FORMAT: u64 = 2;
+/// The format of the file: format 2's records, with the version history in
+/// slots (`history`). A file of format 2 (the history keyed by version) is
+/// laid out again at its first open; a release that reads format 2 only
+/// refuses a file of format 3 instead of missing its history.
+const STORE_FORMAT: u64 = 3;
 /// The revision of the last checkpoint (a durable transaction after
 /// non-durable applies): informational, the position keys say the rest.
 const KEY_CHECKPOINT: &str = "checkpoint";
@@ -307,7 +314,7 @@ impl Store {
         let txn = db.begin_write()?;
         let node_id = {
             txn.open_table(ENTRIES)?;
-            txn.open_table(VERSIONS)?;
+            txn.open_table(history::VERSION_SLOTS)?;
             txn.open_table(MERKLE)?;
             txn.open_table(BUCKET_PATHS)?;
             txn.open_table(REQUESTS)?;
@@ -319,15 +326,21 @@ impl Store {
                 .is_some_and(|v| read_u64(v.value()) > 0);
             let format = node.get(KEY_RECORD_FORMAT)?.map(|v| read_u64(v.value()));
             match format {
-                Some(RECORD_FORMAT) => {}
+                Some(STORE_FORMAT) => {}
+                // Its history is laid out in slots below, in this
+                // transaction.
+                Some(RECORD_FORMAT) => {
+                    node.insert(KEY_RECORD_FORMAT, STORE_FORMAT.to_le_bytes().as_slice())?;
+                }
                 None if !holds_data => {
-                    node.insert(KEY_RECORD_FORMAT, RECORD_FORMAT.to_le_bytes().as_slice())?;
+                    node.insert(KEY_RECORD_FORMAT, STORE_FORMAT.to_le_bytes().as_slice())?;
                 }
                 other => {
                     return Err(open_err(
                         format!(
-                            "the data was written in record format {} and this pika reads format \
-                             {RECORD_FORMAT}; start this version on an empty data directory",
+                            "the data was written in record format {} and this pika reads formats \
+                             {RECORD_FORMAT} and {STORE_FORMAT}; start this version on an empty \
+                             data directory",
                             other.unwrap_or(1)
                         )
                         .into(),
@@ -344,6 +357,7 @@ impl Store {
                 }
             }
         };
+        history::lay_out(&txn, history.max(1))?;
         txn.commit()?;
         let store = Self {
             db: RwLock::new(Some(Arc::new(db))),
@@ -514,7 +528,7 @@ impl Store {
         let db = self.db()?;
         let txn = db.begin_read()?;
         let feed = txn.open_table(feed::FEED)?;
-        let versions = txn.open_table(VERSIONS)?;
+        let versions = txn.open_table(history::VERSION_SLOTS)?;
         revisions
             .iter()
             .map(|revision| {
@@ -522,11 +536,7 @@ impl Store {
                     return Ok(None);
                 };
                 let record: feed::FeedRecord = decode("feed", raw.value())?;
-                let path = record.path.as_str();
-                let Some(raw) = versions.get((path, record.version))? else {
-                    return Ok(None);
-                };
-                decode(path, raw.value()).map(Some)
+                history::read(&versions, &record.path, record.version, self.history)
             })
             .collect()
     }
@@ -556,20 +566,17 @@ impl Store {
                 }
             }
         };
-        let versions = txn.open_table(VERSIONS)?;
-        let raw = versions.get((path, version))?;
-        raw.map(|v| decode(path, v.value())).transpose()
+        let versions = txn.open_table(history::VERSION_SLOTS)?;
+        history::read(&versions, path, version, self.history)
     }
 
     /// The retained history of a path, oldest first; `None` if it never existed.
     pub fn versions(&self, path: &str) -> Result<Option<Vec<VersionInfo>>, StoreError> {
         let db = self.db()?;
         let txn = db.begin_read()?;
-        let versions = txn.open_table(VERSIONS)?;
+        let versions = txn.open_table(history::VERSION_SLOTS)?;
         let mut out = Vec::new();
-        for item in versions.range((path, 0u64)..=(path, u64::MAX))? {
-            let (_, value) = item?;
-            let change: Change = decode(path, value.value())?;
+        for change in history::read_all(&versions, path, self.history)? {
             let (meta, size) = match change.kind {
                 ChangeKind::Put { meta, data } => (Some(meta), data.len() as u64),
                 ChangeKind::Delete => (None, 0),

@@ -9,7 +9,7 @@ use redb::{ReadableTable, WriteTransaction};
 
 use super::{
     BUCKET_PATHS, ENTRIES, KEY_LAST_EPOCH, KEY_REVISION, MERKLE, NODE, REQUEST_ORDER,
-    REQUEST_WINDOW, REQUESTS, StoreError, VERSIONS, decode, encode, feed,
+    REQUEST_WINDOW, REQUESTS, StoreError, decode, encode, feed, history,
 };
 use crate::merkle;
 use crate::record::{Change, Entry};
@@ -30,7 +30,7 @@ impl<'txn> BatchTables<'txn> {
     pub(super) fn open(txn: &'txn WriteTransaction) -> Result<Self, StoreError> {
         Ok(Self {
             entries: txn.open_table(ENTRIES)?,
-            versions: txn.open_table(VERSIONS)?,
+            versions: txn.open_table(history::VERSION_SLOTS)?,
             merkle: txn.open_table(MERKLE)?,
             node: txn.open_table(NODE)?,
             bucket_paths: txn.open_table(BUCKET_PATHS)?,
@@ -85,8 +85,9 @@ impl<'txn> BatchTables<'txn> {
         raw.map(|v| decode(path, v.value())).transpose()
     }
 
-    /// Writes a resolved change: version record, latest entry, Merkle
-    /// bucket, history pruning. The caller commits.
+    /// Writes a resolved change: version record (in place of the one
+    /// leaving the history), latest entry, Merkle bucket. The caller
+    /// commits.
     pub(super) fn write_change(
         &mut self,
         change: &Change,
@@ -96,9 +97,7 @@ impl<'txn> BatchTables<'txn> {
         let path = change.path.as_str();
         let entry = Entry::of(change);
 
-        self.versions
-            .insert((path, change.version), encode(path, change)?.as_slice())?;
-        self.prune_history(path, change.version, history)?;
+        self.put_version(change, previous, history)?;
 
         self.entries
             .insert(path, encode(path, &entry)?.as_slice())?;
@@ -113,21 +112,6 @@ impl<'txn> BatchTables<'txn> {
             self.request_order.insert(change.revision, id.as_str())?;
         }
         self.replace_leaf(path, previous, &entry)
-    }
-
-    /// Keeps the `history` versions of `path` up to `latest`.
-    pub(super) fn prune_history(
-        &mut self,
-        path: &str,
-        latest: u64,
-        history: u64,
-    ) -> Result<(), StoreError> {
-        if latest > history {
-            let oldest_kept = latest - history + 1;
-            self.versions
-                .retain_in((path, 0u64)..(path, oldest_kept), |_, _| false)?;
-        }
-        Ok(())
     }
 
     /// `path`'s Merkle leaf goes from `previous`'s (none: a new path) to

@@ -3,7 +3,7 @@
 
 use redb::ReadableDatabase;
 
-use super::{ENTRIES, Store, StoreError, VERSIONS, decode};
+use super::{ENTRIES, Store, StoreError, decode, history};
 use crate::record::{Change, Entry};
 
 /// The paths under a prefix as of one read transaction.
@@ -68,7 +68,7 @@ impl Store {
         let db = self.db()?;
         let txn = db.begin_read()?;
         let entries = txn.open_table(ENTRIES)?;
-        let versions = txn.open_table(VERSIONS)?;
+        let versions = txn.open_table(history::VERSION_SLOTS)?;
         let mut out = Under::empty();
         for item in entries.range(prefix..)? {
             let (key, value) = item?;
@@ -85,13 +85,14 @@ impl Store {
                 continue;
             }
             // The latest version is never pruned from the history.
-            let raw = versions
-                .get((path, entry.version))?
-                .ok_or_else(|| StoreError::Missing {
-                    path: path.to_string(),
-                    version: entry.version,
+            let change =
+                history::read(&versions, path, entry.version, self.history)?.ok_or_else(|| {
+                    StoreError::Missing {
+                        path: path.to_string(),
+                        version: entry.version,
+                    }
                 })?;
-            out.live.push(decode(path, raw.value())?);
+            out.live.push(change);
         }
         Ok(out)
     }

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     BUCKET_PATHS, BatchTables, ENTRIES, KEY_LAST_EPOCH, KEY_REVISION, MERKLE, NODE, Store,
-    StoreError, VERSIONS, decode, encode, read_u64,
+    StoreError, decode, encode, history, read_u64,
 };
 use crate::merkle::{self, MerkleBuckets};
 use crate::record::{Change, Entry};
@@ -43,6 +43,8 @@ pub struct Snapshot {
     pub revision: u64,
     pub epoch: u64,
     buckets: MerkleBuckets,
+    /// The slots the history is laid out in.
+    history: u64,
 }
 
 impl Store {
@@ -67,6 +69,7 @@ impl Store {
             revision,
             epoch,
             buckets,
+            history: self.history,
         })
     }
 
@@ -113,11 +116,7 @@ impl Store {
                     .collect::<Result<_, _>>()?;
                 for path in &local {
                     tables.entries.remove(path.as_str())?;
-                    tables
-                        .versions
-                        .retain_in((path.as_str(), 0u64)..=(path.as_str(), u64::MAX), |_, _| {
-                            false
-                        })?;
+                    tables.clear_versions(path)?;
                     tables.bucket_paths.remove((bucket, path.as_str()))?;
                 }
                 tables.merkle.remove(bucket)?;
@@ -126,7 +125,8 @@ impl Store {
             for state in paths {
                 let path = state.path.as_str();
                 let bucket = merkle::bucket_of(path);
-                tables.put_path_state(state)?;
+                // Whatever the path held here was cleared above.
+                tables.put_path_state(state, 0, self.history)?;
                 tables.bucket_paths.insert((bucket, path), ())?;
                 merkle::xor_into(
                     digests.entry(bucket).or_insert(merkle::EMPTY),
@@ -146,7 +146,7 @@ impl Store {
     }
 
     /// One changed path of an incremental install: its new entry, its new
-    /// versions, the history pruned, its bucket digest updated.
+    /// versions in the history, its bucket digest updated.
     fn add_path_state(
         &self,
         tables: &mut BatchTables,
@@ -154,8 +154,8 @@ impl Store {
     ) -> Result<(), StoreError> {
         let path = state.path.as_str();
         let previous = tables.entry(path)?;
-        tables.put_path_state(state)?;
-        tables.prune_history(path, state.entry.version, self.history)?;
+        let before = previous.as_ref().map_or(0, |e| e.version);
+        tables.put_path_state(state, before, self.history)?;
         tables.replace_leaf(path, previous.as_ref(), &state.entry)?;
         Ok(())
     }
@@ -177,16 +177,18 @@ impl Store {
 }
 
 impl BatchTables<'_> {
-    /// Writes a transferred path's entry and the versions that came with it.
-    fn put_path_state(&mut self, state: &PathState) -> Result<(), StoreError> {
+    /// Writes a transferred path's entry and the versions that came with
+    /// it; its entry was at version `before` here (0: none).
+    fn put_path_state(
+        &mut self,
+        state: &PathState,
+        before: u64,
+        history: u64,
+    ) -> Result<(), StoreError> {
         let path = state.path.as_str();
         self.entries
             .insert(path, encode(path, &state.entry)?.as_slice())?;
-        for change in &state.versions {
-            self.versions
-                .insert((path, change.version), encode(path, change)?.as_slice())?;
-        }
-        Ok(())
+        self.put_versions(path, &state.versions, before, state.entry.version, history)
     }
 }
 
@@ -205,7 +207,7 @@ impl Snapshot {
     ) -> Result<Vec<PathState>, StoreError> {
         let index = self.txn.open_table(BUCKET_PATHS)?;
         let entries = self.txn.open_table(ENTRIES)?;
-        let versions = self.txn.open_table(VERSIONS)?;
+        let versions = self.txn.open_table(history::VERSION_SLOTS)?;
         let mut out = Vec::new();
         for &bucket in buckets {
             for item in index.range((bucket, "")..(bucket + 1, ""))? {
@@ -219,18 +221,12 @@ impl Snapshot {
                 if since.is_some() && entry.revision <= after {
                     continue;
                 }
-                let mut history = Vec::new();
-                for v in versions.range((path, 0u64)..=(path, u64::MAX))? {
-                    let (_, value) = v?;
-                    let change: Change = decode(path, value.value())?;
-                    if change.revision > after || since.is_none() {
-                        history.push(change);
-                    }
-                }
+                let mut kept = history::read_all(&versions, path, self.history)?;
+                kept.retain(|change| change.revision > after || since.is_none());
                 out.push(PathState {
                     path: path.to_string(),
                     entry,
-                    versions: history,
+                    versions: kept,
                 });
             }
         }
