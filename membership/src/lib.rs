@@ -344,8 +344,31 @@ fn transport_config(swim: &SwimConfig) -> Result<quinn::TransportConfig, StartEr
     transport.initial_rtt(
         (swim.heartbeat_interval / 4).clamp(Duration::from_millis(10), Duration::from_millis(333)),
     );
+    transport.ack_frequency_config(Some(ack_frequency()));
     Ok(transport)
 }
+
+/// What this node asks its peers of their QUIC acknowledgements (the ACK
+/// frequency extension). By default a receiver acknowledges every second
+/// packet at once, in a datagram of its own when it has nothing to send;
+/// replication traffic answers every packet soon anyway (a `Diff` with an
+/// `Ack`, an `Ack` with a `Commit` or the next `Diff`), so an acknowledgement
+/// that waits a little rides along. At one client a 3-node write took 11.7
+/// datagrams before and 8.0 after (the eight replication messages), with
+/// 5-8 % less CPU per write on each node (`docs/benchmarks.md`). Loss
+/// recovery allows for the delay: a probe timeout adds the peer's
+/// `max_ack_delay`.
+fn ack_frequency() -> quinn::AckFrequencyConfig {
+    let mut ack = quinn::AckFrequencyConfig::default();
+    ack.ack_eliciting_threshold(ACK_ELICITING_THRESHOLD.into())
+        .max_ack_delay(Some(MAX_ACK_DELAY));
+    ack
+}
+
+/// Packets a peer may take in before it must acknowledge at once.
+const ACK_ELICITING_THRESHOLD: u32 = 8;
+/// How long a peer may hold an acknowledgement back otherwise.
+const MAX_ACK_DELAY: Duration = Duration::from_millis(5);
 
 /// The local address the kernel would use to send to the first resolved
 /// peer: the node's own address when it binds every interface.
