@@ -457,8 +457,21 @@ impl Replica {
     pub async fn submit(&self, op: Op, request_id: String) -> Result<Applied, WriteError> {
         let deadline = Instant::now() + self.config.forward_timeout;
         loop {
-            let status = self.status();
-            if status.is_leader {
+            // What routing needs, not a clone of the whole status (its
+            // strings, maps and lists) for every write.
+            let (is_leader, leader) = {
+                let status = lock(&self.shared.status);
+                // A voter forwards while it may read (it hears the leader
+                // and holds its log); a learner fed in batches never may,
+                // and forwards to the leader it follows.
+                let learner = status.voter == Some(false);
+                let leader = status
+                    .leader_id
+                    .clone()
+                    .filter(|_| status.leader_healthy || learner);
+                (status.is_leader, leader)
+            };
+            if is_leader {
                 // Bounded like a forwarded write: a commit held up (a
                 // member that stopped acknowledging, until ack_timeout
                 // takes it out) must not hold the client past
@@ -474,14 +487,7 @@ impl Replica {
                     ))),
                 };
             }
-            // A voter forwards while it may read (it hears the leader and
-            // holds its log); a learner fed in batches never may, and
-            // forwards to the leader it follows.
-            let learner = status.voter == Some(false);
-            if let Some(leader) = status
-                .leader_id
-                .filter(|_| status.leader_healthy || learner)
-            {
+            if let Some(leader) = leader {
                 match self
                     .forward(&leader, op.clone(), &request_id, deadline)
                     .await
