@@ -57,6 +57,7 @@ pub fn start_replica(
         checkpoint_interval: config.storage.checkpoint_interval.0,
         log_retention: config.storage.log_retention,
         max_frame: (c.max_frame_mb as usize) << 20,
+        pipeline_depth: c.pipeline_depth as usize,
     };
     Replica::start(store, membership, replica_config)
         .map_err(|e| anyhow::anyhow!("starting replication: {e}"))

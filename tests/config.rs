@@ -268,6 +268,28 @@ fn the_page_cache_bound_is_read_and_checked() {
     assert!(e.contains("storage.cache_mb"), "{e}");
 }
 
+#[test]
+fn the_pipeline_depth_is_read_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(&dir, "pika.yaml", "cluster:\n  pipeline_depth: 4\n");
+    let config = load(&sources(Some(file), &[])).unwrap().config;
+    assert_eq!(config.cluster.pipeline_depth, 4);
+    assert_eq!(
+        load(&sources(None, &[]))
+            .unwrap()
+            .config
+            .cluster
+            .pipeline_depth,
+        1,
+        "one batch at a time unless asked"
+    );
+    let cluster = "cluster:\n  enabled: true\n  dns_addr: 127.0.1.1,127.0.1.2\n";
+    for bad in ["0", "65"] {
+        let e = error_of(cluster, &[("PIKA_CLUSTER_PIPELINE_DEPTH", bad)]);
+        assert!(e.contains("cluster.pipeline_depth"), "{e}");
+    }
+}
+
 /// The loopback demo's files are what the README and `make demo` promise:
 /// node N binds 127.0.1.N, serves HTTP on 809N, finds the others through
 /// pika.local, keeps its data under /tmp, and shares one key.

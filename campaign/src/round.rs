@@ -478,7 +478,7 @@ pub fn run(config: &RoundConfig) -> anyhow::Result<RoundReport> {
             }
         })
         .collect();
-    let env = if config.learners > 0 {
+    let mut env = if config.learners > 0 {
         vec![
             (
                 "PIKA_CLUSTER_REPLICAS".to_string(),
@@ -492,6 +492,12 @@ pub fn run(config: &RoundConfig) -> anyhow::Result<RoundReport> {
     } else {
         Vec::new()
     };
+    // Odd seeds let the leader keep two batches awaiting their commit
+    // (`cluster.pipeline_depth`; the default is one), so pipelined
+    // batches meet every fault kind too.
+    if config.seed % 2 == 1 {
+        env.push(("PIKA_CLUSTER_PIPELINE_DEPTH".to_string(), "2".to_string()));
+    }
     let options = crate::cluster::Options {
         network: config.network,
         test_hooks: true,

@@ -97,6 +97,9 @@ pub struct ReplicaConfig {
     /// The transport's frame limit; catch-up and snapshot frames stay
     /// under half of it.
     pub max_frame: usize,
+    /// Batches the leader keeps awaiting their commit before the next one
+    /// waits (`cluster.pipeline_depth`, at least 1).
+    pub pipeline_depth: usize,
 }
 
 pub(crate) type Answers = Vec<(Reply, Result<Applied, WriteError>)>;
@@ -283,6 +286,7 @@ impl Replica {
         let policy = Arc::new(LeaderPolicy {
             shared: shared.clone(),
             peers: peers.clone(),
+            depth: config.pipeline_depth.max(1),
         });
         let (writes, committer) =
             WriteQueue::start_with(store.clone(), BatchLimits::default(), policy)

@@ -1,6 +1,7 @@
 //! The leader's commit policy: the committer's batches go through the
 //! core (proposed, appended, shipped) and are answered when they commit;
-//! and how many batches may wait for their commit at once.
+//! and how many batches may wait for their commit at once
+//! (`cluster.pipeline_depth`).
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
@@ -16,6 +17,9 @@ use crate::store::{BatchOutcome, Store};
 pub(super) struct LeaderPolicy {
     pub(super) shared: Arc<Shared>,
     pub(super) peers: Arc<Peers>,
+    /// Batches kept awaiting their commit before the next one waits for
+    /// room (`cluster.pipeline_depth`).
+    pub(super) depth: usize,
 }
 
 impl CommitPolicy for LeaderPolicy {
@@ -46,8 +50,8 @@ impl CommitPolicy for LeaderPolicy {
         lock(&self.shared.core).log_last()
     }
 
-    /// Waits while [`PIPELINE_DEPTH`] batches await their commit (bounded
-    /// by [`PIPELINE_WAIT`]). Every batch costs each follower a `Diff`, an
+    /// Waits while `depth` batches await their commit (bounded by
+    /// [`PIPELINE_WAIT`]). Every batch costs each follower a `Diff`, an
     /// append, two acks and a protocol step whatever its size; unbounded,
     /// many clients made many batches of a few writes each, and the
     /// followers' CPU went to the per-batch work.
@@ -56,7 +60,7 @@ impl CommitPolicy for LeaderPolicy {
         let _ = self
             .shared
             .answered
-            .wait_timeout_while(answers, PIPELINE_WAIT, |a| a.len() >= PIPELINE_DEPTH)
+            .wait_timeout_while(answers, PIPELINE_WAIT, |a| a.len() >= self.depth)
             .unwrap_or_else(PoisonError::into_inner);
     }
 
@@ -80,11 +84,6 @@ impl CommitPolicy for LeaderPolicy {
         self.shared.perform(&self.peers, outputs);
     }
 }
-
-/// Batches a leader keeps in flight (proposed, not committed yet) before
-/// the next one waits: one being made durable and acknowledged while the
-/// next gathers what arrives meanwhile.
-const PIPELINE_DEPTH: usize = 2;
 
 /// The longest a batch waits for room: a commit held up (a member that
 /// stopped acknowledging, until `ack_timeout` takes it out) must not hold
