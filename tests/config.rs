@@ -280,8 +280,8 @@ fn the_pipeline_depth_is_read_and_checked() {
             .config
             .cluster
             .pipeline_depth,
-        1,
-        "one batch at a time unless asked"
+        2,
+        "two batches in flight unless asked"
     );
     let cluster = "cluster:\n  enabled: true\n  dns_addr: 127.0.1.1,127.0.1.2\n";
     for bad in ["0", "65"] {
