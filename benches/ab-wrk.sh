@@ -26,14 +26,8 @@ fi
 builds=("$1" "$2")
 rounds=${3:-3}
 token=pika_de30de30de30de30de30de30de30de30de30de30de30de30de30de30de30de30
-dir=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$dir"
-}
-trap cleanup EXIT
+# shellcheck source=benches/scratch.sh
+source benches/scratch.sh
 
 value=$(python3 -c "import base64; print(base64.b64encode(b'x' * 1024).decode())")
 cat > "$dir/post.lua" <<EOF

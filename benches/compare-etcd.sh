@@ -18,14 +18,8 @@ if ! command -v etcd >/dev/null 2>&1; then
   exit 2
 fi
 
-dir=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$dir"
-}
-trap cleanup EXIT
+# shellcheck source=benches/scratch.sh
+source benches/scratch.sh
 
 peers="e1=http://127.0.2.1:2380,e2=http://127.0.2.2:2380,e3=http://127.0.2.3:2380"
 for i in 1 2 3; do
