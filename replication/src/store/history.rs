@@ -119,16 +119,10 @@ impl BatchTables<'_> {
     /// Removes the records of `path` outside (latest − history, latest].
     fn keep_window(&mut self, path: &str, latest: u64, history: u64) -> Result<(), StoreError> {
         let floor = latest.saturating_sub(history);
-        let mut outside = Vec::new();
-        for item in self.versions.range((path, 0u64)..(path, history))? {
-            let (key, raw) = item?;
-            let version = decode::<Change>(path, raw.value())?.version;
-            if version <= floor || version > latest {
-                outside.push(key.value().1);
+        for change in read_all(&self.versions, path, history)? {
+            if change.version <= floor || change.version > latest {
+                self.versions.remove((path, change.version % history))?;
             }
-        }
-        for slot in outside {
-            self.versions.remove((path, slot))?;
         }
         Ok(())
     }
