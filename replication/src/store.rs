@@ -18,6 +18,7 @@ mod feed;
 mod history;
 mod prefix;
 mod replicated;
+mod requests;
 mod sync;
 
 use batch::BatchTables;
@@ -25,6 +26,7 @@ use batch::BatchTables;
 pub use feed::{FEED_WINDOW, FeedEvent, FeedPage};
 pub use prefix::Under;
 pub use replicated::ApplyError;
+pub use requests::REQUEST_WINDOW;
 pub use sync::{PathState, Snapshot};
 
 use crate::merkle::{self, MerkleBuckets};
@@ -40,13 +42,6 @@ const MERKLE: TableDefinition<u16, [u8; 32]> = TableDefinition::new("merkle");
 /// (bucket, path) → (): which paths a Merkle bucket holds, so a sync moves
 /// the differing buckets without scanning the store.
 const BUCKET_PATHS: TableDefinition<(u16, &str), ()> = TableDefinition::new("bucket_paths");
-/// request id → (version, revision) of the change it made: so a retried op
-/// is applied once, on whichever node leads when the retry arrives.
-const REQUESTS: TableDefinition<&str, (u64, u64, u64)> = TableDefinition::new("requests");
-/// revision → request id, to forget ids older than [`REQUEST_WINDOW`].
-const REQUEST_ORDER: TableDefinition<u64, &str> = TableDefinition::new("request_order");
-/// Request ids are remembered for this many revisions.
-pub const REQUEST_WINDOW: u64 = 1 << 16;
 
 const KEY_NODE_ID: &str = "node_id";
 /// Boot counter: one more at every open, so a restarted node is told apart
@@ -69,10 +64,14 @@ const KEY_RECORD_FORMAT: &str = "record_format";
 /// format 1 is refused at open.
 pub const RECORD_FORMAT: u64 = 2;
 /// The format of the file: format 2's records, with the version history in
-/// slots (`history`). A file of format 2 (the history keyed by version) is
-/// laid out again at its first open; a release that reads format 2 only
-/// refuses a file of format 3 instead of missing its history.
-const STORE_FORMAT: u64 = 3;
+/// slots (`history`, since format 3) and request ids in generations
+/// (`requests`, since format 4). A file of format 2 or 3 is laid out again
+/// at its first open; a release that reads an older format refuses a newer
+/// file instead of missing its history or its request ids.
+const STORE_FORMAT: u64 = 4;
+/// Store format 3: the version history in slots, request ids in one table
+/// pruned per write.
+const SLOTS_FORMAT: u64 = 3;
 /// The revision of the last checkpoint (a durable transaction after
 /// non-durable applies): informational, the position keys say the rest.
 const KEY_CHECKPOINT: &str = "checkpoint";
@@ -317,8 +316,7 @@ impl Store {
             txn.open_table(history::VERSION_SLOTS)?;
             txn.open_table(MERKLE)?;
             txn.open_table(BUCKET_PATHS)?;
-            txn.open_table(REQUESTS)?;
-            txn.open_table(REQUEST_ORDER)?;
+            requests::create(&txn)?;
             txn.open_table(feed::FEED)?;
             let mut node = txn.open_table(NODE)?;
             let holds_data = node
@@ -327,9 +325,9 @@ impl Store {
             let format = node.get(KEY_RECORD_FORMAT)?.map(|v| read_u64(v.value()));
             match format {
                 Some(STORE_FORMAT) => {}
-                // Its history is laid out in slots below, in this
-                // transaction.
-                Some(RECORD_FORMAT) => {
+                // Its history (format 2) and its request ids (formats 2
+                // and 3) are laid out below, in this transaction.
+                Some(RECORD_FORMAT | SLOTS_FORMAT) => {
                     node.insert(KEY_RECORD_FORMAT, STORE_FORMAT.to_le_bytes().as_slice())?;
                 }
                 None if !holds_data => {
@@ -339,7 +337,7 @@ impl Store {
                     return Err(open_err(
                         format!(
                             "the data was written in record format {} and this pika reads formats \
-                             {RECORD_FORMAT} and {STORE_FORMAT}; start this version on an empty \
+                             {RECORD_FORMAT} to {STORE_FORMAT}; start this version on an empty \
                              data directory",
                             other.unwrap_or(1)
                         )
@@ -358,6 +356,11 @@ impl Store {
             }
         };
         history::lay_out(&txn, history.max(1))?;
+        let state = txn
+            .open_table(NODE)?
+            .get(KEY_REVISION)?
+            .map_or(0, |v| read_u64(v.value()));
+        requests::lay_out(&txn, state)?;
         txn.commit()?;
         let store = Self {
             db: RwLock::new(Some(Arc::new(db))),
@@ -506,20 +509,15 @@ impl Store {
     ) -> Result<Vec<Option<Applied>>, StoreError> {
         let db = self.db()?;
         let txn = db.begin_read()?;
-        let table = txn.open_table(REQUESTS)?;
-        request_ids
-            .iter()
-            .map(|id| {
-                Ok(table.get(*id)?.map(|v| {
-                    let (version, revision, epoch) = v.value();
-                    Applied {
-                        version,
-                        revision,
-                        epoch,
-                    }
-                }))
-            })
-            .collect()
+        let state = txn
+            .open_table(NODE)?
+            .get(KEY_REVISION)?
+            .map_or(0, |v| read_u64(v.value()));
+        let tables = [
+            txn.open_table(requests::TABLES[0])?,
+            txn.open_table(requests::TABLES[1])?,
+        ];
+        requests::lookup(&tables, state, request_ids)
     }
 
     /// The changes made at these revisions, where the watch feed and the

@@ -147,12 +147,13 @@ fn a_store_of_format_2_opens_with_its_history_laid_out_in_slots() {
     assert_eq!(kept(&store, "b"), [5, 6, 7, 8]);
     store.close().unwrap();
 
-    // Laid out once: the file is of format 3 now and has no legacy table.
+    // Laid out once: the file is of the current format now and has no
+    // legacy table.
     let db = redb::Database::create(dir.path().join(DB_FILE)).unwrap();
     let txn = db.begin_read().unwrap();
     let node = txn.open_table(NODE).unwrap();
     let format = node.get("record_format").unwrap().unwrap().value().to_vec();
-    assert_eq!(format, 3u64.to_le_bytes());
+    assert_eq!(format, 4u64.to_le_bytes());
     assert!(txn.open_table(LEGACY).is_err(), "the legacy table is gone");
 }
 

@@ -8,35 +8,38 @@
 use redb::{ReadableTable, WriteTransaction};
 
 use super::{
-    BUCKET_PATHS, ENTRIES, KEY_LAST_EPOCH, KEY_REVISION, MERKLE, NODE, REQUEST_ORDER,
-    REQUEST_WINDOW, REQUESTS, StoreError, decode, encode, feed, history,
+    BUCKET_PATHS, ENTRIES, KEY_LAST_EPOCH, KEY_REVISION, MERKLE, NODE, StoreError, decode, encode,
+    feed, history, requests,
 };
 use crate::merkle;
-use crate::record::{Change, Entry};
+use crate::record::{Applied, Change, Entry};
 
 /// The tables a batch writes, opened once for the whole batch.
 pub(super) struct BatchTables<'txn> {
+    txn: &'txn WriteTransaction,
     pub(super) entries: redb::Table<'txn, &'static str, &'static [u8]>,
     pub(super) versions: redb::Table<'txn, (&'static str, u64), &'static [u8]>,
     pub(super) merkle: redb::Table<'txn, u16, [u8; 32]>,
     pub(super) node: redb::Table<'txn, &'static str, &'static [u8]>,
     pub(super) bucket_paths: redb::Table<'txn, (u16, &'static str), ()>,
-    pub(super) requests: redb::Table<'txn, &'static str, (u64, u64, u64)>,
-    pub(super) request_order: redb::Table<'txn, u64, &'static str>,
     pub(super) feed: redb::Table<'txn, u64, &'static [u8]>,
+    /// Request ids of the changes written, recorded with the position
+    /// ([`requests::record`] may delete and reopen a table, which must not
+    /// be open meanwhile).
+    request_ids: Vec<(String, Applied)>,
 }
 
 impl<'txn> BatchTables<'txn> {
     pub(super) fn open(txn: &'txn WriteTransaction) -> Result<Self, StoreError> {
         Ok(Self {
+            txn,
             entries: txn.open_table(ENTRIES)?,
             versions: txn.open_table(history::VERSION_SLOTS)?,
             merkle: txn.open_table(MERKLE)?,
             node: txn.open_table(NODE)?,
             bucket_paths: txn.open_table(BUCKET_PATHS)?,
-            requests: txn.open_table(REQUESTS)?,
-            request_order: txn.open_table(REQUEST_ORDER)?,
             feed: txn.open_table(feed::FEED)?,
+            request_ids: Vec::new(),
         })
     }
 
@@ -48,24 +51,15 @@ impl<'txn> BatchTables<'txn> {
             .map_or(0, |v| super::read_u64(v.value())))
     }
 
-    /// Records the log position this transaction leaves behind, and forgets
-    /// request ids older than the window.
+    /// Records the log position this transaction leaves behind, with the
+    /// request ids of its changes.
     pub(super) fn set_position(
         &mut self,
         revision: u64,
         epoch: Option<u64>,
     ) -> Result<(), StoreError> {
-        if revision > REQUEST_WINDOW {
-            let expired: Vec<(u64, String)> = self
-                .request_order
-                .range(..revision - REQUEST_WINDOW)?
-                .map(|item| item.map(|(r, id)| (r.value(), id.value().to_string())))
-                .collect::<Result<_, _>>()?;
-            for (r, id) in expired {
-                self.request_order.remove(r)?;
-                self.requests.remove(id.as_str())?;
-            }
-        }
+        requests::record(self.txn, &mut self.node, &self.request_ids)?;
+        self.request_ids.clear();
         if revision > feed::FEED_WINDOW {
             self.feed
                 .retain_in(..revision - feed::FEED_WINDOW, |_, _| false)?;
@@ -107,9 +101,14 @@ impl<'txn> BatchTables<'txn> {
         )?;
 
         if let Some(id) = &change.request_id {
-            self.requests
-                .insert(id.as_str(), (change.version, change.revision, change.epoch))?;
-            self.request_order.insert(change.revision, id.as_str())?;
+            self.request_ids.push((
+                id.clone(),
+                Applied {
+                    version: change.version,
+                    revision: change.revision,
+                    epoch: change.epoch,
+                },
+            ));
         }
         self.replace_leaf(path, previous, &entry)
     }
