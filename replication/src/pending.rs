@@ -47,6 +47,23 @@ impl PendingPaths {
         }
     }
 
+    /// The entry each change leaves, as made when it became pending (made
+    /// again for one that is not: a fallback, which the log's invariants
+    /// leave to no change). Pending entries are exactly the log's entries
+    /// past the applied state: `add` on append, `truncated_after` with the
+    /// log, `applied_through` after the store.
+    pub fn entries_of(&self, changes: &[Change]) -> Vec<Entry> {
+        changes
+            .iter()
+            .map(|change| {
+                self.by_path
+                    .get(change.path.as_str())
+                    .and_then(|pending| pending.iter().find(|(r, _)| *r == change.revision))
+                    .map_or_else(|| Entry::of(change), |(_, entry)| entry.clone())
+            })
+            .collect()
+    }
+
     /// The state applied everything through `revision`.
     pub fn applied_through(&mut self, revision: u64) {
         let kept = self.by_revision.split_off(&(revision + 1));

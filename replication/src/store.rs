@@ -458,7 +458,8 @@ impl Store {
                 let current = tables.entry(op.path.as_str())?;
                 match resolve(op, current.as_ref(), revision + 1, epoch, now_ms) {
                     Ok(change) => {
-                        tables.write_change(&change, current.as_ref(), self.history)?;
+                        let entry = Entry::of(&change);
+                        tables.write_change(&change, entry, current.as_ref(), self.history)?;
                         revision = change.revision;
                         results.push(Ok(Applied {
                             version: change.version,

@@ -605,7 +605,7 @@ impl Sim {
                 match node.job.take() {
                     None => node.job = core.begin_apply().map(|job| (job, None)),
                     Some((job, None)) => {
-                        let result = node.store.apply_behind_log(&job.changes);
+                        let result = job.write(&node.store);
                         node.job = Some((job, Some(result)));
                     }
                     Some((job, Some(result))) => core.finish_apply(job.last, result),

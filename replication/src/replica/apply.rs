@@ -25,8 +25,8 @@ use std::time::Duration;
 use super::core::ReplicaCore;
 use crate::election::Position;
 use crate::log::LogStore;
-use crate::record::Change;
-use crate::store::ApplyError;
+use crate::record::{Change, Entry};
+use crate::store::{ApplyError, Store};
 
 /// A run of committed entries to write to the store, handed out by
 /// [`ReplicaCore::begin_apply`].
@@ -34,8 +34,19 @@ use crate::store::ApplyError;
 pub struct ApplyJob {
     /// Consecutive entries, continuing the state.
     pub changes: Vec<Change>,
+    /// The [`Entry`] each change leaves, as it was made when the change
+    /// became pending: its content digest hashes the whole value, once per
+    /// node rather than again here (a tenth of an apply's time).
+    pub entries: Vec<Entry>,
     /// The last one's revision: what [`ReplicaCore::finish_apply`] is told.
     pub last: u64,
+}
+
+impl ApplyJob {
+    /// The store write: one transaction without fsync.
+    pub fn write(&self, store: &Store) -> Result<(), ApplyError> {
+        store.apply_entries_behind_log(&self.changes, &self.entries)
+    }
 }
 
 /// Bytes of log entries applied per store transaction.
@@ -154,7 +165,7 @@ impl<L: LogStore> ReplicaCore<L> {
     /// an apply thread instead. Does nothing while an apply is in flight.
     pub fn apply(&mut self) {
         while let Some(job) = self.begin_apply() {
-            let result = self.store.apply_behind_log(&job.changes);
+            let result = job.write(&self.store);
             self.finish_apply(job.last, result);
         }
     }
@@ -208,8 +219,13 @@ impl<L: LogStore> ReplicaCore<L> {
             }
         };
         let last = changes.last().map_or(applied, |c| c.revision);
+        let entries = self.pending.lock().entries_of(&changes);
         self.applying = Some(last);
-        Some(ApplyJob { changes, last })
+        Some(ApplyJob {
+            changes,
+            entries,
+            last,
+        })
     }
 
     /// The store write of the job that [`Self::begin_apply`] handed out

@@ -139,7 +139,7 @@ impl Driver {
                     // The protocol waits for the answer: it must come even
                     // from a store write that panicked.
                     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        store.apply_behind_log(&job.changes)
+                        job.write(&store)
                     }))
                     .unwrap_or_else(|panic| {
                         Err(StoreError::Panicked(panic_message(panic.as_ref())).into())
@@ -385,7 +385,7 @@ impl Driver {
                         None => self.applying.set(true),
                         // No apply thread (it is gone): apply here.
                         Some(job) => {
-                            let result = self.replica.store.apply_behind_log(&job.changes);
+                            let result = job.write(&self.replica.store);
                             core.finish_apply(job.last, result);
                         }
                     }

@@ -85,11 +85,11 @@ impl<'txn> BatchTables<'txn> {
     pub(super) fn write_change(
         &mut self,
         change: &Change,
+        entry: Entry,
         previous: Option<&Entry>,
         history: u64,
     ) -> Result<(), StoreError> {
         let path = change.path.as_str();
-        let entry = Entry::of(change);
 
         self.put_version(change, previous, history)?;
 

@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 
 use super::{BatchTables, KEY_PROMISED, Store, StoreError};
 use crate::election::Position;
-use crate::record::Change;
+use crate::record::{Change, Entry};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -56,14 +56,25 @@ impl Store {
     /// continue the state exactly (first revision = current + 1, then
     /// consecutive); otherwise nothing is applied.
     pub fn apply(&self, changes: &[Change]) -> Result<(), ApplyError> {
-        self.apply_with(changes, redb::Durability::Immediate)
+        self.apply_with(changes, &[], redb::Durability::Immediate)
     }
 
     /// [`Store::apply`] without an fsync: for changes already durable in
     /// the node's log. After a crash the store is back at its last durable
     /// transaction (a checkpoint), and the log replays the rest.
     pub fn apply_behind_log(&self, changes: &[Change]) -> Result<(), ApplyError> {
-        self.apply_with(changes, redb::Durability::None)
+        self.apply_with(changes, &[], redb::Durability::None)
+    }
+
+    /// [`Store::apply_behind_log`] with the [`Entry`] each change leaves
+    /// already made: `entries[i]` is `Entry::of(&changes[i])` (made here
+    /// for changes past the end of `entries`).
+    pub fn apply_entries_behind_log(
+        &self,
+        changes: &[Change],
+        entries: &[Entry],
+    ) -> Result<(), ApplyError> {
+        self.apply_with(changes, entries, redb::Durability::None)
     }
 
     /// Makes everything applied so far durable and returns that position:
@@ -86,6 +97,7 @@ impl Store {
     fn apply_with(
         &self,
         changes: &[Change],
+        entries: &[Entry],
         durability: redb::Durability,
     ) -> Result<(), ApplyError> {
         let Some(last) = changes.last() else {
@@ -107,9 +119,15 @@ impl Store {
                     got: change.revision,
                 });
             }
-            for change in changes {
+            for (i, change) in changes.iter().enumerate() {
                 let previous = tables.entry(&change.path)?;
-                tables.write_change(change, previous.as_ref(), self.history)?;
+                let entry = entries.get(i).cloned().unwrap_or_else(|| Entry::of(change));
+                debug_assert_eq!(
+                    entry,
+                    Entry::of(change),
+                    "a pending entry that is not its change's"
+                );
+                tables.write_change(change, entry, previous.as_ref(), self.history)?;
             }
             tables.set_position(last.revision, Some(last.epoch))?;
         }
