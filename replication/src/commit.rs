@@ -14,7 +14,12 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::record::{Applied, Fingerprint, Op, OpError, OpKind};
-use crate::store::{BatchOutcome, Store};
+use crate::store::Store;
+
+/// What a policy's [`CommitPolicy::execute`] decided: each op's result, and
+/// the revision of the batch's last change (none when no op changed
+/// anything).
+pub type Decided = (Vec<Result<Applied, OpError>>, Option<u64>);
 
 /// Limits on one batch, so one commit never holds a huge transaction.
 #[derive(Clone, Copy, Debug)]
@@ -74,15 +79,14 @@ pub trait CommitPolicy: Send + Sync + 'static {
     /// The epoch this batch is written in, or why no write is taken now.
     fn epoch(&self) -> Result<u64, WriteError>;
     /// Decides the batch's ops in order (each sees the ones before it) and
-    /// writes the changes: per-op results and the changes made. An `Err`
-    /// means no op in the batch took effect.
+    /// writes the changes. An `Err` means no op in the batch took effect.
     fn execute(
         &self,
         store: &Store,
         ops: &[Op],
         epoch: u64,
         now_ms: u64,
-    ) -> Result<BatchOutcome, WriteError>;
+    ) -> Result<Decided, WriteError>;
     /// The batch was executed. `waits_for` is the revision the answers
     /// depend on (none when no op changed anything).
     fn committed(
@@ -124,9 +128,10 @@ impl CommitPolicy for Standalone {
         ops: &[Op],
         epoch: u64,
         now_ms: u64,
-    ) -> Result<BatchOutcome, WriteError> {
+    ) -> Result<Decided, WriteError> {
         store
             .execute_then(ops, epoch, now_ms, |_| {})
+            .map(|(results, changes)| (results, changes.last().map(|c| c.revision)))
             .map_err(|e| WriteError::Storage(e.to_string()))
     }
     fn committed(
@@ -350,27 +355,32 @@ fn commit(
             (None, None) => fresh.push(pending),
         }
     }
-    let ops: Vec<Op> = fresh
-        .iter()
-        .map(|p| p.op.clone().with_request_id(p.request_id.clone()))
-        .collect();
+    // The ops move into the batch (a put's value is not copied); their
+    // replies stay here.
+    let (ops, fresh): (Vec<Op>, Vec<(Option<String>, Reply)>) = fresh
+        .into_iter()
+        .map(|p| {
+            let op = p.op.with_request_id(p.request_id.clone());
+            (op, (p.request_id, p.reply))
+        })
+        .unzip();
     let started = Instant::now();
     let outcome = policy.execute(store, &ops, epoch, now_ms());
     metrics::histogram!("pika_commit_seconds").record(started.elapsed().as_secs_f64());
     metrics::histogram!("pika_commit_batch_ops").record(ops.len() as f64);
     match outcome {
-        Ok((results, changes)) => {
+        Ok((results, last)) => {
             metrics::gauge!("pika_revision").set(store.revision() as f64);
-            waits_for = waits_for.max(changes.last().map(|c| c.revision));
-            for (pending, result) in fresh.into_iter().zip(results) {
-                if let Some(id) = pending.request_id {
+            waits_for = waits_for.max(last);
+            for (((id, reply), op), result) in fresh.into_iter().zip(&ops).zip(results) {
+                if let Some(id) = id {
                     let fingerprint = in_batch
                         .get(&id)
                         .copied()
-                        .unwrap_or_else(|| pending.op.fingerprint());
+                        .unwrap_or_else(|| op.fingerprint());
                     recent.remember(id, fingerprint, result.clone());
                 }
-                answers.push((pending.reply, result.map_err(WriteError::from)));
+                answers.push((reply, result.map_err(WriteError::from)));
             }
             for pending in repeats {
                 let result = pending
@@ -384,8 +394,12 @@ fn commit(
         Err(e) => {
             tracing::error!(error = %e, ops = ops.len(), "batch failed; no op in it was applied");
             metrics::counter!("pika_commit_failures_total").increment(1);
-            for pending in fresh.into_iter().chain(repeats) {
-                answers.push((pending.reply, Err(e.clone())));
+            let replies = fresh
+                .into_iter()
+                .map(|(_, reply)| reply)
+                .chain(repeats.into_iter().map(|p| p.reply));
+            for reply in replies {
+                answers.push((reply, Err(e.clone())));
             }
         }
     }
@@ -517,7 +531,7 @@ mod tests {
                 ops: &[Op],
                 epoch: u64,
                 now_ms: u64,
-            ) -> Result<BatchOutcome, WriteError> {
+            ) -> Result<Decided, WriteError> {
                 Standalone.execute(store, ops, epoch, now_ms)
             }
             fn committed(

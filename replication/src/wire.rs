@@ -24,7 +24,8 @@ pub enum PeerMessage {
     Diff {
         epoch: u64,
         prev: Position,
-        changes: Vec<Change>,
+        /// Shared: a leader sends the same entries to every follower.
+        changes: std::sync::Arc<[Change]>,
         commit: u64,
         more: bool,
     },
@@ -204,7 +205,7 @@ impl PeerMessage {
             } => {
                 let mut v = vec![("epoch", *epoch), ("commit", *commit)];
                 v.extend(position(["prev.epoch", "prev.revision"], prev));
-                for c in changes {
+                for c in changes.iter() {
                     v.extend([
                         ("change.epoch", c.epoch),
                         ("change.revision", c.revision),

@@ -115,7 +115,7 @@ fn the_bound_is_inclusive_and_covers_every_counter() {
             PeerMessage::Diff {
                 epoch: 1,
                 prev: position(1, n),
-                changes: Vec::new(),
+                changes: Vec::new().into(),
                 commit: 0,
                 more: false,
             },

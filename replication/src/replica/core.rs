@@ -469,7 +469,7 @@ impl<L: LogStore> ReplicaCore<L> {
                 changes,
                 commit,
                 more,
-            } => self.on_diff(&from, epoch, prev, changes, commit, more, now),
+            } => self.on_diff(&from, epoch, prev, &changes, commit, more, now),
             PeerMessage::Ack {
                 epoch,
                 received,

@@ -67,7 +67,7 @@ impl<L: LogStore> ReplicaCore<L> {
         from: &str,
         epoch: u64,
         prev: Position,
-        changes: Vec<Change>,
+        changes: &[Change],
         commit: u64,
         more: bool,
         now: Duration,
@@ -96,31 +96,34 @@ impl<L: LogStore> ReplicaCore<L> {
             return self.request_catch_up(from, now);
         }
         let end = prev.revision + changes.len() as u64;
-        let mut append: Vec<Change> = Vec::new();
-        for change in changes {
-            if append.is_empty() {
-                if change.revision <= self.commit.max(self.log.start().revision) {
+        // What this log lacks starts at the first change it neither holds
+        // nor may skip (committed, or purged here); everything after it is
+        // appended too.
+        let mut lacking = changes.len();
+        for (i, change) in changes.iter().enumerate() {
+            if change.revision <= self.commit.max(self.log.start().revision) {
+                continue;
+            }
+            if change.revision <= self.log.last().revision {
+                if self.log.epoch_at(change.revision) == Some(change.epoch) {
                     continue;
                 }
-                if change.revision <= self.log.last().revision {
-                    if self.log.epoch_at(change.revision) == Some(change.epoch) {
-                        continue;
-                    }
-                    // Ours is an older leader's uncommitted entry: the new
-                    // leader's log replaces it from here on.
-                    if let Err(e) = self.truncate_after(change.revision - 1) {
-                        return self.disk_failed(format!("truncating a conflicting suffix: {e}"));
-                    }
+                // Ours is an older leader's uncommitted entry: the new
+                // leader's log replaces it from here on.
+                if let Err(e) = self.truncate_after(change.revision - 1) {
+                    return self.disk_failed(format!("truncating a conflicting suffix: {e}"));
                 }
             }
-            append.push(change);
+            lacking = i;
+            break;
         }
+        let append = &changes[lacking..];
         if !append.is_empty() {
-            if let Err(e) = self.log.append(&append) {
+            if let Err(e) = self.log.append(append) {
                 return self.disk_failed(format!("appending to the log: {e}"));
             }
-            self.pending.update(|p| p.add(&append));
-            self.voters_appended(&append);
+            self.pending.update(|p| p.add(append));
+            self.voters_appended(append);
             self.request_flush();
         }
         self.follow.matched = self.follow.matched.max(end);

@@ -7,12 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::core::{DRIFT, Leading, LearnerFeed, Output, ReplicaCore};
+use crate::commit::Decided;
 use crate::commit::WriteError;
 use crate::election::Position;
 use crate::fanout::ReplicationSet;
 use crate::log::LogStore;
 use crate::record::{Applied, Change, Entry, Fingerprint, Op};
-use crate::store::{self, BatchOutcome, Snapshot};
+use crate::store::{self, Snapshot};
 use crate::sync::{self, SyncAnswer, SyncAsk};
 use crate::wire::PeerMessage;
 
@@ -57,7 +58,7 @@ impl<L: LogStore> ReplicaCore<L> {
         ops: &[Op],
         now_ms: u64,
         now: Duration,
-    ) -> Result<BatchOutcome, WriteError> {
+    ) -> Result<Decided, WriteError> {
         if self.write_epoch()? != epoch {
             return Err(WriteError::Unavailable(super::core::LOST.into()));
         }
@@ -96,7 +97,7 @@ impl<L: LogStore> ReplicaCore<L> {
             }
         }
         let Some(last) = changes.last().map(|c| c.revision) else {
-            return Ok((results, changes));
+            return Ok((results, None));
         };
         if let Err(e) = self.log.append(&changes) {
             self.disk_failed(format!("appending to the log: {e}"));
@@ -114,16 +115,17 @@ impl<L: LogStore> ReplicaCore<L> {
                 leading.sent.pop_front();
             }
         }
+        // Shared by every follower's message, not copied per follower.
         let message = PeerMessage::Diff {
             epoch,
             prev,
-            changes: changes.clone(),
+            changes: changes.into(),
             commit,
             more: false,
         };
         self.send_per_write(&message);
         self.request_flush();
-        Ok((results, changes))
+        Ok((results, Some(last)))
     }
 
     /// The request ids in the log above the commit index, with what they
@@ -334,7 +336,7 @@ impl<L: LogStore> ReplicaCore<L> {
                 PeerMessage::Diff {
                     epoch,
                     prev: self.log.last(),
-                    changes: Vec::new(),
+                    changes: Arc::from([]),
                     commit: self.commit,
                     more: false,
                 },
@@ -399,7 +401,7 @@ impl<L: LogStore> ReplicaCore<L> {
         let probe = PeerMessage::Diff {
             epoch,
             prev: last,
-            changes: Vec::new(),
+            changes: Arc::from([]),
             commit,
             more: false,
         };
@@ -519,7 +521,7 @@ impl<L: LogStore> ReplicaCore<L> {
                 PeerMessage::Diff {
                     epoch,
                     prev,
-                    changes,
+                    changes: changes.into(),
                     commit: self.commit,
                     more,
                 },

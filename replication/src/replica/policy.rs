@@ -8,10 +8,11 @@ use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use super::{Answers, Shared, lock};
+use crate::commit::Decided;
 use crate::commit::{CommitPolicy, WriteError};
 use crate::peers::Peers;
 use crate::record::{Applied, Op};
-use crate::store::{BatchOutcome, Store};
+use crate::store::Store;
 
 /// The leader's commit policy, through the core.
 pub(super) struct LeaderPolicy {
@@ -35,7 +36,7 @@ impl CommitPolicy for LeaderPolicy {
         ops: &[Op],
         epoch: u64,
         now_ms: u64,
-    ) -> Result<BatchOutcome, WriteError> {
+    ) -> Result<Decided, WriteError> {
         let now = self.shared.now();
         let (outcome, outputs) = {
             let mut core = lock(&self.shared.core);
