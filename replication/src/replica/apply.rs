@@ -36,7 +36,8 @@ pub struct ApplyJob {
     pub changes: Vec<Change>,
     /// The [`Entry`] each change leaves, as it was made when the change
     /// became pending: its content digest hashes the whole value, once per
-    /// node rather than again here (a tenth of an apply's time).
+    /// node rather than again here (5 % of an apply: `store_apply`
+    /// `behind_log/256` 3.11 → 2.95 ms).
     pub entries: Vec<Entry>,
     /// The last one's revision: what [`ReplicaCore::finish_apply`] is told.
     pub last: u64,
