@@ -11,7 +11,9 @@
 # leader for 10 s (after a 3 s warm-up), then 3 × 22 connections writing
 # through all three nodes at once for 10 s, then 16 connections reading a
 # follower for 10 s. wrk is a single C thread, a lighter client than the
-# fanout bench's, so both builds go faster here than there.
+# fanout bench's, so both builds go faster here than there. "dgram/w" is
+# the UDP datagrams the machine sent per spread write (/proc/net/snmp):
+# the replication messages, forwards and answers, and QUIC's own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,6 +50,9 @@ request = function()
 end
 EOF
 
+# UDP datagrams this machine has sent.
+udp_out() { awk '/^Udp:/ && !/OutDatagrams/ {print $5}' /proc/net/snmp; }
+
 # Requests/s of a wrk run, or "errors" when any answer was not 2xx.
 rate() {
   if grep -q "Non-2xx\|Socket errors" "$1"; then echo errors; else awk '/Requests\/sec/ {printf "%d", $2}' "$1"; fi
@@ -79,12 +84,16 @@ row() {
   local url="http://127.0.1.$leader:809$leader"
   wrk -t1 -c64 -d3s -s "$dir/post.lua" "$url" > /dev/null
   wrk -t1 -c64 -d10s --latency -s "$dir/post.lua" "$url" > "$run/leader.txt"
-  local clients=()
+  local clients=() sent
+  sent=$(udp_out)
   for n in 1 2 3; do
     wrk -t1 -c22 -d10s -s "$dir/post.lua" "http://127.0.1.$n:809$n" > "$run/spread$n.txt" &
     clients+=($!)
   done
   wait "${clients[@]}"
+  sent=$(($(udp_out) - sent))
+  local writes
+  writes=$(cat "$run"/spread?.txt | awk '/requests in/ {s += $1} END {print s + 0}')
   local spread=0
   for n in 1 2 3; do
     local r
@@ -94,14 +103,16 @@ row() {
   done
   local follower=$((leader % 3 + 1))
   wrk -t1 -c16 -d10s -s "$dir/get.lua" "http://127.0.1.$follower:809$follower" > "$run/reads.txt"
-  printf '%-40s %12s %10s %12s %12s\n' "$pika" "$(rate "$run/leader.txt")" \
-    "$(awk '$1=="50%" {print $2}' "$run/leader.txt")" "$spread" "$(rate "$run/reads.txt")"
+  printf '%-40s %12s %10s %12s %8s %12s\n' "$pika" "$(rate "$run/leader.txt")" \
+    "$(awk '$1=="50%" {print $2}' "$run/leader.txt")" "$spread" \
+    "$(awk -v s="$sent" -v w="$writes" 'BEGIN {if (w > 0) printf "%.2f", s / w; else print "-"}')" \
+    "$(rate "$run/reads.txt")"
   kill -TERM "${pids[@]}" 2>/dev/null || true
   wait "${pids[@]}" 2>/dev/null || true
   pids=()
 }
 
-printf '%-40s %12s %10s %12s %12s\n' build "leader w/s" "p50" "spread w/s" "reads r/s"
+printf '%-40s %12s %10s %12s %8s %12s\n' build "leader w/s" "p50" "spread w/s" "dgram/w" "reads r/s"
 for round in $(seq 1 "$rounds"); do
   # The order alternates too, so neither build always runs first.
   if [ $((round % 2)) -eq 1 ]; then order=(0 1); else order=(1 0); fi
