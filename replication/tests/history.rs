@@ -3,9 +3,11 @@
 //! between starts, installs from a leader that keeps fewer versions, and
 //! the first open of a file store format 2 wrote (keyed by version).
 
+mod common;
+
 use pika_replication::store::DB_FILE;
 use pika_replication::{ConfigPath, Format, Meta, Op, Store};
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableTable, TableDefinition};
 
 const SLOTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("version_slots");
 const LEGACY: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("versions");
@@ -149,12 +151,7 @@ fn a_store_of_format_2_opens_with_its_history_laid_out_in_slots() {
 
     // Laid out once: the file is of the current format now and has no
     // legacy table.
-    let db = redb::Database::create(dir.path().join(DB_FILE)).unwrap();
-    let txn = db.begin_read().unwrap();
-    let node = txn.open_table(NODE).unwrap();
-    let format = node.get("record_format").unwrap().unwrap().value().to_vec();
-    assert_eq!(format, 4u64.to_le_bytes());
-    assert!(txn.open_table(LEGACY).is_err(), "the legacy table is gone");
+    common::assert_laid_out(dir.path(), &["versions"]);
 }
 
 #[test]

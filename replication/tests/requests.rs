@@ -3,6 +3,8 @@
 //! of new generations and restarts, and the first open of a file store
 //! format 3 wrote (one table pruned per write) keeps the ids in the window.
 
+mod common;
+
 use pika_replication::store::{DB_FILE, REQUEST_WINDOW};
 use pika_replication::{Applied, ConfigPath, Format, Meta, Op, Store};
 use redb::{ReadableDatabase, TableDefinition};
@@ -131,11 +133,5 @@ fn a_store_of_format_3_opens_with_the_ids_of_its_window() {
     assert_eq!(known(&store, "newest"), Some(newest));
     store.close().unwrap();
 
-    let db = redb::Database::create(dir.path().join(DB_FILE)).unwrap();
-    let txn = db.begin_read().unwrap();
-    let node = txn.open_table(NODE).unwrap();
-    let format = node.get("record_format").unwrap().unwrap().value().to_vec();
-    assert_eq!(format, 4u64.to_le_bytes());
-    assert!(txn.open_table(LEGACY).is_err(), "the legacy table is gone");
-    assert!(txn.open_table(LEGACY_ORDER).is_err(), "its order too");
+    common::assert_laid_out(dir.path(), &["requests", "request_order"]);
 }
