@@ -307,7 +307,8 @@ impl Peers {
                 // this task) queue in it and leave in one write, where they
                 // went one by one. With clients spread over all nodes, UDP
                 // datagrams per write 1.13 -> 0.70, writes/s +0-6 %
-                // (`docs/benchmarks.md`, "One turn before a peer write").
+                // (`docs/benchmarks.md`, "... one turn before a peer
+                // write").
                 if delay.is_zero() {
                     tokio::task::yield_now().await;
                 }

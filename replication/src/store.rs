@@ -356,10 +356,7 @@ impl Store {
             }
         };
         history::lay_out(&txn, history.max(1))?;
-        let state = txn
-            .open_table(NODE)?
-            .get(KEY_REVISION)?
-            .map_or(0, |v| read_u64(v.value()));
+        let state = node_u64(&txn.open_table(NODE)?, KEY_REVISION)?;
         requests::lay_out(&txn, state)?;
         txn.commit()?;
         let store = Self {
@@ -510,10 +507,7 @@ impl Store {
     ) -> Result<Vec<Option<Applied>>, StoreError> {
         let db = self.db()?;
         let txn = db.begin_read()?;
-        let state = txn
-            .open_table(NODE)?
-            .get(KEY_REVISION)?
-            .map_or(0, |v| read_u64(v.value()));
+        let state = node_u64(&txn.open_table(NODE)?, KEY_REVISION)?;
         let tables = [
             txn.open_table(requests::TABLES[0])?,
             txn.open_table(requests::TABLES[1])?,
@@ -744,6 +738,15 @@ fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError>
         key: key.to_string(),
         source,
     })
+}
+
+/// A counter kept under `key` in the node table (0 while absent: a new
+/// store).
+fn node_u64(
+    node: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> Result<u64, StoreError> {
+    Ok(node.get(key)?.map_or(0, |v| read_u64(v.value())))
 }
 
 fn read_u64(bytes: &[u8]) -> u64 {

@@ -7,8 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::core::{DRIFT, Leading, LearnerFeed, Output, ReplicaCore};
-use crate::commit::Decided;
-use crate::commit::WriteError;
+use crate::commit::{Decided, WriteError};
 use crate::election::Position;
 use crate::fanout::ReplicationSet;
 use crate::log::LogStore;

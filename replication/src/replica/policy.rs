@@ -8,8 +8,7 @@ use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use super::{Answers, Shared, lock};
-use crate::commit::Decided;
-use crate::commit::{CommitPolicy, WriteError};
+use crate::commit::{CommitPolicy, Decided, WriteError};
 use crate::peers::Peers;
 use crate::record::{Applied, Op};
 use crate::store::Store;

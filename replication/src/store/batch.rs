@@ -45,10 +45,7 @@ impl<'txn> BatchTables<'txn> {
 
     /// The revision the state is at, as this transaction sees it.
     pub(super) fn revision(&self) -> Result<u64, StoreError> {
-        Ok(self
-            .node
-            .get(KEY_REVISION)?
-            .map_or(0, |v| super::read_u64(v.value())))
+        super::node_u64(&self.node, KEY_REVISION)
     }
 
     /// Records the log position this transaction leaves behind, with the

@@ -77,9 +77,7 @@ impl Store {
         let db = self.db()?;
         let txn = db.begin_read()?;
         let node = txn.open_table(NODE)?;
-        let current = node
-            .get(super::KEY_REVISION)?
-            .map_or(0, |v| read_u64(v.value()));
+        let current = super::node_u64(&node, super::KEY_REVISION)?;
         let floor = node
             .get(KEY_FEED_FLOOR)?
             .map_or(0, |v| read_u64(v.value()))

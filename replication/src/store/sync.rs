@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     BUCKET_PATHS, BatchTables, ENTRIES, KEY_LAST_EPOCH, KEY_REVISION, MERKLE, NODE, Store,
-    StoreError, decode, encode, history, read_u64,
+    StoreError, decode, encode, history, node_u64,
 };
 use crate::merkle::{self, MerkleBuckets};
 use crate::record::{Change, Entry};
@@ -53,8 +53,8 @@ impl Store {
         let txn = db.begin_read()?;
         let (revision, epoch, buckets) = {
             let node = txn.open_table(NODE)?;
-            let revision = node.get(KEY_REVISION)?.map_or(0, |v| read_u64(v.value()));
-            let epoch = node.get(KEY_LAST_EPOCH)?.map_or(0, |v| read_u64(v.value()));
+            let revision = node_u64(&node, KEY_REVISION)?;
+            let epoch = node_u64(&node, KEY_LAST_EPOCH)?;
             let table = txn.open_table(MERKLE)?;
             let mut buckets = MerkleBuckets::default();
             for item in table.iter()? {
