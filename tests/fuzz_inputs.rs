@@ -59,7 +59,10 @@ proptest! {
         let message = PeerMessage::Diff {
             epoch: 3,
             prev: Position { epoch: 2, revision: 9 },
-            changes: revisions.iter().map(|r| change(*r, format!("p/{r}"), data.clone())).collect(),
+            changes: revisions
+                .iter()
+                .map(|r| std::sync::Arc::new(change(*r, format!("p/{r}"), data.clone())))
+                .collect(),
             commit: 8,
             more: false,
         };

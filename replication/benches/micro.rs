@@ -28,6 +28,7 @@
 //!   leader encodes once per follower, each follower decodes.
 
 use std::hint::black_box;
+use std::sync::Arc;
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use pika_membership::frame::{self, DEFAULT_MAX_FRAME, FrameDecoder};
@@ -249,9 +250,9 @@ fn log_append(c: &mut Criterion) {
                     (0..n)
                         .map(|i| {
                             revision += 1;
-                            change(i, revision, 5)
+                            Arc::new(change(i, revision, 5))
                         })
-                        .collect::<Vec<Change>>()
+                        .collect::<Vec<_>>()
                 },
                 |batch| {
                     log.append(&batch).expect("append");
@@ -310,7 +311,9 @@ fn wire_diff(c: &mut Criterion) {
                 epoch: EPOCH,
                 revision: first - 1,
             },
-            changes: (0..n).map(|i| change(i, first + i as u64, 5)).collect(),
+            changes: (0..n)
+                .map(|i| Arc::new(change(i, first + i as u64, 5)))
+                .collect(),
             commit: first - 1,
             more: false,
         };

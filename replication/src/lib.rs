@@ -32,5 +32,5 @@ pub mod wire;
 pub use commit::{BatchLimits, CommitPolicy, Reply, Standalone, WriteError, WriteQueue};
 pub use format::{ContentError, Format};
 pub use path::{ConfigPath, PathError};
-pub use record::{Applied, Change, ChangeKind, Entry, Meta, Op, OpError, OpKind};
+pub use record::{Applied, Change, ChangeKind, Entry, Meta, Op, OpError, OpKind, SharedChange};
 pub use store::{FeedEvent, FeedPage, Store, StoreError};

@@ -13,6 +13,7 @@
 //! path (compare-and-set and version numbers see uncommitted writes, which
 //! will commit in order before the new one).
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -29,15 +30,19 @@ pub struct PendingPaths {
 
 impl PendingPaths {
     /// Entries appended to the log.
-    pub fn add(&mut self, changes: &[Change]) {
-        self.add_entries(changes, changes.iter().map(Entry::of));
+    pub fn add<C: Borrow<Change>>(&mut self, changes: &[C]) {
+        self.add_entries(changes, changes.iter().map(|c| Entry::of(c.borrow())));
     }
 
     /// [`PendingPaths::add`] with each change's [`Entry`] already made (the
     /// leader has them from deciding the batch: an entry's content digest
     /// hashes the whole value).
-    pub fn add_entries(&mut self, changes: &[Change], entries: impl IntoIterator<Item = Entry>) {
-        for (change, entry) in changes.iter().zip(entries) {
+    pub fn add_entries<C: Borrow<Change>>(
+        &mut self,
+        changes: &[C],
+        entries: impl IntoIterator<Item = Entry>,
+    ) {
+        for (change, entry) in changes.iter().map(Borrow::borrow).zip(entries) {
             self.by_revision
                 .insert(change.revision, change.path.clone());
             self.by_path
@@ -52,9 +57,10 @@ impl PendingPaths {
     /// leave to no change). Pending entries are exactly the log's entries
     /// past the applied state: `add` on append, `truncated_after` with the
     /// log, `applied_through` after the store.
-    pub fn entries_of(&self, changes: &[Change]) -> Vec<Entry> {
+    pub fn entries_of<C: Borrow<Change>>(&self, changes: &[C]) -> Vec<Entry> {
         changes
             .iter()
+            .map(Borrow::borrow)
             .map(|change| {
                 self.by_path
                     .get(change.path.as_str())

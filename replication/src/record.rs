@@ -128,6 +128,13 @@ fn fingerprint(path: &str, kind: &impl Serialize) -> Fingerprint {
     hasher.finalize().into()
 }
 
+/// A change as the log, its `Diff`s and the apply hold it: one allocation
+/// from the leader's decision (or a follower's receipt) until the store
+/// has it, shared instead of copied at each hand-over. A copy per hand-over
+/// was an eighth of a follower's protocol thread at 64 clients
+/// (`docs/benchmarks.md`, "Changes shared through the log").
+pub type SharedChange = std::sync::Arc<Change>;
+
 /// An op resolved to its place in history. Stored as the version record.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Change {

@@ -170,7 +170,8 @@ pub fn new_voter_set(
     let at = Position { epoch, revision };
     let committed_suffix = last.revision - log.committed().revision.max(store.revision());
     let log_err = |e: crate::log::LogError| write_err(&e);
-    log.append(&[change]).map_err(log_err)?;
+    log.append(&[std::sync::Arc::new(change)])
+        .map_err(log_err)?;
     log.save_promise(epoch).map_err(log_err)?;
     log.save_commit(at).map_err(log_err)?;
     log.flush_blocking().map_err(log_err)?;

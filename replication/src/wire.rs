@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::election::{ElectionMessage, Position};
 use crate::merkle::Digest;
-use crate::record::{Applied, Change, Op, OpError};
+use crate::record::{Applied, Op, OpError, SharedChange};
 use crate::sync::{SyncAnswer, SyncAsk};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -24,8 +24,10 @@ pub enum PeerMessage {
     Diff {
         epoch: u64,
         prev: Position,
-        /// Shared: a leader sends the same entries to every follower.
-        changes: std::sync::Arc<[Change]>,
+        /// Shared: a leader sends the same entries to every follower, the
+        /// ones its log holds. The encoding is the changes' own (`Arc` is
+        /// transparent to serde).
+        changes: std::sync::Arc<[SharedChange]>,
         commit: u64,
         more: bool,
     },

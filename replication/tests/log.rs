@@ -6,10 +6,11 @@ use std::path::Path;
 
 use pika_replication::election::Position;
 use pika_replication::log::{LogError, LogOptions, ReplicatedLog};
+use pika_replication::record::SharedChange;
 use pika_replication::{Change, ChangeKind, Meta};
 
-fn change(epoch: u64, revision: u64, bytes: usize) -> Change {
-    Change {
+fn change(epoch: u64, revision: u64, bytes: usize) -> SharedChange {
+    SharedChange::new(Change {
         revision,
         epoch,
         path: format!("app/{}.json", revision % 7),
@@ -22,10 +23,10 @@ fn change(epoch: u64, revision: u64, bytes: usize) -> Change {
         },
         request_id: Some(format!("req-{revision}")),
         author: None,
-    }
+    })
 }
 
-fn changes(epoch: u64, revisions: std::ops::RangeInclusive<u64>) -> Vec<Change> {
+fn changes(epoch: u64, revisions: std::ops::RangeInclusive<u64>) -> Vec<SharedChange> {
     revisions.map(|r| change(epoch, r, 100)).collect()
 }
 
@@ -173,7 +174,7 @@ fn purge_forgets_a_prefix_and_can_start_the_log_at_a_later_position() -> Result<
 fn reads_stop_at_the_byte_budget_but_always_make_progress() -> Result<(), LogError> {
     let dir = tempfile::tempdir()?;
     let mut log = open(dir.path());
-    let big: Vec<Change> = (1..=10).map(|r| change(1, r, 1000)).collect();
+    let big: Vec<SharedChange> = (1..=10).map(|r| change(1, r, 1000)).collect();
     log.append(&big)?;
     let page = log.read(1, 10, 3500)?;
     assert_eq!(page.len(), 3, "3 entries of ~1 KiB fit in 3500 bytes");

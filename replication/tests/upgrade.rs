@@ -90,7 +90,8 @@ fn committed_entries_after_the_checkpoint_are_replayed_from_the_log() {
     let changes: Vec<_> = {
         let scratch = Store::open_in_memory(20).expect("a scratch store");
         let ops: Vec<Op> = (0..5).map(|i| put(&format!("cfg/{i}"), "v1")).collect();
-        scratch.execute_then(&ops, 2, 0, |_| {}).expect("decide").1
+        let decided = scratch.execute_then(&ops, 2, 0, |_| {}).expect("decide").1;
+        decided.into_iter().map(Arc::new).collect()
     };
     log.append(&changes).expect("append");
     log.save_commit(Position {

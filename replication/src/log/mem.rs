@@ -8,12 +8,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use super::{LogError, LogStore};
 use crate::election::Position;
-use crate::record::Change;
+use crate::record::SharedChange;
 
 #[derive(Debug, Clone, Default)]
 struct Contents {
     start: Position,
-    entries: Vec<Change>,
+    entries: Vec<SharedChange>,
     committed: Position,
 }
 
@@ -103,7 +103,7 @@ impl LogStore for MemLog {
         self.now.index(revision).map(|i| self.now.entries[i].epoch)
     }
 
-    fn append(&mut self, changes: &[Change]) -> Result<(), LogError> {
+    fn append(&mut self, changes: &[SharedChange]) -> Result<(), LogError> {
         super::check_continues(self.last(), changes)?;
         self.now.entries.extend_from_slice(changes);
         Ok(())
@@ -162,7 +162,7 @@ impl LogStore for MemLog {
         Ok(())
     }
 
-    fn read(&self, from: u64, to: u64, max_bytes: usize) -> Result<Vec<Change>, LogError> {
+    fn read(&self, from: u64, to: u64, max_bytes: usize) -> Result<Vec<SharedChange>, LogError> {
         let from = from.max(self.now.start.revision + 1);
         let to = to.min(self.last().revision);
         let mut out = Vec::new();

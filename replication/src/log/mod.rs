@@ -32,7 +32,7 @@ use raft_log::codeq::{Decode, Encode};
 use raft_log::{Config, RaftLog, Types};
 
 use crate::election::Position;
-use crate::record::Change;
+use crate::record::{Change, SharedChange};
 
 mod mem;
 pub use mem::{MemDisk, MemLog};
@@ -53,7 +53,7 @@ pub trait LogStore {
     fn holds(&self, p: Position) -> bool {
         self.epoch_at(p.revision) == Some(p.epoch)
     }
-    fn append(&mut self, changes: &[Change]) -> Result<(), LogError>;
+    fn append(&mut self, changes: &[SharedChange]) -> Result<(), LogError>;
     fn truncate_after(&mut self, revision: u64) -> Result<(), LogError>;
     fn purge_through(&mut self, upto: Position) -> Result<(), LogError>;
     fn save_commit(&mut self, upto: Position) -> Result<(), LogError>;
@@ -61,7 +61,7 @@ pub trait LogStore {
     /// to the core as `flushed(ticket, result)`; the core keeps one in
     /// flight at a time ([`GroupFlush`]).
     fn flush(&mut self, ticket: u64) -> Result<(), LogError>;
-    fn read(&self, from: u64, to: u64, max_bytes: usize) -> Result<Vec<Change>, LogError>;
+    fn read(&self, from: u64, to: u64, max_bytes: usize) -> Result<Vec<SharedChange>, LogError>;
     /// Closes the log and opens what is on disk again, after a disk error:
     /// what was not flushed is gone, as after a crash.
     fn reopen(&mut self) -> Result<(), LogError>;
@@ -120,7 +120,7 @@ impl raft_log::Callback for FlushDone {
 
 /// One log entry's payload: a change, postcard-encoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Payload(pub Arc<Change>);
+pub struct Payload(pub SharedChange);
 
 impl Encode for Payload {
     fn encode<W: io::Write>(&self, w: W) -> Result<usize, io::Error> {
@@ -161,7 +161,10 @@ impl Types for LogTypes {
 
 /// Refuses `changes` unless they continue a log ending at `last`: the
 /// first revision is `last + 1`, then consecutive, epochs never below.
-pub(crate) fn check_continues(mut last: Position, changes: &[Change]) -> Result<(), LogError> {
+pub(crate) fn check_continues(
+    mut last: Position,
+    changes: &[SharedChange],
+) -> Result<(), LogError> {
     for change in changes {
         if change.revision != last.revision + 1 || change.epoch < last.epoch {
             return Err(LogError::Refused(format!(
@@ -298,12 +301,12 @@ impl ReplicatedLog {
 
     /// Appends changes that continue the log: the first revision is
     /// `last + 1`, then consecutive, epochs never below the last entry's.
-    pub fn append(&mut self, changes: &[Change]) -> Result<(), LogError> {
+    pub fn append(&mut self, changes: &[SharedChange]) -> Result<(), LogError> {
         check_continues(self.last(), changes)?;
         self.inner.append(
             changes
                 .iter()
-                .map(|c| ((c.epoch, c.revision), Payload(Arc::new(c.clone())))),
+                .map(|c| ((c.epoch, c.revision), Payload(c.clone()))),
         )?;
         Ok(())
     }
@@ -390,7 +393,12 @@ impl ReplicatedLog {
     /// Entries with revisions in `from..=to`, in order, stopping after
     /// `max_bytes` of payload (at least one entry is returned when any is
     /// in range): catch-up frames stay under the frame limit.
-    pub fn read(&self, from: u64, to: u64, max_bytes: usize) -> Result<Vec<Change>, LogError> {
+    pub fn read(
+        &self,
+        from: u64,
+        to: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<SharedChange>, LogError> {
         let from = from.max(self.start().revision + 1);
         let to = to.min(self.last().revision);
         let mut out = Vec::new();
@@ -405,7 +413,7 @@ impl ReplicatedLog {
                 break;
             }
             bytes += size;
-            out.push(Arc::unwrap_or_clone(payload.0));
+            out.push(payload.0);
         }
         Ok(out)
     }
@@ -479,7 +487,7 @@ impl LogStore for DiskLog {
     fn epoch_at(&self, revision: u64) -> Option<u64> {
         self.log.as_ref()?.epoch_at(revision)
     }
-    fn append(&mut self, changes: &[Change]) -> Result<(), LogError> {
+    fn append(&mut self, changes: &[SharedChange]) -> Result<(), LogError> {
         self.open_log_mut()?.append(changes)
     }
     fn truncate_after(&mut self, revision: u64) -> Result<(), LogError> {
@@ -496,7 +504,7 @@ impl LogStore for DiskLog {
         self.open_log_mut()?
             .flush(FlushDone::new(move |r| done(ticket, r)))
     }
-    fn read(&self, from: u64, to: u64, max_bytes: usize) -> Result<Vec<Change>, LogError> {
+    fn read(&self, from: u64, to: u64, max_bytes: usize) -> Result<Vec<SharedChange>, LogError> {
         self.open_log()?.read(from, to, max_bytes)
     }
     /// Drops the log (its flush worker is joined and the directory lock

@@ -25,15 +25,15 @@ use std::time::Duration;
 use super::core::ReplicaCore;
 use crate::election::Position;
 use crate::log::LogStore;
-use crate::record::{Change, Entry};
+use crate::record::{Entry, SharedChange};
 use crate::store::{ApplyError, Store};
 
 /// A run of committed entries to write to the store, handed out by
 /// [`ReplicaCore::begin_apply`].
 #[derive(Debug)]
 pub struct ApplyJob {
-    /// Consecutive entries, continuing the state.
-    pub changes: Vec<Change>,
+    /// Consecutive entries, continuing the state, as the log holds them.
+    pub changes: Vec<SharedChange>,
     /// The [`Entry`] each change leaves, as it was made when the change
     /// became pending: its content digest hashes the whole value, once per
     /// node rather than again here (5 % of an apply: `store_apply`

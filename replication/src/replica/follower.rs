@@ -9,7 +9,7 @@ use super::core::{DRIFT, ReplicaCore, SyncRecord, Syncing};
 use crate::election::Position;
 use crate::log::LogStore;
 use crate::merkle::Digest;
-use crate::record::Change;
+use crate::record::SharedChange;
 use crate::sync::{SyncAnswer, SyncAsk, SyncSession, SyncStep};
 use crate::wire::PeerMessage;
 
@@ -67,7 +67,7 @@ impl<L: LogStore> ReplicaCore<L> {
         from: &str,
         epoch: u64,
         prev: Position,
-        changes: &[Change],
+        changes: &[SharedChange],
         commit: u64,
         more: bool,
         now: Duration,

@@ -11,7 +11,7 @@ use crate::commit::{Decided, WriteError};
 use crate::election::Position;
 use crate::fanout::ReplicationSet;
 use crate::log::LogStore;
-use crate::record::{Applied, Change, Entry, Fingerprint, Op};
+use crate::record::{Applied, Entry, Fingerprint, Op, SharedChange};
 use crate::store::{self, Snapshot};
 use crate::sync::{self, SyncAnswer, SyncAsk};
 use crate::wire::PeerMessage;
@@ -65,8 +65,8 @@ impl<L: LogStore> ReplicaCore<L> {
         let mut revision = prev.revision;
         let mut decided: HashMap<String, Entry> = HashMap::new();
         let mut results = Vec::with_capacity(ops.len());
-        let mut changes: Vec<Change> = Vec::new();
-        let mut entries: Vec<Entry> = Vec::new();
+        let mut changes: Vec<SharedChange> = Vec::with_capacity(ops.len());
+        let mut entries: Vec<Entry> = Vec::with_capacity(ops.len());
         for op in ops {
             let path = op.path.as_str();
             let current = match decided.get(path) {
@@ -90,7 +90,7 @@ impl<L: LogStore> ReplicaCore<L> {
                         revision: change.revision,
                         epoch,
                     }));
-                    changes.push(change);
+                    changes.push(Arc::new(change));
                 }
                 Err(e) => results.push(Err(e)),
             }
@@ -142,7 +142,7 @@ impl<L: LogStore> ReplicaCore<L> {
                         epoch: c.epoch,
                     };
                     let fingerprint = c.fingerprint();
-                    Some((c.request_id?, applied, fingerprint))
+                    Some((c.request_id.clone()?, applied, fingerprint))
                 })
                 .collect(),
             Err(e) => {

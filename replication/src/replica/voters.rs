@@ -32,7 +32,7 @@ use crate::format::Format;
 use crate::log::LogStore;
 use crate::path::ConfigPath;
 use crate::quorum::Quorum;
-use crate::record::{Change, ChangeKind, Meta, Op};
+use crate::record::{Change, ChangeKind, Meta, Op, SharedChange};
 
 #[derive(Serialize, Deserialize)]
 struct Record {
@@ -128,7 +128,7 @@ impl<L: LogStore> ReplicaCore<L> {
     }
 
     /// Takes the voter-set records of a batch just appended to the log.
-    pub(super) fn voters_appended(&mut self, changes: &[Change]) {
+    pub(super) fn voters_appended(&mut self, changes: &[SharedChange]) {
         let path = &self.config.voters_path;
         let mut found = false;
         for change in changes.iter().filter(|c| &c.path == path) {

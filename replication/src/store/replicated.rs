@@ -8,6 +8,7 @@
 //! a checkpoint makes everything applied so far durable, and at start the
 //! node replays committed entries after the checkpoint from its log.
 
+use std::borrow::Borrow;
 use std::sync::atomic::Ordering;
 
 use super::{BatchTables, KEY_PROMISED, Store, StoreError};
@@ -69,9 +70,9 @@ impl Store {
     /// [`Store::apply_behind_log`] with the [`Entry`] each change leaves
     /// already made: `entries[i]` is `Entry::of(&changes[i])` (made here
     /// for changes past the end of `entries`).
-    pub fn apply_entries_behind_log(
+    pub fn apply_entries_behind_log<C: Borrow<Change>>(
         &self,
-        changes: &[Change],
+        changes: &[C],
         entries: &[Entry],
     ) -> Result<(), ApplyError> {
         self.apply_with(changes, entries, redb::Durability::None)
@@ -94,13 +95,13 @@ impl Store {
         Ok(position)
     }
 
-    fn apply_with(
+    fn apply_with<C: Borrow<Change>>(
         &self,
-        changes: &[Change],
+        changes: &[C],
         entries: &[Entry],
         durability: redb::Durability,
     ) -> Result<(), ApplyError> {
-        let Some(last) = changes.last() else {
+        let Some(last) = changes.last().map(Borrow::borrow) else {
             return Ok(());
         };
         let db = self.db()?;
@@ -112,14 +113,16 @@ impl Store {
             // committed just before left, even if it has not published it
             // to `Store::revision` yet.
             let first = tables.revision()? + 1;
-            if let Some((expected, change)) = (first..).zip(changes).find(|(e, c)| c.revision != *e)
+            if let Some((expected, change)) = (first..)
+                .zip(changes.iter().map(Borrow::borrow))
+                .find(|(e, c): &(u64, &Change)| c.revision != *e)
             {
                 return Err(ApplyError::Gap {
                     expected,
                     got: change.revision,
                 });
             }
-            for (i, change) in changes.iter().enumerate() {
+            for (i, change) in changes.iter().map(Borrow::borrow).enumerate() {
                 let previous = tables.entry(&change.path)?;
                 let entry = entries.get(i).cloned().unwrap_or_else(|| Entry::of(change));
                 debug_assert_eq!(
