@@ -261,3 +261,46 @@ fn damaged_backups_and_bad_targets_are_refused() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("not empty"), "{}", text(&out));
 }
+
+/// The revision a backup response names (`pika-r{revision}.backup`).
+fn backup_revision(url: &str) -> u64 {
+    let response = client()
+        .get(format!("{url}/api/v1/backup"))
+        .send()
+        .expect("the backup request is answered");
+    assert_eq!(response.status().as_u16(), 200);
+    let disposition = response
+        .headers()
+        .get("content-disposition")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    disposition
+        .split("pika-r")
+        .nth(1)
+        .and_then(|s| s.split('.').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("a revision in {disposition:?}"))
+}
+
+#[test]
+fn a_backup_taken_right_after_an_acknowledged_write_holds_it() {
+    // Committed entries are applied up to 20 ms after their answer; a
+    // backup is a read, so it waits for what is pending when it starts,
+    // on the leader as on a follower.
+    let c = Cluster::start(&[121, 122, 123]);
+    let (leader, _) = c.leader(Duration::from_secs(20));
+    let follower = (leader + 1) % 3;
+    for n in 0..10 {
+        let (status, body) = put(&c.url(leader), &format!("cfg/b{n}"), "v1", None);
+        assert_eq!(status, 201, "{body}");
+        let written = body["revision"].as_u64().expect("a revision");
+        let node = if n % 2 == 0 { leader } else { follower };
+        let backed_up = backup_revision(&c.url(node));
+        assert!(
+            backed_up >= written,
+            "write {n}: a backup from node {node} right after the write at revision \
+             {written} was cut at {backed_up}"
+        );
+    }
+}
