@@ -189,7 +189,26 @@ impl RecentRequests {
         {
             self.order.push_back(id);
         }
+    }
+
+    /// Forgets the oldest ids beyond the capacity, but only those the
+    /// store's record answers from now on (applied through `applied`) and
+    /// refusals. An id whose entry is not applied yet is found nowhere
+    /// else: forgotten, its retry would be applied a second time. So the
+    /// map may exceed its capacity while applies lag (a slow checkpoint
+    /// holds them back; a new leader starts with its whole unapplied log).
+    fn forget_applied(&mut self, applied: u64) {
         while self.order.len() > self.capacity {
+            let Some(oldest) = self.order.front() else {
+                return;
+            };
+            let answered_elsewhere = match self.results.get(oldest) {
+                Some((_, Ok(a))) => a.revision <= applied,
+                Some((_, Err(_))) | None => true,
+            };
+            if !answered_elsewhere {
+                return;
+            }
             if let Some(old) = self.order.pop_front() {
                 self.results.remove(&old);
             }
@@ -390,6 +409,7 @@ fn commit(
                     .unwrap_or_else(|| Err(OpError::NotFound(pending.op.path.to_string())));
                 answers.push((pending.reply, result.map_err(WriteError::from)));
             }
+            recent.forget_applied(store.revision());
         }
         Err(e) => {
             tracing::error!(error = %e, ops = ops.len(), "batch failed; no op in it was applied");
@@ -629,6 +649,38 @@ mod tests {
         assert!(refused(&other), "{other:?}");
         assert_eq!(queue.submit_once(op(1), id).await.unwrap().revision, 1);
         assert_eq!(store.revision(), 1);
+    }
+
+    /// Past its capacity the map forgets applied ids and refusals, which
+    /// the store's record (or a new decision) answers, but keeps every id
+    /// whose entry is not applied yet: nothing else would know it.
+    #[test]
+    fn recent_ids_beyond_the_capacity_are_forgotten_only_once_applied() {
+        let mut recent = RecentRequests::new(2);
+        let applied = |revision| {
+            Ok(Applied {
+                version: 1,
+                revision,
+                epoch: 1,
+            })
+        };
+        for revision in 1..=5 {
+            recent.remember(format!("id-{revision}"), [0; 32], applied(revision));
+        }
+        recent.remember(
+            "refused".into(),
+            [0; 32],
+            Err(OpError::NotFound("k/x".into())),
+        );
+        recent.forget_applied(0);
+        assert!((1..=5).all(|r| recent.get(&format!("id-{r}")).is_some()));
+        recent.forget_applied(3);
+        assert!((1..=3).all(|r| recent.get(&format!("id-{r}")).is_none()));
+        assert!(recent.get("id-4").is_some() && recent.get("id-5").is_some());
+        recent.forget_applied(5);
+        assert_eq!(recent.order.len(), 2);
+        assert!(recent.get("id-4").is_none());
+        assert!(recent.get("id-5").is_some() && recent.get("refused").is_some());
     }
 
     #[test]
