@@ -142,3 +142,44 @@ fn sync_moves_only_what_differs() {
     );
     assert_eq!(follower.position(), leader.position());
 }
+
+/// A node that caught up by snapshot answers a retry of a write it only
+/// received in the snapshot (once it leads), both when it was behind (an
+/// incremental install) and when it repaired differing buckets.
+#[test]
+fn request_ids_of_installed_versions_are_answered_after_the_install() {
+    for behind in [true, false] {
+        let (ld, fd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let leader = Store::open(ld.path(), 3).unwrap();
+        let follower = Store::open(fd.path(), 3).unwrap();
+        let (_, changes) = leader
+            .execute_then(&[put("cfg/base", "v1")], 1, 0, |_| {})
+            .unwrap();
+        follower.apply(&changes).unwrap();
+        let ops: Vec<Op> = (0..20)
+            .map(|i| {
+                put(&format!("cfg/{}", i % 5), &format!("v{i}"))
+                    .with_request_id(Some(format!("id-{i}")))
+            })
+            .collect();
+        leader.execute(&ops, 2, 0).unwrap();
+        sync_with(&leader, &follower, behind);
+        // The last 3 versions of each path travel (`storage.history` 3):
+        // ids 5..20; the older ones left the leader's history.
+        let ids: Vec<String> = (5..20).map(|i| format!("id-{i}")).collect();
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        assert_eq!(
+            follower.applied_requests(&refs).unwrap(),
+            leader.applied_requests(&refs).unwrap(),
+            "behind: {behind}"
+        );
+        assert!(
+            follower
+                .applied_requests(&refs)
+                .unwrap()
+                .iter()
+                .all(Option::is_some),
+            "behind: {behind}"
+        );
+    }
+}

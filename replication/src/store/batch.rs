@@ -26,7 +26,7 @@ pub(super) struct BatchTables<'txn> {
     /// Request ids of the changes written, recorded with the position
     /// ([`requests::record`] may delete and reopen a table, which must not
     /// be open meanwhile).
-    request_ids: Vec<(String, Applied)>,
+    pub(super) request_ids: Vec<(String, Applied)>,
 }
 
 impl<'txn> BatchTables<'txn> {

@@ -9,7 +9,7 @@ use super::{
     StoreError, decode, encode, history, node_u64,
 };
 use crate::merkle::{self, MerkleBuckets};
-use crate::record::{Change, Entry};
+use crate::record::{Applied, Change, Entry};
 
 /// One path as a bucket transfer carries it: its latest entry and the
 /// version history the store keeps.
@@ -105,6 +105,7 @@ impl Store {
             for state in paths {
                 self.add_path_state(&mut tables, state)?;
             }
+            tables.request_ids = installed_request_ids(paths, revision);
             Self::finish_install(&mut tables, revision, epoch)?;
         } else {
             let mut tables = BatchTables::open(&txn)?;
@@ -138,6 +139,7 @@ impl Store {
                     tables.merkle.insert(bucket, digest)?;
                 }
             }
+            tables.request_ids = installed_request_ids(paths, revision);
             Self::finish_install(&mut tables, revision, epoch)?;
         }
         txn.commit()?;
@@ -232,4 +234,31 @@ impl Snapshot {
         }
         Ok(out)
     }
+}
+
+/// The request ids of the versions an install brings that are inside the
+/// window at `revision`, in revision order (as [`super::requests::record`]
+/// takes them): a node that caught up by snapshot and then leads answers a
+/// retry of one of them instead of applying it again. Ids of versions the
+/// history no longer holds (a path changed more than `storage.history`
+/// times inside the window) do not travel.
+fn installed_request_ids(paths: &[PathState], revision: u64) -> Vec<(String, Applied)> {
+    let mut ids: Vec<(String, Applied)> = paths
+        .iter()
+        .flat_map(|state| &state.versions)
+        .filter(|c| c.revision + super::requests::REQUEST_WINDOW >= revision)
+        .filter_map(|c| {
+            let id = c.request_id.clone()?;
+            Some((
+                id,
+                Applied {
+                    version: c.version,
+                    revision: c.revision,
+                    epoch: c.epoch,
+                },
+            ))
+        })
+        .collect();
+    ids.sort_unstable_by_key(|(_, a)| a.revision);
+    ids
 }
