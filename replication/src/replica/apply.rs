@@ -199,7 +199,13 @@ impl<L: LogStore> ReplicaCore<L> {
         let target = self.apply_target()?;
         let applied = self.store.revision();
         let mut upto = target;
-        if let Some((at, _)) = self.verify
+        // A verification compares at one revision: stop there (a follower
+        // told by the leader, a leader aiming at one).
+        let verify_at = self
+            .verify
+            .map(|(at, _)| at)
+            .or_else(|| self.leading.as_ref().and_then(|l| l.verify_at));
+        if let Some(at) = verify_at
             && at > applied
             && at < upto
         {
@@ -242,6 +248,7 @@ impl<L: LogStore> ReplicaCore<L> {
         }
         self.pending.update(|p| p.applied_through(last));
         self.check_verification();
+        self.verify_at_finish();
         metrics::gauge!("pika_revision").set(self.store.revision() as f64);
     }
 

@@ -93,6 +93,16 @@ pub(super) struct Leading {
     /// Snapshot sessions being served, with when each was last asked.
     pub(super) serving: BTreeMap<(String, u64), (Arc<Snapshot>, Duration)>,
     pub(super) next_verify: Duration,
+    /// A verification came due while the state was behind the commit
+    /// index (under steady writes it always is: applies gather for up to
+    /// 20 ms): the commit index then. Applies stop there, and the one that
+    /// reaches it sends the root ([`ReplicaCore::verify_at_finish`]).
+    /// Waiting for the state to equal the commit index at a tick starved
+    /// verification for as long as writes kept coming.
+    pub(super) verify_at: Option<u64>,
+    /// A verification left at an apply's finish since the last tick: the
+    /// tick starts the next interval.
+    pub(super) verified_at_finish: bool,
     /// When learners fed in batches are sent the next batch.
     pub(super) next_feed: Duration,
 }

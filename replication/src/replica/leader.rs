@@ -39,6 +39,8 @@ impl<L: LogStore> ReplicaCore<L> {
             echoes: HashMap::new(),
             serving: BTreeMap::new(),
             next_verify: now + self.config.sync_interval,
+            verify_at: None,
+            verified_at_finish: false,
             next_feed: now,
         });
         tracing::info!(epoch, "leading");
@@ -375,11 +377,18 @@ impl<L: LogStore> ReplicaCore<L> {
             Some(l) if now >= l.next_verify => self.verification(epoch),
             _ => None,
         };
+        let applied = self.store.revision();
         let Some(leading) = self.leading.as_mut() else {
             return;
         };
-        if now >= leading.next_verify {
+        if leading.verified_at_finish || (now >= leading.next_verify && verify.is_some()) {
             leading.next_verify = now + self.config.sync_interval;
+            leading.verify_at = None;
+            leading.verified_at_finish = false;
+        } else if now >= leading.next_verify && leading.verify_at.is_none_or(|at| at < applied) {
+            // Aim at the commit index (again, if an apply in flight when
+            // it was aimed went past it).
+            leading.verify_at = (commit > 0).then_some(commit);
         }
         leading
             .serving
@@ -462,12 +471,20 @@ impl<L: LogStore> ReplicaCore<L> {
     }
 
     /// The leader's Merkle root at its applied revision, when that is the
-    /// commit index (what the followers will compare at).
+    /// revision aimed at ([`Leading::verify_at`]), or else the commit index
+    /// (what the followers will compare at).
+    ///
+    /// [`Leading::verify_at`]: super::core::Leading::verify_at
     fn verification(&self, epoch: u64) -> Option<PeerMessage> {
         let applied = self.store.revision();
+        let target = self
+            .leading
+            .as_ref()
+            .and_then(|l| l.verify_at)
+            .unwrap_or(self.commit);
         // With an apply in flight the root could be read at another
         // revision than `applied`.
-        if applied != self.commit || applied == 0 || self.applying.is_some() {
+        if applied != target || applied == 0 || self.applying.is_some() {
             return None;
         }
         match self.store.merkle() {
@@ -480,6 +497,29 @@ impl<L: LogStore> ReplicaCore<L> {
                 tracing::warn!(error = %e, "reading Merkle digests to verify");
                 None
             }
+        }
+    }
+
+    /// Leader: the apply that just finished reached the revision a due
+    /// verification aims at: send the root now, before the next apply
+    /// moves the state past it.
+    pub(super) fn verify_at_finish(&mut self) {
+        let Some(leading) = self.leading.as_ref() else {
+            return;
+        };
+        if leading.verify_at != Some(self.store.revision()) {
+            return;
+        }
+        let epoch = leading.epoch;
+        let Some(verify) = self.verification(epoch) else {
+            return;
+        };
+        for peer in self.peers.clone() {
+            self.send(&peer, verify.clone());
+        }
+        if let Some(leading) = self.leading.as_mut() {
+            leading.verify_at = None;
+            leading.verified_at_finish = true;
         }
     }
 
