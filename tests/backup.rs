@@ -262,12 +262,24 @@ fn damaged_backups_and_bad_targets_are_refused() {
     assert!(text(&out).contains("not empty"), "{}", text(&out));
 }
 
-/// The revision a backup response names (`pika-r{revision}.backup`).
+/// The revision a backup response names (`pika-r{revision}.backup`). A
+/// 503 (a follower not readable yet just after an election, or a pending
+/// wait past `forward_timeout` on a loaded machine) is retried, as its
+/// `Retry-After` asks: what is checked is the revision of a backup served.
 fn backup_revision(url: &str) -> u64 {
-    let response = client()
-        .get(format!("{url}/api/v1/backup"))
-        .send()
-        .expect("the backup request is answered");
+    let mut response = None;
+    for _ in 0..50 {
+        let r = client()
+            .get(format!("{url}/api/v1/backup"))
+            .send()
+            .expect("the backup request is answered");
+        if r.status().as_u16() != 503 {
+            response = Some(r);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let response = response.expect("a backup served within 5 s");
     assert_eq!(response.status().as_u16(), 200);
     let disposition = response
         .headers()
