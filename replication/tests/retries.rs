@@ -13,22 +13,11 @@ use std::time::Duration;
 
 use pika_replication::log::{MemDisk, MemLog};
 use pika_replication::pending::SharedPending;
-use pika_replication::replica::core::{CoreConfig, LearnerFeed, ReplicaCore};
+use pika_replication::replica::core::{CoreConfig, ReplicaCore};
 use pika_replication::{ConfigPath, Format, Meta, Op, Store};
 
 fn config() -> CoreConfig {
-    CoreConfig {
-        replicas: 1,
-        heartbeat_interval: Duration::from_millis(100),
-        lease: Duration::from_millis(500),
-        ack_timeout: Duration::from_millis(500),
-        sync_interval: Duration::from_millis(300),
-        sync_timeout: Duration::from_secs(1),
-        frame_bytes: 4 << 10,
-        voters_path: "pika/voters".into(),
-        dead_voter_timeout: Duration::from_secs(2),
-        learner_feed: LearnerFeed::PerWrite,
-    }
+    CoreConfig::quick(1)
 }
 
 fn put(path: &str, id: &str) -> Op {
