@@ -266,10 +266,7 @@ impl Store {
         let txn = db.begin_write()?;
         let generation = {
             let mut node = txn.open_table(NODE)?;
-            let generation = node
-                .get(KEY_GENERATION)?
-                .map_or(0, |v| read_u64(v.value()))
-                .saturating_add(1);
+            let generation = node_u64(&node, KEY_GENERATION)?.saturating_add(1);
             node.insert(KEY_GENERATION, generation.to_le_bytes().as_slice())?;
             generation
         };
@@ -383,9 +380,7 @@ impl Store {
         let db = self.db()?;
         let txn = db.begin_read()?;
         let node = txn.open_table(NODE)?;
-        let read = |key: &str| -> Result<u64, StoreError> {
-            Ok(node.get(key)?.map_or(0, |v| read_u64(v.value())))
-        };
+        let read = |key: &str| node_u64(&node, key);
         let revision = read(KEY_REVISION)?;
         self.revision.store(revision, Ordering::Release);
         self.last_epoch

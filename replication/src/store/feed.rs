@@ -10,7 +10,7 @@
 use redb::{ReadableDatabase, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use super::{NODE, Store, StoreError, decode, read_u64};
+use super::{NODE, Store, StoreError, decode, node_u64};
 use crate::record::Change;
 
 /// Revisions kept in the feed.
@@ -77,11 +77,8 @@ impl Store {
         let db = self.db()?;
         let txn = db.begin_read()?;
         let node = txn.open_table(NODE)?;
-        let current = super::node_u64(&node, super::KEY_REVISION)?;
-        let floor = node
-            .get(KEY_FEED_FLOOR)?
-            .map_or(0, |v| read_u64(v.value()))
-            .max(current.saturating_sub(FEED_WINDOW));
+        let current = node_u64(&node, super::KEY_REVISION)?;
+        let floor = node_u64(&node, KEY_FEED_FLOOR)?.max(current.saturating_sub(FEED_WINDOW));
         if after < floor {
             return Ok(FeedPage::Compacted {
                 oldest: floor + 1,
