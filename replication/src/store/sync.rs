@@ -105,8 +105,7 @@ impl Store {
             for state in paths {
                 self.add_path_state(&mut tables, state)?;
             }
-            tables.request_ids = installed_request_ids(paths, revision);
-            Self::finish_install(&mut tables, revision, epoch)?;
+            Self::finish_install(&mut tables, paths, revision, epoch)?;
         } else {
             let mut tables = BatchTables::open(&txn)?;
             for &bucket in buckets {
@@ -139,8 +138,7 @@ impl Store {
                     tables.merkle.insert(bucket, digest)?;
                 }
             }
-            tables.request_ids = installed_request_ids(paths, revision);
-            Self::finish_install(&mut tables, revision, epoch)?;
+            Self::finish_install(&mut tables, paths, revision, epoch)?;
         }
         txn.commit()?;
         self.reset_position(revision, epoch);
@@ -164,9 +162,11 @@ impl Store {
 
     fn finish_install(
         tables: &mut BatchTables,
+        paths: &[PathState],
         revision: u64,
         epoch: u64,
     ) -> Result<(), StoreError> {
+        tables.request_ids = installed_request_ids(paths, revision);
         tables.set_position(revision, Some(epoch))?;
         // The installed state came without its changes: watchers behind
         // this revision must list again (see `feed`).
