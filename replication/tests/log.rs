@@ -187,36 +187,56 @@ fn reads_stop_at_the_byte_budget_but_always_make_progress() -> Result<(), LogErr
     Ok(())
 }
 
-fn chunk_files(dir: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+fn segment_files(dir: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
     let mut files: Vec<_> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
         .collect();
     files.sort();
     Ok(files)
 }
 
+/// Where `pattern` last occurs in `bytes`.
+fn last_at(bytes: &[u8], pattern: &[u8]) -> Option<usize> {
+    bytes.windows(pattern.len()).rposition(|w| w == pattern)
+}
+
 #[test]
 fn a_torn_record_at_the_tail_is_dropped_on_open() -> Result<(), LogError> {
     let dir = tempfile::tempdir()?;
+    let mut torn = change(1, 4, 300);
+    if let Some(c) = std::sync::Arc::get_mut(&mut torn)
+        && let ChangeKind::Put { data, .. } = &mut c.kind
+    {
+        data.fill(b'z');
+    }
     {
         let mut log = open(dir.path());
         log.append(&changes(1, 1..=3))?;
         log.flush_blocking()?;
+        log.append(&[torn])?;
+        log.flush_blocking()?;
     }
-    // A crash in the middle of writing the next record: half a header.
-    let last = chunk_files(dir.path())?
+    // A crash in the middle of writing the last record: its second half
+    // never reached the disk.
+    let last = segment_files(dir.path())?
         .pop()
-        .ok_or_else(|| std::io::Error::other("no chunk file"))?;
-    let mut file = std::fs::OpenOptions::new().append(true).open(&last)?;
-    file.write_all(&[0, 0, 0, 1, 7, 7])?;
+        .ok_or_else(|| std::io::Error::other("no segment file"))?;
+    let bytes = std::fs::read(&last)?;
+    let at = last_at(&bytes, &[b'z'; 300])
+        .ok_or_else(|| std::io::Error::other("the last record is not in the segment"))?;
+    let mut file = std::fs::OpenOptions::new().write(true).open(&last)?;
+    file.seek(SeekFrom::Start(at as u64 + 150))?;
+    file.write_all(&[0; 400])?;
     drop(file);
     let mut log = open(dir.path());
-    assert_eq!(log.last(), pos(1, 3));
+    assert_eq!(log.last(), pos(1, 3), "the torn entry is gone");
     log.append(&changes(1, 4..=4))?;
     log.flush_blocking()?;
     drop(log);
-    assert_eq!(open(dir.path()).last(), pos(1, 4));
+    let log = open(dir.path());
+    assert_eq!(log.last(), pos(1, 4));
+    assert_eq!(log.read(4, 4, usize::MAX)?, changes(1, 4..=4));
     Ok(())
 }
 
@@ -229,13 +249,18 @@ fn a_corrupted_record_before_the_tail_fails_the_open_naming_the_directory() -> R
         log.append(&changes(1, 1..=20))?;
         log.flush_blocking()?;
     }
-    let files = chunk_files(dir.path())?;
+    let files = segment_files(dir.path())?;
     let first = files
         .first()
-        .ok_or_else(|| std::io::Error::other("no chunk file"))?;
-    let len = std::fs::metadata(first)?.len();
+        .ok_or_else(|| std::io::Error::other("no segment file"))?;
+    let bytes = std::fs::read(first)?;
+    // Inside the value of the first entry: nineteen records follow it.
+    let at = bytes
+        .windows(100)
+        .position(|w| w == [b'x'; 100])
+        .ok_or_else(|| std::io::Error::other("no entry in the segment"))?;
     let mut file = std::fs::OpenOptions::new().write(true).open(first)?;
-    file.seek(SeekFrom::Start(len / 2))?;
+    file.seek(SeekFrom::Start(at as u64 + 10))?;
     file.write_all(b"not what was written")?;
     drop(file);
     match ReplicatedLog::open(dir.path(), &LogOptions::default()) {
@@ -248,4 +273,191 @@ fn a_corrupted_record_before_the_tail_fails_the_open_naming_the_directory() -> R
         other => panic!("a checksum error must fail the open, got {other:?}"),
     }
     Ok(())
+}
+
+#[test]
+fn segments_roll_over_and_the_purged_ones_are_deleted() -> Result<(), LogError> {
+    let dir = tempfile::tempdir()?;
+    // Small segments and a small cache: the log spans many files, and most
+    // reads go to them.
+    let options = LogOptions {
+        cache_entries: 8,
+        cache_bytes: 1 << 20,
+        segment_bytes: 4096,
+    };
+    {
+        let mut log = ReplicatedLog::open(dir.path(), &options)?;
+        for r in (1..=200).step_by(10) {
+            log.append(&changes(1, r..=r + 9))?;
+            log.flush_blocking()?;
+        }
+        assert!(segment_files(dir.path())?.len() > 5, "the log rolled over");
+        assert_eq!(log.read(1, 200, usize::MAX)?, changes(1, 1..=200));
+        log.save_commit(pos(1, 150))?;
+        log.truncate_after(180)?;
+        log.append(&changes(2, 181..=190))?;
+        log.purge_through(pos(1, 120))?;
+        log.flush_blocking()?;
+    }
+    let files = segment_files(dir.path())?;
+    let log = ReplicatedLog::open(dir.path(), &options)?;
+    assert_eq!(log.start(), pos(1, 120));
+    assert_eq!(log.last(), pos(2, 190));
+    assert_eq!(log.committed(), pos(1, 150));
+    let mut expected = changes(1, 121..=180);
+    expected.extend(changes(2, 181..=190));
+    assert_eq!(log.read(0, 500, usize::MAX)?, expected);
+    // The segments holding only purged entries are gone, oldest first.
+    let first = files
+        .first()
+        .and_then(|p| p.file_name())
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_string();
+    assert_ne!(
+        first, "segment-0000000001.log",
+        "purged segments are deleted"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_second_process_cannot_open_the_log() -> Result<(), LogError> {
+    let dir = tempfile::tempdir()?;
+    let _log = open(dir.path());
+    match ReplicatedLog::open(dir.path(), &LogOptions::default()) {
+        Err(LogError::Open { source, .. }) => {
+            assert!(source.to_string().contains("in use"), "{source}")
+        }
+        other => panic!("a second open must fail, got {other:?}"),
+    }
+    Ok(())
+}
+
+/// What a log holds, kept in the plainest way, to check the files against.
+#[derive(Debug, Default)]
+struct Model {
+    start: Position,
+    entries: Vec<SharedChange>,
+    committed: Position,
+    promised: u64,
+}
+
+impl Model {
+    fn last(&self) -> Position {
+        self.entries
+            .last()
+            .map_or(self.start, |c| pos(c.epoch, c.revision))
+    }
+}
+
+#[derive(Debug, Clone)]
+enum LogOp {
+    Append {
+        count: u64,
+        bytes: usize,
+        new_epoch: bool,
+    },
+    /// Truncate after `last - back` (never below the commit or the start).
+    Truncate {
+        back: u64,
+    },
+    /// Commit `ahead` entries past the commit.
+    Commit {
+        ahead: u64,
+    },
+    /// Purge through `ahead` entries past the start (beyond the last: a
+    /// snapshot install's jump).
+    Purge {
+        ahead: u64,
+    },
+    Promise,
+    Flush,
+    Reopen,
+}
+
+fn log_op() -> impl proptest::strategy::Strategy<Value = LogOp> {
+    use proptest::prelude::*;
+    prop_oneof![
+        4 => (1u64..12, 10usize..400, proptest::bool::weighted(0.2))
+            .prop_map(|(count, bytes, new_epoch)| LogOp::Append { count, bytes, new_epoch }),
+        1 => (0u64..15).prop_map(|back| LogOp::Truncate { back }),
+        1 => (0u64..10).prop_map(|ahead| LogOp::Commit { ahead }),
+        1 => (0u64..40).prop_map(|ahead| LogOp::Purge { ahead }),
+        1 => Just(LogOp::Promise),
+        2 => Just(LogOp::Flush),
+        1 => Just(LogOp::Reopen),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// Any run of appends, truncations, commits, purges and promises, over
+    /// small segments and a small cache, reads back after every reopen as
+    /// the plain model says: the state, every entry, and nothing else.
+    #[test]
+    fn the_log_reads_back_what_was_flushed_across_segments_and_reopens(
+        ops in proptest::collection::vec(log_op(), 1..60)
+    ) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = LogOptions { cache_entries: 6, cache_bytes: 2048, segment_bytes: 2048 };
+        let mut log = ReplicatedLog::open(dir.path(), &options).expect("open");
+        let mut model = Model::default();
+        for op in ops {
+            match op {
+                LogOp::Append { count, bytes, new_epoch } => {
+                    let last = model.last();
+                    let epoch = last.epoch.max(1) + u64::from(new_epoch);
+                    let batch: Vec<_> = (last.revision + 1..=last.revision + count)
+                        .map(|r| change(epoch, r, bytes))
+                        .collect();
+                    log.append(&batch).expect("append");
+                    model.entries.extend(batch);
+                }
+                LogOp::Truncate { back } => {
+                    let floor = model.committed.revision.max(model.start.revision);
+                    let after = model.last().revision.saturating_sub(back).max(floor);
+                    log.truncate_after(after).expect("truncate");
+                    model.entries.retain(|c| c.revision <= after);
+                }
+                LogOp::Commit { ahead } => {
+                    let to = (model.committed.revision.max(model.start.revision) + ahead)
+                        .min(model.last().revision);
+                    if let Some(c) = model.entries.iter().find(|c| c.revision == to) {
+                        let p = pos(c.epoch, c.revision);
+                        log.save_commit(p).expect("commit");
+                        model.committed = model.committed.max(p);
+                    }
+                }
+                LogOp::Purge { ahead } => {
+                    let to = model.start.revision + ahead;
+                    let p = match model.entries.iter().find(|c| c.revision == to) {
+                        Some(c) => pos(c.epoch, c.revision),
+                        None if to > model.last().revision => pos(model.last().epoch + 1, to),
+                        None => continue,
+                    };
+                    log.purge_through(p).expect("purge");
+                    model.entries.retain(|c| c.revision > p.revision);
+                    model.start = p;
+                }
+                LogOp::Promise => {
+                    model.promised += 1;
+                    log.save_promise(model.promised).expect("promise");
+                }
+                LogOp::Flush => log.flush_blocking().expect("flush"),
+                LogOp::Reopen => {
+                    log.flush_blocking().expect("flush");
+                    drop(log);
+                    log = ReplicatedLog::open(dir.path(), &options).expect("reopen");
+                }
+            }
+            proptest::prop_assert_eq!(log.start(), model.start);
+            proptest::prop_assert_eq!(log.last(), model.last());
+            proptest::prop_assert_eq!(log.committed(), model.committed);
+            proptest::prop_assert_eq!(log.promised_epoch(), model.promised);
+            let read = log.read(0, u64::MAX, usize::MAX).expect("read");
+            proptest::prop_assert_eq!(&read, &model.entries);
+        }
+    }
 }

@@ -2,16 +2,19 @@
 //! checksummed, append-only, the source of truth that the redb state is
 //! applied from.
 //!
-//! Built on `raft-log` 0.4 (a chunked write-ahead log with CRC-checked
-//! records, a flush worker thread, and the vote, commit and purge records
-//! Raft needs), with one entry per [`Change`]: the raft-log index *is* the
-//! revision and the log id is (epoch, revision), so truncation, purge and
-//! catch-up reads are all by revision with no index of our own. A leader's
-//! batch is a run of consecutive entries of one epoch; nothing on the
-//! protocol side needs its boundaries.
+//! One entry per [`Change`], numbered by revision, with the epoch of the
+//! leader that wrote it: the log id is (epoch, revision), so truncation,
+//! purge and catch-up reads are all by revision. A leader's batch is a run
+//! of consecutive entries of one epoch; nothing on the protocol side needs
+//! its boundaries. On disk ([`ReplicatedLog`]) the log is a run of segment
+//! files of checksummed records ([`segment`]), written by pika itself:
+//! until December 2026 it was `raft-log` 0.4, whose files grow with every
+//! append, so that every flush's `fdatasync` also journaled a new file
+//! size; segments are sized up front instead (`docs/benchmarks.md`, "A
+//! log of our own"). A directory holding raft-log's files is imported at
+//! the first open ([`import`]).
 //!
-//! Invariants, kept here or by raft-log underneath (which refuses the
-//! record otherwise):
+//! Invariants, kept here (which refuses the call otherwise):
 //! - entries are contiguous by revision, and (epoch, revision) only grows;
 //! - a known-committed entry is never truncated, and the known commit
 //!   never moves back;
@@ -27,15 +30,15 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use raft_log::api::raft_log_writer::RaftLogWriter;
-use raft_log::codeq::{Decode, Encode};
-use raft_log::{Config, RaftLog, Types};
-
 use crate::election::Position;
 use crate::record::{Change, SharedChange};
 
+mod import;
 mod mem;
+mod replicated;
+pub mod segment;
 pub use mem::{MemDisk, MemLog};
+pub use replicated::ReplicatedLog;
 
 /// What the protocol core needs of a log: [`ReplicatedLog`] on a real node
 /// (through the driver, which routes flush completions back to the core),
@@ -89,8 +92,9 @@ pub struct LogOptions {
     pub cache_entries: usize,
     /// Bytes of payload cache.
     pub cache_bytes: usize,
-    /// A chunk file is closed and a new one started past this size.
-    pub chunk_bytes: usize,
+    /// Bytes a new segment file is sized to; the next one starts when a
+    /// record does not fit.
+    pub segment_bytes: u64,
 }
 
 impl Default for LogOptions {
@@ -98,64 +102,21 @@ impl Default for LogOptions {
         Self {
             cache_entries: 16 * 1024,
             cache_bytes: 64 << 20,
-            chunk_bytes: 64 << 20,
+            segment_bytes: segment::SEGMENT_BYTES,
         }
     }
 }
 
-/// What a flush calls when it is done (on the flush worker's thread).
+/// What a flush calls when it is done (on the log's sync thread).
 pub struct FlushDone(Box<dyn FnOnce(io::Result<()>) + Send>);
 
 impl FlushDone {
     pub fn new(done: impl FnOnce(io::Result<()>) + Send + 'static) -> Self {
         Self(Box::new(done))
     }
-}
 
-impl raft_log::Callback for FlushDone {
-    fn send(self, res: io::Result<()>) {
-        (self.0)(res)
-    }
-}
-
-/// One log entry's payload: a change, postcard-encoded.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Payload(pub SharedChange);
-
-impl Encode for Payload {
-    fn encode<W: io::Write>(&self, w: W) -> Result<usize, io::Error> {
-        let bytes = postcard::to_stdvec(self.0.as_ref()).map_err(io::Error::other)?;
-        bytes.encode(w)
-    }
-}
-
-impl Decode for Payload {
-    fn decode<R: io::Read>(r: R) -> Result<Self, io::Error> {
-        let bytes = Vec::<u8>::decode(r)?;
-        let change = postcard::from_bytes(&bytes)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("log entry: {e}")))?;
-        Ok(Self(Arc::new(change)))
-    }
-}
-
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct LogTypes;
-
-impl Types for LogTypes {
-    /// (epoch, revision): ordered by epoch first, like [`Position`].
-    type LogId = (u64, u64);
-    type LogPayload = Payload;
-    /// The promised epoch.
-    type Vote = u64;
-    type Callback = FlushDone;
-    type UserData = ();
-
-    fn log_index(log_id: &Self::LogId) -> u64 {
-        log_id.1
-    }
-
-    fn payload_size(payload: &Self::LogPayload) -> u64 {
-        change_size(&payload.0) as u64
+    pub(crate) fn call(self, result: io::Result<()>) {
+        (self.0)(result)
     }
 }
 
@@ -188,235 +149,6 @@ pub fn change_size(change: &Change) -> usize {
         crate::record::ChangeKind::Delete => 0,
     };
     data + change.path.len() + 48
-}
-
-fn id(p: Position) -> (u64, u64) {
-    (p.epoch, p.revision)
-}
-
-fn position(id: &(u64, u64)) -> Position {
-    Position {
-        epoch: id.0,
-        revision: id.1,
-    }
-}
-
-/// A node's log. Owned by one thread (the node's protocol driver); the
-/// flush itself runs on raft-log's worker thread.
-pub struct ReplicatedLog {
-    inner: RaftLog<LogTypes>,
-}
-
-impl std::fmt::Debug for ReplicatedLog {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReplicatedLog")
-            .field("start", &self.start())
-            .field("last", &self.last())
-            .field("committed", &self.committed())
-            .field("promised", &self.promised_epoch())
-            .finish()
-    }
-}
-
-impl ReplicatedLog {
-    /// Opens (or creates) the log in `dir`. A record torn by a crash at the
-    /// tail is dropped (it was never flushed, so nothing depended on it); a
-    /// checksum error anywhere else fails the open.
-    pub fn open(dir: &Path, options: &LogOptions) -> Result<Self, LogError> {
-        let open_err = |source: io::Error| LogError::Open {
-            path: dir.to_path_buf(),
-            source,
-        };
-        std::fs::create_dir_all(dir).map_err(open_err)?;
-        let mut config = Config::new(dir.display());
-        config.log_cache_max_items = Some(options.cache_entries);
-        config.log_cache_capacity = Some(options.cache_bytes);
-        config.wal.chunk_max_size = Some(options.chunk_bytes);
-        // Replay reads a chunk through this buffer; raft-log's 64 MiB
-        // default is memory a small node does not need.
-        config.wal.read_buffer_size = Some(1 << 20);
-        config.wal.truncate_incomplete_record = Some(true);
-        // No timer between a flush request and its fsync: group commit
-        // comes from `GroupFlush` (one flush in flight, the rest queue up
-        // behind it), so a lone writer never waits for a batch to fill.
-        config.wal.flush_batch_wait = Some(std::time::Duration::ZERO);
-        let inner = RaftLog::open(Arc::new(config)).map_err(open_err)?;
-        Ok(Self { inner })
-    }
-
-    /// The position just before the first entry held: what was purged (or
-    /// the start the log was given), or zero for a log that never had one.
-    pub fn start(&self) -> Position {
-        self.inner
-            .log_state()
-            .purged()
-            .map(position)
-            .unwrap_or_default()
-    }
-
-    /// The last entry appended (durable or not), or [`Self::start`].
-    pub fn last(&self) -> Position {
-        self.inner
-            .log_state()
-            .last()
-            .map(position)
-            .unwrap_or_else(|| self.start())
-    }
-
-    /// The last entry this node knows to be committed.
-    pub fn committed(&self) -> Position {
-        self.inner
-            .log_state()
-            .committed()
-            .map(position)
-            .unwrap_or_default()
-    }
-
-    pub fn promised_epoch(&self) -> u64 {
-        self.inner.log_state().vote().copied().unwrap_or(0)
-    }
-
-    /// The epoch of the entry at `revision`, if the log holds it (the start
-    /// position counts: it is the last entry before the log).
-    pub fn epoch_at(&self, revision: u64) -> Option<u64> {
-        let start = self.start();
-        if revision == start.revision {
-            return Some(start.epoch);
-        }
-        if revision < start.revision || revision > self.last().revision {
-            return None;
-        }
-        self.inner
-            .read(revision, revision + 1)
-            .next()
-            .and_then(|r| r.ok())
-            .map(|(id, _)| id.0)
-    }
-
-    /// Whether the log holds `p` (log matching: then it holds everything
-    /// the writer of `p` had before it).
-    pub fn holds(&self, p: Position) -> bool {
-        self.epoch_at(p.revision) == Some(p.epoch)
-    }
-
-    /// Appends changes that continue the log: the first revision is
-    /// `last + 1`, then consecutive, epochs never below the last entry's.
-    pub fn append(&mut self, changes: &[SharedChange]) -> Result<(), LogError> {
-        check_continues(self.last(), changes)?;
-        self.inner.append(
-            changes
-                .iter()
-                .map(|c| ((c.epoch, c.revision), Payload(c.clone()))),
-        )?;
-        Ok(())
-    }
-
-    /// Drops every entry after `revision` (an uncommitted suffix a new
-    /// leader's log replaces). Refused below the known commit.
-    pub fn truncate_after(&mut self, revision: u64) -> Result<(), LogError> {
-        if revision >= self.last().revision {
-            return Ok(());
-        }
-        if revision < self.committed().revision {
-            return Err(LogError::Refused(format!(
-                "truncating after {revision} would drop committed entries (committed through {})",
-                self.committed().revision
-            )));
-        }
-        self.inner.truncate(revision + 1)?;
-        Ok(())
-    }
-
-    /// Forgets entries through `upto` (applied and checkpointed, no longer
-    /// needed for catch-up). `upto` beyond the last entry moves the log's
-    /// start there: how a snapshot install and an upgrade from a log-less
-    /// store begin a log at a position.
-    pub fn purge_through(&mut self, upto: Position) -> Result<(), LogError> {
-        if upto.revision <= self.start().revision {
-            return Ok(());
-        }
-        if upto.revision <= self.last().revision && !self.holds(upto) {
-            return Err(LogError::Refused(format!(
-                "purge through ({}, {}): the log holds another entry there",
-                upto.epoch, upto.revision
-            )));
-        }
-        self.inner.purge(id(upto))?;
-        Ok(())
-    }
-
-    /// Records that everything through `upto` is committed. Never moves
-    /// back; refused past the last entry.
-    pub fn save_commit(&mut self, upto: Position) -> Result<(), LogError> {
-        if upto <= self.committed() {
-            return Ok(());
-        }
-        if !self.holds(upto) {
-            return Err(LogError::Refused(format!(
-                "commit ({}, {}) is not an entry of this log",
-                upto.epoch, upto.revision
-            )));
-        }
-        self.inner.commit(id(upto))?;
-        Ok(())
-    }
-
-    /// Records a promise not to accept anything below `epoch`. Durable only
-    /// once a later flush completes.
-    pub fn save_promise(&mut self, epoch: u64) -> Result<(), LogError> {
-        if epoch <= self.promised_epoch() {
-            return Ok(());
-        }
-        self.inner.save_vote(epoch)?;
-        Ok(())
-    }
-
-    /// Hands everything written so far to the flush worker; `done` runs
-    /// once it is on disk (or the flush failed). Call through
-    /// [`GroupFlush`] so at most one is in flight.
-    pub fn flush(&mut self, done: FlushDone) -> Result<(), LogError> {
-        self.inner.flush(true, Some(done))?;
-        Ok(())
-    }
-
-    /// Flushes and waits: for start-up, shutdown and tests.
-    pub fn flush_blocking(&mut self) -> Result<(), LogError> {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.flush(FlushDone::new(move |r| {
-            let _ = tx.send(r);
-        }))?;
-        rx.recv()
-            .map_err(|_| LogError::Io(io::Error::other("the log's flush worker stopped")))??;
-        Ok(())
-    }
-
-    /// Entries with revisions in `from..=to`, in order, stopping after
-    /// `max_bytes` of payload (at least one entry is returned when any is
-    /// in range): catch-up frames stay under the frame limit.
-    pub fn read(
-        &self,
-        from: u64,
-        to: u64,
-        max_bytes: usize,
-    ) -> Result<Vec<SharedChange>, LogError> {
-        let from = from.max(self.start().revision + 1);
-        let to = to.min(self.last().revision);
-        let mut out = Vec::new();
-        let mut bytes = 0usize;
-        if from > to {
-            return Ok(out);
-        }
-        for item in self.inner.read(from, to + 1) {
-            let (_, payload) = item?;
-            let size = LogTypes::payload_size(&payload) as usize;
-            if !out.is_empty() && bytes + size > max_bytes {
-                break;
-            }
-            bytes += size;
-            out.push(payload.0);
-        }
-        Ok(out)
-    }
 }
 
 /// The node's [`ReplicatedLog`] as the protocol core sees it: flush
