@@ -461,3 +461,36 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn entries_of_a_flush_still_in_flight_are_read_from_memory() -> Result<(), LogError> {
+    let dir = tempfile::tempdir()?;
+    let options = LogOptions {
+        cache_entries: 4,
+        cache_bytes: 1 << 20,
+        segment_bytes: 1 << 20,
+    };
+    let mut log = ReplicatedLog::open(dir.path(), &options)?;
+    log.append(&changes(1, 1..=10))?;
+    // The first flush's completion holds the sync thread, so the second
+    // flush's records are not written while the log is read.
+    let (release, hold) = std::sync::mpsc::channel::<()>();
+    let (first_done, first) = std::sync::mpsc::channel();
+    log.flush(pika_replication::log::FlushDone::new(move |r| {
+        let _ = first_done.send(r);
+        let _ = hold.recv();
+    }))?;
+    first.recv().map_err(std::io::Error::other)??;
+    log.append(&changes(1, 11..=30))?;
+    log.flush(pika_replication::log::FlushDone::new(|_| {}))?;
+    let read = log.read(1, 30, usize::MAX);
+    let _ = release.send(());
+    assert_eq!(
+        read?,
+        changes(1, 1..=30),
+        "the unwritten entries are still cached"
+    );
+    log.flush_blocking()?;
+    assert_eq!(log.read(1, 30, usize::MAX)?, changes(1, 1..=30));
+    Ok(())
+}
