@@ -239,7 +239,7 @@ impl LogStore for DiskLog {
     fn read(&self, from: u64, to: u64, max_bytes: usize) -> Result<Vec<SharedChange>, LogError> {
         self.open_log()?.read(from, to, max_bytes)
     }
-    /// Drops the log (its flush worker is joined and the directory lock
+    /// Drops the log (its sync thread is joined and the directory lock
     /// released) and opens the directory again; a record torn by the
     /// failed write is at the tail and is dropped by the open.
     fn reopen(&mut self) -> Result<(), LogError> {
