@@ -216,23 +216,17 @@ impl ReplicatedLog {
             let (end_at, end) = segment::scan(path, &file, |s| {
                 self.replay_record(i, *seq, path, &mut header_seen, &mut floating, s)
             })?;
-            if !header_seen || end == End::Torn {
-                // Written after the last completed flush: the tail of this
-                // segment, and every segment after it, never became durable.
-                if header_seen {
-                    tracing::warn!(segment = %path.display(), offset = end_at, "dropping a torn record at the log's tail");
-                    segment::cut(&file, end_at, self.segment_bytes)?;
-                    self.segments.push_back(Segment {
-                        seq: *seq,
-                        path: path.clone(),
-                        file: Arc::new(file),
-                    });
-                    self.write_at = end_at;
-                    cut_from = Some(i + 1);
-                } else {
-                    cut_from = Some(i);
-                }
+            // What follows a torn record or a segment without its header
+            // was written after the last completed flush: the rest of this
+            // segment, and every segment after it, never became durable.
+            if !header_seen {
+                cut_from = Some(i);
                 break;
+            }
+            let torn = end == End::Torn;
+            if torn {
+                tracing::warn!(segment = %path.display(), offset = end_at, "dropping a torn record at the log's tail");
+                segment::cut(&file, end_at, self.segment_bytes)?;
             }
             self.segments.push_back(Segment {
                 seq: *seq,
@@ -240,6 +234,10 @@ impl ReplicatedLog {
                 file: Arc::new(file),
             });
             self.write_at = end_at;
+            if torn {
+                cut_from = Some(i + 1);
+                break;
+            }
         }
         if let Some(from) = cut_from {
             let dropped = &files[from..];
