@@ -494,3 +494,35 @@ fn entries_of_a_flush_still_in_flight_are_read_from_memory() -> Result<(), LogEr
     assert_eq!(log.read(1, 30, usize::MAX)?, changes(1, 1..=30));
     Ok(())
 }
+
+#[test]
+fn a_zeroed_record_frame_before_the_tail_fails_the_open() -> Result<(), LogError> {
+    let dir = tempfile::tempdir()?;
+    {
+        let mut log = open(dir.path());
+        log.append(&changes(1, 1..=20))?;
+        log.flush_blocking()?;
+    }
+    let first = segment_files(dir.path())?
+        .into_iter()
+        .next()
+        .ok_or_else(|| std::io::Error::other("no segment file"))?;
+    // The segment's header record is 8 + 57 bytes; the first entry's
+    // frame follows it. Zeros there read like the segment's unwritten
+    // space, but nineteen records follow.
+    let mut file = std::fs::OpenOptions::new().write(true).open(&first)?;
+    file.seek(SeekFrom::Start(65))?;
+    file.write_all(&[0; 8])?;
+    drop(file);
+    match ReplicatedLog::open(dir.path(), &LogOptions::default()) {
+        Err(e @ LogError::Open { .. }) => {
+            assert!(e.to_string().contains("damaged"), "{e}");
+        }
+        Ok(log) => panic!(
+            "a zeroed frame before records must fail the open, not end the log at {:?}",
+            log.last()
+        ),
+        Err(other) => panic!("{other}"),
+    }
+    Ok(())
+}

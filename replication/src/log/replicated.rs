@@ -234,6 +234,9 @@ impl ReplicatedLog {
                 file: Arc::new(file),
             });
             self.write_at = end_at;
+            // Replayed entries are on disk: the cache keeps its bounds
+            // segment by segment, not only once the whole log is read.
+            self.evict();
             if torn {
                 cut_from = Some(i + 1);
                 break;

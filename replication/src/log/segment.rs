@@ -249,8 +249,9 @@ pub(super) struct Scanned {
 
 /// Reads every record of a segment, in order, to `visit`; returns the
 /// offset just after the last good record and how the records ended. A bad
-/// record with anything but zeros after it is corruption, not a torn
-/// write: an error naming the file and the offset.
+/// record, or a zeroed frame, with anything but zeros after it is
+/// corruption, not a torn write or the end: an error naming the file and
+/// the offset.
 pub(super) fn scan(
     path: &Path,
     file: &File,
@@ -267,8 +268,14 @@ pub(super) fn scan(
         }
         reader.read_exact(&mut head)?;
         let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as u64;
-        if len == 0 && head == [0; FRAME] {
-            return Ok((offset, End::Clean));
+        if head == [0; FRAME] {
+            // The segment's unwritten space, which is zeros to its end; a
+            // zeroed frame with records after it is damage.
+            return if only_zeros_from(file, offset, size)? {
+                Ok((offset, End::Clean))
+            } else {
+                Err(damaged(path, offset))
+            };
         }
         let framed = FRAME as u64 + len;
         let good = offset + framed <= size && {
@@ -290,12 +297,7 @@ pub(super) fn scan(
             return if only_zeros_from(file, from, size)? {
                 Ok((offset, End::Torn))
             } else {
-                Err(invalid(format!(
-                    "{}: the record at offset {offset} fails its checksum and records follow it: \
-                     the log is damaged (restore the node from a backup, or remove its data \
-                     directory and let it rejoin)",
-                    path.display()
-                )))
+                Err(damaged(path, offset))
             };
         }
         let record = decode(&buf[FRAME..]).map_err(|e| {
@@ -311,6 +313,15 @@ pub(super) fn scan(
         })?;
         offset += framed;
     }
+}
+
+/// A bad record (or a zeroed frame) with records after it.
+fn damaged(path: &Path, offset: u64) -> io::Error {
+    invalid(format!(
+        "{}: the record at offset {offset} fails its checksum and records follow it: the log is \
+         damaged (restore the node from a backup, or remove its data directory and let it rejoin)",
+        path.display()
+    ))
 }
 
 /// Whether everything from `from` to `size` is zero.
