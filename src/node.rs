@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::api::{self, AppState};
+use crate::api::{self, AppState, Handlers};
 use crate::config::Config;
 
 /// A node serving on a socket. Dropping it does not stop it; call
@@ -142,7 +142,7 @@ pub async fn serve(
 
     let ready = Arc::new(AtomicBool::new(true));
     let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
-    let state = AppState {
+    let state = AppState::new(Handlers {
         store: store.clone(),
         writes,
         config: Arc::new(config),
@@ -153,7 +153,7 @@ pub async fn serve(
         membership: membership.clone(),
         stopping: stopping_rx,
         auth,
-    };
+    });
     // Present from the start, not only after the first write.
     metrics::gauge!("pika_revision").set(store.revision() as f64);
     let app = api::router(state);

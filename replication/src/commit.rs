@@ -690,6 +690,13 @@ mod tests {
         let (_, changes) = store.execute_then(&[op(4)], 0, 0, |_| {}).unwrap();
         assert_eq!(changes[0].fingerprint(), op(4).fingerprint());
         assert_ne!(changes[0].fingerprint(), op(5).fingerprint());
+        // The bytes hashed are the op's postcard encoding, as releases
+        // that serialized it to a buffer first hashed them.
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(op(4).path.as_str().as_bytes());
+        hasher.update(&[0]);
+        hasher.update(&postcard::to_stdvec(&op(4).kind).unwrap());
+        assert_eq!(op(4).fingerprint(), <[u8; 32]>::from(hasher.finalize()));
     }
 
     #[tokio::test]

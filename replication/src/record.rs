@@ -124,7 +124,10 @@ fn fingerprint(path: &str, kind: &impl Serialize) -> Fingerprint {
     let mut hasher = blake3::Hasher::new();
     hasher.update(path.as_bytes());
     hasher.update(&[0]);
-    hasher.update(&postcard::to_stdvec(kind).unwrap_or_default());
+    // Straight into the hasher: the same bytes as `postcard::to_stdvec`,
+    // without a copy of the value. Neither side can fail (a hasher takes
+    // any bytes; these types always serialize).
+    let _ = postcard::to_io(kind, &mut hasher);
     hasher.finalize().into()
 }
 

@@ -531,11 +531,16 @@ impl Store {
 
     /// The latest entry of a path, tombstones included.
     pub fn entry(&self, path: &str) -> Result<Option<Entry>, StoreError> {
-        let db = self.db()?;
-        let txn = db.begin_read()?;
-        let entries = txn.open_table(ENTRIES)?;
-        let raw = entries.get(path)?;
-        raw.map(|v| decode(path, v.value())).transpose()
+        self.entries()?.get(path)
+    }
+
+    /// The latest entries as of now, for looking up many paths against one
+    /// state: a read transaction and its table opened once, where
+    /// [`Store::entry`] opens both per path (a third of the leader's
+    /// batch decision at 64 clients).
+    pub fn entries(&self) -> Result<Entries, StoreError> {
+        let txn = self.db()?.begin_read()?;
+        Ok(Entries(txn.open_table(ENTRIES)?))
     }
 
     /// A version of a path (the latest when `version` is `None`), tombstones
@@ -668,6 +673,18 @@ impl Store {
             // Someone still holds it: it closes when they let go.
             Some(Err(_)) => Ok(()),
         }
+    }
+}
+
+/// The latest entries at the state a read transaction saw when it began
+/// ([`Store::entries`]).
+pub struct Entries(redb::ReadOnlyTable<&'static str, &'static [u8]>);
+
+impl Entries {
+    /// The latest entry of `path` in that state, tombstones included.
+    pub fn get(&self, path: &str) -> Result<Option<Entry>, StoreError> {
+        let raw = self.0.get(path)?;
+        raw.map(|v| decode(path, v.value())).transpose()
     }
 }
 

@@ -28,8 +28,29 @@ use pika_replication::{Applied, Op, Store, WriteError, WriteQueue};
 use crate::config::Config;
 pub use error::ApiError;
 
+/// What every handler shares, behind one `Arc`: axum clones the state for
+/// each extractor of each request, and a clone of the fields one by one
+/// (eight reference counts up, then down) was 2 % of the leader's request
+/// handling at 64 clients.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Handlers>);
+
+impl AppState {
+    pub fn new(handlers: Handlers) -> Self {
+        Self(Arc::new(handlers))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Handlers;
+
+    fn deref(&self) -> &Handlers {
+        &self.0
+    }
+}
+
+/// The node's parts the API handlers use ([`AppState`]).
+pub struct Handlers {
     pub store: Arc<Store>,
     pub writes: Writes,
     pub config: Arc<Config>,

@@ -69,16 +69,33 @@ impl<L: LogStore> ReplicaCore<L> {
         let mut results = Vec::with_capacity(ops.len());
         let mut changes: Vec<SharedChange> = Vec::with_capacity(ops.len());
         let mut entries: Vec<Entry> = Vec::with_capacity(ops.len());
+        // One read of the store for the batch, opened on the first path
+        // that is neither decided here nor pending. Safe against applies
+        // that finish meanwhile: an entry leaves the pending paths only in
+        // `finish_apply`, under the core's lock this call holds, and after
+        // its store transaction committed. So an entry missing from the
+        // pending paths now was in the store before this read began.
+        let mut stored: Option<store::Entries> = None;
+        let pending = self.pending.lock();
         for op in ops {
             let path = op.path.as_str();
             let current = match decided.get(path) {
                 Some(e) => Some(e.clone()),
-                None => match self.pending.lock().latest(path).cloned() {
+                None => match pending.latest(path).cloned() {
                     Some(e) => Some(e),
-                    None => self
-                        .store
-                        .entry(path)
-                        .map_err(|e| WriteError::Storage(e.to_string()))?,
+                    None => {
+                        let stored = match stored.as_mut() {
+                            Some(stored) => stored,
+                            None => stored.insert(
+                                self.store
+                                    .entries()
+                                    .map_err(|e| WriteError::Storage(e.to_string()))?,
+                            ),
+                        };
+                        stored
+                            .get(path)
+                            .map_err(|e| WriteError::Storage(e.to_string()))?
+                    }
                 },
             };
             match store::resolve(op, current.as_ref(), revision + 1, epoch, now_ms) {
@@ -97,6 +114,7 @@ impl<L: LogStore> ReplicaCore<L> {
                 Err(e) => results.push(Err(e)),
             }
         }
+        drop(pending);
         let Some(last) = changes.last().map(|c| c.revision) else {
             return Ok((results, None));
         };
