@@ -526,3 +526,52 @@ fn a_zeroed_record_frame_before_the_tail_fails_the_open() -> Result<(), LogError
     }
     Ok(())
 }
+
+/// Bytes of `path` that have blocks on disk (a sparse file's holes have
+/// none).
+fn allocated(path: &Path) -> std::io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(std::fs::metadata(path)?.blocks() * 512)
+}
+
+#[test]
+fn segments_are_written_with_zeros_before_records_go_in() -> Result<(), LogError> {
+    let dir = tempfile::tempdir()?;
+    let options = LogOptions {
+        cache_entries: 8,
+        cache_bytes: 1 << 20,
+        segment_bytes: 64 << 10,
+    };
+    let segment = |seq: u64| dir.path().join(format!("segment-{seq:010}.log"));
+    let spare = dir.path().join("segment.spare");
+    let mut log = ReplicatedLog::open(dir.path(), &options)?;
+    // The first segment waited for its zeros.
+    assert!(allocated(&segment(1))? >= 64 << 10, "segment 1 is sparse");
+    // Past half of it, the next one is written ahead of need.
+    let big = |r: u64| vec![change(1, r, 10 << 10)];
+    for r in 1..=4 {
+        log.append(&big(r))?;
+    }
+    log.flush_blocking()?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !spare.exists() {
+        assert!(std::time::Instant::now() < deadline, "no spare after 20 s");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    for r in 5..=8 {
+        log.append(&big(r))?;
+    }
+    log.flush_blocking()?;
+    assert!(!spare.exists(), "the roll-over took the spare");
+    assert!(allocated(&segment(2))? >= 64 << 10, "segment 2 is sparse");
+    drop(log);
+    // What was written reads back; a spare being written when a process
+    // died is removed at the next open, a spare of another size too.
+    std::fs::write(dir.path().join("segment.spare.tmp"), b"partial")?;
+    std::fs::write(&spare, b"short")?;
+    let log = ReplicatedLog::open(dir.path(), &options)?;
+    assert_eq!(log.read(1, 8, usize::MAX)?.len(), 8);
+    assert!(!dir.path().join("segment.spare.tmp").exists());
+    assert!(!spare.exists() || std::fs::metadata(&spare)?.len() == 64 << 10);
+    Ok(())
+}

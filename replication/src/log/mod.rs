@@ -37,6 +37,7 @@ mod import;
 mod mem;
 mod replicated;
 pub mod segment;
+mod spare;
 pub use mem::{MemDisk, MemLog};
 pub use replicated::ReplicatedLog;
 

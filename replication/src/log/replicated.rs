@@ -32,6 +32,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 
 use super::segment::{self, End, Record, Scanned, State};
+use super::spare::Spare;
 use super::{FlushDone, LogError, LogOptions, change_size, check_continues};
 use crate::election::Position;
 use crate::record::SharedChange;
@@ -109,6 +110,8 @@ pub struct ReplicatedLog {
     created: bool,
     sync: Option<mpsc::Sender<SyncJob>>,
     sync_thread: Option<std::thread::JoinHandle<()>>,
+    /// The next segment, written with zeros ahead of need.
+    spare: Spare,
     /// Held for the log's life: one process per directory.
     _lock: File,
 }
@@ -152,6 +155,7 @@ impl ReplicatedLog {
         )?;
         let segment_bytes = options.segment_bytes;
         super::import::import_raft_log(dir, segment_bytes)?;
+        let spare = Spare::start(dir, segment_bytes).map_err(open_err)?;
         let (sync, jobs) = mpsc::channel();
         let written = Arc::new(AtomicU64::new(0));
         let done_through = written.clone();
@@ -177,10 +181,12 @@ impl ReplicatedLog {
             created: false,
             sync: Some(sync),
             sync_thread: Some(sync_thread),
+            spare,
             _lock: lock,
         };
         log.replay().map_err(open_err)?;
         if log.segments.is_empty() {
+            log.spare.wait();
             log.start_segment(1).map_err(open_err)?;
             log.flush_blocking()?;
         }
@@ -413,7 +419,11 @@ impl ReplicatedLog {
 
     /// Starts segment `seq`, with a header of the state now.
     fn start_segment(&mut self, seq: u64) -> io::Result<()> {
-        let (path, file) = segment::create(&self.dir, seq, self.segment_bytes)?;
+        let path = self.dir.join(segment::file_name(seq));
+        let file = match self.spare.take(&path)? {
+            Some(file) => file,
+            None => segment::create(&self.dir, seq, self.segment_bytes)?.1,
+        };
         self.segments.push_back(Segment {
             seq,
             path,
@@ -456,6 +466,9 @@ impl ReplicatedLog {
         let at = self.pending.len();
         let len = segment::encode(record, &mut self.pending)?;
         let end = self.write_at + self.pending.len() as u64;
+        if end > self.segment_bytes / 2 {
+            self.spare.want();
+        }
         if end > self.segment_bytes && self.write_at + at as u64 > 0 {
             // Move the record to a new segment: what is before it goes to
             // the full one.
