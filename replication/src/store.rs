@@ -20,6 +20,7 @@ mod prefix;
 mod replicated;
 mod requests;
 mod sync;
+mod verify;
 
 use batch::BatchTables;
 

@@ -106,6 +106,9 @@ struct Sim {
     split_applies: bool,
     /// Verifications that matched, and snapshots installed, by all nodes.
     verified: u64,
+    /// Verifications that differed: none, since no schedule changes a
+    /// state behind the protocol's back.
+    mismatches: u64,
     snapshots: u64,
     /// Recoveries in place after a disk error.
     recoveries: u64,
@@ -240,6 +243,7 @@ impl Sim {
             apply_speed,
             split_applies: false,
             verified: 0,
+            mismatches: 0,
             snapshots: 0,
             recoveries: 0,
             wipes: 0,
@@ -355,6 +359,7 @@ impl Sim {
         if let Some(core) = self.nodes[i].core.as_ref() {
             let status = core.status(self.local(i));
             self.verified += status.verified;
+            self.mismatches += status.mismatches;
             self.snapshots += status.snapshots;
         }
     }
@@ -1245,6 +1250,12 @@ impl Sim {
         self.check_reads_were_committed()?;
         for i in 0..self.nodes.len() {
             self.count(i);
+        }
+        if self.mismatches > 0 {
+            return Err(format!(
+                "{} verifications found roots that differ at the same revision",
+                self.mismatches
+            ));
         }
         Ok(())
     }

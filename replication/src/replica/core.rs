@@ -166,6 +166,8 @@ pub struct ReplicaCore<L: LogStore> {
     pub(super) catch_up_asked: Option<(String, Position, Duration)>,
     pub(super) last_sync: Option<SyncRecord>,
     pub(super) verified: u64,
+    /// Verifications whose roots differed.
+    pub(super) mismatches: u64,
     pub(super) snapshots: u64,
     pub(super) dice: Dice,
     pub(super) outputs: Vec<Output>,
@@ -238,6 +240,7 @@ impl<L: LogStore> ReplicaCore<L> {
             catch_up_asked: None,
             last_sync: None,
             verified: 0,
+            mismatches: 0,
             snapshots: 0,
             dice,
             outputs: Vec::new(),

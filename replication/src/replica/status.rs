@@ -52,6 +52,9 @@ pub struct ReplicaStatus {
     /// Verifications of this node's Merkle root that matched the leader's,
     /// and snapshots it installed, since it started.
     pub verified: u64,
+    /// Verifications whose roots differed from the leader's (each repaired
+    /// by a snapshot of the differing buckets), since it started.
+    pub mismatches: u64,
     pub snapshots: u64,
     /// The last snapshot this node installed as a follower.
     pub last_sync: Option<SyncRecord>,
@@ -114,6 +117,7 @@ impl<L: LogStore> ReplicaCore<L> {
             voter: self.voters().map(|v| v.contains(&self.me)),
             cluster_id: Some(self.cluster_id.clone()).filter(|c| !c.is_empty()),
             verified: self.verified,
+            mismatches: self.mismatches,
             snapshots: self.snapshots,
             last_sync: self.last_sync.clone(),
             leader_heard_at: self.election.leader_heard_at(now),

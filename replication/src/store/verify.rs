@@ -1,0 +1,73 @@
+//! The Merkle buckets at a revision the state has moved past: for a
+//! follower that applied beyond the revision its leader verifies at
+//! (DESIGN.md, "Catch-up, snapshots and verification").
+//!
+//! A bucket's digest is the XOR of its paths' leaves, so the buckets at C
+//! follow from the buckets at S > C and the changes in (C, S]: every path
+//! those changes touched swaps its leaf at S for its leaf at C. A path's
+//! versions count up by one per change, deletions included (`resolve`),
+//! so its entry at C is the version just before its first change after C
+//! (none for version 1), which the version history holds unless the path
+//! changed more than `storage.history` times since. Without it, or
+//! without every change in (C, S], there is no answer, and the
+//! verification is skipped as before.
+
+use redb::{ReadableDatabase, ReadableTable};
+
+use super::{ENTRIES, KEY_REVISION, MERKLE, NODE, Store, StoreError, decode, history, node_u64};
+use crate::merkle::{self, MerkleBuckets};
+use crate::record::{Entry, SharedChange};
+
+impl Store {
+    /// The bucket digests as they were before `changes`, the changes
+    /// applied last, in revision order, through the state's revision.
+    /// `None` when they do not end at the state's revision, do not follow
+    /// each other, or the history lacks a version needed.
+    pub fn merkle_before(
+        &self,
+        changes: &[SharedChange],
+    ) -> Result<Option<MerkleBuckets>, StoreError> {
+        let (Some(first), Some(last)) = (changes.first(), changes.last()) else {
+            return self.merkle().map(Some);
+        };
+        if last.revision - first.revision + 1 != changes.len() as u64 {
+            return Ok(None);
+        }
+        let db = self.db()?;
+        let txn = db.begin_read()?;
+        if node_u64(&txn.open_table(NODE)?, KEY_REVISION)? != last.revision {
+            return Ok(None);
+        }
+        let entries = txn.open_table(ENTRIES)?;
+        let slots = txn.open_table(history::VERSION_SLOTS)?;
+        let mut buckets = MerkleBuckets::default();
+        for item in txn.open_table(MERKLE)?.iter()? {
+            let (index, digest) = item?;
+            buckets.set(index.value(), digest.value());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for change in changes {
+            let path = change.path.as_str();
+            if !seen.insert(path) {
+                continue;
+            }
+            let Some(raw) = entries.get(path)? else {
+                return Ok(None);
+            };
+            let now: Entry = decode(path, raw.value())?;
+            let then = match change.version {
+                0 | 1 => None,
+                v => match history::read(&slots, path, v - 1, self.history)? {
+                    Some(before) => Some(Entry::of(&before)),
+                    None => return Ok(None),
+                },
+            };
+            let bucket = merkle::bucket_of(path);
+            buckets.toggle(bucket, &now.leaf(path));
+            if let Some(then) = then {
+                buckets.toggle(bucket, &then.leaf(path));
+            }
+        }
+        Ok(Some(buckets))
+    }
+}
