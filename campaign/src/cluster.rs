@@ -6,6 +6,8 @@ use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -116,7 +118,15 @@ pub struct Cluster {
     env: Vec<(String, String)>,
     /// Data directories on a tmpfs of their own, unmounted at drop.
     mounts: Vec<PathBuf>,
+    /// Lines any node logged saying its Merkle root differed from the
+    /// leader's at the same revision ([`MISMATCH_LINE`]).
+    mismatches: Arc<AtomicU64>,
 }
+
+/// What a follower logs when a verification finds its state differs from
+/// the leader's at the same revision. No fault a campaign injects changes a
+/// state behind the protocol's back, so any such line is a bug.
+pub const MISMATCH_LINE: &str = "this node's state differs from the leader's";
 
 /// The one node of `statuses` (node index, `/api/v1/cluster/status` body)
 /// that says it leads, with the epoch, when every node reports that epoch.
@@ -133,10 +143,22 @@ pub fn agreed_leader(statuses: &[(usize, Value)]) -> Option<(usize, u64)> {
 
 /// Waits for a spawned `pika` (stderr piped) to log its HTTP address.
 pub fn wait_for_listen(child: &mut Child) -> anyhow::Result<String> {
+    wait_for_listen_counting(child, Arc::new(AtomicU64::new(0)))
+}
+
+/// Like [`wait_for_listen`], and counts the node's [`MISMATCH_LINE`]s in
+/// `mismatches` for as long as it runs.
+fn wait_for_listen_counting(
+    child: &mut Child,
+    mismatches: Arc<AtomicU64>,
+) -> anyhow::Result<String> {
     let stderr = child.stderr.take().context("stderr is not piped")?;
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains(MISMATCH_LINE) {
+                mismatches.fetch_add(1, Ordering::Relaxed);
+            }
             if let Some(rest) = line.split("listening on http://").nth(1) {
                 let _ = tx.send(
                     rest.split_whitespace()
@@ -257,6 +279,7 @@ impl Cluster {
             test_hooks: options.test_hooks,
             env: options.env,
             mounts: Vec::new(),
+            mismatches: Arc::new(AtomicU64::new(0)),
             nodes: hosts
                 .into_iter()
                 .zip(rates)
@@ -362,7 +385,7 @@ impl Cluster {
             .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("starting {}", self.pika.display()))?;
-        match wait_for_listen(&mut child) {
+        match wait_for_listen_counting(&mut child, self.mismatches.clone()) {
             Ok(url) => self.nodes[i].url = url,
             Err(e) => {
                 // Not ours to keep: a node that never said it listens is
@@ -374,6 +397,12 @@ impl Cluster {
         }
         self.nodes[i].child = Some(child);
         Ok(())
+    }
+
+    /// How many times a node logged that its state differed from the
+    /// leader's at the same revision, since the cluster started.
+    pub fn verification_mismatches(&self) -> u64 {
+        self.mismatches.load(Ordering::Relaxed)
     }
 
     pub fn data_dir(&self, i: usize) -> PathBuf {

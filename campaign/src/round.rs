@@ -545,6 +545,13 @@ pub fn run(config: &RoundConfig) -> anyhow::Result<RoundReport> {
     if let Err(e) = cluster.converged(Duration::from_secs(20)) {
         report.violations.push(e);
     }
+    let mismatches = cluster.verification_mismatches();
+    if mismatches > 0 {
+        report.violations.push(format!(
+            "{mismatches} verifications found a node's state differing from the \
+             leader's at the same revision"
+        ));
+    }
     // Final reads on every node, after everything: the acked writes must be
     // there, through each node's own read path.
     let http = reqwest::blocking::Client::builder()
