@@ -34,6 +34,16 @@ fn pos(epoch: u64, revision: u64) -> Position {
     Position { epoch, revision }
 }
 
+/// Options with `segment_bytes` segments and a cache of `cache_entries`
+/// (1 MiB at most).
+fn small(cache_entries: usize, segment_bytes: u64) -> LogOptions {
+    LogOptions {
+        cache_entries,
+        cache_bytes: 1 << 20,
+        segment_bytes,
+    }
+}
+
 fn open(dir: &Path) -> ReplicatedLog {
     ReplicatedLog::open(dir, &LogOptions::default()).expect("open the log")
 }
@@ -280,11 +290,7 @@ fn segments_roll_over_and_the_purged_ones_are_deleted() -> Result<(), LogError> 
     let dir = tempfile::tempdir()?;
     // Small segments and a small cache: the log spans many files, and most
     // reads go to them.
-    let options = LogOptions {
-        cache_entries: 8,
-        cache_bytes: 1 << 20,
-        segment_bytes: 4096,
-    };
+    let options = small(8, 4096);
     {
         let mut log = ReplicatedLog::open(dir.path(), &options)?;
         for r in (1..=200).step_by(10) {
@@ -465,11 +471,7 @@ proptest::proptest! {
 #[test]
 fn entries_of_a_flush_still_in_flight_are_read_from_memory() -> Result<(), LogError> {
     let dir = tempfile::tempdir()?;
-    let options = LogOptions {
-        cache_entries: 4,
-        cache_bytes: 1 << 20,
-        segment_bytes: 1 << 20,
-    };
+    let options = small(4, 1 << 20);
     let mut log = ReplicatedLog::open(dir.path(), &options)?;
     log.append(&changes(1, 1..=10))?;
     // The first flush's completion holds the sync thread, so the second
@@ -537,11 +539,7 @@ fn allocated(path: &Path) -> std::io::Result<u64> {
 #[test]
 fn segments_are_written_with_zeros_before_records_go_in() -> Result<(), LogError> {
     let dir = tempfile::tempdir()?;
-    let options = LogOptions {
-        cache_entries: 8,
-        cache_bytes: 1 << 20,
-        segment_bytes: 64 << 10,
-    };
+    let options = small(8, 64 << 10);
     let segment = |seq: u64| dir.path().join(format!("segment-{seq:010}.log"));
     let spare = dir.path().join("segment.spare");
     let mut log = ReplicatedLog::open(dir.path(), &options)?;
