@@ -637,14 +637,7 @@ impl Store {
     /// The stored (incrementally maintained) bucket digests.
     pub fn merkle(&self) -> Result<MerkleBuckets, StoreError> {
         let db = self.db()?;
-        let txn = db.begin_read()?;
-        let table = txn.open_table(MERKLE)?;
-        let mut buckets = MerkleBuckets::default();
-        for item in table.iter()? {
-            let (index, digest) = item?;
-            buckets.set(index.value(), digest.value());
-        }
-        Ok(buckets)
+        buckets_in(&db.begin_read()?)
     }
 
     /// Bucket digests recomputed from every entry: what [`Store::merkle`]
@@ -755,6 +748,16 @@ fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError>
 
 /// A counter kept under `key` in the node table (0 while absent: a new
 /// store).
+/// The stored bucket digests as `txn` sees them.
+fn buckets_in(txn: &redb::ReadTransaction) -> Result<MerkleBuckets, StoreError> {
+    let mut buckets = MerkleBuckets::default();
+    for item in txn.open_table(MERKLE)?.iter()? {
+        let (index, digest) = item?;
+        buckets.set(index.value(), digest.value());
+    }
+    Ok(buckets)
+}
+
 fn node_u64(
     node: &impl ReadableTable<&'static str, &'static [u8]>,
     key: &str,

@@ -5,8 +5,8 @@ use redb::{ReadTransaction, ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    BUCKET_PATHS, BatchTables, ENTRIES, KEY_LAST_EPOCH, KEY_REVISION, MERKLE, NODE, Store,
-    StoreError, decode, encode, history, node_u64,
+    BUCKET_PATHS, BatchTables, ENTRIES, KEY_LAST_EPOCH, KEY_REVISION, NODE, Store, StoreError,
+    decode, encode, history, node_u64,
 };
 use crate::merkle::{self, MerkleBuckets};
 use crate::record::{Applied, Change, Entry};
@@ -55,13 +55,7 @@ impl Store {
             let node = txn.open_table(NODE)?;
             let revision = node_u64(&node, KEY_REVISION)?;
             let epoch = node_u64(&node, KEY_LAST_EPOCH)?;
-            let table = txn.open_table(MERKLE)?;
-            let mut buckets = MerkleBuckets::default();
-            for item in table.iter()? {
-                let (index, digest) = item?;
-                buckets.set(index.value(), digest.value());
-            }
-            (revision, epoch, buckets)
+            (revision, epoch, super::buckets_in(&txn)?)
         };
         Ok(Snapshot {
             txn,

@@ -12,9 +12,9 @@
 //! without every change in (C, S], there is no answer, and the
 //! verification is skipped as before.
 
-use redb::{ReadableDatabase, ReadableTable};
+use redb::ReadableDatabase;
 
-use super::{ENTRIES, KEY_REVISION, MERKLE, NODE, Store, StoreError, decode, history, node_u64};
+use super::{ENTRIES, KEY_REVISION, NODE, Store, StoreError, decode, history, node_u64};
 use crate::merkle::{self, MerkleBuckets};
 use crate::record::{Entry, SharedChange};
 
@@ -40,11 +40,7 @@ impl Store {
         }
         let entries = txn.open_table(ENTRIES)?;
         let slots = txn.open_table(history::VERSION_SLOTS)?;
-        let mut buckets = MerkleBuckets::default();
-        for item in txn.open_table(MERKLE)?.iter()? {
-            let (index, digest) = item?;
-            buckets.set(index.value(), digest.value());
-        }
+        let mut buckets = super::buckets_in(&txn)?;
         let mut seen = std::collections::HashSet::new();
         for change in changes {
             let path = change.path.as_str();
