@@ -573,3 +573,69 @@ fn segments_are_written_with_zeros_before_records_go_in() -> Result<(), LogError
     assert!(!spare.exists() || std::fs::metadata(&spare)?.len() == 64 << 10);
     Ok(())
 }
+
+/// A follower's protocol thread runs its log's flushes itself
+/// (`hold_flushes`): a held flush completes on the thread that runs it,
+/// and one taken while an earlier flush is still on the sync thread
+/// never completes before it.
+#[test]
+fn held_flushes_run_on_the_taking_thread_and_never_overtake_the_sync_thread() -> Result<(), LogError>
+{
+    use pika_replication::log::FlushDone;
+    use std::sync::{Arc, Mutex};
+
+    let dir = tempfile::tempdir()?;
+    let done: Arc<Mutex<Vec<(u64, std::thread::ThreadId)>>> = Arc::default();
+    let record = |n: u64| {
+        let done = done.clone();
+        FlushDone::new(move |r| {
+            assert!(r.is_ok(), "flush {n}: {r:?}");
+            done.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((n, std::thread::current().id()));
+        })
+    };
+    let here = std::thread::current().id();
+    {
+        let mut log = open(dir.path());
+        log.hold_flushes();
+        log.append(&changes(1, 1..=3))?;
+        log.flush(record(1))?;
+        assert!(
+            done.lock().unwrap_or_else(|e| e.into_inner()).is_empty(),
+            "a held flush waits to be taken"
+        );
+        log.take_held().run_here();
+        assert_eq!(
+            *done.lock().unwrap_or_else(|e| e.into_inner()),
+            vec![(1, here)],
+            "it ran here, before run_here returned"
+        );
+        // One on the sync thread, the next taken at once: completions in order.
+        let mut next = 2;
+        for round in 0..20u64 {
+            log.append(&changes(1, 4 + 2 * round..=4 + 2 * round))?;
+            log.flush(record(next))?;
+            log.take_held().hand_off();
+            log.append(&changes(1, 5 + 2 * round..=5 + 2 * round))?;
+            log.flush(record(next + 1))?;
+            log.take_held().run_here();
+            next += 2;
+        }
+        log.flush_blocking()?;
+        let order: Vec<u64> = done
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|d| d.0)
+            .collect();
+        assert_eq!(
+            order,
+            (1..next).collect::<Vec<_>>(),
+            "flushes complete in order"
+        );
+    }
+    let log = open(dir.path());
+    assert_eq!(log.last(), pos(1, 43), "every held flush reached the disk");
+    Ok(())
+}

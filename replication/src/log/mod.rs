@@ -39,7 +39,7 @@ mod replicated;
 pub mod segment;
 mod spare;
 pub use mem::{MemDisk, MemLog};
-pub use replicated::ReplicatedLog;
+pub use replicated::{HeldFlushes, ReplicatedLog};
 
 /// What the protocol core needs of a log: [`ReplicatedLog`] on a real node
 /// (through the driver, which routes flush completions back to the core),
@@ -163,6 +163,8 @@ pub struct DiskLog {
     dir: PathBuf,
     options: LogOptions,
     done: Arc<dyn Fn(u64, io::Result<()>) + Send + Sync>,
+    /// Flushes wait for [`Self::take_held`] ([`ReplicatedLog::hold_flushes`]).
+    hold: bool,
 }
 
 /// What a closed log answers for its positions.
@@ -187,7 +189,22 @@ impl DiskLog {
             dir: dir.to_path_buf(),
             options: options.clone(),
             done: Arc::new(done),
+            hold: false,
         })
+    }
+
+    /// See [`ReplicatedLog::hold_flushes`]; kept across reopens.
+    pub fn hold_flushes(&mut self) {
+        self.hold = true;
+        if let Some(log) = self.log.as_mut() {
+            log.hold_flushes();
+        }
+    }
+
+    /// The flushes held since the last call (none while the log is
+    /// closed: a flush then fails at once).
+    pub fn take_held(&mut self) -> Option<HeldFlushes> {
+        Some(self.log.as_mut()?.take_held()).filter(|h| !h.is_empty())
     }
 
     fn open_log(&self) -> Result<&ReplicatedLog, LogError> {
@@ -251,7 +268,11 @@ impl LogStore for DiskLog {
                 committed: log.committed(),
             };
         }
-        self.log = Some(ReplicatedLog::open(&self.dir, &self.options)?);
+        let mut log = ReplicatedLog::open(&self.dir, &self.options)?;
+        if self.hold {
+            log.hold_flushes();
+        }
+        self.log = Some(log);
         Ok(())
     }
 }

@@ -347,7 +347,7 @@ impl Driver {
         apply_now: bool,
     ) {
         let shared = &self.replica.shared;
-        let (rest, leader) = {
+        let (rest, leader, held, following) = {
             let now = shared.now();
             let mut core = lock(&shared.core);
             call(&mut core, now);
@@ -403,8 +403,17 @@ impl Driver {
             *lock(&shared.status) = status;
             *lock(&shared.read_until) = core.read_until(now);
             rest.extend(shared.perform(&self.replica.peers, core.drain()));
-            (rest, leader)
+            let following = core.election.role() != crate::election::Role::Leader;
+            (rest, leader, core.log_mut().take_held(), following)
         };
+        // Outside the lock, after the sends above are queued: a follower
+        // syncs its log here, a leader on the log's sync thread (its
+        // protocol thread takes the followers' acks meanwhile).
+        match held {
+            Some(held) if following => held.run_here(),
+            Some(held) => held.hand_off(),
+            None => {}
+        }
         self.remember_leader_http(leader);
         for output in rest {
             match output {

@@ -236,7 +236,7 @@ impl Replica {
         let me = store.node_id().to_string();
         let origin = Instant::now();
         let (flushes, flushed) = tokio::sync::mpsc::unbounded_channel();
-        let log = DiskLog::open(
+        let mut log = DiskLog::open(
             &config.log_dir,
             &LogOptions::default(),
             move |ticket, result| {
@@ -244,6 +244,8 @@ impl Replica {
             },
         )
         .map_err(|e| e.to_string())?;
+        // Who runs a flush is the driver's and the committer's choice.
+        log.hold_flushes();
         let pending = SharedPending::default();
         let core = ReplicaCore::new(
             me.clone(),

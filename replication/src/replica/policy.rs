@@ -37,12 +37,16 @@ impl CommitPolicy for LeaderPolicy {
         now_ms: u64,
     ) -> Result<Decided, WriteError> {
         let now = self.shared.now();
-        let (outcome, outputs) = {
+        let (outcome, outputs, held) = {
             let mut core = lock(&self.shared.core);
             let outcome = core.propose(epoch, ops, now_ms, now);
-            (outcome, core.drain())
+            (outcome, core.drain(), core.log_mut().take_held())
         };
         self.shared.perform(&self.peers, outputs);
+        // The committer decides the next batch meanwhile.
+        if let Some(held) = held {
+            held.hand_off();
+        }
         outcome
     }
 
@@ -79,6 +83,8 @@ impl CommitPolicy for LeaderPolicy {
         let outputs = {
             let mut core = lock(&self.shared.core);
             core.wait(epoch, revision, token, now);
+            // Anything held goes to the sync thread when dropped.
+            drop(core.log_mut().take_held());
             core.drain()
         };
         self.shared.perform(&self.peers, outputs);
