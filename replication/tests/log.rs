@@ -41,6 +41,7 @@ fn small(cache_entries: usize, segment_bytes: u64) -> LogOptions {
         cache_entries,
         cache_bytes: 1 << 20,
         segment_bytes,
+        ..LogOptions::default()
     }
 }
 
@@ -407,7 +408,7 @@ proptest::proptest! {
         ops in proptest::collection::vec(log_op(), 1..60)
     ) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let options = LogOptions { cache_entries: 6, cache_bytes: 2048, segment_bytes: 2048 };
+        let options = LogOptions { cache_entries: 6, cache_bytes: 2048, segment_bytes: 2048, ..LogOptions::default() };
         let mut log = ReplicatedLog::open(dir.path(), &options).expect("open");
         let mut model = Model::default();
         for op in ops {

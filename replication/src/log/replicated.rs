@@ -167,7 +167,10 @@ impl ReplicatedLog {
         super::import::import_raft_log(dir, segment_bytes)?;
         let spare = Spare::start(dir, segment_bytes).map_err(open_err)?;
         let (sync, jobs) = mpsc::channel();
-        let syncer = Arc::new(Syncer::default());
+        let syncer = Arc::new(Syncer {
+            delay: options.sync_delay,
+            ..Syncer::default()
+        });
         let runs = syncer.clone();
         let sync_thread = std::thread::Builder::new()
             .name("pika-log-sync".into())
@@ -781,6 +784,8 @@ struct Syncer {
     /// jobs would follow a hole or a torn record, and the log is reopened
     /// anyway.
     failed: AtomicBool,
+    /// [`super::LogOptions::sync_delay`].
+    delay: std::time::Duration,
 }
 
 impl Syncer {
@@ -790,6 +795,9 @@ impl Syncer {
         let result = if self.failed.load(Ordering::Acquire) {
             Err(io::Error::other("an earlier flush of the log failed"))
         } else {
+            if !self.delay.is_zero() {
+                std::thread::sleep(self.delay);
+            }
             sync(&job)
         };
         match &result {

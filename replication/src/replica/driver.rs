@@ -27,6 +27,7 @@ use pika_membership::{MemberState, Membership};
 use tokio::sync::mpsc;
 
 use super::core::Output;
+use super::flush_placement::FlushPlacement;
 use super::{Replica, lock, now_ms};
 use crate::Format;
 use crate::record::{Meta, Op};
@@ -58,6 +59,8 @@ pub(crate) struct Driver {
     checkpoint_started: Cell<tokio::time::Instant>,
     /// Where apply jobs go; `None` once the apply thread is gone.
     apply_jobs: Option<std::sync::mpsc::Sender<super::ApplyJob>>,
+    /// Whether this thread runs the log's flushes itself.
+    flush_placement: Cell<FlushPlacement>,
 }
 
 /// What the apply thread reports: the job's last revision, and how its
@@ -114,6 +117,7 @@ impl Driver {
             applying: Cell::new(false),
             checkpoint_started: Cell::new(tokio::time::Instant::now()),
             apply_jobs: None,
+            flush_placement: Cell::new(FlushPlacement::default()),
         }
     }
 
@@ -408,11 +412,25 @@ impl Driver {
         };
         // Outside the lock, after the sends above are queued: a follower
         // syncs its log here, a leader on the log's sync thread (its
-        // protocol thread takes the followers' acks meanwhile).
-        match held {
-            Some(held) if following => held.run_here(),
-            Some(held) => held.hand_off(),
-            None => {}
+        // protocol thread takes the followers' acks meanwhile); see
+        // `flush_placement`.
+        if let Some(held) = held {
+            let mut placement = self.flush_placement.get();
+            let started = std::time::Instant::now();
+            if placement.here(following, started) {
+                held.run_here();
+                let took = started.elapsed();
+                if placement.ran(took, std::time::Instant::now()) {
+                    tracing::warn!(
+                        ?took,
+                        backoff = ?super::flush_placement::SLOW_SYNC_BACKOFF,
+                        "a log sync was slow; the log's sync thread runs this follower's flushes for a while, so that its receipts keep flowing"
+                    );
+                }
+                self.flush_placement.set(placement);
+            } else {
+                held.hand_off();
+            }
         }
         self.remember_leader_http(leader);
         for output in rest {

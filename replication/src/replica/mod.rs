@@ -18,6 +18,7 @@ mod apply;
 mod config;
 pub mod core;
 mod driver;
+mod flush_placement;
 mod follower;
 mod forwards;
 mod leader;
@@ -238,7 +239,10 @@ impl Replica {
         let (flushes, flushed) = tokio::sync::mpsc::unbounded_channel();
         let mut log = DiskLog::open(
             &config.log_dir,
-            &LogOptions::default(),
+            &LogOptions {
+                sync_delay: test_sync_delay(),
+                ..LogOptions::default()
+            },
             move |ticket, result| {
                 let _ = flushes.send((ticket, result));
             },
@@ -562,6 +566,30 @@ impl Replica {
 /// protocol assumes (`DRIFT`). Anything unparsable or beyond that bound
 /// means 1, and so does every value in a build without the feature.
 pub const TEST_CLOCK_RATE_ENV: &str = "PIKA_TEST_CLOCK_RATE";
+
+/// Fault tests only, in builds with the `test-faults` feature:
+/// `PIKA_TEST_SLOW_SYNC_MS=300` makes every sync of this node's log take
+/// 300 ms more, as on a disk whose syncs stall. Ignored otherwise.
+pub const TEST_SLOW_SYNC_ENV: &str = "PIKA_TEST_SLOW_SYNC_MS";
+
+fn test_sync_delay() -> Duration {
+    if !cfg!(feature = "test-faults") {
+        return Duration::ZERO;
+    }
+    match std::env::var(TEST_SLOW_SYNC_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        Some(ms) if ms > 0 => {
+            tracing::warn!(
+                ms,
+                "{TEST_SLOW_SYNC_ENV}: this node's log syncs are slowed for a fault test"
+            );
+            Duration::from_millis(ms)
+        }
+        _ => Duration::ZERO,
+    }
+}
 
 fn test_clock_rate() -> f64 {
     if !cfg!(feature = "test-faults") {
