@@ -675,9 +675,9 @@ impl ReplicatedLog {
     /// From now on [`Self::flush`] holds its job until the caller takes it
     /// ([`Self::take_held`]) and runs it, on its own thread or the sync
     /// thread. A follower's protocol thread syncs its appends itself once
-    /// it has sent what the step produced: at one client each hand-over
-    /// to the sync thread and back cost 40–50 µs, on the path every write
-    /// waits for.
+    /// it has sent what the step produced: no hand-over to the sync thread
+    /// and back per batch (writes spread over three nodes +10 % under
+    /// `wrk`, `docs/benchmarks.md`, "A follower syncs its own log").
     pub fn hold_flushes(&mut self) {
         self.hold = true;
     }
@@ -832,46 +832,33 @@ impl HeldFlushes {
     /// Runs them on this thread, in order. A job that would overtake one
     /// still on the sync thread goes there instead, with those after it.
     pub fn run_here(mut self) {
-        let jobs = std::mem::take(&mut self.jobs);
-        let mut jobs = jobs.into_iter();
-        for job in jobs.by_ref() {
-            if self.syncer.caught_up_to(job.number) {
-                self.syncer.run(job);
-            } else {
-                self.jobs.push(job);
+        while let Some(job) = self.jobs.first() {
+            if !self.syncer.caught_up_to(job.number) {
                 break;
             }
+            let job = self.jobs.remove(0);
+            self.syncer.run(job);
         }
-        self.jobs.extend(jobs);
-        self.hand_off();
     }
 
-    /// Hands them to the sync thread.
-    pub fn hand_off(mut self) {
-        for job in std::mem::take(&mut self.jobs) {
-            let Some(thread) = self.thread.as_ref() else {
-                job.done
-                    .call(Err(io::Error::other("the log's sync thread stopped")));
-                continue;
-            };
-            if let Err(mpsc::SendError(job)) = thread.send(job) {
-                job.done
-                    .call(Err(io::Error::other("the log's sync thread stopped")));
-            }
-        }
+    /// Hands them to the sync thread (as dropping them does).
+    pub fn hand_off(self) {
+        drop(self);
     }
 }
 
 impl Drop for HeldFlushes {
+    /// What is left goes to the sync thread, in order.
     fn drop(&mut self) {
-        if !self.jobs.is_empty() {
-            let jobs = std::mem::take(&mut self.jobs);
-            HeldFlushes {
-                jobs,
-                syncer: self.syncer.clone(),
-                thread: self.thread.clone(),
+        for job in self.jobs.drain(..) {
+            let unsent = match self.thread.as_ref() {
+                Some(thread) => thread.send(job).err().map(|e| e.0),
+                None => Some(job),
+            };
+            if let Some(job) = unsent {
+                job.done
+                    .call(Err(io::Error::other("the log's sync thread stopped")));
             }
-            .hand_off();
         }
     }
 }
