@@ -50,6 +50,8 @@ pub struct Faults {
     pause: Mutex<Option<Duration>>,
     /// Every apply of committed entries fails, as on a failing disk.
     applies_fail: std::sync::atomic::AtomicBool,
+    /// The log's extra milliseconds per sync (`LogOptions::sync_delay_ms`).
+    sync_delay_ms: std::sync::OnceLock<Arc<std::sync::atomic::AtomicU64>>,
     delays: Mutex<HashMap<String, Duration>>,
     /// Peer → probability of dropping each message sent to it.
     losses: Mutex<HashMap<String, f64>>,
@@ -82,6 +84,17 @@ impl Faults {
     }
     pub(crate) fn take_pause(&self) -> Option<Duration> {
         lock(&self.pause).take()
+    }
+    /// Every sync of this node's log takes `d` more from now on, as on a
+    /// disk whose syncs stall (zero: back to normal).
+    pub fn slow_syncs(&self, d: Duration) {
+        if let Some(ms) = self.sync_delay_ms.get() {
+            let millis = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+            ms.store(millis, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    pub(crate) fn attach_sync_delay(&self, ms: Arc<std::sync::atomic::AtomicU64>) {
+        let _ = self.sync_delay_ms.set(ms);
     }
     /// Makes every apply of committed entries fail from now on (or not).
     pub fn fail_applies(&self, fail: bool) {

@@ -32,11 +32,15 @@ pub struct FaultRequest {
     /// Every apply of committed entries fails, as on a failing disk.
     #[serde(default)]
     fail_applies: bool,
+    /// Every sync of this node's log takes this many milliseconds more, as
+    /// on a disk whose syncs stall (absent or 0: normal).
+    #[serde(default)]
+    slow_sync_ms: u64,
 }
 
 /// POST /debug/faults `{block_in: [node ids], block_out: [node ids],
 /// delay_out_ms: {node id: ms}, loss_out: {node id: p}, block_diffs_in:
-/// [node ids], pause_ms: ms, fail_applies: bool}`: from now on, drop replica
+/// [node ids], pause_ms: ms, fail_applies: bool, slow_sync_ms: ms}`: from now on, drop replica
 /// traffic from / to
 /// those nodes (or only the log entries from them), and hold what goes to
 /// the delayed ones (empty heals); pause the protocol once for `pause_ms`. Only
@@ -53,6 +57,7 @@ pub async fn set_faults(
     faults.block_incoming(&request.block_in);
     faults.block_incoming_diffs(&request.block_diffs_in);
     faults.fail_applies(request.fail_applies);
+    faults.slow_syncs(std::time::Duration::from_millis(request.slow_sync_ms));
     if let Some(ms) = request.pause_ms {
         faults.pause_protocol(std::time::Duration::from_millis(ms));
     }

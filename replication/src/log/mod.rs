@@ -29,7 +29,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::AtomicU64;
 
 use crate::election::Position;
 use crate::record::{Change, SharedChange};
@@ -97,9 +97,10 @@ pub struct LogOptions {
     /// Bytes a new segment file is sized to; the next one starts when a
     /// record does not fit.
     pub segment_bytes: u64,
-    /// Fault tests only: every sync of the log takes at least this long
-    /// more, as on a disk whose syncs stall (zero otherwise).
-    pub sync_delay: Duration,
+    /// Fault tests only: milliseconds every sync of the log takes more,
+    /// as on a disk whose syncs stall (zero otherwise); changed while the
+    /// log runs through `Faults::slow_syncs`.
+    pub sync_delay_ms: Arc<AtomicU64>,
 }
 
 impl Default for LogOptions {
@@ -108,7 +109,7 @@ impl Default for LogOptions {
             cache_entries: 16 * 1024,
             cache_bytes: 64 << 20,
             segment_bytes: segment::SEGMENT_BYTES,
-            sync_delay: Duration::ZERO,
+            sync_delay_ms: Arc::default(),
         }
     }
 }

@@ -168,7 +168,7 @@ impl ReplicatedLog {
         let spare = Spare::start(dir, segment_bytes).map_err(open_err)?;
         let (sync, jobs) = mpsc::channel();
         let syncer = Arc::new(Syncer {
-            delay: options.sync_delay,
+            delay_ms: options.sync_delay_ms.clone(),
             ..Syncer::default()
         });
         let runs = syncer.clone();
@@ -784,8 +784,8 @@ struct Syncer {
     /// jobs would follow a hole or a torn record, and the log is reopened
     /// anyway.
     failed: AtomicBool,
-    /// [`super::LogOptions::sync_delay`].
-    delay: std::time::Duration,
+    /// [`super::LogOptions::sync_delay_ms`].
+    delay_ms: Arc<AtomicU64>,
 }
 
 impl Syncer {
@@ -795,8 +795,9 @@ impl Syncer {
         let result = if self.failed.load(Ordering::Acquire) {
             Err(io::Error::other("an earlier flush of the log failed"))
         } else {
-            if !self.delay.is_zero() {
-                std::thread::sleep(self.delay);
+            let delay = self.delay_ms.load(Ordering::Relaxed);
+            if delay > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(delay));
             }
             sync(&job)
         };

@@ -237,16 +237,11 @@ impl Replica {
         let me = store.node_id().to_string();
         let origin = Instant::now();
         let (flushes, flushed) = tokio::sync::mpsc::unbounded_channel();
-        let mut log = DiskLog::open(
-            &config.log_dir,
-            &LogOptions {
-                sync_delay: test_sync_delay(),
-                ..LogOptions::default()
-            },
-            move |ticket, result| {
-                let _ = flushes.send((ticket, result));
-            },
-        )
+        let options = LogOptions::default();
+        let sync_delay_ms = options.sync_delay_ms.clone();
+        let mut log = DiskLog::open(&config.log_dir, &options, move |ticket, result| {
+            let _ = flushes.send((ticket, result));
+        })
         .map_err(|e| e.to_string())?;
         // Who runs a flush is the driver's and the committer's choice.
         log.hold_flushes();
@@ -289,6 +284,7 @@ impl Replica {
             next_forward: AtomicU64::new(1),
         });
         let (peers, inboxes) = Peers::start(me, membership.clone(), config.heartbeat_interval);
+        peers.faults.attach_sync_delay(sync_delay_ms);
         let policy = Arc::new(LeaderPolicy {
             shared: shared.clone(),
             peers: peers.clone(),
@@ -566,30 +562,6 @@ impl Replica {
 /// protocol assumes (`DRIFT`). Anything unparsable or beyond that bound
 /// means 1, and so does every value in a build without the feature.
 pub const TEST_CLOCK_RATE_ENV: &str = "PIKA_TEST_CLOCK_RATE";
-
-/// Fault tests only, in builds with the `test-faults` feature:
-/// `PIKA_TEST_SLOW_SYNC_MS=300` makes every sync of this node's log take
-/// 300 ms more, as on a disk whose syncs stall. Ignored otherwise.
-pub const TEST_SLOW_SYNC_ENV: &str = "PIKA_TEST_SLOW_SYNC_MS";
-
-fn test_sync_delay() -> Duration {
-    if !cfg!(feature = "test-faults") {
-        return Duration::ZERO;
-    }
-    match std::env::var(TEST_SLOW_SYNC_ENV)
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        Some(ms) if ms > 0 => {
-            tracing::warn!(
-                ms,
-                "{TEST_SLOW_SYNC_ENV}: this node's log syncs are slowed for a fault test"
-            );
-            Duration::from_millis(ms)
-        }
-        _ => Duration::ZERO,
-    }
-}
 
 fn test_clock_rate() -> f64 {
     if !cfg!(feature = "test-faults") {
