@@ -576,7 +576,7 @@ fn segments_are_written_with_zeros_before_records_go_in() -> Result<(), LogError
 }
 
 /// A follower's protocol thread runs its log's flushes itself
-/// (`hold_flushes`): a held flush completes on the thread that runs it,
+/// (`LogOptions::hold_flushes`): a held flush completes on the thread that runs it,
 /// and one taken while an earlier flush is still on the sync thread
 /// never completes before it.
 #[test]
@@ -598,8 +598,11 @@ fn held_flushes_run_on_the_taking_thread_and_never_overtake_the_sync_thread() ->
     };
     let here = std::thread::current().id();
     {
-        let mut log = open(dir.path());
-        log.hold_flushes();
+        let held = LogOptions {
+            hold_flushes: true,
+            ..LogOptions::default()
+        };
+        let mut log = ReplicatedLog::open(dir.path(), &held)?;
         log.append(&changes(1, 1..=3))?;
         log.flush(record(1))?;
         assert!(

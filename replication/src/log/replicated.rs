@@ -9,7 +9,7 @@
 //! order. By default the log's sync thread runs them: the protocol thread
 //! must not write while a sync runs (a write into the page a sync is
 //! still writing back waits for it, 81 µs on average and up to 5 ms at 64
-//! clients, `perf trace`). With [`ReplicatedLog::hold_flushes`] the caller
+//! clients, `perf trace`). With [`LogOptions::hold_flushes`] the caller
 //! takes each job and runs it on its own thread once nothing is in flight
 //! on the sync thread ([`HeldFlushes::run_here`]), or hands it over: a
 //! follower's protocol thread syncs its own appends, after sending what
@@ -111,7 +111,8 @@ pub struct ReplicatedLog {
     /// Runs flushes, on the sync thread or the caller's; knows which are
     /// done.
     syncer: Arc<Syncer>,
-    /// Flushes are held for the caller to run ([`Self::hold_flushes`]).
+    /// Flushes are held for the caller to run
+    /// ([`LogOptions::hold_flushes`]).
     hold: bool,
     /// Flushes not handed to anyone yet, oldest first.
     held: Vec<SyncJob>,
@@ -195,7 +196,7 @@ impl ReplicatedLog {
             writes: Vec::new(),
             next_job: 1,
             syncer,
-            hold: false,
+            hold: options.hold_flushes,
             held: Vec::new(),
             created: false,
             sync: Some(sync),
@@ -670,16 +671,6 @@ impl ReplicatedLog {
             .ok_or_else(|| LogError::Io(io::Error::other("the log's sync thread stopped")))?
             .send(job)
             .map_err(|_| LogError::Io(io::Error::other("the log's sync thread stopped")))
-    }
-
-    /// From now on [`Self::flush`] holds its job until the caller takes it
-    /// ([`Self::take_held`]) and runs it, on its own thread or the sync
-    /// thread. A follower's protocol thread syncs its appends itself once
-    /// it has sent what the step produced: no hand-over to the sync thread
-    /// and back per batch (writes spread over three nodes +10 % under
-    /// `wrk`, `docs/benchmarks.md`, "A follower syncs its own log").
-    pub fn hold_flushes(&mut self) {
-        self.hold = true;
     }
 
     /// The flushes held since the last call, for the caller to run.

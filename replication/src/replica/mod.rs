@@ -237,14 +237,16 @@ impl Replica {
         let me = store.node_id().to_string();
         let origin = Instant::now();
         let (flushes, flushed) = tokio::sync::mpsc::unbounded_channel();
-        let options = LogOptions::default();
+        // Who runs a flush is the driver's and the committer's choice.
+        let options = LogOptions {
+            hold_flushes: true,
+            ..LogOptions::default()
+        };
         let sync_delay_ms = options.sync_delay_ms.clone();
-        let mut log = DiskLog::open(&config.log_dir, &options, move |ticket, result| {
+        let log = DiskLog::open(&config.log_dir, &options, move |ticket, result| {
             let _ = flushes.send((ticket, result));
         })
         .map_err(|e| e.to_string())?;
-        // Who runs a flush is the driver's and the committer's choice.
-        log.hold_flushes();
         let pending = SharedPending::default();
         let core = ReplicaCore::new(
             me.clone(),

@@ -83,8 +83,6 @@ impl CommitPolicy for LeaderPolicy {
         let outputs = {
             let mut core = lock(&self.shared.core);
             core.wait(epoch, revision, token, now);
-            // Anything held goes to the sync thread when dropped.
-            drop(core.log_mut().take_held());
             core.drain()
         };
         self.shared.perform(&self.peers, outputs);
