@@ -1,6 +1,6 @@
 //! `pika` processes forming a cluster on 127.0.1.x from the example YAMLs:
-//! full membership, a kill -9 noticed and a restart welcomed back, and
-//! outsiders without the key kept out.
+//! full membership, a kill -9 noticed and a restart welcomed back (without
+//! unseating the leader), and outsiders without the key kept out.
 
 mod support;
 
@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::cluster::Cluster;
 use support::{Proc, client, free_udp_port, spawn_with};
 
 const INTERVAL: Duration = Duration::from_millis(200);
@@ -234,4 +235,58 @@ fn nodes_with_a_wrong_or_no_key_never_appear_and_are_counted() {
     assert_eq!(status(&keyless)["security_enabled"], false);
     let log = keyless.log.lock().unwrap().join("\n");
     assert!(log.contains("security_key is empty"), "{log}");
+}
+
+/// A rolling restart must not move the leadership: a follower killed and
+/// started again on its data finds the leader before its quiet time after
+/// boot (one lease) ends, and so never campaigns. Its old QUIC connections
+/// on the others are gone at the first packet they send it (its new
+/// process answers with a stateless reset), not after an idle timeout;
+/// until then everything sent to it was lost, it heard no leader, and its
+/// campaign's promise fenced the leader off.
+#[test]
+fn a_restarted_follower_finds_the_leader_and_does_not_unseat_it() {
+    // The default heartbeat and lease, not the other tests' faster ones:
+    // with those the leader reconnected in time even without the reset.
+    let (interval, lease) = (Duration::from_secs(1), Duration::from_secs(5));
+    let mut c = Cluster::start_with_env(
+        &[141, 142, 143],
+        &[
+            ("PIKA_CLUSTER_HEARTBEAT_INTERVAL", "1s"),
+            ("PIKA_CLUSTER_HEARTBEAT_TIMEOUT", "5s"),
+        ],
+    );
+    let (leader, epoch) = c.leader(Duration::from_secs(20));
+    let leader_id = c.node_id(leader);
+    for round in 0..3 {
+        let follower = (leader + 1 + round % 2) % 3;
+        let id = c.node_id(follower);
+        c.kill(follower);
+        // Briefer than the lease: the leader still counts it in its set.
+        std::thread::sleep(interval / 2);
+        c.restart(follower);
+        let rejoined = wait_until(Duration::from_secs(20), || {
+            c.status(follower)["leader"] == leader_id.as_str()
+                && c.replication_set(leader)
+                    .is_some_and(|set| set.contains(&id))
+        });
+        let rejoined = rejoined.unwrap_or_else(|| {
+            panic!("round {round}: node {follower} never followed the leader or rejoined its set")
+        });
+        // Within a heartbeat or two; an idle timeout (about the lease) had
+        // to pass before.
+        assert!(
+            rejoined < lease / 2,
+            "round {round}: node {follower} back only {rejoined:?} after its restart"
+        );
+        // Past the restarted node's quiet time, when it would campaign had
+        // it heard no leader.
+        std::thread::sleep(lease + interval * 2);
+        assert_eq!(
+            c.leader(Duration::from_secs(20)),
+            (leader, epoch),
+            "round {round}: the restart of node {follower} moved the leadership"
+        );
+        eprintln!("round {round}: node {follower} back in the set {rejoined:?} after its restart");
+    }
 }

@@ -16,6 +16,7 @@ pub mod datagram;
 pub mod discovery;
 pub mod frame;
 pub mod identity;
+mod restart;
 pub mod rpc;
 pub mod stats;
 pub mod swim;
@@ -122,16 +123,13 @@ impl Membership {
         })?;
         let runtime = quinn::default_runtime()
             .ok_or_else(|| StartError::Transport("no async runtime for quinn".into()))?;
-        let mut endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
-            Some(tls.server),
-            socket,
-            runtime,
-        )
-        .map_err(|source| StartError::Bind {
-            addr: config.bind,
-            source,
-        })?;
+        let endpoint_config =
+            restart::endpoint_config(&config.security_key, &config.prefix, &config.node_id)?;
+        let mut endpoint = quinn::Endpoint::new(endpoint_config, Some(tls.server), socket, runtime)
+            .map_err(|source| StartError::Bind {
+                addr: config.bind,
+                source,
+            })?;
         endpoint.set_default_client_config(tls.client);
 
         let first_round = discovery::resolve(&config.discovery).await;

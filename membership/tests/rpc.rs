@@ -232,3 +232,83 @@ async fn a_peer_opens_at_most_the_stream_limit_at_once() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// A node killed and started again on its address resets the connections
+/// of its former process at the first packet they send it (QUIC's
+/// stateless reset, with keys the node derives the same way in every
+/// process): a stream on such a connection fails within moments, where it
+/// used to write into the void until the idle timeout, and the next stream
+/// reaches the new process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_resets_its_former_processes_connections() {
+    let hosts = [75, 76];
+    let port = free_port(&hosts);
+    let dns = list(&hosts);
+    // An idle timeout far longer than the reset may take.
+    let slow = |host, generation| {
+        let mut c = config(host, port, &dns, KEY, generation);
+        c.swim.heartbeat_timeout = Duration::from_secs(20);
+        c
+    };
+    let a = Membership::start(slow(75, 1)).await.expect("a");
+    let b_addr = SocketAddr::new(ip(76), port);
+
+    // b's first process runs on a runtime of its own, so that it can die
+    // without a word: dropping the runtime stops its tasks before any
+    // CONNECTION_CLOSE leaves, as a kill -9 would.
+    let first = slow(76, 1);
+    let (b_runtime, b, accepted) = tokio::task::spawn_blocking(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let b = runtime
+            .block_on(Membership::start(first))
+            .expect("b, first process");
+        let incoming = b.incoming_streams().expect("first taker");
+        (runtime, b, incoming)
+    })
+    .await
+    .expect("b started");
+    let mut stream = a.open_stream(b_addr).await.expect("a stream to b");
+    let one = Echo {
+        n: 1,
+        body: Vec::new(),
+    };
+    stream
+        .send(&one)
+        .await
+        .expect("a frame to b's first process");
+    tokio::task::spawn_blocking(move || {
+        drop(b_runtime);
+        drop(accepted);
+        drop(b);
+    })
+    .await
+    .expect("b crashed");
+
+    let _b = Membership::start(slow(76, 2))
+        .await
+        .expect("b, second process");
+    let started = std::time::Instant::now();
+    let failed = loop {
+        if stream.send(&one).await.is_err() {
+            break started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the stream to b's former process still takes frames after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    eprintln!("the stream to b's former process failed {failed:?} after its restart");
+    assert!(
+        failed < Duration::from_secs(3),
+        "reset only after {failed:?}"
+    );
+    let mut again = a.open_stream(b_addr).await.expect("a new stream to b");
+    assert_eq!(again.peer_node_id(), Some("node-76"));
+    again.send(&one).await.expect("a frame to b's new process");
+    a.shutdown().await;
+}
