@@ -424,7 +424,7 @@ impl Driver {
                     tracing::warn!(
                         ?took,
                         backoff = ?super::flush_placement::SLOW_SYNC_BACKOFF,
-                        "a log sync was slow; the log's sync thread runs this follower's flushes for a while, so that its receipts keep flowing"
+                        "log syncs stall; the log's sync thread runs this follower's flushes for a while, so that its receipts keep flowing"
                     );
                 }
                 self.flush_placement.set(placement);
