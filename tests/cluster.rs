@@ -290,3 +290,48 @@ fn a_restarted_follower_finds_the_leader_and_does_not_unseat_it() {
         eprintln!("round {round}: node {follower} back in the set {rejoined:?} after its restart");
     }
 }
+
+/// A follower that alone stops hearing the leader (a one-way partition:
+/// what it sends still arrives) asks for pre-votes, and the other two,
+/// still hearing the leader, refuse them. So it promises nothing new, and
+/// when it hears the leader again it follows it: the leadership and the
+/// epoch never move. Without the pre-vote its own promise fenced the
+/// leader off once the partition healed.
+#[test]
+fn a_follower_that_stops_hearing_the_leader_does_not_unseat_it() {
+    let c = Cluster::start(&[144, 145, 146]);
+    let (leader, epoch) = c.leader(Duration::from_secs(20));
+    let leader_id = c.node_id(leader);
+    let deaf = (leader + 1) % 3;
+    c.fault(deaf, serde_json::json!({"block_in": [leader_id]}));
+    // Several leases of deafness: long past the point where it would
+    // campaign. (Writes stall meanwhile until the leader drops it from its
+    // set, after `ack_timeout`: it receives nothing, so it acknowledges
+    // nothing.)
+    std::thread::sleep(TIMEOUT * 4);
+    assert_eq!(
+        c.status(deaf)["promised_epoch"],
+        epoch,
+        "the deaf follower promised a newer epoch"
+    );
+    c.fault(deaf, serde_json::json!({"block_in": []}));
+    let back = wait_until(Duration::from_secs(10), || {
+        let s = c.status(deaf);
+        s["leader"] == leader_id.as_str() && s["leader_healthy"] == true
+    })
+    .expect("the follower follows the leader again");
+    // A few leases more: a fenced leader would have stepped down by now.
+    std::thread::sleep(TIMEOUT * 2);
+    assert_eq!(
+        c.leader(Duration::from_secs(10)),
+        (leader, epoch),
+        "the leadership moved"
+    );
+    let (code, body) = support::put(&c.url(deaf), "after", "v", None);
+    assert_eq!(code, 201, "a write through the follower: {body}");
+    assert_eq!(
+        support::cluster::read(&c.url(deaf), "after").as_deref(),
+        Some("v")
+    );
+    eprintln!("the follower followed the leader again {back:?} after the partition healed");
+}

@@ -31,6 +31,16 @@
 //! - Voters that heard a leader refuse only *other* candidates, so a leader
 //!   fenced off before its lease ran out does not campaign until it would
 //!   have: its followers may still be reading on that lease.
+//! - A campaign starts with a pre-vote ([`ElectionMessage::PreVote`]): the
+//!   node asks whether a quorum would grant it the epoch, and promises it
+//!   (to itself, durably, fencing the leader it knew) only if so. A pre-vote
+//!   is answered by the grant rule above and changes nothing at the voter.
+//!   Without it, a node that alone stopped hearing a live leader (a one-way
+//!   partition, a pause past the lease, a restart whose connections had
+//!   not come back yet) campaigned, and its own promise answered the
+//!   leader's next heartbeat with a refusal: the leader stepped down
+//!   though everyone else still followed it. Safety does not rest on the
+//!   pre-vote: it only keeps a campaign that could not win from starting.
 //! - After a boot a node grants nothing (not even to itself) for L
 //!   (DESIGN.md, election step 6). It cannot know whom it promised before a
 //!   crash, and a node whose data directory was wiped or restored from a
@@ -110,6 +120,22 @@ pub enum ElectionMessage {
     /// rests on the grants it got: voters may grant again at once instead
     /// of staying bound for a lease.
     Withdrawn { epoch: u64 },
+    /// Would the receiver grant `epoch` to `candidate` now? Asked before a
+    /// campaign; the answer binds nobody and is persisted nowhere.
+    PreVote {
+        epoch: u64,
+        candidate: String,
+        last: Position,
+        replicas: u64,
+        voters: u64,
+    },
+    PreVoteReply {
+        epoch: u64,
+        granted: bool,
+        /// The voter's promise: a node refused for an epoch too low learns
+        /// which one to ask for next.
+        promised: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,6 +191,13 @@ pub enum Role {
 #[derive(Debug)]
 enum State {
     Follower,
+    /// Asking for pre-votes for `epoch`; nothing promised yet.
+    PreCandidate {
+        epoch: u64,
+        started: Duration,
+        grants: BTreeSet<String>,
+        refusals: BTreeSet<String>,
+    },
     Candidate {
         epoch: u64,
         started: Duration,
@@ -376,7 +409,7 @@ impl Election {
 
     pub fn role(&self) -> Role {
         match self.state {
-            State::Follower => Role::Follower,
+            State::Follower | State::PreCandidate { .. } => Role::Follower,
             State::Candidate { .. } => Role::Candidate,
             State::Leader { .. } => Role::Leader,
         }
@@ -470,6 +503,11 @@ impl Election {
                     self.end_campaign();
                 }
             }
+            State::PreCandidate { started, .. } => {
+                if now >= *started + self.config.heartbeat_interval * 2 {
+                    self.end_pre_vote();
+                }
+            }
             State::Follower => {
                 if self.may_campaign(now) {
                     let at = *self.campaign_at.get_or_insert_with(|| {
@@ -477,7 +515,7 @@ impl Election {
                         now + backoff
                     });
                     if now >= at {
-                        self.campaign(now);
+                        self.pre_vote(now);
                     }
                 } else {
                     self.campaign_at = None;
@@ -527,6 +565,38 @@ impl Election {
             } => {
                 self.heard_replicas(from, replicas);
                 self.on_ack(from, epoch, round, ok, promised)
+            }
+            ElectionMessage::PreVote {
+                epoch,
+                candidate,
+                last,
+                replicas,
+                voters,
+            } => {
+                self.heard_replicas(from, replicas);
+                let claim = Claim {
+                    last,
+                    replicas,
+                    voters,
+                };
+                let granted = self.may_grant(epoch, &candidate, claim, now);
+                let promised = self.promised;
+                self.send(
+                    &candidate,
+                    ElectionMessage::PreVoteReply {
+                        epoch,
+                        granted,
+                        promised,
+                    },
+                );
+            }
+            ElectionMessage::PreVoteReply {
+                epoch,
+                granted,
+                promised,
+            } => {
+                self.highest_seen = self.highest_seen.max(promised);
+                self.on_pre_vote_reply(from, epoch, granted, now)
             }
             ElectionMessage::Withdrawn { epoch } => {
                 if self
@@ -591,8 +661,88 @@ impl Election {
             && claim.last >= self.last
     }
 
+    /// The epoch this node's next campaign asks for.
+    fn next_epoch(&self) -> u64 {
+        self.highest_seen.max(self.promised) + 1
+    }
+
+    /// Asks whether a quorum would grant this node the next epoch; the
+    /// campaign itself starts once one would ([`Election::campaign`]).
+    fn pre_vote(&mut self, now: Duration) {
+        let epoch = self.next_epoch();
+        self.campaign_at = None;
+        if !self.quorum.counts(&self.me)
+            || !self.may_grant(epoch, &self.me.clone(), self.own_claim(), now)
+        {
+            return;
+        }
+        self.state = State::PreCandidate {
+            epoch,
+            started: now,
+            grants: BTreeSet::from([self.me.clone()]),
+            refusals: BTreeSet::new(),
+        };
+        tracing::debug!(epoch, "asking for pre-votes");
+        self.broadcast(ElectionMessage::PreVote {
+            epoch,
+            candidate: self.me.clone(),
+            last: self.last,
+            replicas: self.replicas(),
+            voters: self.voter_set_id,
+        });
+        self.maybe_pre_win(now);
+    }
+
+    fn on_pre_vote_reply(&mut self, from: &str, epoch: u64, granted: bool, now: Duration) {
+        let State::PreCandidate {
+            epoch: mine,
+            grants,
+            refusals,
+            ..
+        } = &mut self.state
+        else {
+            return;
+        };
+        if *mine != epoch {
+            return;
+        }
+        if granted {
+            grants.insert(from.to_string());
+            self.maybe_pre_win(now);
+        } else {
+            refusals.insert(from.to_string());
+            let refused = refusals.clone();
+            let mut hopeful = self.live_ids();
+            hopeful.retain(|id| !refused.contains(id));
+            if !self.quorum.is_met(&hopeful) {
+                self.end_pre_vote();
+            }
+        }
+    }
+
+    /// A quorum would grant: campaign for real (which checks everything
+    /// again, on this node's state now).
+    fn maybe_pre_win(&mut self, now: Duration) {
+        let State::PreCandidate { grants, .. } = &self.state else {
+            return;
+        };
+        if self.quorum.is_met(grants) {
+            self.state = State::Follower;
+            self.campaign(now);
+        }
+    }
+
+    /// Pre-votes that did not gather a quorum: back to following, with a
+    /// new back-off before the next try. Nobody is bound, so nobody is told.
+    fn end_pre_vote(&mut self) {
+        if matches!(self.state, State::PreCandidate { .. }) {
+            self.state = State::Follower;
+            self.campaign_at = None;
+        }
+    }
+
     fn campaign(&mut self, now: Duration) {
-        let epoch = self.highest_seen.max(self.promised) + 1;
+        let epoch = self.next_epoch();
         self.campaign_at = None;
         if !self.quorum.counts(&self.me)
             || !self.may_grant(epoch, &self.me.clone(), self.own_claim(), now)
@@ -636,6 +786,7 @@ impl Election {
             match self.state {
                 State::Leader { epoch: mine, .. } => self.step_down(mine, "granted a newer epoch"),
                 State::Candidate { .. } => self.end_campaign(),
+                State::PreCandidate { .. } => self.end_pre_vote(),
                 State::Follower => {}
             }
         }
@@ -761,6 +912,7 @@ impl Election {
                 self.step_down(mine, "a newer epoch has a leader")
             }
             State::Candidate { epoch: mine, .. } if mine <= epoch => self.end_campaign(),
+            State::PreCandidate { .. } => self.end_pre_vote(),
             _ => {}
         }
         let changed = self

@@ -197,6 +197,19 @@ impl PeerMessage {
                     epoch, promised, ..
                 } => vec![("epoch", *epoch), ("promised", *promised)],
                 ElectionMessage::Withdrawn { epoch } => vec![("epoch", *epoch)],
+                ElectionMessage::PreVote {
+                    epoch,
+                    last,
+                    voters,
+                    ..
+                } => {
+                    let mut v = vec![("epoch", *epoch), ("voters", *voters)];
+                    v.extend(position(["last.epoch", "last.revision"], last));
+                    v
+                }
+                ElectionMessage::PreVoteReply {
+                    epoch, promised, ..
+                } => vec![("epoch", *epoch), ("promised", *promised)],
             },
             PeerMessage::Diff {
                 epoch,

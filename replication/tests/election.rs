@@ -349,3 +349,96 @@ fn a_node_that_is_behind_does_not_keep_the_other_survivor_from_winning() {
         "slowest election {slowest:?}"
     );
 }
+
+/// Three nodes elect a leader; then one follower stops hearing it for 5 s
+/// (a one-way partition: what it sends still arrives), and hears it
+/// again. That follower's pre-votes are refused by the two that still
+/// hear the leader, so it never promises a newer epoch, and the leader
+/// keeps its lease and epoch throughout. Without the pre-vote it
+/// campaigned over and over (up to epoch 20), and once it heard the
+/// leader again its promise answered the heartbeat with a refusal: the
+/// leader stepped down.
+fn deaf_follower_leaves_the_leader_alone(seed: u64) -> Result<(), String> {
+    let config = ElectionConfig {
+        replicas: 3,
+        heartbeat_interval: Duration::from_millis(200),
+        lease: Duration::from_millis(1000),
+        drift: 0.1,
+    };
+    let ids = ["a", "b", "c"];
+    let mut nodes = ids.map(|id| {
+        let mut n = Election::new(
+            id,
+            config.clone(),
+            0,
+            Position::default(),
+            seed.wrapping_mul(7)
+                .wrapping_add(id.len() as u64 + id.as_bytes()[0] as u64),
+            T0,
+        );
+        n.set_members(ids.map(String::from), ids.map(String::from));
+        n
+    });
+    let mut in_flight = InFlight::new();
+    let step = Duration::from_millis(10);
+    let mut now = T0;
+    let mut deaf: Option<(usize, usize, u64)> = None; // (leader, follower, epoch)
+    let mut healed_at = Duration::MAX;
+    while now < T0 + Duration::from_secs(12) {
+        now += step;
+        for (i, node) in nodes.iter_mut().enumerate() {
+            node.tick(now);
+            post(&mut in_flight, &ids, i, node.drain_actions(), now);
+        }
+        while let Some(k) = in_flight.iter().position(|m| m.0 <= now + step) {
+            let (at, to, from, message) = in_flight.remove(k);
+            if let Some((leader, follower, _)) = deaf
+                && to == follower
+                && from == ids[leader]
+                && at < healed_at
+            {
+                continue;
+            }
+            nodes[to].handle(from, message, at);
+            post(&mut in_flight, &ids, to, nodes[to].drain_actions(), at);
+        }
+        match deaf {
+            None => {
+                if let Some(leader) = (0..3).find(|i| nodes[*i].role() == Role::Leader)
+                    && let Some((epoch, _)) = nodes[leader].lease(now)
+                {
+                    deaf = Some((leader, (leader + 1) % 3, epoch));
+                    healed_at = now + Duration::from_secs(5);
+                }
+            }
+            Some((leader, follower, epoch)) => {
+                if nodes[leader].lease(now).map(|(e, _)| e) != Some(epoch) {
+                    return Err(format!(
+                        "the leader {} lost its lease of epoch {epoch} at {:?}: {} had promised {}",
+                        ids[leader],
+                        now - T0,
+                        ids[follower],
+                        nodes[follower].promised()
+                    ));
+                }
+            }
+        }
+    }
+    let (_, follower, epoch) = deaf.ok_or("no leader was elected")?;
+    if nodes[follower].promised() != epoch {
+        return Err(format!(
+            "the deaf follower promised {}, the leader's epoch is {epoch}",
+            nodes[follower].promised()
+        ));
+    }
+    Ok(())
+}
+
+#[test]
+fn a_follower_that_alone_stops_hearing_the_leader_does_not_unseat_it() {
+    for seed in 1..=20 {
+        if let Err(e) = deaf_follower_leaves_the_leader_alone(seed) {
+            panic!("seed {seed}: {e}");
+        }
+    }
+}

@@ -32,13 +32,18 @@ fn core() -> ReplicaCore<MemLog> {
     core
 }
 
-/// The epoch of the first LeaseRequest this node sends, ticking from `from`.
+/// The epoch the first campaign of this node asks for (its pre-vote
+/// comes first), ticking from `from`.
 fn first_campaign(core: &mut ReplicaCore<MemLog>, from: Duration) -> Option<u64> {
     (0..200).find_map(|i| {
         core.tick(from + Duration::from_millis(10 * i));
         core.drain().into_iter().find_map(|output| match output {
             Output::Send {
-                message: PeerMessage::Election(ElectionMessage::LeaseRequest { epoch, .. }),
+                message:
+                    PeerMessage::Election(
+                        ElectionMessage::PreVote { epoch, .. }
+                        | ElectionMessage::LeaseRequest { epoch, .. },
+                    ),
                 ..
             } => Some(epoch),
             _ => None,
@@ -111,6 +116,25 @@ fn the_bound_is_inclusive_and_covers_every_counter() {
                 ok: true,
                 promised: n,
                 replicas: 3,
+            }),
+            PeerMessage::Election(ElectionMessage::PreVote {
+                epoch: n,
+                candidate: "n2".into(),
+                last: position(1, 1),
+                replicas: 3,
+                voters: 0,
+            }),
+            PeerMessage::Election(ElectionMessage::PreVote {
+                epoch: 1,
+                candidate: "n2".into(),
+                last: position(n, 1),
+                replicas: 3,
+                voters: 0,
+            }),
+            PeerMessage::Election(ElectionMessage::PreVoteReply {
+                epoch: 1,
+                granted: true,
+                promised: n,
             }),
             PeerMessage::Diff {
                 epoch: 1,
