@@ -76,18 +76,22 @@ pub struct Position {
     pub revision: u64,
 }
 
+/// What a node asks for, in a pre-vote and in a campaign alike.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseAsk {
+    pub epoch: u64,
+    pub candidate: String,
+    pub last: Position,
+    /// The candidate's `replicas`.
+    pub replicas: u64,
+    /// The candidate's voter-set id: the revision of the newest voter set
+    /// in its log, 0 when it knows none.
+    pub voters: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ElectionMessage {
-    LeaseRequest {
-        epoch: u64,
-        candidate: String,
-        last: Position,
-        /// The candidate's `replicas`.
-        replicas: u64,
-        /// The candidate's voter-set id: the revision of the newest voter
-        /// set in its log, 0 when it knows none.
-        voters: u64,
-    },
+    LeaseRequest(LeaseAsk),
     LeaseReply {
         epoch: u64,
         granted: bool,
@@ -119,16 +123,12 @@ pub enum ElectionMessage {
     /// The sender's campaign for `epoch` ended without a lease, so nothing
     /// rests on the grants it got: voters may grant again at once instead
     /// of staying bound for a lease.
-    Withdrawn { epoch: u64 },
-    /// Would the receiver grant `epoch` to `candidate` now? Asked before a
-    /// campaign; the answer binds nobody and is persisted nowhere.
-    PreVote {
+    Withdrawn {
         epoch: u64,
-        candidate: String,
-        last: Position,
-        replicas: u64,
-        voters: u64,
     },
+    /// Would the receiver grant the epoch to the candidate now? Asked
+    /// before a campaign; the answer binds nobody and is persisted nowhere.
+    PreVote(LeaseAsk),
     PreVoteReply {
         epoch: u64,
         granted: bool,
@@ -191,19 +191,10 @@ pub enum Role {
 #[derive(Debug)]
 enum State {
     Follower,
-    /// Asking for pre-votes for `epoch`; nothing promised yet.
-    PreCandidate {
-        epoch: u64,
-        started: Duration,
-        grants: BTreeSet<String>,
-        refusals: BTreeSet<String>,
-    },
-    Candidate {
-        epoch: u64,
-        started: Duration,
-        grants: BTreeSet<String>,
-        refusals: BTreeSet<String>,
-    },
+    /// Asking for pre-votes; nothing promised yet.
+    PreCandidate(Ballot),
+    /// Campaigning, its epoch promised to itself.
+    Candidate(Ballot),
     Leader {
         epoch: u64,
         lease_until: Duration,
@@ -212,6 +203,63 @@ enum State {
         /// Rounds not yet acked by a quorum: send time and ackers.
         rounds: BTreeMap<u64, (Duration, BTreeSet<String>)>,
     },
+}
+
+/// The answers to one round of asking for an epoch: a pre-vote or a
+/// campaign.
+#[derive(Debug)]
+struct Ballot {
+    epoch: u64,
+    started: Duration,
+    grants: BTreeSet<String>,
+    refusals: BTreeSet<String>,
+}
+
+/// Where a ballot stands after an answer.
+enum Tally {
+    Open,
+    /// A quorum granted.
+    Won,
+    /// The live members that have not refused can no longer make a quorum.
+    Lost,
+}
+
+impl Ballot {
+    /// A ballot for `epoch`, granted by the asking node itself.
+    fn new(epoch: u64, me: &str, now: Duration) -> Ballot {
+        Ballot {
+            epoch,
+            started: now,
+            grants: BTreeSet::from([me.to_string()]),
+            refusals: BTreeSet::new(),
+        }
+    }
+
+    /// Counts `from`'s answer; `live` are the live members, self included.
+    fn count(
+        &mut self,
+        from: &str,
+        granted: bool,
+        live: BTreeSet<String>,
+        quorum: &Quorum,
+    ) -> Tally {
+        if granted {
+            self.grants.insert(from.to_string());
+            return if quorum.is_met(&self.grants) {
+                Tally::Won
+            } else {
+                Tally::Open
+            };
+        }
+        self.refusals.insert(from.to_string());
+        let mut hopeful = live;
+        hopeful.retain(|id| !self.refusals.contains(id));
+        if quorum.is_met(&hopeful) {
+            Tally::Open
+        } else {
+            Tally::Lost
+        }
+    }
 }
 
 /// What a candidate says of itself in a lease request.
@@ -366,6 +414,16 @@ impl Election {
         }
     }
 
+    /// The claim a lease request or pre-vote makes, noting its `replicas`.
+    fn heard_ask(&mut self, from: &str, ask: &LeaseAsk) -> Claim {
+        self.heard_replicas(from, ask.replicas);
+        Claim {
+            last: ask.last,
+            replicas: ask.replicas,
+            voters: ask.voters,
+        }
+    }
+
     /// The live members and self.
     fn live_ids(&self) -> BTreeSet<String> {
         let mut ids = self.alive.clone();
@@ -409,8 +467,8 @@ impl Election {
 
     pub fn role(&self) -> Role {
         match self.state {
-            State::Follower | State::PreCandidate { .. } => Role::Follower,
-            State::Candidate { .. } => Role::Candidate,
+            State::Follower | State::PreCandidate(_) => Role::Follower,
+            State::Candidate(_) => Role::Candidate,
             State::Leader { .. } => Role::Leader,
         }
     }
@@ -498,13 +556,13 @@ impl Election {
                     });
                 }
             }
-            State::Candidate { started, .. } => {
-                if now >= *started + self.config.heartbeat_interval * 2 {
+            State::Candidate(ballot) => {
+                if now >= ballot.started + self.config.heartbeat_interval * 2 {
                     self.end_campaign();
                 }
             }
-            State::PreCandidate { started, .. } => {
-                if now >= *started + self.config.heartbeat_interval * 2 {
+            State::PreCandidate(ballot) => {
+                if now >= ballot.started + self.config.heartbeat_interval * 2 {
                     self.end_pre_vote();
                 }
             }
@@ -526,20 +584,9 @@ impl Election {
 
     pub fn handle(&mut self, from: &str, message: ElectionMessage, now: Duration) {
         match message {
-            ElectionMessage::LeaseRequest {
-                epoch,
-                candidate,
-                last,
-                replicas,
-                voters,
-            } => {
-                self.heard_replicas(from, replicas);
-                let claim = Claim {
-                    last,
-                    replicas,
-                    voters,
-                };
-                self.on_request(epoch, &candidate, claim, now)
+            ElectionMessage::LeaseRequest(ask) => {
+                let claim = self.heard_ask(from, &ask);
+                self.on_request(ask.epoch, &ask.candidate, claim, now)
             }
             ElectionMessage::LeaseReply {
                 epoch,
@@ -566,19 +613,9 @@ impl Election {
                 self.heard_replicas(from, replicas);
                 self.on_ack(from, epoch, round, ok, promised)
             }
-            ElectionMessage::PreVote {
-                epoch,
-                candidate,
-                last,
-                replicas,
-                voters,
-            } => {
-                self.heard_replicas(from, replicas);
-                let claim = Claim {
-                    last,
-                    replicas,
-                    voters,
-                };
+            ElectionMessage::PreVote(ask) => {
+                let claim = self.heard_ask(from, &ask);
+                let (epoch, candidate) = (ask.epoch, ask.candidate);
                 let granted = self.may_grant(epoch, &candidate, claim, now);
                 let promised = self.promised;
                 self.send(
@@ -625,6 +662,18 @@ impl Election {
             last: self.last,
             replicas: self.replicas(),
             voters: self.voter_set_id,
+        }
+    }
+
+    /// What this node asks for when it wants `epoch`.
+    fn own_ask(&self, epoch: u64) -> LeaseAsk {
+        let claim = self.own_claim();
+        LeaseAsk {
+            epoch,
+            candidate: self.me.clone(),
+            last: claim.last,
+            replicas: claim.replicas,
+            voters: claim.voters,
         }
     }
 
@@ -676,66 +725,40 @@ impl Election {
         {
             return;
         }
-        self.state = State::PreCandidate {
-            epoch,
-            started: now,
-            grants: BTreeSet::from([self.me.clone()]),
-            refusals: BTreeSet::new(),
-        };
+        self.state = State::PreCandidate(Ballot::new(epoch, &self.me, now));
         tracing::debug!(epoch, "asking for pre-votes");
-        self.broadcast(ElectionMessage::PreVote {
-            epoch,
-            candidate: self.me.clone(),
-            last: self.last,
-            replicas: self.replicas(),
-            voters: self.voter_set_id,
-        });
-        self.maybe_pre_win(now);
+        self.broadcast(ElectionMessage::PreVote(self.own_ask(epoch)));
+        // Alone in its quorum (one node): nobody else to ask.
+        if self.quorum.is_met(&BTreeSet::from([self.me.clone()])) {
+            self.state = State::Follower;
+            self.campaign(now);
+        }
     }
 
     fn on_pre_vote_reply(&mut self, from: &str, epoch: u64, granted: bool, now: Duration) {
-        let State::PreCandidate {
-            epoch: mine,
-            grants,
-            refusals,
-            ..
-        } = &mut self.state
-        else {
+        let live = self.live_ids();
+        let State::PreCandidate(ballot) = &mut self.state else {
             return;
         };
-        if *mine != epoch {
+        if ballot.epoch != epoch {
             return;
         }
-        if granted {
-            grants.insert(from.to_string());
-            self.maybe_pre_win(now);
-        } else {
-            refusals.insert(from.to_string());
-            let refused = refusals.clone();
-            let mut hopeful = self.live_ids();
-            hopeful.retain(|id| !refused.contains(id));
-            if !self.quorum.is_met(&hopeful) {
-                self.end_pre_vote();
+        match ballot.count(from, granted, live, &self.quorum) {
+            // A quorum would grant: campaign for real (which checks
+            // everything again, on this node's state now).
+            Tally::Won => {
+                self.state = State::Follower;
+                self.campaign(now);
             }
-        }
-    }
-
-    /// A quorum would grant: campaign for real (which checks everything
-    /// again, on this node's state now).
-    fn maybe_pre_win(&mut self, now: Duration) {
-        let State::PreCandidate { grants, .. } = &self.state else {
-            return;
-        };
-        if self.quorum.is_met(grants) {
-            self.state = State::Follower;
-            self.campaign(now);
+            Tally::Lost => self.end_pre_vote(),
+            Tally::Open => {}
         }
     }
 
     /// Pre-votes that did not gather a quorum: back to following, with a
     /// new back-off before the next try. Nobody is bound, so nobody is told.
     fn end_pre_vote(&mut self) {
-        if matches!(self.state, State::PreCandidate { .. }) {
+        if matches!(self.state, State::PreCandidate(_)) {
             self.state = State::Follower;
             self.campaign_at = None;
         }
@@ -755,20 +778,9 @@ impl Election {
         // binding, a candidate that is behind and so can never win would
         // refuse the one that can, campaign after campaign.
         self.promise(epoch);
-        self.state = State::Candidate {
-            epoch,
-            started: now,
-            grants: BTreeSet::from([self.me.clone()]),
-            refusals: BTreeSet::new(),
-        };
+        self.state = State::Candidate(Ballot::new(epoch, &self.me, now));
         tracing::debug!(epoch, "campaigning");
-        self.broadcast(ElectionMessage::LeaseRequest {
-            epoch,
-            candidate: self.me.clone(),
-            last: self.last,
-            replicas: self.replicas(),
-            voters: self.voter_set_id,
-        });
+        self.broadcast(ElectionMessage::LeaseRequest(self.own_ask(epoch)));
         self.maybe_win(now);
     }
 
@@ -785,8 +797,8 @@ impl Election {
             // Promising a newer epoch ends any campaign or leadership of ours.
             match self.state {
                 State::Leader { epoch: mine, .. } => self.step_down(mine, "granted a newer epoch"),
-                State::Candidate { .. } => self.end_campaign(),
-                State::PreCandidate { .. } => self.end_pre_vote(),
+                State::Candidate(_) => self.end_campaign(),
+                State::PreCandidate(_) => self.end_pre_vote(),
                 State::Follower => {}
             }
         }
@@ -802,32 +814,19 @@ impl Election {
 
     fn on_reply(&mut self, from: &str, epoch: u64, granted: bool, promised: u64, now: Duration) {
         self.highest_seen = self.highest_seen.max(promised);
-        let State::Candidate {
-            epoch: mine,
-            grants,
-            refusals,
-            ..
-        } = &mut self.state
-        else {
+        let live = self.live_ids();
+        let State::Candidate(ballot) = &mut self.state else {
             return;
         };
-        if *mine != epoch {
+        if ballot.epoch != epoch {
             return;
         }
-        if granted {
-            grants.insert(from.to_string());
-            self.maybe_win(now);
-        } else {
-            refusals.insert(from.to_string());
-            let refused = refusals.clone();
-            // The live members that have not refused can no longer make a
-            // quorum: give up now and free the voters that granted, rather
-            // than holding their grants until the campaign times out.
-            let mut hopeful = self.live_ids();
-            hopeful.retain(|id| !refused.contains(id));
-            if !self.quorum.is_met(&hopeful) {
-                self.end_campaign();
-            }
+        match ballot.count(from, granted, live, &self.quorum) {
+            Tally::Won => self.maybe_win(now),
+            // Give up now and free the voters that granted, rather than
+            // holding their grants until the campaign times out.
+            Tally::Lost => self.end_campaign(),
+            Tally::Open => {}
         }
     }
 
@@ -836,7 +835,7 @@ impl Election {
     /// only counted by a candidate of that epoch, which this node no longer
     /// is, and epochs are never reused.
     fn end_campaign(&mut self) {
-        let State::Candidate { epoch, .. } = self.state else {
+        let State::Candidate(Ballot { epoch, .. }) = self.state else {
             return;
         };
         self.state = State::Follower;
@@ -845,12 +844,12 @@ impl Election {
     }
 
     fn maybe_win(&mut self, now: Duration) {
-        let State::Candidate {
+        let State::Candidate(Ballot {
             epoch,
             started,
             grants,
             ..
-        } = &self.state
+        }) = &self.state
         else {
             return;
         };
@@ -911,8 +910,8 @@ impl Election {
             State::Leader { epoch: mine, .. } if mine < epoch => {
                 self.step_down(mine, "a newer epoch has a leader")
             }
-            State::Candidate { epoch: mine, .. } if mine <= epoch => self.end_campaign(),
-            State::PreCandidate { .. } => self.end_pre_vote(),
+            State::Candidate(Ballot { epoch: mine, .. }) if mine <= epoch => self.end_campaign(),
+            State::PreCandidate(_) => self.end_pre_vote(),
             _ => {}
         }
         let changed = self

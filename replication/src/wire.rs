@@ -177,39 +177,24 @@ impl PeerMessage {
         match self {
             PeerMessage::Hello { .. } => vec![],
             PeerMessage::Election(m) => match m {
-                ElectionMessage::LeaseRequest {
-                    epoch,
-                    last,
-                    voters,
-                    ..
-                } => {
-                    let mut v = vec![("epoch", *epoch), ("voters", *voters)];
-                    v.extend(position(["last.epoch", "last.revision"], last));
+                ElectionMessage::LeaseRequest(ask) | ElectionMessage::PreVote(ask) => {
+                    let mut v = vec![("epoch", ask.epoch), ("voters", ask.voters)];
+                    v.extend(position(["last.epoch", "last.revision"], &ask.last));
                     v
                 }
                 ElectionMessage::LeaseReply {
+                    epoch, promised, ..
+                }
+                | ElectionMessage::HeartbeatAck {
+                    epoch, promised, ..
+                }
+                | ElectionMessage::PreVoteReply {
                     epoch, promised, ..
                 } => vec![("epoch", *epoch), ("promised", *promised)],
                 ElectionMessage::Heartbeat { epoch, voters, .. } => {
                     vec![("epoch", *epoch), ("voters", *voters)]
                 }
-                ElectionMessage::HeartbeatAck {
-                    epoch, promised, ..
-                } => vec![("epoch", *epoch), ("promised", *promised)],
                 ElectionMessage::Withdrawn { epoch } => vec![("epoch", *epoch)],
-                ElectionMessage::PreVote {
-                    epoch,
-                    last,
-                    voters,
-                    ..
-                } => {
-                    let mut v = vec![("epoch", *epoch), ("voters", *voters)];
-                    v.extend(position(["last.epoch", "last.revision"], last));
-                    v
-                }
-                ElectionMessage::PreVoteReply {
-                    epoch, promised, ..
-                } => vec![("epoch", *epoch), ("promised", *promised)],
             },
             PeerMessage::Diff {
                 epoch,

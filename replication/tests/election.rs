@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use pika_replication::election::{
-    Action, Election, ElectionConfig, ElectionMessage, Position, Role,
+    Action, Election, ElectionConfig, ElectionMessage, LeaseAsk, Position, Role,
 };
 use pika_replication::quorum::Quorum;
 
@@ -34,13 +34,13 @@ fn node(me: &str, promised: u64, last: Position) -> Election {
 }
 
 fn request(epoch: u64, last: Position) -> ElectionMessage {
-    ElectionMessage::LeaseRequest {
+    ElectionMessage::LeaseRequest(LeaseAsk {
         epoch,
         candidate: "a".into(),
         last,
         replicas: 3,
         voters: 0,
-    }
+    })
 }
 
 fn reply_granted(actions: &[Action]) -> Option<bool> {
@@ -193,13 +193,13 @@ fn more_live_members_than_replicas_means_no_campaign_and_no_grant() {
 }
 
 fn request_from(epoch: u64, replicas: u64, voters: u64) -> ElectionMessage {
-    ElectionMessage::LeaseRequest {
+    ElectionMessage::LeaseRequest(LeaseAsk {
         epoch,
         candidate: "a".into(),
         last: Position::default(),
         replicas,
         voters,
-    }
+    })
 }
 
 #[test]
@@ -295,22 +295,38 @@ fn survivors_elect(seed: u64) -> Option<Duration> {
     let mut now = T0;
     while now < T0 + Duration::from_secs(10) {
         now += step;
-        for (i, node) in nodes.iter_mut().enumerate() {
-            node.tick(now);
-            post(&mut in_flight, &ids, i, node.drain_actions(), now);
-        }
-        // Deliver everything due by the next tick, replies included.
-        while let Some(k) = in_flight.iter().position(|m| m.0 <= now + step) {
-            let (at, to, from, message) = in_flight.remove(k);
-            nodes[to].handle(from, message, at);
-            post(&mut in_flight, &ids, to, nodes[to].drain_actions(), at);
-        }
+        tick_and_deliver(&mut nodes, &ids, &mut in_flight, now, step, |_, _, _| false);
         if nodes[1].role() == Role::Leader {
             return Some(now - T0);
         }
         assert_ne!(nodes[0].role(), Role::Leader, "the node behind won");
     }
     None
+}
+
+/// One step of every node: each ticks at `now`, then everything due by the
+/// next step is delivered (replies included), except what `dropped(at,
+/// to, from)` says is lost.
+fn tick_and_deliver(
+    nodes: &mut [Election],
+    ids: &[&'static str],
+    in_flight: &mut InFlight,
+    now: Duration,
+    step: Duration,
+    dropped: impl Fn(Duration, usize, &str) -> bool,
+) {
+    for (i, node) in nodes.iter_mut().enumerate() {
+        node.tick(now);
+        post(in_flight, ids, i, node.drain_actions(), now);
+    }
+    while let Some(k) = in_flight.iter().position(|m| m.0 <= now + step) {
+        let (at, to, from, message) = in_flight.remove(k);
+        if dropped(at, to, from) {
+            continue;
+        }
+        nodes[to].handle(from, message, at);
+        post(in_flight, ids, to, nodes[to].drain_actions(), at);
+    }
 }
 
 /// A message on its way: due time, receiver (an index into the ids), sender.
@@ -386,22 +402,18 @@ fn deaf_follower_leaves_the_leader_alone(seed: u64) -> Result<(), String> {
     let mut healed_at = Duration::MAX;
     while now < T0 + Duration::from_secs(12) {
         now += step;
-        for (i, node) in nodes.iter_mut().enumerate() {
-            node.tick(now);
-            post(&mut in_flight, &ids, i, node.drain_actions(), now);
-        }
-        while let Some(k) = in_flight.iter().position(|m| m.0 <= now + step) {
-            let (at, to, from, message) = in_flight.remove(k);
-            if let Some((leader, follower, _)) = deaf
-                && to == follower
-                && from == ids[leader]
-                && at < healed_at
-            {
-                continue;
-            }
-            nodes[to].handle(from, message, at);
-            post(&mut in_flight, &ids, to, nodes[to].drain_actions(), at);
-        }
+        tick_and_deliver(
+            &mut nodes,
+            &ids,
+            &mut in_flight,
+            now,
+            step,
+            |at, to, from| {
+                deaf.is_some_and(|(leader, follower, _)| {
+                    to == follower && from == ids[leader] && at < healed_at
+                })
+            },
+        );
         match deaf {
             None => {
                 if let Some(leader) = (0..3).find(|i| nodes[*i].role() == Role::Leader)

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use pika_replication::election::{ElectionMessage, Position};
+use pika_replication::election::{ElectionMessage, LeaseAsk, Position};
 use pika_replication::log::{MemDisk, MemLog};
 use pika_replication::pending::SharedPending;
 use pika_replication::replica::core::{CoreConfig, Output, ReplicaCore};
@@ -41,8 +41,8 @@ fn first_campaign(core: &mut ReplicaCore<MemLog>, from: Duration) -> Option<u64>
             Output::Send {
                 message:
                     PeerMessage::Election(
-                        ElectionMessage::PreVote { epoch, .. }
-                        | ElectionMessage::LeaseRequest { epoch, .. },
+                        ElectionMessage::PreVote(LeaseAsk { epoch, .. })
+                        | ElectionMessage::LeaseRequest(LeaseAsk { epoch, .. }),
                     ),
                 ..
             } => Some(epoch),
@@ -89,27 +89,27 @@ fn the_bound_is_inclusive_and_covers_every_counter() {
     let position = |epoch, revision| Position { epoch, revision };
     let at = |n: u64| {
         vec![
-            PeerMessage::Election(ElectionMessage::LeaseRequest {
+            PeerMessage::Election(ElectionMessage::LeaseRequest(LeaseAsk {
                 epoch: n,
                 candidate: "n2".into(),
                 last: position(1, 1),
                 replicas: 3,
                 voters: 0,
-            }),
-            PeerMessage::Election(ElectionMessage::LeaseRequest {
+            })),
+            PeerMessage::Election(ElectionMessage::LeaseRequest(LeaseAsk {
                 epoch: 1,
                 candidate: "n2".into(),
                 last: position(1, n),
                 replicas: 3,
                 voters: 0,
-            }),
-            PeerMessage::Election(ElectionMessage::LeaseRequest {
+            })),
+            PeerMessage::Election(ElectionMessage::LeaseRequest(LeaseAsk {
                 epoch: 1,
                 candidate: "n2".into(),
                 last: position(1, 1),
                 replicas: 3,
                 voters: n,
-            }),
+            })),
             PeerMessage::Election(ElectionMessage::HeartbeatAck {
                 epoch: 1,
                 round: 1,
@@ -117,20 +117,20 @@ fn the_bound_is_inclusive_and_covers_every_counter() {
                 promised: n,
                 replicas: 3,
             }),
-            PeerMessage::Election(ElectionMessage::PreVote {
+            PeerMessage::Election(ElectionMessage::PreVote(LeaseAsk {
                 epoch: n,
                 candidate: "n2".into(),
                 last: position(1, 1),
                 replicas: 3,
                 voters: 0,
-            }),
-            PeerMessage::Election(ElectionMessage::PreVote {
+            })),
+            PeerMessage::Election(ElectionMessage::PreVote(LeaseAsk {
                 epoch: 1,
                 candidate: "n2".into(),
                 last: position(n, 1),
                 replicas: 3,
                 voters: 0,
-            }),
+            })),
             PeerMessage::Election(ElectionMessage::PreVoteReply {
                 epoch: 1,
                 granted: true,
