@@ -710,29 +710,31 @@ impl Election {
             && claim.last >= self.last
     }
 
-    /// The epoch this node's next campaign asks for.
-    fn next_epoch(&self) -> u64 {
-        self.highest_seen.max(self.promised) + 1
+    /// The epoch this node would ask for next, if it may ask at all: it
+    /// counts in the quorum and would grant itself by the usual rule. Either
+    /// way the back-off before asking starts again.
+    fn next_ask(&mut self, now: Duration) -> Option<u64> {
+        let epoch = self.highest_seen.max(self.promised) + 1;
+        self.campaign_at = None;
+        (self.quorum.counts(&self.me)
+            && self.may_grant(epoch, &self.me.clone(), self.own_claim(), now))
+        .then_some(epoch)
     }
 
     /// Asks whether a quorum would grant this node the next epoch; the
     /// campaign itself starts once one would ([`Election::campaign`]).
     fn pre_vote(&mut self, now: Duration) {
-        let epoch = self.next_epoch();
-        self.campaign_at = None;
-        if !self.quorum.counts(&self.me)
-            || !self.may_grant(epoch, &self.me.clone(), self.own_claim(), now)
-        {
+        let Some(epoch) = self.next_ask(now) else {
             return;
+        };
+        let ballot = Ballot::new(epoch, &self.me, now);
+        if self.quorum.is_met(&ballot.grants) {
+            // Alone in its quorum (one node): nobody else to ask.
+            return self.campaign(now);
         }
-        self.state = State::PreCandidate(Ballot::new(epoch, &self.me, now));
+        self.state = State::PreCandidate(ballot);
         tracing::debug!(epoch, "asking for pre-votes");
         self.broadcast(ElectionMessage::PreVote(self.own_ask(epoch)));
-        // Alone in its quorum (one node): nobody else to ask.
-        if self.quorum.is_met(&BTreeSet::from([self.me.clone()])) {
-            self.state = State::Follower;
-            self.campaign(now);
-        }
     }
 
     fn on_pre_vote_reply(&mut self, from: &str, epoch: u64, granted: bool, now: Duration) {
@@ -765,13 +767,9 @@ impl Election {
     }
 
     fn campaign(&mut self, now: Duration) {
-        let epoch = self.next_epoch();
-        self.campaign_at = None;
-        if !self.quorum.counts(&self.me)
-            || !self.may_grant(epoch, &self.me.clone(), self.own_claim(), now)
-        {
+        let Some(epoch) = self.next_ask(now) else {
             return;
-        }
+        };
         // The self-vote is not recorded in `voted`: it binds only while
         // the campaign lasts, and granting a newer epoch ends the campaign
         // (`on_request`), after which no reply can make it win. Were it
