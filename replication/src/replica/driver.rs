@@ -419,8 +419,9 @@ impl Driver {
             let started = std::time::Instant::now();
             if placement.here(following, started) {
                 held.run_here();
-                let took = started.elapsed();
-                if placement.ran(took, std::time::Instant::now()) {
+                let ended = std::time::Instant::now();
+                let took = ended.duration_since(started);
+                if placement.ran(took, ended) {
                     tracing::warn!(
                         ?took,
                         backoff = ?super::flush_placement::SLOW_SYNC_BACKOFF,
