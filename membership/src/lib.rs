@@ -123,8 +123,15 @@ impl Membership {
         })?;
         let runtime = quinn::default_runtime()
             .ok_or_else(|| StartError::Transport("no async runtime for quinn".into()))?;
+        // The address first: the endpoint's reset keys belong to it.
+        let first_round = discovery::resolve(&config.discovery).await;
+        let advertise = match config.advertise {
+            Some(addr) => addr,
+            None if !bound.ip().is_unspecified() => bound,
+            None => advertise_toward(&first_round, bound.port())?,
+        };
         let endpoint_config =
-            restart::endpoint_config(&config.security_key, &config.prefix, &config.node_id)?;
+            restart::endpoint_config(&config.security_key, &config.prefix, advertise)?;
         let mut endpoint = quinn::Endpoint::new(endpoint_config, Some(tls.server), socket, runtime)
             .map_err(|source| StartError::Bind {
                 addr: config.bind,
@@ -132,12 +139,6 @@ impl Membership {
             })?;
         endpoint.set_default_client_config(tls.client);
 
-        let first_round = discovery::resolve(&config.discovery).await;
-        let advertise = match config.advertise {
-            Some(addr) => addr,
-            None if !bound.ip().is_unspecified() => bound,
-            None => advertise_toward(&first_round, bound.port())?,
-        };
         let me = PeerId::new(config.node_id.clone(), advertise, config.generation);
 
         let stats = Arc::new(Stats::default());

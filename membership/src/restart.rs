@@ -16,10 +16,17 @@
 //! seeing it. With quinn's defaults the key behind those tokens, and the
 //! key that tells this endpoint's connection ids from noise, are random per
 //! process, so a new process cannot speak for the old one. Here both are
-//! derived from what makes the node: the cluster's key, its prefix and the
-//! node id kept in its store. The new process resets the old process's
-//! connections at the first packet each sends it (within a heartbeat), and
-//! its peers dial again.
+//! derived from the cluster's key, its prefix and the address the node's
+//! peers dial (its advertised address). The new process resets the old
+//! process's connections at the first packet each sends it (within a
+//! heartbeat), and its peers dial again.
+//!
+//! The address, not the node id: a node whose data directory was wiped
+//! comes back under a new node id, and a replaced pod may come back with
+//! another's address. Either way the process now at the address is the
+//! one the old connections' packets reach, and only it can end them. Keyed
+//! by node id, a wiped node left its peers writing into the void until the
+//! idle timeout, as before any of this.
 //!
 //! The tokens stay secret from anyone without the cluster's key: they are
 //! HMACs under a key derived from it, and are only ever sent encrypted.
@@ -36,14 +43,14 @@ use crate::admission::AdmissionError;
 /// no other use of the cluster's key shares them.
 const PURPOSE: &[u8] = b"pika quic stateless reset v1";
 
-/// The endpoint configuration of node `node_id`: the same keys in every
-/// process of that node.
+/// The endpoint configuration of the node its peers dial at `address`:
+/// the same keys in every process there.
 pub(crate) fn endpoint_config(
     security_key: &[u8],
     prefix: &str,
-    node_id: &str,
+    address: std::net::SocketAddr,
 ) -> Result<quinn::EndpointConfig, AdmissionError> {
-    let keys = derive(security_key, prefix, node_id)?;
+    let keys = derive(security_key, prefix, &address.to_string())?;
     let reset_key = hmac::Key::new(hmac::HMAC_SHA256, &keys[..32]);
     let mut cid_key = [0u8; 8];
     cid_key.copy_from_slice(&keys[32..40]);
@@ -53,9 +60,9 @@ pub(crate) fn endpoint_config(
     Ok(config)
 }
 
-/// HKDF-SHA256(ikm = key, info = purpose, prefix, node id) → 40 bytes: the
+/// HKDF-SHA256(ikm = key, info = purpose, prefix, address) → 40 bytes: the
 /// reset key, then the connection id key.
-fn derive(security_key: &[u8], prefix: &str, node_id: &str) -> Result<[u8; 40], AdmissionError> {
+fn derive(security_key: &[u8], prefix: &str, address: &str) -> Result<[u8; 40], AdmissionError> {
     struct Len;
     impl hkdf::KeyType for Len {
         fn len(&self) -> usize {
@@ -64,7 +71,7 @@ fn derive(security_key: &[u8], prefix: &str, node_id: &str) -> Result<[u8; 40], 
     }
     // Lengths first, so that ("ab", "c") and ("a", "bc") differ.
     let prefix_len = (prefix.len() as u64).to_le_bytes();
-    let info = [PURPOSE, &prefix_len, prefix.as_bytes(), node_id.as_bytes()];
+    let info = [PURPOSE, &prefix_len, prefix.as_bytes(), address.as_bytes()];
     let mut out = [0u8; 40];
     hkdf::Salt::new(hkdf::HKDF_SHA256, &[])
         .extract(security_key)
@@ -80,17 +87,18 @@ mod tests {
     use super::derive;
 
     #[test]
-    fn the_keys_are_the_nodes_own_and_the_same_in_each_process() -> Result<(), super::AdmissionError>
-    {
-        let a = derive(b"0123456789abcdef", "pika", "node-a")?;
-        assert_eq!(a, derive(b"0123456789abcdef", "pika", "node-a")?);
-        assert_ne!(a, derive(b"0123456789abcdef", "pika", "node-b")?);
-        assert_ne!(a, derive(b"0123456789abcdeg", "pika", "node-a")?);
-        assert_ne!(a, derive(b"0123456789abcdef", "pikb", "node-a")?);
+    fn the_keys_are_the_addresss_own_and_the_same_in_each_process()
+    -> Result<(), super::AdmissionError> {
+        let a = derive(b"0123456789abcdef", "pika", "10.0.0.1:7946")?;
+        assert_eq!(a, derive(b"0123456789abcdef", "pika", "10.0.0.1:7946")?);
+        assert_ne!(a, derive(b"0123456789abcdef", "pika", "10.0.0.2:7946")?);
+        assert_ne!(a, derive(b"0123456789abcdef", "pika", "10.0.0.1:7947")?);
+        assert_ne!(a, derive(b"0123456789abcdeg", "pika", "10.0.0.1:7946")?);
+        assert_ne!(a, derive(b"0123456789abcdef", "pikb", "10.0.0.1:7946")?);
         assert_ne!(
             derive(b"k", "ab", "c")?,
             derive(b"k", "a", "bc")?,
-            "prefix and node id are told apart"
+            "prefix and address are told apart"
         );
         Ok(())
     }

@@ -235,13 +235,26 @@ async fn a_peer_opens_at_most_the_stream_limit_at_once() {
 
 /// A node killed and started again on its address resets the connections
 /// of its former process at the first packet they send it (QUIC's
-/// stateless reset, with keys the node derives the same way in every
-/// process): a stream on such a connection fails within moments, where it
-/// used to write into the void until the idle timeout, and the next stream
-/// reaches the new process.
+/// stateless reset, with keys derived the same way in every process at
+/// that address): a stream on such a connection fails within moments,
+/// where it used to write into the void until the idle timeout, and the
+/// next stream reaches the new process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_node_resets_its_former_processes_connections() {
-    let hosts = [75, 76];
+    restarted_node_resets_connections([75, 76], None).await;
+}
+
+/// ... and so does a node that comes back on the address under another
+/// node id (its data directory wiped, or another pod given the address).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_new_on_the_address_resets_its_predecessors_connections() {
+    restarted_node_resets_connections([147, 148], Some("node-148-wiped")).await;
+}
+
+/// `hosts[0]` keeps a stream to `hosts[1]`, whose process is killed and
+/// started again (as `new_id`, if given).
+async fn restarted_node_resets_connections(hosts: [u8; 2], new_id: Option<&str>) {
+    let [a_host, b_host] = hosts;
     let port = free_port(&hosts);
     let dns = list(&hosts);
     // An idle timeout far longer than the reset may take.
@@ -250,13 +263,13 @@ async fn a_restarted_node_resets_its_former_processes_connections() {
         c.swim.heartbeat_timeout = Duration::from_secs(20);
         c
     };
-    let a = Membership::start(slow(75, 1)).await.expect("a");
-    let b_addr = SocketAddr::new(ip(76), port);
+    let a = Membership::start(slow(a_host, 1)).await.expect("a");
+    let b_addr = SocketAddr::new(ip(b_host), port);
 
     // b's first process runs on a runtime of its own, so that it can die
     // without a word: dropping the runtime stops its tasks before any
     // CONNECTION_CLOSE leaves, as a kill -9 would.
-    let first = slow(76, 1);
+    let first = slow(b_host, 1);
     let (b_runtime, b, accepted) = tokio::task::spawn_blocking(move || {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -288,9 +301,12 @@ async fn a_restarted_node_resets_its_former_processes_connections() {
     .await
     .expect("b crashed");
 
-    let _b = Membership::start(slow(76, 2))
-        .await
-        .expect("b, second process");
+    let mut second = slow(b_host, 2);
+    if let Some(id) = new_id {
+        second.node_id = id.to_string();
+    }
+    let b_id = second.node_id.clone();
+    let _b = Membership::start(second).await.expect("b, second process");
     let started = std::time::Instant::now();
     let failed = loop {
         if stream.send(&one).await.is_err() {
@@ -308,7 +324,7 @@ async fn a_restarted_node_resets_its_former_processes_connections() {
         "reset only after {failed:?}"
     );
     let mut again = a.open_stream(b_addr).await.expect("a new stream to b");
-    assert_eq!(again.peer_node_id(), Some("node-76"));
+    assert_eq!(again.peer_node_id(), Some(b_id.as_str()));
     again.send(&one).await.expect("a frame to b's new process");
     a.shutdown().await;
 }
