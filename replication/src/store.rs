@@ -27,7 +27,7 @@ use batch::BatchTables;
 pub use feed::{FEED_WINDOW, FeedEvent, FeedPage};
 pub use prefix::Under;
 pub use replicated::ApplyError;
-pub use requests::REQUEST_WINDOW;
+pub use requests::{REQUEST_WINDOW, RequestCursor};
 pub use sync::{PathState, Snapshot};
 
 use crate::merkle::{self, MerkleBuckets};

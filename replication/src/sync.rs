@@ -11,7 +11,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::merkle::{Digest, FANOUT, MerkleBuckets};
-use crate::store::{PathState, Snapshot, StoreError};
+use crate::record::Applied;
+use crate::store::{PathState, REQUEST_WINDOW, RequestCursor, Snapshot, StoreError};
 
 /// Tree levels: 0 is the root, 3 the 4096 buckets.
 pub const LEAF_LEVEL: u32 = 3;
@@ -30,6 +31,14 @@ pub enum SyncAsk {
         buckets: Vec<u16>,
         since: Option<u64>,
     },
+    /// The request ids applied after revision `after` inside the window at
+    /// the snapshot, from just after `from`: once the buckets are in. The
+    /// versions that travel carry their own, but a path changed more than
+    /// `storage.history` times inside the window left the older ones out.
+    Requests {
+        after: u64,
+        from: Option<RequestCursor>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +53,12 @@ pub enum SyncAnswer {
         buckets: Vec<u16>,
         paths: Vec<PathState>,
     },
+    /// Request ids that fit the answer's byte budget, and where to ask on
+    /// from (`None`: that was all of them).
+    Requests {
+        ids: Vec<(String, Applied)>,
+        next: Option<RequestCursor>,
+    },
     Refused(String),
 }
 
@@ -55,6 +70,8 @@ pub enum SyncStep {
     Install {
         buckets: Vec<u16>,
         paths: Vec<PathState>,
+        /// Request ids beside the paths' versions (see [`SyncAsk::Requests`]).
+        requests: Vec<(String, Applied)>,
         revision: u64,
         epoch: u64,
     },
@@ -78,6 +95,7 @@ pub struct SyncSession {
     todo: Vec<u16>,
     buckets: Vec<u16>,
     paths: Vec<PathState>,
+    requests: Vec<(String, Applied)>,
 }
 
 impl SyncSession {
@@ -92,6 +110,7 @@ impl SyncSession {
             todo: Vec::new(),
             buckets: Vec::new(),
             paths: Vec::new(),
+            requests: Vec::new(),
         }
     }
 
@@ -112,14 +131,25 @@ impl SyncSession {
                 self.buckets.extend(buckets);
                 self.paths.extend(paths);
                 if self.todo.is_empty() {
-                    SyncStep::Install {
-                        buckets: std::mem::take(&mut self.buckets),
-                        paths: std::mem::take(&mut self.paths),
-                        revision,
-                        epoch,
-                    }
+                    SyncStep::Ask(self.ask_requests(revision, None))
                 } else {
                     SyncStep::Ask(self.ask_buckets())
+                }
+            }
+            SyncAnswer::Requests { ids, next } => {
+                if self.buckets.is_empty() || !self.todo.is_empty() {
+                    return SyncStep::Failed("request ids before the buckets".into());
+                }
+                self.requests.extend(ids);
+                match next {
+                    Some(from) => SyncStep::Ask(self.ask_requests(revision, Some(from))),
+                    None => SyncStep::Install {
+                        buckets: std::mem::take(&mut self.buckets),
+                        paths: std::mem::take(&mut self.paths),
+                        requests: std::mem::take(&mut self.requests),
+                        revision,
+                        epoch,
+                    },
                 }
             }
             SyncAnswer::Level { level, digests } => {
@@ -157,6 +187,17 @@ impl SyncSession {
         SyncAsk::Buckets {
             buckets: self.todo.clone(),
             since: self.since,
+        }
+    }
+
+    /// The ids this node lacks: those after its state when it is behind
+    /// (it holds the ones before), all those inside the window at the
+    /// snapshot (`revision`) when it repairs.
+    fn ask_requests(&self, revision: u64, from: Option<RequestCursor>) -> SyncAsk {
+        let window_start = revision.saturating_sub(REQUEST_WINDOW + 1);
+        SyncAsk::Requests {
+            after: self.since.unwrap_or(0).max(window_start),
+            from,
         }
     }
 
@@ -204,6 +245,10 @@ pub fn answer(
                 paths.extend(contents);
             }
             SyncAnswer::Buckets { buckets, paths }
+        }
+        SyncAsk::Requests { after, from } => {
+            let (ids, next) = snapshot.request_ids(*after, from.as_ref(), max_bytes)?;
+            SyncAnswer::Requests { ids, next }
         }
     })
 }

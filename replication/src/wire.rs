@@ -249,6 +249,7 @@ impl PeerMessage {
             PeerMessage::SyncNeeded { epoch } => vec![("epoch", *epoch)],
             PeerMessage::SyncRequest { ask, .. } => match ask {
                 SyncAsk::Buckets { since: Some(s), .. } => vec![("since", *s)],
+                SyncAsk::Requests { after, .. } => vec![("after", *after)],
                 _ => vec![],
             },
             PeerMessage::SyncReply {

@@ -40,13 +40,14 @@ fn sync_with(leader: &Store, follower: &Store, behind: bool) -> (usize, usize, u
             SyncStep::Install {
                 buckets: b,
                 paths,
+                requests,
                 revision,
                 epoch,
             } => {
                 buckets = b.len();
                 let versions = paths.iter().map(|p| p.versions.len()).sum();
                 follower
-                    .install(&b, &paths, revision, epoch, since)
+                    .install_with_requests(&b, &paths, &requests, revision, epoch, since)
                     .unwrap();
                 return (digests, buckets, versions);
             }
@@ -145,7 +146,8 @@ fn sync_moves_only_what_differs() {
 
 /// A node that caught up by snapshot answers a retry of a write it only
 /// received in the snapshot (once it leads), both when it was behind (an
-/// incremental install) and when it repaired differing buckets.
+/// incremental install) and when it repaired differing buckets: also a
+/// write whose version the leader's history no longer keeps.
 #[test]
 fn request_ids_of_installed_versions_are_answered_after_the_install() {
     for behind in [true, false] {
@@ -164,9 +166,10 @@ fn request_ids_of_installed_versions_are_answered_after_the_install() {
             .collect();
         leader.execute(&ops, 2, 0).unwrap();
         sync_with(&leader, &follower, behind);
-        // The last 3 versions of each path travel (`storage.history` 3):
-        // ids 5..20; the older ones left the leader's history.
-        let ids: Vec<String> = (5..20).map(|i| format!("id-{i}")).collect();
+        // Only the last 3 versions of each path travel (`storage.history`
+        // 3): ids 5..20. Ids 0..5 left the leader's history and come from
+        // its request ids.
+        let ids: Vec<String> = (0..20).map(|i| format!("id-{i}")).collect();
         let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
         assert_eq!(
             follower.applied_requests(&refs).unwrap(),
@@ -182,4 +185,60 @@ fn request_ids_of_installed_versions_are_answered_after_the_install() {
             "behind: {behind}"
         );
     }
+}
+
+/// Request ids travel in answers of bounded size, each going on from
+/// where the last stopped, until every id is in: none lost or repeated at
+/// the seams.
+#[test]
+fn request_ids_travel_in_bounded_answers() {
+    let (ld, fd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let leader = Store::open(ld.path(), 3).unwrap();
+    let follower = Store::open(fd.path(), 3).unwrap();
+    let ops: Vec<Op> = (0..300)
+        .map(|i| put("cfg/hot", &format!("v{i}")).with_request_id(Some(format!("id-{i:03}"))))
+        .collect();
+    leader.execute(&ops, 1, 0).unwrap();
+    let snapshot = leader.snapshot().unwrap();
+    let mut session = SyncSession::new(follower.merkle().unwrap(), None);
+    let mut ask = SyncAsk::Start;
+    let budget = 1024;
+    let mut answers = 0;
+    for _ in 0..1000 {
+        let answer = sync::answer(&snapshot, &ask, budget).unwrap();
+        if let sync::SyncAnswer::Requests { ids, .. } = &answer {
+            answers += 1;
+            let bytes: usize = ids.iter().map(|(id, _)| id.len() + 32).sum();
+            assert!(bytes <= budget, "an answer of {bytes} bytes");
+        }
+        match session.on_answer(snapshot.revision, snapshot.epoch, answer) {
+            SyncStep::Ask(next) => ask = next,
+            SyncStep::Install {
+                buckets,
+                paths,
+                requests,
+                revision,
+                epoch,
+            } => {
+                let mut seen: Vec<&str> = requests.iter().map(|(id, _)| id.as_str()).collect();
+                seen.sort_unstable();
+                seen.dedup();
+                assert_eq!(seen.len(), 300, "every id once");
+                assert_eq!(requests.len(), 300, "no id twice");
+                assert!(answers > 10, "{answers} answers of request ids");
+                follower
+                    .install_with_requests(&buckets, &paths, &requests, revision, epoch, None)
+                    .unwrap();
+                let ids: Vec<String> = (0..300).map(|i| format!("id-{i:03}")).collect();
+                let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+                assert_eq!(
+                    follower.applied_requests(&refs).unwrap(),
+                    leader.applied_requests(&refs).unwrap()
+                );
+                return;
+            }
+            other => panic!("unexpected step: {other:?}"),
+        }
+    }
+    panic!("the session did not end");
 }

@@ -368,11 +368,15 @@ impl<L: LogStore> ReplicaCore<L> {
             SyncStep::Install {
                 buckets,
                 paths,
+                requests,
                 revision,
                 epoch,
-            } => self.install(&from, &buckets, &paths, (revision, epoch), since, now),
+            } => {
+                let contents = (&buckets[..], &paths[..], &requests[..]);
+                self.install(&from, contents, (revision, epoch), since, now)
+            }
             SyncStep::InSync { revision, epoch } => {
-                self.install(&from, &[], &[], (revision, epoch), since, now)
+                self.install(&from, (&[], &[], &[]), (revision, epoch), since, now)
             }
             SyncStep::Failed(why) => {
                 tracing::debug!(%why, "snapshot refused");
@@ -387,8 +391,11 @@ impl<L: LogStore> ReplicaCore<L> {
     fn install(
         &mut self,
         leader: &str,
-        buckets: &[u16],
-        paths: &[crate::store::PathState],
+        (buckets, paths, requests): (
+            &[u16],
+            &[crate::store::PathState],
+            &[(String, crate::record::Applied)],
+        ),
         (revision, epoch): (u64, u64),
         since: Option<u64>,
         now: Duration,
@@ -408,7 +415,10 @@ impl<L: LogStore> ReplicaCore<L> {
             );
             return;
         }
-        if let Err(e) = self.store.install(buckets, paths, revision, epoch, since) {
+        if let Err(e) = self
+            .store
+            .install_with_requests(buckets, paths, requests, revision, epoch, since)
+        {
             return tracing::error!(error = %e, "installing a snapshot failed");
         }
         let log_result = if self.log.holds(at) {

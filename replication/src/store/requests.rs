@@ -124,6 +124,59 @@ pub(super) fn lookup(
         .collect()
 }
 
+/// Where an answer of request ids for a snapshot install stopped: the
+/// table (0 or 1) and the last id sent from it.
+pub type RequestCursor = (u8, String);
+
+/// The ids applied after revision `after` and inside the window of
+/// `state` (the snapshot's revision), for a snapshot install: table by
+/// table in key order, from just after `from`, stopping once `max_bytes`
+/// of ids are gathered (at least one, when any is left). Returns where to
+/// go on, `None` once every id was read.
+pub(super) fn read_after(
+    tables: &[impl ReadableTable<&'static str, (u64, u64, u64)>; 2],
+    state: u64,
+    after: u64,
+    from: Option<&RequestCursor>,
+    max_bytes: usize,
+) -> Result<(Vec<(String, Applied)>, Option<RequestCursor>), StoreError> {
+    use std::ops::Bound;
+    let mut out: Vec<(String, Applied)> = Vec::new();
+    let mut bytes = 0usize;
+    let first = from.map_or(0, |(t, _)| usize::from(*t));
+    let mut last: Option<RequestCursor> = None;
+    for (t, table) in tables.iter().enumerate().skip(first) {
+        let start = match from {
+            Some((ft, key)) if usize::from(*ft) == t => Bound::Excluded(key.as_str()),
+            _ => Bound::Unbounded,
+        };
+        for item in table.range::<&str>((start, Bound::Unbounded))? {
+            let (id, v) = item?;
+            let (version, revision, epoch) = v.value();
+            if revision <= after || revision > state || !in_window(revision, state) {
+                continue;
+            }
+            let id = id.value().to_string();
+            // The id, three numbers and their framing.
+            let size = id.len() + 32;
+            if !out.is_empty() && bytes + size > max_bytes {
+                return Ok((out, last));
+            }
+            bytes += size;
+            last = Some((t as u8, id.clone()));
+            out.push((
+                id,
+                Applied {
+                    version,
+                    revision,
+                    epoch,
+                },
+            ));
+        }
+    }
+    Ok((out, None))
+}
+
 /// Moves the ids of a file written by store format 2 or 3 into the
 /// generation tables, in the open's transaction; those still inside the
 /// window of the state's revision `state` are kept.

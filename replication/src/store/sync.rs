@@ -4,6 +4,7 @@
 use redb::{ReadTransaction, ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 
+use super::requests::{self, REQUEST_WINDOW, RequestCursor};
 use super::{
     BUCKET_PATHS, BatchTables, ENTRIES, KEY_LAST_EPOCH, KEY_REVISION, NODE, Store, StoreError,
     decode, encode, history, node_u64,
@@ -86,6 +87,21 @@ impl Store {
         epoch: u64,
         since: Option<u64>,
     ) -> Result<(), StoreError> {
+        self.install_with_requests(buckets, paths, &[], revision, epoch, since)
+    }
+
+    /// [`Self::install`], with the request ids the leader's snapshot holds
+    /// beside the paths' versions (`SyncAsk::Requests`): those of versions
+    /// its history no longer keeps are remembered here too.
+    pub fn install_with_requests(
+        &self,
+        buckets: &[u16],
+        paths: &[PathState],
+        requests: &[(String, Applied)],
+        revision: u64,
+        epoch: u64,
+        since: Option<u64>,
+    ) -> Result<(), StoreError> {
         let db = self.db()?;
         let txn = db.begin_write()?;
         // Checked inside the write transaction: no apply can slip in
@@ -99,7 +115,7 @@ impl Store {
             for state in paths {
                 self.add_path_state(&mut tables, state)?;
             }
-            Self::finish_install(&mut tables, paths, revision, epoch)?;
+            Self::finish_install(&mut tables, paths, requests, revision, epoch)?;
         } else {
             let mut tables = BatchTables::open(&txn)?;
             for &bucket in buckets {
@@ -132,7 +148,7 @@ impl Store {
                     tables.merkle.insert(bucket, digest)?;
                 }
             }
-            Self::finish_install(&mut tables, paths, revision, epoch)?;
+            Self::finish_install(&mut tables, paths, requests, revision, epoch)?;
         }
         txn.commit()?;
         self.reset_position(revision, epoch);
@@ -157,10 +173,11 @@ impl Store {
     fn finish_install(
         tables: &mut BatchTables,
         paths: &[PathState],
+        requests: &[(String, Applied)],
         revision: u64,
         epoch: u64,
     ) -> Result<(), StoreError> {
-        tables.request_ids = installed_request_ids(paths, revision);
+        tables.request_ids = installed_request_ids(paths, requests, revision);
         tables.set_position(revision, Some(epoch))?;
         // The installed state came without its changes: watchers behind
         // this revision must list again (see `feed`).
@@ -191,6 +208,22 @@ impl BatchTables<'_> {
 impl Snapshot {
     pub fn merkle(&self) -> &MerkleBuckets {
         &self.buckets
+    }
+
+    /// The request ids applied after revision `after` and inside the
+    /// window at this snapshot, from just after `from`, about `max_bytes`
+    /// of them (see [`requests::read_after`]).
+    pub fn request_ids(
+        &self,
+        after: u64,
+        from: Option<&RequestCursor>,
+        max_bytes: usize,
+    ) -> Result<(Vec<(String, Applied)>, Option<RequestCursor>), StoreError> {
+        let tables = [
+            self.txn.open_table(requests::TABLES[0])?,
+            self.txn.open_table(requests::TABLES[1])?,
+        ];
+        requests::read_after(&tables, self.revision, after, from, max_bytes)
     }
 
     /// What the snapshot holds in `buckets`: every path, or with
@@ -230,17 +263,23 @@ impl Snapshot {
     }
 }
 
-/// The request ids of the versions an install brings that are inside the
-/// window at `revision`, in revision order (as [`super::requests::record`]
-/// takes them): a node that caught up by snapshot and then leads answers a
-/// retry of one of them instead of applying it again. Ids of versions the
-/// history no longer holds (a path changed more than `storage.history`
-/// times inside the window) do not travel.
-fn installed_request_ids(paths: &[PathState], revision: u64) -> Vec<(String, Applied)> {
+/// The request ids an install brings that are inside the window at
+/// `revision`, in revision order (as [`super::requests::record`] takes
+/// them): those of the versions that travel, and `requests`, which the
+/// leader's snapshot holds for changes its history no longer keeps (a path
+/// changed more than `storage.history` times inside the window). A node
+/// that caught up by snapshot and then leads answers a retry of any of
+/// them instead of applying it again. Ids past `revision` are not of this
+/// snapshot and are dropped.
+fn installed_request_ids(
+    paths: &[PathState],
+    requests: &[(String, Applied)],
+    revision: u64,
+) -> Vec<(String, Applied)> {
+    let in_window = |a: &Applied| a.revision <= revision && a.revision + REQUEST_WINDOW >= revision;
     let mut ids: Vec<(String, Applied)> = paths
         .iter()
         .flat_map(|state| &state.versions)
-        .filter(|c| c.revision + super::requests::REQUEST_WINDOW >= revision)
         .filter_map(|c| {
             let id = c.request_id.clone()?;
             Some((
@@ -252,7 +291,10 @@ fn installed_request_ids(paths: &[PathState], revision: u64) -> Vec<(String, App
                 },
             ))
         })
+        .chain(requests.iter().cloned())
+        .filter(|(_, a)| in_window(a))
         .collect();
-    ids.sort_unstable_by_key(|(_, a)| a.revision);
+    ids.sort_unstable_by(|(x, a), (y, b)| (a.revision, x).cmp(&(b.revision, y)));
+    ids.dedup();
     ids
 }
