@@ -86,7 +86,9 @@ pub async fn start(
         DiscoveryConfig::parse(&c.dns_addr, c.port, dns_server).context("cluster.dns_addr")?;
     let membership_config = MembershipConfig {
         node_id: store.node_id().to_string(),
-        generation: store.generation(),
+        generation: store
+            .raise_generation(wall_clock_ms(std::time::SystemTime::now()))
+            .context("recording this start's generation")?,
         bind: SocketAddr::new(bind_ip, c.port),
         advertise: None,
         discovery,
@@ -327,4 +329,21 @@ pub fn keep_meta_current(
             }
         }
     })
+}
+
+/// The wall clock in milliseconds: the floor of each start's generation.
+///
+/// Two identities at one address are told apart by their generation: the
+/// newer replaces the older (`PeerId::win_addr_conflict`). A count of
+/// starts alone made a node whose data directory was wiped (a new node id,
+/// counting from 1 again) lose to its predecessor's entry, which the new
+/// process then kept alive by answering its probes: it was not admitted
+/// for as long as that lasted (`tests/cluster.rs`,
+/// `a_wiped_follower_rejoins_under_its_new_id`). Raised to the clock, each
+/// start's generation is about its start time, so the later start wins; a
+/// store's generation is durable and only grows, so a clock set back never
+/// makes a restart older than the start before it.
+fn wall_clock_ms(now: std::time::SystemTime) -> u64 {
+    now.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

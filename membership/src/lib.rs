@@ -46,7 +46,11 @@ use crate::transport::{Driver, Input, Pool, PoolSettings};
 pub struct MembershipConfig {
     /// Persisted in the node's store: the same across restarts.
     pub node_id: String,
-    /// Grows with every start of the node.
+    /// Grows with every start of the node. It also orders two nodes that
+    /// claim one address (a node whose data directory was wiped comes back
+    /// under a new node id): the higher replaces the other at once. So
+    /// take it from the start time where a node can start afresh (`pika`
+    /// raises its store's count to the wall clock in milliseconds).
     pub generation: u64,
     /// The UDP address the QUIC endpoint binds (`cluster.bind_addr:port`).
     pub bind: SocketAddr,

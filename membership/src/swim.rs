@@ -385,10 +385,16 @@ impl Swim {
             Some(r) if r.id == id => false,
             // A restart at the same address: the newer boot wins at once.
             Some(r) if r.id.node_id == id.node_id => id.is_newer_than(&r.id),
-            // A different node at the address (data dir replaced): only once
-            // the old one has gone quiet, or two live processes would swap
-            // the slot back and forth.
-            Some(r) => self.state_of(r, now) == MemberState::Down,
+            // A different node at the address (a data directory wiped, or
+            // another pod given the address): the newer generation wins at
+            // once too, and the older never takes the slot back, so two
+            // live claimants cannot swap it back and forth. Generations
+            // follow the start time (`MembershipConfig::generation`), so
+            // the newer is the process there now. Waiting for the old
+            // entry to go quiet waited for good: the new process answers
+            // the probes addressed to it. An older claimant still gets the
+            // slot once the entry has gone quiet.
+            Some(r) => id.is_newer_than(&r.id) || self.state_of(r, now) == MemberState::Down,
         };
         if replace {
             let old = self.members.insert(

@@ -400,9 +400,28 @@ impl Store {
         self.reopens.load(Ordering::Acquire)
     }
 
-    /// How many times this store has been opened, this time included.
+    /// This start's boot generation: it grows with every open (and
+    /// reopen), and never goes back.
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
+    }
+
+    /// Raises this start's generation to at least `floor`, durably, so that
+    /// later starts count on from there. A node raises it to the wall
+    /// clock (`pika`'s `cluster.rs` says why); nothing else does, so the
+    /// simulations' generations stay counts.
+    pub fn raise_generation(&self, floor: u64) -> Result<u64, StoreError> {
+        let db = self.db()?;
+        let txn = db.begin_write()?;
+        let generation = {
+            let mut node = txn.open_table(NODE)?;
+            let generation = node_u64(&node, KEY_GENERATION)?.max(floor);
+            node.insert(KEY_GENERATION, generation.to_le_bytes().as_slice())?;
+            generation
+        };
+        txn.commit()?;
+        self.generation.store(generation, Ordering::Release);
+        Ok(generation)
     }
 
     /// The last committed revision.

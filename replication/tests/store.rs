@@ -244,6 +244,24 @@ fn everything_survives_reopen_including_the_node_id() {
     assert_eq!(data_of(&store, "b", None).unwrap(), b"2");
 }
 
+/// A node raises its generation to the wall clock at each start: kept
+/// durably, counted on from at the next open, and never lowered (a clock
+/// set back does not make a later start look older).
+#[test]
+fn a_raised_generation_is_kept_and_never_lowered() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(&dir, 20);
+        assert_eq!(store.raise_generation(1_000).unwrap(), 1_000);
+        assert_eq!(store.generation(), 1_000);
+        store.close().unwrap();
+    }
+    let store = open(&dir, 20);
+    assert_eq!(store.generation(), 1_001, "the next open counts on");
+    assert_eq!(store.raise_generation(5).unwrap(), 1_001, "never lowered");
+    assert_eq!(store.generation(), 1_001);
+}
+
 #[test]
 fn created_revision_is_kept_across_updates_and_restarts_after_a_delete() {
     let dir = tempfile::tempdir().unwrap();
