@@ -128,6 +128,10 @@ pub(super) fn lookup(
 /// table (0 or 1) and the last id sent from it.
 pub type RequestCursor = (u8, String);
 
+/// Some of the request ids an install asks for, and where to go on from
+/// (`None`: that was the last of them).
+pub type RequestIdsPart = (Vec<(String, Applied)>, Option<RequestCursor>);
+
 /// The ids applied after revision `after` and inside the window of
 /// `state` (the snapshot's revision), for a snapshot install: table by
 /// table in key order, from just after `from`, stopping once `max_bytes`
@@ -139,7 +143,7 @@ pub(super) fn read_after(
     after: u64,
     from: Option<&RequestCursor>,
     max_bytes: usize,
-) -> Result<(Vec<(String, Applied)>, Option<RequestCursor>), StoreError> {
+) -> Result<RequestIdsPart, StoreError> {
     use std::ops::Bound;
     let mut out: Vec<(String, Applied)> = Vec::new();
     let mut bytes = 0usize;

@@ -4,7 +4,7 @@
 use redb::{ReadTransaction, ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 
-use super::requests::{self, REQUEST_WINDOW, RequestCursor};
+use super::requests::{self, REQUEST_WINDOW, RequestCursor, RequestIdsPart};
 use super::{
     BUCKET_PATHS, BatchTables, ENTRIES, KEY_LAST_EPOCH, KEY_REVISION, NODE, Store, StoreError,
     decode, encode, history, node_u64,
@@ -218,7 +218,7 @@ impl Snapshot {
         after: u64,
         from: Option<&RequestCursor>,
         max_bytes: usize,
-    ) -> Result<(Vec<(String, Applied)>, Option<RequestCursor>), StoreError> {
+    ) -> Result<RequestIdsPart, StoreError> {
         let tables = [
             self.txn.open_table(requests::TABLES[0])?,
             self.txn.open_table(requests::TABLES[1])?,
