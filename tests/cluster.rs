@@ -307,16 +307,11 @@ fn a_wiped_follower_rejoins_under_its_new_id() {
     let old_id = c.node_id(follower);
     let (code, body) = support::put(&c.url(leader), "before/wipe", "v1", None);
     assert_eq!(code, 201, "{body}");
-    c.kill(follower);
-    std::fs::remove_dir_all(c.data_dir(follower)).expect("wipe the follower's data directory");
-    c.restart(follower);
-    let mut new_id = String::new();
-    wait_until(Duration::from_secs(10), || {
-        new_id = c.node_id(follower);
-        !new_id.is_empty()
-    })
-    .expect("the wiped node answers its status");
-    assert_ne!(new_id, old_id, "a wiped node comes back under a new id");
+    let new_id = c.wipe(follower);
+    assert!(
+        !new_id.is_empty() && new_id != old_id,
+        "a wiped node comes back under a new id: {new_id:?}"
+    );
     let addr = c.status(follower)["local_addr"]
         .as_str()
         .unwrap_or_default()

@@ -123,14 +123,7 @@ fn a_wiped_node_cannot_vote_away_writes_it_forgot() {
     );
 
     // B loses its disk: a new data directory, so a new node id.
-    c.kill(b);
-    std::fs::remove_dir_all(c.data_dir(b)).expect("wipe B's data directory");
-    c.restart(b);
-    let mut b_id = String::new();
-    wait_for(Duration::from_secs(10), || {
-        b_id = c.node_id(b);
-        !b_id.is_empty()
-    });
+    let b_id = c.wipe(b);
     assert!(
         !b_id.is_empty() && b_id != ids[b],
         "a wiped node comes back under a new id: {b_id:?}"

@@ -174,6 +174,19 @@ impl Cluster {
         self.nodes[i] = Some(node);
     }
 
+    /// Kills node `i`, empties its data directory and starts it again, as
+    /// after a lost disk; returns the node id it comes back under (new),
+    /// once it answers its status (10 s at most; empty if it never does).
+    pub fn wipe(&mut self, i: usize) -> String {
+        self.kill(i);
+        std::fs::remove_dir_all(self.data_dir(i)).expect("wipe the data directory");
+        self.restart(i);
+        wait_until(Duration::from_secs(10), || {
+            Some(self.node_id(i)).filter(|id| !id.is_empty())
+        })
+        .unwrap_or_default()
+    }
+
     /// Restarts node `i` (killing it first if it runs) with `extra` on top
     /// of the cluster's environment.
     pub fn restart_with_env(&mut self, i: usize, extra: &[(&str, &str)]) {
