@@ -50,7 +50,7 @@ fn generation(revision: u64) -> u64 {
 }
 
 /// Whether an id applied at `revision` is still remembered at `state`.
-fn in_window(revision: u64, state: u64) -> bool {
+pub(super) fn in_window(revision: u64, state: u64) -> bool {
     revision + REQUEST_WINDOW >= state
 }
 

@@ -4,7 +4,7 @@
 use redb::{ReadTransaction, ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 
-use super::requests::{self, REQUEST_WINDOW, RequestCursor, RequestIdsPart};
+use super::requests::{self, RequestCursor, RequestIdsPart};
 use super::{
     BUCKET_PATHS, BatchTables, ENTRIES, KEY_LAST_EPOCH, KEY_REVISION, NODE, Store, StoreError,
     decode, encode, history, node_u64,
@@ -276,7 +276,6 @@ fn installed_request_ids(
     requests: &[(String, Applied)],
     revision: u64,
 ) -> Vec<(String, Applied)> {
-    let in_window = |a: &Applied| a.revision <= revision && a.revision + REQUEST_WINDOW >= revision;
     let mut ids: Vec<(String, Applied)> = paths
         .iter()
         .flat_map(|state| &state.versions)
@@ -292,7 +291,7 @@ fn installed_request_ids(
             ))
         })
         .chain(requests.iter().cloned())
-        .filter(|(_, a)| in_window(a))
+        .filter(|(_, a)| a.revision <= revision && requests::in_window(a.revision, revision))
         .collect();
     ids.sort_unstable_by(|(x, a), (y, b)| (a.revision, x).cmp(&(b.revision, y)));
     ids.dedup();
