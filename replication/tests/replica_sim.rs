@@ -952,18 +952,24 @@ impl Sim {
         Ok(())
     }
 
+    /// Whether `store`'s history no longer keeps `version` of `path` by
+    /// design: a short history's window has moved past it.
+    fn dropped(&self, store: &Store, path: &str, version: u64) -> Result<bool, String> {
+        let latest = store
+            .entry(path)
+            .map_err(|e| e.to_string())?
+            .map_or(0, |e| e.version);
+        Ok(version + self.history <= latest)
+    }
+
     /// No dirty reads: every version a read returned is the committed one
     /// (what every node holds under that version once healed).
     fn check_reads_were_committed(&self) -> Result<(), String> {
         let reference = &self.nodes[0].store;
         for (i, path, version, value) in &self.reads {
-            let latest = reference
-                .entry(path)
-                .map_err(|e| e.to_string())?
-                .map_or(0, |e| e.version);
-            if version + self.history <= latest {
-                // Out of a short history's window: not checkable here (the
-                // schedules that keep every version check them all).
+            if self.dropped(reference, path, *version)? {
+                // Not checkable here (the schedules that keep every
+                // version check them all).
                 continue;
             }
             let committed = reference
@@ -1280,13 +1286,7 @@ impl Sim {
                         ));
                     }
                 }
-                let latest = node
-                    .store
-                    .entry(&write.path)
-                    .map_err(|e| e.to_string())?
-                    .map_or(0, |e| e.version);
-                if write.version + self.history <= latest {
-                    // Out of the history's window: gone by design.
+                if self.dropped(&node.store, &write.path, write.version)? {
                     continue;
                 }
                 let stored = match node
