@@ -52,6 +52,12 @@ pub struct CampaignReport {
     pub acked_writes: usize,
     /// Operations sent through the Consul KV API.
     pub through_consul: usize,
+    /// Writes sent again with their request id after an unknown outcome,
+    /// and those whose outcome a retry then told.
+    pub retried: usize,
+    pub resolved_by_retry: usize,
+    /// Acknowledged writes sent again later with their request id.
+    pub resent: usize,
     pub unknown: usize,
     /// Path histories stateright's tester agreed on, and those too long
     /// to give it.
@@ -118,11 +124,14 @@ pub fn campaign(
         };
         let result = round::run(&config)?;
         eprintln!(
-            "round {r} seed {round_seed} {fault:?}{}: {} ops ({} acked writes, {} through the Consul API, {} unknown), {} violations",
+            "round {r} seed {round_seed} {fault:?}{}: {} ops ({} acked writes, {} through the Consul API, {} retries of which {} told the outcome, {} acknowledged writes sent again, {} unknown), {} violations",
             if result.namespaced { " (netns)" } else { "" },
             result.operations,
             result.acked_writes,
             result.through_consul,
+            result.retried,
+            result.resolved_by_retry,
+            result.resent,
             result.unknown,
             result.violations.len()
         );
@@ -130,6 +139,9 @@ pub fn campaign(
         report.operations += result.operations;
         report.acked_writes += result.acked_writes;
         report.through_consul += result.through_consul;
+        report.retried += result.retried;
+        report.resolved_by_retry += result.resolved_by_retry;
+        report.resent += result.resent;
         report.unknown += result.unknown;
         report.second_opinions += result.second_opinions;
         report.second_opinion_skipped += result.second_opinion_skipped;

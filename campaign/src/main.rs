@@ -67,7 +67,9 @@ fn main() -> ExitCode {
     match pika_campaign::campaign(&pika, size, rounds, seed, 100, network, check) {
         Ok(report) => {
             eprintln!(
-                "{} rounds ({} in network namespaces), {} operations checked ({} acked writes, {} through the Consul API, {} unknown outcomes), \
+                "{} rounds ({} in network namespaces), {} operations checked ({} acked writes, {} through the Consul API, \
+                 {} retries with the same request id of which {} told the outcome, {} acknowledged writes sent again, \
+                 {} unknown outcomes), \
                  {} path histories also judged by stateright's LinearizabilityTester with the same verdict ({} too long to give it), \
                  faults {:?}, {} violations",
                 report.rounds,
@@ -75,6 +77,9 @@ fn main() -> ExitCode {
                 report.operations,
                 report.acked_writes,
                 report.through_consul,
+                report.retried,
+                report.resolved_by_retry,
+                report.resent,
                 report.unknown,
                 report.second_opinions,
                 report.second_opinion_skipped,

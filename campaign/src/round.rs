@@ -84,6 +84,12 @@ pub struct RoundReport {
     pub acked_writes: usize,
     /// Operations sent through the Consul KV API instead of the native one.
     pub through_consul: usize,
+    /// Writes sent again with their request id after an unknown outcome,
+    /// and those of them whose outcome the client then learned.
+    pub retried: usize,
+    pub resolved_by_retry: usize,
+    /// Acknowledged writes sent again later with their request id.
+    pub resent: usize,
     pub unknown: usize,
     /// Paths whose history stateright's tester also judged (and agreed),
     /// and paths too long to give it.
@@ -194,11 +200,15 @@ fn perform_consul(
 
 /// One client request, timed on the round's clock and turned into the
 /// checker's terms.
+/// A write carries `request_id` as its `X-Request-Id`: sent again with the
+/// same id, it is answered with what the first one did instead of being
+/// applied twice.
 fn perform(
     http: &reqwest::blocking::Client,
     url: &str,
     path: &str,
     call: &Call,
+    request_id: &str,
 ) -> (Outcome, Option<u64>) {
     let target = format!("{url}/api/v1/file/{path}");
     let response = match call {
@@ -208,13 +218,18 @@ fn perform(
             if let Some(e) = expected {
                 body["expected_version"] = json!(e);
             }
-            http.post(&target).json(&body).send()
+            http.post(&target)
+                .header("x-request-id", request_id)
+                .json(&body)
+                .send()
         }
         Call::Delete { expected } => {
             let q = expected
                 .map(|e| format!("?expected_version={e}"))
                 .unwrap_or_default();
-            http.delete(format!("{target}{q}")).send()
+            http.delete(format!("{target}{q}"))
+                .header("x-request-id", request_id)
+                .send()
         }
     };
     let Some(Answer {
@@ -257,6 +272,43 @@ fn perform(
     (outcome, epoch)
 }
 
+/// What one client did beyond its history.
+#[derive(Debug, Default, Clone)]
+struct ClientTally {
+    through_consul: usize,
+    retried: usize,
+    resolved_by_retry: usize,
+    /// Acknowledged writes sent again later with their request id.
+    resent: usize,
+    /// A resent write answered otherwise than the first time: a violation.
+    resend_mismatches: Vec<String>,
+}
+
+/// An acknowledged native write, kept to be sent again later.
+struct Answered {
+    path: String,
+    call: Call,
+    request_id: String,
+    outcome: Outcome,
+    at: Instant,
+}
+
+/// Chance per operation that a client sends an acknowledged write again,
+/// with its request id, as a client that lost the answer would: at least
+/// [`RESEND_AFTER`] after it was answered, so often under another leader,
+/// which must find the id in the replicated record (or its log) rather
+/// than in the memory of the leader that applied it.
+const RESEND_CHANCE: f64 = 0.05;
+const RESEND_AFTER: Duration = Duration::from_secs(1);
+
+/// Times a native write whose outcome is unknown is sent again with its
+/// request id, each to the next node, as a client following a 503's advice
+/// ("retry with the same X-Request-Id to learn its outcome") does.
+const RETRIES: usize = 2;
+/// The pause before each retry: long enough for a lost leader's lease to
+/// run out and another to take over in some of them.
+const RETRY_PAUSE: Duration = Duration::from_millis(300);
+
 fn client(
     id: usize,
     urls: Vec<String>,
@@ -265,22 +317,28 @@ fn client(
     origin: Instant,
     until: Instant,
     history: History,
-) -> usize {
+) -> ClientTally {
     let http = match reqwest::blocking::Client::builder()
         .default_headers(crate::admin_headers())
         .timeout(Duration::from_millis(2500))
         .build()
     {
         Ok(h) => h,
-        Err(_) => return 0,
+        Err(_) => return ClientTally::default(),
     };
-    let mut through_consul = 0;
+    let mut tally = ClientTally::default();
     let mut dice = Dice::new(seed);
+    // Its own dice, so the main sequence of calls stays what it was.
+    let mut resend_dice = Dice::new(seed ^ 0x5E5E_5E5E);
+    let mut answered: Vec<Answered> = Vec::new();
     let mut n = 0;
     while Instant::now() < until {
+        if resend_dice.unit() < RESEND_CHANCE {
+            resend(&http, &urls, &mut answered, &mut resend_dice, &mut tally);
+        }
         n += 1;
         let path = format!("c/p{}", dice.below(paths));
-        let url = &urls[dice.below(urls.len())];
+        let mut target = dice.below(urls.len());
         let roll = dice.unit();
         let guard = |dice: &mut Dice| (dice.unit() < 0.3).then(|| dice.below(4) as u64);
         let call = if roll < 0.5 {
@@ -298,12 +356,37 @@ fn client(
         // Half of what the Consul API can express goes through it: the
         // same store behind two APIs, one history.
         let consul = consul_can(&call) && dice.unit() < 0.5;
-        through_consul += usize::from(consul);
+        tally.through_consul += usize::from(consul);
+        let request_id = format!("campaign-{seed:x}-{n}");
         let invoked = origin.elapsed().as_micros() as u64;
-        let (outcome, epoch) = match consul {
-            true => perform_consul(&http, url, &path, &call),
-            false => perform(&http, url, &path, &call),
+        let (mut outcome, mut epoch) = match consul {
+            true => perform_consul(&http, &urls[target], &path, &call),
+            false => perform(&http, &urls[target], &path, &call, &request_id),
         };
+        // One operation in the history however many attempts it took:
+        // if a retry applied it again, the value would show up at two
+        // versions, which no linearization allows.
+        if !consul && call != Call::Read {
+            for _ in 0..RETRIES {
+                if outcome != Outcome::Unknown || Instant::now() >= until {
+                    break;
+                }
+                std::thread::sleep(RETRY_PAUSE);
+                target = (target + 1) % urls.len();
+                tally.retried += 1;
+                (outcome, epoch) = perform(&http, &urls[target], &path, &call, &request_id);
+                tally.resolved_by_retry += usize::from(outcome != Outcome::Unknown);
+            }
+            if matches!(outcome, Outcome::Written { .. }) {
+                answered.push(Answered {
+                    path: path.clone(),
+                    call: call.clone(),
+                    request_id: request_id.clone(),
+                    outcome: outcome.clone(),
+                    at: Instant::now(),
+                });
+            }
+        }
         let returned = origin.elapsed().as_micros() as u64;
         let op = Operation {
             client: id,
@@ -320,7 +403,34 @@ fn client(
         // exhaustively (the checker is exponential in the worst case).
         std::thread::sleep(Duration::from_millis(20 + dice.below(20) as u64));
     }
-    through_consul
+    tally
+}
+
+/// Sends one acknowledged write again, with its request id, to a random
+/// node, once [`RESEND_AFTER`] has passed since its answer. The answer must
+/// be the first one again (or none, the node unable to say now): applied
+/// twice, it would name another version.
+fn resend(
+    http: &reqwest::blocking::Client,
+    urls: &[String],
+    answered: &mut Vec<Answered>,
+    dice: &mut Dice,
+    tally: &mut ClientTally,
+) {
+    let now = Instant::now();
+    let Some(i) = answered.iter().position(|a| now >= a.at + RESEND_AFTER) else {
+        return;
+    };
+    let first = answered.swap_remove(i);
+    let url = &urls[dice.below(urls.len())];
+    tally.resent += 1;
+    let (again, _) = perform(http, url, &first.path, &first.call, &first.request_id);
+    if again != first.outcome && again != Outcome::Unknown {
+        tally.resend_mismatches.push(format!(
+            "{:?} on {} with request id {} was answered {:?}, and {:?} when sent again to {url}",
+            first.call, first.path, first.request_id, first.outcome, again
+        ));
+    }
 }
 
 /// Each node's disk in a DiskFull round.
@@ -528,17 +638,31 @@ pub fn run(config: &RoundConfig) -> anyhow::Result<RoundReport> {
         &mut dice,
         Duration::from_millis(1500),
     )?;
-    let mut through_consul = 0;
+    let mut tally = ClientTally::default();
     for c in clients {
-        through_consul += c.join().unwrap_or(0);
+        let t = c.join().unwrap_or_default();
+        tally.through_consul += t.through_consul;
+        tally.retried += t.retried;
+        tally.resolved_by_retry += t.resolved_by_retry;
+        tally.resent += t.resent;
+        tally.resend_mismatches.extend(t.resend_mismatches);
     }
     cluster.heal()?;
 
     let mut report = RoundReport {
         namespaced: cluster.namespaced(),
-        through_consul,
+        through_consul: tally.through_consul,
+        retried: tally.retried,
+        resolved_by_retry: tally.resolved_by_retry,
+        resent: tally.resent,
         ..RoundReport::default()
     };
+    report.violations.extend(
+        tally
+            .resend_mismatches
+            .into_iter()
+            .map(|m| format!("a write sent again with its request id: {m}")),
+    );
     if cluster.leader(Duration::from_secs(20)).is_none() {
         report.violations.push("no leader after healing".into());
     }
@@ -567,7 +691,7 @@ pub fn run(config: &RoundConfig) -> anyhow::Result<RoundReport> {
             let invoked = origin.elapsed().as_micros() as u64;
             let mut outcome = Outcome::Unknown;
             for _ in 0..50 {
-                outcome = perform(&http, url, path, &Call::Read).0;
+                outcome = perform(&http, url, path, &Call::Read, "").0;
                 if outcome != Outcome::Unknown {
                     break;
                 }
