@@ -200,6 +200,7 @@ fn perform_consul(
 
 /// One client request, timed on the round's clock and turned into the
 /// checker's terms.
+///
 /// A write carries `request_id` as its `X-Request-Id`: sent again with the
 /// same id, it is answered with what the first one did instead of being
 /// applied twice.
