@@ -334,8 +334,9 @@ pub fn keep_meta_current(
 /// The wall clock in milliseconds: the floor of each start's generation.
 ///
 /// Two identities at one address are told apart by their generation: the
-/// newer replaces the older (`PeerId::win_addr_conflict`). A count of
-/// starts alone made a node whose data directory was wiped (a new node id,
+/// newer replaces the older (`PeerId::is_newer_than`, which foca's
+/// address conflicts and the membership's slot per address both ask). A
+/// count of starts alone made a node whose data directory was wiped (a new node id,
 /// counting from 1 again) lose to its predecessor's entry, which the new
 /// process then kept alive by answering its probes: it was not admitted
 /// for as long as that lasted (`tests/cluster.rs`,
