@@ -39,6 +39,7 @@ mod mem;
 mod replicated;
 pub mod segment;
 mod spare;
+mod syncer;
 pub use mem::{MemDisk, MemLog};
 pub use replicated::{HeldFlushes, ReplicatedLog};
 

@@ -4,16 +4,17 @@
 //!
 //! Records go to a buffer; [`ReplicatedLog::flush`] makes a job of the
 //! buffer, which writes it to the segment, `fdatasync`s, and reports
-//! through the flush's [`FlushDone`]. Jobs run one at a time, in order, so
-//! a completed flush makes everything appended before it durable, in
-//! order. By default the log's sync thread runs them: the protocol thread
-//! must not write while a sync runs (a write into the page a sync is
-//! still writing back waits for it, 81 µs on average and up to 5 ms at 64
-//! clients, `perf trace`). With [`LogOptions::hold_flushes`] the caller
-//! takes each job and runs it on its own thread once nothing is in flight
-//! on the sync thread ([`HeldFlushes::run_here`]), or hands it over: a
-//! follower's protocol thread syncs its own appends, after sending what
-//! the step produced, and saves two thread hand-overs per batch.
+//! through the flush's [`FlushDone`]. Jobs run one at a time, in order
+//! ([`super::syncer`]), so a completed flush makes everything appended
+//! before it durable, in order. By default the log's sync thread runs
+//! them: the protocol thread must not write while a sync runs (a write
+//! into the page a sync is still writing back waits for it, 81 µs on
+//! average and up to 5 ms at 64 clients, `perf trace`). With
+//! [`LogOptions::hold_flushes`] the caller takes each job and runs it on
+//! its own thread once nothing is in flight on the sync thread
+//! ([`HeldFlushes::run_here`]), or hands it over: a follower's protocol
+//! thread syncs its own appends, after sending what the step produced, and
+//! saves two thread hand-overs per batch.
 //!
 //! Invariants (module docs of [`super`] for the log's own):
 //! - `index[i]` is the entry at revision `state.start.revision + 1 + i`;
@@ -27,16 +28,18 @@
 //!   state: a segment's header holds the state when it began, so that no
 //!   deleted segment held anything still needed.
 
+mod replay;
+
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 
-use super::segment::{self, End, Record, Scanned, State};
+use super::segment::{self, Record, State};
 use super::spare::Spare;
+pub use super::syncer::HeldFlushes;
+use super::syncer::{SyncJob, Syncer, Write};
 use super::{FlushDone, LogError, LogOptions, change_size, check_continues};
 use crate::election::Position;
 use crate::record::SharedChange;
@@ -59,27 +62,6 @@ struct Segment {
     seq: u64,
     path: PathBuf,
     file: Arc<File>,
-}
-
-/// Records for a segment, from `at`.
-struct Write {
-    file: Arc<File>,
-    at: u64,
-    bytes: Vec<u8>,
-}
-
-/// A flush for the sync thread: writes, then the files written synced in
-/// order, then the directory, then segments no longer needed.
-struct SyncJob {
-    /// This job's number: entries it writes are evicted from the cache
-    /// only once it is done.
-    number: u64,
-    writes: Vec<Write>,
-    /// The active segment, synced even when nothing new was written.
-    active: Arc<File>,
-    dir: Option<PathBuf>,
-    delete: Vec<PathBuf>,
-    done: FlushDone,
 }
 
 /// The lock file that keeps a second process out of the directory.
@@ -168,10 +150,7 @@ impl ReplicatedLog {
         super::import::import_raft_log(dir, segment_bytes)?;
         let spare = Spare::start(dir, segment_bytes).map_err(open_err)?;
         let (sync, jobs) = mpsc::channel();
-        let syncer = Arc::new(Syncer {
-            delay_ms: options.sync_delay_ms.clone(),
-            ..Syncer::default()
-        });
+        let syncer = Arc::new(Syncer::new(options.sync_delay_ms.clone()));
         let runs = syncer.clone();
         let sync_thread = std::thread::Builder::new()
             .name("pika-log-sync".into())
@@ -212,167 +191,6 @@ impl ReplicatedLog {
         }
         log.evict();
         Ok(log)
-    }
-
-    /// Reads the segments on disk into the index and the state.
-    fn replay(&mut self) -> io::Result<()> {
-        let files = segment::list(&self.dir)?;
-        // Set while the entries replayed continue entries of deleted
-        // segments (the first segment's entries begin after its header's
-        // start): `state.start` is then only the revision before them, and
-        // this holds the log's real start as far as the records seen tell
-        // (the header's, or a purge's). The records that released the
-        // deleted segments must follow: a purge through the entries
-        // before, or a truncation below that start.
-        let mut floating: Option<Position> = None;
-        let mut cut_from: Option<usize> = None;
-        for (i, (seq, path)) in files.iter().enumerate() {
-            if i > 0 && *seq != files[i - 1].0 + 1 {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!(
-                        "{}: segment {} is missing before it: the log is damaged",
-                        path.display(),
-                        files[i - 1].0 + 1
-                    ),
-                ));
-            }
-            let file = segment::open(path)?;
-            let mut header_seen = false;
-            let (end_at, end) = segment::scan(path, &file, |s| {
-                self.replay_record(i, *seq, path, &mut header_seen, &mut floating, s)
-            })?;
-            // What follows a torn record or a segment without its header
-            // was written after the last completed flush: the rest of this
-            // segment, and every segment after it, never became durable.
-            if !header_seen {
-                cut_from = Some(i);
-                break;
-            }
-            let torn = end == End::Torn;
-            if torn {
-                tracing::warn!(segment = %path.display(), offset = end_at, "dropping a torn record at the log's tail");
-                segment::cut(&file, end_at, self.segment_bytes)?;
-            }
-            self.segments.push_back(Segment {
-                seq: *seq,
-                path: path.clone(),
-                file: Arc::new(file),
-            });
-            self.write_at = end_at;
-            // Replayed entries are on disk: the cache keeps its bounds
-            // segment by segment, not only once the whole log is read.
-            self.evict();
-            if torn {
-                cut_from = Some(i + 1);
-                break;
-            }
-        }
-        if let Some(from) = cut_from {
-            let dropped = &files[from..];
-            for (_, path) in dropped.iter().rev() {
-                tracing::warn!(segment = %path.display(), "dropping a log segment written after the last flush");
-                std::fs::remove_file(path)?;
-            }
-            if !dropped.is_empty() {
-                segment::sync_dir(&self.dir)?;
-            }
-        }
-        if floating.is_some() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "{}: entries through revision {} are missing from the log: it is damaged",
-                    self.dir.display(),
-                    self.state.start.revision
-                ),
-            ));
-        }
-        Ok(())
-    }
-
-    fn replay_record(
-        &mut self,
-        i: usize,
-        seq: u64,
-        path: &Path,
-        header_seen: &mut bool,
-        floating: &mut Option<Position>,
-        s: Scanned,
-    ) -> io::Result<()> {
-        let damaged = |what: String| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{} at offset {}: {what}", path.display(), s.offset),
-            )
-        };
-        if !*header_seen {
-            let Record::Header { seq: got, state } = s.record else {
-                return Err(damaged("a segment must begin with its header".into()));
-            };
-            if got != seq {
-                return Err(damaged(format!("the header names segment {got}")));
-            }
-            if i == 0 {
-                self.state = state;
-            }
-            *header_seen = true;
-            return Ok(());
-        }
-        match s.record {
-            Record::Header { .. } => return Err(damaged("a second header".into())),
-            Record::Entry(change) => {
-                let last = self.last();
-                if change.revision <= self.state.start.revision {
-                    return Ok(());
-                }
-                if change.revision != last.revision + 1 {
-                    if i == 0 && self.index.is_empty() && floating.is_none() {
-                        *floating = Some(self.state.start);
-                        // The epoch is not known here; the real start's
-                        // replaces it.
-                        self.state.start = Position {
-                            epoch: 0,
-                            revision: change.revision - 1,
-                        };
-                    } else {
-                        return Err(damaged(format!(
-                            "entry ({}, {}) does not continue the log at ({}, {})",
-                            change.epoch, change.revision, last.epoch, last.revision
-                        )));
-                    }
-                } else if change.epoch < last.epoch {
-                    return Err(damaged(format!(
-                        "entry ({}, {}) goes back from epoch {}",
-                        change.epoch, change.revision, last.epoch
-                    )));
-                }
-                self.push(seq, s.offset, s.len, 0, change);
-            }
-            Record::Truncate(after) => {
-                self.drop_after(after);
-                if floating.is_some() && after < self.state.start.revision {
-                    // What follows continues the entries through `after`,
-                    // in deleted segments.
-                    self.state.start.revision = after;
-                }
-            }
-            Record::Commit(p) => self.state.committed = self.state.committed.max(p),
-            Record::Promise(epoch) => self.state.promised = self.state.promised.max(epoch),
-            Record::Purge(p) => match floating {
-                Some(real) if p.revision > real.revision => *real = p,
-                Some(_) => {}
-                None => self.drop_through(p),
-            },
-        }
-        if let Some(real) = *floating
-            && real.revision >= self.state.start.revision
-        {
-            // The entries of deleted segments are all purged or truncated.
-            *floating = None;
-            self.drop_through(real);
-        }
-        Ok(())
     }
 
     /// Indexes an entry that the flush numbered `job` writes (0: on disk
@@ -424,7 +242,7 @@ impl ReplicatedLog {
     /// Forgets cached changes, oldest first, beyond the cache's bounds,
     /// of entries whose flush has written them.
     fn evict(&mut self) {
-        let written = self.syncer.written.load(Ordering::Acquire);
+        let written = self.syncer.written();
         while self.uncached < self.index.len()
             && self.index[self.uncached].job <= written
             && (self.index.len() - self.uncached > self.cache_entries
@@ -761,124 +579,4 @@ impl Drop for ReplicatedLog {
             let _ = thread.join();
         }
     }
-}
-
-/// Runs flushes one at a time, in order: on the sync thread, or on the
-/// thread that took them from the log ([`HeldFlushes::run_here`]) when
-/// no earlier one is still on the sync thread.
-#[derive(Default)]
-struct Syncer {
-    /// The last flush whose writes are done: what the cache may forget,
-    /// and what a flush run elsewhere must not overtake.
-    written: AtomicU64,
-    /// After a failed job nothing more is written: the records of later
-    /// jobs would follow a hole or a torn record, and the log is reopened
-    /// anyway.
-    failed: AtomicBool,
-    /// [`super::LogOptions::sync_delay_ms`].
-    delay_ms: Arc<AtomicU64>,
-}
-
-impl Syncer {
-    /// A job's writes, the syncs, then the directory, then the deletions,
-    /// then the completion.
-    fn run(&self, job: SyncJob) {
-        let result = if self.failed.load(Ordering::Acquire) {
-            Err(io::Error::other("an earlier flush of the log failed"))
-        } else {
-            let delay = self.delay_ms.load(Ordering::Relaxed);
-            if delay > 0 {
-                std::thread::sleep(std::time::Duration::from_millis(delay));
-            }
-            sync(&job)
-        };
-        match &result {
-            Ok(()) => {
-                self.written.fetch_max(job.number, Ordering::AcqRel);
-            }
-            Err(_) => self.failed.store(true, Ordering::Release),
-        }
-        job.done.call(result);
-    }
-
-    /// Every flush before `number` is done (or failed: then the failure
-    /// is the sync thread's to report, in order).
-    fn caught_up_to(&self, number: u64) -> bool {
-        !self.failed.load(Ordering::Acquire) && self.written.load(Ordering::Acquire) + 1 == number
-    }
-}
-
-/// Flushes taken from the log ([`ReplicatedLog::take_held`]). Dropped
-/// without a run, they go to the sync thread.
-pub struct HeldFlushes {
-    jobs: Vec<SyncJob>,
-    syncer: Arc<Syncer>,
-    thread: Option<mpsc::Sender<SyncJob>>,
-}
-
-impl HeldFlushes {
-    pub fn is_empty(&self) -> bool {
-        self.jobs.is_empty()
-    }
-
-    /// Runs them on this thread, in order. A job that would overtake one
-    /// still on the sync thread goes there instead, with those after it.
-    pub fn run_here(mut self) {
-        while let Some(job) = self.jobs.first() {
-            if !self.syncer.caught_up_to(job.number) {
-                break;
-            }
-            let job = self.jobs.remove(0);
-            self.syncer.run(job);
-        }
-    }
-
-    /// Hands them to the sync thread (as dropping them does).
-    pub fn hand_off(self) {
-        drop(self);
-    }
-}
-
-impl Drop for HeldFlushes {
-    /// What is left goes to the sync thread, in order.
-    fn drop(&mut self) {
-        for job in self.jobs.drain(..) {
-            let unsent = match self.thread.as_ref() {
-                Some(thread) => thread.send(job).err().map(|e| e.0),
-                None => Some(job),
-            };
-            if let Some(job) = unsent {
-                job.done
-                    .call(Err(io::Error::other("the log's sync thread stopped")));
-            }
-        }
-    }
-}
-
-fn sync(job: &SyncJob) -> io::Result<()> {
-    for w in &job.writes {
-        w.file.write_all_at(&w.bytes, w.at)?;
-    }
-    let mut synced: Vec<&Arc<File>> = Vec::new();
-    for file in job.writes.iter().map(|w| &w.file).chain([&job.active]) {
-        if !synced.iter().any(|f| Arc::ptr_eq(f, file)) {
-            file.sync_data()?;
-            synced.push(file);
-        }
-    }
-    if let Some(dir) = &job.dir {
-        segment::sync_dir(dir)?;
-        // Oldest first, stopping at a failure: the segments left stay a
-        // run of consecutive numbers.
-        for path in &job.delete {
-            if let Err(e) = std::fs::remove_file(path) {
-                tracing::warn!(segment = %path.display(), error = %e, "could not delete a log segment no longer needed");
-                break;
-            }
-        }
-        if !job.delete.is_empty() {
-            segment::sync_dir(dir)?;
-        }
-    }
-    Ok(())
 }
