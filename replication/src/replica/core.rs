@@ -61,7 +61,7 @@ pub enum Output {
     },
     /// A snapshot answer to build off the protocol loop and send
     /// ([`SnapshotAnswer::reply`]).
-    AnswerSnapshot(super::leader::SnapshotAnswer),
+    AnswerSnapshot(super::serving::SnapshotAnswer),
     /// The leader's answer to a read index this node asked for: the commit
     /// index to apply through before serving the read, or `None` (ask
     /// again, or refuse the read).

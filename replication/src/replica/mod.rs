@@ -23,6 +23,7 @@ mod follower;
 mod forwards;
 mod leader;
 mod policy;
+mod serving;
 mod status;
 pub mod voters;
 
@@ -37,9 +38,9 @@ use tokio::sync::oneshot;
 pub use self::apply::ApplyJob;
 use self::core::Output;
 pub use self::core::{CoreConfig, LearnerFeed, ReplicaCore, ReplicaStatus, SyncRecord};
-pub use self::leader::SnapshotAnswer;
 use self::policy::LeaderPolicy;
 pub(crate) use self::policy::{answer, fail};
+pub use self::serving::SnapshotAnswer;
 use crate::commit::{BatchLimits, Reply, WriteError, WriteQueue};
 use crate::log::{DiskLog, LogOptions};
 use crate::path::ConfigPath;
