@@ -10,6 +10,7 @@
 //!   linearizability are checked.
 //! - [`linearizability`]: the history checker.
 
+mod client;
 pub mod cluster;
 pub mod linearizability;
 pub mod netns;
