@@ -27,28 +27,8 @@ if ! command -v wrk >/dev/null 2>&1; then
 fi
 builds=("$1" "$2")
 rounds=${3:-3}
-token=pika_de30de30de30de30de30de30de30de30de30de30de30de30de30de30de30de30
 # shellcheck source=benches/scratch.sh
 source benches/scratch.sh
-
-value=$(python3 -c "import base64; print(base64.b64encode(b'x' * 1024).decode())")
-cat > "$dir/post.lua" <<EOF
-local body = '{"meta":{"format":"text"},"data":"$value"}'
-local n = math.random(0, 999)
-request = function()
-  n = (n + 1) % 1000
-  return wrk.format("POST", string.format("/api/v1/file/bench/%06d", n),
-    {["Content-Type"] = "application/json", ["Authorization"] = "Bearer $token"}, body)
-end
-EOF
-cat > "$dir/get.lua" <<EOF
-local n = math.random(0, 999)
-request = function()
-  n = (n + 1) % 1000
-  return wrk.format("GET", string.format("/api/v1/data/bench/%06d", n),
-    {["Authorization"] = "Bearer $token"})
-end
-EOF
 
 # UDP datagrams this machine has sent.
 udp_out() { awk '/^Udp:/ && !/OutDatagrams/ {print $5}' /proc/net/snmp; }

@@ -21,18 +21,7 @@ fi
 # shellcheck source=benches/scratch.sh
 source benches/scratch.sh
 
-peers="e1=http://127.0.2.1:2380,e2=http://127.0.2.2:2380,e3=http://127.0.2.3:2380"
-for i in 1 2 3; do
-  etcd --name "e$i" --data-dir "$dir/e$i" \
-    --listen-peer-urls "http://127.0.2.$i:2380" \
-    --initial-advertise-peer-urls "http://127.0.2.$i:2380" \
-    --listen-client-urls "http://127.0.2.$i:2379" \
-    --advertise-client-urls "http://127.0.2.$i:2379" \
-    --initial-cluster "$peers" --initial-cluster-state new \
-    --initial-cluster-token pika-compare \
-    --logger zap --log-level warn >"$dir/e$i.log" 2>&1 &
-  pids+=("$!")
-done
+start_etcd 3 "$dir"
 echo "etcd $(etcd --version | head -1 | awk '{print $3}') on 127.0.2.1-3, data in $dir"
 
 # The bench waits for etcd's leader itself (30 s at most).

@@ -26,20 +26,9 @@ done
 rounds=${1:-2}
 cargo build --release --bin pika >&2
 pika=target/release/pika
-token=pika_de30de30de30de30de30de30de30de30de30de30de30de30de30de30de30de30
 # shellcheck source=benches/scratch.sh
 source benches/scratch.sh
 
-value=$(python3 -c "import base64; print(base64.b64encode(b'x' * 1024).decode())")
-cat > "$dir/pika.lua" <<EOF
-local body = '{"meta":{"format":"text"},"data":"$value"}'
-local n = math.random(0, 999)
-request = function()
-  n = (n + 1) % 1000
-  return wrk.format("POST", string.format("/api/v1/file/bench/%06d", n),
-    {["Content-Type"] = "application/json", ["Authorization"] = "Bearer $token"}, body)
-end
-EOF
 # etcd's JSON gateway takes keys in base64: the 1000 keys encoded up front.
 python3 - "$value" > "$dir/etcd.lua" <<'EOF'
 import base64, sys
@@ -59,7 +48,8 @@ ticks=$(getconf CLK_TCK)
 # utime + stime of each pid, in clock ticks.
 cpu_of() { for p in "$@"; do awk '{print $14 + $15}' "/proc/$p/stat"; done; }
 
-start_pika() {
+# pika's nodes, and the one that leads.
+pika_cluster() {
   local n=$1 run=$2 hosts
   hosts=$(seq -s, -f "127.0.1.%g" 1 "$n")
   for i in $(seq 1 "$n"); do
@@ -88,20 +78,10 @@ start_pika() {
   exit 1
 }
 
-start_etcd() {
-  local n=$1 run=$2 peers
-  peers=$(for i in $(seq 1 "$n"); do printf 'e%s=http://127.0.2.%s:2380,' "$i" "$i"; done)
-  for i in $(seq 1 "$n"); do
-    etcd --name "e$i" --data-dir "$run/e$i" \
-      --listen-peer-urls "http://127.0.2.$i:2380" \
-      --initial-advertise-peer-urls "http://127.0.2.$i:2380" \
-      --listen-client-urls "http://127.0.2.$i:2379" \
-      --advertise-client-urls "http://127.0.2.$i:2379" \
-      --initial-cluster "${peers%,}" --initial-cluster-state new \
-      --initial-cluster-token pika-scale \
-      --logger zap --log-level warn > "$run/e$i.log" 2>&1 &
-    pids+=($!)
-  done
+# etcd's members, and the one that leads.
+etcd_cluster() {
+  local n=$1 run=$2
+  start_etcd "$n" "$run"
   for _ in $(seq 1 60); do
     sleep 0.5
     for i in $(seq 1 "$n"); do
@@ -123,12 +103,14 @@ row() {
   mkdir -p "$run"
   pids=()
   leader="" url=""
-  "start_$server" "$n" "$run"
+  "${server}_cluster" "$n" "$run"
+  local script="$dir/post.lua"
+  [ "$server" = etcd ] && script="$dir/etcd.lua"
   sleep 2
-  wrk -t1 -c1 -d3s -s "$dir/$server.lua" "$url" > /dev/null
+  wrk -t1 -c1 -d3s -s "$script" "$url" > /dev/null
   local before after
   mapfile -t before < <(cpu_of "${pids[@]}")
-  wrk -t1 -c1 -d10s --latency -s "$dir/$server.lua" "$url" > "$run/wrk.txt"
+  wrk -t1 -c1 -d10s --latency -s "$script" "$url" > "$run/wrk.txt"
   mapfile -t after < <(cpu_of "${pids[@]}")
   if grep -q "Non-2xx\|Socket errors" "$run/wrk.txt"; then
     echo "scale-etcd: $server at $n nodes answered errors:" >&2
