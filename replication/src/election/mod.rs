@@ -59,6 +59,10 @@
 //!   `replicas` only sets the size the leader grows the set to, and
 //!   grants do not look at it. Every message that carries `replicas`
 //!   records a difference for the status page.
+//!
+//! This file holds the messages, the state and what the driver calls;
+//! [`campaign`] the pre-vote, the request and the grant rule; [`lease`]
+//! the heartbeat rounds that keep a leader's lease.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
