@@ -61,7 +61,7 @@
 //!   records a difference for the status page.
 //!
 //! This file holds the messages, the state and what the driver calls;
-//! [`campaign`] the pre-vote, the request and the grant rule; [`lease`]
+//! `campaign.rs` the pre-vote, the request and the grant rule; `lease.rs`
 //! the heartbeat rounds that keep a leader's lease.
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -60,7 +60,7 @@ pub enum Output {
         epoch: u64,
     },
     /// A snapshot answer to build off the protocol loop and send
-    /// ([`SnapshotAnswer::reply`]).
+    /// ([`super::serving::SnapshotAnswer::reply`]).
     AnswerSnapshot(super::serving::SnapshotAnswer),
     /// The leader's answer to a read index this node asked for: the commit
     /// index to apply through before serving the read, or `None` (ask

@@ -13,7 +13,7 @@ use crate::record::{Applied, Change, ChangeKind, Entry};
 
 impl Store {
     /// What the op with this request id did, if it was applied within the
-    /// last [`REQUEST_WINDOW`] revisions (here or, replicated, elsewhere).
+    /// last [`super::REQUEST_WINDOW`] revisions (here or, replicated, elsewhere).
     pub fn applied_request(&self, request_id: &str) -> Result<Option<Applied>, StoreError> {
         Ok(self.applied_requests(&[request_id])?.pop().flatten())
     }
