@@ -7,7 +7,7 @@
 #   apt-get install wrk etcd-server        # this script installs nothing
 #   benches/scale-etcd.sh [ROUNDS]          # default 2 rounds (~2 min each)
 #
-# pika runs the release build (cargo build --release --bin pika first) with
+# pika runs the release build (the script builds it first) with
 # the fanout bench's timings (heartbeat 200 ms, timeout 1 s), every node a
 # voter (`replicas` = nodes), on 127.0.1.x. etcd runs its defaults on
 # 127.0.2.x and is written through its JSON gateway (`/v3/kv/put`), as
