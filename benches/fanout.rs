@@ -177,7 +177,8 @@ fn metrics(url: &str) -> String {
 }
 
 /// What the leader's metrics say one row cost: mean local commit (ms),
-/// mean ack time of the slowest follower (ms), mean ops per batch.
+/// the slowest follower's mean time from send to its receipt (ms), mean
+/// ops per batch.
 fn breakdown(before: &str, after: &str) -> (f64, f64, f64) {
     let first = |v: Vec<(String, f64)>| v.first().map_or(0.0, |x| x.1);
     let commit = first(means(before, after, "pika_commit_seconds")) * 1e3;
@@ -282,7 +283,7 @@ fn fanout(
         settings.warmup.as_millis()
     );
     println!(
-        "(commit = leader's local batch commit, ack = slowest follower's mean ack after send, batch = ops per commit: means from the leader's metrics; cpu = user + system time per acknowledged write after the warm-up, from /proc: the leader's, the followers' mean, and the client's, this process generating the load on the same cores)"
+        "(commit = leader's local batch commit, ack = the slowest follower's mean time from send to its `received` ack, batch = ops per commit: means from the leader's metrics; cpu = user + system time per acknowledged write after the warm-up, from /proc: the leader's, the followers' mean, and the client's, this process generating the load on the same cores)"
     );
     println!("{HEADER}");
     report.line(format!(

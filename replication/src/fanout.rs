@@ -172,6 +172,14 @@ impl<A> ReplicationSet<A> {
             .collect()
     }
 
+    /// What `id` has acknowledged so far: (received, durable), both 0
+    /// for a follower not heard from (or heard restarted).
+    pub fn progress(&self, id: &str) -> (u64, u64) {
+        self.followers
+            .get(id)
+            .map_or((0, 0), |f| (f.received, f.durable))
+    }
+
     pub fn contains(&self, id: &str) -> bool {
         self.followers.get(id).is_some_and(|f| f.in_set)
     }

@@ -216,12 +216,32 @@ impl<L: LogStore> ReplicaCore<L> {
         let Some(leading) = self.leading.as_mut().filter(|l| l.epoch == epoch) else {
             return;
         };
-        if let Some((_, at)) = leading.sent.iter().rev().find(|(r, _)| *r == received) {
-            metrics::histogram!("pika_fanout_seconds", "follower" => from.to_string())
-                .record(now.saturating_sub(*at).as_secs_f64());
-        }
         if !leading.set.heard(from, boot, now) {
             return;
+        }
+        // Each latency once, when the ack moves it onto a batch we sent: an
+        // ack restates both positions, and a `durable` ack restating
+        // `received` must not count as a second, later receipt.
+        let (had_received, had_durable) = leading.set.progress(from);
+        let since_sent = |revision: u64| {
+            leading
+                .sent
+                .iter()
+                .rev()
+                .find(|(r, _)| *r == revision)
+                .map(|(_, at)| now.saturating_sub(*at).as_secs_f64())
+        };
+        if received > had_received
+            && let Some(took) = since_sent(received)
+        {
+            metrics::histogram!("pika_fanout_seconds", "follower" => from.to_string()).record(took);
+        }
+        let durable_now = durable.min(received);
+        if durable_now > had_durable
+            && let Some(took) = since_sent(durable_now)
+        {
+            metrics::histogram!("pika_fanout_durable_seconds", "follower" => from.to_string())
+                .record(took);
         }
         leading.set.acked(from, received, durable, now);
         if leading.set.admit_if_caught_up(from, commit) {
