@@ -5,6 +5,7 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -28,6 +29,8 @@ fn writes_through_a_follower_are_readable_everywhere_and_retries_apply_once() {
     .expect("the same lock record everywhere");
     assert_eq!(lock["holder"], leader_id.as_str());
 
+    let receipts_before = per_follower(&c, leader, "pika_fanout_seconds_count");
+    let durable_before = per_follower(&c, leader, "pika_fanout_durable_seconds_count");
     for n in 0..20 {
         let (code, body) = put(
             &c.url(follower),
@@ -44,6 +47,36 @@ fn writes_through_a_follower_are_readable_everywhere_and_retries_apply_once() {
                 "node {i}"
             );
         }
+    }
+
+    // One write at a time, so each is a batch of its own: the leader times
+    // each follower's receipt of it once, and its durable ack once (the
+    // slower follower's may come after the answer). Not twice: an ack
+    // restating a position is not a new receipt.
+    let grew = |before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>| -> Vec<f64> {
+        after
+            .iter()
+            .map(|(f, n)| n - before.get(f).copied().unwrap_or(0.0))
+            .collect()
+    };
+    for (metric, before) in [
+        ("pika_fanout_seconds_count", &receipts_before),
+        ("pika_fanout_durable_seconds_count", &durable_before),
+    ] {
+        let counted = wait_until(Duration::from_secs(5), || {
+            let counted = grew(before, &per_follower(&c, leader, metric));
+            (counted.len() == 2 && counted.iter().all(|n| *n >= 20.0)).then_some(counted)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{metric}: {:?} after 20 writes",
+                grew(before, &per_follower(&c, leader, metric))
+            )
+        });
+        assert!(
+            counted.iter().all(|n| *n <= 21.0),
+            "{metric} counted some batches twice: {counted:?} for 20 writes"
+        );
     }
 
     let (code, first) = put(&c.url(follower), "once", "x", Some("retry-me"));
@@ -70,6 +103,22 @@ fn writes_through_a_follower_are_readable_everywhere_and_retries_apply_once() {
         Some(1),
         "{versions}"
     );
+}
+
+/// A summary's per-follower series from node `i`'s /metrics, by label.
+fn per_follower(c: &Cluster, i: usize, name: &str) -> BTreeMap<String, f64> {
+    let text = client()
+        .get(format!("{}/metrics", c.url(i)))
+        .send()
+        .and_then(|r| r.text())
+        .unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?.strip_prefix('{')?;
+            let (labels, value) = rest.split_once("} ")?;
+            Some((labels.to_string(), value.trim().parse().ok()?))
+        })
+        .collect()
 }
 
 #[test]
