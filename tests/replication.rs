@@ -107,12 +107,8 @@ fn writes_through_a_follower_are_readable_everywhere_and_retries_apply_once() {
 
 /// A summary's per-follower series from node `i`'s /metrics, by label.
 fn per_follower(c: &Cluster, i: usize, name: &str) -> BTreeMap<String, f64> {
-    let text = client()
-        .get(format!("{}/metrics", c.url(i)))
-        .send()
-        .and_then(|r| r.text())
-        .unwrap_or_default();
-    text.lines()
+    c.metrics(i)
+        .lines()
         .filter_map(|l| {
             let rest = l.strip_prefix(name)?.strip_prefix('{')?;
             let (labels, value) = rest.split_once("} ")?;

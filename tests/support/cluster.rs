@@ -227,14 +227,19 @@ impl Cluster {
         assert!(r.status().is_success());
     }
 
-    /// A counter's value from node `i`'s /metrics (0 when absent).
-    pub fn counter(&self, i: usize, name: &str) -> f64 {
-        let text = client()
+    /// Node `i`'s /metrics page ("" when it does not answer).
+    pub fn metrics(&self, i: usize) -> String {
+        client()
             .get(format!("{}/metrics", self.url(i)))
             .send()
             .and_then(|r| r.text())
-            .unwrap_or_default();
-        text.lines()
+            .unwrap_or_default()
+    }
+
+    /// A counter's value from node `i`'s /metrics (0 when absent).
+    pub fn counter(&self, i: usize, name: &str) -> f64 {
+        self.metrics(i)
+            .lines()
             .find(|l| l.starts_with(name))
             .and_then(|l| l.split_whitespace().last())
             .and_then(|v| v.parse().ok())
