@@ -47,16 +47,8 @@ row() {
       "$pika" --config "$run/$n.yaml" > "$run/node$n.log" 2>&1 &
     pids+=($!)
   done
-  local leader=""
-  for _ in $(seq 1 60); do
-    sleep 0.5
-    for n in 1 2 3; do
-      if curl -s -H "Authorization: Bearer $token" "http://127.0.1.$n:809$n/api/v1/cluster/status" |
-        grep -q '"is_leader":true'; then leader=$n; fi
-    done
-    [ -n "$leader" ] && break
-  done
-  if [ -z "$leader" ]; then
+  local leader
+  if ! leader=$(leader_of pika_leads http://127.0.1.1:8091 http://127.0.1.2:8092 http://127.0.1.3:8093); then
     echo "ab-wrk: no leader within 30 s ($pika); logs in $run" >&2
     exit 1
   fi

@@ -50,7 +50,7 @@ cpu_of() { for p in "$@"; do awk '{print $14 + $15}' "/proc/$p/stat"; done; }
 
 # pika's nodes, and the one that leads.
 pika_cluster() {
-  local n=$1 run=$2 hosts
+  local n=$1 run=$2 hosts i
   hosts=$(seq -s, -f "127.0.1.%g" 1 "$n")
   for i in $(seq 1 "$n"); do
     PIKA_LOG_LEVEL=warn PIKA_SERVER_HOST="127.0.1.$i" PIKA_SERVER_PORT=8090 \
@@ -63,38 +63,26 @@ pika_cluster() {
       "$pika" > "$run/node$i.log" 2>&1 &
     pids+=($!)
   done
-  for _ in $(seq 1 60); do
-    sleep 0.5
-    for i in $(seq 1 "$n"); do
-      if curl -s -H "Authorization: Bearer $token" "http://127.0.1.$i:8090/api/v1/cluster/status" |
-        grep -q '"is_leader":true'; then
-        leader=$i
-        url="http://127.0.1.$i:8090"
-        return
-      fi
-    done
-  done
-  echo "scale-etcd: pika elected no leader within 30 s; logs in $run" >&2
-  exit 1
+  local urls=()
+  for i in $(seq 1 "$n"); do urls+=("http://127.0.1.$i:8090"); done
+  if ! leader=$(leader_of pika_leads "${urls[@]}"); then
+    echo "scale-etcd: pika elected no leader within 30 s; logs in $run" >&2
+    exit 1
+  fi
+  url=${urls[leader - 1]}
 }
 
 # etcd's members, and the one that leads.
 etcd_cluster() {
-  local n=$1 run=$2
+  local n=$1 run=$2 i
   start_etcd "$n" "$run"
-  for _ in $(seq 1 60); do
-    sleep 0.5
-    for i in $(seq 1 "$n"); do
-      if curl -s -X POST "http://127.0.2.$i:2379/v3/maintenance/status" -d '{}' |
-        python3 -c 'import sys, json; j = json.load(sys.stdin); sys.exit(0 if j.get("leader") and j["leader"] == j["header"]["member_id"] else 1)' 2>/dev/null; then
-        leader=$i
-        url="http://127.0.2.$i:2379"
-        return
-      fi
-    done
-  done
-  echo "scale-etcd: etcd elected no leader within 30 s; logs in $run" >&2
-  exit 1
+  local urls=()
+  for i in $(seq 1 "$n"); do urls+=("http://127.0.2.$i:2379"); done
+  if ! leader=$(leader_of etcd_leads "${urls[@]}"); then
+    echo "scale-etcd: etcd elected no leader within 30 s; logs in $run" >&2
+    exit 1
+  fi
+  url=${urls[leader - 1]}
 }
 
 # One row: start, warm up, 10 s at one connection, CPU per write, stop.

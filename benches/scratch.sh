@@ -53,3 +53,32 @@ start_etcd() {
     pids+=("$!")
   done
 }
+
+# Whether the pika node / the etcd member at URL leads.
+pika_leads() {
+  curl -s -H "Authorization: Bearer $token" "$1/api/v1/cluster/status" | grep -q '"is_leader":true'
+}
+etcd_leads() {
+  curl -s -X POST "$1/v3/maintenance/status" -d '{}' |
+    python3 -c 'import sys, json; j = json.load(sys.stdin); sys.exit(0 if j.get("leader") and j["leader"] == j["header"]["member_id"] else 1)' 2>/dev/null
+}
+
+# leader_of LEADS URL...: prints the 1-based position of the first URL
+# whose node LEADS (pika_leads, etcd_leads) says leads, asking every half
+# second for 30 s at most; fails if none does by then.
+leader_of() {
+  local leads=$1 i url
+  shift
+  for _ in $(seq 1 60); do
+    sleep 0.5
+    i=0
+    for url in "$@"; do
+      i=$((i + 1))
+      if "$leads" "$url"; then
+        echo "$i"
+        return 0
+      fi
+    done
+  done
+  return 1
+}
