@@ -10,10 +10,14 @@
 # Each row: 64 connections writing 1 KiB values over 1000 paths through the
 # leader for 10 s (after a 3 s warm-up), then 3 × 22 connections writing
 # through all three nodes at once for 10 s, then 16 connections reading a
-# follower for 10 s. wrk is a single C thread, a lighter client than the
-# fanout bench's, so both builds go faster here than there. "dgram/w" is
+# follower for 10 s, then reads after writes under load for 9 s. wrk is a
+# single C thread, a lighter client than the fanout bench's, so both
+# builds go faster here than there. "dgram/w" is
 # the UDP datagrams the machine sent per spread write (/proc/net/snmp):
 # the replication messages, forwards and answers, and QUIC's own.
+# "raw" is a read on a follower right after the leader answered the
+# write of that path, while 64 connections write through the leader
+# (`read_after_write.py`): p50/p90 in ms of the read's wait.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -75,16 +79,23 @@ row() {
   done
   local follower=$((leader % 3 + 1))
   wrk -t1 -c16 -d10s -s "$dir/get.lua" "http://127.0.1.$follower:809$follower" > "$run/reads.txt"
-  printf '%-40s %12s %10s %12s %8s %12s\n' "$pika" "$(rate "$run/leader.txt")" \
+  wrk -t1 -c64 -d10s -s "$dir/post.lua" "$url" > /dev/null &
+  local load=$!
+  sleep 0.5
+  local raw
+  raw=$(python3 benches/read_after_write.py "127.0.1.$leader:809$leader" \
+    "127.0.1.$follower:809$follower" 9 "$token")
+  wait "$load"
+  printf '%-40s %12s %10s %12s %8s %12s %12s\n' "$pika" "$(rate "$run/leader.txt")" \
     "$(awk '$1=="50%" {print $2}' "$run/leader.txt")" "$spread" \
     "$(awk -v s="$sent" -v w="$writes" 'BEGIN {if (w > 0) printf "%.2f", s / w; else print "-"}')" \
-    "$(rate "$run/reads.txt")"
+    "$(rate "$run/reads.txt")" "$raw"
   kill -TERM "${pids[@]}" 2>/dev/null || true
   wait "${pids[@]}" 2>/dev/null || true
   pids=()
 }
 
-printf '%-40s %12s %10s %12s %8s %12s\n' build "leader w/s" "p50" "spread w/s" "dgram/w" "reads r/s"
+printf '%-40s %12s %10s %12s %8s %12s %12s\n' build "leader w/s" "p50" "spread w/s" "dgram/w" "reads r/s" "raw p50/p90"
 for round in $(seq 1 "$rounds"); do
   # The order alternates too, so neither build always runs first.
   if [ $((round % 2)) -eq 1 ]; then order=(0 1); else order=(1 0); fi

@@ -10,8 +10,8 @@
 //! nothing else. Work that may wait on the network or the disk for long
 //! goes back to the node's runtime (`node`).
 //!
-//! Committed entries are written to redb on an apply thread of their own
-//! (`pika-apply`), one job at a time ([`ReplicaCore::begin_apply`]): a
+//! Committed entries are written to redb on apply threads of their own
+//! (`apply_threads`), one job at a time ([`ReplicaCore::begin_apply`]): a
 //! job takes milliseconds, and on the protocol thread it held up every
 //! `Diff`, ack and flush completion meanwhile (at 64 clients the cores
 //! sat 17 % idle; `docs/benchmarks.md`, "Applies on a thread of their
@@ -26,6 +26,7 @@ use std::time::Duration;
 use pika_membership::{MemberState, Membership};
 use tokio::sync::mpsc;
 
+use super::apply_threads::ApplyThreads;
 use super::core::Output;
 use super::flush_placement::FlushPlacement;
 use super::{Replica, lock, now_ms};
@@ -49,7 +50,7 @@ pub(crate) struct Driver {
     /// done: no acks, `Diff`s or answers meanwhile. Applies wait for it
     /// instead (reads of pending paths with them).
     checkpointing: Cell<bool>,
-    /// A job is on the apply thread. Checkpoints wait for it, and it for
+    /// A job is on an apply thread. Checkpoints wait for it, and it for
     /// them: redb takes one write transaction at a time.
     applying: Cell<bool>,
     /// When the last checkpoint started. Once the next is due, no new job
@@ -57,15 +58,15 @@ pub(crate) struct Driver {
     /// (a reader always waiting, or applies slower than commits) would
     /// otherwise keep the checkpoint out for good, and the log with it.
     checkpoint_started: Cell<tokio::time::Instant>,
-    /// Where apply jobs go; `None` once the apply thread is gone.
-    apply_jobs: Option<std::sync::mpsc::Sender<super::ApplyJob>>,
+    /// Where apply jobs go; `None` once the apply threads are gone.
+    apply_jobs: Option<ApplyThreads>,
     /// Whether this thread runs the log's flushes itself.
     flush_placement: Cell<FlushPlacement>,
 }
 
-/// What the apply thread reports: the job's last revision, and how its
+/// What an apply thread reports: the job's last revision, and how its
 /// store write went.
-type Applied = (u64, Result<(), crate::store::ApplyError>);
+pub(super) type Applied = (u64, Result<(), crate::store::ApplyError>);
 
 /// How long committed entries may gather before one redb transaction
 /// applies them all, while nobody watches this node's changes. Applying
@@ -131,34 +132,14 @@ impl Driver {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()?;
-        let (jobs, job_rx) = std::sync::mpsc::channel::<super::ApplyJob>();
         let (applied_tx, applied) = mpsc::unbounded_channel();
-        let store = self.replica.store.clone();
-        // It ends once the protocol thread drops its sender, after the job
-        // it is on.
-        let apply_thread = std::thread::Builder::new()
-            .name("pika-apply".into())
-            .spawn(move || {
-                for job in job_rx {
-                    // The protocol waits for the answer: it must come even
-                    // from a store write that panicked.
-                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        job.write(&store)
-                    }))
-                    .unwrap_or_else(|panic| {
-                        Err(StoreError::Panicked(panic_message(panic.as_ref())).into())
-                    });
-                    if applied_tx.send((job.last, result)).is_err() {
-                        return;
-                    }
-                }
-            })?;
-        self.apply_jobs = Some(jobs);
+        let (apply_jobs, apply_threads) = ApplyThreads::start(&self.replica.store, &applied_tx)?;
+        self.apply_jobs = Some(apply_jobs);
         let (stop, stopped) = tokio::sync::oneshot::channel();
         let thread = std::thread::Builder::new()
             .name("pika-protocol".into())
             .spawn(move || {
-                runtime.block_on(self.run(inbox, flushed, applied, apply_thread, stopped))
+                runtime.block_on(self.run(inbox, flushed, applied, apply_threads, stopped))
             })?;
         Ok(DriverThread { stop, thread })
     }
@@ -168,16 +149,18 @@ impl Driver {
         mut inbox: mpsc::Receiver<(String, PeerMessage)>,
         mut flushed: mpsc::UnboundedReceiver<(u64, std::io::Result<()>)>,
         mut applied: mpsc::UnboundedReceiver<Applied>,
-        apply_thread: std::thread::JoinHandle<()>,
+        apply_threads: [std::thread::JoinHandle<()>; 2],
         mut stopped: tokio::sync::oneshot::Receiver<()>,
     ) {
         self.drive(&mut inbox, &mut flushed, &mut applied, &mut stopped)
             .await;
-        // The apply thread ends after the job it is on; its result goes to
+        // The apply threads end after the job they are on; its result goes to
         // the core, so that the shutdown's own apply and checkpoint
-        // continue from there (a step without the thread applies in place).
+        // continue from there (a step without the threads applies in place).
         self.apply_jobs = None;
-        let _ = apply_thread.join();
+        for thread in apply_threads {
+            let _ = thread.join();
+        }
         if let Ok((last, result)) = applied.try_recv() {
             self.applying.set(false);
             self.step(|core, _| core.finish_apply(last, result));
@@ -381,13 +364,15 @@ impl Driver {
                     core.fail_next_apply("test fault: applies fail");
                 }
                 if let Some(job) = core.begin_apply() {
+                    let someone_waits =
+                        shared.pending.readers_waiting() || self.replica.store.watchers() > 0;
                     let left = match self.apply_jobs.as_ref() {
-                        Some(jobs) => jobs.send(job).err().map(|e| e.0),
+                        Some(jobs) => jobs.send(job, someone_waits).err(),
                         None => Some(job),
                     };
                     match left {
                         None => self.applying.set(true),
-                        // No apply thread (it is gone): apply here.
+                        // No apply threads (they are gone): apply here.
                         Some(job) => {
                             let result = job.write(&self.replica.store);
                             core.finish_apply(job.last, result);
@@ -550,7 +535,7 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 }
 
 /// What a caught panic said, if it said it as a string.
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+pub(super) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     panic
         .downcast_ref::<&str>()
         .map(|s| s.to_string())

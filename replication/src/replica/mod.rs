@@ -15,6 +15,7 @@
 //!   and replacement.
 
 mod apply;
+mod apply_threads;
 mod config;
 pub mod core;
 mod driver;
