@@ -7,9 +7,9 @@
 //! the same priority it takes that CPU from the threads a write waits
 //! for: the protocol loop, the log's flushes, the network. So a job that
 //! nobody waits for runs on `pika-apply-bg`, at a lower priority
-//! ([`BEHIND_NICENESS`]): it runs when those threads leave a core free, and
-//! entries gather meanwhile, which makes each transaction cheaper per
-//! entry. A job that someone waits for runs on `pika-apply`, at the
+//! ([`BEHIND_NICENESS`]): it runs when those threads leave a core free,
+//! and entries gather meanwhile (one transaction then carries more of
+//! them). A job that someone waits for runs on `pika-apply`, at the
 //! node's own priority: a read of a pending path waits for the apply
 //! (`SharedPending`), and a watch's next event for the state to move.
 //! Sent to the thread behind too, such a job made a read right after a
