@@ -65,11 +65,7 @@ pika_cluster() {
   done
   local urls=()
   for i in $(seq 1 "$n"); do urls+=("http://127.0.1.$i:8090"); done
-  if ! leader=$(leader_of pika_leads "${urls[@]}"); then
-    echo "scale-etcd: pika elected no leader within 30 s; logs in $run" >&2
-    exit 1
-  fi
-  url=${urls[leader - 1]}
+  lead_among pika pika_leads "$run" "${urls[@]}"
 }
 
 # etcd's members, and the one that leads.
@@ -78,8 +74,17 @@ etcd_cluster() {
   start_etcd "$n" "$run"
   local urls=()
   for i in $(seq 1 "$n"); do urls+=("http://127.0.2.$i:2379"); done
-  if ! leader=$(leader_of etcd_leads "${urls[@]}"); then
-    echo "scale-etcd: etcd elected no leader within 30 s; logs in $run" >&2
+  lead_among etcd etcd_leads "$run" "${urls[@]}"
+}
+
+# lead_among NAME LEADS RUN URL...: sets $leader and $url to the member
+# that leads, or exits saying where NAME's logs are.
+lead_among() {
+  local name=$1 leads=$2 run=$3
+  shift 3
+  local urls=("$@")
+  if ! leader=$(leader_of "$leads" "${urls[@]}"); then
+    echo "scale-etcd: $name elected no leader within 30 s; logs in $run" >&2
     exit 1
   fi
   url=${urls[leader - 1]}
