@@ -154,9 +154,10 @@ impl Driver {
     ) {
         self.drive(&mut inbox, &mut flushed, &mut applied, &mut stopped)
             .await;
-        // The apply threads end after the job they are on; its result goes to
-        // the core, so that the shutdown's own apply and checkpoint
-        // continue from there (a step without the threads applies in place).
+        // The apply threads end after the job they are on (one at most
+        // between them); its result goes to the core, so that the
+        // shutdown's own apply and checkpoint continue from there (a step
+        // without the threads applies in place).
         self.apply_jobs = None;
         for thread in apply_threads {
             let _ = thread.join();
