@@ -1,14 +1,13 @@
-//! pika's replicated state.
+//! pika's replicated state (`docs/architecture.md` has the whole picture):
 //!
-//! Built:
-//! - [`store::Store`] on redb, with [`merkle::MerkleBuckets`] kept in the same
-//!   transaction as every write.
-//! - [`commit::WriteQueue`], the group committer in front of the store.
-//! - [`election::Election`], the sans-IO lease election, checked by a seeded
-//!   fault simulation.
-//!
-//! Not built yet: the tokio driver that runs the election over membership,
-//! write fan-out, forwarding and anti-entropy.
+//! - [`log`]: the durable replicated log, one record per leader batch.
+//! - [`replica`]: the protocol (sans-IO core: election, log replication,
+//!   commit, catch-up, snapshot install, verification) and the threads that
+//!   drive it over [`peers`].
+//! - [`store::Store`]: redb, applied behind the log, with
+//!   [`merkle::MerkleBuckets`] kept in the same transaction as every change.
+//! - [`commit::WriteQueue`]: the group committer in front of both.
+//! - [`election::Election`]: the lease election the core runs.
 
 pub mod backup;
 pub mod commit;
@@ -28,6 +27,7 @@ pub mod replica;
 pub mod store;
 pub mod sync;
 pub mod wire;
+mod writeback;
 
 pub use commit::{BatchLimits, CommitPolicy, Reply, Standalone, WriteError, WriteQueue};
 pub use format::{ContentError, Format};

@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 mod batch;
 mod feed;
 mod history;
+mod paced_file;
 mod prefix;
 mod read;
 mod replicated;
@@ -187,6 +188,26 @@ pub struct Store {
 /// and the OS page cache still holds the file.
 pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
 
+/// Opens (or creates) the database file at `path`, on a [`PacedFile`]
+/// (checkpoints written back in steps).
+///
+/// [`PacedFile`]: paced_file::PacedFile
+fn open_file(
+    path: &Path,
+    cache_bytes: usize,
+) -> Result<Database, Box<dyn std::error::Error + Send + Sync>> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    let backend = paced_file::PacedFile::new(file)?;
+    Ok(Database::builder()
+        .set_cache_size(cache_bytes)
+        .create_with_backend(backend)?)
+}
+
 impl Store {
     /// Opens (or creates) the store in directory `dir`, keeping at most
     /// `history` versions per path (at least 1), with the default cache.
@@ -205,10 +226,7 @@ impl Store {
             source,
         };
         std::fs::create_dir_all(dir).map_err(|e| open_err(e.into()))?;
-        let db = Database::builder()
-            .set_cache_size(cache_bytes)
-            .create(dir.join(DB_FILE))
-            .map_err(|e| open_err(e.into()))?;
+        let db = open_file(&dir.join(DB_FILE), cache_bytes).map_err(open_err)?;
         let mut store = Self::init(db, history).map_err(|e| match e {
             StoreError::Open { source, .. } => open_err(source),
             other => other,
@@ -254,10 +272,7 @@ impl Store {
                 }
             }
         }
-        let db = Database::builder()
-            .set_cache_size(*cache_bytes)
-            .create(file)
-            .map_err(|e| open_err(e.into()))?;
+        let db = open_file(file, *cache_bytes).map_err(open_err)?;
         *self.db.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(db));
         self.load_counters()?;
         self.bump_generation()

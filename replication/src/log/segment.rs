@@ -350,15 +350,17 @@ pub(super) fn cut(file: &File, offset: u64, bytes: u64) -> io::Result<()> {
     file.sync_all()
 }
 
-/// Writes zeros over `from..to`, a MiB at a time, asking `stop` between
-/// writes (an early stop is an `Interrupted` error).
+/// Writes zeros over `from..to`, a step at a time, each written back before
+/// the next (`crate::writeback`: 16 MiB of zeros handed to the disk at once
+/// would hold up every log flush behind them), asking `stop` between
+/// steps (an early stop is an `Interrupted` error).
 pub(super) fn write_zeros(
     file: &File,
     from: u64,
     to: u64,
     stop: impl Fn() -> bool,
 ) -> io::Result<()> {
-    const CHUNK: u64 = 1 << 20;
+    const CHUNK: u64 = crate::writeback::STEP;
     let zeros = vec![0u8; CHUNK.min(to.saturating_sub(from)) as usize];
     let mut at = from;
     while at < to {
@@ -370,6 +372,7 @@ pub(super) fn write_zeros(
         }
         let n = (to - at).min(CHUNK) as usize;
         file.write_all_at(&zeros[..n], at)?;
+        crate::writeback::write_back(file, at, at + n as u64)?;
         at += n as u64;
     }
     Ok(())
