@@ -226,10 +226,14 @@ impl Driver {
                     let done = checkpointed_tx.clone();
                     self.node.spawn_blocking(move || {
                         let reopens = store.reopens();
+                        let started = std::time::Instant::now();
                         // Applies wait for the answer: it must come even
                         // from a checkpoint that panicked.
                         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.checkpoint()))
                             .unwrap_or_else(|panic| Err(StoreError::Panicked(panic_message(panic.as_ref()))));
+                        // Applies (and reads of paths written just before)
+                        // wait this long.
+                        metrics::histogram!("pika_checkpoint_seconds").record(started.elapsed().as_secs_f64());
                         let _ = done.send((reopens, result));
                     });
                 }
