@@ -13,7 +13,7 @@
 //! Measured on the nodes' disk (`docs/benchmarks.md`, "Checkpoints written
 //! back in steps"): three processes flushing a log about 1 000 times a
 //! second beside one writing 25 MB of random pages and syncing them every
-//! second spent 180–314 ms of every 3 s in flushes slower than 4 ms when the
+//! second spent 178–314 ms of every 3 s in flushes slower than 4 ms when the
 //! 25 MB went to the disk in one `fdatasync`, 53–108 ms with a write-back
 //! every MiB, and 20–58 ms every 256 KiB; the 25 MB took as long either
 //! way.
