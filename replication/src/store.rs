@@ -196,16 +196,9 @@ fn open_file(
     path: &Path,
     cache_bytes: usize,
 ) -> Result<Database, Box<dyn std::error::Error + Send + Sync>> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)?;
-    let backend = paced_file::PacedFile::new(file)?;
     Ok(Database::builder()
         .set_cache_size(cache_bytes)
-        .create_with_backend(backend)?)
+        .create_with_backend(paced_file::PacedFile::open(path)?)?)
 }
 
 impl Store {

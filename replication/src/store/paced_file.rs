@@ -16,6 +16,7 @@
 
 use std::fs::File;
 use std::ops::Bound;
+use std::path::Path;
 use std::sync::{Mutex, PoisonError};
 
 use redb::backends::FileBackend;
@@ -47,11 +48,18 @@ struct Written {
 }
 
 impl PacedFile {
-    pub(super) fn new(file: File) -> std::io::Result<PacedFile> {
-        Self::with_step(file, crate::writeback::STEP, crate::writeback::write_back)
+    /// Opens (or creates) the file at `path` as redb's own `create` does.
+    pub(super) fn open(path: &Path) -> std::io::Result<PacedFile> {
+        Self::with_step(path, crate::writeback::STEP, crate::writeback::write_back)
     }
 
-    fn with_step(file: File, step: u64, write_back: WriteBack) -> std::io::Result<PacedFile> {
+    fn with_step(path: &Path, step: u64, write_back: WriteBack) -> std::io::Result<PacedFile> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
         let second = file.try_clone()?;
         let inner = FileBackend::new(file).map_err(std::io::Error::other)?;
         Ok(PacedFile {
@@ -145,16 +153,6 @@ impl StorageBackend for PacedFile {
 mod tests {
     use super::*;
 
-    fn open(path: &std::path::Path) -> File {
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .expect("open the test file")
-    }
-
     thread_local! {
         static WRITTEN_BACK: std::cell::RefCell<Vec<(u64, u64)>> = const { std::cell::RefCell::new(Vec::new()) };
     }
@@ -171,8 +169,7 @@ mod tests {
     #[test]
     fn writes_are_written_back_every_step_and_a_sync_starts_the_count_again() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let paced =
-            PacedFile::with_step(open(&dir.path().join("f")), 16 << 10, record).expect("backend");
+        let paced = PacedFile::with_step(&dir.path().join("f"), 16 << 10, record).expect("backend");
         let page = [7u8; 4096];
         // Out of order, as a commit's pages are: each step covers the span
         // its pages lie in.
@@ -203,7 +200,7 @@ mod tests {
             Err(std::io::Error::other("EIO"))
         }
         let dir = tempfile::tempdir().expect("tempdir");
-        let paced = PacedFile::with_step(open(&dir.path().join("f")), 8192, fail).expect("backend");
+        let paced = PacedFile::with_step(&dir.path().join("f"), 8192, fail).expect("backend");
         paced
             .write(0, &[1u8; 4096])
             .expect("under a step: no write-back");
@@ -217,7 +214,7 @@ mod tests {
         let path = dir.path().join("db");
         let value = vec![3u8; 10_000];
         {
-            let backend = PacedFile::with_step(open(&path), 64 << 10, crate::writeback::write_back)
+            let backend = PacedFile::with_step(&path, 64 << 10, crate::writeback::write_back)
                 .expect("backend");
             let db = redb::Database::builder()
                 .create_with_backend(backend)
@@ -231,7 +228,7 @@ mod tests {
             }
             txn.commit().expect("commit");
         }
-        let backend = PacedFile::new(open(&path)).expect("backend");
+        let backend = PacedFile::open(&path).expect("backend");
         let db = redb::Database::builder()
             .create_with_backend(backend)
             .expect("reopen");
