@@ -226,13 +226,24 @@ impl Browser {
         start.elapsed()
     }
 
-    /// Waits for the status bar to confirm a save of `version`.
+    /// Waits for the status bar to confirm a save of `version`; if it
+    /// does not, says what the status bar showed instead.
     fn saved(&self, version: &str, what: &str) {
-        self.until(
-            what,
-            Duration::from_secs(10),
-            "return document.querySelector('#status').textContent.includes('saved ' + arguments[0]);",
-            json!([version]),
+        let limit = Duration::from_secs(10);
+        let mut status = Value::Null;
+        let confirmed = wait_for(limit, || {
+            status = self.js(
+                "return document.querySelector('#status').textContent;",
+                json!([]),
+            );
+            status
+                .as_str()
+                .is_some_and(|s| s.contains(&format!("saved {version}")))
+                .then_some(())
+        });
+        assert!(
+            confirmed.is_some(),
+            "{what}: not within {limit:?}; the status bar said {status}"
         );
     }
 
