@@ -286,7 +286,7 @@ fn created_revision_is_kept_across_updates_and_restarts_after_a_delete() {
 }
 
 #[test]
-fn a_data_directory_in_an_older_record_format_is_refused_with_the_reason() {
+fn a_data_directory_in_a_format_this_release_does_not_read_is_refused_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     {
         // What format 1 left: a node table with a revision, no format key.
@@ -307,6 +307,29 @@ fn a_data_directory_in_an_older_record_format_is_refused_with_the_reason() {
         .to_string();
     assert!(error.contains("record format 1"), "{error}");
     assert!(error.contains("empty data directory"), "{error}");
+
+    // A file a newer release wrote: refused, saying so, never laid out.
+    let newer = tempfile::tempdir().unwrap();
+    open(&newer, 20).close().unwrap();
+    {
+        let db =
+            redb::Database::create(newer.path().join(pika_replication::store::DB_FILE)).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let node: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("node");
+            let mut table = txn.open_table(node).unwrap();
+            table
+                .insert("record_format", 99u64.to_le_bytes().as_slice())
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let error = Store::open(newer.path(), 20)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(error.contains("newer pika, in store format 99"), "{error}");
+    assert!(error.contains("run the release that wrote it"), "{error}");
 
     // A fresh directory gets the current format, and opens again.
     let fresh = tempfile::tempdir().unwrap();

@@ -197,13 +197,23 @@ impl Store {
                 None if !holds_data => {
                     node.insert(KEY_RECORD_FORMAT, STORE_FORMAT.to_le_bytes().as_slice())?;
                 }
-                other => {
+                Some(newer) if newer > STORE_FORMAT => {
+                    return Err(open_err(
+                        format!(
+                            "the data was written by a newer pika, in store format {newer}, and \
+                             this one reads formats {RECORD_FORMAT} to {STORE_FORMAT}; run the \
+                             release that wrote it, or start this one on an empty data directory"
+                        )
+                        .into(),
+                    ));
+                }
+                older => {
                     return Err(open_err(
                         format!(
                             "the data was written in record format {} and this pika reads formats \
                              {RECORD_FORMAT} to {STORE_FORMAT}; start this version on an empty \
                              data directory",
-                            other.unwrap_or(1)
+                            older.unwrap_or(1)
                         )
                         .into(),
                     ));
