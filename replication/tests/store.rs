@@ -285,49 +285,38 @@ fn created_revision_is_kept_across_updates_and_restarts_after_a_delete() {
     assert_eq!(under.index, 5, "the hidden path counts toward nothing");
 }
 
+/// Writes `value` under `key` in the node table of the store file in
+/// `dir`, as another release would have left it.
+fn set_node_key(dir: &std::path::Path, key: &str, value: u64) {
+    let db = redb::Database::create(dir.join(pika_replication::store::DB_FILE)).unwrap();
+    let txn = db.begin_write().unwrap();
+    {
+        let node: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("node");
+        let mut table = txn.open_table(node).unwrap();
+        table.insert(key, value.to_le_bytes().as_slice()).unwrap();
+    }
+    txn.commit().unwrap();
+}
+
+/// Why the store in `dir` does not open.
+fn refusal(dir: &std::path::Path) -> String {
+    Store::open(dir, 20).err().expect("refused").to_string()
+}
+
 #[test]
 fn a_data_directory_in_a_format_this_release_does_not_read_is_refused_with_the_reason() {
+    // What format 1 left: a node table with a revision, no format key.
     let dir = tempfile::tempdir().unwrap();
-    {
-        // What format 1 left: a node table with a revision, no format key.
-        let db = redb::Database::create(dir.path().join(pika_replication::store::DB_FILE)).unwrap();
-        let txn = db.begin_write().unwrap();
-        {
-            let node: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("node");
-            let mut table = txn.open_table(node).unwrap();
-            table
-                .insert("revision", 7u64.to_le_bytes().as_slice())
-                .unwrap();
-        }
-        txn.commit().unwrap();
-    }
-    let error = Store::open(dir.path(), 20)
-        .err()
-        .expect("refused")
-        .to_string();
+    set_node_key(dir.path(), "revision", 7);
+    let error = refusal(dir.path());
     assert!(error.contains("record format 1"), "{error}");
     assert!(error.contains("empty data directory"), "{error}");
 
     // A file a newer release wrote: refused, saying so, never laid out.
     let newer = tempfile::tempdir().unwrap();
     open(&newer, 20).close().unwrap();
-    {
-        let db =
-            redb::Database::create(newer.path().join(pika_replication::store::DB_FILE)).unwrap();
-        let txn = db.begin_write().unwrap();
-        {
-            let node: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("node");
-            let mut table = txn.open_table(node).unwrap();
-            table
-                .insert("record_format", 99u64.to_le_bytes().as_slice())
-                .unwrap();
-        }
-        txn.commit().unwrap();
-    }
-    let error = Store::open(newer.path(), 20)
-        .err()
-        .expect("refused")
-        .to_string();
+    set_node_key(newer.path(), "record_format", 99);
+    let error = refusal(newer.path());
     assert!(error.contains("newer pika, in store format 99"), "{error}");
     assert!(error.contains("run the release that wrote it"), "{error}");
 
