@@ -143,7 +143,7 @@ pub struct BwConfig {
 #[serde(default)]
 pub struct ClusterConfig {
     pub enabled: bool,
-    /// DNS name (or comma list of host[:port]) that resolves to every node.
+    /// DNS name (or comma list of `host[:port]`) that resolves to every node.
     pub dns_addr: String,
     /// Address of the peer (QUIC) endpoint.
     pub bind_addr: String,

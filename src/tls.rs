@@ -5,8 +5,8 @@
 //! `{storage.bw.path}/tls/` so that clients can pin it across restarts. Its
 //! SHA-256 fingerprint is logged at every start.
 //!
-//! Handshakes run on their own tasks, at most [`HANDSHAKES`] at a time and
-//! each bounded by [`HANDSHAKE_TIMEOUT`], so a slow or silent client never
+//! Handshakes run on their own tasks, at most `HANDSHAKES` at a time and
+//! each bounded by `HANDSHAKE_TIMEOUT`, so a slow or silent client never
 //! holds up the accept loop. A plain-HTTP request to the TLS port is
 //! answered with a 400 that says to use https, then closed.
 

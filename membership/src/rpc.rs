@@ -1,5 +1,5 @@
 //! The typed RPC surface replication builds on: an ordered bidirectional
-//! QUIC stream carrying [`frame`](crate::frame)s.
+//! QUIC stream carrying [`frame`]s.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

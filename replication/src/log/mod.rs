@@ -12,7 +12,7 @@
 //! append, so that every flush's `fdatasync` also journaled a new file
 //! size; segments are sized up front instead (`docs/benchmarks.md`, "A
 //! log of our own"). A directory holding raft-log's files is imported at
-//! the first open ([`import`]).
+//! the first open (`import.rs`).
 //!
 //! Invariants, kept here (which refuses the call otherwise):
 //! - entries are contiguous by revision, and (epoch, revision) only grows;

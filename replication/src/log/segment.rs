@@ -2,12 +2,12 @@
 //!
 //! A segment is `segment-{seq:010}.log` in the log's directory. Records
 //! follow each other from offset 0, each `[body length: u32 LE][CRC-32 of
-//! the body: u32 LE][body]`, and the first is a [`Record::Header`] with the
+//! the body: u32 LE][body]`, and the first is a `Record::Header` with the
 //! log's state when the segment began, so that older segments can be
 //! deleted once nothing in them is needed.
 //!
 //! A segment is sized up front ([`SEGMENT_BYTES`] by default) and written
-//! with zeros before records go in ([`super::spare`]): a flush writes into
+//! with zeros before records go in (`spare.rs`): a flush writes into
 //! blocks the file already has, so `fdatasync` has neither a new file size
 //! nor new blocks to record. Measured here, three processes syncing a few
 //! hundred bytes at once: 180–195 µs per sync appending, 121–132 µs into a

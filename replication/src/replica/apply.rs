@@ -188,7 +188,7 @@ impl<L: LogStore> ReplicaCore<L> {
     /// has committed yet.
     ///
     /// While a job is in flight nothing else writes the entries' state:
-    /// no snapshot session starts ([`Self::start_sync`]; none runs, since
+    /// no snapshot session starts (`start_sync`; none runs, since
     /// `apply_target` is `None` while one does), [`Self::recover`] waits,
     /// and verifications compare at the finish. A truncation meanwhile
     /// drops only uncommitted entries, above the job.

@@ -21,8 +21,9 @@
 //! Invariants kept here:
 //! - The state only moves forward: applies continue it, and a snapshot
 //!   install below it is refused.
-//! - Every entry in the log above `applied` is in [`PendingPaths`]: a read
-//!   of its path waits.
+//! - Every entry in the log above `applied` is in
+//!   [`PendingPaths`](crate::pending::PendingPaths): a read of its path
+//!   waits.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;

@@ -212,7 +212,7 @@ impl Snapshot {
 
     /// The request ids applied after revision `after` and inside the
     /// window at this snapshot, from just after `from`, about `max_bytes`
-    /// of them (see [`requests::read_after`]).
+    /// of them (see `requests::read_after`).
     pub fn request_ids(
         &self,
         after: u64,
