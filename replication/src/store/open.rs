@@ -1,7 +1,7 @@
-//! Opening the database file: the formats this release reads (older ones
-//! laid out again in the first open's transaction, newer ones refused with
-//! what to do), the node id minted at the first start, and the start count
-//! (generation) raised at every open and reopen.
+//! Opening the database file: the formats this release reads (2 and 3
+//! laid out again in the first open's transaction as 4; 1 and newer ones
+//! refused, saying what to do), the node id minted at the first start, and
+//! the start count (generation) raised at every open and reopen.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
