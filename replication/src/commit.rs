@@ -5,6 +5,11 @@
 //! up while the previous commit was on disk and commits it as one batch. Under
 //! load the batch grows and the cost per op falls; with one writer the batch
 //! is one op and nothing waits for a timer.
+//!
+//! On a leader a batch does not wait on the disk (the proposal appends in
+//! memory; the log's flush runs elsewhere), so a write that finds the
+//! committer idle, nothing queued and nothing in flight runs its batch of
+//! one on its own task: one thread hand-over less each way at low load.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -111,6 +116,20 @@ pub trait CommitPolicy: Send + Sync + 'static {
     /// with that, not applied again. Asked once per epoch.
     fn requests_in_flight(&self) -> Vec<(String, Applied, Fingerprint)> {
         Vec::new()
+    }
+    /// Whether a writer may run a batch of its one op on its own task, when
+    /// the committer is idle and nothing is queued: true when a batch never
+    /// waits on the disk (a leader's proposal appends in memory and queues
+    /// its sends; its log flush runs elsewhere). A standalone commit syncs
+    /// the store, so it stays on the committer's thread.
+    fn proposes_in_memory(&self) -> bool {
+        false
+    }
+    /// Whether no batch awaits its commit. A writer proposes its own op
+    /// only then: with batches on their way, what arrives meanwhile should
+    /// gather into the next one on the committer.
+    fn nothing_in_flight(&self) -> bool {
+        true
     }
 }
 
@@ -221,6 +240,26 @@ impl RecentRequests {
 #[derive(Clone)]
 pub struct WriteQueue {
     tx: mpsc::Sender<PendingWrite>,
+    committer: Arc<Committer>,
+}
+
+/// What the committer thread and a writer proposing its own op share.
+struct Committer {
+    store: Arc<Store>,
+    policy: Arc<dyn CommitPolicy>,
+    /// Held for a whole batch, by whoever runs it: one batch at a time, in
+    /// the order they take it.
+    recent: std::sync::Mutex<RecentRequests>,
+}
+
+impl Committer {
+    fn new(store: Arc<Store>, policy: Arc<dyn CommitPolicy>) -> Self {
+        Self {
+            store,
+            policy,
+            recent: std::sync::Mutex::new(RecentRequests::new(16 * 1024)),
+        }
+    }
 }
 
 impl WriteQueue {
@@ -240,10 +279,12 @@ impl WriteQueue {
         policy: Arc<dyn CommitPolicy>,
     ) -> std::io::Result<(Self, JoinHandle<()>)> {
         let (tx, rx) = mpsc::channel(limits.max_ops.max(1) * 4);
+        let committer = Arc::new(Committer::new(store, policy));
+        let on_thread = committer.clone();
         let handle = std::thread::Builder::new()
             .name("pika-committer".into())
-            .spawn(move || run(&store, rx, limits, policy.as_ref()))?;
-        Ok((Self { tx }, handle))
+            .spawn(move || run(&on_thread, rx, limits))?;
+        Ok((Self { tx, committer }, handle))
     }
 
     /// Queues an op and waits until it is durably committed or refused.
@@ -259,25 +300,50 @@ impl WriteQueue {
         request_id: Option<String>,
     ) -> Result<Applied, WriteError> {
         let (reply, answer) = oneshot::channel();
-        self.tx
-            .send(PendingWrite {
-                op,
-                request_id,
-                reply,
-            })
-            .await
-            .map_err(|_| WriteError::Closed)?;
+        let pending = PendingWrite {
+            op,
+            request_id,
+            reply,
+        };
+        if let Some(pending) = self.propose_here(pending) {
+            self.tx
+                .send(pending)
+                .await
+                .map_err(|_| WriteError::Closed)?;
+        }
         answer.await.unwrap_or(Err(WriteError::Closed))
+    }
+
+    /// Runs a batch of this one op on the caller's task when nothing is
+    /// queued, the committer is between batches and the policy proposes in
+    /// memory; otherwise gives the op back for the queue. At one client
+    /// this takes the hand-over to the committer thread, and the one from
+    /// it to the peer writers, off every write. Under load the queue is
+    /// rarely empty, and batches form on the committer as before.
+    fn propose_here(&self, pending: PendingWrite) -> Option<PendingWrite> {
+        let committer = &*self.committer;
+        if !committer.policy.proposes_in_memory() || self.tx.capacity() < self.tx.max_capacity() {
+            return Some(pending);
+        }
+        let Ok(mut recent) = committer.recent.try_lock() else {
+            return Some(pending);
+        };
+        if !committer.policy.nothing_in_flight() {
+            return Some(pending);
+        }
+        let mut batch = vec![pending];
+        commit(
+            &committer.store,
+            &mut batch,
+            committer.policy.as_ref(),
+            &mut recent,
+        );
+        None
     }
 }
 
-fn run(
-    store: &Store,
-    mut rx: mpsc::Receiver<PendingWrite>,
-    limits: BatchLimits,
-    policy: &dyn CommitPolicy,
-) {
-    let mut recent = RecentRequests::new(16 * 1024);
+fn run(committer: &Committer, mut rx: mpsc::Receiver<PendingWrite>, limits: BatchLimits) {
+    let policy = committer.policy.as_ref();
     let mut batch: Vec<PendingWrite> = Vec::with_capacity(limits.max_ops);
     while let Some(first) = rx.blocking_recv() {
         policy.wait_for_room();
@@ -292,7 +358,11 @@ fn run(
                 Err(_) => break,
             }
         }
-        commit(store, &mut batch, policy, &mut recent);
+        let mut recent = committer
+            .recent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        commit(&committer.store, &mut batch, policy, &mut recent);
     }
     tracing::debug!("write queue closed; committer exits");
 }
@@ -499,7 +569,7 @@ mod tests {
     #[test]
     fn queued_ops_commit_as_one_batch() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 20).unwrap();
+        let store = Arc::new(Store::open(dir.path(), 20).unwrap());
         let (tx, rx) = mpsc::channel(256);
         let mut answers = Vec::new();
         for i in 0..100 {
@@ -514,13 +584,12 @@ mod tests {
         }
         drop(tx);
         run(
-            &store,
+            &Committer::new(store.clone(), Arc::new(Standalone)),
             rx,
             BatchLimits {
                 max_ops: 64,
                 max_bytes: 1 << 20,
             },
-            &Standalone,
         );
         let revisions: Vec<u64> = answers
             .into_iter()
@@ -606,6 +675,93 @@ mod tests {
         assert_eq!(store.commits(), 1, "ten writes, one batch");
         drop(queue);
         let _ = room.send(());
+        committer.join().unwrap();
+    }
+
+    /// A leader's write with nothing queued and nothing in flight is
+    /// proposed by its own task, not handed to the committer thread; with
+    /// batches in flight, writes queue for the committer as before. Both
+    /// paths share what they remember of request ids.
+    #[test]
+    fn an_idle_leader_proposes_a_write_on_its_writer_and_a_busy_one_queues_it() {
+        struct InMemory {
+            in_flight: std::sync::atomic::AtomicBool,
+            ran_on: std::sync::Mutex<Vec<Option<String>>>,
+        }
+        impl CommitPolicy for InMemory {
+            fn epoch(&self) -> Result<u64, WriteError> {
+                Standalone.epoch()
+            }
+            fn execute(
+                &self,
+                store: &Store,
+                ops: &[Op],
+                epoch: u64,
+                now_ms: u64,
+            ) -> Result<Decided, WriteError> {
+                if !ops.is_empty() {
+                    let thread = std::thread::current().name().map(str::to_string);
+                    self.ran_on.lock().unwrap().push(thread);
+                }
+                Standalone.execute(store, ops, epoch, now_ms)
+            }
+            fn committed(
+                &self,
+                epoch: u64,
+                waits_for: Option<u64>,
+                answers: Vec<(Reply, Result<Applied, WriteError>)>,
+            ) {
+                Standalone.committed(epoch, waits_for, answers);
+            }
+            fn proposes_in_memory(&self) -> bool {
+                true
+            }
+            fn nothing_in_flight(&self) -> bool {
+                !self.in_flight.load(std::sync::atomic::Ordering::SeqCst)
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), 20).unwrap());
+        let policy = Arc::new(InMemory {
+            in_flight: false.into(),
+            ran_on: Default::default(),
+        });
+        let (queue, committer) =
+            WriteQueue::start_with(store.clone(), BatchLimits::default(), policy.clone()).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let here = std::thread::current().name().map(str::to_string);
+        let committer_thread = Some("pika-committer".to_string());
+        let id = Some("req-1".to_string());
+
+        let first = runtime
+            .block_on(queue.submit_once(op(1), id.clone()))
+            .unwrap();
+        assert_eq!(*policy.ran_on.lock().unwrap(), std::slice::from_ref(&here));
+        // The retry is answered from what the writer's batch remembered.
+        let again = runtime
+            .block_on(queue.submit_once(op(1), id.clone()))
+            .unwrap();
+        assert_eq!(first, again);
+        assert_eq!(store.revision(), 1, "the retry changed nothing");
+
+        policy
+            .in_flight
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let second = runtime.block_on(queue.submit_once(op(2), None)).unwrap();
+        assert_eq!(second.revision, 2);
+        // The committer knows the id the writer proposed: the retry is
+        // answered, not applied again.
+        let third = runtime.block_on(queue.submit_once(op(1), id)).unwrap();
+        assert_eq!(third, first);
+        assert_eq!(store.revision(), 2);
+        assert_eq!(
+            *policy.ran_on.lock().unwrap(),
+            [here, committer_thread],
+            "an op with nothing in flight runs on its writer; with batches in flight, on the committer"
+        );
+        drop(queue);
         committer.join().unwrap();
     }
 

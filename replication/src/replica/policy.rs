@@ -68,6 +68,14 @@ impl CommitPolicy for LeaderPolicy {
             .unwrap_or_else(PoisonError::into_inner);
     }
 
+    fn proposes_in_memory(&self) -> bool {
+        true
+    }
+
+    fn nothing_in_flight(&self) -> bool {
+        lock(&self.shared.answers).is_empty()
+    }
+
     fn requests_in_flight(&self) -> Vec<(String, Applied, crate::record::Fingerprint)> {
         lock(&self.shared.core).requests_in_flight()
     }
