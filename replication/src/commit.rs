@@ -9,7 +9,8 @@
 //! On a leader a batch does not wait on the disk (the proposal appends in
 //! memory; the log's flush runs elsewhere), so a write that finds the
 //! committer idle, nothing queued and nothing in flight runs its batch of
-//! one on its own task: one thread hand-over less each way at low load.
+//! one on its own task: two thread hand-overs fewer on a write's way out
+//! (to the committer thread, and from it to the peer writers) at low load.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
