@@ -602,49 +602,73 @@ mod tests {
         assert_eq!(store.commits(), 2);
     }
 
+    /// Standalone commits, with what a test needs to see or steer: which
+    /// thread ran each batch, whether the policy proposes in memory and has
+    /// batches in flight, and a pipeline that is full once.
+    #[derive(Default)]
+    struct Probe {
+        in_memory: bool,
+        in_flight: std::sync::atomic::AtomicBool,
+        ran_on: std::sync::Mutex<Vec<Option<String>>>,
+        /// Says that the committer waits, then waits for room.
+        full_once: Option<(
+            std::sync::mpsc::Sender<()>,
+            std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+        )>,
+    }
+
+    impl CommitPolicy for Probe {
+        fn epoch(&self) -> Result<u64, WriteError> {
+            Standalone.epoch()
+        }
+        fn execute(
+            &self,
+            store: &Store,
+            ops: &[Op],
+            epoch: u64,
+            now_ms: u64,
+        ) -> Result<Decided, WriteError> {
+            if !ops.is_empty() {
+                let thread = std::thread::current().name().map(str::to_string);
+                self.ran_on.lock().unwrap().push(thread);
+            }
+            Standalone.execute(store, ops, epoch, now_ms)
+        }
+        fn committed(
+            &self,
+            epoch: u64,
+            waits_for: Option<u64>,
+            answers: Vec<(Reply, Result<Applied, WriteError>)>,
+        ) {
+            Standalone.committed(epoch, waits_for, answers);
+        }
+        fn wait_for_room(&self) {
+            if let Some((waiting, room)) = &self.full_once {
+                let _ = waiting.send(());
+                let room = room.lock().unwrap();
+                let _ = room.recv_timeout(std::time::Duration::from_secs(10));
+            }
+        }
+        fn proposes_in_memory(&self) -> bool {
+            self.in_memory
+        }
+        fn nothing_in_flight(&self) -> bool {
+            !self.in_flight.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
     /// A committer that has to wait for room in the pipeline (a leader
     /// with batches in flight) sends everything that arrived meanwhile as
     /// one batch.
     #[test]
     fn writes_that_arrive_while_the_pipeline_is_full_leave_as_one_batch() {
-        struct FullOnce {
-            waiting: std::sync::mpsc::Sender<()>,
-            room: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
-        }
-        impl CommitPolicy for FullOnce {
-            fn epoch(&self) -> Result<u64, WriteError> {
-                Standalone.epoch()
-            }
-            fn execute(
-                &self,
-                store: &Store,
-                ops: &[Op],
-                epoch: u64,
-                now_ms: u64,
-            ) -> Result<Decided, WriteError> {
-                Standalone.execute(store, ops, epoch, now_ms)
-            }
-            fn committed(
-                &self,
-                epoch: u64,
-                waits_for: Option<u64>,
-                answers: Vec<(Reply, Result<Applied, WriteError>)>,
-            ) {
-                Standalone.committed(epoch, waits_for, answers);
-            }
-            fn wait_for_room(&self) {
-                let _ = self.waiting.send(());
-                let room = self.room.lock().unwrap();
-                let _ = room.recv_timeout(std::time::Duration::from_secs(10));
-            }
-        }
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path(), 20).unwrap());
         let (waiting, waited) = std::sync::mpsc::channel();
         let (room, roomy) = std::sync::mpsc::channel();
-        let policy = FullOnce {
-            waiting,
-            room: std::sync::Mutex::new(roomy),
+        let policy = Probe {
+            full_once: Some((waiting, std::sync::Mutex::new(roomy))),
+            ..Probe::default()
         };
         let (queue, committer) =
             WriteQueue::start_with(store.clone(), BatchLimits::default(), Arc::new(policy))
@@ -685,47 +709,11 @@ mod tests {
     /// paths share what they remember of request ids.
     #[test]
     fn an_idle_leader_proposes_a_write_on_its_writer_and_a_busy_one_queues_it() {
-        struct InMemory {
-            in_flight: std::sync::atomic::AtomicBool,
-            ran_on: std::sync::Mutex<Vec<Option<String>>>,
-        }
-        impl CommitPolicy for InMemory {
-            fn epoch(&self) -> Result<u64, WriteError> {
-                Standalone.epoch()
-            }
-            fn execute(
-                &self,
-                store: &Store,
-                ops: &[Op],
-                epoch: u64,
-                now_ms: u64,
-            ) -> Result<Decided, WriteError> {
-                if !ops.is_empty() {
-                    let thread = std::thread::current().name().map(str::to_string);
-                    self.ran_on.lock().unwrap().push(thread);
-                }
-                Standalone.execute(store, ops, epoch, now_ms)
-            }
-            fn committed(
-                &self,
-                epoch: u64,
-                waits_for: Option<u64>,
-                answers: Vec<(Reply, Result<Applied, WriteError>)>,
-            ) {
-                Standalone.committed(epoch, waits_for, answers);
-            }
-            fn proposes_in_memory(&self) -> bool {
-                true
-            }
-            fn nothing_in_flight(&self) -> bool {
-                !self.in_flight.load(std::sync::atomic::Ordering::SeqCst)
-            }
-        }
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path(), 20).unwrap());
-        let policy = Arc::new(InMemory {
-            in_flight: false.into(),
-            ran_on: Default::default(),
+        let policy = Arc::new(Probe {
+            in_memory: true,
+            ..Probe::default()
         });
         let (queue, committer) =
             WriteQueue::start_with(store.clone(), BatchLimits::default(), policy.clone()).unwrap();
