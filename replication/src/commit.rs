@@ -320,7 +320,10 @@ impl WriteQueue {
     /// memory; otherwise gives the op back for the queue. At one client
     /// this takes the hand-over to the committer thread, and the one from
     /// it to the peer writers, off every write. Under load the queue is
-    /// rarely empty, and batches form on the committer as before.
+    /// rarely empty, and batches form on the committer as before. The
+    /// batch takes the core's lock as the committer's would; a leader's
+    /// steps hold it for microseconds (its syncs and applies run outside
+    /// it), so the task does not stall its worker for long.
     fn propose_here(&self, pending: PendingWrite) -> Option<PendingWrite> {
         let committer = &*self.committer;
         if !committer.policy.proposes_in_memory() || self.tx.capacity() < self.tx.max_capacity() {
