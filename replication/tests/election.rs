@@ -366,6 +366,53 @@ fn a_node_that_is_behind_does_not_keep_the_other_survivor_from_winning() {
     );
 }
 
+/// A leader reads only within its own lease, which is shortened for clock
+/// drift. Once that has run out it reads no more, though it steps down only
+/// at its next tick: before, it fell back to "L after it last heard the
+/// leader", itself at the time it won, and kept reading for up to a tenth
+/// of L past its lease (steps other than ticks publish the read permission
+/// too).
+#[test]
+fn a_leader_whose_lease_ran_out_reads_no_more_before_its_next_tick() {
+    let config = ElectionConfig {
+        replicas: 3,
+        heartbeat_interval: Duration::from_millis(200),
+        lease: Duration::from_millis(1000),
+        drift: 0.1,
+    };
+    let ids = ["a", "b"];
+    let mut nodes = [
+        Election::new("a", config.clone(), 0, Position::default(), 3, T0),
+        Election::new("b", config, 0, Position::default(), 11, T0),
+    ];
+    for n in &mut nodes {
+        n.set_members(["a", "b", "c"].map(String::from), ids.map(String::from));
+    }
+    let mut in_flight = InFlight::new();
+    let step = Duration::from_millis(10);
+    let mut now = T0;
+    let leader = loop {
+        assert!(now < T0 + Duration::from_secs(10), "no leader within 10 s");
+        now += step;
+        tick_and_deliver(&mut nodes, &ids, &mut in_flight, now, step, |_, _, _| false);
+        if let Some(i) = nodes.iter().position(|n| n.role() == Role::Leader) {
+            break &nodes[i];
+        }
+    };
+    // From here on it hears nothing (no round is acknowledged) and no tick
+    // runs.
+    let (_, until) = leader.lease(now).expect("a new leader holds a lease");
+    let just_before = until - Duration::from_millis(1);
+    assert_eq!(leader.read_lease_until(just_before), Some(until));
+    let just_after = until + Duration::from_millis(1);
+    assert_eq!(leader.role(), Role::Leader, "no tick has stepped it down");
+    assert_eq!(
+        leader.read_lease_until(just_after),
+        None,
+        "a leader past its lease (until {until:?}) still reads"
+    );
+}
+
 /// Three nodes elect a leader; then one follower stops hearing it for 5 s
 /// (a one-way partition: what it sends still arrives), and hears it
 /// again. That follower's pre-votes are refused by the two that still

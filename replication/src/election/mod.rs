@@ -379,12 +379,18 @@ impl Election {
 
     /// Until when this node may serve local reads: its own lease if it
     /// leads, else L after it last heard from the leader.
+    ///
+    /// A leader whose lease ran out reads no more, though it steps down
+    /// only at its next tick: until then it is still the leader it knows,
+    /// heard when it won, and "L after that" would outlast its lease (which
+    /// is shortened for clock drift) by up to a tenth of L.
     pub fn read_lease_until(&self, now: Duration) -> Option<Duration> {
-        if let Some((_, until)) = self.lease(now) {
-            return Some(until);
+        if let State::Leader { .. } = self.state {
+            return self.lease(now).map(|(_, until)| until);
         }
         self.leader
             .as_ref()
+            .filter(|l| l.id != self.me)
             .map(|l| l.heard_at + self.config.lease)
             .filter(|until| now < *until)
     }
