@@ -600,6 +600,106 @@ fn verification_keeps_running_while_writes_keep_coming() {
     );
 }
 
+/// A follower whose state differs from the leader's (as a bug that applied
+/// another value would leave it: the `diverge` test fault) is found out by
+/// the next verification, serves no read of it from then on, and is
+/// repaired by a snapshot of the differing buckets, while writes keep
+/// coming; three times, on three paths. The writes keep diffs arriving
+/// between the verification and the tick that starts the snapshot: a diff
+/// used to lift the refusal, so the node served the wrong value again and
+/// the repair waited for a verification that came between two diffs
+/// (`replica_sim` checks the same at every step).
+#[test]
+fn a_follower_found_to_differ_serves_no_reads_until_a_snapshot_repairs_it() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    let c = Cluster::start_with_env(&[171, 172, 173], &[("PIKA_CLUSTER_SYNC_INTERVAL", "300ms")]);
+    let (leader, _) = c.leader(Duration::from_secs(20));
+    let sick = (leader + 1) % 3;
+    for n in 0..3 {
+        let (code, body) = put(&c.url(leader), &format!("div/{n}"), "good", None);
+        assert_eq!(code, 201, "{body}");
+        assert_eq!(
+            read(&c.url(sick), &format!("div/{n}")).as_deref(),
+            Some("good")
+        );
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (url, stop, written) = (c.url(leader), stop.clone(), written.clone());
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) && n < 50_000 {
+                if put(&url, &format!("busy/{}", n % 50), "w", None).0 == 201 {
+                    written.fetch_add(1, Ordering::Relaxed);
+                }
+                n += 1;
+            }
+        })
+    };
+    let mismatches = || c.counter(sick, "pika_verify_mismatches_total");
+    let syncs = || c.counter(sick, "pika_syncs_total");
+    for n in 0..3 {
+        let path = format!("div/{n}");
+        let (mismatches_before, syncs_before) = (mismatches(), syncs());
+        c.fault(sick, json!({"diverge": {"path": path, "data": "bad"}}));
+        let started = Instant::now();
+        let mut found = None;
+        let mut refused = 0;
+        let repaired = loop {
+            if started.elapsed() > Duration::from_secs(20) {
+                break false;
+            }
+            // The counter first: a read that began after it moved began
+            // after the node knew its state differs.
+            let known = mismatches() > mismatches_before;
+            if known && found.is_none() {
+                found = Some(started.elapsed());
+            }
+            let answer = client()
+                .get(format!("{}/api/v1/data/{path}", c.url(sick)))
+                .timeout(Duration::from_secs(3))
+                .send()
+                .map(|r| (r.status().as_u16(), r.text().unwrap_or_default()));
+            match answer {
+                Ok((200, body)) if body == "bad" => assert!(
+                    !known,
+                    "{path}: the diverged value was served {:?} after a verification found it",
+                    started.elapsed() - found.unwrap_or_default()
+                ),
+                Ok((200, body)) if body == "good" && known => break true,
+                Ok((200, body)) if body == "good" => {}
+                Ok((503, _)) => refused += 1,
+                other => panic!("unexpected answer for {path}: {other:?}"),
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert!(
+            repaired,
+            "{path}: not repaired within 20 s (found after {found:?}, {refused} reads \
+             refused, {} writes so far): {}",
+            written.load(Ordering::Relaxed),
+            c.status(sick)
+        );
+        assert!(syncs() > syncs_before, "{path}: repaired by a snapshot");
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    assert!(
+        written.load(Ordering::Relaxed) > 0,
+        "the writes kept coming meanwhile"
+    );
+    for n in 0..3 {
+        assert_eq!(
+            read(&c.url(sick), &format!("div/{n}")).as_deref(),
+            Some("good")
+        );
+    }
+}
+
 /// A follower whose log syncs stall (300 ms each, the `slow_sync_ms` test
 /// fault) holds writes up for one slow sync, not for every one. A
 /// follower syncs its log on its protocol thread, which takes no `Diff`

@@ -36,11 +36,22 @@ pub struct FaultRequest {
     /// on a disk whose syncs stall (absent or 0: normal).
     #[serde(default)]
     slow_sync_ms: u64,
+    /// Rewrites the data of this path's latest version in this node's
+    /// state only (see `Store::diverge`): what verification is for.
+    #[serde(default)]
+    diverge: Option<Diverge>,
+}
+
+#[derive(serde::Deserialize)]
+pub struct Diverge {
+    path: String,
+    data: String,
 }
 
 /// POST /debug/faults `{block_in: [node ids], block_out: [node ids],
 /// delay_out_ms: {node id: ms}, loss_out: {node id: p}, block_diffs_in:
-/// [node ids], pause_ms: ms, fail_applies: bool, slow_sync_ms: ms}`: from now on, drop replica
+/// [node ids], pause_ms: ms, fail_applies: bool, slow_sync_ms: ms, diverge: {path,
+/// data}}`: from now on, drop replica
 /// traffic from / to
 /// those nodes (or only the log entries from them), and hold what goes to
 /// the delayed ones (empty heals); pause the protocol once for `pause_ms`. Only
@@ -53,6 +64,14 @@ pub async fn set_faults(
         .writes
         .replica()
         .ok_or_else(|| ApiError::not_found("fault injection needs cluster.enabled"))?;
+    if let Some(d) = &request.diverge
+        && !state.store.diverge(&d.path, d.data.clone().into_bytes())?
+    {
+        return Err(ApiError::bad_request(format!(
+            "diverge: {:?} has no live value here to rewrite",
+            d.path
+        )));
+    }
     let faults = replica.faults();
     faults.block_incoming(&request.block_in);
     faults.block_incoming_diffs(&request.block_diffs_in);

@@ -139,7 +139,12 @@ impl<L: LogStore> ReplicaCore<L> {
         {
             return self.disk_failed(format!("truncating a stale suffix: {e}"));
         }
-        self.needs_snapshot = false;
+        // A diff that continues the log ends being behind, not a state
+        // found to differ from the leader's: that one keeps refusing reads
+        // until its snapshot is installed, and the next tick starts it.
+        if !self.repairing {
+            self.needs_snapshot = false;
+        }
         self.send_ack();
         self.learn_commit(commit);
         if more {

@@ -67,3 +67,38 @@ impl Store {
         Ok(Some(buckets))
     }
 }
+
+impl Store {
+    /// A test fault: rewrites the data of `path`'s latest version, as a bug
+    /// that applied another value would leave it. Its entry, version record
+    /// and Merkle leaf agree with one another and with no other node's; the
+    /// revision does not move. The next verification finds it, and a
+    /// snapshot of the differing buckets repairs it. Returns false (and
+    /// changes nothing) when the path's latest version is not a put.
+    #[cfg(feature = "test-faults")]
+    pub fn diverge(&self, path: &str, data: Vec<u8>) -> Result<bool, StoreError> {
+        use crate::record::ChangeKind;
+        let db = self.db()?;
+        let txn = db.begin_write()?;
+        {
+            let mut tables = super::BatchTables::open(&txn)?;
+            let Some(previous) = tables.entry(path)? else {
+                return Ok(false);
+            };
+            let Some(mut change) =
+                history::read(&tables.versions, path, previous.version, self.history)?
+            else {
+                return Ok(false);
+            };
+            let ChangeKind::Put { data: old, .. } = &mut change.kind else {
+                return Ok(false);
+            };
+            *old = data;
+            change.request_id = None;
+            let entry = Entry::of(&change);
+            tables.write_change(&change, entry, Some(&previous), self.history)?;
+        }
+        txn.commit()?;
+        Ok(true)
+    }
+}
