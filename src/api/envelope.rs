@@ -195,7 +195,11 @@ fn read_target(request: &Request) -> Option<ReadTarget> {
         return Some(ReadTarget::Folder(String::new()));
     }
     if let Some(rest) = raw.strip_prefix("/api/v1/folder") {
-        let folder = percent_decode(rest.trim_matches('/'));
+        // The folder the handler lists: what its route captured, decoded,
+        // then made a prefix (`team%2F` is `team/`, the folder `team`).
+        // One that is not valid is refused there, and read nowhere.
+        let captured = percent_decode(rest.strip_prefix('/').unwrap_or(rest));
+        let folder = pika_replication::path::folder_prefix(&captured).ok()?;
         return Some(ReadTarget::Folder(if folder.is_empty() {
             String::new()
         } else {
@@ -319,4 +323,53 @@ async fn json_error(response: Response, request_id: &str) -> Response {
         out.headers_mut().insert(name.clone(), value.clone());
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(uri: &str) -> Request {
+        Request::builder()
+            .uri(uri)
+            .body(axum::body::Body::empty())
+            .expect("a request")
+    }
+
+    /// The target as (what, path or prefix).
+    fn target(uri: &str) -> Option<(&'static str, String)> {
+        read_target(&get(uri)).map(|t| match t {
+            ReadTarget::Path(p) => ("path", p),
+            ReadTarget::Folder(p) => ("folder", p),
+        })
+    }
+
+    /// A read waits on what its handler reads, however the URL spells it.
+    /// `team%2F` is the folder `team`: the wait used to be on `team//`,
+    /// which nothing is under. `?%72ecurse` is a recursive Consul read: the
+    /// wait used to be on the one key.
+    #[test]
+    fn a_read_waits_on_what_its_handler_reads() {
+        let folder = |p: &str| Some(("folder", p.to_string()));
+        let path = |p: &str| Some(("path", p.to_string()));
+        assert_eq!(target("/api/v1/folder"), folder(""));
+        assert_eq!(target("/api/v1/folder/"), folder(""));
+        assert_eq!(target("/api/v1/folder/team"), folder("team/"));
+        assert_eq!(target("/api/v1/folder/team/"), folder("team/"));
+        assert_eq!(target("/api/v1/folder/team%2F"), folder("team/"));
+        assert_eq!(target("/api/v1/folder/team%2Fapp%2F"), folder("team/app/"));
+        assert_eq!(target("/api/v1/folder/t%C3%A9am"), folder("téam/"));
+        // Refused by the handler (an empty segment): nothing to wait on.
+        assert_eq!(target("/api/v1/folder/a//b"), None);
+        assert_eq!(target("/api/v1/file/a%2Fb"), path("a/b"));
+        assert_eq!(target("/api/v1/data/a/b"), path("a/b"));
+        assert_eq!(target("/v1/kv/app"), path("app"));
+        assert_eq!(target("/v1/kv/app?recurse"), folder("app"));
+        assert_eq!(target("/v1/kv/app?%72ecurse"), folder("app"));
+        assert_eq!(target("/v1/kv/app?keys&separator=%2F"), folder("app"));
+        assert_eq!(target("/v1/kv/app?%6Beys=true"), folder("app"));
+        // Stale reads wait on nothing, however `stale` is spelled.
+        assert_eq!(target("/v1/kv/app?st%61le"), None);
+        assert_eq!(target("/api/v1/data/a?stale=true"), None);
+    }
 }

@@ -59,11 +59,16 @@ pub fn kv_key(uri_path: &str) -> Option<String> {
 }
 
 /// Whether the query string has `name`, with any value (Consul's flags
-/// such as `?recurse` are set by their presence).
+/// such as `?recurse` are set by their presence). Names are decoded as the
+/// handlers' query extractor decodes them (`+` a space, `%XX` a byte), so
+/// that what a read waits on is what its handler reads: `?%72ecurse` is a
+/// recursive read.
 pub fn has_param(query: Option<&str>, name: &str) -> bool {
     query.is_some_and(|q| {
-        q.split('&')
-            .any(|kv| kv.split('=').next().is_some_and(|k| k == name))
+        q.split('&').any(|kv| {
+            let key = kv.split('=').next().unwrap_or_default();
+            super::envelope::percent_decode(&key.replace('+', " ")) == name
+        })
     })
 }
 
