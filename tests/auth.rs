@@ -383,6 +383,65 @@ fn tokens_created_and_revoked_anywhere_hold_everywhere_at_once() {
     }
 }
 
+/// Token records are read like any other path: a follower cut off from
+/// the leader neither lists the tokens it last heard of nor answers "no
+/// token named" for one created through the leader since. It refuses both
+/// (503) until it may read again, then answers from a state that has it.
+#[test]
+fn a_follower_cut_off_from_the_leader_neither_lists_nor_revokes_tokens() {
+    use support::cluster::{Cluster, wait_until};
+    let c = Cluster::start(&[174, 175, 176]);
+    let (leader, _) = c.leader(Duration::from_secs(20));
+    let cut = (leader + 1) % 3;
+    let cut_id = c.node_id(cut);
+    let others: Vec<String> = (0..3).filter(|&i| i != cut).map(|i| c.node_id(i)).collect();
+    c.fault(cut, json!({"block_in": others, "block_out": others}));
+    // Out of the leader's set, so that writes commit without it; by then
+    // its read permission has run out.
+    wait_until(Duration::from_secs(15), || {
+        c.replication_set(leader)
+            .filter(|set| !set.contains(&cut_id))
+            .map(|_| ())
+    })
+    .expect("the leader's set leaves the cut-off follower out");
+    let http = plain_client();
+    create_token(
+        &http,
+        &c.url(leader),
+        json!({"name": "late", "scopes": ["svc/**:read"]}),
+    );
+    let list = || {
+        let r = bearer(
+            http.get(format!("{}/api/v1/tokens", c.url(cut))),
+            ADMIN_TOKEN,
+        )
+        .send()
+        .unwrap();
+        (r.status().as_u16(), r.text().unwrap_or_default())
+    };
+    let (status, body) = list();
+    assert_eq!(status, 503, "a cut-off follower listed tokens: {body}");
+    let revoke = || {
+        bearer(
+            http.delete(format!("{}/api/v1/tokens/late", c.url(cut))),
+            ADMIN_TOKEN,
+        )
+        .send()
+        .unwrap()
+        .status()
+        .as_u16()
+    };
+    assert_eq!(revoke(), 503, "a cut-off follower looked the token up");
+
+    c.fault(cut, json!({}));
+    wait_until(Duration::from_secs(15), || {
+        let (status, body) = list();
+        (status == 200 && body.contains("\"late\"")).then_some(())
+    })
+    .expect("healed, the follower lists the token created meanwhile");
+    assert_eq!(revoke(), 204);
+}
+
 #[test]
 fn tls_with_a_self_signed_certificate() {
     let dir = tempfile::tempdir().unwrap();

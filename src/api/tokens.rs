@@ -154,9 +154,11 @@ pub async fn create_token(
 /// secret or a hash).
 pub async fn list_tokens(State(state): State<AppState>) -> Result<Response, ApiError> {
     let folder = state.auth.paths().hashes_folder();
+    // A linearizable read like any other: a node cut off from the leader
+    // must not list what it last heard.
     if let Some(replica) = state.writes.replica() {
         replica
-            .folder_barrier(&format!("{folder}/"))
+            .linearizable_folder(&format!("{folder}/"))
             .await
             .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     }
@@ -191,9 +193,11 @@ pub async fn revoke_token(
     token::check_name(&name).map_err(ApiError::bad_request)?;
     let paths = state.auth.paths();
     let name_path = paths.by_name(&name);
+    // The token is looked up here: without read permission a token
+    // created through another node would be "no token named".
     if let Some(replica) = state.writes.replica() {
         replica
-            .read_barrier(&name_path)
+            .linearizable_read(&name_path)
             .await
             .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     }

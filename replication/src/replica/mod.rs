@@ -424,6 +424,25 @@ impl Replica {
         Ok(ReadPermission::ReadIndex)
     }
 
+    /// Waits until `path` may be read here as a linearizable read: read
+    /// permission ([`Self::read_permission`]), then, under a lease, its
+    /// pending entry ([`Self::read_barrier`]). For reads made by handlers
+    /// themselves, outside the HTTP envelope's check.
+    pub async fn linearizable_read(&self, path: &str) -> Result<(), WriteError> {
+        if self.read_permission().await? == ReadPermission::Lease {
+            self.read_barrier(path).await?;
+        }
+        Ok(())
+    }
+
+    /// [`Self::linearizable_read`] of every path under `prefix` (a folder).
+    pub async fn linearizable_folder(&self, prefix: &str) -> Result<(), WriteError> {
+        if self.read_permission().await? == ReadPermission::Lease {
+            self.folder_barrier(prefix).await?;
+        }
+        Ok(())
+    }
+
     /// Waits until no entry of `path` that is pending now remains pending
     /// (applied or truncated), bounded by `forward_timeout`: a read that
     /// starts after a write was acknowledged then sees it (DESIGN.md,
