@@ -10,7 +10,10 @@
 //! Kubernetes volume: a learner, until a dead voter's place is given to
 //! it), one node per schedule booting now and then with a `replicas` other
 //! than the cluster size, and clock drift within the assumed bound.
-//! Verification roots go out every few heartbeats. In a third of the 5-node
+//! Verification roots go out every few heartbeats, and in half the
+//! schedules, once healed, one follower's state is changed behind the
+//! protocol's back (a path's latest version rewritten, as a bug that applied
+//! another value would leave it). In a third of the 5-node
 //! schedules the cluster's `replicas` is 3, and the other two nodes join
 //! one at a time as learners once it runs; in half of all schedules leaders
 //! feed learners in batches (`cluster.learner_feed: batched`), so no commit
@@ -22,7 +25,9 @@
 //! local reads, a read of any path is either held back (the path is
 //! pending) or returns a version no older than the latest acknowledged
 //! write of that path. Reads served are recorded, and at the end each must
-//! be a committed version (no dirty reads). Checked after healing: every
+//! be a committed version (no dirty reads). A node whose verification found
+//! its state differing must not read until a snapshot repaired it. Checked
+//! after healing: every
 //! acknowledged write is on every node, and all Merkle roots are equal. Before healing, with a minority down (the
 //! leader among them), the rest must elect and acknowledge writes within
 //! a few seconds. A failing seed is printed; replay it alone with
@@ -81,7 +86,17 @@ struct Node {
     /// result kept), then reported with [`ReplicaCore::finish_apply`],
     /// each a step of its own, with anything happening in between.
     job: Option<(ApplyJob, Option<Result<(), ApplyError>>)>,
+    /// A path whose latest version this node's state holds with other
+    /// data than every other node's ([`DIVERGED`], put there behind the
+    /// protocol's back), that version, and the verifications that had
+    /// differed on this node before. Cleared once the path holds other
+    /// data again.
+    diverged: Option<(String, u64, u64)>,
 }
+
+/// What a diverged path holds (`Store::diverge`), as a bug that applied
+/// another value would leave it.
+const DIVERGED: &[u8] = b"diverged behind the protocol";
 
 struct Sim {
     seed: u64,
@@ -115,9 +130,18 @@ struct Sim {
     history: u64,
     /// Verifications that matched, and snapshots installed, by all nodes.
     verified: u64,
-    /// Verifications that differed: none, since no schedule changes a
+    /// Verifications that differed: none in a schedule that changes no
     /// state behind the protocol's back.
     mismatches: u64,
+    /// States changed behind the protocol's back ([`Sim::diverge`]), and
+    /// those repaired after a verification found them.
+    divergences: u64,
+    repairs: u64,
+    /// Every divergence made, by (node, path, version). Once a later write
+    /// replaced the path's entry, the version's record may stay diverged
+    /// in the history: verification compares the entries' Merkle leaves,
+    /// not the versions kept behind them.
+    injected: Vec<(usize, String, u64)>,
     snapshots: u64,
     /// Recoveries in place after a disk error.
     recoveries: u64,
@@ -233,6 +257,7 @@ impl Sim {
                 disk_failing: false,
                 replicas: n,
                 job: None,
+                diverged: None,
             })
             .collect();
         let odd = dice.below(n);
@@ -267,6 +292,9 @@ impl Sim {
             history,
             verified: 0,
             mismatches: 0,
+            divergences: 0,
+            repairs: 0,
+            injected: Vec::new(),
             snapshots: 0,
             recoveries: 0,
             wipes: 0,
@@ -363,6 +391,7 @@ impl Sim {
         let node = &mut self.nodes[i];
         node.store = Arc::new(Store::open_in_memory(self.history).expect("in-memory store"));
         node.disk = MemDisk::default();
+        node.diverged = None;
         node.id = format!("n{i}w{}", self.wipes);
         self.boot(i);
     }
@@ -771,6 +800,7 @@ impl Sim {
             ));
         }
         self.check_core_invariants()?;
+        self.check_divergence()?;
         self.check_reads()
     }
 
@@ -910,6 +940,79 @@ impl Sim {
         Ok(())
     }
 
+    /// Changes one follower's state behind the protocol's back: the data
+    /// of one path's latest version, as a bug that applied another value
+    /// would leave it (`Store::diverge`). A follower that may read, so
+    /// that a leader's state, the reference verification compares with,
+    /// stays right.
+    fn diverge(&mut self) -> Result<(), String> {
+        let n = self.nodes.len();
+        let i = self.dice.below(n);
+        let path = format!("w/{}", self.dice.below(PATHS as usize));
+        let now = self.local(i);
+        let Some(core) = self.nodes[i].core.as_ref() else {
+            return Ok(());
+        };
+        let status = core.status(now);
+        if status.is_leader || core.read_until(now).is_none_or(|u| now >= u) {
+            return Ok(());
+        }
+        let node = &mut self.nodes[i];
+        let version = match node.store.entry(&path).map_err(|e| e.to_string())? {
+            Some(entry) => entry.version,
+            None => return Ok(()),
+        };
+        if node
+            .store
+            .diverge(&path, DIVERGED.to_vec())
+            .map_err(|e| e.to_string())?
+        {
+            node.diverged = Some((path.clone(), version, status.mismatches));
+            self.injected.push((i, path, version));
+            self.divergences += 1;
+        }
+        Ok(())
+    }
+
+    /// A node whose verification found its state differs from the
+    /// leader's serves no read from then until a snapshot of the differing
+    /// buckets repairs it (DESIGN.md, "Catch-up, snapshots and
+    /// verification").
+    fn check_divergence(&mut self) -> Result<(), String> {
+        for i in 0..self.nodes.len() {
+            let Some((path, _, mismatches_before)) = self.nodes[i].diverged.clone() else {
+                continue;
+            };
+            let now = self.local(i);
+            let node = &self.nodes[i];
+            let Some(core) = node.core.as_ref() else {
+                continue;
+            };
+            let status = core.status(now);
+            let found = status.mismatches > mismatches_before;
+            let holds = node
+                .store
+                .get(&path, None)
+                .map_err(|e| e.to_string())?
+                .is_some_and(
+                    |c| matches!(c.kind, ChangeKind::Put { ref data, .. } if data == DIVERGED),
+                );
+            if !holds {
+                self.repairs += u64::from(found);
+                self.nodes[i].diverged = None;
+                continue;
+            }
+            if found && core.read_until(now).is_some_and(|until| now < until) {
+                return Err(format!(
+                    "n{i} may serve reads at real {:?} though a verification found its state \
+                     differs from the leader's ({path}) and no snapshot repaired it: {status:?}",
+                    self.real
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn check_reads(&mut self) -> Result<(), String> {
         for i in 0..self.nodes.len() {
             let now = self.local(i);
@@ -943,7 +1046,12 @@ impl Sim {
                         ChangeKind::Put { data, .. } => Some(data),
                         ChangeKind::Delete => None,
                     });
-                    self.reads.push((i, path, version, value));
+                    // Before a verification finds it, a diverged state is
+                    // read like any other: nothing can tell (after, it
+                    // must not be, `check_divergence`).
+                    if value.as_deref() != Some(DIVERGED) {
+                        self.reads.push((i, path, version, value));
+                    }
                 }
             }
         }
@@ -960,12 +1068,37 @@ impl Sim {
         Ok(version + self.history <= latest)
     }
 
+    /// Whether node `i` keeps `version` of `path` as a divergence left it,
+    /// behind a later entry: out of verification's reach (see
+    /// [`Sim::injected`]). A diverged entry itself must be repaired.
+    fn history_diverged(&self, i: usize, path: &str, version: u64) -> Result<bool, String> {
+        if !self
+            .injected
+            .iter()
+            .any(|(n, p, v)| *n == i && p == path && *v == version)
+        {
+            return Ok(false);
+        }
+        let store = &self.nodes[i].store;
+        let latest = store
+            .entry(path)
+            .map_err(|e| e.to_string())?
+            .map_or(0, |e| e.version);
+        let kept = store.get(path, Some(version)).map_err(|e| e.to_string())?;
+        Ok(latest > version
+            && kept.is_some_and(
+                |c| matches!(c.kind, ChangeKind::Put { ref data, .. } if data == DIVERGED),
+            ))
+    }
+
     /// No dirty reads: every version a read returned is the committed one
     /// (what every node holds under that version once healed).
     fn check_reads_were_committed(&self) -> Result<(), String> {
         let reference = &self.nodes[0].store;
         for (i, path, version, value) in &self.reads {
-            if self.dropped(reference, path, *version)? {
+            if self.dropped(reference, path, *version)?
+                || self.history_diverged(0, path, *version)?
+            {
                 // Not checkable here (the schedules that keep every
                 // version check them all).
                 continue;
@@ -1222,6 +1355,15 @@ impl Sim {
                 self.roots()
             ));
         }
+        // In half the schedules a follower's state changes behind the
+        // protocol's back, with writes going on: the next verification must
+        // find it, the follower serve no read from then until a snapshot of
+        // the differing buckets repairs it (`check_divergence`, every step),
+        // and the checks below find every node equal again.
+        if self.dice.chance(0.5) {
+            self.diverge()?;
+            self.run(Duration::from_millis(1500), false)?;
+        }
         // A last burst of writes over lossy links, so that the last diff to
         // some follower is often lost; then idle, with no loss: every node
         // must (soon) serve reads and have nothing pending, new leader or
@@ -1270,7 +1412,7 @@ impl Sim {
             ));
         }
         for write in &self.acked {
-            for node in &self.nodes {
+            for (i, node) in self.nodes.iter().enumerate() {
                 // Whatever the history kept, the request id is answered
                 // with what the write did.
                 if let Some(id) = &write.request_id {
@@ -1284,7 +1426,9 @@ impl Sim {
                         ));
                     }
                 }
-                if self.dropped(&node.store, &write.path, write.version)? {
+                if self.dropped(&node.store, &write.path, write.version)?
+                    || self.history_diverged(i, &write.path, write.version)?
+                {
                     continue;
                 }
                 let stored = match node
@@ -1310,11 +1454,15 @@ impl Sim {
         for i in 0..self.nodes.len() {
             self.count(i);
         }
-        if self.mismatches > 0 {
+        if self.mismatches > 0 && self.divergences == 0 {
             return Err(format!(
-                "{} verifications found roots that differ at the same revision",
+                "{} verifications found roots that differ at the same revision, \
+                 though no state was changed behind the protocol's back",
                 self.mismatches
             ));
+        }
+        if let Some(i) = self.nodes.iter().position(|n| n.diverged.is_some()) {
+            return Err(format!("n{i}'s diverged state was never repaired"));
         }
         Ok(())
     }
@@ -1356,7 +1504,7 @@ fn run_schedules(nodes: usize) {
     };
     let (mut acked, mut elections, mut verified, mut snapshots, mut recoveries, mut wipes) =
         (0, 0, 0, 0, 0, 0);
-    let (mut odd_boots, mut index_reads) = (0, 0);
+    let (mut odd_boots, mut index_reads, mut divergences, mut repairs) = (0, 0, 0, 0);
     let n = nodes;
     for seed in &seeds {
         let mut sim = Sim::new(n, *seed);
@@ -1371,13 +1519,16 @@ fn run_schedules(nodes: usize) {
         wipes += sim.wipes;
         odd_boots += sim.odd_boots;
         index_reads += sim.index_reads;
+        divergences += sim.divergences;
+        repairs += sim.repairs;
     }
     eprintln!(
         "{} schedules of {n} nodes: {acked} acknowledged writes checked on every node, {elections} elections, \
          {verified} Merkle roots verified equal, {snapshots} snapshots installed, \
          {recoveries} recoveries from a failed disk, {wipes} wiped data directories, \
          {odd_boots} boots with a `replicas` other than the cluster size, \
-         {index_reads} reads on learners by the leader's commit index",
+         {index_reads} reads on learners by the leader's commit index, \
+         {divergences} states changed behind the protocol's back ({repairs} found and repaired)",
         seeds.len()
     );
     if seeds.len() > 100 {
@@ -1390,6 +1541,10 @@ fn run_schedules(nodes: usize) {
         assert!(wipes > 0, "some node should lose its data");
         assert!(odd_boots > 0, "some node should differ in `replicas`");
         assert!(index_reads > 0, "some learner should read by a read index");
+        assert!(
+            repairs > 0,
+            "some diverged state should be found by verification and repaired"
+        );
     }
     assert!(
         acked > seeds.len(),

@@ -444,8 +444,14 @@ impl<L: LogStore> ReplicaCore<L> {
         self.load_voters();
         self.commit = self.commit.max(revision);
         self.follow.matched = self.follow.matched.max(revision);
-        self.needs_snapshot = false;
-        self.repairing = false;
+        // A snapshot of what changed after this state (`since`) does not
+        // repair a difference that an apply's verification found while it
+        // was on its way: that one still needs all of the differing
+        // buckets, and reads stay refused until it is installed.
+        if since.is_none() || !self.repairing {
+            self.needs_snapshot = false;
+            self.repairing = false;
+        }
         self.verify = None;
         self.request_flush();
         metrics::counter!("pika_syncs_total").increment(1);
