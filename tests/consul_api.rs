@@ -327,3 +327,74 @@ fn bad_input_is_refused_and_what_is_not_offered_says_so() {
         "an ?acquire write wrote nothing"
     );
 }
+
+/// Writes through the Consul API retried with their `X-Request-Id` get
+/// their first answer:
+/// - a `?cas=` put or delete that took effect answers `true` again, though
+///   the index it names is no longer the key's (the index was checked
+///   here against the key's live version, and the retry answered `false`
+///   without reaching the leader's request ids);
+/// - a recursive delete retried once a new key appeared under the prefix
+///   deletes that key too (each key's own write used an id numbered by
+///   its place in the listing: the retry gave the new key a deleted key's
+///   id, a 400).
+#[test]
+fn consul_writes_retried_with_their_request_id_get_their_first_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = support::spawn(&dir.path().join("data"), None);
+    let url = node.url.as_str();
+    let send = |method: reqwest::Method, key: &str, query: &str, id: &str, body: &str| {
+        let r = client()
+            .request(method, format!("{url}/v1/kv/{key}{query}"))
+            .header("x-request-id", id)
+            .body(body.to_string())
+            .send()
+            .expect("answered");
+        (
+            r.status().as_u16(),
+            r.json::<Value>().unwrap_or(Value::Null),
+        )
+    };
+    let index = |key: &str| -> u64 {
+        let (status, body) = consul_get(url, key);
+        assert_eq!(status, 200, "{body}");
+        body[0]["ModifyIndex"].as_u64().expect("an index")
+    };
+
+    assert_eq!(consul_put(url, "retry/cas", b"one".to_vec(), "").0, 200);
+    let first = index("retry/cas");
+    let query = format!("?cas={first}");
+    for attempt in 0..2 {
+        let (status, body) = send(reqwest::Method::PUT, "retry/cas", &query, "put-1", "two");
+        assert_eq!(
+            (status, &body),
+            (200, &json!(true)),
+            "put, attempt {attempt}"
+        );
+    }
+    // Another request with the stale index is refused as before.
+    let (status, body) = send(reqwest::Method::PUT, "retry/cas", &query, "put-2", "three");
+    assert_eq!((status, &body), (200, &json!(false)), "a stale index");
+    let query = format!("?cas={}", index("retry/cas"));
+    for attempt in 0..2 {
+        let (status, body) = send(reqwest::Method::DELETE, "retry/cas", &query, "del-1", "");
+        assert_eq!(
+            (status, &body),
+            (200, &json!(true)),
+            "delete, attempt {attempt}"
+        );
+    }
+    assert_eq!(consul_get(url, "retry/cas").0, 404);
+
+    for key in ["tree/a", "tree/b"] {
+        assert_eq!(consul_put(url, key, b"x".to_vec(), "").0, 200);
+    }
+    let (status, body) = send(reqwest::Method::DELETE, "tree", "?recurse", "rec-1", "");
+    assert_eq!((status, &body), (200, &json!(true)));
+    assert_eq!(consul_put(url, "tree/c", b"x".to_vec(), "").0, 200);
+    let (status, body) = send(reqwest::Method::DELETE, "tree", "?recurse", "rec-1", "");
+    assert_eq!((status, &body), (200, &json!(true)), "the retry");
+    for key in ["tree/a", "tree/b", "tree/c"] {
+        assert_eq!(consul_get(url, key).0, 404, "{key}");
+    }
+}

@@ -344,11 +344,14 @@ async fn delete_under(
             ),
         ));
     }
-    let deletes = under.live.into_iter().enumerate().map(|(i, (path, _))| {
+    let deletes = under.live.into_iter().map(|(path, _)| {
         let writes = state.writes.clone();
         let author = principal.author();
-        // One request, many writes: each needs its own idempotency key.
-        let id = format!("{}/{i}", request_id.0);
+        // One request, many writes: each needs its own idempotency key,
+        // named by its key, so that a retry (which lists what is left)
+        // gives each key the id it had the first time. Numbered by place
+        // in the listing, a retry gave a key left over another key's id.
+        let id = format!("{}/{path}", request_id.0);
         async move {
             let path = config_path(&path)?;
             let op = Op::delete(path, None).with_author(author);
@@ -365,13 +368,16 @@ async fn delete_under(
 }
 
 /// The version a `?cas=<index>` write expects: `Some(None)` without one,
-/// `Some(Some(0))` for `cas=0` (the key must not exist), the live
-/// version whose revision is the index, or `None` when the key is not at
+/// `Some(Some(0))` for `cas=0` (the key must not exist), the version whose
+/// revision is the index, or `None` when no version the history keeps has
 /// that index (the write answers `false` without being sent).
 ///
-/// The index is checked here against this node's state, which is as fresh
-/// as a read's: the write then carries the version, which the leader
-/// checks again, so a change in between still fails it.
+/// The index is looked up in this node's state, which is as fresh as a
+/// read's: the write then carries the version, which the leader checks, so
+/// a change in between fails it. A version older than the live one is
+/// sent too rather than answered `false` here: the leader refuses it
+/// (`false`) unless the write is a retry, under the same request id, of
+/// one that took effect, which it answers with its first outcome.
 async fn expected_version(
     state: &AppState,
     key: &str,
@@ -384,7 +390,14 @@ async fn expected_version(
     };
     blocking::ready_to_read(state, &Target::Key(key.to_string()), false).await?;
     let live = state.store.entry(key)?.filter(|e| !e.deleted);
-    Ok(live
-        .filter(|e| e.revision == index)
-        .map(|e| Some(e.version)))
+    if let Some(live) = live.filter(|e| e.revision == index) {
+        return Ok(Some(Some(live.version)));
+    }
+    Ok(state
+        .store
+        .versions(key)?
+        .into_iter()
+        .flatten()
+        .find(|v| v.revision == index && !v.deleted)
+        .map(|v| Some(v.version)))
 }
