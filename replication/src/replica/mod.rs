@@ -285,7 +285,11 @@ impl Replica {
             leader_http: Mutex::new(None),
             forwards: Mutex::new(HashMap::new()),
             read_indexes: Mutex::new(HashMap::new()),
-            next_forward: AtomicU64::new(1),
+            // Numbered from a random point, as `alive_seq` is: the leader
+            // answers forwards by id to whichever incarnation of this node
+            // it reaches, and an answer meant for the previous one must
+            // not match a waiter of ours.
+            next_forward: AtomicU64::new(seed() >> 1),
         });
         let (peers, inboxes) = Peers::start(me, membership.clone(), config.heartbeat_interval);
         peers.faults.attach_sync_delay(sync_delay_ms);
