@@ -40,7 +40,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pika_replication::dice::Dice;
-use pika_replication::log::{MemDisk, MemLog};
+use pika_replication::log::{LogStore, MemDisk, MemLog};
 use pika_replication::pending::SharedPending;
 use pika_replication::replica::ApplyJob;
 use pika_replication::replica::core::{CoreConfig, LearnerFeed, Output, ReplicaCore};
@@ -751,8 +751,17 @@ impl Sim {
                 eprintln!("{:?} n{from}->n{to} {:?}", self.real, message);
             }
             let from_id = self.nodes[from].id.clone();
+            let diff = matches!(message, PeerMessage::Diff { .. });
+            let before = if diff {
+                self.uncommitted(to)
+            } else {
+                Vec::new()
+            };
             if let Some(core) = self.nodes[to].core.as_mut() {
                 core.handle(from_id, message, now);
+            }
+            if diff {
+                self.check_kept(to, from, &before)?;
             }
             self.outputs(to)?;
         }
@@ -802,6 +811,39 @@ impl Sim {
         self.check_core_invariants()?;
         self.check_divergence()?;
         self.check_reads()
+    }
+
+    /// Node `i`'s log entries above its commit index: (revision, epoch).
+    fn uncommitted(&self, i: usize) -> Vec<(u64, u64)> {
+        let Some(core) = self.nodes[i].core.as_ref() else {
+            return Vec::new();
+        };
+        (core.commit_index() + 1..=core.log_last())
+            .filter_map(|r| Some((r, core.log().epoch_at(r)?)))
+            .collect()
+    }
+
+    /// A diff makes a follower drop only entries its sender's log does not
+    /// hold (a conflicting or stale suffix): dropping one the leader holds
+    /// loses a durable copy of what may be committed already.
+    fn check_kept(&self, to: usize, from: usize, before: &[(u64, u64)]) -> Result<(), String> {
+        let (Some(follower), Some(sender)) =
+            (self.nodes[to].core.as_ref(), self.nodes[from].core.as_ref())
+        else {
+            return Ok(());
+        };
+        for &(revision, epoch) in before {
+            if follower.log().epoch_at(revision) != Some(epoch)
+                && sender.log().epoch_at(revision) == Some(epoch)
+            {
+                return Err(format!(
+                    "n{to} dropped its entry ({epoch}, {revision}) on a diff from n{from}, \
+                     whose log holds it, at real {:?}",
+                    self.real
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// What every node's core keeps at every step (`replica/apply.rs`):
@@ -1550,4 +1592,71 @@ fn run_schedules(nodes: usize) {
         acked > seeds.len(),
         "the schedules should acknowledge writes"
     );
+}
+
+/// A catch-up frame of the leader's entries from an earlier epoch leaves
+/// the follower's own copies of that epoch's later entries in place: more
+/// frames follow, and those entries may be committed already (only a
+/// conflicting uncommitted suffix is dropped). The follower holds
+/// (4, 1..25) and knows commit 10; the leader of epoch 5 holds (4, 1..20)
+/// and serves a first frame of (4, 11..16). The follower used to drop
+/// (4, 17..25) as "older than the leader's epoch".
+#[test]
+fn a_catch_up_frame_of_an_earlier_epoch_drops_no_entry_the_leader_holds() {
+    use pika_replication::election::Position;
+    use pika_replication::record::{Change, SharedChange};
+
+    let change = |revision: u64| {
+        SharedChange::new(Change {
+            revision,
+            epoch: 4,
+            path: format!("w/{revision}"),
+            version: 1,
+            created_at_ms: 1_700_000_000_000,
+            created_revision: revision,
+            kind: ChangeKind::Put {
+                meta: Meta::default(),
+                data: b"x".to_vec(),
+            },
+            request_id: None,
+            author: None,
+        })
+    };
+    let mut log = MemLog::open(MemDisk::default());
+    let entries: Vec<SharedChange> = (1..=25).map(change).collect();
+    log.append(&entries).expect("appended");
+    let committed = Position {
+        epoch: 4,
+        revision: 10,
+    };
+    log.save_commit(committed).expect("commit recorded");
+    let store = Arc::new(Store::open_in_memory(HISTORY).expect("in-memory store"));
+    let pending = SharedPending::default();
+    let now = Duration::from_secs(100);
+    let mut core = ReplicaCore::new(
+        "n0",
+        config(3, LearnerFeed::PerWrite),
+        store.clone(),
+        log,
+        pending,
+        store.generation(),
+        7,
+        now,
+    )
+    .expect("the core opens");
+    let peers = vec!["n1".to_string(), "n2".to_string()];
+    core.set_members(peers.clone(), peers);
+    core.handle(
+        "n1".to_string(),
+        PeerMessage::Diff {
+            epoch: 5,
+            prev: committed,
+            changes: (11..=16).map(change).collect::<Vec<_>>().into(),
+            commit: 10,
+            more: false,
+        },
+        now,
+    );
+    let kept: Vec<Option<u64>> = (17..=25).map(|r| core.log().epoch_at(r)).collect();
+    assert_eq!(kept, vec![Some(4); 9], "entries after the frame");
 }

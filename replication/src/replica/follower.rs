@@ -127,14 +127,19 @@ impl<L: LogStore> ReplicaCore<L> {
             self.request_flush();
         }
         self.follow.matched = self.follow.matched.max(end);
-        // Entries after this diff's end from an older epoch cannot be in
-        // this leader's log, and nothing of this epoch was acknowledged
-        // past `matched`: drop them now, or an idle leader would leave
-        // their paths pending (reads waiting) until its next write.
+        // Entries after this diff's end from an epoch older than its last
+        // entry's cannot be in this leader's log (epochs only grow along a
+        // log), and nothing of this epoch was acknowledged past `matched`:
+        // drop them now, or an idle leader would leave their paths pending
+        // (reads waiting) until its next write. Older than the leader's
+        // epoch is not enough: a catch-up frame of the leader's entries
+        // from an earlier epoch is followed by more of them, which this
+        // log may hold already.
+        let end_epoch = changes.last().map_or(prev.epoch, |c| c.epoch);
         if end == self.follow.matched
             && end >= self.commit
             && self.log.last().revision > end
-            && self.log.epoch_at(end + 1).is_some_and(|e| e < epoch)
+            && self.log.epoch_at(end + 1).is_some_and(|e| e < end_epoch)
             && let Err(e) = self.truncate_after(end)
         {
             return self.disk_failed(format!("truncating a stale suffix: {e}"));
