@@ -436,6 +436,19 @@ impl Config {
         if !(1..=64).contains(&c.pipeline_depth) {
             out.push(("cluster.pipeline_depth", "must be from 1 to 64".into()));
         }
+        // One write travels whole in a frame (a log entry, a forward); a
+        // frame that cannot hold the largest body accepted leaves that
+        // write's entry unsendable, and the followers stuck before it.
+        if u64::from(c.max_frame_mb) <= self.server.limits.request_body_mb {
+            out.push((
+                "cluster.max_frame_mb",
+                format!(
+                    "must be larger than server.limits.request_body_mb ({}): a write travels \
+                     whole in one frame",
+                    self.server.limits.request_body_mb
+                ),
+            ));
+        }
         if c.prefix.is_empty() {
             out.push(("cluster.prefix", "must not be empty".into()));
         }

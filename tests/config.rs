@@ -290,6 +290,35 @@ fn the_pipeline_depth_is_read_and_checked() {
     }
 }
 
+/// A cluster's frames must hold the largest write accepted: with
+/// `max_frame_mb: 16` and 32 MiB bodies, a 20 MiB write was acknowledged
+/// to nobody and its entry never left the leader.
+#[test]
+fn a_frame_smaller_than_a_request_body_is_refused_in_a_cluster() {
+    let cluster = "cluster:\n  enabled: true\n  dns_addr: 127.0.1.1,127.0.1.2\n";
+    let e = error_of(cluster, &[("PIKA_CLUSTER_MAX_FRAME_MB", "16")]);
+    assert!(
+        e.contains("cluster.max_frame_mb") && e.contains("server.limits.request_body_mb (32)"),
+        "{e}"
+    );
+    let e = error_of(cluster, &[("PIKA_SERVER_LIMITS_REQUEST_BODY_MB", "64")]);
+    assert!(e.contains("cluster.max_frame_mb"), "{e}");
+    // Within the frame, and on a single node (no frames), either is fine.
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        &dir,
+        "pika.yaml",
+        "server:\n  limits:\n    request_body_mb: 63\n",
+    );
+    assert!(load(&sources(Some(file), &[])).is_ok());
+    let file = write(
+        &dir,
+        "pika2.yaml",
+        "cluster:\n  max_frame_mb: 8\nserver:\n  limits:\n    request_body_mb: 8\n",
+    );
+    assert!(load(&sources(Some(file), &[])).is_ok());
+}
+
 /// The loopback demo's files are what the README and `make demo` promise:
 /// node N binds 127.0.1.N, serves HTTP on 809N, finds the others through
 /// pika.local, keeps its data under /tmp, and shares one key.

@@ -208,11 +208,18 @@ impl SyncSession {
 }
 
 /// The leader's answer to one ask, from the session's snapshot; bucket
-/// contents stop after `max_bytes` (at least one bucket is sent).
+/// contents stop after `max_bytes` (at least one bucket is sent). A bucket
+/// larger than `limit` on its own (what one frame may carry) goes with
+/// fewer versions of its paths' histories, the oldest left out and never a
+/// path's latest: the follower keeps fewer of them, as after an install
+/// from a leader whose history is shorter (their request ids still come,
+/// [`SyncAsk::Requests`]). Sent whole, such an answer broke the stream at
+/// every try, and the follower never got back.
 pub fn answer(
     snapshot: &Snapshot,
     ask: &SyncAsk,
     max_bytes: usize,
+    limit: usize,
 ) -> Result<SyncAnswer, StoreError> {
     Ok(match ask {
         SyncAsk::Start => SyncAnswer::Level {
@@ -235,10 +242,13 @@ pub fn answer(
         } => {
             let (mut buckets, mut paths, mut bytes) = (Vec::new(), Vec::new(), 0usize);
             for &bucket in asked {
-                let contents = snapshot.bucket_contents(&[bucket], *since)?;
-                let size: usize = contents.iter().map(PathState::size).sum();
+                let mut contents = snapshot.bucket_contents(&[bucket], *since)?;
+                let mut size: usize = contents.iter().map(PathState::size).sum();
                 if !buckets.is_empty() && bytes + size > max_bytes {
                     break;
+                }
+                if size > limit {
+                    size = leave_out_oldest(&mut contents, limit);
                 }
                 bytes += size;
                 buckets.push(bucket);
@@ -251,4 +261,32 @@ pub fn answer(
             SyncAnswer::Requests { ids, next }
         }
     })
+}
+
+/// Leaves the oldest versions out of `paths`' histories, never a path's
+/// latest, until they fit `limit` or only the latest are left; returns
+/// their size then.
+fn leave_out_oldest(paths: &mut [PathState], limit: usize) -> usize {
+    let mut size: usize = paths.iter().map(PathState::size).sum();
+    let mut oldest_first: Vec<(u64, usize, u64)> = paths
+        .iter()
+        .enumerate()
+        .flat_map(|(i, p)| {
+            p.versions
+                .iter()
+                .filter(|c| c.version != p.entry.version)
+                .map(move |c| (c.revision, i, c.version))
+        })
+        .collect();
+    oldest_first.sort_unstable();
+    for (_, i, version) in oldest_first {
+        if size <= limit {
+            break;
+        }
+        let versions = &mut paths[i].versions;
+        if let Some(k) = versions.iter().position(|c| c.version == version) {
+            size -= crate::log::change_size(&versions.remove(k));
+        }
+    }
+    size
 }

@@ -212,6 +212,9 @@ fn config(replicas: usize, learner_feed: LearnerFeed) -> CoreConfig {
         sync_interval: INTERVAL * 3,
         sync_timeout: Duration::from_secs(1),
         frame_bytes: 4 << 10,
+        // No bucket here comes near it: installs keep every version, which
+        // the history checks rely on (`sync::answer` for what goes over).
+        max_answer_bytes: 1 << 30,
         voters_path: "pika/voters".into(),
         dead_voter_timeout: LEASE * 4,
         learner_feed,

@@ -34,7 +34,7 @@ fn sync_with(leader: &Store, follower: &Store, behind: bool) -> (usize, usize, u
         if let SyncAsk::Level { nodes, .. } = &ask {
             digests += nodes.len();
         }
-        let answer = sync::answer(&snapshot, &ask, 64 << 10).unwrap();
+        let answer = sync::answer(&snapshot, &ask, 64 << 10, usize::MAX).unwrap();
         match session.on_answer(snapshot.revision, snapshot.epoch, answer) {
             SyncStep::Ask(next) => ask = next,
             SyncStep::Install {
@@ -205,7 +205,7 @@ fn request_ids_travel_in_bounded_answers() {
     let budget = 1024;
     let mut answers = 0;
     for _ in 0..1000 {
-        let answer = sync::answer(&snapshot, &ask, budget).unwrap();
+        let answer = sync::answer(&snapshot, &ask, budget, usize::MAX).unwrap();
         if let sync::SyncAnswer::Requests { ids, .. } = &answer {
             answers += 1;
             let bytes: usize = ids.iter().map(|(id, _)| id.len() + 32).sum();
@@ -241,4 +241,69 @@ fn request_ids_travel_in_bounded_answers() {
         }
     }
     panic!("the session did not end");
+}
+
+/// A bucket larger than a frame may carry goes with fewer versions of its
+/// history, the oldest left out: every answer fits, the follower ends with
+/// the leader's state and the latest versions, and keeps fewer of the old
+/// ones. Sent whole, the answer broke the stream at every try (a path
+/// with a few versions of a large value is enough) and the follower never
+/// got back.
+#[test]
+fn a_bucket_larger_than_a_frame_goes_with_fewer_old_versions() {
+    let (ld, fd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let leader = Store::open(ld.path(), 20).unwrap();
+    let follower = Store::open(fd.path(), 20).unwrap();
+    let big = "y".repeat(100 << 10);
+    for i in 0..10 {
+        leader
+            .execute(&[put("big/x", &format!("{i}{big}"))], 1, 0)
+            .unwrap();
+    }
+    for i in 0..20 {
+        leader
+            .execute(&[put(&format!("cfg/{i}"), "small")], 1, 0)
+            .unwrap();
+    }
+    let limit = 256 << 10;
+    let snapshot = leader.snapshot().unwrap();
+    let mut session = SyncSession::new(follower.merkle().unwrap(), None);
+    let mut ask = SyncAsk::Start;
+    for _ in 0..100 {
+        let answer = sync::answer(&snapshot, &ask, 64 << 10, limit).unwrap();
+        if let sync::SyncAnswer::Buckets { paths, .. } = &answer {
+            let bytes: usize = paths.iter().map(|p| p.size()).sum();
+            assert!(bytes <= limit, "an answer of {bytes} bytes, over {limit}");
+        }
+        match session.on_answer(snapshot.revision, snapshot.epoch, answer) {
+            SyncStep::Ask(next) => ask = next,
+            SyncStep::Install {
+                buckets,
+                paths,
+                requests,
+                revision,
+                epoch,
+            } => {
+                follower
+                    .install_with_requests(&buckets, &paths, &requests, revision, epoch, None)
+                    .unwrap();
+                assert_eq!(
+                    follower.merkle().unwrap().root(),
+                    leader.merkle().unwrap().root()
+                );
+                let latest = |s: &Store| s.get("big/x", None).unwrap().map(|c| c.kind);
+                assert_eq!(latest(&follower), latest(&leader));
+                let kept = |s: &Store| s.versions("big/x").unwrap().unwrap_or_default().len();
+                assert_eq!(kept(&leader), 10);
+                assert!(
+                    (1..10).contains(&kept(&follower)),
+                    "the follower keeps {} versions",
+                    kept(&follower)
+                );
+                return;
+            }
+            other => panic!("unexpected step: {other:?}"),
+        }
+    }
+    panic!("a sync session took more than 100 rounds");
 }

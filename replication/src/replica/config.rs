@@ -28,6 +28,10 @@ pub struct CoreConfig {
     /// Byte budget of one catch-up or snapshot frame (under the transport's
     /// `max_frame`).
     pub frame_bytes: usize,
+    /// The most one snapshot answer may carry, whatever `frame_bytes`
+    /// says: half the transport's `max_frame`. One bucket larger than
+    /// this goes with fewer versions of its history (`sync::answer`).
+    pub max_answer_bytes: usize,
     /// Where the voter set lives: `{prefix}/voters`.
     pub voters_path: String,
     /// A voter unheard of by membership this long is removed from the
@@ -69,6 +73,7 @@ impl CoreConfig {
             sync_interval: Duration::from_secs(1),
             sync_timeout: Duration::from_secs(1),
             frame_bytes: 1 << 20,
+            max_answer_bytes: 32 << 20,
             voters_path: "pika/voters".into(),
             dead_voter_timeout: Duration::from_secs(5),
             learner_feed: LearnerFeed::PerWrite,

@@ -260,6 +260,7 @@ impl Replica {
                 sync_interval: config.sync_interval,
                 sync_timeout: config.forward_timeout.max(config.lease * 2),
                 frame_bytes: (config.max_frame / 2).clamp(64 << 10, ANSWER_BYTES),
+                max_answer_bytes: config.max_frame / 2,
                 voters_path: config.voters_path.as_str().to_string(),
                 dead_voter_timeout: config.dead_voter_timeout,
                 learner_feed: config.learner_feed,

@@ -172,7 +172,7 @@ impl<L: LogStore> ReplicaCore<L> {
     /// session's read snapshot.
     pub(super) fn serve_sync(&mut self, from: String, session: u64, ask: SyncAsk, now: Duration) {
         let refuse = |why: String| refused(session, why);
-        let frame_bytes = self.config.frame_bytes;
+        let (frame_bytes, limit) = (self.config.frame_bytes, self.config.max_answer_bytes);
         let Some(leading) = self.leading.as_mut() else {
             return self.send(&from, refuse("not the leader".into()));
         };
@@ -201,6 +201,7 @@ impl<L: LogStore> ReplicaCore<L> {
                     snapshot: snapshot.clone(),
                     ask,
                     frame_bytes,
+                    limit,
                 };
                 self.outputs.push(Output::AnswerSnapshot(job));
             }
@@ -221,6 +222,8 @@ pub struct SnapshotAnswer {
     snapshot: Arc<Snapshot>,
     ask: SyncAsk,
     frame_bytes: usize,
+    /// The most one answer may carry (`CoreConfig::max_answer_bytes`).
+    limit: usize,
 }
 
 impl std::fmt::Debug for SnapshotAnswer {
@@ -239,7 +242,7 @@ impl SnapshotAnswer {
     /// Builds the reply (the slow part) from the snapshot taken at the
     /// session's start, fenced by the epoch the leader had when asked.
     pub fn reply(&self) -> PeerMessage {
-        let answer = match sync::answer(&self.snapshot, &self.ask, self.frame_bytes) {
+        let answer = match sync::answer(&self.snapshot, &self.ask, self.frame_bytes, self.limit) {
             Ok(answer) => answer,
             Err(e) => return refused(self.session, e.to_string()),
         };
