@@ -80,6 +80,67 @@ fn a_store_without_a_log_opens_as_the_checkpoint_and_the_log_starts_there() {
     assert_eq!((status.applied, status.pending), (30, 0));
 }
 
+/// A snapshot install is durable in the state before the log's truncation
+/// of an old leader's uncommitted suffix is: a crash in between leaves the
+/// state at (5, 20) and the log holding (4, 1..25) with its commit record
+/// at 10. The node starts, its log at the state (nothing in the suffix was
+/// committed: it disagrees with the committed state at 20), where it used
+/// to refuse to start ("the log holds another entry there").
+#[test]
+fn a_crash_after_an_install_over_an_uncommitted_suffix_opens_at_the_state() {
+    use pika_replication::record::{Change, SharedChange};
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let store = Arc::new(Store::open(dir.path(), 20).expect("open the store"));
+    let ops: Vec<Op> = (0..20).map(|i| put(&format!("cfg/{i}"), "v1")).collect();
+    store.execute(&ops, 5, 0).expect("write");
+    let at = Position {
+        epoch: 5,
+        revision: 20,
+    };
+    assert_eq!(store.position(), at);
+    let mut log = MemLog::open(MemDisk::default());
+    let suffix: Vec<SharedChange> = (1..=25)
+        .map(|revision| {
+            SharedChange::new(Change {
+                revision,
+                epoch: 4,
+                path: format!("old/{revision}"),
+                version: 1,
+                created_at_ms: 1,
+                created_revision: revision,
+                kind: pika_replication::ChangeKind::Put {
+                    meta: Meta::default(),
+                    data: b"old".to_vec(),
+                },
+                request_id: None,
+                author: None,
+            })
+        })
+        .collect();
+    log.append(&suffix).expect("appended");
+    log.save_commit(Position {
+        epoch: 4,
+        revision: 10,
+    })
+    .expect("commit recorded");
+    let core = ReplicaCore::new(
+        "n1",
+        config(),
+        store.clone(),
+        log,
+        SharedPending::default(),
+        1,
+        7,
+        Duration::ZERO,
+    )
+    .expect("the core opens at the installed state");
+    assert_eq!(core.log().start(), at, "the log starts at the state");
+    assert_eq!(core.log().last(), at, "the old suffix is gone");
+    assert_eq!(core.commit_index(), 20);
+    let status = core.status(Duration::ZERO);
+    assert_eq!((status.applied, status.pending), (20, 0));
+}
+
 #[test]
 fn committed_entries_after_the_checkpoint_are_replayed_from_the_log() {
     let store = Arc::new(Store::open_in_memory(20).expect("a store"));

@@ -273,10 +273,25 @@ impl<L: LogStore> ReplicaCore<L> {
             // starts there.
             log.purge_through(applied).map_err(|e| e.to_string())?;
         } else if !log.holds(applied) {
-            return Err(format!(
-                "the state is at ({}, {}) but the log holds another entry there",
-                applied.epoch, applied.revision
-            ));
+            // A snapshot installed just before a crash, over an old
+            // leader's uncommitted suffix whose truncation had not reached
+            // the disk: the state is committed through its position, so an
+            // entry there that disagrees is not (a committed entry is the
+            // same in every log), nor is any after it. The log starts at
+            // the state, as above. With the log's commit record at or past
+            // the state's position the two contradict each other.
+            let committed = log.committed().revision;
+            if committed >= applied.revision {
+                return Err(format!(
+                    "the state is at ({}, {}) but the log holds another entry there",
+                    applied.epoch, applied.revision
+                ));
+            }
+            log.truncate_after(committed.max(log.start().revision))
+                .and_then(|()| log.purge_through(applied))
+                .map_err(|e| {
+                    format!("starting the log at the state's position after an install: {e}")
+                })?;
         }
         let uncommitted = log
             .read(applied.revision + 1, log.last().revision, usize::MAX)
