@@ -52,20 +52,46 @@ pub async fn envelope(State(state): State<AppState>, request: Request, next: Nex
     let reopens = is_read(&request).then(|| state.store.reopens());
     // Who is asking comes first: a refused token waits on nothing.
     let mut stale = false;
-    let refused = match super::access::check(&state, super::access::Caller::of(&request)).await {
-        Err(refusal) => Some(refusal),
-        Ok(principal) => {
-            request.extensions_mut().insert(principal);
-            let check = read_lease_check(&state, is_read(&request), asks_stale(&request)).await;
-            stale = check.stale;
-            match (check.refusal, read_target(&request)) {
-                (Some(refusal), _) => Some(refusal),
-                (None, None) => None,
-                // Applied through the leader's commit index: nothing
-                // pending here can be a write acknowledged before the read.
-                (None, Some(_)) if check.by_read_index => None,
-                (None, Some(target)) => pending_read_wait(&state, target).await,
+    let checks = async {
+        match super::access::check(&state, super::access::Caller::of(&request)).await {
+            Err(refusal) => Some(refusal),
+            Ok(principal) => {
+                request.extensions_mut().insert(principal);
+                let check = read_lease_check(&state, is_read(&request), asks_stale(&request)).await;
+                stale = check.stale;
+                match (check.refusal, read_target(&request)) {
+                    (Some(refusal), _) => Some(refusal),
+                    (None, None) => None,
+                    // Applied through the leader's commit index: nothing
+                    // pending here can be a write acknowledged before the
+                    // read.
+                    (None, Some(_)) if check.by_read_index => None,
+                    (None, Some(target)) => pending_read_wait(&state, target).await,
+                }
             }
+        }
+    };
+    // Each wait above is bounded by forward_timeout; a read with an API
+    // token has two (its token's record, then its own path), and together
+    // they are bounded by it too (DESIGN.md, "Reads").
+    let refused = match state.writes.replica() {
+        None => checks.await,
+        Some(_) => {
+            let limit = state.config.cluster.forward_timeout.0;
+            tokio::time::timeout(limit, checks)
+                .await
+                .unwrap_or_else(|_| {
+                    Some(
+                        super::ApiError::new(
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            format!(
+                                "the token check and the read's waits took longer than \
+                                 forward_timeout ({limit:?}); retry"
+                            ),
+                        )
+                        .into_response(),
+                    )
+                })
         }
     };
     let mut response = match refused {
