@@ -413,6 +413,69 @@ fn a_leader_whose_lease_ran_out_reads_no_more_before_its_next_tick() {
     );
 }
 
+/// A leader that steps down before its lease ran out (here it resigns, as
+/// when its log fails; a deposing ack does the same) grants no other
+/// candidate until that lease has: nodes that heard it may still read
+/// under it (DESIGN.md: no live lease, "its own former lease included").
+/// It used to grant at once once it had led past its own vote's L.
+#[test]
+fn a_leader_that_stepped_down_grants_nothing_until_its_lease_ran_out() {
+    let config = ElectionConfig {
+        replicas: 3,
+        heartbeat_interval: Duration::from_millis(200),
+        lease: Duration::from_millis(1000),
+        drift: 0.1,
+    };
+    let ids = ["a", "b"];
+    let mut nodes = [
+        Election::new("a", config.clone(), 0, Position::default(), 3, T0),
+        Election::new("b", config, 0, Position::default(), 11, T0),
+    ];
+    for n in &mut nodes {
+        n.set_members(["a", "b", "c"].map(String::from), ids.map(String::from));
+    }
+    let mut in_flight = InFlight::new();
+    let step = Duration::from_millis(10);
+    let mut now = T0;
+    let mut led_since = None;
+    // Elected, then leading (renewing its lease) for longer than L.
+    while led_since.is_none_or(|since| now < since + Duration::from_secs(3)) {
+        assert!(now < T0 + Duration::from_secs(20), "no leader within 17 s");
+        now += step;
+        tick_and_deliver(&mut nodes, &ids, &mut in_flight, now, step, |_, _, _| false);
+        if led_since.is_none() && nodes.iter().any(|n| n.role() == Role::Leader) {
+            led_since = Some(now);
+        }
+    }
+    let i = nodes
+        .iter()
+        .position(|n| n.role() == Role::Leader)
+        .expect("still leading");
+    let other = ids[1 - i];
+    let leader = &mut nodes[i];
+    let (epoch, until) = leader.lease(now).expect("a renewed lease");
+    leader.resign("its log failed");
+    assert_eq!(leader.role(), Role::Follower);
+    leader.drain_actions();
+    let ask = |epoch: u64| {
+        ElectionMessage::LeaseRequest(LeaseAsk {
+            epoch,
+            candidate: other.into(),
+            last: Position::default(),
+            replicas: 3,
+            voters: 0,
+        })
+    };
+    leader.handle(other, ask(epoch + 1), until - Duration::from_millis(1));
+    assert_eq!(
+        reply_granted(&leader.drain_actions()),
+        Some(false),
+        "granted inside its own former lease (until {until:?})"
+    );
+    leader.handle(other, ask(epoch + 2), until + Duration::from_millis(1));
+    assert_eq!(reply_granted(&leader.drain_actions()), Some(true));
+}
+
 /// Three nodes elect a leader; then one follower stops hearing it for 5 s
 /// (a one-way partition: what it sends still arrives), and hears it
 /// again. That follower's pre-votes are refused by the two that still

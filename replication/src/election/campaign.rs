@@ -132,6 +132,10 @@ impl Election {
             && !other_leader_live
             && !voted_for_another
             && self.lease(now).is_none()
+            // Nodes that heard this one lead may still read under the lease
+            // it held: it steps down early on a deposing ack or a failed
+            // log, and its grant would let another lead meanwhile.
+            && now >= self.former_lease_until
             && claim.last >= self.last
     }
 
