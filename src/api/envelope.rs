@@ -284,15 +284,21 @@ async fn read_lease_check(state: &AppState, is_read: bool, asks_stale: bool) -> 
     let Some(replica) = state.writes.replica() else {
         return allowed(false);
     };
-    if !is_read || replica.may_read() {
+    if !is_read {
         return allowed(false);
     }
+    // Served from the state as it is, without waiting on pending entries,
+    // and marked so, whether or not this node may read now: a node that
+    // may still has entries that are acknowledged and not applied here.
     if asks_stale {
         return LeaseCheck {
             refusal: None,
             stale: true,
             by_read_index: false,
         };
+    }
+    if replica.may_read() {
+        return allowed(false);
     }
     match replica.read_permission().await {
         Ok(ReadPermission::Lease) => allowed(false),

@@ -43,6 +43,11 @@ pub struct WatchQuery {
     #[serde(default)]
     prefix: String,
     from_revision: Option<u64>,
+    /// Served without read permission (the envelope decides and marks the
+    /// response); accepted here so that it is not an unknown parameter.
+    #[serde(default)]
+    #[allow(dead_code)]
+    stale: Option<bool>,
 }
 
 pub async fn watch(
