@@ -168,3 +168,42 @@ fn a_follower_watch_resumed_from_a_revision_has_no_gap_across_a_restart() {
     );
     assert_eq!(summary(&seen), summary(&truth), "no gap");
 }
+
+/// A watch on a follower is a read that goes on: once the follower is cut
+/// off from the leader and its read permission has run out, the stream
+/// ends with an `unavailable` event naming the revision to resume from.
+/// It used to send keep-alives and nothing else while the cluster moved on.
+#[test]
+fn a_watch_on_a_follower_cut_off_from_the_leader_ends_unavailable() {
+    use support::cluster::Cluster;
+    let c = Cluster::start(&[177, 178, 179]);
+    let (leader, _) = c.leader(Duration::from_secs(20));
+    let cut = (leader + 1) % 3;
+    wait_until_it_may_read(&c.url(cut));
+    let rx = sse(&format!("{}/api/v1/watch?prefix=cut/", c.url(cut)), &[]);
+    let ack = put(&c.url(leader), "cut/a", "1");
+    assert_eq!(next_events(&rx, 1, Duration::from_secs(5)).len(), 1);
+    let others: Vec<String> = (0..3).filter(|&i| i != cut).map(|i| c.node_id(i)).collect();
+    c.fault(
+        cut,
+        serde_json::json!({"block_in": others, "block_out": others}),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let said = loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+            Ok(Sse::Event { name, data, .. }) if name == "unavailable" => break data,
+            Ok(Sse::Event { name, data, .. }) => panic!("unexpected {name:?} event: {data}"),
+            Ok(Sse::Comment(_)) => continue,
+            Ok(Sse::Closed) => panic!("the watch ended without saying why"),
+            Err(_) => panic!("the watch went on for 15 s on a node cut off from the leader"),
+        }
+    };
+    assert!(
+        said["last_revision"].as_u64() >= ack["revision"].as_u64(),
+        "{said} after {ack}"
+    );
+    assert!(
+        matches!(rx.recv_timeout(Duration::from_secs(5)), Ok(Sse::Closed)),
+        "the stream ends after saying so"
+    );
+}

@@ -44,9 +44,8 @@ pub struct WatchQuery {
     prefix: String,
     from_revision: Option<u64>,
     /// Served without read permission (the envelope decides and marks the
-    /// response); accepted here so that it is not an unknown parameter.
+    /// response), and not ended when this node has none.
     #[serde(default)]
-    #[allow(dead_code)]
     stale: Option<bool>,
 }
 
@@ -72,7 +71,16 @@ pub async fn watch(
         (None, Some(from)) => from.saturating_sub(1),
         (None, None) => state.store.revision(),
     };
+    // A watch begun under read permission (not `stale=true`, not a
+    // learner's read index) is a read that goes on: it ends when that
+    // permission does (`Watcher::permission`).
+    let permission = state
+        .writes
+        .replica()
+        .filter(|r| query.stale != Some(true) && r.may_read())
+        .cloned();
     let watcher = Watcher {
+        permission,
         store: state.store.clone(),
         applied: state.store.subscribe(),
         stopping: state.stopping.clone(),
@@ -92,8 +100,17 @@ pub async fn watch(
         .into_response())
 }
 
+/// How often a watch begun under read permission checks it still holds.
+const PERMISSION_CHECK: Duration = Duration::from_secs(1);
+
 /// One watch's position in the feed.
 struct Watcher {
+    /// The replica whose read permission this watch needs: a node cut off
+    /// from the leader would otherwise stream nothing new, with keep-alives,
+    /// while the cluster goes on. It ends the stream with an `unavailable`
+    /// event; the client resumes with `Last-Event-ID`, here once the node
+    /// may read again or on another node.
+    permission: Option<pika_replication::replica::Replica>,
     store: Arc<Store>,
     applied: tokio::sync::watch::Receiver<u64>,
     stopping: tokio::sync::watch::Receiver<bool>,
@@ -118,6 +135,21 @@ impl Watcher {
             }
             if self.done || *self.stopping.borrow() {
                 return None;
+            }
+            if self.permission.as_ref().is_some_and(|r| !r.may_read()) {
+                self.done = true;
+                let body = json!({
+                    "message": format!(
+                        "this node lost its read permission (it has not heard the leader \
+                         within heartbeat_timeout, or left its replication set); resume from \
+                         revision {} with Last-Event-ID, here once it may read or on another node",
+                        self.after
+                    ),
+                    "last_revision": self.after,
+                });
+                self.ready
+                    .push_back(Event::default().event("unavailable").data(body.to_string()));
+                continue;
             }
             // Marked seen before reading, so a commit that lands after the
             // read still wakes the wait below.
@@ -155,6 +187,12 @@ impl Watcher {
                         continue; // all filtered out: read on
                     }
                     if self.ready.is_empty() {
+                        let check = async {
+                            match self.permission {
+                                Some(_) => tokio::time::sleep(PERMISSION_CHECK).await,
+                                None => std::future::pending().await,
+                            }
+                        };
                         tokio::select! {
                             changed = self.applied.changed() => {
                                 if changed.is_err() {
@@ -162,6 +200,7 @@ impl Watcher {
                                 }
                             }
                             _ = self.stopping.changed() => return None,
+                            () = check => {}
                         }
                     }
                 }
