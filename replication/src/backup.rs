@@ -273,6 +273,12 @@ pub fn verify(file: &Path) -> Result<Header, BackupError> {
     open(file)?.read_all(|_, _| Ok(()))
 }
 
+/// A file in a data directory while a restore builds it: a node refuses
+/// to open a store beside it (`Store::open`), so that a restore killed
+/// half way (its chunks are installed one transaction each) never serves a
+/// partial state as a whole one. Removed, durably, once the restore ends.
+pub const RESTORING: &str = "RESTORE_IN_PROGRESS";
+
 /// What [`restore`] built.
 #[derive(Debug)]
 pub struct Restored {
@@ -330,6 +336,9 @@ fn build(
         message,
     };
     let store = Store::open(data_dir, history).map_err(|e| failed(e.to_string()))?;
+    let marker = data_dir.join(RESTORING);
+    write_durably(&marker, b"a restore is building this directory\n")
+        .map_err(|e| failed(format!("marking the directory as being restored: {e}")))?;
     let mut paths = 0;
     let header = open(file)?.read_all(|header, chunk| {
         paths += chunk.paths.len();
@@ -374,6 +383,9 @@ fn build(
         .map_err(|e| failed(e.to_string()))?;
     drop(log);
     store.close().map_err(|e| failed(e.to_string()))?;
+    std::fs::remove_file(&marker)
+        .and_then(|()| std::fs::File::open(data_dir)?.sync_all())
+        .map_err(|e| failed(format!("removing the restore's marker: {e}")))?;
     Ok(Restored {
         header,
         paths,
@@ -403,4 +415,15 @@ pub fn write_file(store: &Store, file: &Path, created_at_ms: u64) -> Result<u64,
         .sync_all()
         .map_err(io)?;
     Ok(revision)
+}
+
+/// Writes `file` and makes it and its name durable.
+fn write_durably(file: &Path, content: &[u8]) -> std::io::Result<()> {
+    let mut f = std::fs::File::create(file)?;
+    f.write_all(content)?;
+    f.sync_all()?;
+    match file.parent() {
+        Some(dir) => std::fs::File::open(dir)?.sync_all(),
+        None => Ok(()),
+    }
 }

@@ -186,3 +186,32 @@ fn a_backup_whose_content_does_not_match_its_root_is_refused() {
     assert!(backup::restore(&forged, &fresh, 10, "pika/voters").is_err());
     assert!(!fresh.exists(), "a directory the restore made is removed");
 }
+
+/// A restore installs its chunks one transaction each: killed half way, it
+/// leaves a partial state that a node would have served as a whole one
+/// (its log empty, "everything in it committed"). The directory is marked
+/// while it is built, and a store beside the mark does not open.
+#[test]
+fn a_restore_that_did_not_finish_leaves_a_directory_no_node_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = source(&dir.path().join("src"));
+    let file = dir.path().join("state.backup");
+    backup::write_file(&store, &file, 1).unwrap();
+    let target = dir.path().join("restored");
+    backup::restore(&file, &target, 10, "pika/voters").unwrap();
+    assert!(
+        !target.join(backup::RESTORING).exists(),
+        "a finished restore leaves no mark"
+    );
+    drop(Store::open(&target, 10).unwrap());
+
+    // What a restore killed after its first chunks leaves.
+    std::fs::write(target.join(backup::RESTORING), "").unwrap();
+    let refused = Store::open(&target, 10).err().map(|e| e.to_string());
+    assert!(
+        refused
+            .as_deref()
+            .is_some_and(|e| e.contains("did not finish") && e.contains("restore again")),
+        "{refused:?}"
+    );
+}

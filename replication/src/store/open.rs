@@ -73,6 +73,16 @@ impl Store {
             source,
         };
         std::fs::create_dir_all(dir).map_err(|e| open_err(e.into()))?;
+        if dir.join(crate::backup::RESTORING).exists() {
+            return Err(open_err(
+                format!(
+                    "a restore into this directory did not finish (its `{}` file is there): \
+                     the state in it is partial; remove the directory and restore again",
+                    crate::backup::RESTORING
+                )
+                .into(),
+            ));
+        }
         let db = open_file(&dir.join(DB_FILE), cache_bytes).map_err(open_err)?;
         let mut store = Self::init(db, history).map_err(|e| match e {
             StoreError::Open { source, .. } => open_err(source),
