@@ -587,15 +587,20 @@ impl Replica {
 /// Fault tests only, in builds with the `test-faults` feature:
 /// `PIKA_TEST_CLOCK_RATE=1.03` makes this node's protocol clock (leases,
 /// heartbeats, evictions) run 3 % fast, to test drift within the bound the
-/// protocol assumes (`DRIFT`). Anything unparsable or beyond that bound
-/// means 1, and so does every value in a build without the feature.
+/// protocol assumes. `DRIFT` bounds how far two nodes' clocks may drift
+/// apart, so each rate must stay within 1 ± DRIFT / (2 + DRIFT) (±4.76 %):
+/// then the fastest runs at most 1 + DRIFT times the slowest. (Each within
+/// 1 ± DRIFT allowed two nodes 22 % apart, where leases overlap.) Anything
+/// unparsable or beyond that means 1, and so does every value in a build
+/// without the feature.
 pub const TEST_CLOCK_RATE_ENV: &str = "PIKA_TEST_CLOCK_RATE";
 
 fn test_clock_rate() -> f64 {
     if !cfg!(feature = "test-faults") {
         return 1.0;
     }
-    let bound = (1.0 - core::DRIFT)..=(1.0 + core::DRIFT);
+    let spread = core::DRIFT / (2.0 + core::DRIFT);
+    let bound = (1.0 - spread)..=(1.0 + spread);
     match std::env::var(TEST_CLOCK_RATE_ENV)
         .ok()
         .and_then(|v| v.parse::<f64>().ok())
