@@ -452,6 +452,16 @@ async fn status_health_and_metrics() {
     assert_eq!(b["nodes"][0]["http_address"], t.node.addr().to_string());
     assert_eq!(t.get_json("/healthz").await.0, StatusCode::OK);
     assert_eq!(t.get_json("/readyz").await.0, StatusCode::OK);
+    // Methods outside the standard ones share one label: each was a new
+    // series kept for good.
+    for odd in ["BREW", "WHEN"] {
+        let method = reqwest::Method::from_bytes(odd.as_bytes()).unwrap();
+        t.http
+            .request(method, t.url("/healthz"))
+            .send()
+            .await
+            .unwrap();
+    }
 
     let text = t
         .http
@@ -471,6 +481,8 @@ async fn status_health_and_metrics() {
     ] {
         assert!(text.contains(needle), "missing {needle} in\n{text}");
     }
+    assert!(text.contains("method=\"other\""), "{text}");
+    assert!(!text.contains("BREW") && !text.contains("WHEN"), "{text}");
     t.node.shutdown().await.unwrap();
 }
 

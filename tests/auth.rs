@@ -442,6 +442,61 @@ fn a_follower_cut_off_from_the_leader_neither_lists_nor_revokes_tokens() {
     assert_eq!(revoke(), 204);
 }
 
+/// A client's `X-Request-Id` belongs to its token: a client of another
+/// token sending the same id has its own write applied, where it was
+/// refused as a reused id (or, once the first write's version had left
+/// the history, answered with that write's outcome and never applied).
+/// The ids the server makes for requests without one carry a keyed tag:
+/// `/healthz` showed them, and the next one could be claimed first.
+#[test]
+fn request_ids_belong_to_the_token_that_sent_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = spawn(&dir.path().join("data"), None);
+    let http = plain_client();
+    let a = create_token(
+        &http,
+        &node.url,
+        json!({"name": "a", "scopes": ["a/**:read,write"]}),
+    );
+    let b = create_token(
+        &http,
+        &node.url,
+        json!({"name": "b", "scopes": ["b/**:read,write"]}),
+    );
+    let write = |token: &str, path: &str| {
+        let r = bearer(http.post(format!("{}/api/v1/file/{path}", node.url)), token)
+            .header("x-request-id", "same")
+            .json(&json!({"data": BASE64.encode("v")}))
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.text().unwrap_or_default())
+    };
+    assert_eq!(write(&a, "a/x").0, 201);
+    let (status, body) = write(&b, "b/y");
+    assert_eq!(status, 201, "{body}");
+    let read = bearer(http.get(format!("{}/api/v1/data/b/y", node.url)), &b)
+        .send()
+        .unwrap();
+    assert_eq!(read.status().as_u16(), 200, "b's write was applied");
+    // The same client retrying is still answered once.
+    let (status, again) = write(&b, "b/y");
+    assert_eq!(
+        (status, &again),
+        (201, &body),
+        "a retry gets the first answer"
+    );
+
+    let tag = || {
+        let r = http.get(format!("{}/healthz", node.url)).send().unwrap();
+        let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+        let parts: Vec<String> = id.split('-').map(str::to_string).collect();
+        assert_eq!(parts.len(), 3, "{id}");
+        assert_eq!(parts[2].len(), 16, "{id}");
+        parts[2].clone()
+    };
+    assert_ne!(tag(), tag());
+}
+
 #[test]
 fn tls_with_a_self_signed_certificate() {
     let dir = tempfile::tempdir().unwrap();

@@ -35,12 +35,14 @@ pub async fn tag_route(request: Request, next: Next) -> Response {
 pub async fn envelope(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
-    let request_id = request
+    let given = request
         .headers()
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map_or_else(|| state.request_ids.next(), str::to_string);
+        .map(str::to_string);
+    let client_id = given.is_some();
+    let request_id = given.unwrap_or_else(|| state.request_ids.next());
     let mut request = request;
     request
         .extensions_mut()
@@ -56,6 +58,18 @@ pub async fn envelope(State(state): State<AppState>, request: Request, next: Nex
         match super::access::check(&state, super::access::Caller::of(&request)).await {
             Err(refusal) => Some(refusal),
             Ok(principal) => {
+                // A client's id is the idempotency key of its writes: under
+                // an API token, it is that token's own, so that a client of
+                // another token cannot claim it first or be answered with
+                // its outcome. (Token names hold no `/`.)
+                if client_id
+                    && !principal.admin
+                    && let Some(name) = &principal.name
+                {
+                    request
+                        .extensions_mut()
+                        .insert(RequestId(format!("{name}/{request_id}")));
+                }
                 request.extensions_mut().insert(principal);
                 let check = read_lease_check(&state, is_read(&request), asks_stale(&request)).await;
                 stale = check.stale;
@@ -136,6 +150,12 @@ pub async fn envelope(State(state): State<AppState>, request: Request, next: Nex
         headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
 
+    // Methods outside the standard ones share one label: each new one was
+    // a new series, kept for good, and any client could send them.
+    let method = match method.as_str() {
+        m @ ("GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "PATCH" | "OPTIONS") => m,
+        _ => "other",
+    };
     let labels = [
         ("route", route),
         ("method", method.to_string()),

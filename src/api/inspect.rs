@@ -16,6 +16,9 @@ use super::{ApiError, AppState};
 use crate::auth::Principal;
 use crate::auth::scope::Operation;
 
+/// How long a diff of two versions may look for the shortest edit script.
+const DIFF_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DiffQuery {
@@ -99,7 +102,12 @@ pub async fn diff(
                 _ => String::new(),
             };
             let (old, new) = (text(&a), text(&b));
-            similar::TextDiff::from_lines(&old, &new)
+            // Myers' diff of two large texts with little in common can run
+            // for minutes on a runtime worker: past the deadline it stops
+            // looking for a shorter diff and answers a coarser one.
+            similar::TextDiff::configure()
+                .timeout(DIFF_TIMEOUT)
+                .diff_lines(&old, &new)
                 .unified_diff()
                 .context_radius(q.context.unwrap_or(3).min(1000))
                 .header(&label(from, &a), &label(to, &b))

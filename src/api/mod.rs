@@ -108,11 +108,17 @@ impl Writes {
 #[derive(Clone, Debug)]
 pub struct RequestId(pub String);
 
-/// Request ids unique within a boot: a random boot prefix and a counter.
+/// Request ids unique within a boot (a random boot prefix and a counter)
+/// and unguessable (a keyed hash of the counter): a generated id is the
+/// idempotency key of the request's writes, and one a client could predict
+/// it could claim first, so that the write would be answered with another
+/// op's outcome and never applied.
 #[derive(Clone)]
 pub struct RequestIds {
     boot: u32,
     next: Arc<AtomicU64>,
+    /// SipHash with keys drawn from the OS at start.
+    tag: std::hash::RandomState,
 }
 
 impl RequestIds {
@@ -123,15 +129,14 @@ impl RequestIds {
         Self {
             boot: u32::from_le_bytes(bytes),
             next: Arc::new(AtomicU64::new(1)),
+            tag: std::hash::RandomState::new(),
         }
     }
 
     pub fn next(&self) -> String {
-        format!(
-            "{:08x}-{:x}",
-            self.boot,
-            self.next.fetch_add(1, Ordering::Relaxed)
-        )
+        use std::hash::BuildHasher;
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        format!("{:08x}-{n:x}-{:016x}", self.boot, self.tag.hash_one(n))
     }
 }
 
