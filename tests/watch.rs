@@ -207,3 +207,48 @@ fn a_watch_on_a_follower_cut_off_from_the_leader_ends_unavailable() {
         "the stream ends after saying so"
     );
 }
+
+/// A watch opened with an API token goes on only while the token does:
+/// revoked, the stream ends with an `unauthorized` event within about a
+/// second. It used to go on streaming paths, versions and authors to a
+/// token every other request refused.
+#[test]
+fn a_watch_ends_when_its_token_is_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = spawn(&dir.path().join("data"), None);
+    let url = node.url.as_str();
+    let created: Value = client()
+        .post(format!("{url}/api/v1/tokens"))
+        .json(&serde_json::json!({"name": "watcher", "scopes": ["w/**:read"]}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let token = created["token"].as_str().expect("a token").to_string();
+    let bearer = format!("Bearer {token}");
+    let rx = sse(
+        &format!("{url}/api/v1/watch?prefix=w/"),
+        &[("authorization", bearer.as_str())],
+    );
+    put(url, "w/a", "1");
+    assert_eq!(next_events(&rx, 1, Duration::from_secs(5)).len(), 1);
+    let revoked = client()
+        .delete(format!("{url}/api/v1/tokens/watcher"))
+        .send()
+        .unwrap();
+    assert_eq!(revoked.status().as_u16(), 204);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+            Ok(Sse::Event { name, .. }) if name == "unauthorized" => break,
+            Ok(Sse::Event { name, data, .. }) => panic!("unexpected {name:?} event: {data}"),
+            Ok(Sse::Comment(_)) => continue,
+            Ok(Sse::Closed) => panic!("the watch ended without saying why"),
+            Err(_) => panic!("the watch went on for 10 s after its token was revoked"),
+        }
+    }
+    assert!(matches!(
+        rx.recv_timeout(Duration::from_secs(5)),
+        Ok(Sse::Closed)
+    ));
+}

@@ -79,8 +79,17 @@ pub async fn watch(
         .replica()
         .filter(|r| query.stale != Some(true) && r.may_read())
         .cloned();
+    // Under an API token the watch goes on only while the token does: it
+    // is looked up again every `PERMISSION_CHECK`, as a new request's
+    // would be.
+    let credentials = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .filter(|_| state.auth.enabled() && !principal.admin)
+        .map(|h| (state.auth.clone(), h.clone()));
     let watcher = Watcher {
         permission,
+        credentials,
+        next_check: tokio::time::Instant::now() + PERMISSION_CHECK,
         store: state.store.clone(),
         applied: state.store.subscribe(),
         stopping: state.stopping.clone(),
@@ -111,6 +120,11 @@ struct Watcher {
     /// event; the client resumes with `Last-Event-ID`, here once the node
     /// may read again or on another node.
     permission: Option<pika_replication::replica::Replica>,
+    /// The API token the watch was opened with, checked again every
+    /// `PERMISSION_CHECK`: revoked or expired, the stream ends with an
+    /// `unauthorized` event.
+    credentials: Option<(crate::auth::Auth, axum::http::HeaderValue)>,
+    next_check: tokio::time::Instant,
     store: Arc<Store>,
     applied: tokio::sync::watch::Receiver<u64>,
     stopping: tokio::sync::watch::Receiver<bool>,
@@ -135,6 +149,26 @@ impl Watcher {
             }
             if self.done || *self.stopping.borrow() {
                 return None;
+            }
+            if let Some((auth, header)) = &self.credentials
+                && tokio::time::Instant::now() >= self.next_check
+            {
+                self.next_check = tokio::time::Instant::now() + PERMISSION_CHECK;
+                if let Err(refusal) = auth.authenticate(Some(header.as_bytes())).await
+                    && refusal.status == axum::http::StatusCode::UNAUTHORIZED
+                {
+                    self.done = true;
+                    let body = json!({
+                        "message": format!("{}; the watch ends", refusal.message),
+                        "last_revision": self.after,
+                    });
+                    self.ready.push_back(
+                        Event::default()
+                            .event("unauthorized")
+                            .data(body.to_string()),
+                    );
+                    continue;
+                }
             }
             if self.permission.as_ref().is_some_and(|r| !r.may_read()) {
                 self.done = true;
@@ -187,10 +221,11 @@ impl Watcher {
                         continue; // all filtered out: read on
                     }
                     if self.ready.is_empty() {
+                        let checks = self.permission.is_some() || self.credentials.is_some();
                         let check = async {
-                            match self.permission {
-                                Some(_) => tokio::time::sleep(PERMISSION_CHECK).await,
-                                None => std::future::pending().await,
+                            match checks {
+                                true => tokio::time::sleep(PERMISSION_CHECK).await,
+                                false => std::future::pending().await,
                             }
                         };
                         tokio::select! {
