@@ -296,13 +296,43 @@ impl Config {
                 "must be greater than 0".into(),
             ));
         }
-        if c.enabled && c.heartbeat_timeout.0 <= c.heartbeat_interval.0 {
+        // The lease (L, drift taken off: 0.9 L) must outlast the next
+        // heartbeat round (H, ticks every H/4) and its acks; shorter, and
+        // every leader steps down before renewing, for good.
+        if c.enabled && c.heartbeat_timeout.0 < c.heartbeat_interval.0 * 2 {
             out.push((
                 "cluster.heartbeat_timeout",
                 format!(
-                    "must be longer than cluster.heartbeat_interval ({} <= {})",
+                    "must be at least twice cluster.heartbeat_interval ({} < 2 x {}): a leader's \
+                     lease must outlast its next heartbeat round",
                     c.heartbeat_timeout, c.heartbeat_interval
                 ),
+            ));
+        }
+        // A day at most, each: a bound no setting needs to pass, and far
+        // below where adding one to a clock reading overflows.
+        for (key, d) in [
+            ("cluster.heartbeat_interval", c.heartbeat_interval.0),
+            ("cluster.heartbeat_timeout", c.heartbeat_timeout.0),
+            ("cluster.ack_timeout", c.ack_timeout.0),
+            ("cluster.forward_timeout", c.forward_timeout.0),
+            ("cluster.sync_interval", c.sync_interval.0),
+            ("cluster.dead_voter_timeout", c.dead_voter_timeout.0),
+        ] {
+            if c.enabled && d > MAX_DURATION {
+                out.push((key, "must be at most 24h".into()));
+            }
+        }
+        if c.enabled && c.forward_timeout.0.is_zero() {
+            out.push((
+                "cluster.forward_timeout",
+                "must be greater than 0: every write and wait would time out at once".into(),
+            ));
+        }
+        if c.enabled && c.sync_interval.0.is_zero() {
+            out.push((
+                "cluster.sync_interval",
+                "must be greater than 0 (it is how often the leader sends its Merkle root)".into(),
             ));
         }
         if c.enabled && c.dead_voter_timeout.0 < c.heartbeat_timeout.0 {
@@ -338,14 +368,21 @@ impl Config {
         if self.server.limits.request_body_mb == 0 {
             out.push(("server.limits.request_body_mb", "must be at least 1".into()));
         }
-        if self.server.host.trim().is_empty() {
-            out.push(("server.host", "must not be empty".into()));
-        }
         out.extend(self.auth_problems());
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
             out.push((
                 "log_level",
                 format!("`{}` is not a log filter: {e}", self.log_level),
+            ));
+        } else if let Some(word) = bare_non_level(&self.log_level) {
+            // A bare word is a target to tracing (`warning` would log only
+            // events of a target named so: nothing of pika's).
+            out.push((
+                "log_level",
+                format!(
+                    "`{word}` is not a level: use trace, debug, info, warn, error or off, or a \
+                     directive such as `pika=debug`"
+                ),
             ));
         }
         out
@@ -410,6 +447,12 @@ impl Config {
     fn cluster_address_problems(&self) -> Vec<(&'static str, String)> {
         let c = &self.cluster;
         let mut out = Vec::new();
+        if c.port == 0 {
+            out.push((
+                "cluster.port",
+                "must be from 1 to 65535: the other nodes dial it".into(),
+            ));
+        }
         if c.dns_addr.trim().is_empty() {
             out.push((
                 "cluster.dns_addr",
@@ -465,6 +508,15 @@ impl Config {
             *token = masked(&self.auth.admin_token).into();
         }
         value
+    }
+
+    /// The address the HTTP server listens on: `server.host`, or every
+    /// interface when it is empty (as in the original pika's files).
+    pub fn listen_host(&self) -> &str {
+        match self.server.host.trim() {
+            "" => "0.0.0.0",
+            host => host,
+        }
     }
 
     pub fn max_body_bytes(&self) -> usize {
@@ -551,9 +603,37 @@ pub fn is_loopback(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// A TCP/UDP port, with a range error that says what the range is.
+/// The longest duration a cluster setting may have.
+const MAX_DURATION: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// The first comma-separated part of a log filter that is a bare word but
+/// not a level.
+fn bare_non_level(filter: &str) -> Option<&str> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    filter.split(',').map(str::trim).find(|part| {
+        !part.is_empty()
+            && !part.contains(['=', '[', ':'])
+            && !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(part))
+    })
+}
+
+/// A TCP/UDP port, with a range error that says what the range is. The
+/// original pika's files write it as a string (`port: "8080"`), so a
+/// string of digits is a port too.
 fn port<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
-    let n = i64::deserialize(d)?;
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Port {
+        Number(i64),
+        Text(String),
+    }
+    let n = match Port::deserialize(d)? {
+        Port::Number(n) => n,
+        Port::Text(t) => t
+            .trim()
+            .parse::<i64>()
+            .map_err(|_| serde::de::Error::custom(format!("port {t:?} is not a number")))?,
+    };
     u16::try_from(n)
         .map_err(|_| serde::de::Error::custom(format!("port {n} is out of range (0-65535)")))
 }

@@ -91,7 +91,7 @@ pub async fn serve(
         path = %data_dir.display(),
         "store opened"
     );
-    let listen = format!("{}:{}", config.server.host, config.server.port);
+    let listen = format!("{}:{}", config.listen_host(), config.server.port);
     let listener = TcpListener::bind(&listen)
         .await
         .with_context(|| format!("cannot listen on {listen} (server.host, server.port)"))?;
@@ -265,7 +265,7 @@ fn admin_token(config: &Config, data_dir: &std::path::Path) -> anyhow::Result<Ad
     if !config.auth.enabled {
         tracing::warn!(
             "auth.enabled is false: every route is open to anyone who can reach {}:{}",
-            config.server.host,
+            config.listen_host(),
             config.server.port
         );
         return Ok(AdminToken {

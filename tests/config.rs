@@ -347,3 +347,82 @@ fn the_demo_configs_are_the_documented_loopback_cluster() {
     }
     assert!(keys.iter().all(|k| *k == keys[0]), "one key for all three");
 }
+
+/// Settings a cluster cannot run with are refused at start (exit code 2,
+/// the key named), where they used to be accepted and then misbehave:
+/// a lease shorter than two heartbeat intervals (every leader stepped down
+/// before renewing), a zero or absurd `forward_timeout` (every write timed
+/// out at once; 10¹⁹ s overflowed the clock on the first write), a zero
+/// `sync_interval`, cluster port 0 (peers dialled port 0), and a log level
+/// that is not one (`warning` turned every log of pika's off).
+#[test]
+fn settings_a_cluster_cannot_run_with_are_refused() {
+    let cluster = "cluster:\n  enabled: true\n  dns_addr: 127.0.1.1,127.0.1.2\n";
+    for (env, key) in [
+        (
+            [
+                ("PIKA_CLUSTER_HEARTBEAT_INTERVAL", "5s"),
+                ("PIKA_CLUSTER_HEARTBEAT_TIMEOUT", "5500ms"),
+            ],
+            "cluster.heartbeat_timeout",
+        ),
+        (
+            [
+                ("PIKA_CLUSTER_FORWARD_TIMEOUT", "0s"),
+                ("PIKA_LOG_LEVEL", "info"),
+            ],
+            "cluster.forward_timeout",
+        ),
+        (
+            [
+                ("PIKA_CLUSTER_FORWARD_TIMEOUT", "3000000000000000h"),
+                ("PIKA_LOG_LEVEL", "info"),
+            ],
+            "cluster.forward_timeout",
+        ),
+        (
+            [
+                ("PIKA_CLUSTER_SYNC_INTERVAL", "0s"),
+                ("PIKA_LOG_LEVEL", "info"),
+            ],
+            "cluster.sync_interval",
+        ),
+        (
+            [("PIKA_CLUSTER_PORT", "0"), ("PIKA_LOG_LEVEL", "info")],
+            "cluster.port",
+        ),
+        (
+            [("PIKA_LOG_LEVEL", "warning"), ("PIKA_CLUSTER_PORT", "7946")],
+            "log_level",
+        ),
+    ] {
+        let e = error_of(cluster, &env);
+        assert!(e.contains(key), "{env:?}: {e}");
+    }
+    for fine in ["info", "pika=debug,warn", "WARN", "off"] {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(&dir, "pika.yaml", &format!("log_level: \"{fine}\"\n"));
+        assert!(load(&sources(Some(file), &[])).is_ok(), "{fine}");
+    }
+}
+
+/// The original pika's files write the port as a string and leave the
+/// host empty for every interface: both load as they meant.
+#[test]
+fn the_original_pikas_string_port_and_empty_host_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        &dir,
+        "pika.yaml",
+        "server:\n  host: \"\"\n  port: \"8080\"\n",
+    );
+    let config = load(&sources(Some(file), &[])).unwrap().config;
+    assert_eq!(config.server.port, 8080);
+    assert_eq!(config.listen_host(), "0.0.0.0");
+    let file = write(&dir, "bad.yaml", "server:\n  port: \"80x\"\n");
+    let e = load(&sources(Some(file), &[])).err().map(|e| e.to_string());
+    assert!(
+        e.as_deref().is_some_and(|e| e.contains("server.port")),
+        "{e:?}"
+    );
+}

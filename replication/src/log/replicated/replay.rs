@@ -75,6 +75,16 @@ impl ReplicatedLog {
                 segment::sync_dir(&self.dir)?;
             }
         }
+        // What the previous process wrote and did not sync (killed between
+        // a flush's write and its sync) reads back from the page cache like
+        // the rest. The core takes the log's end as durable at start and
+        // acks it so: make it durable first.
+        for kept in &self.segments {
+            kept.file.sync_data()?;
+        }
+        if !self.segments.is_empty() {
+            segment::sync_dir(&self.dir)?;
+        }
         if floating.is_some() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
