@@ -366,14 +366,10 @@ fn a_node_that_is_behind_does_not_keep_the_other_survivor_from_winning() {
     );
 }
 
-/// A leader reads only within its own lease, which is shortened for clock
-/// drift. Once that has run out it reads no more, though it steps down only
-/// at its next tick: before, it fell back to "L after it last heard the
-/// leader", itself at the time it won, and kept reading for up to a tenth
-/// of L past its lease (steps other than ticks publish the read permission
-/// too).
-#[test]
-fn a_leader_whose_lease_ran_out_reads_no_more_before_its_next_tick() {
+/// Two of three nodes (`a` and `b`; `c` is down), heartbeat 200 ms, lease
+/// 1 s, ticking every 10 ms and hearing each other: runs until one of them
+/// leads, then `more` longer; returns them and the time.
+fn two_of_three_elect(more: Duration) -> ([Election; 2], Duration) {
     let config = ElectionConfig {
         replicas: 3,
         heartbeat_interval: Duration::from_millis(200),
@@ -391,14 +387,31 @@ fn a_leader_whose_lease_ran_out_reads_no_more_before_its_next_tick() {
     let mut in_flight = InFlight::new();
     let step = Duration::from_millis(10);
     let mut now = T0;
-    let leader = loop {
-        assert!(now < T0 + Duration::from_secs(10), "no leader within 10 s");
+    let mut led_since = None;
+    while led_since.is_none_or(|since| now < since + more) {
+        assert!(now < T0 + Duration::from_secs(20), "no leader within 20 s");
         now += step;
         tick_and_deliver(&mut nodes, &ids, &mut in_flight, now, step, |_, _, _| false);
-        if let Some(i) = nodes.iter().position(|n| n.role() == Role::Leader) {
-            break &nodes[i];
+        if led_since.is_none() && nodes.iter().any(|n| n.role() == Role::Leader) {
+            led_since = Some(now);
         }
-    };
+    }
+    (nodes, now)
+}
+
+/// A leader reads only within its own lease, which is shortened for clock
+/// drift. Once that has run out it reads no more, though it steps down only
+/// at its next tick: before, it fell back to "L after it last heard the
+/// leader", itself at the time it won, and kept reading for up to a tenth
+/// of L past its lease (steps other than ticks publish the read permission
+/// too).
+#[test]
+fn a_leader_whose_lease_ran_out_reads_no_more_before_its_next_tick() {
+    let (nodes, now) = two_of_three_elect(Duration::ZERO);
+    let leader = nodes
+        .iter()
+        .find(|n| n.role() == Role::Leader)
+        .expect("a leader");
     // From here on it hears nothing (no round is acknowledged) and no tick
     // runs.
     let (_, until) = leader.lease(now).expect("a new leader holds a lease");
@@ -420,38 +433,13 @@ fn a_leader_whose_lease_ran_out_reads_no_more_before_its_next_tick() {
 /// It used to grant at once once it had led past its own vote's L.
 #[test]
 fn a_leader_that_stepped_down_grants_nothing_until_its_lease_ran_out() {
-    let config = ElectionConfig {
-        replicas: 3,
-        heartbeat_interval: Duration::from_millis(200),
-        lease: Duration::from_millis(1000),
-        drift: 0.1,
-    };
-    let ids = ["a", "b"];
-    let mut nodes = [
-        Election::new("a", config.clone(), 0, Position::default(), 3, T0),
-        Election::new("b", config, 0, Position::default(), 11, T0),
-    ];
-    for n in &mut nodes {
-        n.set_members(["a", "b", "c"].map(String::from), ids.map(String::from));
-    }
-    let mut in_flight = InFlight::new();
-    let step = Duration::from_millis(10);
-    let mut now = T0;
-    let mut led_since = None;
     // Elected, then leading (renewing its lease) for longer than L.
-    while led_since.is_none_or(|since| now < since + Duration::from_secs(3)) {
-        assert!(now < T0 + Duration::from_secs(20), "no leader within 17 s");
-        now += step;
-        tick_and_deliver(&mut nodes, &ids, &mut in_flight, now, step, |_, _, _| false);
-        if led_since.is_none() && nodes.iter().any(|n| n.role() == Role::Leader) {
-            led_since = Some(now);
-        }
-    }
+    let (mut nodes, now) = two_of_three_elect(Duration::from_secs(3));
     let i = nodes
         .iter()
         .position(|n| n.role() == Role::Leader)
         .expect("still leading");
-    let other = ids[1 - i];
+    let other = ["a", "b"][1 - i];
     let leader = &mut nodes[i];
     let (epoch, until) = leader.lease(now).expect("a renewed lease");
     leader.resign("its log failed");
