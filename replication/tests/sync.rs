@@ -3,7 +3,9 @@
 //! what differs, not with what is stored.
 
 use pika_replication::merkle::BUCKETS;
-use pika_replication::sync::{self, SyncAsk, SyncSession, SyncStep};
+use pika_replication::merkle::MerkleBuckets;
+use pika_replication::store::Snapshot;
+use pika_replication::sync::{self, SyncAnswer, SyncAsk, SyncSession, SyncStep};
 use pika_replication::{ConfigPath, Format, Meta, Op, Store};
 
 fn put(p: &str, data: &str) -> Op {
@@ -21,41 +23,65 @@ fn put(p: &str, data: &str) -> Op {
     .unwrap()
 }
 
+/// One session against `snapshot` to its last step (an install, or in
+/// sync), with answers of `budget` bytes and at most `limit` (a frame),
+/// each shown to `seen` with its ask first.
+fn run_session(
+    snapshot: &Snapshot,
+    local: MerkleBuckets,
+    since: Option<u64>,
+    (budget, limit): (usize, usize),
+    mut seen: impl FnMut(&SyncAsk, &SyncAnswer),
+) -> SyncStep {
+    let mut session = SyncSession::new(local, since);
+    let mut ask = SyncAsk::Start;
+    for _ in 0..1000 {
+        let answer = sync::answer(snapshot, &ask, budget, limit).unwrap();
+        seen(&ask, &answer);
+        match session.on_answer(snapshot.revision, snapshot.epoch, answer) {
+            SyncStep::Ask(next) => ask = next,
+            SyncStep::Failed(why) => panic!("sync failed: {why}"),
+            last => return last,
+        }
+    }
+    panic!("a sync session took more than 1000 rounds");
+}
+
 /// Runs a session to the end; returns (digests asked for, buckets moved,
 /// versions moved). `behind`: the follower's state is a prefix of the
 /// leader's, so only what changed after it moves.
 fn sync_with(leader: &Store, follower: &Store, behind: bool) -> (usize, usize, usize) {
     let snapshot = leader.snapshot().unwrap();
     let since = behind.then(|| follower.revision());
-    let mut session = SyncSession::new(follower.merkle().unwrap(), since);
-    let mut ask = SyncAsk::Start;
-    let (mut digests, mut buckets) = (0, 0);
-    for _ in 0..10 {
-        if let SyncAsk::Level { nodes, .. } = &ask {
+    let mut digests = 0;
+    let count = |ask: &SyncAsk, _: &SyncAnswer| {
+        if let SyncAsk::Level { nodes, .. } = ask {
             digests += nodes.len();
         }
-        let answer = sync::answer(&snapshot, &ask, 64 << 10, usize::MAX).unwrap();
-        match session.on_answer(snapshot.revision, snapshot.epoch, answer) {
-            SyncStep::Ask(next) => ask = next,
-            SyncStep::Install {
-                buckets: b,
-                paths,
-                requests,
-                revision,
-                epoch,
-            } => {
-                buckets = b.len();
-                let versions = paths.iter().map(|p| p.versions.len()).sum();
-                follower
-                    .install_with_requests(&b, &paths, &requests, revision, epoch, since)
-                    .unwrap();
-                return (digests, buckets, versions);
-            }
-            SyncStep::InSync { .. } => return (digests, buckets, 0),
-            SyncStep::Failed(why) => panic!("sync failed: {why}"),
+    };
+    let last = run_session(
+        &snapshot,
+        follower.merkle().unwrap(),
+        since,
+        (64 << 10, usize::MAX),
+        count,
+    );
+    match last {
+        SyncStep::Install {
+            buckets,
+            paths,
+            requests,
+            revision,
+            epoch,
+        } => {
+            let versions = paths.iter().map(|p| p.versions.len()).sum();
+            follower
+                .install_with_requests(&buckets, &paths, &requests, revision, epoch, since)
+                .unwrap();
+            (digests, buckets.len(), versions)
         }
+        _ => (digests, 0, 0),
     }
-    panic!("a sync session took more than 10 rounds");
 }
 
 fn sync(leader: &Store, follower: &Store) -> (usize, usize) {
@@ -200,47 +226,47 @@ fn request_ids_travel_in_bounded_answers() {
         .collect();
     leader.execute(&ops, 1, 0).unwrap();
     let snapshot = leader.snapshot().unwrap();
-    let mut session = SyncSession::new(follower.merkle().unwrap(), None);
-    let mut ask = SyncAsk::Start;
     let budget = 1024;
     let mut answers = 0;
-    for _ in 0..1000 {
-        let answer = sync::answer(&snapshot, &ask, budget, usize::MAX).unwrap();
-        if let sync::SyncAnswer::Requests { ids, .. } = &answer {
+    let bounded = |_: &SyncAsk, answer: &SyncAnswer| {
+        if let SyncAnswer::Requests { ids, .. } = answer {
             answers += 1;
             let bytes: usize = ids.iter().map(|(id, _)| id.len() + 32).sum();
             assert!(bytes <= budget, "an answer of {bytes} bytes");
         }
-        match session.on_answer(snapshot.revision, snapshot.epoch, answer) {
-            SyncStep::Ask(next) => ask = next,
-            SyncStep::Install {
-                buckets,
-                paths,
-                requests,
-                revision,
-                epoch,
-            } => {
-                let mut seen: Vec<&str> = requests.iter().map(|(id, _)| id.as_str()).collect();
-                seen.sort_unstable();
-                seen.dedup();
-                assert_eq!(seen.len(), 300, "every id once");
-                assert_eq!(requests.len(), 300, "no id twice");
-                assert!(answers > 10, "{answers} answers of request ids");
-                follower
-                    .install_with_requests(&buckets, &paths, &requests, revision, epoch, None)
-                    .unwrap();
-                let ids: Vec<String> = (0..300).map(|i| format!("id-{i:03}")).collect();
-                let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-                assert_eq!(
-                    follower.applied_requests(&refs).unwrap(),
-                    leader.applied_requests(&refs).unwrap()
-                );
-                return;
-            }
-            other => panic!("unexpected step: {other:?}"),
-        }
-    }
-    panic!("the session did not end");
+    };
+    let last = run_session(
+        &snapshot,
+        follower.merkle().unwrap(),
+        None,
+        (budget, usize::MAX),
+        bounded,
+    );
+    let SyncStep::Install {
+        buckets,
+        paths,
+        requests,
+        revision,
+        epoch,
+    } = last
+    else {
+        panic!("unexpected step: {last:?}");
+    };
+    let mut seen: Vec<&str> = requests.iter().map(|(id, _)| id.as_str()).collect();
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(seen.len(), 300, "every id once");
+    assert_eq!(requests.len(), 300, "no id twice");
+    assert!(answers > 10, "{answers} answers of request ids");
+    follower
+        .install_with_requests(&buckets, &paths, &requests, revision, epoch, None)
+        .unwrap();
+    let ids: Vec<String> = (0..300).map(|i| format!("id-{i:03}")).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    assert_eq!(
+        follower.applied_requests(&refs).unwrap(),
+        leader.applied_requests(&refs).unwrap()
+    );
 }
 
 /// A bucket larger than a frame may carry goes with fewer versions of its
@@ -267,43 +293,43 @@ fn a_bucket_larger_than_a_frame_goes_with_fewer_old_versions() {
     }
     let limit = 256 << 10;
     let snapshot = leader.snapshot().unwrap();
-    let mut session = SyncSession::new(follower.merkle().unwrap(), None);
-    let mut ask = SyncAsk::Start;
-    for _ in 0..100 {
-        let answer = sync::answer(&snapshot, &ask, 64 << 10, limit).unwrap();
-        if let sync::SyncAnswer::Buckets { paths, .. } = &answer {
+    let fits = |_: &SyncAsk, answer: &SyncAnswer| {
+        if let SyncAnswer::Buckets { paths, .. } = answer {
             let bytes: usize = paths.iter().map(|p| p.size()).sum();
             assert!(bytes <= limit, "an answer of {bytes} bytes, over {limit}");
         }
-        match session.on_answer(snapshot.revision, snapshot.epoch, answer) {
-            SyncStep::Ask(next) => ask = next,
-            SyncStep::Install {
-                buckets,
-                paths,
-                requests,
-                revision,
-                epoch,
-            } => {
-                follower
-                    .install_with_requests(&buckets, &paths, &requests, revision, epoch, None)
-                    .unwrap();
-                assert_eq!(
-                    follower.merkle().unwrap().root(),
-                    leader.merkle().unwrap().root()
-                );
-                let latest = |s: &Store| s.get("big/x", None).unwrap().map(|c| c.kind);
-                assert_eq!(latest(&follower), latest(&leader));
-                let kept = |s: &Store| s.versions("big/x").unwrap().unwrap_or_default().len();
-                assert_eq!(kept(&leader), 10);
-                assert!(
-                    (1..10).contains(&kept(&follower)),
-                    "the follower keeps {} versions",
-                    kept(&follower)
-                );
-                return;
-            }
-            other => panic!("unexpected step: {other:?}"),
-        }
-    }
-    panic!("a sync session took more than 100 rounds");
+    };
+    let last = run_session(
+        &snapshot,
+        follower.merkle().unwrap(),
+        None,
+        (64 << 10, limit),
+        fits,
+    );
+    let SyncStep::Install {
+        buckets,
+        paths,
+        requests,
+        revision,
+        epoch,
+    } = last
+    else {
+        panic!("unexpected step: {last:?}");
+    };
+    follower
+        .install_with_requests(&buckets, &paths, &requests, revision, epoch, None)
+        .unwrap();
+    assert_eq!(
+        follower.merkle().unwrap().root(),
+        leader.merkle().unwrap().root()
+    );
+    let latest = |s: &Store| s.get("big/x", None).unwrap().map(|c| c.kind);
+    assert_eq!(latest(&follower), latest(&leader));
+    let kept = |s: &Store| s.versions("big/x").unwrap().unwrap_or_default().len();
+    assert_eq!(kept(&leader), 10);
+    assert!(
+        (1..10).contains(&kept(&follower)),
+        "the follower keeps {} versions",
+        kept(&follower)
+    );
 }
