@@ -4,7 +4,8 @@
 
 use pika_replication::merkle::BUCKETS;
 use pika_replication::merkle::MerkleBuckets;
-use pika_replication::store::Snapshot;
+use pika_replication::record::Applied;
+use pika_replication::store::{PathState, Snapshot};
 use pika_replication::sync::{self, SyncAnswer, SyncAsk, SyncSession, SyncStep};
 use pika_replication::{ConfigPath, Format, Meta, Op, Store};
 
@@ -45,6 +46,21 @@ fn run_session(
         }
     }
     panic!("a sync session took more than 1000 rounds");
+}
+
+/// An install step's buckets, paths, request ids, revision and epoch (any
+/// other step fails the test).
+fn install_of(step: SyncStep) -> (Vec<u16>, Vec<PathState>, Vec<(String, Applied)>, u64, u64) {
+    match step {
+        SyncStep::Install {
+            buckets,
+            paths,
+            requests,
+            revision,
+            epoch,
+        } => (buckets, paths, requests, revision, epoch),
+        other => panic!("unexpected step: {other:?}"),
+    }
 }
 
 /// Runs a session to the end; returns (digests asked for, buckets moved,
@@ -242,16 +258,7 @@ fn request_ids_travel_in_bounded_answers() {
         (budget, usize::MAX),
         bounded,
     );
-    let SyncStep::Install {
-        buckets,
-        paths,
-        requests,
-        revision,
-        epoch,
-    } = last
-    else {
-        panic!("unexpected step: {last:?}");
-    };
+    let (buckets, paths, requests, revision, epoch) = install_of(last);
     let mut seen: Vec<&str> = requests.iter().map(|(id, _)| id.as_str()).collect();
     seen.sort_unstable();
     seen.dedup();
@@ -306,16 +313,7 @@ fn a_bucket_larger_than_a_frame_goes_with_fewer_old_versions() {
         (64 << 10, limit),
         fits,
     );
-    let SyncStep::Install {
-        buckets,
-        paths,
-        requests,
-        revision,
-        epoch,
-    } = last
-    else {
-        panic!("unexpected step: {last:?}");
-    };
+    let (buckets, paths, requests, revision, epoch) = install_of(last);
     follower
         .install_with_requests(&buckets, &paths, &requests, revision, epoch, None)
         .unwrap();
