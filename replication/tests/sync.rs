@@ -48,9 +48,12 @@ fn run_session(
     panic!("a sync session took more than 1000 rounds");
 }
 
-/// An install step's buckets, paths, request ids, revision and epoch (any
-/// other step fails the test).
-fn install_of(step: SyncStep) -> (Vec<u16>, Vec<PathState>, Vec<(String, Applied)>, u64, u64) {
+/// What an install step carries: buckets, paths, request ids, revision and
+/// epoch.
+type Install = (Vec<u16>, Vec<PathState>, Vec<(String, Applied)>, u64, u64);
+
+/// An install step's parts (any other step fails the test).
+fn install_of(step: SyncStep) -> Install {
     match step {
         SyncStep::Install {
             buckets,
