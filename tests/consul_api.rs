@@ -398,3 +398,44 @@ fn consul_writes_retried_with_their_request_id_get_their_first_answer() {
         assert_eq!(consul_get(url, key).0, 404, "{key}");
     }
 }
+
+/// A blocking query under an API token checks the token again after each
+/// wake: revoked while it waited, the query answers 401 rather than the
+/// value written after the revocation.
+#[test]
+fn a_blocking_query_whose_token_is_revoked_answers_401() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = support::spawn(&dir.path().join("data"), None);
+    let url = node.url.clone();
+    let token = create_token(&url, "blocker", &["blk/**:read"]);
+    assert_eq!(consul_put(&url, "blk/k", b"one".to_vec(), "").0, 200);
+    let (status, body) = consul_get(&url, "blk/k");
+    assert_eq!(status, 200, "{body}");
+    let index = body[0]["ModifyIndex"].as_u64().expect("an index");
+    let waiting = {
+        let url = url.clone();
+        std::thread::spawn(move || {
+            let r = reqwest::blocking::Client::new()
+                .get(format!("{url}/v1/kv/blk/k?index={index}&wait=30s"))
+                .header("x-consul-token", token)
+                .timeout(Duration::from_secs(40))
+                .send()
+                .expect("answered");
+            (r.status().as_u16(), r.text().unwrap_or_default())
+        })
+    };
+    // Let the query reach its wait before the token goes.
+    std::thread::sleep(Duration::from_secs(1));
+    let revoked = client()
+        .delete(format!("{url}/api/v1/tokens/blocker"))
+        .send()
+        .unwrap();
+    assert_eq!(revoked.status().as_u16(), 204);
+    assert_eq!(consul_put(&url, "blk/k", b"two".to_vec(), "").0, 200);
+    let (status, body) = waiting.join().unwrap();
+    assert_eq!(status, 401, "{body}");
+    assert!(
+        !body.contains("dHdv"),
+        "the value written after the revocation: {body}"
+    );
+}

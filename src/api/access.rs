@@ -107,16 +107,7 @@ pub struct Caller {
 impl Caller {
     pub fn of(request: &Request) -> Self {
         let uri_path = request.uri().path().to_string();
-        let headers = request.headers();
-        let header = headers.get(axum::http::header::AUTHORIZATION).cloned();
-        // Consul's clients send `X-Consul-Token: <token>`: read as a bearer.
-        let header = header.or_else(|| {
-            let token = headers.get("x-consul-token")?.to_str().ok()?;
-            let consul = super::consul::is_consul(&uri_path) && !token.trim().is_empty();
-            consul
-                .then(|| axum::http::HeaderValue::from_str(&format!("Bearer {}", token.trim())))?
-                .ok()
-        });
+        let header = bearer(request.headers(), &uri_path);
         Self {
             method: request.method().clone(),
             query: request.uri().query().map(str::to_string),
@@ -128,6 +119,20 @@ impl Caller {
                 .map(|c| c.0.ip()),
         }
     }
+}
+
+/// The credentials a request carries, as an `Authorization` header value:
+/// its own, or on the Consul routes `X-Consul-Token: <token>` (what
+/// Consul's clients send) read as a bearer.
+pub fn bearer(headers: &axum::http::HeaderMap, uri_path: &str) -> Option<axum::http::HeaderValue> {
+    let header = headers.get(axum::http::header::AUTHORIZATION).cloned();
+    header.or_else(|| {
+        let token = headers.get("x-consul-token")?.to_str().ok()?;
+        let consul = super::consul::is_consul(uri_path) && !token.trim().is_empty();
+        consul
+            .then(|| axum::http::HeaderValue::from_str(&format!("Bearer {}", token.trim())))?
+            .ok()
+    })
 }
 
 /// The caller's principal, or the response that refuses the request.

@@ -97,6 +97,7 @@ pub async fn get(
     Extension(principal): Extension<Principal>,
     OriginalUri(uri): OriginalUri,
     Query(params): Query<HashMap<String, String>>,
+    headers: axum::http::HeaderMap,
 ) -> Result<Response, ApiError> {
     let query = KvQuery::parse(&params)?;
     let key = kv_key(uri.path()).unwrap_or_default();
@@ -116,6 +117,11 @@ pub async fn get(
     let Some(index) = query.index else {
         return Ok(read(&state, &query, &target, &visible)?.response);
     };
+    // Under an API token, each round after a wake is a request of its own
+    // to the token too: one revoked or expired meanwhile gets a 401, not
+    // the value written after it.
+    let credentials = crate::api::access::bearer(&headers, uri.path())
+        .filter(|_| state.auth.enabled() && !visible.principal.admin);
     let deadline = tokio::time::Instant::now() + query.wait;
     let mut applied = state.store.subscribe();
     loop {
@@ -141,6 +147,12 @@ pub async fn get(
         // The read after the wake is as fresh as the first one: it waits
         // for entries pending here, and needs read permission still.
         blocking::ready_to_read(&state, &target, stale).await?;
+        if let Some(header) = &credentials
+            && let Err(refusal) = state.auth.authenticate(Some(header.as_bytes())).await
+            && refusal.status == StatusCode::UNAUTHORIZED
+        {
+            return Err(ApiError::new(StatusCode::UNAUTHORIZED, refusal.message));
+        }
     }
 }
 
