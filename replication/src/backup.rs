@@ -384,7 +384,7 @@ fn build(
     drop(log);
     store.close().map_err(|e| failed(e.to_string()))?;
     std::fs::remove_file(&marker)
-        .and_then(|()| std::fs::File::open(data_dir)?.sync_all())
+        .and_then(|()| crate::log::segment::sync_dir(data_dir))
         .map_err(|e| failed(format!("removing the restore's marker: {e}")))?;
     Ok(Restored {
         header,
@@ -423,7 +423,7 @@ fn write_durably(file: &Path, content: &[u8]) -> std::io::Result<()> {
     f.write_all(content)?;
     f.sync_all()?;
     match file.parent() {
-        Some(dir) => std::fs::File::open(dir)?.sync_all(),
+        Some(dir) => crate::log::segment::sync_dir(dir),
         None => Ok(()),
     }
 }

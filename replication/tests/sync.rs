@@ -85,22 +85,15 @@ fn sync_with(leader: &Store, follower: &Store, behind: bool) -> (usize, usize, u
         (64 << 10, usize::MAX),
         count,
     );
-    match last {
-        SyncStep::Install {
-            buckets,
-            paths,
-            requests,
-            revision,
-            epoch,
-        } => {
-            let versions = paths.iter().map(|p| p.versions.len()).sum();
-            follower
-                .install_with_requests(&buckets, &paths, &requests, revision, epoch, since)
-                .unwrap();
-            (digests, buckets.len(), versions)
-        }
-        _ => (digests, 0, 0),
+    if let SyncStep::InSync { .. } = last {
+        return (digests, 0, 0);
     }
+    let (buckets, paths, requests, revision, epoch) = install_of(last);
+    let versions = paths.iter().map(|p| p.versions.len()).sum();
+    follower
+        .install_with_requests(&buckets, &paths, &requests, revision, epoch, since)
+        .unwrap();
+    (digests, buckets.len(), versions)
 }
 
 fn sync(leader: &Store, follower: &Store) -> (usize, usize) {

@@ -135,6 +135,33 @@ pub fn bearer(headers: &axum::http::HeaderMap, uri_path: &str) -> Option<axum::h
     })
 }
 
+/// The credentials to look up again while a request goes on (a watch, a
+/// blocking query): an API token's, not the admin's, and none with access
+/// control off.
+pub fn recheckable(
+    state: &AppState,
+    headers: &axum::http::HeaderMap,
+    uri_path: &str,
+    principal: &Principal,
+) -> Option<axum::http::HeaderValue> {
+    bearer(headers, uri_path).filter(|_| state.auth.enabled() && !principal.admin)
+}
+
+/// Why the token behind `header` is refused now (revoked, expired), if it
+/// is. A lookup that cannot be made now (no read permission) is no
+/// refusal: the request's own checks see to that.
+pub async fn token_refused(
+    auth: &crate::auth::Auth,
+    header: &axum::http::HeaderValue,
+) -> Option<String> {
+    match auth.authenticate(Some(header.as_bytes())).await {
+        Err(refusal) if refusal.status == axum::http::StatusCode::UNAUTHORIZED => {
+            Some(refusal.message)
+        }
+        _ => None,
+    }
+}
+
 /// The caller's principal, or the response that refuses the request.
 pub async fn check(state: &AppState, caller: Caller) -> Result<Principal, Response> {
     let Caller {

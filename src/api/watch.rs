@@ -53,6 +53,7 @@ pub async fn watch(
     State(state): State<AppState>,
     axum::extract::Extension(principal): axum::extract::Extension<Principal>,
     Query(query): Query<WatchQuery>,
+    axum::extract::OriginalUri(uri): axum::extract::OriginalUri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let resume = headers
@@ -82,10 +83,8 @@ pub async fn watch(
     // Under an API token the watch goes on only while the token does: it
     // is looked up again every `PERMISSION_CHECK`, as a new request's
     // would be.
-    let credentials = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .filter(|_| state.auth.enabled() && !principal.admin)
-        .map(|h| (state.auth.clone(), h.clone()));
+    let credentials = super::access::recheckable(&state, &headers, uri.path(), &principal)
+        .map(|h| (state.auth.clone(), h));
     let watcher = Watcher {
         permission,
         credentials,
@@ -154,12 +153,10 @@ impl Watcher {
                 && tokio::time::Instant::now() >= self.next_check
             {
                 self.next_check = tokio::time::Instant::now() + PERMISSION_CHECK;
-                if let Err(refusal) = auth.authenticate(Some(header.as_bytes())).await
-                    && refusal.status == axum::http::StatusCode::UNAUTHORIZED
-                {
+                if let Some(why) = super::access::token_refused(auth, header).await {
                     self.done = true;
                     let body = json!({
-                        "message": format!("{}; the watch ends", refusal.message),
+                        "message": format!("{why}; the watch ends"),
                         "last_revision": self.after,
                     });
                     self.ready.push_back(

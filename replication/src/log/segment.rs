@@ -379,6 +379,6 @@ pub(super) fn write_zeros(
 }
 
 /// Makes a directory's entries (created or removed files) durable.
-pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }

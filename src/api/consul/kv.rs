@@ -120,8 +120,8 @@ pub async fn get(
     // Under an API token, each round after a wake is a request of its own
     // to the token too: one revoked or expired meanwhile gets a 401, not
     // the value written after it.
-    let credentials = crate::api::access::bearer(&headers, uri.path())
-        .filter(|_| state.auth.enabled() && !visible.principal.admin);
+    let credentials =
+        crate::api::access::recheckable(&state, &headers, uri.path(), &visible.principal);
     let deadline = tokio::time::Instant::now() + query.wait;
     let mut applied = state.store.subscribe();
     loop {
@@ -148,10 +148,9 @@ pub async fn get(
         // for entries pending here, and needs read permission still.
         blocking::ready_to_read(&state, &target, stale).await?;
         if let Some(header) = &credentials
-            && let Err(refusal) = state.auth.authenticate(Some(header.as_bytes())).await
-            && refusal.status == StatusCode::UNAUTHORIZED
+            && let Some(why) = crate::api::access::token_refused(&state.auth, header).await
         {
-            return Err(ApiError::new(StatusCode::UNAUTHORIZED, refusal.message));
+            return Err(ApiError::new(StatusCode::UNAUTHORIZED, why));
         }
     }
 }
