@@ -286,6 +286,83 @@ fn a_corrupted_record_before_the_tail_fails_the_open_naming_the_directory() -> R
     Ok(())
 }
 
+/// Writes entries 1..=60 in flushes of one into 4 KiB segments, so that
+/// the log spans several files; returns the options and the segments.
+fn rolled_log(dir: &Path) -> Result<(LogOptions, Vec<std::path::PathBuf>), LogError> {
+    let options = small(8, 4096);
+    let mut log = ReplicatedLog::open(dir, &options)?;
+    for r in 1..=60 {
+        log.append(&changes(1, r..=r))?;
+        log.flush_blocking()?;
+    }
+    drop(log);
+    let files = segment_files(dir)?;
+    assert!(files.len() >= 3, "the log rolled over: {files:?}");
+    Ok((options, files))
+}
+
+/// Overwrites the last 40 bytes of records in `path` with zeros: the bad
+/// record a torn write (or bit rot in its last bytes) leaves.
+fn tear_the_end_of(path: &Path) -> std::io::Result<()> {
+    let bytes = std::fs::read(path)?;
+    let end = bytes
+        .iter()
+        .rposition(|&b| b != 0)
+        .ok_or_else(|| std::io::Error::other("an empty segment"))?;
+    let mut file = std::fs::OpenOptions::new().write(true).open(path)?;
+    file.seek(SeekFrom::Start(end as u64 - 40))?;
+    file.write_all(&[0; 41])
+}
+
+#[test]
+fn a_bad_record_at_the_end_of_a_segment_that_others_follow_fails_the_open() -> Result<(), LogError>
+{
+    // Entries in later segments were flushed after the first segment was
+    // synced whole: a bad record at its end is damage, and dropping what
+    // follows would lose entries this node acknowledged as durable.
+    let dir = tempfile::tempdir()?;
+    let (options, files) = rolled_log(dir.path())?;
+    tear_the_end_of(&files[0])?;
+    match ReplicatedLog::open(dir.path(), &options) {
+        Err(e @ LogError::Open { .. }) => {
+            assert!(e.to_string().contains("damaged"), "{e}");
+        }
+        Err(other) => panic!("expected a refusal naming damage, got {other:?}"),
+        Ok(log) => panic!(
+            "a bad record before later segments must fail the open; it opened at {:?}",
+            log.last()
+        ),
+    }
+    assert_eq!(
+        segment_files(dir.path())?,
+        files,
+        "a refused open deletes nothing"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_crash_in_a_roll_over_drops_the_torn_record_and_the_empty_segment_after_it()
+-> Result<(), LogError> {
+    // A flush that rolled over was cut short before the new segment got
+    // anything: the full segment's last record is torn, the next holds
+    // zeros.
+    let dir = tempfile::tempdir()?;
+    let (options, files) = rolled_log(dir.path())?;
+    for later in &files[2..] {
+        std::fs::remove_file(later)?;
+    }
+    let len = std::fs::metadata(&files[1])?.len();
+    std::fs::write(&files[1], vec![0u8; len as usize])?;
+    tear_the_end_of(&files[0])?;
+    let log = ReplicatedLog::open(dir.path(), &options)?;
+    let last = log.last().revision;
+    assert!((1..60).contains(&last), "opened at {last}");
+    assert_eq!(log.read(1, last, usize::MAX)?, changes(1, 1..=last));
+    assert_eq!(segment_files(dir.path())?, files[..1].to_vec());
+    Ok(())
+}
+
 #[test]
 fn segments_roll_over_and_the_purged_ones_are_deleted() -> Result<(), LogError> {
     let dir = tempfile::tempdir()?;

@@ -328,7 +328,7 @@ fn damaged(path: &Path, offset: u64) -> io::Error {
 }
 
 /// Whether everything from `from` to `size` is zero.
-fn only_zeros_from(file: &File, from: u64, size: u64) -> io::Result<bool> {
+pub(super) fn only_zeros_from(file: &File, from: u64, size: u64) -> io::Result<bool> {
     let mut at = from;
     let mut chunk = vec![0u8; 1 << 16];
     while at < size {

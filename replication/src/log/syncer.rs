@@ -143,15 +143,27 @@ impl Drop for HeldFlushes {
 }
 
 fn sync(job: &SyncJob) -> io::Result<()> {
-    for w in &job.writes {
-        w.file.write_all_at(&w.bytes, w.at)?;
-    }
+    // Invariant (the log's open relies on it, `replay.rs`): nothing is
+    // written to a segment before everything written to the segments
+    // before it is synced. A flush that rolls over syncs the full segment
+    // before the new one's header, so a crash can tear only the last
+    // segment holding anything; a bad record followed by a segment with
+    // records in it is damage, never a crash's tail. The writes come in
+    // log order, one segment after another.
     let mut synced: Vec<&Arc<File>> = Vec::new();
-    for file in job.writes.iter().map(|w| &w.file).chain([&job.active]) {
-        if !synced.iter().any(|f| Arc::ptr_eq(f, file)) {
-            file.sync_data()?;
-            synced.push(file);
+    for (i, w) in job.writes.iter().enumerate() {
+        w.file.write_all_at(&w.bytes, w.at)?;
+        let segment_done = job
+            .writes
+            .get(i + 1)
+            .is_none_or(|next| !Arc::ptr_eq(&next.file, &w.file));
+        if segment_done && !synced.iter().any(|f| Arc::ptr_eq(f, &w.file)) {
+            w.file.sync_data()?;
+            synced.push(&w.file);
         }
+    }
+    if !synced.iter().any(|f| Arc::ptr_eq(f, &job.active)) {
+        job.active.sync_data()?;
     }
     if let Some(dir) = &job.dir {
         segment::sync_dir(dir)?;

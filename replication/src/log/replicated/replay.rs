@@ -43,11 +43,13 @@ impl ReplicatedLog {
             // was written after the last completed flush: the rest of this
             // segment, and every segment after it, never became durable.
             if !header_seen {
+                nothing_after(&files, i)?;
                 cut_from = Some(i);
                 break;
             }
             let torn = end == End::Torn;
             if torn {
+                nothing_after(&files, i)?;
                 tracing::warn!(segment = %path.display(), offset = end_at, "dropping a torn record at the log's tail");
                 segment::cut(&file, end_at, self.segment_bytes)?;
             }
@@ -181,4 +183,30 @@ impl ReplicatedLog {
         }
         Ok(())
     }
+}
+
+/// Checks that the segments after `files[ended]`, whose records end in a
+/// torn record or without a header, hold nothing but zeros. Only the last
+/// segment written to can end torn (`syncer.rs`: a segment is synced before
+/// anything reaches the next), so anything in a later one means a record
+/// that was synced went bad: dropping what follows it would drop entries
+/// this node acknowledged as durable.
+fn nothing_after(files: &[(u64, std::path::PathBuf)], ended: usize) -> io::Result<()> {
+    for (_, path) in files.iter().skip(ended + 1) {
+        let file = segment::open(path)?;
+        let size = file.metadata()?.len();
+        if !segment::only_zeros_from(&file, 0, size)? {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{}: records follow a bad record at the end of {}: the log is damaged \
+                     (restore the node from a backup, or remove its data directory and let it \
+                     rejoin)",
+                    path.display(),
+                    files[ended].1.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
