@@ -363,3 +363,68 @@ fn export_then_import_into_an_empty_node_then_export_again_is_identical() {
         ]
     );
 }
+
+/// A path the URL parser would rewrite (`#` starts a fragment, `?` a query,
+/// `..` resolves away, `%2F` decodes to `/`) reaches its own file, or is
+/// refused with 2 before anything is sent. The CLI used to put these paths
+/// into the URL as they were: `rm team/../prod.yaml` deleted `prod.yaml`.
+#[test]
+fn paths_the_url_parser_would_rewrite_reach_their_own_file_or_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = spawn(&dir.path().join("data"), None);
+    let url = node.url.as_str();
+    let files = tempfile::tempdir().unwrap();
+    let a = file(files.path(), "a.txt", b"a\n");
+    let b = file(files.path(), "b.txt", b"b\n");
+
+    for odd in ["app/a#1.yaml", "app/x?y", "app/a%2Fb", "app/50%"] {
+        let out = pika(url, &["put", odd, &a]);
+        assert_eq!(out.status.code(), Some(0), "put {odd}: {}", stderr(&out));
+        let out = pika(url, &["get", odd]);
+        assert_eq!(out.status.code(), Some(0), "get {odd}: {}", stderr(&out));
+        assert_eq!(out.stdout, b"a\n", "get {odd}");
+        let out = pika(url, &["--json", "history", odd]);
+        let history: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            history["versions"].as_array().map(Vec::len),
+            Some(1),
+            "{odd}"
+        );
+    }
+    let out = pika(url, &["--json", "ls", "app/"]);
+    let listing: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut names: Vec<&str> = listing["children"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["path"].as_str())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        ["app/50%", "app/a#1.yaml", "app/a%2Fb", "app/x?y"],
+        "each went to its own path, nothing else was written"
+    );
+
+    let out = pika(url, &["put", "prod.yaml", &b]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    for refused in [
+        vec!["rm", "team/../prod.yaml"],
+        vec!["put", "team/../prod.yaml", a.as_str()],
+        vec!["get", "./prod.yaml"],
+        vec!["history", "team//prod.yaml"],
+        vec!["diff", "team/../prod.yaml", "1"],
+        vec!["ls", "team/.."],
+    ] {
+        let out = pika(url, &refused);
+        assert_eq!(out.status.code(), Some(2), "{refused:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("is not a"),
+            "{refused:?}: {}",
+            stderr(&out)
+        );
+    }
+    let out = pika(url, &["get", "prod.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "prod.yaml is still there");
+    assert_eq!(out.stdout, b"b\n");
+}

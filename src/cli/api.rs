@@ -146,9 +146,17 @@ impl Api {
             } else if let Some(data) = line.strip_prefix("data:") {
                 let data: Value = serde_json::from_str(data.trim())
                     .map_err(|e| Failure::new(1, format!("the node sent a bad event: {e}")))?;
-                if name == "compacted" {
-                    let message = data["message"].as_str().unwrap_or("history gone");
-                    return Err(Failure::new(6, message.to_string()));
+                // The events that end a watch, each with its exit code
+                // (the module docs); change events carry no name.
+                let ends = match name.as_str() {
+                    "compacted" => Some((6, "the node no longer keeps the history asked for")),
+                    "unauthorized" => Some((7, "the token no longer authorizes the watch")),
+                    "unavailable" => Some((5, "the node may not serve reads now")),
+                    _ => None,
+                };
+                if let Some((code, fallback)) = ends {
+                    let message = data["message"].as_str().unwrap_or(fallback);
+                    return Err(Failure::new(code, message.to_string()));
                 }
                 let printed = if as_json {
                     writeln!(std::io::stdout(), "{data}")

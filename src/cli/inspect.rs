@@ -21,7 +21,8 @@ pub(super) fn encode(s: &str) -> String {
 /// `pika diff PATH FROM [TO]`: the unified diff, as the node renders it.
 pub fn diff(api: &Api, path: &str, from: u64, to: Option<u64>) -> Outcome {
     let to = to.map(|v| format!("&to={v}")).unwrap_or_default();
-    let body = api.get_bytes(&format!("/api/v1/diff/{path}?from={from}{to}"))?;
+    let url = super::path_url("/api/v1/diff/", path)?;
+    let body = api.get_bytes(&format!("{url}?from={from}{to}"))?;
     write_out(&body)
 }
 

@@ -28,6 +28,7 @@ use std::path::PathBuf;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use clap::{Args, Subcommand};
+use pika_replication::ConfigPath;
 use serde_json::{Value, json};
 
 mod api;
@@ -228,6 +229,31 @@ impl Failure {
 
 type Outcome = Result<(), Failure>;
 
+/// The URL of config path `path` under `route`: checked as the node checks
+/// a path, and percent-encoded. A path the URL parser would rewrite
+/// (`team/../prod.yaml` resolved to `prod.yaml`, `a#b` cut to `a`) would
+/// otherwise read, save or delete another file; it is refused here (exit 2).
+pub(super) fn path_url(route: &str, path: &str) -> Result<String, Failure> {
+    ConfigPath::new(path)
+        .map_err(|e| Failure::new(2, format!("{path:?} is not a config path: {e}")))?;
+    Ok(format!("{route}{}", inspect::encode(path)))
+}
+
+/// The URL of folder `folder` (empty for the root; a trailing `/` allowed).
+fn folder_url(folder: &str) -> Result<String, Failure> {
+    let inner = folder.strip_suffix('/').unwrap_or(folder);
+    if inner.is_empty() {
+        return Ok(format!("/api/v1/folder/{folder}"));
+    }
+    let url = path_url("/api/v1/folder/", inner)
+        .map_err(|e| Failure::new(2, format!("{folder:?} is not a folder: {}", e.message)))?;
+    Ok(if inner.len() < folder.len() {
+        format!("{url}/")
+    } else {
+        url
+    })
+}
+
 /// Runs one client command. `config_file` is the `--config` given, used
 /// only to find the local node's `admin.token`.
 pub fn run(client: &Client, config_file: Option<PathBuf>, command: Command) -> Outcome {
@@ -252,7 +278,7 @@ pub fn run(client: &Client, config_file: Option<PathBuf>, command: Command) -> O
     match command {
         Command::Get { path, version } => {
             let query = version.map(|v| format!("?version={v}")).unwrap_or_default();
-            let file = api.get_json(&format!("/api/v1/file/{path}{query}"))?;
+            let file = api.get_json(&format!("{}{query}", path_url("/api/v1/file/", &path)?))?;
             if client.json {
                 return print_json(&file);
             }
@@ -282,7 +308,7 @@ pub fn run(client: &Client, config_file: Option<PathBuf>, command: Command) -> O
             if let Some(v) = expected_version {
                 body["expected_version"] = v.into();
             }
-            let applied = api.send("POST", &format!("/api/v1/file/{path}"), Some(&body))?;
+            let applied = api.send("POST", &path_url("/api/v1/file/", &path)?, Some(&body))?;
             if client.json {
                 return print_json(&applied);
             }
@@ -293,7 +319,7 @@ pub fn run(client: &Client, config_file: Option<PathBuf>, command: Command) -> O
             Ok(())
         }
         Command::Rm { path } => {
-            api.send("DELETE", &format!("/api/v1/file/{path}"), None)?;
+            api.send("DELETE", &path_url("/api/v1/file/", &path)?, None)?;
             if client.json {
                 return print_json(&json!({ "deleted": path }));
             }
@@ -301,7 +327,7 @@ pub fn run(client: &Client, config_file: Option<PathBuf>, command: Command) -> O
             Ok(())
         }
         Command::Ls { path } => {
-            let folder = api.get_json(&format!("/api/v1/folder/{}", path.unwrap_or_default()))?;
+            let folder = api.get_json(&folder_url(path.as_deref().unwrap_or_default())?)?;
             if client.json {
                 return print_json(&folder);
             }
@@ -321,7 +347,7 @@ pub fn run(client: &Client, config_file: Option<PathBuf>, command: Command) -> O
             Ok(())
         }
         Command::History { path } => {
-            let history = api.get_json(&format!("/api/v1/versions/{path}"))?;
+            let history = api.get_json(&path_url("/api/v1/versions/", &path)?)?;
             if client.json {
                 return print_json(&history);
             }
