@@ -124,12 +124,29 @@ impl SyncSession {
         match answer {
             SyncAnswer::Refused(why) => SyncStep::Failed(why),
             SyncAnswer::Buckets { buckets, paths } => {
-                if buckets.is_empty() {
-                    return SyncStep::Failed("an empty bucket answer".into());
+                // Only buckets asked for and not received yet, and only
+                // their paths, each once: the install clears exactly the
+                // buckets it names and sums its paths' leaves into their
+                // digests (a path twice would cancel itself out).
+                let fresh: Vec<u16> = buckets
+                    .into_iter()
+                    .filter(|b| self.todo.contains(b) && !self.buckets.contains(b))
+                    .collect();
+                if fresh.is_empty() {
+                    return SyncStep::Failed("a bucket answer with no bucket asked for".into());
                 }
-                self.todo.retain(|b| !buckets.contains(b));
-                self.buckets.extend(buckets);
-                self.paths.extend(paths);
+                self.todo.retain(|b| !fresh.contains(b));
+                // A path is in one bucket and a bucket is taken once, so
+                // a path can come twice only within one answer.
+                let mut seen = std::collections::HashSet::new();
+                let taken: std::collections::HashSet<u16> = fresh.iter().copied().collect();
+                for state in paths {
+                    let bucket = crate::merkle::bucket_of(&state.path);
+                    if taken.contains(&bucket) && seen.insert(state.path.clone()) {
+                        self.paths.push(state);
+                    }
+                }
+                self.buckets.extend(fresh);
                 if self.todo.is_empty() {
                     SyncStep::Ask(self.ask_requests(revision, None))
                 } else {
@@ -154,9 +171,11 @@ impl SyncSession {
             }
             SyncAnswer::Level { level, digests } => {
                 let mine = self.local.level(level);
+                // Nodes the tree has at that level only (an index past it
+                // would overflow the next level's numbers).
                 let differing: Vec<u32> = digests
                     .into_iter()
-                    .filter(|(i, d)| mine.get(*i as usize) != Some(d))
+                    .filter(|(i, d)| mine.get(*i as usize).is_some_and(|m| m != d))
                     .map(|(i, _)| i)
                     .collect();
                 if differing.is_empty() {

@@ -706,6 +706,33 @@ fn a_sync_moves_the_feed_floor_so_old_watchers_learn_of_the_gap() {
     }
 }
 
+/// A repair that finds nothing to move (the buckets agreed after all, at
+/// the revision the follower is at) leaves the feed alone: its watchers
+/// missed nothing. It used to move the floor and send every one of them
+/// back to list.
+#[test]
+fn an_install_that_changes_nothing_keeps_the_feed() {
+    use pika_replication::FeedPage;
+    let (ld, fd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (leader, follower) = (open(&ld, 5), open(&fd, 5));
+    for i in 0..3 {
+        let (_, batch) = leader
+            .execute_then(&[put(&format!("p/{i}"), "1", None)], 1, 0, |_| {})
+            .unwrap();
+        follower.apply(&batch).unwrap();
+    }
+    let snapshot = leader.snapshot().unwrap();
+    assert_eq!(snapshot.revision, follower.revision());
+    assert_eq!(install_buckets(&follower, &snapshot, &[]), 0);
+    match follower.feed_after(1, 100).unwrap() {
+        FeedPage::Events { events, through } => {
+            assert_eq!(through, 3);
+            assert_eq!(events.len(), 2);
+        }
+        other => panic!("expected events, got {other:?}"),
+    }
+}
+
 /// Installs the snapshot's contents of `buckets` on `follower` (whole
 /// buckets, the repair mode); returns how many paths moved.
 fn install_buckets(follower: &Store, snapshot: &Snapshot, buckets: &[u16]) -> usize {

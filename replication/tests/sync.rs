@@ -327,3 +327,59 @@ fn a_bucket_larger_than_a_frame_goes_with_fewer_old_versions() {
         kept(&follower)
     );
 }
+
+/// An answer is taken only for buckets asked for and not received yet, and
+/// for their paths, each once: the install clears the buckets it names and
+/// sums its paths' leaves into their digests, so a bucket nobody asked for
+/// would be wiped and a path sent twice would cancel itself out of its
+/// bucket's digest.
+#[test]
+fn a_bucket_answer_is_taken_only_for_what_was_asked() {
+    let (ld, fd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let leader = Store::open(ld.path(), 3).unwrap();
+    let follower = Store::open(fd.path(), 3).unwrap();
+    leader
+        .execute(&[put("cfg/a", "1"), put("cfg/b", "2")], 1, 0)
+        .unwrap();
+    let snapshot = leader.snapshot().unwrap();
+    let mut session = SyncSession::new(follower.merkle().unwrap(), None);
+    let mut ask = SyncAsk::Start;
+    let asked = loop {
+        let answer = sync::answer(&snapshot, &ask, 1 << 20, usize::MAX).unwrap();
+        match session.on_answer(snapshot.revision, snapshot.epoch, answer) {
+            SyncStep::Ask(SyncAsk::Buckets { buckets, .. }) => break buckets,
+            SyncStep::Ask(next) => ask = next,
+            other => panic!("unexpected step: {other:?}"),
+        }
+    };
+    let contents = snapshot.bucket_contents(&asked, None).unwrap();
+    let unasked = (0..BUCKETS as u16).find(|b| !asked.contains(b)).unwrap();
+    let mut doubled = contents.clone();
+    doubled.extend(contents.clone());
+    let mut stray = contents[0].clone();
+    stray.path = "cfg/not-asked".into();
+    let mut buckets = asked.clone();
+    buckets.extend([unasked, u16::MAX]);
+    let answer = SyncAnswer::Buckets {
+        buckets,
+        paths: doubled.into_iter().chain([stray]).collect(),
+    };
+    let mut step = session.on_answer(snapshot.revision, snapshot.epoch, answer);
+    while let SyncStep::Ask(ask) = &step {
+        let answer = sync::answer(&snapshot, ask, 1 << 20, usize::MAX).unwrap();
+        step = session.on_answer(snapshot.revision, snapshot.epoch, answer);
+    }
+    let (buckets, paths, requests, revision, epoch) = install_of(step);
+    assert_eq!(buckets, asked, "only the buckets asked for");
+    let mut names: Vec<&str> = paths.iter().map(|p| p.path.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        ["cfg/a", "cfg/b"],
+        "each path once, none from elsewhere"
+    );
+    follower
+        .install_with_requests(&buckets, &paths, &requests, revision, epoch, None)
+        .unwrap();
+    assert_eq!(follower.merkle().unwrap().root(), snapshot.merkle().root());
+}

@@ -104,24 +104,28 @@ impl Store {
     ) -> Result<(), StoreError> {
         let db = self.db()?;
         let txn = db.begin_write()?;
-        // Checked inside the write transaction: no apply can slip in
-        // between the check and the install.
-        let at = self.revision();
+        let mut tables = BatchTables::open(&txn)?;
+        // Read inside the write transaction, not from the position kept in
+        // memory (which moves only after an apply's commit): no apply can
+        // slip in between the check and the install.
+        let at = tables.revision()?;
         if revision < at {
             return Err(StoreError::Backwards { at, to: revision });
         }
+        // An install that changes nothing and moves nowhere (a repair that
+        // found the buckets equal after all) leaves the feed as it is:
+        // watchers missed nothing and need not list again.
+        let moves = revision > at || !paths.is_empty() || !buckets.is_empty();
         if since.is_some() {
-            let mut tables = BatchTables::open(&txn)?;
             for state in paths {
                 self.add_path_state(&mut tables, state)?;
             }
-            Self::finish_install(&mut tables, paths, requests, revision, epoch)?;
+            Self::finish_install(&mut tables, paths, requests, revision, epoch, moves)?;
         } else {
-            let mut tables = BatchTables::open(&txn)?;
             for &bucket in buckets {
                 let local: Vec<String> = tables
                     .bucket_paths
-                    .range((bucket, "")..(bucket + 1, ""))?
+                    .range((bucket, "")..(bucket.saturating_add(1), ""))?
                     .map(|item| item.map(|(k, _)| k.value().1.to_string()))
                     .collect::<Result<_, _>>()?;
                 for path in &local {
@@ -148,8 +152,9 @@ impl Store {
                     tables.merkle.insert(bucket, digest)?;
                 }
             }
-            Self::finish_install(&mut tables, paths, requests, revision, epoch)?;
+            Self::finish_install(&mut tables, paths, requests, revision, epoch, moves)?;
         }
+        drop(tables);
         txn.commit()?;
         self.reset_position(revision, epoch);
         Ok(())
@@ -176,15 +181,18 @@ impl Store {
         requests: &[(String, Applied)],
         revision: u64,
         epoch: u64,
+        moves: bool,
     ) -> Result<(), StoreError> {
         tables.request_ids = installed_request_ids(paths, requests, revision);
         tables.set_position(revision, Some(epoch))?;
         // The installed state came without its changes: watchers behind
         // this revision must list again (see `feed`).
-        tables.node.insert(
-            super::feed::KEY_FEED_FLOOR,
-            revision.to_le_bytes().as_slice(),
-        )?;
+        if moves {
+            tables.node.insert(
+                super::feed::KEY_FEED_FLOOR,
+                revision.to_le_bytes().as_slice(),
+            )?;
+        }
         Ok(())
     }
 }
@@ -239,7 +247,7 @@ impl Snapshot {
         let versions = self.txn.open_table(history::VERSION_SLOTS)?;
         let mut out = Vec::new();
         for &bucket in buckets {
-            for item in index.range((bucket, "")..(bucket + 1, ""))? {
+            for item in index.range((bucket, "")..(bucket.saturating_add(1), ""))? {
                 let (key, _) = item?;
                 let path = key.value().1;
                 let Some(raw) = entries.get(path)? else {
