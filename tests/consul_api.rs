@@ -439,3 +439,72 @@ fn a_blocking_query_whose_token_is_revoked_answers_401() {
         "the value written after the revocation: {body}"
     );
 }
+
+/// Where Consul's answer is not the obvious one, pika's is Consul's: a
+/// `?cas=` delete of a key that is not there is `true` (there is nothing
+/// to keep), and `wait=0s` is the default wait, not none. A recursive
+/// delete refused for one key names it only to a token that may read it.
+#[test]
+fn consul_edges_answer_as_consul_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = support::spawn(&dir.path().join("data"), None);
+    let url = node.url.clone();
+    let http = client();
+
+    let delete = |query: &str| -> Value {
+        http.delete(format!("{url}/v1/kv/{query}"))
+            .send()
+            .and_then(|r| r.json())
+            .expect("a JSON answer")
+    };
+    assert_eq!(delete("edge/none?cas=5"), json!(true), "nothing to delete");
+    assert_eq!(consul_put(&url, "edge/k", b"v".to_vec(), "").0, 200);
+    assert_eq!(
+        delete("edge/k?cas=999999"),
+        json!(false),
+        "a live key, another index"
+    );
+    assert_eq!(consul_get(&url, "edge/k").0, 200, "still there");
+
+    // `wait=0s` blocks (for the default wait): still open after 1.5 s.
+    let (_, body) = consul_get(&url, "edge/k");
+    let index = body[0]["ModifyIndex"].as_u64().expect("an index");
+    let waited = http
+        .get(format!("{url}/v1/kv/edge/k?index={index}&wait=0s"))
+        .timeout(Duration::from_millis(1500))
+        .send();
+    assert!(
+        waited.as_ref().is_err_and(|e| e.is_timeout()),
+        "wait=0s answered at once: {:?}",
+        waited.map(|r| r.status())
+    );
+
+    // A token that may delete (and read) only `edge/pub/**`.
+    assert_eq!(consul_put(&url, "edge/pub/a", b"a".to_vec(), "").0, 200);
+    assert_eq!(
+        consul_put(&url, "edge/secret-name", b"s".to_vec(), "").0,
+        200
+    );
+    let token = create_token(&url, "pubonly", &["edge/pub/**:read,delete"]);
+    let r = reqwest::blocking::Client::new()
+        .delete(format!("{url}/v1/kv/edge?recurse"))
+        .header("x-consul-token", &token)
+        .send()
+        .expect("answered");
+    let (status, message) = status_and_message(r);
+    assert_eq!(status, 403, "{message}");
+    assert!(
+        !message.contains("secret-name") && !message.contains("edge/k"),
+        "the refusal names a key the token may not read: {message}"
+    );
+
+    // A token that expires at once is refused, naming the field.
+    let r = http
+        .post(format!("{url}/api/v1/tokens"))
+        .json(&json!({"name": "instant", "scopes": ["edge/**:read"], "expires_in": "0s"}))
+        .send()
+        .expect("answered");
+    let (status, message) = status_and_message(r);
+    assert_eq!(status, 400, "{message}");
+    assert!(message.contains("expires_in"), "{message}");
+}

@@ -83,7 +83,12 @@ fn writes_through_a_follower_are_readable_everywhere_and_retries_apply_once() {
     // (DESIGN.md, "Reads"): it waits on nothing, so it may miss a write
     // acknowledged but not applied there yet. Unmarked before; and a watch
     // with it was refused as an unknown parameter.
-    for route in ["api/v1/data/app/0?stale=true", "api/v1/watch?stale=true"] {
+    for route in [
+        "api/v1/data/app/0?stale=true",
+        "api/v1/watch?stale=true",
+        "api/v1/search?q=app&stale=true",
+        "api/v1/diff/app/0?from=1&stale=true",
+    ] {
         let r = client()
             .get(format!("{}/{route}", c.url(follower)))
             .send()

@@ -26,6 +26,9 @@ pub struct DiffQuery {
     to: Option<u64>,
     /// Lines of context around each change (default 3).
     context: Option<usize>,
+    /// Read by the envelope (a read without read permission).
+    #[serde(rename = "stale")]
+    _stale: Option<bool>,
 }
 
 /// One side of a diff: a version's text, or why it has none.
@@ -132,6 +135,9 @@ pub struct SearchQuery {
     prefix: Option<String>,
     /// At most this many hits (default 100, at most 1000).
     limit: Option<usize>,
+    /// Read by the envelope (a read without read permission).
+    #[serde(rename = "stale")]
+    _stale: Option<bool>,
 }
 
 #[derive(Serialize)]

@@ -89,9 +89,15 @@ pub async fn create_token(
         .expires_in
         .as_deref()
         .map(|text| {
-            crate::config::duration::parse(text)
-                .map(|d| created_at_ms.saturating_add(d.as_millis() as u64))
-                .map_err(|e| ApiError::bad_request(format!("field `expires_in`: {e}")))
+            let lifetime = crate::config::duration::parse(text)
+                .map_err(|e| ApiError::bad_request(format!("field `expires_in`: {e}")))?;
+            if lifetime.is_zero() {
+                return Err(ApiError::bad_request(
+                    "field `expires_in`: a token must live longer than 0 (leave the field out \
+                     for one that never expires)",
+                ));
+            }
+            Ok(created_at_ms.saturating_add(lifetime.as_millis() as u64))
         })
         .transpose()?;
     let secret = token::generate().map_err(|e| {

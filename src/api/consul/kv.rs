@@ -314,7 +314,10 @@ pub async fn delete(
     }
     let path = config_path(&key)?;
     let Some(expected) = expected_version(&state, &key, query.cas).await? else {
-        return Ok(Json(false).into_response());
+        // No version has the index: `false`, unless there is nothing to
+        // delete, which Consul answers `true` whatever the index.
+        let live = state.store.entry(&key)?.is_some_and(|e| !e.deleted);
+        return Ok(Json(!live).into_response());
     };
     let op = Op::delete(path, expected).with_author(principal.author());
     match state.writes.submit(op, &request_id).await {
@@ -347,10 +350,17 @@ async fn delete_under(
         .iter()
         .find(|(path, _)| !principal.may(Operation::Delete, path))
     {
+        // The path is named only to a token that may read it: the refusal
+        // must not list what the token cannot.
+        let which = if principal.may(Operation::Read, path) {
+            path.clone()
+        } else {
+            "a key it may not read".to_string()
+        };
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             format!(
-                "token {:?} may not delete {path}, which is under {prefix:?}",
+                "token {:?} may not delete {which}, which is under {prefix:?}",
                 principal.name.as_deref().unwrap_or_default()
             ),
         ));

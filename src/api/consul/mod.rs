@@ -114,7 +114,12 @@ impl KvQuery {
         };
         let wait = match params.get("wait") {
             None => DEFAULT_WAIT,
-            Some(raw) => parse_wait(raw)?.min(MAX_WAIT),
+            // As Consul: a wait of zero is the default one, not none (a
+            // watcher sending `wait=0s` would otherwise spin on the node).
+            Some(raw) => match parse_wait(raw)? {
+                zero if zero.is_zero() => DEFAULT_WAIT,
+                wait => wait.min(MAX_WAIT),
+            },
         };
         Ok(Self {
             recurse: params.contains_key("recurse"),
