@@ -264,7 +264,7 @@ impl Pool {
     /// Makes `conn` the connection for its peer and reads from it until it
     /// closes: datagrams go to the driver, streams to whoever takes them.
     fn register(self: &Arc<Self>, conn: Connection) {
-        let peer = conn.remote_address();
+        let peer = canonical(conn.remote_address());
         let node_id = crate::admission::proven_node_id(&conn);
         tracing::debug!(%peer, ?node_id, "peer connection up");
         lock(&self.conns).insert(peer, conn.clone());
@@ -502,4 +502,12 @@ mod dial_tests {
         ));
         assert_eq!(dials.len(), 1, "the stale ones were forgotten");
     }
+}
+
+/// `addr` as DNS and the config name it: on a socket bound to `::`, quinn
+/// reports an IPv4 peer as `[::ffff:a.b.c.d]`, which matches no address the
+/// node dialled or heard of, so every lookup missed (a dial per send, and
+/// heartbeats refused for claiming another address).
+pub(crate) fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }

@@ -163,3 +163,45 @@ async fn peers_without_the_key_never_appear_and_are_counted() {
         n.shutdown().await;
     }
 }
+
+/// Nodes bound to `::` (every address, both families) with IPv4 peers:
+/// quinn names such a peer `[::ffff:127.0.0.1]`, which the pool used to
+/// keep its connections under, so no lookup by the dialled address ever
+/// hit and heartbeats were refused for claiming another address; the
+/// nodes never saw each other. Skipped where IPv6 is off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_bound_to_every_address_of_both_families_form_with_ipv4_peers() {
+    let any6 = std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
+    let ports: Vec<u16> = (0..2)
+        .filter_map(|_| std::net::UdpSocket::bind((any6, 0)).ok())
+        .filter_map(|s| s.local_addr().ok().map(|a| a.port()))
+        .collect();
+    if ports.len() < 2 || ports[0] == ports[1] {
+        eprintln!("no IPv6 here: skipped");
+        return;
+    }
+    let lo = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+    let addrs: Vec<SocketAddr> = ports.iter().map(|p| SocketAddr::new(lo, *p)).collect();
+    let dns = format!("{},{}", addrs[0], addrs[1]);
+    let mut nodes = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        let mut c = config(41 + i as u8, *port, &dns, KEY, 1);
+        c.bind = SocketAddr::new(any6, *port);
+        c.advertise = Some(addrs[i]);
+        match Membership::start(c).await {
+            Ok(node) => nodes.push(node),
+            Err(e) => {
+                eprintln!("cannot bind [::]:{port} here ({e}): skipped");
+                for n in &nodes {
+                    n.shutdown().await;
+                }
+                return;
+            }
+        }
+    }
+    let took = wait_until(Duration::from_secs(10), || all_alive(&nodes, &addrs)).await;
+    for n in &nodes {
+        n.shutdown().await;
+    }
+    took.expect("both nodes list both alive");
+}
