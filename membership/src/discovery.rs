@@ -107,6 +107,22 @@ pub fn parse_targets(dns_addr: &str, default_port: u16) -> Result<Vec<Target>, D
 /// A name that does not resolve is logged and skipped (a headless service
 /// with no ready pod answers NXDOMAIN); the others still count.
 pub async fn resolve(config: &DiscoveryConfig) -> BTreeSet<SocketAddr> {
+    resolve_round(config).await.found
+}
+
+/// What one discovery round found.
+pub struct Round {
+    pub found: BTreeSet<SocketAddr>,
+    /// A name's lookup failed without an answer saying what is there (a
+    /// timeout, SERVFAIL, no server reachable): `found` may lack members
+    /// that are still there.
+    pub incomplete: bool,
+}
+
+/// [`resolve`], telling a name with nothing behind it (NXDOMAIN, or no
+/// address records: an answer) from a lookup that got no answer.
+pub async fn resolve_round(config: &DiscoveryConfig) -> Round {
+    let mut incomplete = false;
     let mut found = BTreeSet::new();
     let mut resolver = None;
     for target in &config.targets {
@@ -121,18 +137,35 @@ pub async fn resolve(config: &DiscoveryConfig) -> BTreeSet<SocketAddr> {
                         Ok(r) => resolver.insert(r),
                         Err(e) => {
                             tracing::warn!(error = %e, "cannot build a DNS resolver");
+                            incomplete = true;
                             continue;
                         }
                     },
                 };
                 match resolver.lookup_ip(host.as_str()).await {
                     Ok(ips) => found.extend(ips.iter().map(|ip| SocketAddr::new(ip, *port))),
-                    Err(e) => tracing::warn!(%host, error = %e, "dns_addr did not resolve"),
+                    Err(e) => {
+                        incomplete |= !nothing_there(&e);
+                        tracing::warn!(%host, error = %e, "dns_addr did not resolve");
+                    }
                 }
             }
         }
     }
-    found
+    Round { found, incomplete }
+}
+
+/// Whether a failed lookup is an answer that the name has no addresses.
+fn nothing_there(e: &hickory_resolver::net::NetError) -> bool {
+    use hickory_resolver::net::{DnsError, NetError, NoRecords};
+    use hickory_resolver::proto::op::ResponseCode;
+    matches!(
+        e,
+        NetError::Dns(DnsError::NoRecordsFound(NoRecords {
+            response_code: ResponseCode::NXDomain | ResponseCode::NoError,
+            ..
+        }))
+    )
 }
 
 fn build_resolver(dns_server: Option<SocketAddr>) -> Result<TokioResolver, String> {

@@ -56,31 +56,48 @@ pub fn encode<T: Serialize>(message: &T, max_frame: usize) -> Result<Vec<u8>, Fr
 /// Reassembles frames from a byte stream.
 #[derive(Debug)]
 pub struct FrameDecoder {
+    /// Bytes received; those before `start` are consumed.
     buffer: Vec<u8>,
+    /// Where the next frame begins. Consumed bytes are dropped when the
+    /// buffer empties or before a push once they are half of it: dropping
+    /// each frame as it was decoded moved the rest of the buffer every
+    /// time, quadratic in the frames one read brings (a 64 KiB read of
+    /// 10-byte frames moved about 200 MB).
+    start: usize,
     max_frame: usize,
 }
+
+/// A buffer this large is given back once it empties: one large frame
+/// would otherwise keep its capacity for the stream's life.
+const KEEP_CAPACITY: usize = 1 << 20;
 
 impl FrameDecoder {
     pub fn new(max_frame: usize) -> Self {
         Self {
             buffer: Vec::new(),
+            start: 0,
             max_frame,
         }
     }
 
     /// Appends bytes received from the stream.
     pub fn push(&mut self, bytes: &[u8]) {
+        if self.start > 0 && self.start * 2 >= self.buffer.len() {
+            self.buffer.drain(..self.start);
+            self.start = 0;
+        }
         self.buffer.extend_from_slice(bytes);
     }
 
     /// Bytes received but not yet consumed as whole frames.
     pub fn buffered(&self) -> usize {
-        self.buffer.len()
+        self.buffer.len() - self.start
     }
 
     /// The next whole message, `Ok(None)` if more bytes are needed.
     pub fn decode<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
-        let Some(header) = self.buffer.first_chunk::<HEADER>() else {
+        let rest = &self.buffer[self.start..];
+        let Some(header) = rest.first_chunk::<HEADER>() else {
             return Ok(None);
         };
         let len = u32::from_be_bytes(*header) as usize;
@@ -93,13 +110,20 @@ impl FrameDecoder {
         if len == 0 {
             return Err(FrameError::Empty);
         }
-        if self.buffer.len() < HEADER + len {
+        if rest.len() < HEADER + len {
             return Ok(None);
         }
-        // Decode in place, then drop the frame from the buffer: copying it
-        // out first cost a third of decoding a large diff.
-        let message = Self::message(&self.buffer[HEADER..HEADER + len]);
-        self.buffer.drain(..HEADER + len);
+        // Decode in place: copying the frame out first cost a third of
+        // decoding a large diff.
+        let message = Self::message(&rest[HEADER..HEADER + len]);
+        self.start += HEADER + len;
+        if self.start == self.buffer.len() {
+            self.buffer.clear();
+            self.start = 0;
+            if self.buffer.capacity() > KEEP_CAPACITY {
+                self.buffer.shrink_to(KEEP_CAPACITY / 16);
+            }
+        }
         message.map(Some)
     }
 
@@ -186,6 +210,30 @@ mod tests {
             d.decode::<Message>(),
             Err(FrameError::Malformed(_))
         ));
+    }
+
+    /// Many small frames in one push decode in order, and what is left
+    /// over is kept for the next push.
+    #[test]
+    fn many_frames_in_one_push_then_a_split_one() {
+        let frames: Vec<u8> = (0..10_000u64)
+            .flat_map(|i| encode(&Message::Ping(i), DEFAULT_MAX_FRAME).unwrap())
+            .collect();
+        let last = encode(&Message::Ping(u64::MAX), DEFAULT_MAX_FRAME).unwrap();
+        let mut d = FrameDecoder::new(DEFAULT_MAX_FRAME);
+        d.push(&frames);
+        d.push(&last[..2]);
+        for i in 0..10_000u64 {
+            assert_eq!(d.decode::<Message>().unwrap(), Some(Message::Ping(i)));
+        }
+        assert_eq!(d.decode::<Message>().unwrap(), None);
+        assert_eq!(d.buffered(), 2);
+        d.push(&last[2..]);
+        assert_eq!(
+            d.decode::<Message>().unwrap(),
+            Some(Message::Ping(u64::MAX))
+        );
+        assert_eq!(d.buffered(), 0);
     }
 
     proptest! {

@@ -313,9 +313,17 @@ async fn refresh_loop(
             _ = stop.changed() => return,
             _ = tokio::time::sleep(every) => {}
         }
-        let found = discovery::resolve(&discovery).await;
+        let round = discovery::resolve_round(&discovery).await;
+        if round.incomplete {
+            // Taken as the whole truth, a lookup that timed out would make
+            // every down member's address look gone from DNS (forgotten)
+            // and stop the announcements to members not heard from; the
+            // last complete round stands until the next one.
+            tracing::debug!("a discovery round got no answer for a name; keeping the last one");
+            continue;
+        }
         if inputs
-            .send(Input::Discovered(found.into_iter().collect()))
+            .send(Input::Discovered(round.found.into_iter().collect()))
             .is_err()
         {
             return;

@@ -5,13 +5,14 @@
 mod common;
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use common::*;
 use hickory_server::Server;
 use hickory_server::net::runtime::Time;
-use hickory_server::proto::op::{Header, HeaderCounts, Metadata};
+use hickory_server::proto::op::{Header, HeaderCounts, Metadata, ResponseCode};
 use hickory_server::proto::rr::rdata::A;
 use hickory_server::proto::rr::{Name, RData, Record, RecordType};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
@@ -26,6 +27,8 @@ const CLUSTER_NAME: &str = "pika.cluster.test.";
 struct ClusterRecords {
     name: Name,
     addrs: Arc<Mutex<Vec<Ipv4Addr>>>,
+    /// Answer SERVFAIL to everything (a server in trouble, not an answer).
+    failing: Arc<AtomicBool>,
 }
 
 #[async_trait::async_trait]
@@ -37,10 +40,14 @@ impl RequestHandler for ClusterRecords {
     ) -> ResponseInfo {
         let mut metadata = Metadata::response_from_request(&request.metadata);
         metadata.authoritative = true;
+        let failing = self.failing.load(Ordering::Relaxed);
+        if failing {
+            metadata.response_code = ResponseCode::ServFail;
+        }
         let asks_for_us = request.request_info().is_ok_and(|info| {
             Name::from(info.query.name()) == self.name && info.query.query_type() == RecordType::A
         });
-        let records: Vec<Record> = if asks_for_us {
+        let records: Vec<Record> = if asks_for_us && !failing {
             self.addrs
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -79,6 +86,7 @@ async fn a_node_added_to_dns_joins_and_a_dead_one_removed_from_dns_is_forgotten(
     let records = ClusterRecords {
         name: Name::from_ascii(CLUSTER_NAME).expect("name"),
         addrs: Arc::new(Mutex::new(vec![v4(51), v4(52), v4(53)])),
+        failing: Arc::new(AtomicBool::new(false)),
     };
     let dns_socket = tokio::net::UdpSocket::bind((v4(50), 0))
         .await
@@ -135,14 +143,34 @@ async fn a_node_added_to_dns_joins_and_a_dead_one_removed_from_dns_is_forgotten(
             )
         });
 
+    // Dead while the DNS server fails (SERVFAIL is no answer, not an empty
+    // one): down, but not forgotten, since the name may still hold it.
+    // Taken for an empty answer, the failure made every node forget it.
+    records.failing.store(true, Ordering::Relaxed);
+    newcomer.shutdown().await;
+    drop(newcomer);
+    wait_until(Duration::from_secs(10), || {
+        nodes
+            .iter()
+            .all(|n| state_of(n, addr(54)) == Some(MemberState::Down))
+    })
+    .await
+    .expect("the stopped node goes down");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        nodes
+            .iter()
+            .all(|n| state_of(n, addr(54)) == Some(MemberState::Down)),
+        "a failing DNS server made a down member look gone from DNS"
+    );
+    records.failing.store(false, Ordering::Relaxed);
+
     // Gone from DNS and dead: forgotten.
     records
         .addrs
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .retain(|ip| *ip != v4(54));
-    newcomer.shutdown().await;
-    drop(newcomer);
     let forgotten = wait_until(Duration::from_secs(10), || {
         nodes.iter().all(|n| state_of(n, addr(54)).is_none())
     })

@@ -297,6 +297,18 @@ impl Peers {
                     continue;
                 }
             };
+            // The address came from gossip, which any key holder can send
+            // in another node's name; the certificate says who is really
+            // there (without a key there is no certificate, and nothing
+            // to check).
+            if let Some(proven) = stream.peer_node_id()
+                && proven != to.as_str()
+            {
+                tracing::warn!(%to, %proven, addr = %stream.peer(), "the node at the address gossip gave for a peer is another one; not sending to it");
+                while queue.try_recv().is_ok() {}
+                tokio::time::sleep(self.retry).await;
+                continue;
+            }
             if stream
                 .send(&PeerMessage::Hello {
                     node_id: self.me.clone(),
