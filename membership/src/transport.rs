@@ -460,6 +460,14 @@ impl Driver {
     }
 }
 
+/// `addr` as DNS and the config name it: on a socket bound to `::`, quinn
+/// reports an IPv4 peer as `[::ffff:a.b.c.d]`, which matches no address the
+/// node dialled or heard of, so every lookup missed (a dial per send, and
+/// heartbeats refused for claiming another address).
+pub(crate) fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
 #[cfg(test)]
 mod dial_tests {
     use super::*;
@@ -502,12 +510,4 @@ mod dial_tests {
         ));
         assert_eq!(dials.len(), 1, "the stale ones were forgotten");
     }
-}
-
-/// `addr` as DNS and the config name it: on a socket bound to `::`, quinn
-/// reports an IPv4 peer as `[::ffff:a.b.c.d]`, which matches no address the
-/// node dialled or heard of, so every lookup missed (a dial per send, and
-/// heartbeats refused for claiming another address).
-pub(crate) fn canonical(addr: SocketAddr) -> SocketAddr {
-    SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
