@@ -60,6 +60,9 @@ impl PacedFile {
             .create(true)
             .truncate(false)
             .open(path)?;
+        // What a failed write-back left in the page cache is not on the
+        // disk: read the file from the disk (`writeback::read_from_disk`).
+        crate::writeback::read_from_disk(&file)?;
         let second = file.try_clone()?;
         let inner = FileBackend::new(file).map_err(std::io::Error::other)?;
         Ok(PacedFile {

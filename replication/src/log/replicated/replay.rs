@@ -35,6 +35,13 @@ impl ReplicatedLog {
                 ));
             }
             let file = segment::open(path)?;
+            // What the previous process wrote and did not sync (killed
+            // between a flush's write and its sync) is made durable here:
+            // the core takes the log's end as durable at start and acks it
+            // so. And what a failed write-back left in the page cache is
+            // not on the disk: the records are read from the disk
+            // (`writeback::read_from_disk`).
+            crate::writeback::read_from_disk(&file)?;
             let mut header_seen = false;
             let (end_at, end) = segment::scan(path, &file, |s| {
                 self.replay_record(i, *seq, path, &mut header_seen, &mut floating, s)
@@ -77,13 +84,7 @@ impl ReplicatedLog {
                 segment::sync_dir(&self.dir)?;
             }
         }
-        // What the previous process wrote and did not sync (killed between
-        // a flush's write and its sync) reads back from the page cache like
-        // the rest. The core takes the log's end as durable at start and
-        // acks it so: make it durable first.
-        for kept in &self.segments {
-            kept.file.sync_data()?;
-        }
+        // The segments were synced as they were read; their names too.
         if !self.segments.is_empty() {
             segment::sync_dir(&self.dir)?;
         }
