@@ -391,6 +391,20 @@ impl Replica {
             (Some(leader), Some(false)) if !status.is_leader => leader.clone(),
             _ => return Err(no_lease()),
         };
+        // A learner waiting for a snapshot (behind the leader's log, or
+        // found by verification to differ from the leader's state) reads
+        // nothing: its state may hold the leader's commit index and still
+        // be wrong.
+        let repairing = || {
+            WriteError::Unavailable(
+                "this learner waits for a snapshot from the leader (behind its log, or its \
+                 state was found to differ)"
+                    .into(),
+            )
+        };
+        if status.behind {
+            return Err(repairing());
+        }
         let deadline = tokio::time::Instant::now() + self.config.forward_timeout;
         let id = self.shared.next_forward.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
@@ -425,6 +439,9 @@ impl Replica {
                 self.config.forward_timeout
             ))
         })?;
+        if self.status().behind {
+            return Err(repairing());
+        }
         metrics::counter!("pika_reads_by_read_index_total").increment(1);
         Ok(ReadPermission::ReadIndex)
     }
