@@ -330,11 +330,7 @@ impl Cluster {
             }
         }
         for i in 0..cluster.nodes.len() {
-            let id = cluster.status(i)["node_id"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
-            cluster.nodes[i].node_id = id;
+            cluster.nodes[i].node_id = cluster.node_id(i)?;
         }
         Ok(cluster)
     }
@@ -458,26 +454,74 @@ impl Cluster {
         Ok(())
     }
 
+    /// Node `i`'s `/api/v1/cluster/status`, or `Null` when it is down or
+    /// does not answer (callers poll).
     pub fn status(&self, i: usize) -> Value {
-        if !self.is_up(i) {
-            return Value::Null;
-        }
-        self.http
-            .get(format!("{}/api/v1/cluster/status", self.nodes[i].url))
+        self.try_status(i).unwrap_or(Value::Null)
+    }
+
+    fn try_status(&self, i: usize) -> anyhow::Result<Value> {
+        anyhow::ensure!(self.is_up(i), "node {i} is not running");
+        let url = format!("{}/api/v1/cluster/status", self.nodes[i].url);
+        let response = self
+            .http
+            .get(&url)
             .send()
-            .and_then(|r| r.json())
-            .unwrap_or(Value::Null)
+            .with_context(|| format!("GET {url}"))?;
+        let status = response.status();
+        anyhow::ensure!(status.is_success(), "GET {url} answered {status}");
+        response
+            .json()
+            .with_context(|| format!("GET {url}: the body is not JSON"))
+    }
+
+    /// Node `i`'s id, as its status reports it. Cuts and faults name nodes
+    /// by id: an empty one would block nothing, so a node that gives none
+    /// within a few seconds is an error.
+    fn node_id(&self, i: usize) -> anyhow::Result<String> {
+        let start = Instant::now();
+        loop {
+            let why = match self.try_status(i) {
+                Ok(status) => match status["node_id"].as_str() {
+                    Some(id) if !id.is_empty() => return Ok(id.to_string()),
+                    _ => format!("its status has no node id: {status}"),
+                },
+                Err(e) => format!("{e:#}"),
+            };
+            if start.elapsed() >= Duration::from_secs(10) {
+                bail!("node {i}'s id: {why}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Sets node `i`'s replica faults (see `/debug/faults`); `{}` heals.
-    pub fn fault(&self, i: usize, body: Value) {
-        if self.is_up(i) {
-            let _ = self
-                .http
-                .post(format!("{}/debug/faults", self.nodes[i].url))
-                .json(&body)
-                .send();
+    /// A fault that is not set is an error: a round that goes on without
+    /// it tests nothing it claims to. Not retried: `pause_ms` applies
+    /// once per request.
+    pub fn fault(&self, i: usize, body: Value) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.is_up(i),
+            "node {i} is not running: cannot set its faults {body}"
+        );
+        let url = format!("{}/debug/faults", self.nodes[i].url);
+        let response = self
+            .http
+            .post(&url)
+            .json(&body)
+            .send()
+            .with_context(|| format!("POST {url} {body}"))?;
+        let status = response.status();
+        if !status.is_success() {
+            let text = response
+                .text()
+                .unwrap_or_else(|e| format!("(the body could not be read: {e})"));
+            bail!(
+                "POST {url} {body} answered {status}: {text} (is pika built with \
+                 `--features test-faults`?)"
+            );
         }
+        Ok(())
     }
 
     /// Whether partitions cut the kernel's path (namespaces) rather than
@@ -501,8 +545,7 @@ impl Cluster {
                 .map(|(_, t)| self.nodes[*t].node_id.clone())
                 .collect()
         };
-        self.fault(from, json!({"block_out": ids(from)}));
-        Ok(())
+        self.fault(from, json!({"block_out": ids(from)}))
     }
 
     /// Removes every cut and every fault-layer fault.
@@ -511,8 +554,12 @@ impl Cluster {
             lab.heal()?;
         }
         self.fault_cuts.clear();
-        for i in 0..self.nodes.len() {
-            self.fault(i, json!({}));
+        // Without test hooks there is no fault endpoint, and so no fault
+        // to clear; a node that is down has none either (it starts clean).
+        if self.test_hooks {
+            for i in (0..self.nodes.len()).filter(|i| self.is_up(*i)) {
+                self.fault(i, json!({}))?;
+            }
         }
         Ok(())
     }
@@ -533,8 +580,9 @@ impl Cluster {
         None
     }
 
-    /// Waits until every node reports the same Merkle root and revision.
-    pub fn converged(&self, limit: Duration) -> Result<(), String> {
+    /// Waits until every node reports the same Merkle root and revision;
+    /// returns that revision.
+    pub fn converged(&self, limit: Duration) -> Result<u64, String> {
         let start = Instant::now();
         let mut last = Vec::new();
         while start.elapsed() < limit {
@@ -548,7 +596,7 @@ impl Cluster {
                 })
                 .collect();
             if last.iter().all(|x| *x == last[0] && x.0 != "?") {
-                return Ok(());
+                return Ok(last[0].1);
             }
             std::thread::sleep(Duration::from_millis(100));
         }

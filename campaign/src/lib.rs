@@ -21,6 +21,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+use anyhow::Context as _;
+
 pub use cluster::Network;
 
 /// The admin token every test, bench and campaign node runs with
@@ -123,12 +125,17 @@ pub fn campaign(
             duration: Duration::from_secs(4),
             check,
         };
-        let result = round::run(&config)?;
+        // A round that cannot run (no leader at start, a fault that could
+        // not be injected) ends the campaign: say which, to replay it.
+        let result = round::run(&config).with_context(|| {
+            format!("round {r}, seed {round_seed}, {fault:?} (replay with --seed {round_seed} --rounds 1)")
+        })?;
         eprintln!(
-            "round {r} seed {round_seed} {fault:?}{}: {} ops ({} acked writes, {} through the Consul API, {} retries of which {} told the outcome, {} acknowledged writes sent again, {} unknown), {} violations",
+            "round {r} seed {round_seed} {fault:?}{}: {} ops ({} acked writes, {} answered client reads, {} through the Consul API, {} retries of which {} told the outcome, {} acknowledged writes sent again, {} unknown), {} violations",
             if result.namespaced { " (netns)" } else { "" },
             result.operations,
             result.acked_writes,
+            result.answered_reads,
             result.through_consul,
             result.retried,
             result.resolved_by_retry,

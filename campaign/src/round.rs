@@ -81,6 +81,8 @@ pub struct RoundConfig<'a> {
 pub struct RoundReport {
     pub operations: usize,
     pub acked_writes: usize,
+    /// Client reads that were answered (the final reads not counted).
+    pub answered_reads: usize,
     /// Operations sent through the Consul KV API instead of the native one.
     pub through_consul: usize,
     /// Writes sent again with their request id after an unknown outcome,
@@ -166,7 +168,7 @@ fn inject(
             let losses: serde_json::Map<String, Value> =
                 others.iter().map(|o| (o.clone(), json!(0.2))).collect();
             for i in 0..n {
-                cluster.fault(i, json!({"delay_out_ms": delays, "loss_out": losses}));
+                cluster.fault(i, json!({"delay_out_ms": delays, "loss_out": losses}))?;
             }
             std::thread::sleep(hold);
             cluster.heal()?;
@@ -208,7 +210,7 @@ fn inject(
         }
         Fault::PauseQueued => {
             let victim = if dice.chance(0.5) { leader } else { follower };
-            cluster.fault(victim, json!({"pause_ms": hold.as_millis() as u64}));
+            cluster.fault(victim, json!({"pause_ms": hold.as_millis() as u64}))?;
             std::thread::sleep(hold);
         }
         Fault::RestartAll => {
@@ -305,13 +307,41 @@ pub fn run(config: &RoundConfig) -> anyhow::Result<RoundReport> {
         Duration::from_millis(1500),
     )?;
     let mut tally = ClientTally::default();
-    for c in clients {
-        let t = c.join().unwrap_or_default();
+    // A client that could not run, or stopped early, checked less than the
+    // round claims: a harness error, not a smaller pass.
+    let mut harness_errors: Vec<String> = Vec::new();
+    for (c, handle) in clients.into_iter().enumerate() {
+        let t = match handle.join() {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => {
+                harness_errors.push(format!("client {c} did not run: {e:#}"));
+                continue;
+            }
+            Err(panic) => {
+                harness_errors.push(format!("client {c} panicked: {}", panic_message(panic)));
+                continue;
+            }
+        };
         tally.through_consul += t.through_consul;
         tally.retried += t.retried;
         tally.resolved_by_retry += t.resolved_by_retry;
         tally.resent += t.resent;
-        tally.resend_mismatches.extend(t.resend_mismatches);
+        tally.violations.extend(t.violations);
+        harness_errors.extend(t.errors.into_iter().map(|e| format!("client {c}: {e}")));
+        if t.errors_more > 0 {
+            harness_errors.push(format!(
+                "client {c}: {} more answers like the above",
+                t.errors_more
+            ));
+        }
+        if let Some((revision, what)) = t.highest_revision
+            && tally
+                .highest_revision
+                .as_ref()
+                .is_none_or(|(r, _)| revision > *r)
+        {
+            tally.highest_revision = Some((revision, what));
+        }
     }
     cluster.heal()?;
 
@@ -325,15 +355,28 @@ pub fn run(config: &RoundConfig) -> anyhow::Result<RoundReport> {
     };
     report.violations.extend(
         tally
-            .resend_mismatches
+            .violations
             .into_iter()
             .map(|m| format!("a write sent again with its request id: {m}")),
     );
     if cluster.leader(Duration::from_secs(20)).is_none() {
         report.violations.push("no leader after healing".into());
     }
-    if let Err(e) = cluster.converged(Duration::from_secs(20)) {
-        report.violations.push(e);
+    match cluster.converged(Duration::from_secs(20)) {
+        // Revisions only grow, and a 201 is given once its write is
+        // committed: the healed cluster holds every acknowledged write, so
+        // its revision is at least any a 201 named.
+        Ok(revision) => {
+            if let Some((highest, what)) = &tally.highest_revision
+                && revision < *highest
+            {
+                report.violations.push(format!(
+                    "the nodes converged at revision {revision}, below revision {highest} \
+                     that a 201 named for {what}"
+                ));
+            }
+        }
+        Err(e) => report.violations.push(e),
     }
     let mismatches = cluster.verification_mismatches();
     if mismatches > 0 {
@@ -343,40 +386,82 @@ pub fn run(config: &RoundConfig) -> anyhow::Result<RoundReport> {
         ));
     }
     // Final reads on every node, after everything: the acked writes must be
-    // there, through each node's own read path.
+    // there, through each node's own read path. The cluster is healed and
+    // converged by now, so a node that still answers no read after its
+    // tries is unavailable, not ambiguous: a violation (recorded as an
+    // unknown read, it would constrain nothing and pass). The reads go into
+    // the history, where the checks make each path's final version at
+    // least its highest acknowledged one: `check_strict` orders them after
+    // every write (all returned before they began), `check` compares them
+    // with the newest acknowledged write.
     let http = reqwest::blocking::Client::builder()
         .default_headers(crate::admin_headers())
         .timeout(Duration::from_secs(3))
-        .build()?;
-    let paths: Vec<String> = history
-        .lock()
-        .map(|h| h.keys().cloned().collect())
-        .unwrap_or_default();
-    for path in &paths {
+        .build()
+        .context("building the final reads' HTTP client")?;
+    let paths: Vec<String> = match history.lock() {
+        Ok(h) => h.keys().cloned().collect(),
+        Err(_) => {
+            harness_errors.push(poisoned("listing the paths to read at the end"));
+            Vec::new()
+        }
+    };
+    'reads: for path in &paths {
         for url in &urls_now(&cluster) {
             let invoked = origin.elapsed().as_micros() as u64;
             let mut outcome = Outcome::Unknown;
-            for _ in 0..50 {
-                outcome = perform(&http, url, path, &Call::Read, "").0;
+            let mut said = false;
+            for _ in 0..FINAL_READ_TRIES {
+                match perform(&http, url, path, &Call::Read, "") {
+                    Ok(told) => outcome = told.outcome,
+                    Err(unexpected) => {
+                        harness_errors.push(format!(
+                            "the final read of {path} on {url} was answered {unexpected}"
+                        ));
+                        said = true;
+                        break;
+                    }
+                }
                 if outcome != Outcome::Unknown {
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
+            if outcome == Outcome::Unknown && !said {
+                report.violations.push(format!(
+                    "{path}: {url} answered no final read in {FINAL_READ_TRIES} tries, the \
+                     cluster healed and converged"
+                ));
+            }
             let returned = origin.elapsed().as_micros() as u64;
-            if let Ok(mut h) = history.lock() {
-                h.entry(path.clone()).or_default().push(Operation {
-                    client: usize::MAX,
+            match history.lock() {
+                Ok(mut h) => h.entry(path.clone()).or_default().push(Operation {
+                    client: FINAL_READER,
                     call: Call::Read,
                     invoked,
                     returned: Some(returned),
                     outcome,
                     epoch: None,
-                });
+                }),
+                Err(_) => {
+                    harness_errors.push(poisoned("recording the final reads"));
+                    break 'reads;
+                }
             }
         }
     }
-    let history = history.lock().map(|h| h.clone()).unwrap_or_default();
+    let history = match history.lock() {
+        Ok(h) => h.clone(),
+        Err(_) => {
+            harness_errors.push(poisoned("reading it to check"));
+            BTreeMap::new()
+        }
+    };
+    report.violations.extend(
+        harness_errors
+            .into_iter()
+            .map(|e| format!("harness error: {e}")),
+    );
     let everything: Vec<Operation> = history.values().flatten().cloned().collect();
     if let Err(v) = linearizability::check_terms(&everything) {
         let slice: Vec<String> = v.operations.iter().map(|o| format!("{o:?}")).collect();
@@ -384,6 +469,11 @@ pub fn run(config: &RoundConfig) -> anyhow::Result<RoundReport> {
             "a newer term acknowledged before an older one:\n  {}",
             slice.join("\n  ")
         ));
+    }
+    let counted = counted(&history);
+    report.answered_reads = counted.answered_reads;
+    if let Some(little) = counted.too_little() {
+        report.violations.push(little);
     }
     for (path, ops) in &history {
         report.operations += ops.len();
@@ -426,6 +516,81 @@ pub fn run(config: &RoundConfig) -> anyhow::Result<RoundReport> {
     Ok(report)
 }
 
+/// The client of the final reads in the history.
+const FINAL_READER: usize = usize::MAX;
+
+/// Tries of each final read, 100 ms apart: a node that rejoined may answer
+/// 503 until it holds a read lease again, well within these 5 s and more.
+const FINAL_READ_TRIES: usize = 50;
+
+/// The least a round's clients must have had acknowledged and answered for
+/// the round to count: below either, the checks had next to nothing to
+/// judge. A round's 4 clients, paced 20-40 ms, make about 300 operations
+/// in its 4 s, half of them reads. 24 rounds (every fault twice, on 3
+/// voters and on 5 voters with a learner) had 45-164 acknowledged writes
+/// and 50-227 answered client reads; the fewest in the round that loses
+/// most to its fault, `PauseLeader` (clients wait out their 2.5 s timeout
+/// on the stopped leader): 45 and 50 on 3 nodes, 63 and 70 on 6. A floor
+/// of 10 of each leaves that worst round a margin of 4.5 times, and fails
+/// a round whose cluster answered hardly anything.
+const MIN_ACKED_WRITES: usize = 10;
+const MIN_ANSWERED_READS: usize = 10;
+
+/// What a round's history holds of what the floors above count: its
+/// acknowledged writes and answered client reads (the final reads, answered
+/// by every node once healed, do not count).
+struct Counted {
+    operations: usize,
+    acked_writes: usize,
+    answered_reads: usize,
+}
+
+fn counted(history: &BTreeMap<String, Vec<Operation>>) -> Counted {
+    let ops = || history.values().flatten();
+    Counted {
+        operations: ops().count(),
+        acked_writes: ops()
+            .filter(|o| matches!(o.outcome, Outcome::Written { .. }))
+            .count(),
+        answered_reads: ops()
+            .filter(|o| {
+                o.client != FINAL_READER && o.call == Call::Read && o.outcome != Outcome::Unknown
+            })
+            .count(),
+    }
+}
+
+impl Counted {
+    /// Why the history is too thin to count, if it is.
+    fn too_little(&self) -> Option<String> {
+        (self.acked_writes < MIN_ACKED_WRITES || self.answered_reads < MIN_ANSWERED_READS).then(
+            || {
+                format!(
+                    "harness error: the round checked too little: {} acknowledged writes (at \
+                     least {MIN_ACKED_WRITES} needed) and {} answered client reads (at least \
+                     {MIN_ANSWERED_READS} needed) in {} operations",
+                    self.acked_writes, self.answered_reads, self.operations
+                )
+            },
+        )
+    }
+}
+
+fn poisoned(doing: &str) -> String {
+    format!("the history's lock is poisoned (a client panicked while recording) when {doing}")
+}
+
+/// What a panicking thread said, when it said it with a string. Takes the
+/// box itself: a `&Box<dyn Any>` passed as `&dyn Any` is the box, which
+/// downcasts to neither.
+fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_string())
+}
+
 fn verdict(linearizable: bool) -> &'static str {
     if linearizable {
         "linearizable"
@@ -459,4 +624,85 @@ fn in_invocation_order(ops: &[Operation]) -> Vec<String> {
 
 fn urls_now(cluster: &Cluster) -> Vec<String> {
     cluster.nodes.iter().map(|n| n.url.clone()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ops(n: usize, client: usize, call: Call, outcome: Outcome) -> Vec<Operation> {
+        (0..n)
+            .map(|i| Operation {
+                client,
+                call: call.clone(),
+                invoked: i as u64,
+                returned: Some(i as u64 + 1),
+                outcome: outcome.clone(),
+                epoch: None,
+            })
+            .collect()
+    }
+
+    fn put() -> Call {
+        Call::Put {
+            value: "v".into(),
+            expected: None,
+        }
+    }
+
+    #[test]
+    fn a_round_must_have_acknowledged_writes_and_answered_reads() {
+        let written = Outcome::Written { version: 1 };
+        let read = Outcome::Value {
+            value: "v".into(),
+            version: 1,
+        };
+        let mut history = BTreeMap::new();
+        history.insert(
+            "c/p0".to_string(),
+            [
+                ops(MIN_ACKED_WRITES, 0, put(), written.clone()),
+                ops(MIN_ANSWERED_READS, 1, Call::Read, read.clone()),
+            ]
+            .concat(),
+        );
+        assert_eq!(counted(&history).too_little(), None);
+
+        // Unknown outcomes and the final reads count for nothing.
+        let mut thin = BTreeMap::new();
+        thin.insert(
+            "c/p0".to_string(),
+            [
+                ops(MIN_ACKED_WRITES - 1, 0, put(), written),
+                ops(100, 0, put(), Outcome::Unknown),
+                ops(MIN_ANSWERED_READS, 1, Call::Read, read.clone()),
+            ]
+            .concat(),
+        );
+        assert!(
+            counted(&thin)
+                .too_little()
+                .is_some_and(|m| m.contains("acknowledged writes"))
+        );
+        let mut unread = history.clone();
+        unread.insert(
+            "c/p0".to_string(),
+            [
+                ops(MIN_ACKED_WRITES, 0, put(), Outcome::Written { version: 1 }),
+                ops(MIN_ANSWERED_READS - 1, 1, Call::Read, read.clone()),
+                ops(100, 1, Call::Read, Outcome::Unknown),
+                ops(100, FINAL_READER, Call::Read, read),
+            ]
+            .concat(),
+        );
+        assert!(counted(&unread).too_little().is_some());
+        assert!(counted(&BTreeMap::new()).too_little().is_some());
+    }
+
+    #[test]
+    fn a_client_panic_is_reported_with_its_message() {
+        let panicked = std::thread::spawn(|| panic!("client fell over")).join();
+        let message = panicked.err().map(panic_message);
+        assert_eq!(message.as_deref(), Some("client fell over"));
+    }
 }
