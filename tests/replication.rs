@@ -773,3 +773,97 @@ fn a_follower_whose_syncs_stall_holds_writes_up_once_not_for_each() {
         "the slow follower has every write once its syncs catch up"
     );
 }
+
+/// A learner fed in batches reads by read index (the leader's commit
+/// index, then its own state). Found by verification to hold a state that
+/// differs from the leader's, it serves no such read until a snapshot
+/// repairs it: its state can hold the commit index and still be wrong.
+/// It used to serve the wrong value for as long as the repair took.
+#[test]
+fn a_learner_found_to_differ_serves_no_read_by_read_index_until_repaired() {
+    use pika_campaign::cluster::{Cluster, Network, Options};
+    let options = Options {
+        network: Network::Loopback,
+        test_hooks: true,
+        env: [
+            ("PIKA_CLUSTER_REPLICAS", "3"),
+            ("PIKA_CLUSTER_LEARNER_FEED", "batched"),
+            ("PIKA_CLUSTER_SYNC_INTERVAL", "300ms"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .to_vec(),
+        tmpfs_mb: None,
+        learners: 1,
+    };
+    let c = Cluster::start_with(std::path::Path::new(support::PIKA), 180, &[1.0; 4], options)
+        .expect("a cluster of three voters and a learner");
+    let leader = c.leader(Duration::from_secs(20)).expect("a leader");
+    let learner = 3;
+    assert_eq!(c.status(learner)["voter"], false, "node 3 is the learner");
+    let (code, body) = put(&c.nodes[leader].url, "lrn/x", "good", None);
+    assert_eq!(code, 201, "{body}");
+    let get = |path: &str| {
+        client()
+            .get(format!("{}/api/v1/data/{path}", c.nodes[learner].url))
+            .timeout(Duration::from_secs(3))
+            .send()
+            .map(|r| (r.status().as_u16(), r.text().unwrap_or_default()))
+    };
+    wait_until(Duration::from_secs(10), || {
+        matches!(get("lrn/x"), Ok((200, ref b)) if b == "good").then_some(())
+    })
+    .expect("the learner reads the write");
+    let mismatches = || {
+        client()
+            .get(format!("{}/metrics", c.nodes[learner].url))
+            .send()
+            .and_then(|r| r.text())
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with("pika_verify_mismatches_total"))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let before = mismatches();
+    c.fault(
+        learner,
+        json!({"diverge": {"path": "lrn/x", "data": "bad"}}),
+    )
+    .expect("the diverge fault");
+    let started = Instant::now();
+    let (mut found, mut refused, mut n) = (None, 0, 0u64);
+    let repaired = loop {
+        if started.elapsed() > Duration::from_secs(20) {
+            break false;
+        }
+        // Writes keep the leader's commits (and its verifications) coming.
+        let _ = put(
+            &c.nodes[leader].url,
+            &format!("lrn/busy{}", n % 10),
+            "w",
+            None,
+        );
+        n += 1;
+        let known = mismatches() > before;
+        if known && found.is_none() {
+            found = Some(started.elapsed());
+        }
+        match get("lrn/x") {
+            Ok((200, body)) if body == "bad" => assert!(
+                !known,
+                "the diverged value was served by read index {:?} after a verification found it",
+                started.elapsed() - found.unwrap_or_default()
+            ),
+            Ok((200, body)) if body == "good" && known => break true,
+            Ok((200, body)) if body == "good" => {}
+            Ok((503, _)) => refused += 1,
+            other => panic!("unexpected answer: {other:?}"),
+        }
+    };
+    assert!(
+        repaired,
+        "not repaired within 20 s (found after {found:?}, {refused} reads refused): {}",
+        c.status(learner)
+    );
+}
