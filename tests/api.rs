@@ -190,7 +190,19 @@ async fn malformed_requests_are_400_with_a_json_message() {
         (t.http.post(&url).body("not json"), "invalid request body"),
         (
             t.http.post(&url).body("{\"data\": 5}"),
-            "invalid request body",
+            "invalid request body: field `data`",
+        ),
+        (
+            t.http
+                .post(&url)
+                .body("{\"data\": \"\", \"expected_version\": \"1\"}"),
+            "field `expected_version`",
+        ),
+        (
+            t.http
+                .post(&url)
+                .body("{\"data\": \"\", \"meta\": {\"description\": 7}}"),
+            "field `meta.description`",
         ),
         (t.http.post(&url).body("{\"data\": \"!!!\"}"), "base64"),
         (

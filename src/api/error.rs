@@ -28,6 +28,26 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, message)
     }
 
+    /// Parses a JSON request body. An error names the field it is in
+    /// (`field `expected_version`: invalid type: string "1", expected
+    /// u64`), not only a line and column.
+    pub fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Self> {
+        let mut reader = serde_json::Deserializer::from_slice(body);
+        let value = serde_path_to_error::deserialize(&mut reader).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if path == "." {
+                Self::bad_request(format!("invalid request body: {inner}"))
+            } else {
+                Self::bad_request(format!("invalid request body: field `{path}`: {inner}"))
+            }
+        })?;
+        reader
+            .end()
+            .map_err(|e| Self::bad_request(format!("invalid request body: {e}")))?;
+        Ok(value)
+    }
+
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, message)
     }

@@ -62,8 +62,7 @@ pub async fn save_file(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let path = config_path(raw)?;
-    let request: SaveRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))?;
+    let request: SaveRequest = ApiError::json_body(&body)?;
     let data = BASE64
         .decode(request.data.trim())
         .map_err(|e| ApiError::bad_request(format!("field `data` is not valid base64: {e}")))?;

@@ -69,8 +69,7 @@ pub async fn create_token(
     Extension(principal): Extension<Principal>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let request: CreateRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))?;
+    let request: CreateRequest = ApiError::json_body(&body)?;
     token::check_name(&request.name).map_err(ApiError::bad_request)?;
     let scopes = request
         .scopes
