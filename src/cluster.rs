@@ -294,6 +294,7 @@ pub fn record_metrics(membership: &Membership) {
     metrics::counter!("pika_membership_frame_bytes_total", "direction" => "out")
         .absolute(s.frame_bytes_out);
     metrics::counter!("pika_membership_handshakes_rejected_total").absolute(s.handshakes_rejected);
+    metrics::counter!("pika_membership_handshakes_refused_total").absolute(s.handshakes_refused);
     metrics::counter!("pika_membership_malformed_dropped_total").absolute(s.malformed_dropped);
     metrics::counter!("pika_membership_datagrams_overflow_total").absolute(s.datagrams_overflow);
     metrics::counter!("pika_membership_dial_records_full_total").absolute(s.dial_records_full);

@@ -20,6 +20,9 @@ pub struct Stats {
     pub frame_bytes_out: AtomicU64,
     /// Handshakes that failed admission: wrong or missing key, wrong prefix.
     pub handshakes_rejected: AtomicU64,
+    /// Incoming connections refused because `MAX_HANDSHAKES` were in
+    /// progress.
+    pub handshakes_refused: AtomicU64,
     /// Datagrams dropped because they did not decode or foca refused them.
     pub malformed_dropped: AtomicU64,
     /// Datagrams read and not yet handled (a level, not a count).
@@ -42,6 +45,7 @@ pub struct StatsSnapshot {
     pub frame_bytes_in: u64,
     pub frame_bytes_out: u64,
     pub handshakes_rejected: u64,
+    pub handshakes_refused: u64,
     pub malformed_dropped: u64,
     pub datagrams_overflow: u64,
     pub dial_records_full: u64,
@@ -68,6 +72,7 @@ impl Stats {
             frame_bytes_in: get(&self.frame_bytes_in),
             frame_bytes_out: get(&self.frame_bytes_out),
             handshakes_rejected: get(&self.handshakes_rejected),
+            handshakes_refused: get(&self.handshakes_refused),
             malformed_dropped: get(&self.malformed_dropped),
             datagrams_overflow: get(&self.datagrams_overflow),
             dial_records_full: get(&self.dial_records_full),

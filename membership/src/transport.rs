@@ -51,6 +51,9 @@ pub(crate) const MAX_DIAL_RECORDS: usize = 1024;
 /// most; more are dropped (gossip is lossy by design). About 1.2 KB each.
 pub(crate) const MAX_QUEUED_DATAGRAMS: u64 = 4096;
 
+/// Incoming handshakes in progress at once (see `Pool::accept_loop`).
+pub(crate) const MAX_HANDSHAKES: usize = 256;
+
 /// Takes one of `cap` slots counted in `queued`; false (nothing taken)
 /// when all are in use. The consumer gives the slot back with a
 /// `fetch_sub(1)` once it has handled the item.
@@ -236,14 +239,42 @@ impl Pool {
 
     /// Accepts connections until the endpoint closes. A peer that fails
     /// admission is counted, logged and forgotten.
+    ///
+    /// At most [`MAX_HANDSHAKES`] run at once, each for at most twice the
+    /// dial timeout (the dialler gave up by then); more are refused (the
+    /// peer dials again), and past half of them a peer must first prove
+    /// its address (a QUIC retry), so that spoofed sources cannot hold
+    /// them. Without the bound, anyone who could reach the port held a
+    /// task, a key exchange and a signature per Initial, for up to the idle
+    /// timeout.
     pub(crate) async fn accept_loop(self: Arc<Self>) {
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+        let limit = self.settings.connect_timeout * 2;
         while let Some(incoming) = self.endpoint.accept().await {
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                Stats::bump(&self.stats.handshakes_refused);
+                incoming.refuse();
+                continue;
+            };
+            if slots.available_permits() < MAX_HANDSHAKES / 2
+                && !incoming.remote_address_validated()
+                && incoming.may_retry()
+            {
+                if let Err(e) = incoming.retry() {
+                    e.into_incoming().ignore();
+                }
+                continue;
+            }
             let pool = self.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 let remote = incoming.remote_address();
-                match incoming.await {
-                    Ok(conn) => pool.register(conn),
-                    Err(e) => pool.handshake_failed(remote, &e, "accepting"),
+                match tokio::time::timeout(limit, incoming).await {
+                    Ok(Ok(conn)) => pool.register(conn),
+                    Ok(Err(e)) => pool.handshake_failed(remote, &e, "accepting"),
+                    Err(_) => {
+                        tracing::debug!(%remote, "accepting: no handshake within {limit:?}")
+                    }
                 }
             });
         }
