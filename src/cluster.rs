@@ -216,8 +216,21 @@ pub fn status(
     put("peer_count", (members.len() - 1).into());
     put("online_nodes", online.into());
     put("expected_replicas", replicas.into());
+    // Once the cluster has a voter set, only its alive members count
+    // toward a quorum (DESIGN.md, "Who votes": learners do not): with
+    // learners up and a majority of voters down, writes stop.
+    let (quorum, quorum_online) = if r.voters.is_empty() {
+        (quorum, online)
+    } else {
+        let alive_voters = members
+            .iter()
+            .filter(|m| m.state == MemberState::Alive && r.voters.contains(&m.id.node_id))
+            .count() as u32;
+        (r.voters.len() as u32 / 2 + 1, alive_voters)
+    };
+    put("online_voters", quorum_online.into());
     put("quorum_nodes_required", quorum.into());
-    put("has_quorum", (online >= quorum).into());
+    put("has_quorum", (quorum_online >= quorum).into());
     // More live members than `replicas` stops elections only before the
     // cluster has a voter set; after, the extra members are learners.
     put(

@@ -318,6 +318,7 @@ impl Config {
             ("cluster.forward_timeout", c.forward_timeout.0),
             ("cluster.sync_interval", c.sync_interval.0),
             ("cluster.dead_voter_timeout", c.dead_voter_timeout.0),
+            ("cluster.refresh_interval", c.refresh_interval.0),
         ] {
             if c.enabled && d > MAX_DURATION {
                 out.push((key, "must be at most 24h".into()));
@@ -327,6 +328,12 @@ impl Config {
             out.push((
                 "cluster.forward_timeout",
                 "must be greater than 0: every write and wait would time out at once".into(),
+            ));
+        }
+        if c.enabled && c.refresh_interval.0.is_zero() {
+            out.push((
+                "cluster.refresh_interval",
+                "must be greater than 0 (it is how often dns_addr is resolved again)".into(),
             ));
         }
         if c.enabled && c.sync_interval.0.is_zero() {
@@ -494,6 +501,21 @@ impl Config {
         }
         if c.prefix.is_empty() {
             out.push(("cluster.prefix", "must not be empty".into()));
+        } else if let Err(e) = pika_replication::ConfigPath::new(c.voters_path()) {
+            out.push((
+                "cluster.prefix",
+                format!("`{}` makes no valid path for pika's records: {e}", c.prefix),
+            ));
+        } else if let Err(e) =
+            pika_replication::ConfigPath::new(format!("{}/{}", c.prefix, c.lock_key))
+        {
+            out.push((
+                "cluster.lock_key",
+                format!(
+                    "`{}/{}` (cluster.prefix/cluster.lock_key) is not a valid path: {e}",
+                    c.prefix, c.lock_key
+                ),
+            ));
         }
         out
     }

@@ -353,8 +353,10 @@ fn the_demo_configs_are_the_documented_loopback_cluster() {
 /// a lease shorter than two heartbeat intervals (every leader stepped down
 /// before renewing), a zero or absurd `forward_timeout` (every write timed
 /// out at once; 10¹⁹ s overflowed the clock on the first write), a zero
-/// `sync_interval`, cluster port 0 (peers dialled port 0), and a log level
-/// that is not one (`warning` turned every log of pika's off).
+/// `sync_interval` or `refresh_interval`, cluster port 0 (peers dialled
+/// port 0), a lock key or prefix that makes no valid path (the node exited
+/// 1 once its ports were bound), and a log level that is not one
+/// (`warning` turned every log of pika's off).
 #[test]
 fn settings_a_cluster_cannot_run_with_are_refused() {
     let cluster = "cluster:\n  enabled: true\n  dns_addr: 127.0.1.1,127.0.1.2\n";
@@ -390,6 +392,36 @@ fn settings_a_cluster_cannot_run_with_are_refused() {
         (
             [("PIKA_CLUSTER_PORT", "0"), ("PIKA_LOG_LEVEL", "info")],
             "cluster.port",
+        ),
+        (
+            [
+                ("PIKA_CLUSTER_REFRESH_INTERVAL", "0s"),
+                ("PIKA_LOG_LEVEL", "info"),
+            ],
+            "cluster.refresh_interval",
+        ),
+        (
+            [
+                ("PIKA_CLUSTER_REFRESH_INTERVAL", "25h"),
+                ("PIKA_LOG_LEVEL", "info"),
+            ],
+            "cluster.refresh_interval",
+        ),
+        // These made the node exit 1 after it had bound its ports.
+        (
+            [("PIKA_CLUSTER_LOCK_KEY", ""), ("PIKA_LOG_LEVEL", "info")],
+            "cluster.lock_key",
+        ),
+        (
+            [
+                ("PIKA_CLUSTER_LOCK_KEY", "../x"),
+                ("PIKA_LOG_LEVEL", "info"),
+            ],
+            "cluster.lock_key",
+        ),
+        (
+            [("PIKA_CLUSTER_PREFIX", "a//b"), ("PIKA_LOG_LEVEL", "info")],
+            "cluster.prefix",
         ),
         (
             [("PIKA_LOG_LEVEL", "warning"), ("PIKA_CLUSTER_PORT", "7946")],

@@ -866,4 +866,23 @@ fn a_learner_found_to_differ_serves_no_read_by_read_index_until_repaired() {
         "not repaired within 20 s (found after {found:?}, {refused} reads refused): {}",
         c.status(learner)
     );
+
+    // With two of the three voters gone, the learner and the last voter
+    // are two members alive, as many as a quorum of three: but learners do
+    // not vote, and the status says there is no quorum (it said there was).
+    let mut c = c;
+    let voters: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let last = leader;
+    for &v in &voters {
+        c.kill(v);
+    }
+    let status = wait_until(Duration::from_secs(15), || {
+        let s = c.status(learner);
+        (s["online_nodes"] == 2).then_some(s)
+    })
+    .expect("the two killed voters seen down");
+    assert_eq!(status["online_voters"], 1, "{status}");
+    assert_eq!(status["quorum_nodes_required"], 2, "{status}");
+    assert_eq!(status["has_quorum"], false, "{status}");
+    assert_eq!(c.status(last)["has_quorum"], false);
 }

@@ -539,10 +539,11 @@ fn print_status(s: &Value) {
     println!("revision {}", text(&s["revision"]));
     if s.get("has_quorum").is_some() {
         println!(
-            "quorum   {} ({} of {} online)",
+            "quorum   {} ({} voters online, {} needed; {} members online)",
             text(&s["has_quorum"]),
-            text(&s["online_nodes"]),
-            text(&s["expected_replicas"])
+            text(&s["online_voters"]),
+            text(&s["quorum_nodes_required"]),
+            text(&s["online_nodes"])
         );
     }
     println!();
