@@ -161,6 +161,9 @@ pub struct Store {
     history: u64,
     /// The published revision, for watchers.
     applied: tokio::sync::watch::Sender<u64>,
+    /// A test fault: promise writes still to fail ([`Store::fail_next_promises`]).
+    #[cfg(feature = "test-faults")]
+    failing_promises: AtomicU64,
 }
 
 impl Store {

@@ -780,7 +780,15 @@ impl Sim {
             if !self.up(i) || now < self.nodes[i].next_tick {
                 continue;
             }
-            self.nodes[i].next_tick = now + INTERVAL / 4;
+            // Now and then a node's protocol stalls for up to half a lease
+            // while messages still reach it: whatever a tick refreshes
+            // (the log end an election compares with, say) is then stale.
+            let stall = if self.dice.chance(0.01) {
+                LEASE.mul_f64(0.5 * self.dice.unit())
+            } else {
+                Duration::ZERO
+            };
+            self.nodes[i].next_tick = now + INTERVAL / 4 + stall;
             let peers: Vec<String> = (0..n)
                 .filter(|j| *j != i)
                 .map(|j| self.nodes[j].id.clone())

@@ -489,6 +489,12 @@ impl<L: LogStore> ReplicaCore<L> {
             PeerMessage::Hello { .. } => {}
             PeerMessage::Election(_) if self.disk_error.is_some() => {}
             PeerMessage::Election(m) => {
+                // A vote compares the candidate's log with this node's log
+                // as it is now: diffs, catch-up and installs move it
+                // between ticks, and a grant against the end seen at the
+                // last tick could elect a candidate without entries this
+                // node has acknowledged durable (and counted in a commit).
+                self.election.set_last(self.log.last());
                 self.election.handle(&from, m, now);
                 self.perform_election(now);
             }
@@ -559,20 +565,27 @@ impl<L: LogStore> ReplicaCore<L> {
     }
 
     pub(super) fn perform_election(&mut self, now: Duration) {
+        // Set once a promise could not be made durable: what follows it must
+        // not leave (its sends, a leadership it would take), but a step-down
+        // or a new leader to follow still must happen here; dropped, a
+        // leader past its lease went on as one, proposing writes nobody
+        // would answer and ignoring the new leader's diffs.
+        let mut unpromised = false;
         for action in self.election.drain_actions() {
             match action {
                 Action::Persist { promised_epoch } => {
                     // Whatever follows must not leave before this is on disk.
                     if let Err(e) = self.store.set_promised_epoch(promised_epoch) {
-                        tracing::error!(error = %e, "cannot persist the promised epoch; dropping the rest of this round");
-                        return;
+                        unpromised = true;
+                        self.disk_failed(format!("persisting the promised epoch: {e}"));
                     }
                 }
                 Action::Send { to, message } => {
-                    if self.disk_error.is_none() {
+                    if self.disk_error.is_none() && !unpromised {
                         self.send(&to, PeerMessage::Election(message));
                     }
                 }
+                Action::BecameLeader { .. } if unpromised || self.disk_error.is_some() => {}
                 Action::BecameLeader { epoch } => self.lead(epoch, now),
                 Action::SteppedDown { epoch, reason } => {
                     metrics::counter!("pika_step_downs_total").increment(1);

@@ -17,6 +17,14 @@ use crate::wire::PeerMessage;
 impl<L: LogStore> ReplicaCore<L> {
     pub(super) fn lead(&mut self, epoch: u64, now: Duration) {
         metrics::counter!("pika_elections_won_total").increment(1);
+        // A term before this one never saw its step-down here: its writers
+        // are told they are lost rather than left waiting for good.
+        if let Some(mut old) = self.leading.take() {
+            let waiting = old.set.drain();
+            if !waiting.is_empty() {
+                self.outputs.push(Output::Fail(waiting, super::core::LOST));
+            }
+        }
         let eviction = self.config.lease.mul_f64(1.0 + DRIFT);
         let quorum = self.quorum_rule();
         self.leading = Some(Leading {

@@ -255,6 +255,8 @@ impl Store {
             commits: AtomicU64::new(0),
             history: history.max(1),
             applied: tokio::sync::watch::Sender::new(0),
+            #[cfg(feature = "test-faults")]
+            failing_promises: AtomicU64::new(0),
         };
         store.load_counters()?;
         store.bump_generation()?;

@@ -32,7 +32,22 @@ impl Store {
 
     /// Durably records a promise. Returns once it is on disk: only then may
     /// the grant or ack that depends on it be sent.
+    /// A test fault: the next `n` promise writes fail, as on a disk that
+    /// stopped taking writes.
+    #[cfg(feature = "test-faults")]
+    pub fn fail_next_promises(&self, n: u64) {
+        self.failing_promises.store(n, Ordering::Release);
+    }
+
     pub fn set_promised_epoch(&self, epoch: u64) -> Result<(), StoreError> {
+        #[cfg(feature = "test-faults")]
+        if self
+            .failing_promises
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(StoreError::Closed);
+        }
         let db = self.db()?;
         let txn = db.begin_write()?;
         {
