@@ -8,11 +8,9 @@
 //! gather for up to 20 ms); otherwise a retry of an entry committed but not
 //! applied yet is applied a second time.
 
-use std::sync::Arc;
-use std::time::Duration;
+mod common;
 
-use pika_replication::log::{MemDisk, MemLog};
-use pika_replication::pending::SharedPending;
+use pika_replication::log::MemLog;
 use pika_replication::replica::core::{CoreConfig, ReplicaCore};
 use pika_replication::{ConfigPath, Format, Meta, Op, Store};
 
@@ -36,13 +34,6 @@ fn put(path: &str, id: &str) -> Op {
     .with_request_id(Some(id.to_string()))
 }
 
-/// Completes every flush in flight, as the log's flush thread would.
-fn flush_all(core: &mut ReplicaCore<MemLog>, now: Duration) {
-    while let Some(ticket) = core.log_mut().complete_flush() {
-        core.flushed(ticket, Ok(()), now);
-    }
-}
-
 /// Applies what is committed, as the apply thread would.
 fn apply_all(core: &mut ReplicaCore<MemLog>, store: &Store) {
     while let Some(job) = core.begin_apply() {
@@ -53,32 +44,8 @@ fn apply_all(core: &mut ReplicaCore<MemLog>, store: &Store) {
 
 #[test]
 fn every_logged_request_id_is_in_the_store_record_or_in_flight_whatever_the_apply_lags() {
-    let store = Arc::new(Store::open_in_memory(16).expect("in-memory store"));
-    let mut core = ReplicaCore::new(
-        "n0".to_string(),
-        config(),
-        store.clone(),
-        MemLog::open(MemDisk::default()),
-        SharedPending::default(),
-        store.generation(),
-        7,
-        Duration::ZERO,
-    )
-    .expect("the core opens");
-    let mut now = Duration::ZERO;
-    let mut epoch = None;
-    for _ in 0..500 {
-        core.set_members(Vec::new(), Vec::new());
-        core.tick(now);
-        flush_all(&mut core, now);
-        let _ = core.drain();
-        if let Ok(e) = core.write_epoch() {
-            epoch = Some(e);
-            break;
-        }
-        now += Duration::from_millis(10);
-    }
-    let epoch = epoch.expect("a cluster of one elects itself");
+    let (store, mut core) = common::core::open("n0", config());
+    let (epoch, now) = common::core::lead_alone(&mut core);
 
     let mut ids: Vec<String> = Vec::new();
     for round in 0..6 {
@@ -88,7 +55,7 @@ fn every_logged_request_id_is_in_the_store_record_or_in_flight_whatever_the_appl
             .expect("the leader takes the write");
         assert!(results[0].is_ok(), "round {round}: {:?}", results[0]);
         ids.push(id);
-        flush_all(&mut core, now);
+        common::core::flush_all(&mut core, now);
         let _ = core.drain();
         // The state applies every other round only: committed entries wait
         // for it meanwhile, as they do while applies gather.

@@ -1,16 +1,16 @@
 //! A voter compares a candidate's log with its own log as it is when the
 //! request arrives, not as it was at its last tick.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use pika_replication::election::{ElectionMessage, LeaseAsk, Position};
-use pika_replication::log::{LogStore, MemDisk, MemLog};
-use pika_replication::pending::SharedPending;
+use pika_replication::log::{LogStore, MemLog};
 use pika_replication::record::SharedChange;
 use pika_replication::replica::core::{CoreConfig, Output, ReplicaCore};
 use pika_replication::wire::PeerMessage;
-use pika_replication::{Change, ChangeKind, Meta, Store};
+use pika_replication::{Change, ChangeKind, Meta};
+
+mod common;
 
 fn heartbeat(round: u64) -> PeerMessage {
     PeerMessage::Election(ElectionMessage::Heartbeat {
@@ -43,18 +43,7 @@ fn grants_to(core: &mut ReplicaCore<MemLog>, to: &str) -> Vec<bool> {
 /// this node had acknowledged as durable, and counted in a commit.
 #[test]
 fn a_vote_compares_with_the_log_as_it_is_not_as_the_last_tick_saw_it() {
-    let store = Arc::new(Store::open_in_memory(16).expect("in-memory store"));
-    let mut core = ReplicaCore::new(
-        "n1".to_string(),
-        CoreConfig::quick(3),
-        store.clone(),
-        MemLog::open(MemDisk::default()),
-        SharedPending::default(),
-        store.generation(),
-        7,
-        Duration::ZERO,
-    )
-    .expect("the core opens");
+    let (_store, mut core) = common::core::open("n1", CoreConfig::quick(3));
     let peers = || vec!["n0".to_string(), "n2".to_string()];
     // n0 leads epoch 1 and is heard every 100 ms for 2 s (past any quiet
     // period after boot); the follower ticks every 25 ms.
@@ -137,34 +126,8 @@ fn a_vote_compares_with_the_log_as_it_is_not_as_the_last_tick_saw_it() {
 /// proposing writes nobody would answer and ignoring the new leader.
 #[test]
 fn a_leader_whose_promise_cannot_be_written_still_steps_down() {
-    let store = Arc::new(Store::open_in_memory(16).expect("in-memory store"));
-    let mut core = ReplicaCore::new(
-        "n0".to_string(),
-        CoreConfig::quick(1),
-        store.clone(),
-        MemLog::open(MemDisk::default()),
-        SharedPending::default(),
-        store.generation(),
-        7,
-        Duration::ZERO,
-    )
-    .expect("the core opens");
-    let mut now = Duration::ZERO;
-    let mut epoch = None;
-    for _ in 0..500 {
-        core.set_members(Vec::new(), Vec::new());
-        core.tick(now);
-        while let Some(ticket) = core.log_mut().complete_flush() {
-            core.flushed(ticket, Ok(()), now);
-        }
-        let _ = core.drain();
-        if let Ok(e) = core.write_epoch() {
-            epoch = Some(e);
-            break;
-        }
-        now += Duration::from_millis(10);
-    }
-    let epoch = epoch.expect("a single node leads");
+    let (store, mut core) = common::core::open("n0", CoreConfig::quick(1));
+    let (epoch, now) = common::core::lead_alone(&mut core);
     store.fail_next_promises(1);
     core.handle(
         "n9".into(),

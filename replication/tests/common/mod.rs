@@ -1,7 +1,12 @@
-//! What the store's upgrade tests check of a file once an older format
-//! was opened.
+//! What the replication tests share: what the store's upgrade tests check
+//! of a file once an older format was opened, and a protocol core driven
+//! by hand ([`core`]).
+// Each test file uses some of these.
+#![allow(dead_code)]
 
 use std::path::Path;
+
+pub mod core;
 
 use pika_replication::store::DB_FILE;
 use redb::{ReadableDatabase, TableDefinition, TableHandle};
