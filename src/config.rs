@@ -290,11 +290,37 @@ impl Config {
                 "must be at least 1 when cluster.enabled is true".into(),
             ));
         }
-        if c.enabled && c.heartbeat_interval.0.is_zero() {
-            out.push((
+        // Zero, each of these would spin a loop or time out at once.
+        for (key, d, message) in [
+            (
                 "cluster.heartbeat_interval",
-                "must be greater than 0".into(),
-            ));
+                c.heartbeat_interval.0,
+                "must be greater than 0",
+            ),
+            (
+                "cluster.ack_timeout",
+                c.ack_timeout.0,
+                "must be greater than 0",
+            ),
+            (
+                "cluster.forward_timeout",
+                c.forward_timeout.0,
+                "must be greater than 0: every write and wait would time out at once",
+            ),
+            (
+                "cluster.refresh_interval",
+                c.refresh_interval.0,
+                "must be greater than 0 (it is how often dns_addr is resolved again)",
+            ),
+            (
+                "cluster.sync_interval",
+                c.sync_interval.0,
+                "must be greater than 0 (it is how often the leader sends its Merkle root)",
+            ),
+        ] {
+            if c.enabled && d.is_zero() {
+                out.push((key, message.into()));
+            }
         }
         // The lease (L, drift taken off: 0.9 L) must outlast the next
         // heartbeat round (H, ticks every H/4) and its acks; shorter, and
@@ -324,32 +350,11 @@ impl Config {
                 out.push((key, "must be at most 24h".into()));
             }
         }
-        if c.enabled && c.forward_timeout.0.is_zero() {
-            out.push((
-                "cluster.forward_timeout",
-                "must be greater than 0: every write and wait would time out at once".into(),
-            ));
-        }
-        if c.enabled && c.refresh_interval.0.is_zero() {
-            out.push((
-                "cluster.refresh_interval",
-                "must be greater than 0 (it is how often dns_addr is resolved again)".into(),
-            ));
-        }
-        if c.enabled && c.sync_interval.0.is_zero() {
-            out.push((
-                "cluster.sync_interval",
-                "must be greater than 0 (it is how often the leader sends its Merkle root)".into(),
-            ));
-        }
         if c.enabled && c.dead_voter_timeout.0 < c.heartbeat_timeout.0 {
             out.push((
                 "cluster.dead_voter_timeout",
                 "must be at least cluster.heartbeat_timeout".into(),
             ));
-        }
-        if c.enabled && c.ack_timeout.0.is_zero() {
-            out.push(("cluster.ack_timeout", "must be greater than 0".into()));
         }
         if c.enabled {
             out.extend(self.cluster_address_problems());

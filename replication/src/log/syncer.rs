@@ -149,20 +149,24 @@ fn sync(job: &SyncJob) -> io::Result<()> {
     // before the new one's header, so a crash can tear only the last
     // segment holding anything; a bad record followed by a segment with
     // records in it is damage, never a crash's tail. The writes come in
-    // log order, one segment after another.
-    let mut synced: Vec<&Arc<File>> = Vec::new();
+    // log order, one segment after another, so each segment's run of
+    // writes is synced once, at its end.
     for (i, w) in job.writes.iter().enumerate() {
         w.file.write_all_at(&w.bytes, w.at)?;
         let segment_done = job
             .writes
             .get(i + 1)
             .is_none_or(|next| !Arc::ptr_eq(&next.file, &w.file));
-        if segment_done && !synced.iter().any(|f| Arc::ptr_eq(f, &w.file)) {
+        if segment_done {
             w.file.sync_data()?;
-            synced.push(&w.file);
         }
     }
-    if !synced.iter().any(|f| Arc::ptr_eq(f, &job.active)) {
+    // The active segment, when nothing was written to it.
+    if job
+        .writes
+        .last()
+        .is_none_or(|w| !Arc::ptr_eq(&w.file, &job.active))
+    {
         job.active.sync_data()?;
     }
     if let Some(dir) = &job.dir {

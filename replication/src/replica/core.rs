@@ -565,27 +565,26 @@ impl<L: LogStore> ReplicaCore<L> {
     }
 
     pub(super) fn perform_election(&mut self, now: Duration) {
-        // Set once a promise could not be made durable: what follows it must
-        // not leave (its sends, a leadership it would take), but a step-down
-        // or a new leader to follow still must happen here; dropped, a
-        // leader past its lease went on as one, proposing writes nobody
-        // would answer and ignoring the new leader's diffs.
-        let mut unpromised = false;
         for action in self.election.drain_actions() {
             match action {
                 Action::Persist { promised_epoch } => {
                     // Whatever follows must not leave before this is on disk.
+                    // Not on disk, it is a failed disk (`disk_error`): what
+                    // follows must not leave (its sends, a leadership it
+                    // would take), but a step-down or a new leader to
+                    // follow still happens. Dropped, a leader past its
+                    // lease went on as one, proposing writes nobody would
+                    // answer and ignoring the new leader's diffs.
                     if let Err(e) = self.store.set_promised_epoch(promised_epoch) {
-                        unpromised = true;
                         self.disk_failed(format!("persisting the promised epoch: {e}"));
                     }
                 }
                 Action::Send { to, message } => {
-                    if self.disk_error.is_none() && !unpromised {
+                    if self.disk_error.is_none() {
                         self.send(&to, PeerMessage::Election(message));
                     }
                 }
-                Action::BecameLeader { .. } if unpromised || self.disk_error.is_some() => {}
+                Action::BecameLeader { .. } if self.disk_error.is_some() => {}
                 Action::BecameLeader { epoch } => self.lead(epoch, now),
                 Action::SteppedDown { epoch, reason } => {
                     metrics::counter!("pika_step_downs_total").increment(1);
