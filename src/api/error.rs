@@ -32,6 +32,12 @@ impl ApiError {
     /// (`field `expected_version`: invalid type: string "1", expected
     /// u64`), not only a line and column.
     pub fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Self> {
+        // Bodies that parse (nearly all) take serde_json's own path: the
+        // path tracking below allocates each key it passes, on every
+        // write. Only a body that fails is parsed again to name the field.
+        if let Ok(value) = serde_json::from_slice(body) {
+            return Ok(value);
+        }
         let mut reader = serde_json::Deserializer::from_slice(body);
         let value = serde_path_to_error::deserialize(&mut reader).map_err(|e| {
             let path = e.path().to_string();
