@@ -409,25 +409,29 @@ fn fanout(
             out.ms(0.99)
         ));
     }
-    load::plot::lines(
-        "write-latency.svg",
-        "Write latency by cluster size (1 client, via the leader)",
-        "nodes",
-        "ms",
-        &percentiles,
-    )?;
-    report.figure(
-        "write-latency.svg",
-        "write latency percentiles by cluster size",
-    );
-    load::plot::lines(
-        "write-throughput.svg",
-        "Write throughput by concurrency (via the leader)",
-        "clients",
-        "writes/s",
-        &throughput,
-    )?;
-    report.figure("write-throughput.svg", "write throughput by concurrency");
+    // A run of one part writes no report (`pika_only`), so it leaves the
+    // figures alone too: they stay those of the report beside them.
+    if settings.only.is_none() {
+        load::plot::lines(
+            "write-latency.svg",
+            "Write latency by cluster size (1 client, via the leader)",
+            "nodes",
+            "ms",
+            &percentiles,
+        )?;
+        report.figure(
+            "write-latency.svg",
+            "write latency percentiles by cluster size",
+        );
+        load::plot::lines(
+            "write-throughput.svg",
+            "Write throughput by concurrency (via the leader)",
+            "clients",
+            "writes/s",
+            &throughput,
+        )?;
+        report.figure("write-throughput.svg", "write throughput by concurrency");
+    }
     Ok(c1)
 }
 

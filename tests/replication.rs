@@ -300,6 +300,52 @@ fn a_restarted_follower_catches_up_change_by_change_receiving_each_once() {
 }
 
 #[test]
+fn a_follower_back_at_a_new_address_has_the_writes_again_long_before_the_old_connection_times_out()
+{
+    // A Kubernetes pod restarted with its volume comes back under its node
+    // id at a new IP. The leader's replica stream to the old address looks
+    // alive until QUIC's idle timeout (the heartbeat timeout), and the
+    // member stays in the set meanwhile, so writes wait for it. With a 15 s
+    // timeout they waited about that long; the new address is known by
+    // gossip within a heartbeat.
+    const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(15);
+    let mut c = Cluster::start_with_env(
+        &[184, 185, 186],
+        &[("PIKA_CLUSTER_HEARTBEAT_TIMEOUT", "15s")],
+    );
+    let (leader, _) = c.leader(Duration::from_secs(40));
+    let follower = (leader + 1) % 3;
+    let (code, body) = put(&c.url(leader), "moved/before", "1", None);
+    assert_eq!(code, 201, "{body}");
+    wait_until(Duration::from_secs(10), || {
+        (read(&c.url(follower), "moved/before").as_deref() == Some("1")).then_some(())
+    })
+    .expect("the follower has the first write");
+
+    c.relocate(follower, 187);
+    let moved = Instant::now();
+    let mut n = 0;
+    let served = wait_until(HEARTBEAT_TIMEOUT * 2, || {
+        n += 1;
+        let value = n.to_string();
+        let (code, _) = put(&c.url(leader), "moved/after", &value, None);
+        (code == 201
+            && wait_until(Duration::from_secs(1), || {
+                (read(&c.url(follower), "moved/after").as_deref() == Some(value.as_str()))
+                    .then_some(())
+            })
+            .is_some())
+        .then(|| moved.elapsed())
+    })
+    .unwrap_or_else(|| panic!("no write reached the moved follower: {}", c.status(leader)));
+    eprintln!("the moved follower had a write {served:?} after its restart ({n} tries)");
+    assert!(
+        served < HEARTBEAT_TIMEOUT / 2,
+        "the moved follower had a write only {served:?} after its restart: the leader waited for the old connection"
+    );
+}
+
+#[test]
 fn without_a_quorum_writes_get_503_in_time_and_nothing_is_acked() {
     let mut c = Cluster::start(&[41, 42, 43]);
     let (leader, _) = c.leader(Duration::from_secs(15));

@@ -36,6 +36,10 @@ const FORGET_AFTER: u32 = 60;
 /// write was on its way leave together.
 const BATCH: usize = 256;
 
+/// How often, at most, a writer looks whether its peer's address changed
+/// (also at most once per `retry`).
+const ADDRESS_CHECK: Duration = Duration::from_millis(250);
+
 /// A test-only fault switch: drop traffic to or from chosen peers, or
 /// delay what goes to them (order kept).
 #[derive(Default)]
@@ -274,11 +278,15 @@ impl Peers {
         mut queue: mpsc::Receiver<(Instant, PeerMessage)>,
     ) {
         let mut unknown_for = 0;
+        // A message taken from the queue for a stream left because its
+        // node moved: it goes first on the next one.
+        let mut carried: Option<PeerMessage> = None;
         loop {
             let Some(addr) = self.address_of(&to) else {
                 // Unknown or down: drop what is queued, look again later,
                 // and end once it has been gone for long.
                 while queue.try_recv().is_ok() {}
+                carried = None;
                 unknown_for += 1;
                 if unknown_for >= FORGET_AFTER {
                     queue.close();
@@ -293,6 +301,7 @@ impl Peers {
                 Err(e) => {
                     tracing::debug!(%to, error = %e, "cannot open a replica stream");
                     while queue.try_recv().is_ok() {}
+                    carried = None;
                     tokio::time::sleep(self.retry).await;
                     continue;
                 }
@@ -306,6 +315,7 @@ impl Peers {
             {
                 tracing::warn!(%to, %proven, addr = %stream.peer(), "the node at the address gossip gave for a peer is another one; not sending to it");
                 while queue.try_recv().is_ok() {}
+                carried = None;
                 tokio::time::sleep(self.retry).await;
                 continue;
             }
@@ -319,8 +329,30 @@ impl Peers {
             {
                 continue;
             }
+            // Sent before anything queued after it, so the order holds.
+            if let Some(message) = carried.take()
+                && stream.send(&message).await.is_err()
+            {
+                continue;
+            }
             let mut batch = Vec::with_capacity(BATCH);
+            let mut address_checked = Instant::now();
             while let Some((queued, message)) = queue.recv().await {
+                // A node back under its id at another address (a pod
+                // restarted with its volume and a new IP) is alive there
+                // while the connection to the old one still looks alive
+                // here: nothing answers it, and only its idle timeout (the
+                // heartbeat timeout) would end it. Writes would wait for
+                // the member that long. Gossip knows the new address
+                // within a heartbeat; look at it now and then.
+                if address_checked.elapsed() >= self.retry.min(ADDRESS_CHECK) {
+                    address_checked = Instant::now();
+                    if self.address_of(&to).is_some_and(|now| now != addr) {
+                        tracing::info!(%to, from = %addr, "peer moved to another address; reconnecting");
+                        carried = Some(message);
+                        break;
+                    }
+                }
                 let delay = self.faults.delay_to(&to);
                 let due = queued + delay;
                 if due > Instant::now() {
@@ -351,7 +383,7 @@ impl Peers {
                 }
                 batch.clear();
             }
-            if queue.is_closed() {
+            if queue.is_closed() && carried.is_none() {
                 return self.forget(&to);
             }
         }

@@ -195,6 +195,19 @@ impl Cluster {
         self.nodes[i] = Some(node);
     }
 
+    /// Kills node `i` and starts it again on its data directory at
+    /// 127.0.1.`host`, as a pod back with its volume and a new IP. It
+    /// resolves the new address with the old ones; the others resolve what
+    /// they did, so they learn the new address by gossip.
+    pub fn relocate(&mut self, i: usize, host: u8) {
+        self.kill(i);
+        let mut dns = self.hosts.clone();
+        dns.push(host);
+        self.hosts[i] = host;
+        let node = self.spawn_node(host, &dns, &self.data_dir(i), &[("PIKA_TEST_FAULTS", "1")]);
+        self.nodes[i] = Some(node);
+    }
+
     pub fn status(&self, i: usize) -> Value {
         client()
             .get(format!("{}/api/v1/cluster/status", self.url(i)))
