@@ -70,7 +70,7 @@ impl<L: LogStore> ReplicaCore<L> {
 
     /// How far [`Self::apply`] may go: what is committed and durable here;
     /// `None` while a snapshot is installing or the disk failed.
-    fn apply_target(&self) -> Option<u64> {
+    pub(super) fn apply_target(&self) -> Option<u64> {
         if self.syncing.is_some() || self.disk_error.is_some() {
             return None;
         }

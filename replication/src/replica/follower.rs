@@ -152,7 +152,19 @@ impl<L: LogStore> ReplicaCore<L> {
         }
         self.send_ack();
         self.learn_commit(commit);
-        if more {
+        // A catch-up answer's last frame says whether there is more: ask
+        // for it once, from the frame that ends the log. With two requests
+        // in flight (the install's and a tick's, say) each answer asked
+        // again and the two chains went on side by side: every entry of a
+        // long catch-up came twice (51 213 of 102 428 in the fanout
+        // bench's rejoin, 1.38× the changed bytes).
+        if more
+            && end == self.log.last().revision
+            && self
+                .catch_up_asked
+                .as_ref()
+                .is_none_or(|(to, asked, _)| to != from || *asked != self.log.last())
+        {
             self.catch_up(from, now);
         }
     }
@@ -315,6 +327,18 @@ impl<L: LogStore> ReplicaCore<L> {
         // The install must not meet an apply in flight (`apply.rs`): the
         // next tick starts the session (`needs_snapshot` stays).
         if self.disk_error.is_some() || self.applying.is_some() {
+            return;
+        }
+        // Behind, committed entries this log holds and the state lacks go
+        // in first (the next tick starts the session once they have): a
+        // session from the state as it is would have the leader ship their
+        // changes again (a catch-up cut short by the leader's log purge
+        // can leave many).
+        if !self.repairing
+            && self
+                .apply_target()
+                .is_some_and(|target| target > self.store.revision())
+        {
             return;
         }
         let local = match self.store.merkle() {
