@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use pika_replication::election::{ElectionMessage, Position};
+use pika_replication::election::Position;
 use pika_replication::log::MemLog;
 use pika_replication::record::SharedChange;
 use pika_replication::replica::core::{CoreConfig, Output, ReplicaCore};
@@ -47,17 +47,7 @@ fn following(core: &mut ReplicaCore<MemLog>) -> Duration {
     let mut now = Duration::ZERO;
     for round in 1..=20 {
         core.set_members(peers(), peers());
-        core.handle(
-            "n0".into(),
-            PeerMessage::Election(ElectionMessage::Heartbeat {
-                epoch: 1,
-                leader: "n0".into(),
-                round,
-                replicas: 3,
-                voters: 0,
-            }),
-            now,
-        );
+        core.handle("n0".into(), common::core::heartbeat_of_n0(round), now);
         core.tick(now);
         let _ = core.drain();
         now += Duration::from_millis(100);

@@ -12,16 +12,6 @@ use pika_replication::{Change, ChangeKind, Meta};
 
 mod common;
 
-fn heartbeat(round: u64) -> PeerMessage {
-    PeerMessage::Election(ElectionMessage::Heartbeat {
-        epoch: 1,
-        leader: "n0".into(),
-        round,
-        replicas: 3,
-        voters: 0,
-    })
-}
-
 /// Grants `core` sent to `to` (true or false), in order.
 fn grants_to(core: &mut ReplicaCore<MemLog>, to: &str) -> Vec<bool> {
     core.drain()
@@ -53,7 +43,7 @@ fn a_vote_compares_with_the_log_as_it_is_not_as_the_last_tick_saw_it() {
         core.set_members(peers(), peers());
         if now.as_millis() % 100 == 0 {
             round += 1;
-            core.handle("n0".into(), heartbeat(round), now);
+            core.handle("n0".into(), common::core::heartbeat_of_n0(round), now);
         }
         core.tick(now);
         let _ = core.drain();

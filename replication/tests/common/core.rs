@@ -5,9 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pika_replication::Store;
+use pika_replication::election::ElectionMessage;
 use pika_replication::log::{MemDisk, MemLog};
 use pika_replication::pending::SharedPending;
 use pika_replication::replica::core::{CoreConfig, ReplicaCore};
+use pika_replication::wire::PeerMessage;
 
 /// Node `id`'s core on a fresh in-memory store, at time zero.
 pub fn open(id: &str, config: CoreConfig) -> (Arc<Store>, ReplicaCore<MemLog>) {
@@ -48,4 +50,15 @@ pub fn lead_alone(core: &mut ReplicaCore<MemLog>) -> (u64, Duration) {
         now += Duration::from_millis(10);
     }
     panic!("a cluster of one did not elect itself in 5 s");
+}
+
+/// Leader `n0`'s heartbeat of `round` in epoch 1, to a cluster of three.
+pub fn heartbeat_of_n0(round: u64) -> PeerMessage {
+    PeerMessage::Election(ElectionMessage::Heartbeat {
+        epoch: 1,
+        leader: "n0".into(),
+        round,
+        replicas: 3,
+        voters: 0,
+    })
 }
