@@ -650,6 +650,8 @@ struct Rejoin {
     seconds: f64,
     bytes_in: f64,
     snapshots: f64,
+    /// The rejoined follower's peak resident memory since its restart.
+    peak_rss_mb: Option<f64>,
 }
 
 /// Stores `stored_paths` paths, takes a follower down for `absent_writes`
@@ -689,10 +691,15 @@ fn snapshot_rejoin(rt: &Runtime, settings: &Settings) -> anyhow::Result<Rejoin> 
     let snapshots = series(&text, "pika_syncs_total")
         .first()
         .map_or(0.0, |x| x.1);
+    let peak_rss_mb = cluster
+        .pid(follower)
+        .and_then(peak_rss_kb)
+        .map(|kb| kb as f64 / 1024.0);
     Ok(Rejoin {
         seconds,
         bytes_in,
         snapshots,
+        peak_rss_mb,
     })
 }
 
@@ -715,8 +722,11 @@ fn snapshot_table(
     };
     // What changed: every missed write's value (the history moves too).
     let changed = (settings.absent_writes * VALUE_BYTES) as f64;
+    let rss = r
+        .peak_rss_mb
+        .map_or("unknown".to_string(), |mb| format!("{mb:.0} MiB"));
     println!(
-        "rejoined in {:.3} s by {} snapshot(s); {:.1} MiB received for {:.1} MiB of changed values: {:.2}×",
+        "rejoined in {:.3} s by {} snapshot(s); {:.1} MiB received for {:.1} MiB of changed values: {:.2}×; the follower's peak RSS {rss}",
         r.seconds,
         r.snapshots,
         r.bytes_in / (1 << 20) as f64,
@@ -724,7 +734,7 @@ fn snapshot_table(
         r.bytes_in / changed
     );
     report.line(format!(
-        "\n## Rejoin by snapshot\n\n3 nodes, {} stored paths, a follower down for {} writes with {} log entries kept: back in {:.3} s by {} snapshot(s), {:.1} MiB received for {:.1} MiB of changed values ({:.2}×).",
+        "\n## Rejoin by snapshot\n\n3 nodes, {} stored paths, a follower down for {} writes with {} log entries kept: back in {:.3} s by {} snapshot(s), {:.1} MiB received for {:.1} MiB of changed values ({:.2}×); the follower's peak resident memory {rss}.",
         settings.stored_paths,
         settings.absent_writes,
         settings.log_retention,

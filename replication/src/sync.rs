@@ -4,9 +4,11 @@
 //! The follower compares its tree with the leader's from the root down,
 //! asking only for the children of nodes that differ, then for the contents
 //! of the differing buckets, all answered from one leader snapshot at
-//! revision S. Bucket contents come in answers of bounded size; once all
-//! are in, installing them in one transaction makes the follower equal to
-//! the leader at S. The cost is in what differs, not in what is stored.
+//! revision S. Bucket contents come in answers of bounded size, which the
+//! follower stages on disk as they come (the session holds none of them);
+//! once all are in, installing them in one transaction makes the follower
+//! equal to the leader at S. The cost is in what differs, not in what is
+//! stored.
 
 use serde::{Deserialize, Serialize};
 
@@ -66,10 +68,15 @@ pub enum SyncAnswer {
 #[derive(Debug, PartialEq, Eq)]
 pub enum SyncStep {
     Ask(SyncAsk),
-    /// Install these buckets and move to the snapshot's position.
+    /// Keep these paths for the install (`Store::stage`), then ask `next`.
+    Stage {
+        paths: Vec<PathState>,
+        next: SyncAsk,
+    },
+    /// Install these buckets, with the paths staged for them, and move to
+    /// the snapshot's position.
     Install {
         buckets: Vec<u16>,
-        paths: Vec<PathState>,
         /// Request ids beside the paths' versions (see [`SyncAsk::Requests`]).
         requests: Vec<(String, Applied)>,
         revision: u64,
@@ -91,10 +98,10 @@ pub struct SyncSession {
     since: Option<u64>,
     /// The snapshot every answer must come from.
     at: Option<(u64, u64)>,
-    /// Differing buckets not received yet, and what has been.
+    /// Differing buckets not received yet, and those received (their
+    /// paths are staged).
     todo: Vec<u16>,
     buckets: Vec<u16>,
-    paths: Vec<PathState>,
     requests: Vec<(String, Applied)>,
 }
 
@@ -109,7 +116,6 @@ impl SyncSession {
             at: None,
             todo: Vec::new(),
             buckets: Vec::new(),
-            paths: Vec::new(),
             requests: Vec::new(),
         }
     }
@@ -140,18 +146,20 @@ impl SyncSession {
                 // a path can come twice only within one answer.
                 let mut seen = std::collections::HashSet::new();
                 let taken: std::collections::HashSet<u16> = fresh.iter().copied().collect();
-                for state in paths {
-                    let bucket = crate::merkle::bucket_of(&state.path);
-                    if taken.contains(&bucket) && seen.insert(state.path.clone()) {
-                        self.paths.push(state);
-                    }
-                }
+                let paths: Vec<PathState> = paths
+                    .into_iter()
+                    .filter(|state| {
+                        taken.contains(&crate::merkle::bucket_of(&state.path))
+                            && seen.insert(state.path.clone())
+                    })
+                    .collect();
                 self.buckets.extend(fresh);
-                if self.todo.is_empty() {
-                    SyncStep::Ask(self.ask_requests(revision, None))
+                let next = if self.todo.is_empty() {
+                    self.ask_requests(revision, None)
                 } else {
-                    SyncStep::Ask(self.ask_buckets())
-                }
+                    self.ask_buckets()
+                };
+                SyncStep::Stage { paths, next }
             }
             SyncAnswer::Requests { ids, next } => {
                 if self.buckets.is_empty() || !self.todo.is_empty() {
@@ -162,7 +170,6 @@ impl SyncSession {
                     Some(from) => SyncStep::Ask(self.ask_requests(revision, Some(from))),
                     None => SyncStep::Install {
                         buckets: std::mem::take(&mut self.buckets),
-                        paths: std::mem::take(&mut self.paths),
                         requests: std::mem::take(&mut self.requests),
                         revision,
                         epoch,

@@ -26,44 +26,67 @@ fn put(p: &str, data: &str) -> Op {
 
 /// One session against `snapshot` to its last step (an install, or in
 /// sync), with answers of `budget` bytes and at most `limit` (a frame),
-/// each shown to `seen` with its ask first.
+/// each shown to `seen` with its ask first; with the paths it staged.
 fn run_session(
     snapshot: &Snapshot,
     local: MerkleBuckets,
     since: Option<u64>,
     (budget, limit): (usize, usize),
     mut seen: impl FnMut(&SyncAsk, &SyncAnswer),
-) -> SyncStep {
+) -> (SyncStep, Vec<PathState>) {
     let mut session = SyncSession::new(local, since);
     let mut ask = SyncAsk::Start;
+    let mut staged = Vec::new();
     for _ in 0..1000 {
         let answer = sync::answer(snapshot, &ask, budget, limit).unwrap();
         seen(&ask, &answer);
         match session.on_answer(snapshot.revision, snapshot.epoch, answer) {
             SyncStep::Ask(next) => ask = next,
+            SyncStep::Stage { paths, next } => {
+                staged.extend(paths);
+                ask = next;
+            }
             SyncStep::Failed(why) => panic!("sync failed: {why}"),
-            last => return last,
+            last => return (last, staged),
         }
     }
     panic!("a sync session took more than 1000 rounds");
 }
 
-/// What an install step carries: buckets, paths, request ids, revision and
-/// epoch.
+/// What an install step carries: buckets, the paths staged for them,
+/// request ids, revision and epoch.
 type Install = (Vec<u16>, Vec<PathState>, Vec<(String, Applied)>, u64, u64);
 
 /// An install step's parts (any other step fails the test).
-fn install_of(step: SyncStep) -> Install {
+fn install_of((step, paths): (SyncStep, Vec<PathState>)) -> Install {
     match step {
         SyncStep::Install {
             buckets,
-            paths,
             requests,
             revision,
             epoch,
         } => (buckets, paths, requests, revision, epoch),
         other => panic!("unexpected step: {other:?}"),
     }
+}
+
+const SESSION: u64 = 7;
+
+/// Installs as a follower does: the paths staged in its store, one answer
+/// at a time, then the install from there.
+fn install(
+    store: &Store,
+    (buckets, paths, requests, revision, epoch): &Install,
+    since: Option<u64>,
+) {
+    store.clear_staged().unwrap();
+    for answer in paths.chunks(7) {
+        store.stage(SESSION, answer).unwrap();
+    }
+    let installed = store
+        .install_staged(SESSION, buckets, requests, *revision, *epoch, since)
+        .unwrap();
+    assert_eq!(installed, paths.len(), "every staged path installed");
 }
 
 /// Runs a session to the end; returns (digests asked for, buckets moved,
@@ -85,15 +108,13 @@ fn sync_with(leader: &Store, follower: &Store, behind: bool) -> (usize, usize, u
         (64 << 10, usize::MAX),
         count,
     );
-    if let SyncStep::InSync { .. } = last {
+    if let SyncStep::InSync { .. } = last.0 {
         return (digests, 0, 0);
     }
-    let (buckets, paths, requests, revision, epoch) = install_of(last);
-    let versions = paths.iter().map(|p| p.versions.len()).sum();
-    follower
-        .install_with_requests(&buckets, &paths, &requests, revision, epoch, since)
-        .unwrap();
-    (digests, buckets.len(), versions)
+    let step = install_of(last);
+    let versions = step.1.iter().map(|p| p.versions.len()).sum();
+    install(follower, &step, since);
+    (digests, step.0.len(), versions)
 }
 
 fn sync(leader: &Store, follower: &Store) -> (usize, usize) {
@@ -254,16 +275,15 @@ fn request_ids_travel_in_bounded_answers() {
         (budget, usize::MAX),
         bounded,
     );
-    let (buckets, paths, requests, revision, epoch) = install_of(last);
+    let step = install_of(last);
+    let requests = &step.2;
     let mut seen: Vec<&str> = requests.iter().map(|(id, _)| id.as_str()).collect();
     seen.sort_unstable();
     seen.dedup();
     assert_eq!(seen.len(), 300, "every id once");
     assert_eq!(requests.len(), 300, "no id twice");
     assert!(answers > 10, "{answers} answers of request ids");
-    follower
-        .install_with_requests(&buckets, &paths, &requests, revision, epoch, None)
-        .unwrap();
+    install(&follower, &step, None);
     let ids: Vec<String> = (0..300).map(|i| format!("id-{i:03}")).collect();
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
     assert_eq!(
@@ -309,10 +329,7 @@ fn a_bucket_larger_than_a_frame_goes_with_fewer_old_versions() {
         (64 << 10, limit),
         fits,
     );
-    let (buckets, paths, requests, revision, epoch) = install_of(last);
-    follower
-        .install_with_requests(&buckets, &paths, &requests, revision, epoch, None)
-        .unwrap();
+    install(&follower, &install_of(last), None);
     assert_eq!(
         follower.merkle().unwrap().root(),
         leader.merkle().unwrap().root()
@@ -365,21 +382,113 @@ fn a_bucket_answer_is_taken_only_for_what_was_asked() {
         paths: doubled.into_iter().chain([stray]).collect(),
     };
     let mut step = session.on_answer(snapshot.revision, snapshot.epoch, answer);
-    while let SyncStep::Ask(ask) = &step {
-        let answer = sync::answer(&snapshot, ask, 1 << 20, usize::MAX).unwrap();
+    let mut staged = Vec::new();
+    loop {
+        let ask = match step {
+            SyncStep::Ask(ask) => ask,
+            SyncStep::Stage { paths, next } => {
+                staged.extend(paths);
+                next
+            }
+            _ => break,
+        };
+        let answer = sync::answer(&snapshot, &ask, 1 << 20, usize::MAX).unwrap();
         step = session.on_answer(snapshot.revision, snapshot.epoch, answer);
     }
-    let (buckets, paths, requests, revision, epoch) = install_of(step);
-    assert_eq!(buckets, asked, "only the buckets asked for");
-    let mut names: Vec<&str> = paths.iter().map(|p| p.path.as_str()).collect();
+    let step = install_of((step, staged));
+    assert_eq!(step.0, asked, "only the buckets asked for");
+    let mut names: Vec<&str> = step.1.iter().map(|p| p.path.as_str()).collect();
     names.sort_unstable();
     assert_eq!(
         names,
         ["cfg/a", "cfg/b"],
         "each path once, none from elsewhere"
     );
-    follower
-        .install_with_requests(&buckets, &paths, &requests, revision, epoch, None)
-        .unwrap();
+    install(&follower, &step, None);
     assert_eq!(follower.merkle().unwrap().root(), snapshot.merkle().root());
+}
+
+/// A session cut short (a leader change, a silent leader, a crash) leaves
+/// the paths it staged behind. The next session's install takes its own
+/// only: the older copy of a path it also carries would otherwise go in
+/// beside the newer, and cancel it out of its bucket's digest.
+#[test]
+fn an_install_takes_only_its_own_sessions_staged_paths() {
+    let (ld, fd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let leader = Store::open(ld.path(), 3).unwrap();
+    let follower = Store::open(fd.path(), 3).unwrap();
+    leader
+        .execute(&[put("cfg/a", "1"), put("cfg/b", "1")], 1, 0)
+        .unwrap();
+    let session = |leader: &Store| {
+        let snapshot = leader.snapshot().unwrap();
+        let limits = (64 << 10, usize::MAX);
+        install_of(run_session(
+            &snapshot,
+            follower.merkle().unwrap(),
+            None,
+            limits,
+            |_, _| {},
+        ))
+    };
+    let cut_short = session(&leader);
+    leader.execute(&[put("cfg/a", "2")], 1, 0).unwrap();
+    let (buckets, paths, requests, revision, epoch) = session(&leader);
+    follower.stage(1, &cut_short.1).unwrap();
+    follower.stage(2, &paths).unwrap();
+    let installed = follower
+        .install_staged(2, &buckets, &requests, revision, epoch, None)
+        .unwrap();
+    assert_eq!(installed, paths.len(), "only the session's own paths");
+    assert_eq!(
+        follower.merkle().unwrap().root(),
+        leader.merkle().unwrap().root()
+    );
+    let latest = |s: &Store| s.get("cfg/a", None).unwrap().map(|c| c.kind);
+    assert_eq!(latest(&follower), latest(&leader));
+    assert_eq!(
+        follower
+            .install_staged(1, &[], &[], revision, epoch, None)
+            .unwrap(),
+        0,
+        "the install emptied the staging table"
+    );
+}
+
+/// No session survives a restart: what one staged before a crash is gone
+/// at the next open, not kept on disk until some later session.
+#[test]
+fn a_restart_drops_what_a_session_staged() {
+    let (ld, fd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let leader = Store::open(ld.path(), 3).unwrap();
+    leader.execute(&[put("cfg/a", "1")], 1, 0).unwrap();
+    let (_, paths, _, revision, epoch) = {
+        let follower = Store::open(fd.path(), 3).unwrap();
+        let step = install_of(run_session(
+            &leader.snapshot().unwrap(),
+            follower.merkle().unwrap(),
+            None,
+            (64 << 10, usize::MAX),
+            |_, _| {},
+        ));
+        follower.stage(SESSION, &step.1).unwrap();
+        // Made durable by a later transaction, as a checkpoint would.
+        follower.execute(&[put("cfg/local", "x")], 1, 0).unwrap();
+        step
+    };
+    assert!(!paths.is_empty());
+    let follower = Store::open(fd.path(), 3).unwrap();
+    assert_eq!(
+        follower
+            .install_staged(
+                SESSION,
+                &[],
+                &[],
+                revision.max(follower.revision()),
+                epoch,
+                None
+            )
+            .unwrap(),
+        0
+    );
 }

@@ -351,6 +351,11 @@ impl<L: LogStore> ReplicaCore<L> {
         // after it moves. Damaged (a verification mismatch), everything in
         // the differing buckets does.
         let since = (!self.repairing).then(|| self.store.revision());
+        // What an earlier session staged is of another snapshot: its
+        // install never takes it, and here it goes.
+        if let Err(e) = self.store.clear_staged() {
+            return tracing::error!(error = %e, "clearing an earlier snapshot's staged paths");
+        }
         self.syncing = Some(Syncing {
             id,
             leader: leader.to_string(),
@@ -400,18 +405,25 @@ impl<L: LogStore> ReplicaCore<L> {
         syncing.started = now;
         match syncing.session.on_answer(revision, epoch, answer) {
             SyncStep::Ask(ask) => self.send(&from, PeerMessage::SyncRequest { session, ask }),
+            SyncStep::Stage { paths, next } => {
+                if let Err(e) = self.store.stage(session, &paths) {
+                    tracing::error!(error = %e, "staging a snapshot's paths failed");
+                    self.syncing = None;
+                    return;
+                }
+                self.send(&from, PeerMessage::SyncRequest { session, ask: next })
+            }
             SyncStep::Install {
                 buckets,
-                paths,
                 requests,
                 revision,
                 epoch,
             } => {
-                let contents = (&buckets[..], &paths[..], &requests[..]);
+                let contents = (session, &buckets[..], &requests[..]);
                 self.install(&from, contents, (revision, epoch), since, now)
             }
             SyncStep::InSync { revision, epoch } => {
-                self.install(&from, (&[], &[], &[]), (revision, epoch), since, now)
+                self.install(&from, (session, &[], &[]), (revision, epoch), since, now)
             }
             SyncStep::Failed(why) => {
                 tracing::debug!(%why, "snapshot refused");
@@ -421,16 +433,13 @@ impl<L: LogStore> ReplicaCore<L> {
     }
 
     /// Installs the leader's state at S (`revision`): the differing
-    /// buckets in one transaction, never below what is applied here. The
-    /// log then starts at S, keeping any entries after S that it holds.
+    /// buckets, from the paths staged for them, in one transaction, never
+    /// below what is applied here. The log then starts at S, keeping any
+    /// entries after S that it holds.
     fn install(
         &mut self,
         leader: &str,
-        (buckets, paths, requests): (
-            &[u16],
-            &[crate::store::PathState],
-            &[(String, crate::record::Applied)],
-        ),
+        (session, buckets, requests): (u64, &[u16], &[(String, crate::record::Applied)]),
         (revision, epoch): (u64, u64),
         since: Option<u64>,
         now: Duration,
@@ -450,12 +459,13 @@ impl<L: LogStore> ReplicaCore<L> {
             );
             return;
         }
-        if let Err(e) = self
+        let paths = match self
             .store
-            .install_with_requests(buckets, paths, requests, revision, epoch, since)
+            .install_staged(session, buckets, requests, revision, epoch, since)
         {
-            return tracing::error!(error = %e, "installing a snapshot failed");
-        }
+            Ok(paths) => paths,
+            Err(e) => return tracing::error!(error = %e, "installing a snapshot failed"),
+        };
         let log_result = if self.log.holds(at) {
             self.log.purge_through(at)
         } else {
@@ -489,7 +499,7 @@ impl<L: LogStore> ReplicaCore<L> {
         metrics::counter!("pika_sync_buckets_transferred_total").increment(buckets.len() as u64);
         tracing::info!(
             buckets = buckets.len(),
-            paths = paths.len(),
+            paths,
             revision,
             "snapshot installed"
         );
@@ -497,7 +507,7 @@ impl<L: LogStore> ReplicaCore<L> {
             at_ms: now.as_millis() as u64,
             revision,
             buckets: buckets.len(),
-            paths: paths.len(),
+            paths,
         });
         self.catch_up(leader, now);
     }

@@ -11,7 +11,7 @@ use redb::{Database, ReadableDatabase, ReadableTable};
 
 use super::{
     BUCKET_PATHS, DB_FILE, ENTRIES, KEY_LAST_EPOCH, KEY_PROMISED, KEY_REVISION, MERKLE, NODE,
-    Store, StoreError, feed, history, node_u64, paced_file, read_u64, requests,
+    Store, StoreError, feed, history, node_u64, paced_file, read_u64, requests, sync,
 };
 
 const KEY_NODE_ID: &str = "node_id";
@@ -192,6 +192,9 @@ impl Store {
             txn.open_table(BUCKET_PATHS)?;
             requests::create(&txn)?;
             txn.open_table(feed::FEED)?;
+            // What a snapshot session staged before a crash: no session
+            // survives a restart.
+            txn.delete_table(sync::STAGED)?;
             let mut node = txn.open_table(NODE)?;
             let holds_data = node
                 .get(KEY_REVISION)?

@@ -1,7 +1,15 @@
 //! The store's side of Merkle anti-entropy: a consistent snapshot to serve
 //! digests and bucket contents from, and installing a leader's buckets.
+//!
+//! A follower's session stages the paths it receives in a table of their
+//! own ([`Store::stage`]), answer by answer, and the install moves them
+//! into the state in one transaction ([`Store::install_staged`]). So a
+//! session holds one answer in memory at a time, not every differing
+//! bucket: a follower rejoining a store of several GB needs no more
+//! memory than its page cache (redb writes a transaction's pages out
+//! beyond half of it).
 
-use redb::{ReadTransaction, ReadableDatabase, ReadableTable};
+use redb::{ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use super::requests::{self, RequestCursor, RequestIdsPart};
@@ -47,6 +55,17 @@ pub struct Snapshot {
     /// The slots the history is laid out in.
     history: u64,
 }
+
+/// (session, answer) → the answer's [`PathState`]s: what a snapshot
+/// session received and has not installed yet, one record per answer (as
+/// many B-tree inserts per path cost a rejoin seconds). An install takes
+/// its own session's paths only,
+/// so what another left (cut short, or before a crash) is never installed
+/// as part of a later snapshot; each session also starts with the table
+/// emptied ([`Store::clear_staged`]), so that is never kept either, and
+/// the install empties it in its own transaction (and the store's open
+/// too: no session survives a restart).
+pub(super) const STAGED: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("sync_staged");
 
 impl Store {
     pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
@@ -104,7 +123,115 @@ impl Store {
     ) -> Result<(), StoreError> {
         let db = self.db()?;
         let txn = db.begin_write()?;
-        let mut tables = BatchTables::open(&txn)?;
+        let mut source = paths.iter().cloned().map(Ok);
+        let target = InstallTarget {
+            buckets,
+            requests,
+            revision,
+            epoch,
+            since,
+        };
+        self.install_in(&txn, target, &mut source)?;
+        txn.commit()?;
+        self.reset_position(revision, epoch);
+        Ok(())
+    }
+
+    /// Empties the staging table: a session starts from nothing staged
+    /// (what an earlier one left, cut short or before a crash, is of
+    /// another snapshot).
+    pub fn clear_staged(&self) -> Result<(), StoreError> {
+        let db = self.db()?;
+        let mut txn = db.begin_write()?;
+        // Nothing here needs to survive a crash: the next session clears
+        // it again, and an install empties it durably.
+        txn.set_durability(redb::Durability::None)?;
+        txn.delete_table(STAGED)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Keeps one answer's paths for `session`'s install (see the module's
+    /// comment), after those staged before. The session takes each path
+    /// once, so none is staged twice.
+    pub fn stage(&self, session: u64, paths: &[PathState]) -> Result<(), StoreError> {
+        let db = self.db()?;
+        let mut txn = db.begin_write()?;
+        txn.set_durability(redb::Durability::None)?;
+        {
+            let mut staged = txn.open_table(STAGED)?;
+            let next = staged
+                .range((session, 0)..=(session, u64::MAX))?
+                .next_back()
+                .transpose()?
+                .map_or(0, |(key, _)| key.value().1 + 1);
+            let record = encode("a staged snapshot answer", &paths)?;
+            staged.insert((session, next), record.as_slice())?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// [`Self::install_with_requests`] of the paths staged for `session`;
+    /// empties the staging table in the same transaction and returns how
+    /// many paths it installed.
+    pub fn install_staged(
+        &self,
+        session: u64,
+        buckets: &[u16],
+        requests: &[(String, Applied)],
+        revision: u64,
+        epoch: u64,
+        since: Option<u64>,
+    ) -> Result<usize, StoreError> {
+        let db = self.db()?;
+        let txn = db.begin_write()?;
+        let installed = {
+            let staged = txn.open_table(STAGED)?;
+            // One answer decoded at a time.
+            let mut source = staged
+                .range((session, 0)..=(session, u64::MAX))?
+                .flat_map(|item| {
+                    let answer = item.map_err(StoreError::from).and_then(|(_, value)| {
+                        decode::<Vec<PathState>>("a staged snapshot answer", value.value())
+                    });
+                    match answer {
+                        Ok(paths) => paths.into_iter().map(Ok).collect(),
+                        Err(e) => vec![Err(e)],
+                    }
+                });
+            let target = InstallTarget {
+                buckets,
+                requests,
+                revision,
+                epoch,
+                since,
+            };
+            self.install_in(&txn, target, &mut source)?
+        };
+        txn.delete_table(STAGED)?;
+        txn.commit()?;
+        self.reset_position(revision, epoch);
+        Ok(installed)
+    }
+
+    /// The install itself, inside `txn`, of the paths `source` yields
+    /// (see [`Self::install`] for what it does with them); returns how
+    /// many there were.
+    fn install_in(
+        &self,
+        txn: &redb::WriteTransaction,
+        target: InstallTarget<'_>,
+        source: &mut dyn Iterator<Item = Result<PathState, StoreError>>,
+    ) -> Result<usize, StoreError> {
+        let InstallTarget {
+            buckets,
+            requests,
+            revision,
+            epoch,
+            since,
+        } = target;
+        let mut tables = BatchTables::open(txn)?;
         // Read inside the write transaction, not from the position kept in
         // memory (which moves only after an apply's commit): no apply can
         // slip in between the check and the install.
@@ -112,15 +239,17 @@ impl Store {
         if revision < at {
             return Err(StoreError::Backwards { at, to: revision });
         }
-        // An install that changes nothing and moves nowhere (a repair that
-        // found the buckets equal after all) leaves the feed as it is:
-        // watchers missed nothing and need not list again.
-        let moves = revision > at || !paths.is_empty() || !buckets.is_empty();
+        // The request ids of the versions that travel, kept as the paths
+        // go by (only those inside the window: never more than it holds).
+        let mut ids = InstalledIds::new(revision);
+        let mut installed = 0usize;
         if since.is_some() {
-            for state in paths {
-                self.add_path_state(&mut tables, state)?;
+            for state in source {
+                let state = state?;
+                self.add_path_state(&mut tables, &state)?;
+                ids.add_versions(&state);
+                installed += 1;
             }
-            Self::finish_install(&mut tables, paths, requests, revision, epoch, moves)?;
         } else {
             for &bucket in buckets {
                 let local: Vec<String> = tables
@@ -136,28 +265,41 @@ impl Store {
                 tables.merkle.remove(bucket)?;
             }
             let mut digests = std::collections::BTreeMap::new();
-            for state in paths {
+            for state in source {
+                let state = state?;
                 let path = state.path.as_str();
                 let bucket = merkle::bucket_of(path);
                 // Whatever the path held here was cleared above.
-                tables.put_path_state(state, 0, self.history)?;
+                tables.put_path_state(&state, 0, self.history)?;
                 tables.bucket_paths.insert((bucket, path), ())?;
                 merkle::xor_into(
                     digests.entry(bucket).or_insert(merkle::EMPTY),
                     &state.entry.leaf(path),
                 );
+                ids.add_versions(&state);
+                installed += 1;
             }
             for (bucket, digest) in digests {
                 if digest != merkle::EMPTY {
                     tables.merkle.insert(bucket, digest)?;
                 }
             }
-            Self::finish_install(&mut tables, paths, requests, revision, epoch, moves)?;
         }
-        drop(tables);
-        txn.commit()?;
-        self.reset_position(revision, epoch);
-        Ok(())
+        // An install that changes nothing and moves nowhere (a repair that
+        // found the buckets equal after all) leaves the feed as it is:
+        // watchers missed nothing and need not list again.
+        let moves = revision > at || installed > 0 || !buckets.is_empty();
+        tables.request_ids = ids.finish(requests);
+        tables.set_position(revision, Some(epoch))?;
+        // The installed state came without its changes: watchers behind
+        // this revision must list again (see `feed`).
+        if moves {
+            tables.node.insert(
+                super::feed::KEY_FEED_FLOOR,
+                revision.to_le_bytes().as_slice(),
+            )?;
+        }
+        Ok(installed)
     }
 
     /// One changed path of an incremental install: its new entry, its new
@@ -172,27 +314,6 @@ impl Store {
         let before = previous.as_ref().map_or(0, |e| e.version);
         tables.put_path_state(state, before, self.history)?;
         tables.replace_leaf(path, previous.as_ref(), &state.entry)?;
-        Ok(())
-    }
-
-    fn finish_install(
-        tables: &mut BatchTables,
-        paths: &[PathState],
-        requests: &[(String, Applied)],
-        revision: u64,
-        epoch: u64,
-        moves: bool,
-    ) -> Result<(), StoreError> {
-        tables.request_ids = installed_request_ids(paths, requests, revision);
-        tables.set_position(revision, Some(epoch))?;
-        // The installed state came without its changes: watchers behind
-        // this revision must list again (see `feed`).
-        if moves {
-            tables.node.insert(
-                super::feed::KEY_FEED_FLOOR,
-                revision.to_le_bytes().as_slice(),
-            )?;
-        }
         Ok(())
     }
 }
@@ -271,37 +392,65 @@ impl Snapshot {
     }
 }
 
+/// Where an install moves the state to, and what beside its paths.
+struct InstallTarget<'a> {
+    buckets: &'a [u16],
+    requests: &'a [(String, Applied)],
+    revision: u64,
+    epoch: u64,
+    since: Option<u64>,
+}
+
 /// The request ids an install brings that are inside the window at
 /// `revision`, in revision order (as [`super::requests::record`] takes
-/// them): those of the versions that travel, and `requests`, which the
-/// leader's snapshot holds for changes its history no longer keeps (a path
-/// changed more than `storage.history` times inside the window). A node
-/// that caught up by snapshot and then leads answers a retry of any of
-/// them instead of applying it again. Ids past `revision` are not of this
-/// snapshot and are dropped.
-fn installed_request_ids(
-    paths: &[PathState],
-    requests: &[(String, Applied)],
+/// them): those of the versions that travel, and the `requests` that the
+/// leader's snapshot holds for changes its history no longer keeps (a
+/// path changed more than `storage.history` times inside the window). A
+/// node that caught up by snapshot and then leads answers a retry of any
+/// of them instead of applying it again. Ids past `revision` are not of
+/// this snapshot and are dropped.
+struct InstalledIds {
     revision: u64,
-) -> Vec<(String, Applied)> {
-    let mut ids: Vec<(String, Applied)> = paths
-        .iter()
-        .flat_map(|state| &state.versions)
-        .filter_map(|c| {
-            let id = c.request_id.clone()?;
-            Some((
-                id,
-                Applied {
-                    version: c.version,
-                    revision: c.revision,
-                    epoch: c.epoch,
-                },
-            ))
-        })
-        .chain(requests.iter().cloned())
-        .filter(|(_, a)| a.revision <= revision && requests::in_window(a.revision, revision))
-        .collect();
-    ids.sort_unstable_by(|(x, a), (y, b)| (a.revision, x).cmp(&(b.revision, y)));
-    ids.dedup();
-    ids
+    ids: Vec<(String, Applied)>,
+}
+
+impl InstalledIds {
+    fn new(revision: u64) -> Self {
+        InstalledIds {
+            revision,
+            ids: Vec::new(),
+        }
+    }
+
+    fn keeps(&self, applied: &Applied) -> bool {
+        applied.revision <= self.revision && requests::in_window(applied.revision, self.revision)
+    }
+
+    fn add_versions(&mut self, state: &PathState) {
+        for change in &state.versions {
+            let Some(id) = &change.request_id else {
+                continue;
+            };
+            let applied = Applied {
+                version: change.version,
+                revision: change.revision,
+                epoch: change.epoch,
+            };
+            if self.keeps(&applied) {
+                self.ids.push((id.clone(), applied));
+            }
+        }
+    }
+
+    fn finish(mut self, requests: &[(String, Applied)]) -> Vec<(String, Applied)> {
+        for (id, applied) in requests {
+            if self.keeps(applied) {
+                self.ids.push((id.clone(), *applied));
+            }
+        }
+        self.ids
+            .sort_unstable_by(|(x, a), (y, b)| (a.revision, x).cmp(&(b.revision, y)));
+        self.ids.dedup();
+        self.ids
+    }
 }
