@@ -7,11 +7,15 @@
 //!
 //! Handshakes run on their own tasks, at most `HANDSHAKES` at a time and
 //! each bounded by `HANDSHAKE_TIMEOUT`, so a slow or silent client never
-//! holds up the accept loop. A plain-HTTP request to the TLS port is
-//! answered with a 400 that says to use https, then closed.
+//! holds up the accept loop. One address (an IPv6 /64) has at most
+//! `HANDSHAKES_PER_ADDRESS` of them in progress; a connection past that is
+//! closed at once, so that idle connections from one place cannot take
+//! every slot and hold off everyone else. A plain-HTTP request to the TLS
+//! port is answered with a 400 that says to use https, then closed.
 
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +34,10 @@ use crate::config::{Config, TlsConfig};
 /// Handshakes in progress at once; more connections wait in the kernel's
 /// accept queue.
 const HANDSHAKES: usize = 256;
+/// Handshakes in progress at once from one address. A client's handshake
+/// takes a round trip or two, so only a flood or idle connections come
+/// near it, even from many clients behind one NAT.
+const HANDSHAKES_PER_ADDRESS: usize = 16;
 /// A client that has not finished its handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -160,6 +168,7 @@ impl TlsListener {
         let (ready, incoming) = mpsc::channel(HANDSHAKES);
         let acceptor = TlsAcceptor::from(tls);
         let permits = Arc::new(Semaphore::new(HANDSHAKES));
+        let by_address = HandshakesByAddress::default();
         let accept_loop = tokio::spawn(async move {
             loop {
                 let Ok(permit) = permits.clone().acquire_owned().await else {
@@ -174,9 +183,15 @@ impl TlsListener {
                         continue;
                     }
                 };
+                let Some(slot) = by_address.take(client.ip()) else {
+                    metrics::counter!("pika_http_handshakes_refused_total").increment(1);
+                    tracing::debug!(%client, "too many TLS handshakes from one address: closed");
+                    continue;
+                };
                 let (acceptor, ready) = (acceptor.clone(), ready.clone());
                 tokio::spawn(async move {
                     let _permit = permit;
+                    let _slot = slot;
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&acceptor, stream))
                         .await
                     {
@@ -222,6 +237,53 @@ async fn handshake(
         return Ok(None);
     }
     acceptor.accept(stream).await.map(Some)
+}
+
+/// Handshakes in progress by client address (IPv6 by /64, the block one
+/// host is usually given).
+#[derive(Clone, Default)]
+struct HandshakesByAddress(Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>);
+
+/// One handshake's place in [`HandshakesByAddress`], given back on drop.
+struct AddressSlot {
+    all: HandshakesByAddress,
+    address: IpAddr,
+}
+
+impl HandshakesByAddress {
+    /// A slot for a handshake from `ip`, unless its address has
+    /// `HANDSHAKES_PER_ADDRESS` in progress already.
+    fn take(&self, ip: IpAddr) -> Option<AddressSlot> {
+        let address = match ip.to_canonical() {
+            IpAddr::V6(v6) => {
+                let block = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(block.into())
+            }
+            v4 => v4,
+        };
+        let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let count = counts.entry(address).or_default();
+        if *count >= HANDSHAKES_PER_ADDRESS {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot {
+            all: self.clone(),
+            address,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut counts = self.all.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = counts.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.address);
+            }
+        }
+    }
 }
 
 impl Drop for TlsListener {
@@ -273,6 +335,64 @@ mod tests {
             let mode = std::fs::metadata(key).expect("key").permissions().mode();
             assert_eq!(mode & 0o777, 0o600, "the key is private");
         }
+    }
+
+    /// Idle connections from one address took every handshake slot for
+    /// the 10 s of their timeout, and a client elsewhere waited that long
+    /// for its own. Past `HANDSHAKES_PER_ADDRESS` they are closed at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_connections_from_one_address_do_not_hold_off_another() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let mut config = Config::default();
+        config.storage.bw.path = dir.path().to_path_buf();
+        config.server.tls.self_signed = true;
+        let tls = server_tls(&config).expect("made").expect("TLS on");
+        let tcp = TcpListener::bind("127.0.0.1:0").await.expect("a port");
+        let addr = tcp.local_addr().expect("its address");
+        let mut listener = TlsListener::new(tcp, tls.config.clone()).expect("listening");
+
+        let connect_from = |local: &'static str| async move {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(format!("{local}:0").parse().expect("an address"))?;
+            socket.connect(addr).await
+        };
+        let mut idle = Vec::new();
+        for _ in 0..HANDSHAKES + 8 {
+            idle.push(connect_from("127.0.0.2").await.expect("connected"));
+        }
+        // Let the accept loop take them all (and, without the bound, every
+        // slot) before the client below arrives.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
+        let pem = std::fs::read(&tls.cert_file).expect("the certificate");
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            roots.add(cert.expect("a certificate")).expect("trusted");
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("a name");
+        let handshake = async {
+            let stream = connect_from("127.0.0.3").await?;
+            connector.connect(name, stream).await
+        };
+        // Half the handshake timeout: without the bound it takes all of it.
+        let done = tokio::time::timeout(HANDSHAKE_TIMEOUT / 2, handshake).await;
+        assert!(
+            matches!(done, Ok(Ok(_))),
+            "the handshake from another address did not complete: {done:?}"
+        );
+        use axum::serve::Listener as _;
+        let (_, client) = tokio::time::timeout(HANDSHAKE_TIMEOUT / 2, listener.accept())
+            .await
+            .expect("the connection is served");
+        assert_eq!(client.ip().to_string(), "127.0.0.3");
+        drop(idle);
     }
 
     #[test]
