@@ -81,11 +81,16 @@ fn three_nodes_survive_kills_pauses_and_a_random_fault() {
 }
 
 #[test]
-fn three_nodes_survive_a_full_disk_a_paused_protocol_and_a_wiped_node() {
-    // Seeds 9, 10 and 11 inject DiskFull (the data directories are small
-    // tmpfs mounts when root), PauseQueued and Wipe (a node's data
-    // directory lost: it comes back under a new id, as a learner).
-    run(3, 3, 9, 140);
+fn three_nodes_survive_a_full_disk_a_paused_protocol_a_wiped_node_and_a_moved_one() {
+    // Seeds 9 to 12 inject DiskFull (the data directories are small tmpfs
+    // mounts when root), PauseQueued, Wipe (a node's data directory lost:
+    // it comes back under a new id, as a learner) and Relocate (a node
+    // back on its data at a new address).
+    let report = run(3, 4, 9, 140);
+    assert_eq!(
+        report.faults.get(&pika_campaign::round::Fault::Relocate),
+        Some(&1)
+    );
 }
 
 /// Three voters and two learners fed in batches: clients read on the

@@ -27,6 +27,11 @@ use crate::linearizability::{Call, Operation, Outcome};
 /// Every client's operations, by path.
 pub(crate) type History = Arc<Mutex<BTreeMap<String, Vec<Operation>>>>;
 
+/// Each node's API address as the round knows it now: a node that moved
+/// (`Fault::Relocate`) is found at its new one, as clients behind a DNS
+/// name or a service would find it.
+pub(crate) type Urls = Arc<std::sync::RwLock<Vec<String>>>;
+
 /// What the campaign reads of an answer: its status, the version and term
 /// of a change (`X-Pika-Version`, `X-Pika-Epoch`), and its body.
 #[derive(Debug, Clone)]
@@ -376,7 +381,7 @@ fn reuse_refused(unexpected: &Unexpected) -> bool {
 
 pub(crate) fn client(
     id: usize,
-    urls: Vec<String>,
+    shared_urls: Urls,
     paths: usize,
     seed: u64,
     origin: Instant,
@@ -395,6 +400,10 @@ pub(crate) fn client(
     let mut answered: Vec<Answered> = Vec::new();
     let mut n = 0;
     while Instant::now() < until {
+        let urls: Vec<String> = shared_urls
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
         if resend_dice.unit() < RESEND_CHANCE {
             resend(&http, &urls, &mut answered, &mut resend_dice, &mut tally);
         }

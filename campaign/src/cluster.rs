@@ -207,6 +207,14 @@ fn free_tcp_port(hosts: &[String]) -> anyhow::Result<u16> {
     })
 }
 
+/// A loopback node's other address: 127.0.1.x and 127.0.3.x swap.
+fn loopback_elsewhere(host: &str) -> String {
+    match host.strip_prefix("127.0.1.") {
+        Some(last) => format!("127.0.3.{last}"),
+        None => host.replacen("127.0.3.", "127.0.1.", 1),
+    }
+}
+
 /// The lab for `network`, or `None` for loopback. `Auto` says once per
 /// process why it fell back.
 fn lab_for(network: Network, base: u8, nodes: usize) -> anyhow::Result<Option<NamespaceLab>> {
@@ -265,9 +273,16 @@ impl Cluster {
                 .collect(),
         };
         // Each namespace has its own port space, so any fixed port is free.
+        // On loopback the ports must also be free where nodes move to.
         let (port, http_port) = match &lab {
             Some(_) => (7946, 8080),
-            None => (free_udp_port(&hosts)?, free_tcp_port(&hosts)?),
+            None => {
+                let everywhere: Vec<String> = hosts
+                    .iter()
+                    .flat_map(|h| [h.clone(), loopback_elsewhere(h)])
+                    .collect();
+                (free_udp_port(&everywhere)?, free_tcp_port(&everywhere)?)
+            }
         };
         let mut cluster = Cluster {
             pika: pika.to_path_buf(),
@@ -432,6 +447,19 @@ impl Cluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Starts node `i`, which must be down, on its data directory at its
+    /// other address (10.213.`base`.`i + 101` in namespaces, 127.0.3.x on
+    /// loopback; a second move goes back). It resolves every node's
+    /// current address; the others keep resolving what they did.
+    pub fn relocate(&mut self, i: usize) -> anyhow::Result<()> {
+        anyhow::ensure!(!self.is_up(i), "node {i} moves only while it is down");
+        self.nodes[i].host = match &mut self.lab {
+            Some(lab) => lab.relocate(i)?,
+            None => loopback_elsewhere(&self.nodes[i].host),
+        };
+        self.spawn(i)
     }
 
     pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {

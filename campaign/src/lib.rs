@@ -95,7 +95,7 @@ pub struct Size {
 }
 
 /// Runs `rounds` rounds on clusters of `size`, round r with seed `seed + r`
-/// and fault `Fault::ALL[(seed + r) % 12]`.
+/// and fault `Fault::ALL[(seed + r) % Fault::ALL.len()]`.
 pub fn campaign(
     pika: &Path,
     size: Size,

@@ -37,6 +37,8 @@ pub struct NamespaceLab {
     base: u8,
     nodes: usize,
     cuts: BTreeSet<(usize, usize)>,
+    /// Nodes at their second address (see [`NamespaceLab::relocate`]).
+    moved: BTreeSet<usize>,
 }
 
 fn ip(args: &[&str]) -> anyhow::Result<()> {
@@ -85,6 +87,7 @@ impl NamespaceLab {
             base,
             nodes,
             cuts: BTreeSet::new(),
+            moved: BTreeSet::new(),
         };
         lab.build()?;
         Ok(lab)
@@ -99,9 +102,47 @@ impl NamespaceLab {
         format!("{}-{i}", self.prefix)
     }
 
-    /// Node `i`'s address.
+    /// Node `i`'s address: 10.213.`base`.`i + 1`, or `i + 101` once it
+    /// moved.
     pub fn host(&self, i: usize) -> String {
-        format!("10.213.{}.{}", self.base, i + 1)
+        let last = if self.moved.contains(&i) {
+            i + 101
+        } else {
+            i + 1
+        };
+        format!("10.213.{}.{last}", self.base)
+    }
+
+    /// Moves node `i` to its other address: the old one leaves its
+    /// interface, so nothing answers there (packets to it are lost, as to
+    /// a pod gone from its IP). Returns the new address. Cuts name
+    /// addresses, so none may be in place.
+    pub fn relocate(&mut self, i: usize) -> anyhow::Result<String> {
+        anyhow::ensure!(self.cuts.is_empty(), "a node moved while cuts are in place");
+        let (ns, old) = (self.namespace(i), self.host(i));
+        if !self.moved.remove(&i) {
+            self.moved.insert(i);
+        }
+        let new = self.host(i);
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "del",
+            &format!("{old}/24"),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{new}/24"),
+            "dev",
+            "eth0",
+        ])?;
+        Ok(new)
     }
 
     fn root_link(&self) -> String {

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use pika_replication::dice::Dice;
 
-use crate::client::{ClientTally, History, client, perform};
+use crate::client::{ClientTally, History, Urls, client, perform};
 use crate::cluster::{Cluster, Network};
 use crate::linearizability::{self, Call, Operation, Outcome};
 use crate::second_opinion;
@@ -39,10 +39,15 @@ pub enum Fault {
     /// The leader's or a follower's data directory is lost: it restarts on
     /// an empty one, under a new node id, as a learner.
     Wipe,
+    /// The leader or a follower is killed and comes back on its data
+    /// directory at a new address (a pod restarted with its volume and a
+    /// new IP); nothing answers at the old one. The others resolve the
+    /// addresses they did and learn the new one by gossip; clients use it.
+    Relocate,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 12] = [
+    pub const ALL: [Fault; 13] = [
         Fault::KillLeader,
         Fault::KillFollower,
         Fault::PauseLeader,
@@ -55,6 +60,7 @@ impl Fault {
         Fault::DiskFull,
         Fault::PauseQueued,
         Fault::Wipe,
+        Fault::Relocate,
     ];
 }
 
@@ -106,10 +112,10 @@ const DISK_MB: u64 = 64;
 
 fn inject(
     cluster: &mut Cluster,
-    fault: Fault,
-    leader: usize,
+    (fault, leader): (Fault, usize),
     dice: &mut Dice,
     hold: Duration,
+    urls: &Urls,
 ) -> anyhow::Result<()> {
     let n = cluster.nodes.len();
     let follower = (leader + 1 + dice.below(n - 1)) % n;
@@ -241,6 +247,20 @@ fn inject(
             std::thread::sleep(hold / 2);
             cluster.restart(victim)?;
         }
+        Fault::Relocate => {
+            let victim = if dice.chance(0.5) { leader } else { follower };
+            cluster.kill(victim);
+            std::thread::sleep(hold / 2);
+            let from = cluster.nodes[victim].host.clone();
+            cluster.relocate(victim)?;
+            eprintln!(
+                "Relocate: node {victim} moved from {from} to {}",
+                cluster.nodes[victim].host
+            );
+            *urls
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = urls_now(cluster);
+        }
     }
     Ok(())
 }
@@ -287,7 +307,7 @@ pub fn run(config: &RoundConfig) -> anyhow::Result<RoundReport> {
     let leader = cluster
         .leader(Duration::from_secs(15))
         .ok_or_else(|| anyhow::anyhow!("no leader at the start of the round"))?;
-    let urls: Vec<String> = cluster.nodes.iter().map(|n| n.url.clone()).collect();
+    let urls: Urls = Arc::new(std::sync::RwLock::new(urls_now(&cluster)));
     let origin = Instant::now();
     let until = origin + config.duration;
     let history: History = Arc::new(Mutex::new(BTreeMap::new()));
@@ -301,10 +321,10 @@ pub fn run(config: &RoundConfig) -> anyhow::Result<RoundReport> {
     std::thread::sleep(config.duration / 5);
     inject(
         &mut cluster,
-        config.fault,
-        leader,
+        (config.fault, leader),
         &mut dice,
         Duration::from_millis(1500),
+        &urls,
     )?;
     let mut tally = ClientTally::default();
     // A client that could not run, or stopped early, checked less than the
