@@ -121,12 +121,17 @@ pub struct Cluster {
     /// Lines any node logged saying its Merkle root differed from the
     /// leader's at the same revision ([`MISMATCH_LINE`]).
     mismatches: Arc<AtomicU64>,
+    /// Snapshots any node installed ([`INSTALLED_LINE`]).
+    installs: Arc<AtomicU64>,
 }
 
 /// What a follower logs when a verification finds its state differs from
 /// the leader's at the same revision. No fault a campaign injects changes a
 /// state behind the protocol's back, so any such line is a bug.
 pub const MISMATCH_LINE: &str = "this node's state differs from the leader's";
+
+/// What a node logs once a snapshot session's install is written.
+pub const INSTALLED_LINE: &str = "snapshot installed";
 
 /// The one node of `statuses` (node index, `/api/v1/cluster/status` body)
 /// that says it leads, with the epoch, when every node reports that epoch.
@@ -143,14 +148,17 @@ pub fn agreed_leader(statuses: &[(usize, Value)]) -> Option<(usize, u64)> {
 
 /// Waits for a spawned `pika` (stderr piped) to log its HTTP address.
 pub fn wait_for_listen(child: &mut Child) -> anyhow::Result<String> {
-    wait_for_listen_counting(child, Arc::new(AtomicU64::new(0)))
+    let nothing = || Arc::new(AtomicU64::new(0));
+    wait_for_listen_counting(child, nothing(), nothing())
 }
 
 /// Like [`wait_for_listen`], and counts the node's [`MISMATCH_LINE`]s in
-/// `mismatches` for as long as it runs.
+/// `mismatches` and [`INSTALLED_LINE`]s in `installs` for as long as it
+/// runs.
 fn wait_for_listen_counting(
     child: &mut Child,
     mismatches: Arc<AtomicU64>,
+    installs: Arc<AtomicU64>,
 ) -> anyhow::Result<String> {
     let stderr = child.stderr.take().context("stderr is not piped")?;
     let (tx, rx) = mpsc::channel();
@@ -158,6 +166,9 @@ fn wait_for_listen_counting(
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if line.contains(MISMATCH_LINE) {
                 mismatches.fetch_add(1, Ordering::Relaxed);
+            }
+            if line.contains(INSTALLED_LINE) {
+                installs.fetch_add(1, Ordering::Relaxed);
             }
             if let Some(rest) = line.split("listening on http://").nth(1) {
                 let _ = tx.send(
@@ -295,6 +306,7 @@ impl Cluster {
             env: options.env,
             mounts: Vec::new(),
             mismatches: Arc::new(AtomicU64::new(0)),
+            installs: Arc::new(AtomicU64::new(0)),
             nodes: hosts
                 .into_iter()
                 .zip(rates)
@@ -367,7 +379,10 @@ impl Cluster {
             .env("PIKA_SERVER_HOST", &node.host)
             .env("PIKA_SERVER_PORT", self.http_port.to_string())
             .env("PIKA_STORAGE_BW_PATH", self.data_dir(i))
-            .env("PIKA_LOG_LEVEL", "warn,pika::node=info")
+            .env(
+                "PIKA_LOG_LEVEL",
+                "warn,pika::node=info,pika_replication::replica::snapshot=info",
+            )
             .env("PIKA_CLUSTER_ENABLED", "true")
             .env("PIKA_AUTH_ADMIN_TOKEN", crate::TEST_ADMIN_TOKEN)
             .env("PIKA_CLUSTER_BIND_ADDR", &node.host)
@@ -396,7 +411,7 @@ impl Cluster {
             .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("starting {}", self.pika.display()))?;
-        match wait_for_listen_counting(&mut child, self.mismatches.clone()) {
+        match wait_for_listen_counting(&mut child, self.mismatches.clone(), self.installs.clone()) {
             Ok(url) => self.nodes[i].url = url,
             Err(e) => {
                 // Not ours to keep: a node that never said it listens is
@@ -414,6 +429,11 @@ impl Cluster {
     /// leader's at the same revision, since the cluster started.
     pub fn verification_mismatches(&self) -> u64 {
         self.mismatches.load(Ordering::Relaxed)
+    }
+
+    /// How many snapshots the nodes installed since the cluster started.
+    pub fn snapshots_installed(&self) -> u64 {
+        self.installs.load(Ordering::Relaxed)
     }
 
     pub fn data_dir(&self, i: usize) -> PathBuf {

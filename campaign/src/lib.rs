@@ -68,6 +68,8 @@ pub struct CampaignReport {
     pub second_opinion_skipped: usize,
     /// Rounds whose nodes ran in network namespaces.
     pub namespaced_rounds: usize,
+    /// Snapshots installed over all rounds.
+    pub snapshots: u64,
     pub faults: BTreeMap<Fault, usize>,
     /// (seed, what went wrong).
     pub violations: Vec<(u64, String)>,
@@ -131,7 +133,7 @@ pub fn campaign(
             format!("round {r}, seed {round_seed}, {fault:?} (replay with --seed {round_seed} --rounds 1)")
         })?;
         eprintln!(
-            "round {r} seed {round_seed} {fault:?}{}: {} ops ({} acked writes, {} answered client reads, {} through the Consul API, {} retries of which {} told the outcome, {} acknowledged writes sent again, {} unknown), {} violations",
+            "round {r} seed {round_seed} {fault:?}{}: {} ops ({} acked writes, {} answered client reads, {} through the Consul API, {} retries of which {} told the outcome, {} acknowledged writes sent again, {} unknown, {} snapshots installed), {} violations",
             if result.namespaced { " (netns)" } else { "" },
             result.operations,
             result.acked_writes,
@@ -141,6 +143,7 @@ pub fn campaign(
             result.resolved_by_retry,
             result.resent,
             result.unknown,
+            result.snapshots,
             result.violations.len()
         );
         report.rounds += 1;
@@ -154,6 +157,7 @@ pub fn campaign(
         report.second_opinions += result.second_opinions;
         report.second_opinion_skipped += result.second_opinion_skipped;
         report.namespaced_rounds += usize::from(result.namespaced);
+        report.snapshots += result.snapshots;
         *report.faults.entry(fault).or_default() += 1;
         for v in result.violations {
             let shown: String = v.lines().take(40).collect::<Vec<_>>().join("\n");

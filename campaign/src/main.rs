@@ -69,7 +69,7 @@ fn main() -> ExitCode {
             eprintln!(
                 "{} rounds ({} in network namespaces), {} operations checked ({} acked writes, {} through the Consul API, \
                  {} retries with the same request id of which {} told the outcome, {} acknowledged writes sent again, \
-                 {} unknown outcomes), \
+                 {} unknown outcomes), {} snapshots installed, \
                  {} path histories also judged by stateright's LinearizabilityTester with the same verdict ({} too long to give it), \
                  faults {:?}, {} violations",
                 report.rounds,
@@ -81,6 +81,7 @@ fn main() -> ExitCode {
                 report.resolved_by_retry,
                 report.resent,
                 report.unknown,
+                report.snapshots,
                 report.second_opinions,
                 report.second_opinion_skipped,
                 report.faults,

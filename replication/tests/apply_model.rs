@@ -2,7 +2,7 @@
 //! `replica/driver.rs`): committed entries are written to the state by an
 //! apply thread, one job at a time, while the protocol goes on. Checked
 //! exhaustively by BFS: with at most `MAX_APPENDS` = 6 entries appended
-//! over a run, every reachable state (74 756 of them; none needs more than
+//! over a run, every reachable state (158 893 of them; none needs more than
 //! `STEPS` = 60 actions: a bound of 90 finds the same states).
 //!
 //! Modelled: the node's log (entries on two paths, each with its own id),
@@ -14,11 +14,15 @@
 //! store's transaction on the apply thread, which checks that the job
 //! continues the state it finds) and `Finish` (`finish_apply`); and around
 //! it, at any moment: appends, flushes, commits, truncation of the
-//! uncommitted suffix, a snapshot session (start, then an install at the
-//! commit index, refused if the state moved since the start or is ahead),
-//! checkpoints, a failing disk with a recovery in place (the log back to
-//! its durable prefix, the state to its checkpoint), and crashes (the
-//! same, as a new incarnation).
+//! uncommitted suffix, a snapshot session (start; its last answer plans an
+//! install at the commit index, refused if the state moved since the start
+//! or is ahead; the install is a job for the apply thread like an apply,
+//! `replica/snapshot.rs`, written durably, and the log and durable end
+//! move to it at its finish), a new leader while a session runs (it ends a
+//! session still asking, not a planned install), checkpoints, a failing
+//! disk with a recovery in place (the log back to its durable prefix, the
+//! state to its checkpoint, the log started at the state when that is
+//! ahead of it), and crashes (the same, as a new incarnation).
 //!
 //! Abstracted: the cluster. The commit index rises one entry at a time
 //! and never over a truncation (the leader's commit rule), and every
@@ -31,14 +35,16 @@
 //!   (no disk error, no snapshot session), sees every entry of that path
 //!   in the log;
 //! - the state is a prefix of the log, holds only committed entries
-//!   durable in the log, and only moves forward within one incarnation;
+//!   durable in the log (while an install is written, entries through the
+//!   install's revision: the log's durable end reaches it at the finish),
+//!   and only moves forward within one incarnation;
 //! - no store write fails for a gap (a job that does not continue the
 //!   state: the node would stop on a disk error for nothing).
 //!
 //! Each guard the code keeps, dropped (`Bug`), yields a counterexample:
 //! clearing the pending entries when the job begins instead of when it
 //! finishes; starting a snapshot session while a job is in flight; a
-//! recovery in place while one is.
+//! recovery in place while one is; a new leader ending a planned install.
 
 use std::time::Instant;
 
@@ -64,6 +70,9 @@ enum Bug {
     SyncDuringApply,
     /// A recovery in place goes ahead while a job is in flight.
     RecoverDuringApply,
+    /// A new leader ends a session whose install is planned (or being
+    /// written), as it ends one still asking.
+    NewLeaderEndsInstall,
 }
 
 struct ApplyModel {
@@ -94,6 +103,9 @@ struct State {
     job: Option<Job>,
     /// A snapshot session, and the state's revision when it started.
     syncing: Option<u8>,
+    /// The session's install, planned at this revision (its last answer
+    /// came): the session stays until the install's finish.
+    install: Option<u8>,
     disk_error: bool,
     appended: u8,
     // Ghosts.
@@ -115,6 +127,7 @@ enum Action {
     Finish,
     SyncStart,
     Install,
+    NewLeader,
     Checkpoint,
     DiskFails,
     Recover,
@@ -151,6 +164,14 @@ impl State {
         self.commit = self.store.len() as u8;
         self.pending_from = self.commit;
         self.syncing = None;
+        self.install = None;
+        // An install written just before: the state is ahead of the log,
+        // which starts there (`ReplicaCore::open_log`; what it held below
+        // is the state's).
+        if self.store.len() > self.log.len() {
+            self.log = self.store.clone();
+            self.durable = self.log.len() as u8;
+        }
         self.disk_error = false;
         self.high = self.commit;
     }
@@ -176,6 +197,7 @@ impl Model for ApplyModel {
             pending_from: 0,
             job: None,
             syncing: None,
+            install: None,
             disk_error: false,
             appended: 0,
             high: 0,
@@ -198,7 +220,8 @@ impl Model for ApplyModel {
         if s.commit < len && !s.disk_error {
             actions.push(Action::Truncate);
         }
-        if s.job.is_none() && s.syncing.is_none() && !s.disk_error {
+        let install_waits = s.install.is_some() && s.job.is_none();
+        if s.job.is_none() && (s.syncing.is_none() || install_waits) && !s.disk_error {
             actions.push(Action::Begin);
         }
         match &s.job {
@@ -214,8 +237,11 @@ impl Model for ApplyModel {
         {
             actions.push(Action::SyncStart);
         }
-        if s.syncing.is_some() {
+        if s.syncing.is_some() && s.install.is_none() {
             actions.push(Action::Install);
+        }
+        if s.syncing.is_some() {
+            actions.push(Action::NewLeader);
         }
         if s.job.is_none() {
             actions.push(Action::Checkpoint);
@@ -241,6 +267,16 @@ impl Model for ApplyModel {
                 s.log.truncate(s.commit as usize);
                 s.durable = s.durable.min(s.commit);
             }
+            Action::Begin if s.install.is_some() => {
+                // `begin_install`: the planned install, written whole.
+                let at = s.install?;
+                s.job = Some(Job {
+                    first: 1,
+                    last: at,
+                    entries: s.log.get(..at as usize)?.to_vec(),
+                    written: None,
+                });
+            }
             Action::Begin => {
                 // `begin_apply`: what is committed and durable here.
                 let target = s.commit.min(s.durable);
@@ -258,6 +294,17 @@ impl Model for ApplyModel {
                     s.pending_from = s.pending_from.max(target);
                 }
             }
+            Action::Write if s.install.is_some() => {
+                // `Store::install_staged`: one durable transaction, refused
+                // below the state.
+                let job = s.job.as_mut()?;
+                let ok = s.store.len() <= job.entries.len();
+                if ok {
+                    s.store = job.entries.clone();
+                    s.checkpoint = s.store.clone();
+                }
+                job.written = Some(ok);
+            }
             Action::Write => {
                 let job = s.job.as_mut()?;
                 // `Store::apply_with` reads the state's revision inside its
@@ -267,6 +314,19 @@ impl Model for ApplyModel {
                     s.store.extend_from_slice(&job.entries);
                 }
                 job.written = Some(ok);
+            }
+            Action::Finish if s.install.is_some() => {
+                // `ReplicaCore::installed`: the log and its durable end
+                // start at the install; the session ends.
+                let job = s.job.take()?;
+                s.syncing = None;
+                s.install = None;
+                if job.written != Some(true) {
+                    s.gap = true;
+                    return Some(s);
+                }
+                s.pending_from = s.pending_from.max(job.last);
+                s.durable = s.durable.max(job.last);
             }
             Action::Finish => {
                 let job = s.job.take()?;
@@ -282,16 +342,22 @@ impl Model for ApplyModel {
             }
             Action::SyncStart => s.syncing = Some(s.store.len() as u8),
             Action::Install => {
-                let since = s.syncing.take()?;
+                // The session's last answer (`plan_install`).
+                let since = s.syncing?;
                 let at = s.commit;
                 // Refused: the state moved since the session started, or
                 // the snapshot is older than the state.
                 if since as usize != s.store.len() || (at as usize) < s.store.len() {
+                    s.syncing = None;
                     return Some(s);
                 }
-                s.store = s.log.get(..at as usize)?.to_vec();
-                s.pending_from = s.pending_from.max(at);
-                s.durable = s.durable.max(at);
+                s.install = Some(at);
+            }
+            Action::NewLeader => {
+                if s.install.is_none() || self.has(Bug::NewLeaderEndsInstall) {
+                    s.syncing = None;
+                    s.install = None;
+                }
             }
             Action::Checkpoint => s.checkpoint = s.store.clone(),
             Action::DiskFails => s.disk_error = true,
@@ -312,9 +378,13 @@ impl Model for ApplyModel {
             }),
             Property::always(STATE, |_, s: &State| {
                 let n = s.store.len();
+                let durable = match s.install {
+                    Some(at) if s.job.is_some() => s.durable.max(at),
+                    _ => s.durable,
+                };
                 n as u8 >= s.high
                     && n <= s.commit as usize
-                    && n <= s.durable as usize
+                    && n <= durable as usize
                     && s.log.get(..n) == Some(&s.store[..])
             }),
             Property::always(NO_GAP, |_, s: &State| !s.gap),
@@ -385,6 +455,14 @@ fn clearing_pending_at_begin_breaks_reads() {
 #[test]
 fn a_snapshot_during_an_apply_breaks_the_job() {
     counterexample(Bug::SyncDuringApply, &[NO_GAP]);
+}
+
+/// A new leader that ends a session whose install is being written: the
+/// written state is taken for an apply of entries, and the log's durable
+/// end is left behind it.
+#[test]
+fn a_new_leader_ending_a_planned_install_breaks_the_state() {
+    counterexample(Bug::NewLeaderEndsInstall, &[STATE, NO_GAP]);
 }
 
 /// A recovery in place while a job is in flight does too, or worse: the

@@ -41,20 +41,6 @@ fn session_started(core: &mut ReplicaCore<MemLog>, to: &str) -> bool {
     })
 }
 
-/// A follower hearing `n0` lead epoch 1, at the time returned.
-fn following(core: &mut ReplicaCore<MemLog>) -> Duration {
-    let peers = || vec!["n0".to_string(), "n2".to_string()];
-    let mut now = Duration::ZERO;
-    for round in 1..=20 {
-        core.set_members(peers(), peers());
-        core.handle("n0".into(), common::core::heartbeat_of_n0(round), now);
-        core.tick(now);
-        let _ = core.drain();
-        now += Duration::from_millis(100);
-    }
-    now
-}
-
 /// Catch-up requests `core` sent to `to`, by the log end they ask from.
 fn catch_ups(core: &mut ReplicaCore<MemLog>, to: &str) -> Vec<u64> {
     core.drain()
@@ -78,7 +64,7 @@ fn catch_ups(core: &mut ReplicaCore<MemLog>, to: &str) -> Vec<u64> {
 #[test]
 fn a_catch_up_answer_received_twice_asks_for_the_rest_once() {
     let (_store, mut core) = common::core::open("n1", CoreConfig::quick(3));
-    let now = following(&mut core);
+    let now = common::core::following_n0(&mut core);
     let frame = || PeerMessage::Diff {
         epoch: 1,
         prev: Position::default(),
@@ -103,7 +89,7 @@ fn a_catch_up_answer_received_twice_asks_for_the_rest_once() {
 #[test]
 fn a_follower_behind_applies_what_it_holds_before_its_snapshot_session() {
     let (store, mut core) = common::core::open("n1", CoreConfig::quick(3));
-    let mut now = following(&mut core);
+    let mut now = common::core::following_n0(&mut core);
     // A catch-up frame: five committed entries, then the leader's log is
     // purged past this node's end.
     core.handle(

@@ -28,25 +28,78 @@ use crate::log::LogStore;
 use crate::record::{Entry, SharedChange};
 use crate::store::{ApplyError, Store};
 
-/// A run of committed entries to write to the store, handed out by
-/// [`ReplicaCore::begin_apply`].
+/// A store write for the apply thread, handed out by
+/// [`ReplicaCore::begin_apply`]: a run of committed entries, or a snapshot
+/// session's install.
 #[derive(Debug)]
 pub struct ApplyJob {
-    /// Consecutive entries, continuing the state, as the log holds them.
-    pub changes: Vec<SharedChange>,
-    /// The [`Entry`] each change leaves, as it was made when the change
-    /// became pending: its content digest hashes the whole value, once per
-    /// node rather than again here (5 % of an apply: `store_apply`
-    /// `behind_log/256` 3.11 → 2.95 ms).
-    pub entries: Vec<Entry>,
-    /// The last one's revision: what [`ReplicaCore::finish_apply`] is told.
+    /// The revision the state is at once it is written: what
+    /// [`ReplicaCore::finish_apply`] is told.
     pub last: u64,
+    work: Work,
+}
+
+#[derive(Debug)]
+enum Work {
+    Entries {
+        /// Consecutive entries, continuing the state, as the log holds
+        /// them.
+        changes: Vec<SharedChange>,
+        /// The [`Entry`] each change leaves, as it was made when the
+        /// change became pending: its content digest hashes the whole
+        /// value, once per node rather than again here (5 % of an apply:
+        /// `store_apply` `behind_log/256` 3.11 → 2.95 ms).
+        entries: Vec<Entry>,
+    },
+    /// Session `session`'s staged paths, at [`ApplyJob::last`].
+    Install {
+        session: u64,
+        plan: super::snapshot::PlannedInstall,
+    },
 }
 
 impl ApplyJob {
-    /// The store write: one transaction without fsync.
+    /// Entries to apply, through `last`.
+    pub fn entries(changes: Vec<SharedChange>, entries: Vec<Entry>, last: u64) -> ApplyJob {
+        ApplyJob {
+            last,
+            work: Work::Entries { changes, entries },
+        }
+    }
+
+    pub(super) fn install(session: u64, plan: &super::snapshot::PlannedInstall) -> ApplyJob {
+        ApplyJob {
+            last: plan.at.revision,
+            work: Work::Install {
+                session,
+                plan: plan.clone(),
+            },
+        }
+    }
+
+    /// Whether this is a snapshot install (which a rejoining node waits
+    /// for).
+    pub fn is_install(&self) -> bool {
+        matches!(self.work, Work::Install { .. })
+    }
+
+    /// The store write: one transaction without fsync for entries, one
+    /// durable transaction for an install.
     pub fn write(&self, store: &Store) -> Result<(), ApplyError> {
-        store.apply_entries_behind_log(&self.changes, &self.entries)
+        match &self.work {
+            Work::Entries { changes, entries } => store.apply_entries_behind_log(changes, entries),
+            Work::Install { session, plan } => store
+                .install_staged(
+                    *session,
+                    &plan.buckets,
+                    &plan.requests,
+                    plan.at.revision,
+                    plan.at.epoch,
+                    plan.since,
+                )
+                .map(|_| ())
+                .map_err(ApplyError::from),
+        }
     }
 }
 
@@ -196,6 +249,9 @@ impl<L: LogStore> ReplicaCore<L> {
         if self.applying.is_some() {
             return None;
         }
+        if self.install_waiting() {
+            return self.begin_install();
+        }
         let target = self.apply_target()?;
         let applied = self.store.revision();
         let mut upto = target;
@@ -228,11 +284,7 @@ impl<L: LogStore> ReplicaCore<L> {
         let last = changes.last().map_or(applied, |c| c.revision);
         let entries = self.pending.lock().entries_of(&changes);
         self.applying = Some(last);
-        Some(ApplyJob {
-            changes,
-            entries,
-            last,
-        })
+        Some(ApplyJob::entries(changes, entries, last))
     }
 
     /// The store write of the job that [`Self::begin_apply`] handed out
@@ -243,6 +295,9 @@ impl<L: LogStore> ReplicaCore<L> {
             return;
         }
         self.applying = None;
+        if self.installing().is_some() {
+            return self.installed(result);
+        }
         if let Err(e) = result {
             return self.disk_failed(format!("applying committed entries: {e}"));
         }

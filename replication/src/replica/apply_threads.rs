@@ -154,11 +154,7 @@ mod tests {
         let store = Arc::new(Store::open_in_memory(20).unwrap());
         let (applied_tx, mut applied) = tokio::sync::mpsc::unbounded_channel();
         let (threads, handles) = ApplyThreads::start(&store, &applied_tx).unwrap();
-        let job = |last| ApplyJob {
-            changes: Vec::new(),
-            entries: Vec::new(),
-            last,
-        };
+        let job = |last| ApplyJob::entries(Vec::new(), Vec::new(), last);
         threads.send(job(1), true).unwrap();
         let (last, result) = applied.blocking_recv().unwrap();
         assert_eq!(last, 1);

@@ -77,8 +77,13 @@ pub(super) struct Syncing {
     pub(super) leader: String,
     pub(super) session: SyncSession,
     /// When the session last heard from the leader (it times out after
-    /// `sync_timeout` of silence).
+    /// `sync_timeout` of silence, unless its install is planned).
     pub(super) started: Duration,
+    /// Paths staged so far.
+    pub(super) staged: usize,
+    /// Everything is in: the install for the apply thread
+    /// (`replica/snapshot.rs`).
+    pub(super) install: Option<super::snapshot::PlannedInstall>,
 }
 
 pub(super) struct Leading {
@@ -604,7 +609,11 @@ impl<L: LogStore> ReplicaCore<L> {
                     }
                     self.follow_leader = Some(leader.clone());
                     self.permission_until = None;
-                    self.syncing = None;
+                    // A session asking the old leader ends; a planned
+                    // install stays (`replica/snapshot.rs`).
+                    if self.syncing.as_ref().is_some_and(|s| s.install.is_none()) {
+                        self.syncing = None;
+                    }
                     // A new leader (or our first): ask for what we miss.
                     self.request_catch_up(&leader, now);
                 }

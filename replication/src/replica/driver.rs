@@ -359,8 +359,10 @@ impl Driver {
                 + self.replica.config.checkpoint_interval
                 < tokio::time::Instant::now();
             let checkpoint_waits = checkpoint_due && core.disk_error().is_none();
-            if unapplied > 0
-                && due
+            // A snapshot's install goes as soon as it is planned: the
+            // node is out of the set until it is in.
+            let install = core.install_waiting();
+            if (unapplied > 0 && due || install)
                 && !self.checkpointing.get()
                 && !self.applying.get()
                 && !checkpoint_waits
@@ -369,8 +371,9 @@ impl Driver {
                     core.fail_next_apply("test fault: applies fail");
                 }
                 if let Some(job) = core.begin_apply() {
-                    let someone_waits =
-                        shared.pending.readers_waiting() || self.replica.store.watchers() > 0;
+                    let someone_waits = job.is_install()
+                        || shared.pending.readers_waiting()
+                        || self.replica.store.watchers() > 0;
                     let left = match self.apply_jobs.as_ref() {
                         Some(jobs) => jobs.send(job, someone_waits).err(),
                         None => Some(job),

@@ -5,12 +5,11 @@
 
 use std::time::Duration;
 
-use super::core::{DRIFT, ReplicaCore, SyncRecord, Syncing};
+use super::core::{DRIFT, ReplicaCore};
 use crate::election::Position;
 use crate::log::LogStore;
 use crate::merkle::Digest;
 use crate::record::SharedChange;
-use crate::sync::{SyncAnswer, SyncAsk, SyncSession, SyncStep};
 use crate::wire::PeerMessage;
 
 /// `Alive` send times kept to resolve the leader's echo.
@@ -42,7 +41,7 @@ impl<L: LogStore> ReplicaCore<L> {
         if self
             .syncing
             .as_ref()
-            .is_some_and(|s| now > s.started + self.config.sync_timeout)
+            .is_some_and(|s| s.install.is_none() && now > s.started + self.config.sync_timeout)
         {
             tracing::warn!("snapshot session timed out; starting over");
             self.syncing = None;
@@ -308,208 +307,6 @@ impl<L: LogStore> ReplicaCore<L> {
         if due {
             self.catch_up(leader, now);
         }
-    }
-
-    pub(super) fn on_sync_needed(&mut self, from: &str, epoch: u64, now: Duration) {
-        // A node whose disk failed takes no part (it syncs after recovery).
-        if self.disk_error.is_some()
-            || self.leading.is_some()
-            || epoch < self.store.promised_epoch()
-        {
-            return;
-        }
-        self.needs_snapshot = true;
-        if self.syncing.is_none() {
-            self.start_sync(from, now);
-        }
-    }
-
-    pub(super) fn start_sync(&mut self, leader: &str, now: Duration) {
-        // The install must not meet an apply in flight (`apply.rs`): the
-        // next tick starts the session (`needs_snapshot` stays).
-        if self.disk_error.is_some() || self.applying.is_some() {
-            return;
-        }
-        // Behind, committed entries this log holds and the state lacks go
-        // in first (the next tick starts the session once they have): a
-        // session from the state as it is would have the leader ship their
-        // changes again (a catch-up cut short by the leader's log purge
-        // can leave many).
-        if !self.repairing
-            && self
-                .apply_target()
-                .is_some_and(|target| target > self.store.revision())
-        {
-            return;
-        }
-        let local = match self.store.merkle() {
-            Ok(m) => m,
-            Err(e) => return tracing::error!(error = %e, "reading Merkle digests for a snapshot"),
-        };
-        let id = self.dice.next_u64();
-        // Behind, the state is a prefix of the leader's: only what changed
-        // after it moves. Damaged (a verification mismatch), everything in
-        // the differing buckets does.
-        let since = (!self.repairing).then(|| self.store.revision());
-        // What an earlier session staged is of another snapshot: its
-        // install never takes it, and here it goes.
-        if let Err(e) = self.store.clear_staged() {
-            return tracing::error!(error = %e, "clearing an earlier snapshot's staged paths");
-        }
-        self.syncing = Some(Syncing {
-            id,
-            leader: leader.to_string(),
-            session: SyncSession::new(local, since),
-            started: now,
-        });
-        self.send(
-            leader,
-            PeerMessage::SyncRequest {
-                session: id,
-                ask: SyncAsk::Start,
-            },
-        );
-    }
-
-    /// Follower: the next step of its own snapshot session.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn on_sync_reply(
-        &mut self,
-        from: String,
-        session: u64,
-        leader_epoch: u64,
-        revision: u64,
-        epoch: u64,
-        answer: SyncAnswer,
-        now: Duration,
-    ) {
-        if self.disk_error.is_some() {
-            return;
-        }
-        let promised = self.store.promised_epoch();
-        let Some(syncing) = self
-            .syncing
-            .as_mut()
-            .filter(|s| s.id == session && s.leader == from)
-        else {
-            return;
-        };
-        // Fencing: a deposed leader's snapshot is never installed.
-        if !matches!(answer, SyncAnswer::Refused(_)) && leader_epoch < promised {
-            tracing::info!(%from, leader_epoch, promised, "snapshot from a deposed epoch refused");
-            self.syncing = None;
-            return;
-        }
-        let since = syncing.session.since();
-        // The timeout is for silence: a big snapshot takes many answers.
-        syncing.started = now;
-        match syncing.session.on_answer(revision, epoch, answer) {
-            SyncStep::Ask(ask) => self.send(&from, PeerMessage::SyncRequest { session, ask }),
-            SyncStep::Stage { paths, next } => {
-                if let Err(e) = self.store.stage(session, &paths) {
-                    tracing::error!(error = %e, "staging a snapshot's paths failed");
-                    self.syncing = None;
-                    return;
-                }
-                self.send(&from, PeerMessage::SyncRequest { session, ask: next })
-            }
-            SyncStep::Install {
-                buckets,
-                requests,
-                revision,
-                epoch,
-            } => {
-                let contents = (session, &buckets[..], &requests[..]);
-                self.install(&from, contents, (revision, epoch), since, now)
-            }
-            SyncStep::InSync { revision, epoch } => {
-                self.install(&from, (session, &[], &[]), (revision, epoch), since, now)
-            }
-            SyncStep::Failed(why) => {
-                tracing::debug!(%why, "snapshot refused");
-                self.syncing = None;
-            }
-        }
-    }
-
-    /// Installs the leader's state at S (`revision`): the differing
-    /// buckets, from the paths staged for them, in one transaction, never
-    /// below what is applied here. The log then starts at S, keeping any
-    /// entries after S that it holds.
-    fn install(
-        &mut self,
-        leader: &str,
-        (session, buckets, requests): (u64, &[u16], &[(String, crate::record::Applied)]),
-        (revision, epoch): (u64, u64),
-        since: Option<u64>,
-        now: Duration,
-    ) {
-        self.syncing = None;
-        if since.is_some_and(|a| a != self.store.revision()) {
-            // Asked for what changed after a state we no longer have.
-            return;
-        }
-        let at = Position { epoch, revision };
-        if revision < self.store.revision() {
-            // The state only moves forward; a newer snapshot comes next.
-            tracing::debug!(
-                revision,
-                applied = self.store.revision(),
-                "snapshot older than the state: not installed"
-            );
-            return;
-        }
-        let paths = match self
-            .store
-            .install_staged(session, buckets, requests, revision, epoch, since)
-        {
-            Ok(paths) => paths,
-            Err(e) => return tracing::error!(error = %e, "installing a snapshot failed"),
-        };
-        let log_result = if self.log.holds(at) {
-            self.log.purge_through(at)
-        } else {
-            let keep = self.commit.max(self.log.start().revision);
-            self.truncate_after(keep)
-                .map_err(crate::log::LogError::Refused)
-                .and_then(|()| self.log.purge_through(at))
-        };
-        if let Err(e) = log_result {
-            return self.disk_failed(format!("starting the log at the snapshot: {e}"));
-        }
-        self.pending.update(|p| p.applied_through(revision));
-        if self.flushed.revision < revision {
-            self.flushed = at;
-        }
-        self.load_voters();
-        self.commit = self.commit.max(revision);
-        self.follow.matched = self.follow.matched.max(revision);
-        // A snapshot of what changed after this state (`since`) does not
-        // repair a difference that an apply's verification found while it
-        // was on its way: that one still needs all of the differing
-        // buckets, and reads stay refused until it is installed.
-        if since.is_none() || !self.repairing {
-            self.needs_snapshot = false;
-            self.repairing = false;
-        }
-        self.verify = None;
-        self.request_flush();
-        metrics::counter!("pika_syncs_total").increment(1);
-        self.snapshots += 1;
-        metrics::counter!("pika_sync_buckets_transferred_total").increment(buckets.len() as u64);
-        tracing::info!(
-            buckets = buckets.len(),
-            paths,
-            revision,
-            "snapshot installed"
-        );
-        self.last_sync = Some(SyncRecord {
-            at_ms: now.as_millis() as u64,
-            revision,
-            buckets: buckets.len(),
-            paths,
-        });
-        self.catch_up(leader, now);
     }
 
     pub(super) fn on_verify(

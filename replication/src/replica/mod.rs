@@ -25,6 +25,7 @@ mod forwards;
 mod leader;
 mod policy;
 mod serving;
+mod snapshot;
 mod status;
 pub mod voters;
 

@@ -52,6 +52,21 @@ pub fn lead_alone(core: &mut ReplicaCore<MemLog>) -> (u64, Duration) {
     panic!("a cluster of one did not elect itself in 5 s");
 }
 
+/// Node n1 of three hearing `n0` lead epoch 1 for 2 s; returns the time
+/// then.
+pub fn following_n0(core: &mut ReplicaCore<MemLog>) -> Duration {
+    let peers = || vec!["n0".to_string(), "n2".to_string()];
+    let mut now = Duration::ZERO;
+    for round in 1..=20 {
+        core.set_members(peers(), peers());
+        core.handle("n0".into(), heartbeat_of_n0(round), now);
+        core.tick(now);
+        let _ = core.drain();
+        now += Duration::from_millis(100);
+    }
+    now
+}
+
 /// Leader `n0`'s heartbeat of `round` in epoch 1, to a cluster of three.
 pub fn heartbeat_of_n0(round: u64) -> PeerMessage {
     PeerMessage::Election(ElectionMessage::Heartbeat {
