@@ -91,7 +91,8 @@ fn an_install_being_written_when_another_leader_takes_over_still_lands() {
         .expect("the install, for the apply thread");
     assert!(job.is_install());
     assert_eq!(core.installing(), Some(at));
-    // n2 leads epoch 2 while the apply thread writes.
+    // n2 leads epoch 2 while the apply thread writes, which takes 5 s.
+    let now = now + Duration::from_secs(5);
     let heartbeat = pika_replication::election::ElectionMessage::Heartbeat {
         epoch: 2,
         leader: "n2".into(),
@@ -131,6 +132,26 @@ fn an_install_being_written_when_another_leader_takes_over_still_lands() {
         asked,
         [("n2".to_string(), at)],
         "the new leader is asked for what follows"
+    );
+    // Asked at the finish, not 5 s before it: the next tick does not ask
+    // again (a second chain of catch-up requests, every entry twice).
+    core.tick(now + Duration::from_millis(10));
+    let again = core
+        .drain()
+        .into_iter()
+        .filter(|o| {
+            matches!(
+                o,
+                Output::Send {
+                    message: PeerMessage::CatchUp { .. },
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(
+        again, 0,
+        "the tick after the install asked to catch up again"
     );
     assert_eq!(
         store.get("app/49", None).expect("read").map(|c| c.version),

@@ -148,6 +148,7 @@ impl<L: LogStore> ReplicaCore<L> {
 
     /// A flush completed (or failed).
     pub fn flushed(&mut self, ticket: u64, result: std::io::Result<()>, now: Duration) {
+        self.latest = self.latest.max(now);
         if ticket < self.stale_tickets_below {
             return;
         }

@@ -39,7 +39,6 @@ use crate::log::{GroupFlush, LogStore};
 use crate::merkle::Digest;
 use crate::pending::SharedPending;
 use crate::store::{Snapshot, Store};
-use crate::sync::SyncSession;
 use crate::wire::PeerMessage;
 
 /// What the node must do for the core.
@@ -70,20 +69,6 @@ pub enum Output {
         id: u64,
         commit: Option<u64>,
     },
-}
-
-pub(super) struct Syncing {
-    pub(super) id: u64,
-    pub(super) leader: String,
-    pub(super) session: SyncSession,
-    /// When the session last heard from the leader (it times out after
-    /// `sync_timeout` of silence, unless its install is planned).
-    pub(super) started: Duration,
-    /// Paths staged so far.
-    pub(super) staged: usize,
-    /// Everything is in: the install for the apply thread
-    /// (`replica/snapshot.rs`).
-    pub(super) install: Option<super::snapshot::PlannedInstall>,
 }
 
 pub(super) struct Leading {
@@ -160,7 +145,10 @@ pub struct ReplicaCore<L: LogStore> {
     pub(super) alive_seq: u64,
     pub(super) alive_sent: VecDeque<(u64, Duration)>,
     pub(super) permission_until: Option<Duration>,
-    pub(super) syncing: Option<Syncing>,
+    pub(super) syncing: Option<super::snapshot::Syncing>,
+    /// The latest time an event brought (`handle`, `tick`, `flushed`), for
+    /// what the core hears of without one: an install's finish.
+    pub(super) latest: Duration,
     pub(super) needs_snapshot: bool,
     /// The snapshot repairs a state that differed from the leader's (all
     /// of the differing buckets move), not one that is only behind.
@@ -240,6 +228,7 @@ impl<L: LogStore> ReplicaCore<L> {
             alive_sent: VecDeque::new(),
             permission_until: None,
             syncing: None,
+            latest: now,
             needs_snapshot: false,
             repairing: false,
             verify: None,
@@ -465,6 +454,7 @@ impl<L: LogStore> ReplicaCore<L> {
     }
 
     pub fn tick(&mut self, now: Duration) {
+        self.latest = self.latest.max(now);
         // A node whose disk failed takes no part, as if it were down; its
         // election starts afresh at `recover`, as at a start.
         if self.disk_error.is_some() {
@@ -483,6 +473,7 @@ impl<L: LogStore> ReplicaCore<L> {
     }
 
     pub fn handle(&mut self, from: String, message: PeerMessage, now: Duration) {
+        self.latest = self.latest.max(now);
         // Invariant: no number the protocol adds to ever exceeds
         // wire::MAX_COUNTER, so `+ 1` never wraps. Our own counters start
         // at 0 and grow by one; a peer's are checked here, before anything
