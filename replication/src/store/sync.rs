@@ -121,9 +121,6 @@ impl Store {
         epoch: u64,
         since: Option<u64>,
     ) -> Result<(), StoreError> {
-        let db = self.db()?;
-        let txn = db.begin_write()?;
-        let mut source = paths.iter().cloned().map(Ok);
         let target = InstallTarget {
             buckets,
             requests,
@@ -131,10 +128,7 @@ impl Store {
             epoch,
             since,
         };
-        self.install_in(&txn, target, &mut source)?;
-        txn.commit()?;
-        self.reset_position(revision, epoch);
-        Ok(())
+        self.install_from(target, Source::Paths(paths)).map(|_| ())
     }
 
     /// Empties the staging table: a session starts from nothing staged
@@ -184,32 +178,53 @@ impl Store {
         epoch: u64,
         since: Option<u64>,
     ) -> Result<usize, StoreError> {
+        let target = InstallTarget {
+            buckets,
+            requests,
+            revision,
+            epoch,
+            since,
+        };
+        self.install_from(target, Source::Staged(session))
+    }
+
+    /// One install transaction of what `source` holds; returns how many
+    /// paths it installed.
+    fn install_from(
+        &self,
+        target: InstallTarget<'_>,
+        source: Source<'_>,
+    ) -> Result<usize, StoreError> {
+        let (revision, epoch) = (target.revision, target.epoch);
         let db = self.db()?;
         let txn = db.begin_write()?;
-        let installed = {
-            let staged = txn.open_table(STAGED)?;
-            // One answer decoded at a time.
-            let mut source = staged
-                .range((session, 0)..=(session, u64::MAX))?
-                .flat_map(|item| {
-                    let answer = item.map_err(StoreError::from).and_then(|(_, value)| {
-                        decode::<Vec<PathState>>("a staged snapshot answer", value.value())
-                    });
-                    match answer {
-                        Ok(paths) => paths.into_iter().map(Ok).collect(),
-                        Err(e) => vec![Err(e)],
-                    }
-                });
-            let target = InstallTarget {
-                buckets,
-                requests,
-                revision,
-                epoch,
-                since,
-            };
-            self.install_in(&txn, target, &mut source)?
+        let installed = match source {
+            Source::Paths(paths) => {
+                let mut paths = paths.iter().cloned().map(Ok);
+                self.install_in(&txn, target, &mut paths)?
+            }
+            Source::Staged(session) => {
+                let staged = txn.open_table(STAGED)?;
+                // One answer decoded at a time.
+                let mut paths =
+                    staged
+                        .range((session, 0)..=(session, u64::MAX))?
+                        .flat_map(|item| {
+                            let answer = item.map_err(StoreError::from).and_then(|(_, value)| {
+                                decode::<Vec<PathState>>("a staged snapshot answer", value.value())
+                            });
+                            match answer {
+                                Ok(paths) => paths.into_iter().map(Ok).collect(),
+                                Err(e) => vec![Err(e)],
+                            }
+                        });
+                let installed = self.install_in(&txn, target, &mut paths)?;
+                drop(paths);
+                drop(staged);
+                txn.delete_table(STAGED)?;
+                installed
+            }
         };
-        txn.delete_table(STAGED)?;
         txn.commit()?;
         self.reset_position(revision, epoch);
         Ok(installed)
@@ -390,6 +405,12 @@ impl Snapshot {
         }
         Ok(out)
     }
+}
+
+/// The paths an install takes: given, or those a session staged.
+enum Source<'a> {
+    Paths(&'a [PathState]),
+    Staged(u64),
 }
 
 /// Where an install moves the state to, and what beside its paths.
