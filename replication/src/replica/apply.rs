@@ -67,13 +67,10 @@ impl ApplyJob {
         }
     }
 
-    pub(super) fn install(session: u64, plan: &super::snapshot::PlannedInstall) -> ApplyJob {
+    pub(super) fn install(session: u64, plan: super::snapshot::PlannedInstall) -> ApplyJob {
         ApplyJob {
             last: plan.at.revision,
-            work: Work::Install {
-                session,
-                plan: plan.clone(),
-            },
+            work: Work::Install { session, plan },
         }
     }
 

@@ -223,7 +223,12 @@ impl<L: LogStore> ReplicaCore<L> {
         let plan = syncing.install.as_mut().filter(|p| !p.handed_out)?;
         plan.handed_out = true;
         self.applying = Some(plan.at.revision);
-        Some(ApplyJob::install(syncing.id, plan))
+        // The request ids go with the job: the finish needs none of them.
+        let for_job = PlannedInstall {
+            requests: std::mem::take(&mut plan.requests),
+            ..plan.clone()
+        };
+        Some(ApplyJob::install(syncing.id, for_job))
     }
 
     /// Whether an install waits for the apply thread.
